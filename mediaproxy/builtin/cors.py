@@ -1,0 +1,31 @@
+"""
+CORS and Cross-Origin-Resource-Policy headers on image responses, from the ``cors`` section.
+"""
+
+from __future__ import annotations
+
+from .. import hookimpl
+
+
+def cors_headers(config, origin: str | None) -> list[tuple[str, str]]:
+    headers = []
+    allowed = config.allow_origins
+    if allowed:
+        if "*" in allowed:
+            headers.append(("Access-Control-Allow-Origin", "*"))
+        elif origin and origin in allowed:
+            headers.append(("Access-Control-Allow-Origin", origin))
+            headers.append(("Vary", "Origin"))
+        if headers:
+            headers.append(("Access-Control-Allow-Methods", ", ".join(config.allow_methods)))
+            headers.append(("Access-Control-Max-Age", str(config.max_age)))
+            headers.append(("Access-Control-Expose-Headers",
+                            "ETag, X-Cache, X-Correlation-ID"))
+    if config.resource_policy:
+        headers.append(("Cross-Origin-Resource-Policy", config.resource_policy))
+    return headers
+
+
+@hookimpl
+def mediaproxy_response_headers(image_request, response, request, runtime):
+    return cors_headers(runtime.config.cors, request.header("origin"))

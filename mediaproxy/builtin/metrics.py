@@ -1,0 +1,137 @@
+"""
+Metrics: every ``mediaproxy_event`` becomes a Prometheus series in this process's own registry,
+and in-process counters the tests and the health view read. With ``monitoring.listen`` set, a
+separate listener serves ``/metrics`` (Prometheus text format) and ``/health``.
+
+Series (all prefixed ``mediaproxy_``):
+
+* ``requests_total{kind}``: ``passthrough`` or ``image`` requests;
+* ``cache_hits_total{layer}``, ``cache_misses_total``, ``cache_errors_total{layer,op}``;
+* ``rejections_total{error}``: 4xx/5xx refusals by error code;
+* ``source_errors_total{status}``: originals that could not be had;
+* ``transform_seconds{format}`` (histogram) and ``transform_errors_total{error}``;
+* ``transform_queue``: transforms running or waiting (gauge);
+* ``cache_bytes{layer}``, ``cache_items{layer}``: cache sizes (gauges).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import hookimpl
+
+
+@attrs.define
+class EventCounters:
+    """Counts of every event by name and labels (for tests, health and admin views)."""
+
+    counts: Counter = attrs.field(factory=Counter)
+    sums: Counter = attrs.field(factory=Counter)
+
+    @hookimpl
+    def mediaproxy_event(self, event):
+        labels = tuple(sorted((k, str(v)) for k, v in event.fields.items()))
+        self.counts[(event.name, labels)] += 1
+        self.sums[(event.name, labels)] += event.value
+
+    def count(self, name: str, **labels) -> int:
+        """How many events named ``name`` carried at least these labels."""
+        want = {(k, str(v)) for k, v in labels.items()}
+        return sum(n for (ev, lab), n in self.counts.items()
+                   if ev == name and want <= set(lab))
+
+
+class _RuntimeCollector:
+    """Gauges read at scrape time from the runtime (queue length, cache sizes)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        queue = GaugeMetricFamily("mediaproxy_transform_queue",
+                                  "Transforms running or waiting for a thread.")
+        queue.add_metric([], self.runtime.pending_transforms)
+        yield queue
+        size = GaugeMetricFamily("mediaproxy_cache_bytes", "Bytes held by a cache layer.",
+                                 labels=["layer"])
+        items = GaugeMetricFamily("mediaproxy_cache_items", "Entries in a cache layer.",
+                                  labels=["layer"])
+        cache = self.runtime.cache
+        for name, stats in (cache.stats() if cache is not None else {}).items():
+            size.add_metric([name], stats.get("bytes", 0))
+            items.add_metric([name], stats.get("items", 0))
+        yield size
+        yield items
+
+
+class PrometheusMetrics:
+    """Turns events into Prometheus series in a registry of its own (one per runtime)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.registry = r = CollectorRegistry()
+        self.requests = PCounter("mediaproxy_requests", "Requests by kind.", ["kind"], registry=r)
+        self.hits = PCounter("mediaproxy_cache_hits", "Cache hits by layer.", ["layer"],
+                             registry=r)
+        self.misses = PCounter("mediaproxy_cache_misses", "Cache misses.", registry=r)
+        self.cache_errors = PCounter("mediaproxy_cache_errors", "Cache layer failures.",
+                                     ["layer", "op"], registry=r)
+        self.rejections = PCounter("mediaproxy_rejections", "Refused image requests.",
+                                   ["error"], registry=r)
+        self.source_errors = PCounter("mediaproxy_source_errors",
+                                      "Originals that could not be had.", ["status"], registry=r)
+        self.transforms = Histogram(
+            "mediaproxy_transform_seconds", "Time in the thread pool per transform.",
+            ["format"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.transform_errors = PCounter("mediaproxy_transform_errors",
+                                         "Sources that could not be transformed.", ["error"],
+                                         registry=r)
+        r.register(_RuntimeCollector(self.runtime))
+
+    @hookimpl
+    def mediaproxy_event(self, event):
+        f = event.fields
+        name = event.name
+        if name == "passthrough":
+            self.requests.labels("passthrough").inc()
+        elif name == "image.request":
+            self.requests.labels("image").inc()
+        elif name == "cache.hit":
+            self.hits.labels(f.get("layer", "")).inc()
+        elif name == "cache.miss":
+            self.misses.inc()
+        elif name == "cache.error":
+            self.cache_errors.labels(f.get("layer", ""), f.get("op", "")).inc()
+        elif name == "rejection":
+            self.rejections.labels(f.get("error", "")).inc()
+        elif name == "source.error":
+            self.source_errors.labels(str(f.get("status", ""))).inc()
+        elif name == "transform":
+            self.transforms.labels(f.get("format", "")).observe(event.value)
+        elif name == "transform.error":
+            self.transform_errors.labels(f.get("error", "")).inc()
+
+
+@hookimpl
+def mediaproxy_configure(runtime):
+    runtime.pm.register(EventCounters(), "mediaproxy.builtin.metrics.counters")
+    runtime.pm.register(PrometheusMetrics(runtime), "mediaproxy.builtin.metrics.prometheus")
+
+
+@hookimpl
+def mediaproxy_services(runtime):
+    listen = runtime.config.monitoring.listen
+    if not listen:
+        return []
+    from twisted.application import strports
+    from twisted.web.server import Site
+
+    from ..monitoring import MonitoringResource
+
+    metrics = runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus")
+    return [strports.service(listen, Site(MonitoringResource(runtime, metrics.registry)))]

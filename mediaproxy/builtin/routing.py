@@ -1,0 +1,108 @@
+"""
+The query scheme: transforms asked for with query parameters on the backend's own media paths,
+``/media/uploads/a.jpg?w=300&h=200&fit=cover&fmt=webp``.
+
+A GET or HEAD on a configured prefix, with an image extension and at least one registered
+parameter, is an image request; anything else passes through untouched (a media path without
+transform parameters, a ``?v=123`` cache buster alone, a POST). Unknown parameters are ignored
+and stay out of the cache key.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote
+
+from .. import hookimpl
+from ..cache import normalise_path
+from ..models import ImageRequest, Rejection
+
+
+def decode_path(raw: str) -> str:
+    """Percent-decode a request path once, strictly (UTF-8). Raises ValueError."""
+    if "%" in raw:
+        for i, ch in enumerate(raw):
+            if ch == "%" and not _is_hex_pair(raw[i + 1:i + 3]):
+                raise ValueError("malformed percent-encoding in the path")
+    data = unquote(raw, encoding="utf-8", errors="strict")
+    return data
+
+
+def _is_hex_pair(text: str) -> bool:
+    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def unsafe_path_reason(path: str) -> str | None:
+    """Why a decoded source path may not be fetched, or None when it is safe."""
+    if not path.startswith("/"):
+        return "the path must be absolute"
+    if "\x00" in path or "\\" in path:
+        return "the path contains a forbidden character"
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in path):
+        return "the path contains a control character"
+    segments = path.split("/")
+    if ".." in segments:
+        return "the path must not contain '..' segments"
+    if "://" in path or path.startswith("//"):
+        return "the path must not name a scheme or host"
+    return None
+
+
+TENANT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def tenant_of(path: str) -> str:
+    """``/media/{tenant}/uploads/...`` names a tenant (``[a-z_][a-z0-9_]{0,62}``); anything
+    else belongs to ``public``."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[1] == "media" and parts[3] == "uploads" and TENANT.match(parts[2]):
+        return parts[2]
+    return "public"
+
+
+def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, bool]:
+    """Read every registered parameter from ``query``: (params, rejection, any_present)."""
+    params = {}
+    present = False
+    for name, param in registry.items():
+        raw = None
+        for spelling in (name, *param.aliases):
+            if spelling in query:
+                raw = query[spelling]
+        if raw is None:
+            params[name] = param.default
+            continue
+        present = True
+        try:
+            params[name] = param.parse(raw)
+        except ValueError as e:
+            return params, Rejection(400, "invalid_parameter", str(e), parameter=name), present
+    return params, None, present
+
+
+@hookimpl(trylast=True)
+def mediaproxy_match_request(request, runtime):
+    config = runtime.config.routes
+    if not config.query_scheme or request.method not in ("GET", "HEAD"):
+        return None
+    if not any(request.path.startswith(prefix) for prefix in config.prefixes):
+        return None
+    query = request.query_dict()
+    names = {s for name, p in runtime.params.items() for s in (name, *p.aliases)}
+    if not names.intersection(query):
+        return None
+    try:
+        path = decode_path(request.path)
+    except (ValueError, UnicodeDecodeError):
+        return Rejection(400, "invalid_path", "the path is not valid percent-encoded UTF-8",
+                         parameter="path")
+    if not path.lower().endswith(tuple(config.image_extensions)):
+        return None
+    reason = unsafe_path_reason(path)
+    if reason:
+        return Rejection(400, "invalid_path", reason, parameter="path")
+    params, rejection, _ = parse_params(query, runtime.params)
+    if rejection is not None:
+        return rejection
+    path = normalise_path(path)
+    return ImageRequest(route="query", source_path=path, params=params, tenant=tenant_of(path))

@@ -1,0 +1,661 @@
+"""
+The configuration schema: one tree of frozen attrs classes.
+
+Sources, weakest first: the defaults below, a TOML file (``--config FILE``), then environment
+variables ``MEDIAPROXY_SECTION__KEY`` (``MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=64MiB``). Every value
+is validated when the config is built; a bad value raises :class:`ConfigError` naming the dotted
+key and the value, so ``mediaproxy check-config`` and ``twistd`` print one clear line.
+
+Every setting carries its help text in ``metadata``: ``conf/mediaproxy.toml`` and
+``docs/configuration.md`` are checked against it by the tests, so the schema is the one place a
+key is defined.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from typing import Any, Callable, Iterator, Mapping
+from urllib.parse import urlsplit
+
+import attrs
+from attrs import frozen
+
+ENV_PREFIX = "MEDIAPROXY_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. ``key`` is the dotted name, ``str()`` the whole message."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+# -- value kinds ------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024, "m": 1000**2,
+          "mb": 1000**2, "mib": 1024**2, "mi": 1024**2, "g": 1000**3, "gb": 1000**3,
+          "gib": 1024**3, "gi": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        if match and match.group(2) and match.group(2).lower() in _UNITS:
+            return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            pass
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ValueError(f"{value!r} is not a number")
+
+
+def _to_str(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{value!r} is not valid UTF-8") from None
+        return value
+    raise ValueError(f"{value!r} is not a string")
+
+
+def _to_strlist(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(_to_str(v) for v in value)
+    raise ValueError(f"{value!r} is not a list of strings")
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "bool": _to_bool, "int": _to_int, "float": _to_float, "str": _to_str,
+    "strlist": _to_strlist,
+}
+
+
+def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None):
+    """An attrs field for one setting: its default, value kind, help text and extra check."""
+    if isinstance(default, list):
+        default = tuple(default)
+    return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check})
+
+
+def section(cls: type, help: str):
+    return attrs.field(factory=cls, metadata={"kind": "section", "cls": cls, "help": help})
+
+
+# -- checks -----------------------------------------------------------------------------------
+
+def _at_least(low: float) -> Callable[[Any], None]:
+    def check(value):
+        if value < low:
+            raise ValueError(f"{value!r} is below the minimum {low}")
+    check.low, check.high = low, None
+    return check
+
+
+def _between(low: float, high: float) -> Callable[[Any], None]:
+    def check(value):
+        if not low <= value <= high:
+            raise ValueError(f"{value!r} is outside {low}..{high}")
+    check.low, check.high = low, high
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], None]:
+    def check(value):
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    check.choices = choices
+    return check
+
+
+def _http_url(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{value!r} must not carry a query, fragment or credentials")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} has a bad port") from None
+
+
+def _cidrs(value: tuple[str, ...]) -> None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+
+
+def _prefixes(value: tuple[str, ...]) -> None:
+    for item in value:
+        if not (item.startswith("/") and item.endswith("/")) or ".." in item:
+            raise ValueError(f"{item!r} must start and end with '/'")
+
+
+def _status_or_zero(value: int) -> None:
+    if value != 0 and not 200 <= value <= 599:
+        raise ValueError(f"{value!r} is neither 0 nor an HTTP status 200..599")
+
+
+def _nonempty(value) -> None:
+    if not value:
+        raise ValueError("must not be empty")
+
+
+def _endpoints(value: tuple[str, ...]) -> None:
+    _nonempty(value)
+    for item in value:
+        if ":" not in item and not item.isdigit():
+            raise ValueError(f"{item!r} is not an endpoint string such as tcp:8080")
+
+
+# -- the schema -------------------------------------------------------------------------------
+
+@frozen
+class ServerConfig:
+    listen: tuple[str, ...] = setting(
+        ["tcp:8080"], "strlist",
+        "Endpoints the proxy listens on (Twisted endpoint strings: tcp:8080, "
+        "tcp:8080:interface=127.0.0.1, unix:/run/mediaproxy.sock, systemd:domain=INET:index=0). "
+        "--listen on the command line replaces this list.", _endpoints)
+    trusted_proxies: tuple[str, ...] = setting(
+        [], "strlist",
+        "Peers (IPs or CIDR networks) whose X-Forwarded-For is believed and appended to. From any "
+        "other peer X-Forwarded-For is replaced by the peer's address.", _cidrs)
+    preserve_host: bool = setting(
+        True, "bool", "Send the client's Host header to the backend (Django's ALLOWED_HOSTS "
+        "sees the public name). false sends the backend's own host:port.")
+    client_timeout: float = setting(
+        60.0, "float", "Seconds a client connection may stay idle before it is closed.",
+        _at_least(1))
+
+
+@frozen
+class BackendConfig:
+    url: str = setting(
+        "http://127.0.0.1:8000", "str",
+        "The one backend (Django) every request goes to. Only this host is ever connected to "
+        "for pass-through and sources.", _http_url)
+    connect_timeout: float = setting(
+        5.0, "float", "Seconds to establish a TCP connection to the backend (then 502).",
+        _at_least(0.01))
+    header_timeout: float = setting(
+        30.0, "float", "Seconds from sending a request to receiving the response headers "
+        "(then 504).", _at_least(0.01))
+    idle_timeout: float = setting(
+        60.0, "float", "Seconds a response body may stall between two chunks before the "
+        "transfer is aborted. There is no total timeout: long downloads are fine.",
+        _at_least(0.01))
+    max_connections: int = setting(
+        64, "int", "Persistent (keep-alive) connections kept open to the backend.",
+        _at_least(1))
+    pool_idle_timeout: float = setting(
+        100.0, "float", "Seconds an unused keep-alive connection stays in the pool.",
+        _at_least(1))
+
+
+@frozen
+class RoutesConfig:
+    prefixes: tuple[str, ...] = setting(
+        ["/media/", "/static/"], "strlist",
+        "Backend path prefixes whose images may be transformed with the query scheme "
+        "(?w=&h=&fit=...). Other paths always pass through.", _prefixes)
+    query_scheme: bool = setting(
+        True, "bool", "Serve transforms from query parameters on the media prefixes.")
+    compat: bool = setting(
+        True, "bool", "Serve the grooveshop-media-stream routes under routes.compat_prefix "
+        "(/media_stream-image/media/{tenant}/uploads/{path}/{w}/{h}/{fit}/{position}/"
+        "{background}/{trim}/{quality}.{format}).")
+    compat_prefix: str = setting(
+        "/media_stream-image/", "str", "Path prefix of the compat routes.",
+        lambda v: _prefixes((v,)))
+    compat_placeholder_status: int = setting(
+        200, "int", "Status of the placeholder a compat route serves for a missing or broken "
+        "source (those frontends expect 200; set 0 for the honest 404/502/422).",
+        _status_or_zero)
+    image_extensions: tuple[str, ...] = setting(
+        [".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff", ".bmp", ".svg"],
+        "strlist", "File extensions (lower case) the query scheme treats as images. A media "
+        "path with another extension, or without transform parameters, passes through.")
+
+
+@frozen
+class MemoryCacheConfig:
+    enabled: bool = setting(True, "bool", "Keep transformed images in process memory.")
+    max_bytes: int = setting(
+        128 * 1024 * 1024, "int",
+        "Upper bound of the memory layer in bytes of image data, per process (accepts 128MiB).",
+        _at_least(0))
+    max_item_bytes: int = setting(
+        8 * 1024 * 1024, "int", "Larger results are not kept in memory.", _at_least(0))
+    ttl: float = setting(
+        86400.0, "float", "Seconds an entry stays in the memory layer.", _at_least(1))
+
+
+def _redis_url(value: str) -> None:
+    if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{value!r} is not a redis:// URL")
+
+
+def _redis_urls(value: tuple[str, ...]) -> None:
+    for item in value:
+        _redis_url(item)
+
+
+def _host_ports(value: tuple[str, ...]) -> None:
+    for item in value:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not host:port")
+
+
+@frozen
+class RedisCacheConfig:
+    url: str = setting(
+        "", "str", "Redis for the shared cache layer, locks and shared state, e.g. "
+        "redis://127.0.0.1:6379/0. Empty: no Redis.", _redis_url)
+    shards: tuple[str, ...] = setting(
+        [], "strlist", "Scale-out: several Redis URLs; keys are spread over them "
+        "(txredisapi sharded connections). Used instead of url when set.", _redis_urls)
+    sentinels: tuple[str, ...] = setting(
+        [], "strlist", "High availability: Sentinel addresses (host:port). With "
+        "sentinel_service set, the master is found through them.", _host_ports)
+    sentinel_service: str = setting("", "str", "The Sentinel service (master) name.")
+    key_prefix: str = setting("mediaproxy:", "str", "Prefix of every Redis key.")
+    ttl: float = setting(
+        7 * 86400.0, "float", "Seconds a result lives in Redis (every key has a TTL).",
+        _at_least(1))
+    max_item_bytes: int = setting(
+        16 * 1024 * 1024, "int", "Larger results are not stored in Redis.", _at_least(0))
+    pool_size: int = setting(8, "int", "Connections to each Redis.", _at_least(1))
+    timeout: float = setting(
+        2.0, "float", "Seconds a Redis command may take before the layer counts an error and "
+        "the request goes on without it.", _at_least(0.01))
+
+
+@frozen
+class FileCacheConfig:
+    dir: str = setting(
+        "", "str", "Directory of the file layer (results and originals). Empty: no file "
+        "layer.")
+    max_bytes: int = setting(
+        1024**3, "int", "Upper bound of the file layer in bytes (accepts 1GiB).", _at_least(0))
+    ttl: float = setting(
+        30 * 86400.0, "float", "Seconds a file entry is served as fresh.", _at_least(1))
+    max_age: float = setting(
+        90 * 86400.0, "float", "Retention: entries older than this are deleted by the "
+        "cleanup, fresh or not.", _at_least(1))
+    cleanup_interval: float = setting(
+        300.0, "float", "Seconds between two cleanup passes (run in a thread).", _at_least(1))
+    disk_warning_percent: float = setting(
+        10.0, "float", "Free disk below this percentage: log a warning and shrink the cache.",
+        _between(0, 100))
+    disk_critical_percent: float = setting(
+        5.0, "float", "Free disk below this percentage: stop writing and shrink hard.",
+        _between(0, 100))
+
+
+@frozen
+class CacheConfig:
+    cache_control: str = setting(
+        "public, max-age=31536000, immutable", "str",
+        "Cache-Control of successful image responses.")
+    error_cache_control: str = setting(
+        "no-store", "str", "Cache-Control of placeholder and error responses.")
+    x_cache_header: bool = setting(
+        True, "bool", "Add X-Cache (HIT-MEMORY, MISS, ...) to image responses.")
+    stale_while_revalidate: float = setting(
+        0.0, "float", "Seconds past its TTL an entry may still be served while a fresh copy is "
+        "made in the background (0: off).", _at_least(0))
+    stale_if_error: float = setting(
+        86400.0, "float", "Seconds past its TTL an entry is served (X-Cache: STALE) when the "
+        "backend fails.", _at_least(0))
+    negative_ttl: float = setting(
+        60.0, "float", "Seconds a backend 404/5xx for a source is remembered, so a missing image "
+        "is not fetched on every hit (0: off).", _at_least(0))
+    memory: MemoryCacheConfig = section(MemoryCacheConfig, "The in-process LRU layer.")
+    redis: RedisCacheConfig = section(RedisCacheConfig, "The shared Redis layer (off unless "
+                                      "a URL is set).")
+    file: FileCacheConfig = section(FileCacheConfig, "The file layer (off unless dir is set).")
+
+
+@frozen
+class ProcessingConfig:
+    threads: int = setting(
+        0, "int", "Size of the thread pool that decodes, resizes and encodes images. 0 means "
+        "one per CPU core. Pillow releases the GIL while it works, so threads use all cores.",
+        _at_least(0))
+    queue_limit: int = setting(
+        256, "int", "Transforms waiting for a thread beyond this many are refused with 503.",
+        _at_least(1))
+    default_quality: int = setting(80, "int", "Quality when q= is absent (1-100).",
+                                   _between(1, 100))
+    jpeg_progressive: bool = setting(True, "bool", "Encode progressive JPEGs.")
+    webp_method: int = setting(
+        4, "int", "WebP encoder effort 0 (fast) to 6 (small).", _between(0, 6))
+    avif_speed: int = setting(
+        8, "int", "AVIF encoder speed 0 (slow, small) to 10 (fast). 8 keeps a 300 px AVIF "
+        "near the cost of a WebP.", _between(0, 10))
+    png_compress_level: int = setting(
+        6, "int", "zlib level for PNG output (0-9).", _between(0, 9))
+    reducing_gap: float = setting(
+        3.0, "float", "Pillow reducing_gap: shrink by whole factors first when the source is "
+        "at least this many times the target (0 disables).", _at_least(0))
+
+
+@frozen
+class LimitsConfig:
+    max_width: int = setting(8192, "int", "Largest output width (w=).", _at_least(1))
+    max_height: int = setting(8192, "int", "Largest output height (h=).", _at_least(1))
+    max_output_pixels: int = setting(
+        7680 * 4320, "int", "Largest output area, width x height.", _at_least(1))
+    max_source_pixels: int = setting(
+        50_000_000, "int", "Largest source area x frames that will be decoded.", _at_least(1))
+    max_source_bytes: int = setting(
+        50 * 1024 * 1024, "int", "Largest source download, enforced while streaming.",
+        _at_least(1))
+    max_frames: int = setting(
+        200, "int", "Most frames an animated source may have (more gives 422).", _at_least(1))
+    transform_timeout: float = setting(
+        30.0, "float", "Seconds a transform may take before the client gets 503.",
+        _at_least(0.1))
+
+
+@frozen
+class CorsConfig:
+    allow_origins: tuple[str, ...] = setting(
+        ["*"], "strlist", "Origins allowed to read images (Access-Control-Allow-Origin). "
+        "Empty sends no CORS headers.")
+    allow_methods: tuple[str, ...] = setting(
+        ["GET", "HEAD", "OPTIONS"], "strlist", "Access-Control-Allow-Methods.")
+    max_age: int = setting(86400, "int", "Access-Control-Max-Age of preflight answers.",
+                           _at_least(0))
+    resource_policy: str = setting(
+        "cross-origin", "str", "Cross-Origin-Resource-Policy of image responses "
+        "(same-origin, same-site, cross-origin; empty to omit).",
+        _one_of("", "same-origin", "same-site", "cross-origin"))
+
+
+@frozen
+class MonitoringConfig:
+    log_level: str = setting("info", "str", "debug, info, warn, error.",
+                             _one_of("debug", "info", "warn", "error", "critical"))
+    log_format: str = setting("text", "str", "text (one line per event) or json "
+                              "(one JSON object per line).", _one_of("text", "json"))
+    listen: str = setting(
+        "", "str", "Endpoint of the monitoring listener serving /metrics (Prometheus) and "
+        "/health, e.g. tcp:9108:interface=127.0.0.1. Empty: no listener. Kept off the main "
+        "port, whose every path belongs to the backend.")
+    trace_hooks: bool = setting(
+        False, "bool", "Log every hook call with its arguments and result "
+        "(MEDIAPROXY_MONITORING__TRACE_HOOKS=1).")
+
+
+@frozen
+class PluginsConfig:
+    disabled: tuple[str, ...] = setting(
+        [], "strlist", "Plugins to leave out, by name: built-ins (for example "
+        "mediaproxy.builtin.cors) or entry-point names of installed plugins.")
+    load_entrypoints: bool = setting(
+        True, "bool", "Load third-party plugins from the 'mediaproxy' entry-point group.")
+
+
+@frozen
+class Config:
+    server: ServerConfig = section(ServerConfig, "Where the proxy listens and whom it trusts.")
+    backend: BackendConfig = section(BackendConfig, "The backend behind the proxy.")
+    routes: RoutesConfig = section(RoutesConfig, "Which requests are image requests.")
+    cache: CacheConfig = section(CacheConfig, "Result cache and caching headers.")
+    processing: ProcessingConfig = section(ProcessingConfig, "Decoding, resizing, encoding.")
+    limits: LimitsConfig = section(LimitsConfig, "Bounds on what a request may ask for.")
+    cors: CorsConfig = section(CorsConfig, "CORS headers of image responses.")
+    monitoring: MonitoringConfig = section(MonitoringConfig, "Logs and tracing.")
+    plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_dict(self)
+
+
+def _to_dict(obj) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in attrs.fields(type(obj)):
+        value = getattr(obj, f.name)
+        if f.metadata.get("kind") == "section":
+            out[f.name] = _to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, attrs.Attribute]]:
+    """Every (dotted key, field) of the schema, sections included, in declaration order."""
+    for f in attrs.fields(cls):
+        key = f"{prefix}{f.name}"
+        yield key, f
+        if f.metadata.get("kind") == "section":
+            yield from iter_settings(f.metadata["cls"], key + ".")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix.rstrip(".") or "config", f"{data!r} is not a table")
+    fields = {f.name: f for f in attrs.fields(cls)}
+    for name in data:
+        if name not in fields:
+            raise ConfigError(f"{prefix}{name}", "unknown key (see docs/configuration.md)")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}{name}"
+        kind = f.metadata["kind"]
+        if kind == "section":
+            kwargs[name] = _build(f.metadata["cls"], data.get(name, {}), key + ".")
+            continue
+        if name not in data:
+            continue
+        try:
+            value = _CONVERT[kind](data[name])
+            if f.metadata.get("check"):
+                f.metadata["check"](value)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _check_defaults(cls: type = Config, prefix: str = "") -> None:
+    # The defaults must pass their own checks; run once at import.
+    for key, f in iter_settings(cls):
+        if f.metadata.get("check") and f.metadata["kind"] != "section":
+            f.metadata["check"](f.default)
+
+
+_check_defaults()
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``MEDIAPROXY_A__B__C=value`` -> ``{"a": {"b": {"c": value}}}`` (values stay strings,
+    except TOML arrays, which are parsed so ``'["/media/"]'`` works as well as ``/media/``)."""
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
+            continue
+        path = name[len(ENV_PREFIX):].lower().split("__")
+        if not all(path):
+            raise ConfigError(name, "empty key segment")
+        value: Any = raw
+        if raw.strip().startswith("["):
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(".".join(path), f"{raw!r} is not a TOML array") from None
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(".".join(path), "is both a value and a table")
+        node[path[-1]] = value
+    return tree
+
+
+def load_config(path: str | os.PathLike | None = None,
+                environ: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the effective config: defaults < TOML file < environment < ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError("--config", f"cannot read {os.fspath(path)!r}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError("--config", f"{os.fspath(path)!r} is not valid TOML: {e}") from None
+    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+    if overrides:
+        data = _merge(data, overrides)
+    return _build(Config, data, "")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    return _build(Config, data, "")
+
+
+# -- TOML output (check-config, conf/mediaproxy.toml) ----------------------------------------
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        escaped = "".join(c if c.isprintable() else
+                          (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+                          for c in escaped)
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+DEFAULTS_HEADER = """\
+# mediaproxy configuration: every key with its default and what it does.
+# Generated by `mediaproxy check-config --defaults`; a test keeps it in step with the schema.
+# Any key can also be set from the environment: MEDIAPROXY_SECTION__KEY, e.g.
+#   MEDIAPROXY_BACKEND__URL=http://127.0.0.1:8000  MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=256MiB
+# Sizes accept KiB/MiB/GiB suffixes in the environment and in strings ("64MiB").
+
+"""
+
+
+def defaults_toml() -> str:
+    """The annotated defaults: the text of conf/mediaproxy.toml."""
+    return DEFAULTS_HEADER + to_toml(Config(), comments=True)
+
+
+def to_toml(config: Config, comments: bool = False) -> str:
+    """The config as TOML; with ``comments`` every key is preceded by its help text."""
+    lines: list[str] = []
+
+    def emit(obj, prefix):
+        scalars = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] != "section"]
+        subs = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] == "section"]
+        for f in scalars:
+            if comments:
+                for line in _wrap(f.metadata["help"]):
+                    lines.append(f"# {line}")
+            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            if comments:
+                lines.append("")
+        for f in subs:
+            name = f"{prefix}{f.name}"
+            if lines and lines[-1] != "":
+                lines.append("")
+            if comments:
+                lines.append(f"# {f.metadata['help']}")
+            lines.append(f"[{name}]")
+            emit(getattr(obj, f.name), name + ".")
+
+    emit(config, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    out, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            out.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    if line:
+        out.append(line)
+    return out
+
+
+def to_markdown() -> str:
+    """The reference table of every key (docs/configuration.md embeds it)."""
+    out = []
+    defaults = Config()
+    for key, f in iter_settings():
+        if f.metadata["kind"] == "section":
+            out.append(f"\n### `{key}`\n\n{f.metadata['help']}\n")
+            out.append("| key | default | environment | meaning |\n|---|---|---|---|")
+            continue
+        value = defaults
+        for part in key.split("."):
+            value = getattr(value, part)
+        env = ENV_PREFIX + key.upper().replace(".", "__")
+        help_text = f.metadata["help"].replace("|", "\\|")
+        out.append(f"| `{key}` | `{_toml_value(value)}` | `{env}` | {help_text} |")
+    return "\n".join(out).strip() + "\n"

@@ -1,0 +1,186 @@
+"""
+The hook contract: every hook mediaproxy calls, grouped by when it fires.
+
+Rules that hold for all of them:
+
+* pluggy calls are synchronous. A hook marked *firstresult* must decide **synchronously**
+  whether it answers: returning anything but ``None`` (a Deferred included) ends the call.
+  Asynchronous work lives in the objects the hooks hand over (cache layers, fetch Deferreds,
+  the pipeline's Deferred), which the core drives.
+* Unless a spec says otherwise a hook runs **in the reactor thread** and must not block: no
+  disk or network I/O, no image decoding. Work that takes time goes to
+  ``runtime.run_in_pool`` (CPU) or returns a Deferred where the spec allows one.
+* Values passed in are frozen attrs instances (:mod:`mediaproxy.models`); hooks return new
+  values rather than changing what they got.
+* Built-in behaviour is implemented by plugins in :mod:`mediaproxy.builtin`, registered
+  ``trylast`` where a third party may want to take over, and each can be disabled by name
+  (``plugins.disabled``).
+
+Every hook here is documented in ``docs/plugin_hooks.md``; a test fails when one is missing.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mediaproxy")
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_configure(runtime):
+    """The plugin manager is complete and the config validated; the reactor is not yet serving.
+
+    Stateful plugins create their objects here and register them with
+    ``runtime.pm.register(obj, name)``. Runs once per process in the reactor thread, before
+    any request. Return value ignored; may not return a Deferred (start asynchronous work from
+    a service, see :func:`mediaproxy_services`).
+    """
+
+
+@hookspec
+def mediaproxy_services(runtime):
+    """Return a list of :class:`twisted.application.service.IService` to run with the daemon.
+
+    They are started after the listening ports exist and stopped, in reverse order, on
+    shutdown (``stopService`` may return a Deferred). Background jobs (cache cleanup, warm-up,
+    metrics listeners, Redis connections) live here. Reactor thread.
+    """
+
+
+@hookspec
+def mediaproxy_config_reloaded(runtime, old, new):
+    """The configuration changed (``SIGHUP`` re-reads the file and environment).
+
+    ``old`` and ``new`` are :class:`mediaproxy.config.Config`; ``runtime.config`` is already
+    ``new``. Plugins that copied settings refresh them. Reactor thread; return value ignored.
+    Settings of the listening endpoints and the thread pool size apply only after a restart.
+    """
+
+
+@hookspec
+def mediaproxy_unconfigure(runtime):
+    """The daemon is stopping; release what :func:`mediaproxy_configure` created.
+
+    Reactor thread; return value ignored.
+    """
+
+
+# -- request parsing and checks ----------------------------------------------------------------
+
+@hookspec
+def mediaproxy_params(config):
+    """Return a list of :class:`mediaproxy.models.Param` this plugin contributes.
+
+    Routes parse transform parameters through this registry, and the cache key is built from
+    each parameter's ``key(value)``, so a plugin adding a parameter (a preset, a watermark)
+    changes the key only by what its parameter contributes. Names must be unique: a duplicate
+    fails at start. Called once at start and after a config reload, reactor thread.
+    """
+
+
+@hookspec(firstresult=True)
+def mediaproxy_match_request(request, runtime):
+    """Decide whether ``request`` (:class:`~mediaproxy.models.RequestInfo`) is an image request.
+
+    Return an :class:`~mediaproxy.models.ImageRequest` to handle it as one, a
+    :class:`~mediaproxy.models.Rejection` to refuse it (a bad parameter: 400 with the
+    parameter named), or ``None`` to let other plugins decide; when all return ``None`` the
+    request passes through to the backend unchanged. *firstresult*, synchronous, reactor
+    thread. Must not raise for any input: bad input is a Rejection.
+    """
+
+
+@hookspec(firstresult=True)
+def mediaproxy_check_request(image_request, request, runtime):
+    """The check chain: return a :class:`~mediaproxy.models.Rejection` to refuse, ``None`` to
+    let the request go on.
+
+    Every plugin is asked in turn (validation, signatures, rate limits ...) until one refuses.
+    *firstresult*, synchronous, reactor thread: state it needs (rate-limit buckets) is held in
+    memory and synchronised in the background, never looked up per request.
+    """
+
+
+# -- cache -------------------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_cache_layers(runtime):
+    """Return a list of cache layers (:class:`mediaproxy.cache.CacheLayer`).
+
+    Layers are read fastest-first (ascending ``order``; the memory layer is 10) and written
+    all; a hit back-fills the faster layers. Layer methods return Deferreds. Called once at
+    start, reactor thread.
+    """
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mediaproxy_fetch_source(image_request, request, runtime):
+    """Fetch the original image of ``image_request``.
+
+    Return a Deferred that fires with a :class:`~mediaproxy.models.SourceImage` or fails with
+    :class:`~mediaproxy.models.SourceError` (404, 502, 504, 413...), or ``None`` when this
+    plugin does not serve that source. The built-in fetches ``image_request.source_path`` from
+    the configured backend (``trylast``). *firstresult*, decided synchronously, reactor thread;
+    the Deferred may fire later.
+    """
+
+
+# -- transform ---------------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_transform_steps(image_request, spec):
+    """Return :class:`~mediaproxy.models.TransformStep` objects to run on this request's image.
+
+    Called in the reactor thread, per request, to collect the steps; the steps' ``apply``
+    functions then run **in the transform thread pool**, in ``order`` (resize is 500), on the
+    decoded, oriented image. ``apply`` must be pure: no reactor, no plugin manager, no
+    logging. Return ``None`` or an empty list when nothing applies.
+    """
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mediaproxy_handle_image(image_request, request, runtime):
+    """The image protocol: answer ``image_request`` with a Deferred that fires with an
+    :class:`~mediaproxy.models.ImageResponse`.
+
+    The built-in pipeline (``trylast``) runs checks, cache lookup, coalesced fetch, transform
+    and store. Wrap it with ``@hookimpl(wrapper=True)`` to time or observe every image request
+    (the wrapper gets the Deferred the pipeline returned and must return one). *firstresult*,
+    reactor thread.
+    """
+
+
+@hookspec
+def mediaproxy_response_headers(image_request, response, request, runtime):
+    """Return a list of ``(name, value)`` headers to add to an image response.
+
+    ``response`` is the :class:`~mediaproxy.models.ImageResponse` about to be written (``None``
+    for a Rejection). CORS and Cross-Origin-Resource-Policy are built in this way. Reactor
+    thread, synchronous.
+    """
+
+
+# -- monitoring --------------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_event(event):
+    """Observe an :class:`~mediaproxy.models.Event` (a count or a duration with labels).
+
+    Metrics plugins turn these into Prometheus series. Reactor thread; must be cheap and must
+    not raise. Return value ignored.
+    """
+
+
+@hookspec
+def mediaproxy_health_indicators(runtime):
+    """Return a list of health indicators: objects with a ``name`` and a ``check()`` that
+    returns a :class:`~mediaproxy.models.HealthStatus` or a Deferred firing with one.
+
+    Called once at start, reactor thread; ``check`` is called per health probe.
+    """

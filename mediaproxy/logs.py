@@ -1,0 +1,93 @@
+"""
+Structured logging with twisted.logger: every event of a request carries its correlation ID.
+
+``request_log(correlation_id)`` returns a :class:`twisted.logger.Logger` whose every event has
+a ``correlation_id`` field. Observers (``observer_for``) print it on every line in text mode and
+as a key in JSON mode.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import IO
+
+from twisted.logger import (
+    FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, formatEvent,
+    globalLogBeginner,
+)
+
+
+class RequestLogger(Logger):
+    """A Logger that adds ``correlation_id`` (and any other bound fields) to every event."""
+
+    def __init__(self, namespace: str = "mediaproxy.request", source=None, observer=None,
+                 **fields):
+        super().__init__(namespace=namespace, source=source, observer=observer)
+        self._fields = fields
+
+    def emit(self, level, format=None, **kwargs):
+        for key, value in self._fields.items():
+            kwargs.setdefault(key, value)
+        super().emit(level, format, **kwargs)
+
+    def bind(self, **fields) -> "RequestLogger":
+        return RequestLogger(self.namespace, self.source, self.observer,
+                             **{**self._fields, **fields})
+
+    @property
+    def correlation_id(self) -> str:
+        return self._fields.get("correlation_id", "")
+
+
+def request_log(correlation_id: str, namespace: str = "mediaproxy.request") -> RequestLogger:
+    return RequestLogger(namespace, correlation_id=correlation_id)
+
+
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+           "error": LogLevel.error, "critical": LogLevel.critical}
+
+
+def _text_observer(stream: IO[str]):
+    def observe(event):
+        text = formatEvent(event)
+        if event.get("log_failure") is not None:
+            text = f"{text}\n{event['log_failure'].getTraceback()}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time())))
+        level = event.get("log_level", LogLevel.info).name
+        cid = event.get("correlation_id")
+        cid = f" [{cid}]" if cid else ""
+        stream.write(f"{stamp}Z {level:<5} {event.get('log_namespace', '-')}{cid} {text}\n")
+        stream.flush()
+    return observe
+
+
+def _json_observer(stream: IO[str]):
+    def observe(event):
+        out = {"time": event.get("log_time"), "level": event.get("log_level", LogLevel.info).name,
+               "namespace": event.get("log_namespace"), "message": formatEvent(event)}
+        for key, value in event.items():
+            if key.startswith("log_") or key in ("format", "message", "time", "level"):
+                continue
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                out[key] = value
+        if event.get("log_failure") is not None:
+            out["traceback"] = event["log_failure"].getTraceback()
+        stream.write(json.dumps(out, default=str) + "\n")
+        stream.flush()
+    return observe
+
+
+def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None = None):
+    """A log observer printing events at ``level`` and above, as text or JSON lines."""
+    stream = stream or sys.stdout
+    base = _json_observer(stream) if fmt == "json" else _text_observer(stream)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    return FilteringLogObserver(base, [predicate])
+
+
+def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
+    """Start global logging for the console script (twistd sets up its own)."""
+    globalLogBeginner.beginLoggingTo([observer_for(level, fmt, stream)],
+                                     redirectStandardIO=False)

@@ -1,0 +1,83 @@
+"""
+The plugin manager factory: hook specs, the built-in plugins, then third-party plugins from the
+``mediaproxy`` entry-point group, minus those disabled by name in ``plugins.disabled``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+
+import pluggy
+from twisted.logger import Logger
+
+from . import hookspecs
+
+log = Logger(namespace="mediaproxy.plugins")
+
+#: The built-in features, each a plugin module registered under its dotted name.
+DEFAULT_PLUGINS = (
+    "mediaproxy.builtin.params",
+    "mediaproxy.builtin.routing",
+    "mediaproxy.builtin.compat",
+    "mediaproxy.builtin.validation",
+    "mediaproxy.builtin.source",
+    "mediaproxy.builtin.memorycache",
+    "mediaproxy.builtin.pipeline",
+    "mediaproxy.builtin.cors",
+    "mediaproxy.builtin.metrics",
+    "mediaproxy.builtin.health",
+)
+
+
+def get_plugin_manager(config, load_entrypoints: bool | None = None,
+                       extra_plugins=()) -> pluggy.PluginManager:
+    """A plugin manager with every spec, the enabled built-ins, the entry-point plugins (unless
+    ``load_entrypoints`` is false) and ``extra_plugins`` (objects or modules, for tests).
+
+    Ends with ``check_pending()``: a hookimpl whose name matches no spec fails here, at start.
+    """
+    pm = pluggy.PluginManager("mediaproxy")
+    pm.add_hookspecs(hookspecs)
+    disabled = set(config.plugins.disabled)
+    for name in disabled:
+        pm.set_blocked(name)
+    for name in DEFAULT_PLUGINS:
+        if name not in disabled:
+            pm.register(importlib.import_module(name), name)
+    if load_entrypoints is None:
+        load_entrypoints = config.plugins.load_entrypoints
+    if load_entrypoints:
+        pm.load_setuptools_entrypoints("mediaproxy")
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    installed = {ep.name for ep in importlib.metadata.entry_points(group="mediaproxy")}
+    for name in sorted(disabled - set(DEFAULT_PLUGINS) - installed):
+        log.warn("plugins.disabled names {plugin!r}, which is not installed", plugin=name)
+    pm.check_pending()
+    if config.monitoring.trace_hooks or os.environ.get("MEDIAPROXY_TRACE_HOOKS") == "1":
+        _trace(pm)
+    return pm
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    trace = Logger(namespace="mediaproxy.trace")
+
+    def before(hook_name, hook_impls, kwargs):
+        if hook_name != "mediaproxy_event":
+            trace.debug("call {hook} ({n} impls) with {args}", hook=hook_name,
+                        n=len(hook_impls), args=sorted(kwargs))
+
+    def after(outcome, hook_name, hook_impls, kwargs):
+        if hook_name != "mediaproxy_event":
+            trace.debug("{hook} -> {result!r}", hook=hook_name,
+                        result=outcome.get_result() if outcome.exception is None
+                        else outcome.exception)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+def plugin_names(pm: pluggy.PluginManager) -> list[str]:
+    """Names of the registered plugins, for ``check-config`` and the health endpoint."""
+    return sorted(name for name, plugin in pm.list_name_plugin() if plugin is not None)

@@ -1,0 +1,223 @@
+"""
+Frozen values passed between hooks. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import attrs
+from attrs import frozen
+
+
+def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+def _pairs(items) -> tuple[tuple[str, str], ...]:
+    return tuple((str(k), str(v)) for k, v in (items or ()))
+
+
+@frozen
+class RequestInfo:
+    """The client's HTTP request as the hooks see it (no body; the body is streamed elsewhere).
+
+    ``path`` is the raw (still percent-encoded) path without the query; ``query`` the decoded
+    query pairs in order; ``headers`` the request headers as (lower-case name, value) pairs, a
+    repeated header once per value. ``client_ip`` is the end client: the peer, or the first
+    untrusted address of ``X-Forwarded-For`` when the peer is a trusted proxy.
+    """
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+    client_ip: str = ""
+    peer_ip: str = ""
+    scheme: str = "http"
+    host: str = ""
+    correlation_id: str = ""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def query_dict(self) -> dict[str, str]:
+        """The query as a dict; for a repeated parameter the last value wins."""
+        return dict(self.query)
+
+
+@frozen
+class ImageRequest:
+    """A parsed image request: which source, which canonical transform parameters.
+
+    ``params`` maps each registered parameter's name to its parsed, canonical value (see
+    :class:`Param`); two URLs meaning the same transform produce equal ``params``.
+    ``failure_status`` is the status a placeholder is served with when the source is missing or
+    broken: ``None`` means the honest status (404, 502, 422).
+    """
+
+    route: str
+    source_path: str
+    params: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
+                                            eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
+    tenant: str = "public"
+    failure_status: int | None = None
+
+    def evolve(self, **changes) -> "ImageRequest":
+        return attrs.evolve(self, **changes)
+
+    def with_params(self, **params) -> "ImageRequest":
+        return attrs.evolve(self, params={**self.params, **params})
+
+
+@frozen
+class Rejection:
+    """A refusal: the request is answered with ``status`` and a short JSON body
+    ``{error, message, status, parameter, correlation_id}``, plus ``headers``."""
+
+    status: int
+    error: str
+    message: str
+    parameter: str | None = None
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+
+
+@frozen
+class Param:
+    """A transform parameter that a route may read from a request.
+
+    ``parse(raw: str) -> value`` turns the raw text into the canonical value and raises
+    ``ValueError`` (the message is shown to the client) when it is bad. ``default`` is used
+    when the request does not name it. ``key(value) -> str | None`` is the parameter's
+    contribution to the cache key (``None``: it does not change the output, leave it out).
+    ``aliases`` are other query names for the same parameter.
+    """
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any = None
+    key: Callable[[Any], str | None] = attrs.field(default=lambda value: repr(value))
+    aliases: tuple[str, ...] = ()
+    help: str = ""
+
+
+@frozen
+class SourceImage:
+    """An original fetched from the backend (or elsewhere, by a fetch plugin)."""
+
+    body: bytes
+    content_type: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class SourceError(Exception):
+    """The source could not be had: ``status`` is the honest HTTP status (404, 502, 504, 413...)."""
+
+    def __init__(self, status: int, error: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+@frozen
+class TransformSpec:
+    """What one transform must produce; built from an :class:`ImageRequest` by the pipeline and
+    handed to the thread pool. ``width``/``height`` 0 leave that axis free. ``format`` ``None``
+    keeps the source's format when it is a web format (JPEG, PNG, WebP, AVIF, GIF), else JPEG,
+    or PNG when the image has alpha. ``background`` is RGBA."""
+
+    width: int = 0
+    height: int = 0
+    fit: str = "inside"
+    position: str = "centre"
+    background: tuple[int, int, int, int] = (255, 255, 255, 255)
+    quality: int = 80
+    format: str | None = None
+    enlarge: bool = False
+    trim: int = 0
+    progressive: bool = True
+    webp_method: int = 4
+    avif_speed: int = 8
+    png_compress_level: int = 6
+    reducing_gap: float = 3.0
+    max_source_pixels: int = 50_000_000
+    max_frames: int = 200
+    extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
+                                           eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
+
+
+@frozen
+class TransformStep:
+    """One step of the transform, run in the thread pool after decoding and orienting, in
+    ``order`` (the built-in resize is 500). ``apply(image, spec, request) -> image`` gets a
+    Pillow image, must not touch the reactor or the plugin manager, and returns an image."""
+
+    name: str
+    apply: Callable[..., Any]
+    order: int = 500
+
+
+@frozen
+class Rendered:
+    """The output of a transform."""
+
+    body: bytes
+    content_type: str
+    format: str
+    width: int
+    height: int
+    frames: int = 1
+
+
+@frozen
+class CacheEntry:
+    """A stored result. ``etag`` is the strong ETag of ``body``; ``source_etag`` and
+    ``source_last_modified`` are the backend's validators of the original."""
+
+    body: bytes
+    content_type: str
+    created_at: float
+    etag: str
+    last_modified: str
+    source_etag: str | None = None
+    source_last_modified: str | None = None
+
+
+@frozen
+class ImageResponse:
+    """What the image pipeline answers; the resource writes it (HEAD and 304 included)."""
+
+    status: int
+    body: bytes
+    content_type: str
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_pairs)
+    etag: str | None = None
+    last_modified: str | None = None
+    cache_status: str = "MISS"
+
+
+@frozen
+class HealthStatus:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@frozen
+class Event:
+    """Something worth counting: ``name`` such as ``request``, ``cache.hit``, ``transform``,
+    ``rejection``; ``value`` (1 for a count, seconds for a duration); ``fields`` labels."""
+
+    name: str
+    value: float = 1.0
+    correlation_id: str = ""
+    fields: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
+                                            eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))

@@ -1,0 +1,94 @@
+"""
+From a twisted.web request to a :class:`~mediaproxy.models.RequestInfo`: the correlation ID,
+the end client's address (believing ``X-Forwarded-For`` only from trusted proxies), scheme and
+host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from functools import lru_cache
+from urllib.parse import parse_qsl
+
+from .models import RequestInfo
+
+_CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def correlation_id(incoming: str | None) -> str:
+    """Keep a well-formed incoming ``X-Correlation-ID``; otherwise make a new one."""
+    if incoming is not None and _CID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@lru_cache(maxsize=64)
+def _networks(cidrs: tuple[str, ...]):
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    """Whether ``address`` lies in one of the ``trusted`` networks."""
+    if not trusted or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in _networks(trusted))
+
+
+def client_address(peer: str, forwarded_for: list[str], trusted: tuple[str, ...]) -> str:
+    """The end client: walk ``X-Forwarded-For`` from the right while the hop is trusted."""
+    if not is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def peer_address(request) -> str:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", "") or ""
+
+
+def from_request(request, trusted_proxies: tuple[str, ...] = ()) -> RequestInfo:
+    """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1)."""
+    headers = tuple(
+        (name.decode("latin-1").lower(), value.decode("latin-1"))
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    )
+    raw_uri = request.uri
+    if b"://" in raw_uri.split(b"?", 1)[0][:16]:  # absolute-form target: keep only the path
+        rest = raw_uri.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        raw_uri = rest[slash:] if slash >= 0 else b"/"
+    path, _, query = raw_uri.partition(b"?")
+    peer = peer_address(request)
+    trusted = is_trusted(peer, trusted_proxies)
+    xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+    scheme = "https" if request.isSecure() else "http"
+    if trusted:
+        proto = request.getHeader(b"x-forwarded-proto")
+        if proto and proto.decode("latin-1").lower() in ("http", "https"):
+            scheme = proto.decode("latin-1").lower()
+    host = (request.getHeader(b"host") or b"").decode("latin-1")
+    cid_raw = request.getHeader(b"x-correlation-id")
+    return RequestInfo(
+        method=request.method.decode("latin-1"),
+        path=path.decode("latin-1"),
+        query=parse_qsl(query.decode("latin-1"), keep_blank_values=True),
+        headers=headers,
+        client_ip=client_address(peer, [v.decode("latin-1") for v in xff], trusted_proxies),
+        peer_ip=peer,
+        scheme=scheme,
+        host=host,
+        correlation_id=correlation_id(cid_raw.decode("latin-1") if cid_raw is not None else None),
+    )

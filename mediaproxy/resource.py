@@ -1,0 +1,132 @@
+"""
+The root resource: image requests go through the image protocol hook, everything else is
+streamed to the backend. Also writes image responses: conditional requests (304), HEAD, the
+headers every image response carries, and the JSON body of a refusal.
+"""
+
+from __future__ import annotations
+
+from email.utils import parsedate_to_datetime
+
+from twisted.internet.defer import maybeDeferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from . import requestinfo
+from .errors import CORRELATION_HEADER, write_error
+from .logs import request_log
+from .models import ImageResponse, Rejection
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2), as If-None-Match requires."""
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
+
+
+def not_modified_since(if_modified_since: str, last_modified: str | None) -> bool:
+    if not last_modified:
+        return False
+    try:
+        return parsedate_to_datetime(last_modified) <= parsedate_to_datetime(if_modified_since)
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+class ProxyResource(Resource):
+    isLeaf = True
+
+    def __init__(self, runtime):
+        super().__init__()
+        self.runtime = runtime
+
+    def render(self, request):
+        rt = self.runtime
+        info = requestinfo.from_request(request, rt.config.server.trusted_proxies)
+        log = request_log(info.correlation_id)
+        try:
+            match = rt.pm.hook.mediaproxy_match_request(request=info, runtime=rt)
+        except Exception:
+            log.failure("a match_request hook raised for {path}", path=info.path)
+            match = Rejection(500, "internal_error", "the request could not be handled")
+        if match is None:
+            rt.emit("passthrough", correlation_id=info.correlation_id, method=info.method)
+            rt.upstream.proxy(request, info, log)
+            return NOT_DONE_YET
+        if isinstance(match, Rejection):
+            self._write_rejection(request, info, match, None, log)
+            return NOT_DONE_YET
+        rt.emit("image.request", correlation_id=info.correlation_id, route=match.route)
+        log.info("{method} {path} -> image request ({route})", method=info.method,
+                 path=info.path, route=match.route)
+        d = maybeDeferred(rt.pm.hook.mediaproxy_handle_image, image_request=match,
+                          request=info, runtime=rt)
+        d.addCallback(self._write, request, info, match, log)
+        d.addErrback(self._internal_error, request, info, log)
+        return NOT_DONE_YET
+
+    def _internal_error(self, failure, request, info, log):
+        log.failure("image request failed for {path}", failure, path=info.path)
+        if not request.finished and not request._disconnected and not request.startedWriting:
+            write_error(request, 500, "internal_error", "the image could not be produced",
+                        info.correlation_id)
+
+    def _write(self, result, request, info, image_request, log):
+        if request._disconnected or request.finished:
+            return
+        if isinstance(result, Rejection):
+            self._write_rejection(request, info, result, image_request, log)
+            return
+        self._write_image(request, info, image_request, result, log)
+
+    def _extra_headers(self, image_request, response, info):
+        rt = self.runtime
+        for headers in rt.pm.hook.mediaproxy_response_headers(
+                image_request=image_request, response=response, request=info, runtime=rt):
+            yield from headers or ()
+
+    def _write_rejection(self, request, info, rejection, image_request, log):
+        headers = list(rejection.headers)
+        headers += list(self._extra_headers(image_request, None, info))
+        write_error(request, rejection.status, rejection.error, rejection.message,
+                    info.correlation_id, rejection.parameter,
+                    [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
+
+    def _write_image(self, request, info, image_request, response: ImageResponse, log):
+        rt = self.runtime
+        status = response.status
+        headers = [("Content-Type", response.content_type),
+                   ("X-Content-Type-Options", "nosniff")]
+        if response.etag:
+            headers.append(("ETag", response.etag))
+        if response.last_modified:
+            headers.append(("Last-Modified", response.last_modified))
+        headers += response.headers
+        if rt.config.cache.x_cache_header:
+            headers.append(("X-Cache", response.cache_status))
+        headers += list(self._extra_headers(image_request, response, info))
+        body = response.body
+        if status == 200 and self._not_modified(info, response):
+            status, body = 304, b""
+            headers = [(n, v) for n, v in headers if n.lower() not in ("content-type",)]
+        request.setResponseCode(status)
+        for name, value in headers:
+            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request.setHeader(CORRELATION_HEADER, info.correlation_id.encode())
+        if status != 304:
+            request.setHeader(b"Content-Length", str(len(response.body)).encode())
+        log.info("{status} {content_type} {size} bytes ({cache})", status=status,
+                 content_type=response.content_type, size=len(body), cache=response.cache_status)
+        if body and request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _not_modified(info, response) -> bool:
+        inm = info.header("if-none-match")
+        if inm is not None:
+            return bool(response.etag) and etag_matches(inm, response.etag)
+        ims = info.header("if-modified-since")
+        return ims is not None and not_modified_since(ims, response.last_modified)

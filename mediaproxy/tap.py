@@ -1,0 +1,166 @@
+"""
+The composition root: ``twistd mediaproxy`` options and the service tree.
+
+``compose(config, reactor)`` builds everything (plugin manager, thread pool, backend client,
+cache, site) without touching the global reactor; ``makeService`` is the outermost edge where
+the global reactor is used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from itertools import chain
+
+from twisted.application import service, strports
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+from twisted.python import usage, threadpool
+
+from . import __version__
+from .cache import LayeredCache
+from .config import ConfigError, load_config
+from .fetch import SourceFetcher
+from .manager import get_plugin_manager
+from .resource import ProxyResource
+from .runtime import Runtime
+from .streaming import StreamingSite
+from .upstream import Upstream
+
+log = Logger(namespace="mediaproxy")
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--listen ENDPOINT ...]"
+    longdesc = ("Run the mediaproxy image edge proxy. Settings come from --config, then "
+                "MEDIAPROXY_SECTION__KEY environment variables; see docs/configuration.md.")
+    optParameters = [["config", "c", None, "TOML configuration file (optional)."]]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint):
+        """Endpoint to listen on, repeatable (tcp:8080, unix:/run/mp.sock, ...). Replaces
+        server.listen. Default: tcp:8080."""
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"mediaproxy {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        overrides = {"server": {"listen": list(self["listen"])}} if self["listen"] else None
+        try:
+            self["config_obj"] = load_config(self["config"], overrides=overrides)
+        except ConfigError as e:
+            raise usage.UsageError(f"configuration error: {e}") from None
+
+
+class ThreadPoolService(service.Service):
+    """Starts and stops the transform thread pool with the daemon."""
+
+    def __init__(self, pool: threadpool.ThreadPool):
+        self.pool = pool
+
+    def startService(self):
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+
+class RuntimeService(service.Service):
+    """Runs the configure/unconfigure lifecycle and closes the backend pool on stop."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def stopService(self):
+        super().stopService()
+        rt = self.runtime
+        rt.pm.hook.mediaproxy_unconfigure(runtime=rt)
+        return maybeDeferred(rt.upstream.close)
+
+
+def pool_size(config) -> int:
+    return config.processing.threads or os.cpu_count() or 2
+
+
+def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
+    """Build the runtime, the site and the services for ``config`` on ``reactor``.
+
+    Returns ``(runtime, site, services)``; the caller listens with ``site`` and starts the
+    services (the thread pool first).
+    """
+    pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
+                            extra_plugins=extra_plugins)
+    pool = threadpool.ThreadPool(minthreads=0, maxthreads=pool_size(config),
+                                 name="mediaproxy-transform")
+    upstream = Upstream(reactor, config.backend, config.server)
+    runtime = Runtime(config=config, reactor=reactor, pm=pm, threadpool=pool,
+                      upstream=upstream)
+    runtime.fetcher = SourceFetcher(reactor, config.backend, config.limits.max_source_bytes,
+                                    upstream.agent)
+    runtime.params = collect_params(pm, config)
+    pm.hook.mediaproxy_configure(runtime=runtime)
+    layers = list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime)))
+    runtime.cache = LayeredCache(layers, emit=runtime.emit)
+    site = StreamingSite(ProxyResource(runtime))
+    site.timeOut = config.server.client_timeout
+    services = [ThreadPoolService(pool), RuntimeService(runtime)]
+    services += list(chain.from_iterable(
+        svcs or () for svcs in pm.hook.mediaproxy_services(runtime=runtime)))
+    return runtime, site, services
+
+
+def collect_params(pm, config) -> dict:
+    params = {}
+    for group in pm.hook.mediaproxy_params(config=config):
+        for param in group or ():
+            names = (param.name, *param.aliases)
+            taken = [n for n in names if n in params or
+                     any(n in p.aliases for p in params.values())]
+            if taken:
+                raise ConfigError("plugins", f"parameter {taken[0]!r} is registered twice")
+            params[param.name] = param
+    return params
+
+
+def reload_config(runtime, path):
+    """SIGHUP: re-read the file and environment and tell the plugins."""
+    try:
+        new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}})
+    except ConfigError as e:
+        log.error("configuration reload refused: {error}", error=str(e))
+        return
+    old, runtime.config = runtime.config, new
+    runtime.params = collect_params(runtime.pm, new)
+    runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)
+    log.info("configuration reloaded")
+
+
+def makeService(options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    config = options["config_obj"]
+    runtime, site, services = compose(config, reactor)
+    top = service.MultiService()
+    services[0].setServiceParent(top)  # the thread pool starts before the ports
+    for endpoint in config.server.listen:
+        strports.service(endpoint, site).setServiceParent(top)
+    for svc in services[1:]:
+        svc.setServiceParent(top)
+    if hasattr(signal, "SIGHUP"):
+        reactor.callWhenRunning(
+            signal.signal, signal.SIGHUP,
+            lambda *_: reactor.callFromThread(reload_config, runtime, options["config"]))
+    log.info("mediaproxy {version} listening on {listen}, backend {backend}",
+             version=__version__, listen=", ".join(config.server.listen),
+             backend=config.backend.url)
+    return top

@@ -1,0 +1,514 @@
+"""
+The pass-through half of the proxy: every request that is not an image transform is forwarded
+to the one backend and the response is streamed back, both ways with backpressure.
+
+The backend hop uses a plain :class:`twisted.web.client.Agent` over a persistent
+:class:`~twisted.web.client.HTTPConnectionPool`. Not treq's ``HTTPClient``: it keeps a cookie jar
+(one client's ``Set-Cookie`` would be sent with another client's requests), follows redirects
+and rewrites headers, where a reverse proxy must pass all of that through untouched. Not
+``twisted.web.proxy`` either: it forces ``Connection: close``, buffers the request body and
+flattens repeated headers.
+
+Only the host and port of ``backend.url`` are ever connected to (the pool is keyed by them); the
+client's request target contributes its path and query only, whatever its Host header or an
+absolute-form target say. The path of ``backend.url`` is not used: the backend serves the same
+path space as the proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import (
+    Agent, FileBodyProducer, HTTPConnectionPool, PotentialDataLoss, ResponseDone,
+)
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from .config import BackendConfig, ServerConfig
+from .errors import CORRELATION_HEADER, write_error
+from .models import RequestInfo
+from .requestinfo import is_trusted
+
+#: Headers that describe one connection, not the message; never forwarded either way.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+    b"proxy-authorization", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+})
+
+# Request headers the proxy sets itself. Content-Length comes from the body producer (the
+# client's value, unchanged); Expect was answered by our own channel (100-continue).
+_SET_BY_PROXY = frozenset({
+    b"host", b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
+    b"x-forwarded-host", CORRELATION_HEADER.lower(),
+})
+
+# Bytes a request line may not carry (and '#', which would start a fragment): percent-encoded.
+_UNSAFE_TARGET = re.compile(rb"[^\x21\x22\x24-\x7e]")
+
+
+def backend_origin(backend: BackendConfig) -> tuple[str, str]:
+    """``("http://host:port", "host:port")`` of ``backend.url``; the default port is left out of
+    the host, as a client would send it."""
+    parts = urlsplit(backend.url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme == "https" else 80
+    hostport = host if parts.port in (None, default) else f"{host}:{parts.port}"
+    return f"{parts.scheme}://{hostport}", hostport
+
+
+def origin_form(uri: bytes) -> bytes:
+    """The path and query of a raw request target, as sent to the backend.
+
+    An absolute-form target (``http://other/x?q``) keeps only its path and query, the same way
+    :func:`mediaproxy.requestinfo.from_request` derives ``RequestInfo.path``. Bytes outside
+    printable ASCII and ``#`` are percent-encoded, everything else is kept as the client sent
+    it.
+    """
+    if b"://" in uri.split(b"?", 1)[0][:16]:
+        rest = uri.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        uri = rest[slash:] if slash >= 0 else b"/"
+    if not uri.startswith(b"/"):
+        uri = b"/" + uri
+    return _UNSAFE_TARGET.sub(lambda m: b"%%%02X" % m.group()[0], uri)
+
+
+def _abort(request) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    abort = getattr(transport, "abortConnection", None) or transport.loseConnection
+    abort()
+
+
+@attrs.define
+class Upstream:
+    """The backend hop: ``proxy(request, info, log)`` forwards one request and streams the
+    response back. Build one per process and ``close()`` it at shutdown."""
+
+    reactor: Any
+    backend: BackendConfig
+    server: ServerConfig
+    pool: HTTPConnectionPool | None = None
+    agent: Agent = attrs.field(init=False)
+    _origin: bytes = attrs.field(init=False)
+    _backend_host: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+            self.pool.maxPersistentPerHost = self.backend.max_connections
+            self.pool.cachedConnectionTimeout = self.backend.pool_idle_timeout
+            self.pool.retryAutomatically = True
+        self.agent = Agent(self.reactor, connectTimeout=self.backend.connect_timeout,
+                           pool=self.pool)
+        origin, hostport = backend_origin(self.backend)
+        self._origin = origin.encode("ascii")
+        self._backend_host = hostport.encode("ascii")
+
+    def proxy(self, request, info: RequestInfo, log) -> Deferred[None]:
+        """Forward ``request`` (a :class:`~mediaproxy.streaming.StreamingRequest`; a stock
+        twisted.web request works too, its buffered body is sent) and stream the response into
+        it. The Deferred fires when the exchange is over, never with a failure: errors are
+        answered (502, 504) or, once the response has started, end the client connection."""
+        return _Exchange(self, request, info, log).start()
+
+    def close(self) -> Deferred[None]:
+        """Close the pool's idle keep-alive connections."""
+        return self.pool.closeCachedConnections()
+
+    def forward_headers(self, request, info: RequestInfo) -> Headers:
+        """The headers sent to the backend for ``request`` (see the module docstring)."""
+        incoming: Headers = request.requestHeaders
+        named: set[bytes] = set()
+        for value in incoming.getRawHeaders(b"connection", ()):
+            named.update(t.strip().lower() for t in value.split(b",") if t.strip())
+        drop = HOP_BY_HOP | _SET_BY_PROXY | named
+        out = Headers()
+        for name, values in incoming.getAllRawHeaders():
+            if name.lower() not in drop:
+                out.setRawHeaders(name, list(values))
+
+        host = incoming.getRawHeaders(b"host")
+        if self.server.preserve_host and host:
+            out.setRawHeaders(b"Host", [host[0]])
+        else:
+            out.setRawHeaders(b"Host", [self._backend_host])
+
+        trusted = is_trusted(info.peer_ip, self.server.trusted_proxies)
+
+        def from_trusted(name: bytes) -> list[bytes] | None:
+            if not trusted or name in named:
+                return None
+            return incoming.getRawHeaders(name)
+
+        hops = [v.strip() for v in from_trusted(b"x-forwarded-for") or () if v.strip()]
+        if info.peer_ip:
+            hops.append(info.peer_ip.encode("latin-1"))
+        if hops:
+            out.setRawHeaders(b"X-Forwarded-For", [b", ".join(hops)])
+        out.setRawHeaders(b"X-Forwarded-Proto",
+                          from_trusted(b"x-forwarded-proto") or [info.scheme.encode("latin-1")])
+        forwarded_host = from_trusted(b"x-forwarded-host") or (host[:1] if host else None)
+        if forwarded_host:
+            out.setRawHeaders(b"X-Forwarded-Host", forwarded_host)
+        out.setRawHeaders(CORRELATION_HEADER, [info.correlation_id.encode("latin-1")])
+        return out
+
+
+@implementer(IBodyProducer)
+class _SentNotifier:
+    """Wraps a body producer to learn when the whole body has been written."""
+
+    def __init__(self, body, sent: Callable[[], None]):
+        self._body = body
+        self._sent = sent
+        self.length = body.length
+
+    def startProducing(self, consumer) -> Deferred[None]:
+        def done(result):
+            self._sent()
+            return result
+        return self._body.startProducing(consumer).addCallback(done)
+
+    def pauseProducing(self) -> None:
+        self._body.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._body.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._body.stopProducing()
+
+
+@implementer(IBodyProducer)
+class _EmptyBody:
+    """``Content-Length: 0`` sent as such (Agent omits it for methods other than POST/PUT)."""
+
+    length = 0
+
+    def startProducing(self, consumer) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Discard(Protocol):
+    """Receives a response body nobody wants: drop the backend connection."""
+
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+@implementer(IPushProducer)
+class _ResponsePump(Protocol):
+    """Writes the backend's response body into the client request.
+
+    It is the request's streaming producer: when the client's write buffer is full, Twisted
+    pauses it and it pauses the backend transport (the Agent's ``TransportProxyProducer``), so
+    a slow client slows down reading from the backend instead of filling memory. It also keeps
+    the idle timeout: no body data for ``idle_timeout`` seconds aborts the transfer, not counting
+    the time the client kept us paused.
+    """
+
+    def __init__(self, exchange: "_Exchange"):
+        self._x = exchange
+        self._reactor = exchange.reactor
+        self._idle_timeout = exchange.upstream.backend.idle_timeout
+        self._timer = None
+        self._last = 0.0
+        self._registered = False
+        self.paused = False
+        self.ended = False
+        self.idle_expired = False
+        self.bytes = 0
+
+    # -- body protocol (from the Agent) ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        request = self._x.request
+        if request.channel is not None:
+            request.registerProducer(self, True)
+            self._registered = True
+        self._last = self._reactor.seconds()
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._last = self._reactor.seconds()
+        self.bytes += len(data)
+        self._x.request.write(data)
+
+    def connectionLost(self, reason=None) -> None:
+        self.ended = True
+        self._disarm()
+        request = self._x.request
+        if self._registered and request.channel is not None:
+            request.unregisterProducer()
+        self._registered = False
+        self._x.body_ended(reason, self)
+
+    # -- producer (for the client request) ------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._disarm()
+        if not self.ended:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._last = self._reactor.seconds()
+        if not self.ended:
+            self._arm()
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._disarm()
+        if not self.ended:
+            self.transport.stopProducing()
+
+    def delivered(self) -> None:
+        """After ``deliverBody``: it resumes the transport, which undoes a pause by the client
+        that came while the body protocol was being connected."""
+        if self.paused and not self.ended:
+            self.transport.pauseProducing()
+
+    # -- idle timeout --------------------------------------------------------------------
+
+    def _arm(self, delay: float | None = None) -> None:
+        if self._timer is None and not self.ended:
+            self._timer = self._reactor.callLater(
+                self._idle_timeout if delay is None else delay, self._check_idle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.paused or self.ended:
+            return
+        idle = self._reactor.seconds() - self._last
+        if idle < self._idle_timeout:
+            self._arm(self._idle_timeout - idle)
+            return
+        self.idle_expired = True
+        self._x.log.warn(
+            "backend response stalled for {seconds} s after {bytes} bytes; aborting "
+            "{method} {path}", seconds=self._idle_timeout, bytes=self.bytes,
+            method=self._x.info.method, path=self._x.info.path,
+            correlation_id=self._x.info.correlation_id)
+        self.transport.stopProducing()
+
+
+class _Exchange:
+    """One request forwarded to the backend and its response streamed back."""
+
+    def __init__(self, upstream: Upstream, request, info: RequestInfo, log):
+        self.upstream = upstream
+        self.reactor = upstream.reactor
+        self.request = request
+        self.info = info
+        self.log = log
+        self.done: Deferred[None] = Deferred()
+        self.started = self.reactor.seconds()
+        self.response_d: Deferred | None = None
+        self.got_response = False
+        self.client_gone = False
+        self.aborting = False
+        self.timed_out = False
+        self.header_timer = None
+        self.pump: _ResponsePump | None = None
+
+    def _fields(self, **fields) -> dict:
+        return {"method": self.info.method, "path": self.info.path,
+                "correlation_id": self.info.correlation_id,
+                "ms": (self.reactor.seconds() - self.started) * 1000, **fields}
+
+    def start(self) -> Deferred[None]:
+        try:
+            self._start()
+        except Exception:
+            self._unexpected(Failure())
+        return self.done
+
+    def _start(self) -> None:
+        request = self.request
+        request.notifyFinish().addErrback(self._client_lost)
+        url = self.upstream._origin + origin_form(request.uri)
+        headers = self.upstream.forward_headers(request, self.info)
+        body = self._body_producer()
+        if body is not None:
+            body = _SentNotifier(body, self._start_header_timer)
+        try:
+            d = self.upstream.agent.request(request.method, url, headers, body)
+        except ValueError as e:  # the Agent refuses a method or target it cannot send
+            self.log.info("cannot forward {method} {path}: {why}",
+                          **self._fields(why=str(e)))
+            self._answer(400, "bad_request", "The request cannot be forwarded.")
+            return
+        self.response_d = d
+        if body is None:
+            self._start_header_timer()
+        d.addCallbacks(self._got_response, self._request_failed)
+        d.addErrback(self._unexpected)
+
+    def _body_producer(self):
+        request = self.request
+        body = getattr(request, "body", None)
+        if body is not None:
+            return body
+        length = request.requestHeaders.getRawHeaders(b"content-length")
+        if length and length[0].strip() == b"0":
+            return _EmptyBody()
+        content = getattr(request, "content", None)
+        if length and content is not None:  # a stock (buffering) twisted.web request
+            content.seek(0)
+            return FileBodyProducer(content)
+        return None
+
+    # -- timers and cancellation -----------------------------------------------------------
+
+    def _start_header_timer(self) -> None:
+        if self.got_response or self.client_gone or self.header_timer is not None:
+            return
+        self.header_timer = self.reactor.callLater(
+            self.upstream.backend.header_timeout, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self.header_timer is not None and self.header_timer.active():
+            self.header_timer.cancel()
+        self.header_timer = None
+
+    def _header_timeout(self) -> None:
+        self.header_timer = None
+        if self.got_response or self.response_d is None:
+            return
+        self.timed_out = True
+        self.response_d.cancel()
+
+    def _client_lost(self, reason: Failure) -> None:
+        if self.client_gone or self.aborting:
+            return
+        self.client_gone = True
+        self._cancel_header_timer()
+        self.log.info("client went away during {method} {path}: {why}",
+                      **self._fields(why=reason.getErrorMessage()))
+        if not self.got_response and self.response_d is not None:
+            self.response_d.cancel()
+        if self.pump is not None:
+            self.pump.stopProducing()
+
+    # -- the response ----------------------------------------------------------------------
+
+    def _got_response(self, response) -> None:
+        self.got_response = True
+        self._cancel_header_timer()
+        if self.client_gone or self.request.channel is None:
+            response.deliverBody(_Discard())
+            self._settle()
+            return
+        self._write_head(response)
+        self.pump = _ResponsePump(self)
+        response.deliverBody(self.pump)
+        self.pump.delivered()
+
+    def _write_head(self, response) -> None:
+        request = self.request
+        request.setResponseCode(response.code, response.phrase)
+        request.defaultContentType = None   # never invent a Content-Type
+        request.responseHeaders.removeHeader(b"server")
+        for name, values in response.headers.getAllRawHeaders():
+            if name.lower() not in HOP_BY_HOP:
+                request.responseHeaders.setRawHeaders(name, list(values))
+        # The Agent takes Content-Length out of the headers (except for HEAD) into length.
+        if (response.length is not UNKNOWN_LENGTH and request.method != b"HEAD"
+                and response.code not in NO_BODY_CODES
+                and not request.responseHeaders.hasHeader(b"content-length")):
+            request.responseHeaders.setRawHeaders(b"Content-Length",
+                                                  [b"%d" % response.length])
+        request.responseHeaders.setRawHeaders(
+            CORRELATION_HEADER, [self.info.correlation_id.encode("latin-1")])
+        request.write(b"")  # send the head now: a streamed or long-polled body starts at once
+
+    def body_ended(self, reason: Failure | None, pump: _ResponsePump) -> None:
+        request = self.request
+        if self.client_gone or request.channel is None:
+            self._settle()
+            return
+        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+            self.log.debug("{method} {path} -> {code}, {bytes} bytes in {ms:.1f} ms",
+                           **self._fields(code=request.code, bytes=pump.bytes))
+        else:
+            why = "stalled" if pump.idle_expired else reason.getErrorMessage()
+            self.log.warn("backend response to {method} {path} broke off after {bytes} "
+                          "bytes ({why}); aborting the client connection",
+                          **self._fields(bytes=pump.bytes, why=why))
+            self.aborting = True
+            _abort(request)
+        self._settle()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _request_failed(self, failure: Failure) -> None:
+        self._cancel_header_timer()
+        if self.client_gone or self.request.channel is None:
+            self._settle()
+            return
+        if self.timed_out:
+            self.log.warn("no response headers from the backend within {timeout} s for "
+                          "{method} {path}",
+                          **self._fields(timeout=self.upstream.backend.header_timeout))
+            self._answer(504, "gateway_timeout", "The backend did not answer in time.")
+            return
+        self.log.warn("backend request failed for {method} {path}: {why}",
+                      **self._fields(why=f"{failure.type.__name__}: "
+                                         f"{failure.getErrorMessage()}"))
+        self._answer(502, "bad_gateway", "The backend could not be reached.")
+
+    def _answer(self, status: int, error: str, message: str) -> None:
+        request = self.request
+        if request.channel is not None and not request.startedWriting and not request.finished:
+            request.defaultContentType = None
+            write_error(request, status, error, message, self.info.correlation_id)
+        self._settle()
+
+    def _unexpected(self, failure: Failure) -> None:
+        self.log.failure("proxying {method} {path} failed", failure, **self._fields())
+        request = self.request
+        if request.channel is not None and not request.finished:
+            if request.startedWriting:
+                self.aborting = True
+                _abort(request)
+            else:
+                self._answer(502, "bad_gateway", "The backend could not be reached.")
+        self._settle()
+
+    def _settle(self) -> None:
+        self._cancel_header_timer()
+        if not self.done.called:
+            self.done.callback(None)

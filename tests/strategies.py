@@ -1,0 +1,75 @@
+"""Hypothesis strategies shared by the tests (configs, query strings, paths)."""
+
+from __future__ import annotations
+
+import attrs
+from hypothesis import strategies as st
+
+from mediaproxy import config as cfg
+
+_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+
+
+def _value_strategy(f: attrs.Attribute, owner: str):
+    """Values that pass the field's check, by probing candidates against it."""
+    kind, check = f.metadata["kind"], f.metadata.get("check")
+    base = {
+        "bool": st.booleans(),
+        "int": st.integers(min_value=0, max_value=2**40),
+        "float": st.floats(min_value=0.01, max_value=1e6, allow_nan=False).map(
+            lambda v: round(v, 3)),
+        "str": _text,
+        "strlist": st.lists(_text, max_size=4).map(tuple),
+    }[kind]
+    special = {
+        "ServerConfig.listen": st.lists(st.integers(1, 65535).map(lambda p: f"tcp:{p}"), min_size=1,
+                           max_size=3).map(tuple),
+        "trusted_proxies": st.lists(st.sampled_from(
+            ["127.0.0.1", "10.0.0.0/8", "::1", "192.168.1.0/24"]), max_size=3).map(tuple),
+        "url": st.tuples(st.sampled_from(["http", "https"]),
+                         st.sampled_from(["127.0.0.1", "backend", "example.org"]),
+                         st.integers(1, 65535)).map(lambda t: f"{t[0]}://{t[1]}:{t[2]}"),
+        "shards": st.lists(st.sampled_from(["redis://127.0.0.1:6379/0", "redis://h:1/2"]),
+                           max_size=2).map(tuple),
+        "sentinels": st.lists(st.sampled_from(["127.0.0.1:26379", "s1:26379"]),
+                              max_size=2).map(tuple),
+        "compat_prefix": st.sampled_from(["/media_stream-image/", "/img/"]),
+        "compat_placeholder_status": st.sampled_from([0, 200, 404, 599]),
+        "prefixes": st.lists(st.sampled_from(["/media/", "/static/", "/uploads/a/"]),
+                             min_size=1, max_size=3).map(tuple),
+        "MonitoringConfig.listen": st.sampled_from(["", "tcp:9108:interface=127.0.0.1"]),
+        "RedisCacheConfig.url": st.sampled_from(["", "redis://127.0.0.1:6379/0"]),
+    }
+    special = special.get(f"{owner}.{f.name}", special.get(f.name, base))
+    if check is None:
+        return special
+    if hasattr(check, "choices"):
+        return st.sampled_from(check.choices)
+    if hasattr(check, "low"):
+        high = check.high if check.high is not None else (2**40 if kind == "int" else 1e6)
+        if kind == "int":
+            return st.integers(min_value=int(check.low), max_value=int(high))
+        return st.floats(min_value=check.low, max_value=high, allow_nan=False).map(
+            lambda v: max(round(v, 3), check.low))
+
+    def ok(value):
+        try:
+            check(value)
+            return True
+        except ValueError:
+            return False
+
+    return special.filter(ok)
+
+
+def _section(cls):
+    fields = {}
+    for f in attrs.fields(cls):
+        if f.metadata["kind"] == "section":
+            fields[f.name] = _section(f.metadata["cls"])
+        else:
+            fields[f.name] = _value_strategy(f, cls.__name__)
+    return st.builds(cls, **fields)
+
+
+configs = _section(cfg.Config)

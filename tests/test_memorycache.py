@@ -1,0 +1,68 @@
+"""The memory layer: bounded in bytes, LRU, returns what was stored last."""
+
+from hypothesis import given, strategies as st
+
+from mediaproxy.builtin.memorycache import MemoryLayer, _entry_size
+from mediaproxy.models import CacheEntry
+
+
+def entry(body: bytes) -> CacheEntry:
+    return CacheEntry(body=body, content_type="image/jpeg", created_at=0.0, etag='"x"',
+                      last_modified="Thu, 01 Jan 1970 00:00:00 GMT")
+
+
+def result(d):
+    out = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+def test_hit_miss_and_eviction_by_bytes():
+    layer = MemoryLayer(max_bytes=3 * _entry_size(entry(b"x" * 100)))
+    for name in "abc":
+        result(layer.set(name, entry(b"x" * 100)))
+    assert result(layer.get("a")).body == b"x" * 100   # a is now the most recent
+    result(layer.set("d", entry(b"x" * 100)))
+    assert result(layer.get("b")) is None               # the least recently used went
+    assert result(layer.get("a")) is not None
+    assert layer.evictions == 1
+    assert layer.current_bytes <= layer.max_bytes
+
+
+def test_entries_expire_after_ttl():
+    now = [0.0]
+    layer = MemoryLayer(max_bytes=10_000, ttl=10, clock=lambda: now[0])
+    result(layer.set("a", entry(b"1")))
+    now[0] = 9.0
+    assert result(layer.get("a")) is not None
+    now[0] = 11.0
+    assert result(layer.get("a")) is None
+
+
+def test_an_entry_larger_than_the_item_limit_is_not_kept():
+    layer = MemoryLayer(max_bytes=10_000, max_item_bytes=1000)
+    result(layer.set("big", entry(b"x" * 2000)))
+    assert result(layer.get("big")) is None
+
+
+ops = st.lists(st.tuples(st.sampled_from(["set", "get", "delete"]), st.sampled_from("abcdef"),
+                         st.integers(0, 3000)), max_size=60)
+
+
+@given(st.integers(0, 4000), ops)
+def test_never_exceeds_its_byte_bound_and_returns_the_last_stored(max_bytes, operations):
+    layer = MemoryLayer(max_bytes=max_bytes)
+    last = {}
+    for op, key, size in operations:
+        if op == "set":
+            body = bytes([size % 256]) * size
+            result(layer.set(key, entry(body)))
+            last[key] = body
+        elif op == "delete":
+            result(layer.delete(key))
+            last.pop(key, None)
+        else:
+            got = result(layer.get(key))
+            # A miss is allowed (evicted, or too large to keep); a hit is the latest value.
+            assert got is None or got.body == last.get(key)
+        assert layer.current_bytes <= max(layer.max_bytes, 1)
