@@ -1,0 +1,35 @@
+import pytest
+
+from mediaproxy.testing import reactor_thread
+
+
+# -- pass-through and fetch tests: a real reactor and real origins --------------------------
+
+@pytest.fixture(scope="session")
+def live_reactor():
+    """The global reactor, running in a daemon thread for the whole session."""
+    return reactor_thread()
+
+
+@pytest.fixture
+def origin_factory(live_reactor):
+    """``origin_factory(host="127.0.0.1")`` starts a recording origin (tests/origin.py);
+    all of them are stopped after the test."""
+    from tests.origin import start_origin, stop_origin
+
+    started = []
+
+    def make(host: str = "127.0.0.1"):
+        origin = start_origin(host)
+        started.append(origin)
+        return origin
+
+    yield make
+    for origin in started:
+        stop_origin(origin)
+
+
+@pytest.fixture
+def origin(origin_factory):
+    """A recording origin on 127.0.0.1:0."""
+    return origin_factory()
