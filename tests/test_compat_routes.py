@@ -1,6 +1,8 @@
 """The grooveshop-media-stream routes: the original service's own test vectors, verbatim, as
 one table, plus the shapes and the shared cache key."""
 
+import json
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -131,3 +133,73 @@ def test_a_compat_url_and_the_equivalent_query_url_share_a_cache_entry():
 def test_never_raises(tail):
     result = match(f"{P}/{tail}")
     assert result is None or isinstance(result, (ImageRequest, Rejection))
+
+
+# -- the original's end-to-end flow, over real sockets -----------------------------------------
+
+from .proxy import ImageOrigin, image_bytes, start_proxy  # noqa: E402
+
+COMPAT_URL = f"{P}/media/shop/uploads/products/%CF%84%20shoe.jpg/300/200/cover/centre/transparent/0/80.webp"
+
+
+@pytest.fixture
+def compat_proxy(live_reactor):
+    # The origin sees the raw request path: the proxy must re-encode the decoded UTF-8 name.
+    origin = ImageOrigin({"/media/shop/uploads/products/%CF%84%20shoe.jpg": (
+        200, image_bytes((800, 600)), "image/jpeg", [])})
+    running = start_proxy(origin=origin)
+    yield running
+    running.stop()
+
+
+def test_end_to_end_flow(compat_proxy):
+    import io
+    from PIL import Image
+
+    status, headers, body, _ = compat_proxy.get(COMPAT_URL)
+    assert status == 200 and headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(body)).size == (300, 200)
+    assert headers["etag"] and "immutable" in headers["cache-control"]
+    assert "max-age=31536000" in headers["cache-control"] and headers["x-correlation-id"]
+    # the backend received the re-encoded UTF-8 path
+    assert list(compat_proxy.origin.hits.values()) == [1]
+
+    status, h2, body2, _ = compat_proxy.get(COMPAT_URL)
+    assert status == 200 and body2 == body and h2["x-cache"] == "HIT-MEMORY"
+    assert list(compat_proxy.origin.hits.values()) == [1]
+
+    status, _, _, _ = compat_proxy.get(COMPAT_URL, headers={"If-None-Match": headers["etag"]})
+    assert status == 304
+
+    status, h, b, _ = compat_proxy.get(
+        f"{P}/media/shop/uploads/a.jpg/999999/200/cover/centre/transparent/0/80.webp")
+    assert status == 400 and json.loads(b)["parameter"] == "width"
+
+    status, _, b, _ = compat_proxy.get(f"{P}/bogus/route")
+    assert status == 404 and json.loads(b)["error"] == "not_found"
+
+    status, h, b, _ = compat_proxy.get(
+        f"{P}/media/shop/uploads/missing.jpg/120/80/cover/centre/transparent/0/80.png")
+    assert status == 200 and h["cache-control"] == "no-store"
+    placeholder = Image.open(io.BytesIO(b))
+    assert (placeholder.format, placeholder.size) == ("PNG", (120, 80))
+
+
+def test_compat_and_query_share_one_cache_entry(compat_proxy):
+    status, _, body, _ = compat_proxy.get(COMPAT_URL)
+    query = ("/media/shop/uploads/products/%CF%84%20shoe.jpg?w=300&h=200&fit=cover"
+             "&bg=transparent&fmt=webp&enlarge=1&q=80")
+    status, headers, again, _ = compat_proxy.get(query)
+    assert status == 200 and headers["x-cache"] == "HIT-MEMORY" and again == body
+    assert list(compat_proxy.origin.hits.values()) == [1]
+
+
+def test_honest_status_when_configured(live_reactor):
+    running = start_proxy(origin=ImageOrigin({}),
+                          overrides={"routes": {"compat_placeholder_status": 0}})
+    try:
+        status, headers, _, _ = running.get(
+            f"{P}/media/uploads/missing.jpg/50/50/cover/centre/fff/0/80.jpg")
+        assert status == 404 and headers["content-type"] == "image/jpeg"
+    finally:
+        running.stop()
