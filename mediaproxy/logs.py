@@ -19,8 +19,24 @@ from twisted.logger import (
 )
 
 
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+           "error": LogLevel.error, "critical": LogLevel.critical}
+
+
+_PRIORITY = {LogLevel.debug: 0, LogLevel.info: 1, LogLevel.warn: 2, LogLevel.error: 3,
+             LogLevel.critical: 4}
+_minimum = [0]
+
+
+def set_level(level: str) -> None:
+    """Drop events below ``level`` at the source (cheaper than filtering in an observer, and
+    it applies under twistd, whose observers print everything)."""
+    _minimum[0] = _PRIORITY[_LEVELS[level]]
+
+
 class RequestLogger(Logger):
-    """A Logger that adds ``correlation_id`` (and any other bound fields) to every event."""
+    """A Logger that adds ``correlation_id`` (and any other bound fields) to every event, and
+    drops events below the level set with :func:`set_level`."""
 
     def __init__(self, namespace: str = "mediaproxy.request", source=None, observer=None,
                  **fields):
@@ -28,6 +44,8 @@ class RequestLogger(Logger):
         self._fields = fields
 
     def emit(self, level, format=None, **kwargs):
+        if _PRIORITY.get(level, 4) < _minimum[0]:
+            return
         for key, value in self._fields.items():
             kwargs.setdefault(key, value)
         super().emit(level, format, **kwargs)
@@ -45,8 +63,6 @@ def request_log(correlation_id: str, namespace: str = "mediaproxy.request") -> R
     return RequestLogger(namespace, correlation_id=correlation_id)
 
 
-_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
-           "error": LogLevel.error, "critical": LogLevel.critical}
 
 
 def _text_observer(stream: IO[str]):
@@ -91,3 +107,8 @@ def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
     """Start global logging for the console script (twistd sets up its own)."""
     globalLogBeginner.beginLoggingTo([observer_for(level, fmt, stream)],
                                      redirectStandardIO=False)
+
+
+def logger(namespace: str) -> RequestLogger:
+    """A module's logger: a :class:`RequestLogger` with no bound fields."""
+    return RequestLogger(namespace)

@@ -21,6 +21,7 @@ from . import __version__
 from .cache import LayeredCache
 from .config import ConfigError, load_config
 from .fetch import SourceFetcher
+from .logs import set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
 from .runtime import Runtime
@@ -113,6 +114,9 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
     runtime.cache = LayeredCache(layers, emit=runtime.emit)
     site = StreamingSite(ProxyResource(runtime))
     site.timeOut = config.server.client_timeout
+    if not config.monitoring.access_log:
+        site.log = lambda request: None
+    set_level(config.monitoring.log_level)
     services = [ThreadPoolService(pool), RuntimeService(runtime)]
     services += list(chain.from_iterable(
         svcs or () for svcs in pm.hook.mediaproxy_services(runtime=runtime)))

@@ -208,7 +208,9 @@ def test_pillow_work_runs_off_the_reactor_within_the_pool_size(live_reactor, mon
     assert origin.hits["/media/big.jpg"] >= 1
 
 
-def test_every_log_event_of_a_request_carries_its_correlation_id(proxy):
+def test_every_log_event_of_a_request_carries_its_correlation_id(live_reactor):
+    proxy = start_proxy(origin=ImageOrigin(files()),
+                        overrides={"monitoring": {"log_level": "debug"}})
     events = []
     observer = events.append
     globalLogPublisher.addObserver(observer)
@@ -218,6 +220,7 @@ def test_every_log_event_of_a_request_carries_its_correlation_id(proxy):
         proxy.get("/api/thing", headers={"X-Correlation-ID": "trace-me.3"})
     finally:
         globalLogPublisher.removeObserver(observer)
+        proxy.stop()
     ours = [e for e in events if str(e.get("log_namespace", "")).startswith("mediaproxy")
             and e.get("log_namespace") not in ("mediaproxy.plugins",)]
     namespaces = {e["log_namespace"] for e in ours if e.get("correlation_id") == "trace-me.1"}
