@@ -415,6 +415,28 @@ class CorsConfig:
 
 
 @frozen
+class AdminConfig:
+    listen: str = setting(
+        "tcp:9109:interface=127.0.0.1", "str", "Endpoint of the admin listener (cache purge, "
+        "stats). It is started only when admin.token is set: without a token nothing listens.")
+    token: str = setting(
+        "", "str", "Bearer token the admin listener requires (Authorization: Bearer TOKEN), "
+        "compared in constant time. Empty: no admin listener.")
+    internal_secret: str = setting(
+        "", "str", "Value of the x-internal-secret header accepted by the grooveshop call "
+        "POST /admin/cache/flush-tenant (empty: only the token is accepted).")
+
+
+@frozen
+class WarmupConfig:
+    interval: float = setting(
+        0.0, "float", "Seconds between two background warm-ups that re-render the most "
+        "requested variants, one at a time (0: off).", _at_least(0))
+    top: int = setting(100, "int", "How many of the most requested variants a warm-up renders.",
+                       _at_least(1))
+
+
+@frozen
 class MonitoringConfig:
     log_level: str = setting("info", "str", "debug, info, warn, error.",
                              _one_of("debug", "info", "warn", "error", "critical"))
@@ -449,7 +471,9 @@ class Config:
     processing: ProcessingConfig = section(ProcessingConfig, "Decoding, resizing, encoding.")
     limits: LimitsConfig = section(LimitsConfig, "Bounds on what a request may ask for.")
     cors: CorsConfig = section(CorsConfig, "CORS headers of image responses.")
-    monitoring: MonitoringConfig = section(MonitoringConfig, "Logs and tracing.")
+    admin: AdminConfig = section(AdminConfig, "The admin listener (purge, stats).")
+    warmup: WarmupConfig = section(WarmupConfig, "Background re-rendering of popular variants.")
+    monitoring: MonitoringConfig = section(MonitoringConfig, "Logs, metrics, health, tracing.")
     plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
 
     def to_dict(self) -> dict[str, Any]:
