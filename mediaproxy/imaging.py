@@ -81,6 +81,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import itertools
+import math
 import struct
 import zlib
 from array import array
@@ -132,9 +134,10 @@ _SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", 
 #: Sources whose extra frames are animation (a multi-page TIFF or MPO renders page 1).
 _ANIMATED_SOURCES = frozenset({"GIF", "WEBP", "PNG", "AVIF"})
 
-#: What Pillow raises on bad data (besides DecompressionBombError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-                  zlib.error)
+#: What Pillow and its codecs raise on bad data (besides DecompressionBombError); libavif's
+#: failures arrive as RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, RuntimeError,
+                  struct.error, zlib.error)
 
 #: EXIF orientation -> the transpose that makes the image upright.
 _ORIENT = {
@@ -151,6 +154,9 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})
 _STANDARD_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
 _ALPHA_MODES = frozenset({"LA", "RGBA"})
 _PROFILE_MODES = {"RGB ": ("RGB", "RGBA"), "CMYK": ("CMYK",), "GRAY": ("L",)}
+
+#: Longest frame duration in ms (APNG stores n/1000 s in 16 bits).
+_MAX_DURATION = 65_535
 
 #: Long side of the copy that entropy and attention crops are scored on.
 _SMART_SIDE = 128
@@ -517,17 +523,25 @@ def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
                       pipeline: _Pipeline) -> Rendered:
     """Transform every frame alike and encode them as one animation."""
     frames, durations = [], []
-    orientation = info.orientation
+    orientation = 1
     for index in range(info.frames):
         with _decoding():
             source.seek(index)
             frame = source.copy()      # the next seek composites onto the decoder's image
-        if index == 0:
+        if index == 0:                 # decoded now: a PNG's eXIf may follow its pixels
             orientation = _orientation(source)
-        durations.append(round(frame.info.get("duration") or 0))
+        durations.append(_duration(frame.info.get("duration")))
         frames.append(pipeline.run(frame, orientation))
     return _encode(frames, fmt, pipeline.spec, durations=durations,
                    loop=source.info.get("loop"))
+
+
+def _duration(value: Any) -> int:
+    """A frame's duration in whole milliseconds, within what every format can store."""
+    try:
+        return min(max(0, round(value or 0)), _MAX_DURATION)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
@@ -542,7 +556,7 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
         width, height = height, width
     geometry = fit_geometry(width, height, spec)
     gap = max(1.0, spec.reducing_gap)
-    need = (int(geometry.scaled_width * gap + 0.999), int(geometry.scaled_height * gap + 0.999))
+    need = (math.ceil(geometry.scaled_width * gap), math.ceil(geometry.scaled_height * gap))
     if orientation in _SWAPS_AXES:
         need = need[::-1]
     if need[0] < source.size[0] and need[1] < source.size[1]:
@@ -620,7 +634,7 @@ class _Plan:
         geometry = fit_geometry(trim[2] - trim[0], trim[3] - trim[1], spec)
         canvas = (geometry.width, geometry.height)
         scaled = (geometry.scaled_width, geometry.scaled_height)
-        if scaled[0] > canvas[0] or scaled[1] > canvas[1]:           # cover: crop
+        if scaled[0] > canvas[0] or scaled[1] > canvas[1]:   # cover: crop the overflow
             x, y = _cover_origin(image, trim, geometry, spec)
             kx, ky = (trim[2] - trim[0]) / scaled[0], (trim[3] - trim[1]) / scaled[1]
             region = (trim[0] + x * kx, trim[1] + y * ky,
@@ -677,22 +691,27 @@ def _cover_origin(image: Image.Image, trim: tuple[int, int, int, int], geometry:
     if spec.position in _GRAVITY:
         return _gravity_offset(free_x, free_y, spec.position)
     horizontal = free_x >= free_y
-    longest = max(geometry.scaled_width, geometry.scaled_height)
-    k = min(1.0, _SMART_SIDE / longest)
+    along = _smart_offset(image, trim, geometry, spec, horizontal)
+    return (along, free_y // 2) if horizontal else (free_x // 2, along)
+
+
+def _smart_offset(image: Image.Image, trim: tuple[int, int, int, int], geometry: Geometry,
+                  spec: TransformSpec, horizontal: bool) -> int:
+    """The offset along the overflowing axis of the best-scoring window (``entropy`` or
+    ``attention``), scored on a copy at most 128 px on its long side."""
+    k = min(1.0, _SMART_SIDE / max(geometry.scaled_width, geometry.scaled_height))
     small_size = (max(1, round(geometry.scaled_width * k)),
                   max(1, round(geometry.scaled_height * k)))
     small = image.resize(small_size, Image.Resampling.BILINEAR, box=trim, reducing_gap=2.0)
     small = _flatten(small, spec.background).convert("RGB")
     length = small_size[0] if horizontal else small_size[1]
-    window = (geometry.width if horizontal else geometry.height) * k
-    window = max(1, min(length, round(window)))
-    if spec.position == "entropy":
-        scores = _entropy_scores(small, window, horizontal)
-    else:
-        scores = _attention_scores(small, window, horizontal)
-    free = free_x if horizontal else free_y
-    along = min(free, round(_best(scores) / k))
-    return (along, free_y // 2) if horizontal else (free_x // 2, along)
+    window = round((geometry.width if horizontal else geometry.height) * k)
+    window = max(1, min(length, window))
+    score = _entropy_scores if spec.position == "entropy" else _attention_scores
+    best = _best(score(small, window, horizontal))
+    free = (geometry.scaled_width - geometry.width if horizontal
+            else geometry.scaled_height - geometry.height)
+    return min(free, round(best / k))
 
 
 def _best(scores: Sequence[float]) -> int:
@@ -724,18 +743,20 @@ def _attention_scores(small: Image.Image, window: int, horizontal: bool) -> list
     vivid = ImageChops.multiply(saturation, value)
     luma, cb, cr = small.convert("YCbCr").split()
     skin = ImageChops.multiply(
-        ImageChops.multiply(luma.point(_band_lut(40, 255)), cb.point(_band_lut(77, 127))),
-        cr.point(_band_lut(133, 173)))
+        ImageChops.multiply(luma.point(_SKIN_LUMA), cb.point(_SKIN_CB)), cr.point(_SKIN_CR))
     profile = [d + v + 2 * s for d, v, s in
                zip(*(_projection(channel, horizontal) for channel in (detail, vivid, skin)))]
-    sums = [0.0]
-    for value_ in profile:
-        sums.append(sums[-1] + value_)
+    sums = [0.0, *itertools.accumulate(profile)]
     return [sums[start + window] - sums[start] for start in range(len(profile) - window + 1)]
 
 
 def _band_lut(low: int, high: int) -> list[int]:
+    """A point table: 255 for ``low`` <= v <= ``high``, else 0."""
     return [255 if low <= v <= high else 0 for v in range(256)]
+
+
+#: Skin tones in JPEG's YCbCr (Chai & Ngan's Cb/Cr box), excluding the darkest pixels.
+_SKIN_LUMA, _SKIN_CB, _SKIN_CR = _band_lut(40, 255), _band_lut(77, 127), _band_lut(133, 173)
 
 
 def _projection(channel: Image.Image, horizontal: bool) -> array:
@@ -848,8 +869,24 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
         options.update(_animation_options(frames, fmt, durations, loop))
     buffer = io.BytesIO()
     frames[0].save(buffer, _PILLOW_FORMAT[fmt], **options)
-    return Rendered(body=buffer.getvalue(), content_type=CONTENT_TYPES[fmt], format=fmt,
+    body = buffer.getvalue()
+    if fmt == "webp" and len(frames) > 1 and frames[0].mode == "RGBA":
+        body = _webp_alpha_flag(body)
+    return Rendered(body=body, content_type=CONTENT_TYPES[fmt], format=fmt,
                     width=width, height=height, frames=len(frames))
+
+
+def _webp_alpha_flag(body: bytes) -> bytes:
+    """Set the alpha flag of an animated WebP's VP8X header.
+
+    libwebp's animation encoder crops each frame to the area that changes, starting from a
+    transparent canvas, and sets the flag only when a cropped frame still holds alpha: a
+    first frame with a transparent border ends up flagged opaque, and decoders that trust
+    the flag (Pillow among them) fill the border with black.
+    """
+    if body[12:16] != b"VP8X":
+        return body
+    return body[:20] + bytes([body[20] | 0x10]) + body[21:]
 
 
 def _prepare_frames(frames: list[Image.Image], fmt: str,
