@@ -175,6 +175,11 @@ def _status_or_zero(value: int) -> None:
         raise ValueError(f"{value!r} is neither 0 nor an HTTP status 200..599")
 
 
+def _gap(value: float) -> None:
+    if value != 0 and value < 1:
+        raise ValueError(f"{value!r} must be 0 or at least 1")
+
+
 def _nonempty(value) -> None:
     if not value:
         raise ValueError("must not be empty")
@@ -377,8 +382,13 @@ class ProcessingConfig:
     png_compress_level: int = setting(
         6, "int", "zlib level for PNG output (0-9).", _between(0, 9))
     reducing_gap: float = setting(
-        3.0, "float", "Pillow reducing_gap: shrink by whole factors first when the source is "
-        "at least this many times the target (0 disables).", _at_least(0))
+        2.0, "float", "Pillow reducing_gap: shrink by whole factors first when the source is "
+        "at least this many times the target, then resample (0 disables; else at least 1).",
+        _gap)
+    draft_gap: float = setting(
+        1.0, "float", "JPEG shrink-on-load: the decoder scales by 1/2, 1/4 or 1/8 while "
+        "keeping at least draft_gap times the output size (1.0 is thumbor's choice; larger "
+        "values decode more pixels for a little more sharpness).", _at_least(1))
 
 
 @frozen

@@ -112,7 +112,7 @@ def _header(response, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
-@attrs.define
+@attrs.define(eq=False)
 class SourceFetcher:
     """Fetches originals from the backend. Share the Upstream's agent: ``SourceFetcher(reactor,
     config.backend, config.limits.max_source_bytes, upstream.agent)``."""
@@ -167,8 +167,8 @@ class _Fetch:
         return out
 
     def start(self) -> Deferred[SourceImage]:
-        self.log.debug("fetching source {path}", path=self.path,
-                       correlation_id=self.correlation_id)
+        self.log.info("fetching source {path}", path=self.path,
+                      correlation_id=self.correlation_id)
         try:
             d = self.fetcher.agent.request(b"GET", self.fetcher.url_for(self.path),
                                            self._headers(), None)

@@ -546,7 +546,7 @@ def _duration(value: Any) -> int:
 
 def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
     """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 (DCT scaling) while keeping at
-    least ``reducing_gap`` times the pixels the output needs. Never enlarges; skipped when
+    least ``draft_gap`` times the pixels the output needs. Never enlarges; skipped when
     trimming (the content's size is unknown until decoded)."""
     if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
         return
@@ -555,7 +555,7 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
     if orientation in _SWAPS_AXES:
         width, height = height, width
     geometry = fit_geometry(width, height, spec)
-    gap = max(1.0, spec.reducing_gap)
+    gap = max(1.0, spec.draft_gap)
     need = (math.ceil(geometry.scaled_width * gap), math.ceil(geometry.scaled_height * gap))
     if orientation in _SWAPS_AXES:
         need = need[::-1]

@@ -147,7 +147,8 @@ class TransformSpec:
     webp_method: int = 4
     avif_speed: int = 8
     png_compress_level: int = 6
-    reducing_gap: float = 3.0
+    reducing_gap: float = 2.0
+    draft_gap: float = 1.0
     max_source_pixels: int = 50_000_000
     max_frames: int = 200
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,

@@ -262,6 +262,15 @@ class StreamingRequest(server.Request):
         # The whole body is in; processing started (or is scheduled) from gotLength already.
         self.body._all_received()
 
+    def write(self, data: bytes) -> None:
+        if (not self.startedWriting and self._streaming and self.body is not None
+                and self.body.receiving and self.channel is not None):
+            # The response starts before the client sent all of its body: this connection
+            # ends with this response (see _abandon_body), so say so.
+            self.channel.persistent = False
+            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        super().write(data)
+
     def finish(self) -> None:
         if self._streaming and self.body is not None and self.body.receiving \
                 and self.channel is not None and not self.finished:
@@ -275,8 +284,6 @@ class StreamingRequest(server.Request):
         channel = self.channel
         self.body.stopProducing()
         channel.persistent = False
-        if not self.startedWriting:
-            self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         # After this request is done the channel's request queue is empty, and the body decoder
         # would call allContentReceived (which uses requests[-1]) if the rest of the body is
         # already buffered. Like HTTPChannel.lineReceived does for a non-persistent

@@ -93,7 +93,7 @@ def _abort(request) -> None:
     abort()
 
 
-@attrs.define
+@attrs.define(eq=False)
 class Upstream:
     """The backend hop: ``proxy(request, info, log)`` forwards one request and streams the
     response back. Build one per process and ``close()`` it at shutdown."""
@@ -381,13 +381,16 @@ class _Exchange:
         body = getattr(request, "body", None)
         if body is not None:
             return body
+        content = getattr(request, "content", None)
+        if content is not None:  # a stock (buffering) twisted.web request
+            content.seek(0, 2)
+            size = content.tell()
+            content.seek(0)
+            if size:
+                return FileBodyProducer(content)
         length = request.requestHeaders.getRawHeaders(b"content-length")
         if length and length[0].strip() == b"0":
             return _EmptyBody()
-        content = getattr(request, "content", None)
-        if length and content is not None:  # a stock (buffering) twisted.web request
-            content.seek(0)
-            return FileBodyProducer(content)
         return None
 
     # -- timers and cancellation -----------------------------------------------------------

@@ -37,7 +37,8 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         quality=p.get("q") or proc.default_quality, format=fmt, enlarge=bool(p.get("enlarge")),
         trim=p.get("trim") or 0, progressive=proc.jpeg_progressive, webp_method=proc.webp_method,
         avif_speed=proc.avif_speed, png_compress_level=proc.png_compress_level,
-        reducing_gap=proc.reducing_gap, max_source_pixels=limits.max_source_pixels,
+        reducing_gap=proc.reducing_gap, draft_gap=proc.draft_gap,
+        max_source_pixels=limits.max_source_pixels,
         max_frames=limits.max_frames, extra=dict(p),
     )
 
