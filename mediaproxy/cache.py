@@ -15,7 +15,7 @@ import posixpath
 from typing import Mapping, Protocol, runtime_checkable
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
 from .models import CacheEntry, ImageRequest, Param
@@ -100,19 +100,27 @@ class LayeredCache:
             self.emit("cache.error", layer=layer.name, op=op)
         return None
 
-    @inlineCallbacks
-    def get(self, key: str):
-        """Fire with ``(entry, layer_name)`` or ``None``."""
-        for index, layer in enumerate(self.layers):
-            d = maybeDeferred(layer.get, key)
-            d.addErrback(self._failed, layer, "get", key)
-            entry = yield d
-            if entry is not None:
-                for faster in self.layers[:index]:
-                    maybeDeferred(faster.set, key, entry).addErrback(
-                        self._failed, faster, "set", key)
-                return entry, layer.name
-        return None
+    def get(self, key: str) -> Deferred:
+        """Fire with ``(entry, layer_name)`` or ``None``. A layer answering synchronously (the
+        memory layer) costs no reactor turn."""
+        return self._get_from(0, key)
+
+    def _get_from(self, index: int, key: str) -> Deferred:
+        if index >= len(self.layers):
+            return succeed(None)
+        layer = self.layers[index]
+        d = maybeDeferred(layer.get, key)
+        d.addErrback(self._failed, layer, "get", key)
+
+        def answered(entry):
+            if entry is None:
+                return self._get_from(index + 1, key)
+            for faster in self.layers[:index]:
+                maybeDeferred(faster.set, key, entry).addErrback(
+                    self._failed, faster, "set", key)
+            return entry, layer.name
+
+        return d.addCallback(answered)
 
     def set(self, key: str, entry: CacheEntry) -> Deferred:
         ds = []

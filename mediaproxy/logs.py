@@ -15,7 +15,7 @@ from typing import IO
 
 from twisted.logger import (
     FilteringLogObserver, LogLevel, LogLevelFilterPredicate, Logger, formatEvent,
-    globalLogBeginner,
+    globalLogBeginner, globalLogPublisher,
 )
 
 
@@ -40,7 +40,10 @@ class RequestLogger(Logger):
 
     def __init__(self, namespace: str = "mediaproxy.request", source=None, observer=None,
                  **fields):
-        super().__init__(namespace=namespace, source=source, observer=observer)
+        # Logger.__init__ imports the global publisher on every call; one per request adds up.
+        self.namespace = namespace
+        self.source = source
+        self.observer = observer if observer is not None else globalLogPublisher
         self._fields = fields
 
     def emit(self, level, format=None, **kwargs):

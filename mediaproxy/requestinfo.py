@@ -7,6 +7,7 @@ host.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 import uuid
 from functools import lru_cache
@@ -17,11 +18,16 @@ from .models import RequestInfo
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+_PREFIX = uuid.uuid4().hex[:16]
+_counter = itertools.count(1)
+
+
 def correlation_id(incoming: str | None) -> str:
-    """Keep a well-formed incoming ``X-Correlation-ID``; otherwise make a new one."""
+    """Keep a well-formed incoming ``X-Correlation-ID``; otherwise make a new one: a random
+    per-process prefix and a counter (unique, and far cheaper than a uuid4 per request)."""
     if incoming is not None and _CID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return f"{_PREFIX}{next(_counter):08x}"
 
 
 @lru_cache(maxsize=64)

@@ -31,6 +31,8 @@ class Runtime:
     fetcher: Any = None
     cache: Any = None
     params: dict[str, Param] = attrs.field(factory=dict)
+    #: every query name of every registered parameter (names and aliases)
+    param_names: frozenset = frozenset()
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
     _queued: int = 0
 
@@ -57,6 +59,10 @@ class Runtime:
         d = deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
         d.addBoth(done)
         return d
+
+    def set_params(self, params: dict[str, Param]) -> None:
+        self.params = params
+        self.param_names = frozenset(n for name, p in params.items() for n in (name, *p.aliases))
 
     def emit(self, name: str, value: float = 1.0, correlation_id: str = "", **fields) -> None:
         """Send an :class:`~mediaproxy.models.Event` to every ``mediaproxy_event`` hook."""

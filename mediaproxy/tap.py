@@ -108,7 +108,7 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
                       upstream=upstream)
     runtime.fetcher = SourceFetcher(reactor, config.backend, config.limits.max_source_bytes,
                                     upstream.agent)
-    runtime.params = collect_params(pm, config)
+    runtime.set_params(collect_params(pm, config))
     pm.hook.mediaproxy_configure(runtime=runtime)
     layers = list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime)))
     runtime.cache = LayeredCache(layers, emit=runtime.emit)
@@ -144,7 +144,7 @@ def reload_config(runtime, path):
         log.error("configuration reload refused: {error}", error=str(e))
         return
     old, runtime.config = runtime.config, new
-    runtime.params = collect_params(runtime.pm, new)
+    runtime.set_params(collect_params(runtime.pm, new))
     runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)
     log.info("configuration reloaded")
 

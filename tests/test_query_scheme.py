@@ -14,8 +14,8 @@ from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.runtime import Runtime
 
 CONFIG = Config()
-RUNTIME = Runtime(config=CONFIG, reactor=None,
-                  params={p.name: p for p in builtin_params(CONFIG)})
+RUNTIME = Runtime(config=CONFIG, reactor=None)
+RUNTIME.set_params({p.name: p for p in builtin_params(CONFIG)})
 
 
 def match(path, query=(), method="GET"):

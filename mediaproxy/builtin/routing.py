@@ -32,13 +32,16 @@ def _is_hex_pair(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def unsafe_path_reason(path: str) -> str | None:
     """Why a decoded source path may not be fetched, or None when it is safe."""
     if not path.startswith("/"):
         return "the path must be absolute"
     if "\x00" in path or "\\" in path:
         return "the path contains a forbidden character"
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in path):
+    if _CONTROL.search(path):
         return "the path contains a control character"
     segments = path.split("/")
     if ".." in segments:
@@ -88,8 +91,7 @@ def mediaproxy_match_request(request, runtime):
     if not any(request.path.startswith(prefix) for prefix in config.prefixes):
         return None
     query = request.query_dict()
-    names = {s for name, p in runtime.params.items() for s in (name, *p.aliases)}
-    if not names.intersection(query):
+    if not runtime.param_names.intersection(query):
         return None
     try:
         path = decode_path(request.path)
