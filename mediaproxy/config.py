@@ -339,6 +339,17 @@ class FileCacheConfig:
 
 
 @frozen
+class SourceCacheConfig:
+    memory_bytes: int = setting(
+        64 * 1024 * 1024, "int", "Originals kept in process memory after a fetch, in bytes, so "
+        "the sizes of a srcset fetch their photo once (0: off). With the file layer on, "
+        "originals are kept on disk too.", _at_least(0))
+    ttl: float = setting(
+        600.0, "float", "Seconds an original is reused without asking the backend again.",
+        _at_least(1))
+
+
+@frozen
 class CacheConfig:
     cache_control: str = setting(
         "public, max-age=31536000, immutable", "str",
@@ -357,6 +368,8 @@ class CacheConfig:
         60.0, "float", "Seconds a backend 404/5xx for a source is remembered, so a missing image "
         "is not fetched on every hit (0: off).", _at_least(0))
     memory: MemoryCacheConfig = section(MemoryCacheConfig, "The in-process LRU layer.")
+    source: SourceCacheConfig = section(SourceCacheConfig, "Originals fetched from the "
+                                        "backend.")
     redis: RedisCacheConfig = section(RedisCacheConfig, "The shared Redis layer (off unless "
                                       "a URL is set).")
     file: FileCacheConfig = section(FileCacheConfig, "The file layer (off unless dir is set).")

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.compat",
     "mediaproxy.builtin.validation",
     "mediaproxy.builtin.source",
+    "mediaproxy.builtin.sourcecache",
     "mediaproxy.builtin.memorycache",
     "mediaproxy.builtin.pipeline",
     "mediaproxy.builtin.cors",

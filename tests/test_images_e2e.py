@@ -240,3 +240,25 @@ def test_correlation_id_kept_only_when_well_formed(proxy, incoming, kept):
                                  headers={"X-Correlation-ID": incoming})
     assert (headers["x-correlation-id"] == incoming) is kept
     assert 1 <= len(headers["x-correlation-id"]) <= 128
+
+
+def test_sizes_of_one_original_fetch_it_once(proxy):
+    for width in (320, 480, 640, 800):
+        assert proxy.get(f"/media/uploads/a.jpg?w={width}")[0] == 200
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda w: proxy.get(f"/media/uploads/alpha.png?w={w}")[0],
+                                 range(100, 108)))
+    assert statuses == [200] * 8
+    assert proxy.origin.hits["/media/uploads/a.jpg"] == 1
+    assert proxy.origin.hits["/media/uploads/alpha.png"] == 1
+
+
+def test_source_cache_can_be_turned_off(live_reactor):
+    running = start_proxy(origin=ImageOrigin(files()),
+                          overrides={"cache": {"source": {"memory_bytes": 0}}})
+    try:
+        for width in (320, 480):
+            assert running.get(f"/media/uploads/a.jpg?w={width}")[0] == 200
+        assert running.origin.hits["/media/uploads/a.jpg"] == 2
+    finally:
+        running.stop()
