@@ -167,8 +167,8 @@ class _Fetch:
         return out
 
     def start(self) -> Deferred[SourceImage]:
-        self.log.info("fetching source {path}", path=self.path,
-                      correlation_id=self.correlation_id)
+        self.log.debug("fetching source {path}", path=self.path,
+                       correlation_id=self.correlation_id)
         try:
             d = self.fetcher.agent.request(b"GET", self.fetcher.url_for(self.path),
                                            self._headers(), None)

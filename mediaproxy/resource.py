@@ -59,8 +59,8 @@ class ProxyResource(Resource):
             self._write_rejection(request, info, match, None, log)
             return NOT_DONE_YET
         rt.emit("image.request", correlation_id=info.correlation_id, route=match.route)
-        log.info("{method} {path} -> image request ({route})", method=info.method,
-                 path=info.path, route=match.route)
+        log.debug("{method} {path} -> image request ({route})", method=info.method,
+                  path=info.path, route=match.route)
         d = maybeDeferred(rt.pm.hook.mediaproxy_handle_image, image_request=match,
                           request=info, runtime=rt)
         d.addCallback(self._write, request, info, match, log)
@@ -117,8 +117,8 @@ class ProxyResource(Resource):
         request.setHeader(CORRELATION_HEADER, info.correlation_id.encode())
         if status != 304:
             request.setHeader(b"Content-Length", str(len(response.body)).encode())
-        log.info("{status} {content_type} {size} bytes ({cache})", status=status,
-                 content_type=response.content_type, size=len(body), cache=response.cache_status)
+        log.debug("{status} {content_type} {size} bytes ({cache})", status=status,
+                  content_type=response.content_type, size=len(body), cache=response.cache_status)
         if body and request.method != b"HEAD":
             request.write(body)
         request.finish()
