@@ -56,6 +56,10 @@ class ProxyResource(Resource):
             rt.upstream.proxy(request, info, log)
             return NOT_DONE_YET
         if isinstance(match, Rejection):
+            rt.emit("rejection", correlation_id=info.correlation_id, error=match.error,
+                    parameter=match.parameter or "")
+            log.info("refused: {error} ({parameter})", error=match.error,
+                     parameter=match.parameter)
             self._write_rejection(request, info, match, None, log)
             return NOT_DONE_YET
         rt.emit("image.request", correlation_id=info.correlation_id, route=match.route)

@@ -128,10 +128,11 @@ def mediaproxy_services(runtime):
     listen = runtime.config.monitoring.listen
     if not listen:
         return []
-    from twisted.application import strports
     from twisted.web.server import Site
 
+    from ..listening import ListeningService
     from ..monitoring import MonitoringResource
 
     metrics = runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus")
-    return [strports.service(listen, Site(MonitoringResource(runtime, metrics.registry)))]
+    site = Site(MonitoringResource(runtime, metrics.registry))
+    return [ListeningService(runtime.reactor, listen, site, "monitoring (/metrics, /health)")]

@@ -1,0 +1,62 @@
+"""The monitoring listener: Prometheus metrics and health, over real sockets."""
+
+import json
+import urllib.request
+
+import pytest
+
+from .proxy import ImageOrigin, image_bytes, start_proxy
+
+
+@pytest.fixture
+def proxy(live_reactor):
+    origin = ImageOrigin({"/media/a.jpg": (200, image_bytes((300, 200)), "image/jpeg", [])})
+    running = start_proxy(origin=origin, overrides={
+        "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}})
+    yield running
+    running.stop()
+
+
+def monitoring_url(running, path):
+    svc = next(s for s in running.services if getattr(s, "what", "").startswith("monitoring"))
+    return f"http://127.0.0.1:{svc.port.getHost().port}{path}"
+
+
+def test_metrics_count_requests_hits_and_transforms(proxy):
+    proxy.get("/media/a.jpg?w=100")
+    proxy.get("/media/a.jpg?w=100")
+    proxy.get("/media/a.jpg?w=abc")
+    proxy.get("/media/missing.jpg?w=10")
+    proxy.get("/other")
+    text = urllib.request.urlopen(monitoring_url(proxy, "/metrics"), timeout=10).read().decode()
+    lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                 if line and not line.startswith("#"))
+    assert float(lines['mediaproxy_requests_total{kind="image"}']) == 3
+    assert float(lines['mediaproxy_requests_total{kind="passthrough"}']) == 1
+    assert float(lines['mediaproxy_cache_hits_total{layer="memory"}']) == 1
+    assert float(lines["mediaproxy_cache_misses_total"]) == 2
+    assert float(lines['mediaproxy_source_errors_total{status="404"}']) == 1
+    assert float(lines['mediaproxy_transform_seconds_count{format="jpeg"}']) == 1
+    assert float(lines['mediaproxy_cache_items{layer="memory"}']) == 1
+    assert "mediaproxy_transform_queue" in lines
+
+
+def test_rejections_are_counted_by_error(proxy):
+    proxy.get("/media/a.jpg?w=999999")
+    text = urllib.request.urlopen(monitoring_url(proxy, "/metrics"), timeout=10).read().decode()
+    assert 'mediaproxy_rejections_total{error="invalid_parameter"} 1.0' in text
+    counters = proxy.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
+    assert counters.count("rejection", error="invalid_parameter") == 1
+
+
+def test_health_reports_every_indicator(proxy):
+    with urllib.request.urlopen(monitoring_url(proxy, "/health"), timeout=10) as response:
+        assert response.status == 200
+        body = json.loads(response.read())
+    assert body["status"] == "ok"
+    assert {check["name"] for check in body["checks"]} >= {"transform_pool", "memory"}
+
+
+def test_the_main_port_reserves_no_path(proxy):
+    status, headers, body, _ = proxy.get("/metrics")
+    assert status == 404 and b"not found" in body.lower()   # the origin's own 404
