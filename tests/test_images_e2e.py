@@ -262,3 +262,21 @@ def test_source_cache_can_be_turned_off(live_reactor):
         assert running.origin.hits["/media/uploads/a.jpg"] == 2
     finally:
         running.stop()
+
+
+def test_missing_and_failing_sources_are_remembered_briefly(proxy):
+    for width in (10, 20, 30):
+        assert proxy.get(f"/media/uploads/missing.jpg?w={width}")[0] == 404
+        assert proxy.get(f"/media/uploads/fail.jpg?w={width}")[0] == 502
+    assert proxy.origin.hits["/media/uploads/missing.jpg"] == 1
+    assert proxy.origin.hits["/media/uploads/fail.jpg"] == 1
+
+
+def test_negative_cache_expires(live_reactor):
+    running = start_proxy(origin=ImageOrigin(files()), overrides={"cache": {"negative_ttl": 0}})
+    try:
+        for width in (10, 20):
+            assert running.get(f"/media/uploads/missing.jpg?w={width}")[0] == 404
+        assert running.origin.hits["/media/uploads/missing.jpg"] == 2
+    finally:
+        running.stop()
