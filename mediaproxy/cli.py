@@ -4,6 +4,7 @@ The ``mediaproxy`` console script.
     mediaproxy run [--config FILE] [--listen ENDPOINT ...]   serve (like twistd -n mediaproxy)
     mediaproxy demo [--port 8080] [--origin-port 8000]       proxy + built-in demo origin
     mediaproxy check-config [--config FILE] [--defaults]     print the effective config or errors
+    mediaproxy sign URL [--config FILE] [--expires-in S]     print URL with its signature
     mediaproxy --version
 """
 
@@ -27,13 +28,10 @@ def _serve(config, extra_services=()) -> int:
     begin_logging(config.monitoring.log_level, config.monitoring.log_format)
     runtime, site, services = compose(config, reactor)
     top = service.MultiService()
-    services[0].setServiceParent(top)
-    for svc in extra_services:
+    for svc in [*services, *extra_services]:
         svc.setServiceParent(top)
     for endpoint in config.server.listen:
         strports.service(endpoint, site).setServiceParent(top)
-    for svc in services[1:]:
-        svc.setServiceParent(top)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     runtime.log.info("mediaproxy {version} on {listen}, backend {backend}",
@@ -89,6 +87,173 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def sign(url: str, config, expires_in: float | None = None, now: float | None = None) -> str:
+    """``url`` signed with the first of ``signing.keys``, the way the proxy will check it:
+    the URL is matched by the same plugins (so the route's decoding and the registered
+    parameters are the server's). Raises ValueError when it cannot be signed."""
+    import time
+    from urllib.parse import parse_qsl, urlsplit
+
+    from .builtin.signing import sign_url
+    from .manager import get_plugin_manager
+    from .models import ImageRequest, RequestInfo
+    from .runtime import Runtime
+    from .tap import collect_params
+
+    if not config.signing.keys:
+        raise ValueError("no signing key: set signing.keys (MEDIAPROXY_SIGNING__KEYS)")
+    pm = get_plugin_manager(config)
+    runtime = Runtime(config=config, reactor=None, pm=pm)
+    runtime.set_params(collect_params(pm, config))
+    parts = urlsplit(url)
+    info = RequestInfo(method="GET", path=parts.path or "/",
+                       query=parse_qsl(parts.query, keep_blank_values=True))
+    match = pm.hook.mediaproxy_match_request(request=info, runtime=runtime)
+    if not isinstance(match, ImageRequest):
+        why = match.message if match is not None else "it is not an image transform URL " \
+            "(it would pass through to the backend unsigned)"
+        raise ValueError(f"cannot sign {url}: {why}")
+    known = runtime.param_names
+    expires = None
+    if expires_in:
+        expires = int((time.time() if now is None else now) + expires_in)
+    return sign_url(url, match.route, known, config.signing.keys[0], expires)
+
+
+def cmd_sign(args) -> int:
+    try:
+        config = load_config(args.config)
+        print(sign(args.url, config, args.expires_in))
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_warm(args) -> int:
+    """GET every URL of the file through a running proxy, one at a time."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    base = urlsplit(args.proxy)
+    failures = done = 0
+    with open(args.urls_file, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    conn = None
+    for line in lines:
+        target = urlsplit(line)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        for attempt in range(2):   # one reconnect if the keep-alive connection was closed
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(base.hostname, base.port or 80,
+                                                      timeout=args.timeout)
+                conn.request("GET", path, headers={"Accept": args.accept})
+                response = conn.getresponse()
+                response.read()
+                status, cache = response.status, response.getheader("X-Cache", "-")
+                break
+            except (OSError, http.client.HTTPException) as e:
+                conn = None
+                status, cache = 0, type(e).__name__
+        done += 1
+        failures += status != 200
+        print(f"{status} {cache:<10} {path}", flush=True)
+    print(f"warmed {done - failures} of {done}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def cmd_purge(args) -> int:
+    """Purge through the admin listener of a running proxy, or the shared layers directly."""
+    from .purge import PurgeScope
+
+    try:
+        if args.source:
+            scope = PurgeScope.source(args.source)
+        elif args.tenant:
+            scope = PurgeScope.tenant(args.tenant)
+        else:
+            scope = PurgeScope.everything()
+    except ValueError as e:
+        print(f"purge: {e}", file=sys.stderr)
+        return 2
+    if args.admin:
+        return _purge_via_admin(args, scope)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    return _purge_direct(config, scope)
+
+
+def _purge_via_admin(args, scope) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"source": {"source": scope.value}, "tenant": {"tenant": scope.value},
+            "all": {"all": True}}[scope.kind]
+    request = urllib.request.Request(
+        args.admin.rstrip("/") + "/admin/cache/purge", data=json.dumps(body).encode(),
+        method="POST", headers={"Authorization": f"Bearer {args.token or ''}",
+                                "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            print(response.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"purge: {e.code} {e.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except OSError as e:
+        print(f"purge: cannot reach {args.admin}: {e}", file=sys.stderr)
+    return 1
+
+
+def _purge_direct(config, scope) -> int:
+    """No running proxy to ask: purge the shared layers (Redis, file) and tell every node."""
+    import json
+
+    from twisted.internet import defer
+
+    from .logs import begin_logging
+    from .purge import PurgeFeed, purge_local
+    from .redisconn import redis_client
+    from .tap import compose
+
+    begin_logging("warn", config.monitoring.log_format, sys.stderr)
+    result = {}
+
+    @defer.inlineCallbacks
+    def main(reactor):
+        runtime, _, services = compose(config, reactor)
+        for svc in services:
+            svc.startService()
+        try:
+            client = redis_client(runtime)
+            if client is not None:
+                if not (yield client.when_up(10)):
+                    print("purge: Redis is not reachable", file=sys.stderr)
+                    result["code"] = 1
+                    return
+                yield PurgeFeed(runtime, client).announce(scope)
+            counts = yield purge_local(runtime, scope,
+                                       layers=[l.name for l in runtime.cache.layers
+                                               if l.name != "memory"])
+            print(json.dumps({"purged": counts, "scope": {"kind": scope.kind,
+                                                          "value": scope.value}}))
+            result["code"] = 0
+        finally:
+            for svc in reversed(services):
+                yield defer.maybeDeferred(svc.stopService)
+
+    from twisted.internet import reactor as global_reactor
+
+    done = main(global_reactor)
+    done.addBoth(lambda _: global_reactor.stop())
+    global_reactor.run()
+    return result.get("code", 1)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mediaproxy", description="Image edge proxy.")
     p.add_argument("--version", action="version", version=f"mediaproxy {__version__}")
@@ -111,6 +276,33 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--defaults", action="store_true",
                        help="print every key with its default and help (conf/mediaproxy.toml)")
     check.set_defaults(func=cmd_check_config)
+
+    warm = sub.add_parser("warm", help="pre-render a list of image URLs through a proxy")
+    warm.add_argument("urls_file", help="one URL or path (/media/a.jpg?w=300) per line")
+    warm.add_argument("--proxy", default="http://127.0.0.1:8080")
+    warm.add_argument("--accept", default="image/avif,image/webp,*/*",
+                      help="Accept header sent (fmt=auto variants depend on it)")
+    warm.add_argument("--timeout", type=float, default=60.0)
+    warm.set_defaults(func=cmd_warm)
+
+    purge = sub.add_parser("purge", help="purge one source, one tenant or everything")
+    what = purge.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", help="backend path of the original, e.g. /media/uploads/a.jpg")
+    what.add_argument("--tenant")
+    what.add_argument("--all", action="store_true")
+    purge.add_argument("--config", "-c", default=os.environ.get("MEDIAPROXY_CONFIG"))
+    purge.add_argument("--admin", help="URL of a running proxy's admin listener "
+                       "(http://127.0.0.1:9109); without it the shared layers are purged "
+                       "directly and running nodes told through Redis")
+    purge.add_argument("--token", default=os.environ.get("MEDIAPROXY_ADMIN__TOKEN"))
+    purge.set_defaults(func=cmd_purge)
+
+    signer = sub.add_parser("sign", help="print a transform URL with its signature (sig=)")
+    signer.add_argument("url", help="a path with query (/media/a.jpg?w=300) or a full URL")
+    signer.add_argument("--config", "-c", default=os.environ.get("MEDIAPROXY_CONFIG"))
+    signer.add_argument("--expires-in", type=float, default=None, metavar="SECONDS",
+                        help="add expires= (now + SECONDS); the URL is refused after it")
+    signer.set_defaults(func=cmd_sign)
     return p
 
 

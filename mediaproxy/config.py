@@ -192,6 +192,53 @@ def _endpoints(value: tuple[str, ...]) -> None:
             raise ValueError(f"{item!r} is not an endpoint string such as tcp:8080")
 
 
+def _size_map(value: tuple[str, ...]) -> None:
+    """``["gif=20MiB", "png=32MiB"]``: a byte limit per source format."""
+    parse_size_map(value)
+
+
+def parse_size_map(value: tuple[str, ...]) -> dict[str, int]:
+    """``("gif=20MiB", ...)`` -> ``{"gif": 20971520, ...}``; ValueError naming the bad item."""
+    out = {}
+    for item in value:
+        name, sep, size = item.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in SOURCE_FORMATS:
+            raise ValueError(f"{item!r} is not FORMAT=SIZE with a format among "
+                             f"{', '.join(SOURCE_FORMATS)}")
+        try:
+            out[name] = _to_int(size)
+        except ValueError:
+            raise ValueError(f"{item!r} does not end in a size (such as 20MiB)") from None
+        if out[name] < 1:
+            raise ValueError(f"{item!r} must allow at least one byte")
+    return out
+
+
+def _formats(value: tuple[str, ...]) -> None:
+    for item in value:
+        if item not in SOURCE_FORMATS:
+            raise ValueError(f"{item!r} is not one of {', '.join(SOURCE_FORMATS)}")
+
+
+def _hosts(value: tuple[str, ...]) -> None:
+    for item in value:
+        bare = item[2:] if item.startswith("*.") else item
+        if not bare or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", bare):
+            raise ValueError(f"{item!r} is not a lower-case host name (or *.domain)")
+
+
+def _signing_keys(value: tuple[str, ...]) -> None:
+    for item in value:
+        if len(item.encode("utf-8")) < 16:
+            raise ValueError("a signing key must have at least 16 bytes (32 random bytes "
+                             "recommended: `openssl rand -hex 32`)")
+
+
+#: Source formats known to the magic-byte sniffer (:mod:`mediaproxy.fetch`).
+SOURCE_FORMATS = ("jpeg", "png", "webp", "gif", "avif", "heif", "tiff", "bmp")
+
+
 # -- the schema -------------------------------------------------------------------------------
 
 @frozen
@@ -211,6 +258,25 @@ class ServerConfig:
     client_timeout: float = setting(
         60.0, "float", "Seconds a client connection may stay idle before it is closed.",
         _at_least(1))
+
+
+@frozen
+class BreakerConfig:
+    enabled: bool = setting(True, "bool", "Use this circuit breaker.")
+    failure_ratio: float = setting(
+        0.5, "float", "Open when at least this share of the calls in the window failed.",
+        _between(0.01, 1))
+    min_calls: int = setting(
+        20, "int", "Calls the window must hold before the ratio is judged (a few failures "
+        "after a quiet spell do not open it).", _at_least(1))
+    window: float = setting(
+        30.0, "float", "Seconds of history the failure ratio is computed over.", _at_least(1))
+    open_for: float = setting(
+        10.0, "float", "Seconds the breaker stays open before it lets probe calls through "
+        "(half-open).", _at_least(0.01))
+    probes: int = setting(
+        3, "int", "Probe calls let through at once while half-open; that many successes in a "
+        "row close the breaker, one failure opens it again.", _at_least(1))
 
 
 @frozen
@@ -235,6 +301,30 @@ class BackendConfig:
     pool_idle_timeout: float = setting(
         100.0, "float", "Seconds an unused keep-alive connection stays in the pool.",
         _at_least(1))
+    max_concurrent: int = setting(
+        512, "int", "Requests in flight to the backend at once, for pass-through and for "
+        "source fetches each; beyond this a request is answered 503 at once instead of "
+        "queueing without bound.", _at_least(1))
+    source_timeout: float = setting(
+        60.0, "float", "Seconds a whole source download may take, however steadily the bytes "
+        "trickle in (a slow-loris origin), then 504.", _at_least(0.01))
+    retries: int = setting(
+        2, "int", "Extra attempts for a bodiless idempotent request (GET, HEAD, OPTIONS, and "
+        "every source fetch) after a connection error or a 502/503/504, made only before any "
+        "byte of the response went to the client (0: no retries).", _between(0, 10))
+    retry_backoff: float = setting(
+        0.1, "float", "Base of the exponential backoff between retries, in seconds: attempt n "
+        "waits a random time up to retry_backoff x 2^n (full jitter).", _at_least(0))
+    retry_backoff_max: float = setting(
+        2.0, "float", "Longest wait between two retries, in seconds.", _at_least(0))
+    image_breaker: BreakerConfig = section(
+        BreakerConfig, "The circuit breaker of source fetches: connection errors, timeouts and "
+        "5xx count as failures, 4xx never does. While open, image requests get the stale copy "
+        "or the placeholder at once.")
+    passthrough_breaker: BreakerConfig = section(
+        BreakerConfig, "The circuit breaker of pass-through requests: only connection errors "
+        "and timeouts count, never the backend's own error pages, so one broken view cannot "
+        "take the shop down. While open, pass-through requests get a fast 503.")
 
 
 @frozen
@@ -418,8 +508,127 @@ class LimitsConfig:
     max_frames: int = setting(
         200, "int", "Most frames an animated source may have (more gives 422).", _at_least(1))
     transform_timeout: float = setting(
-        30.0, "float", "Seconds a transform may take before the client gets 503.",
-        _at_least(0.1))
+        30.0, "float", "Seconds a transform may take before the client gets 503 and the result "
+        "is abandoned (the thread finishes in the background; max_source_pixels bounds how "
+        "long it can run).", _at_least(0.1))
+    max_source_bytes_by_format: tuple[str, ...] = setting(
+        ["jpeg=32MiB", "png=32MiB", "webp=16MiB", "gif=16MiB", "avif=16MiB", "heif=16MiB"],
+        "strlist", "Per-format source byte limits (FORMAT=SIZE), enforced while streaming as "
+        "soon as the magic bytes name the format; formats not listed have max_source_bytes.",
+        _size_map)
+    source_formats: tuple[str, ...] = setting(
+        list(SOURCE_FORMATS), "strlist", "Source formats accepted, recognised by their magic "
+        "bytes (never by extension or Content-Type). Anything else (HTML, SVG, text) is "
+        "refused with 422 after its first bytes.", _formats)
+
+
+@frozen
+class ValidationConfig:
+    unknown_params: str = setting(
+        "ignore", "str", "Query parameters no plugin registered on an image request: ignore "
+        "(left out of the cache key) or reject (400 naming the parameter).",
+        _one_of("ignore", "reject"))
+    max_path_length: int = setting(
+        1024, "int", "Longest source path in bytes (UTF-8, after percent-decoding).",
+        _between(16, 65536))
+    source_prefixes: tuple[str, ...] = setting(
+        [], "strlist", "Backend path prefixes sources may be read from. Empty: those of "
+        "routes.prefixes. Other paths are 404.", _prefixes)
+
+
+def _route_names(value: tuple[str, ...]) -> None:
+    for item in value:
+        if not re.fullmatch(r"[a-z0-9_.-]{1,64}", item):
+            raise ValueError(f"{item!r} is not a route name (query, compat, ...)")
+
+
+@frozen
+class SigningConfig:
+    keys: tuple[str, ...] = setting(
+        [], "strlist", "HMAC-SHA256 keys for signed URLs (at least 16 bytes each; "
+        "`openssl rand -hex 32`). The first signs (mediaproxy sign URL), every one verifies, "
+        "so a key is rotated by putting the new one first and dropping the old one later. "
+        "With a key set, transform requests without a valid `sig` are refused (403). Empty: "
+        "signatures off.", _signing_keys)
+    exempt_routes: tuple[str, ...] = setting(
+        [], "strlist", "Routes served without a signature even when keys are set, for "
+        "frontends that cannot sign (for example compat).", _route_names)
+
+
+@frozen
+class RateLimitConfig:
+    enabled: bool = setting(True, "bool", "Limit image requests per client and tenant.")
+    ip_rate: float = setting(
+        500.0, "float", "Image requests per second per client IP (a cheap token, taken before "
+        "the cache lookup; 0: unlimited). The client IP comes from X-Forwarded-For only when "
+        "the peer is in server.trusted_proxies.", _at_least(0))
+    ip_burst: int = setting(
+        1000, "int", "Image requests a client may make at once (bucket size): a page with a "
+        "few hundred thumbnails must load at once.", _at_least(1))
+    ip_transform_rate: float = setting(
+        20.0, "float", "Transforms (cache misses) per second per client IP (an expensive "
+        "token, taken before a transform; 0: unlimited).", _at_least(0))
+    ip_transform_burst: int = setting(
+        100, "int", "Transforms a client may start at once.", _at_least(1))
+    tenant_rate: float = setting(
+        0.0, "float", "Image requests per second per tenant (0: unlimited).", _at_least(0))
+    tenant_burst: int = setting(2000, "int", "Bucket size of tenant_rate.", _at_least(1))
+    tenant_transform_rate: float = setting(
+        0.0, "float", "Transforms per second per tenant (0: unlimited).", _at_least(0))
+    tenant_transform_burst: int = setting(
+        500, "int", "Bucket size of tenant_transform_rate.", _at_least(1))
+    passthrough_rate: float = setting(
+        0.0, "float", "Pass-through requests per second per client IP (0: unlimited, the "
+        "default: the backend is the shop and limits itself).", _at_least(0))
+    passthrough_burst: int = setting(
+        200, "int", "Bucket size of passthrough_rate.", _at_least(1))
+    exempt: tuple[str, ...] = setting(
+        ["127.0.0.0/8", "::1"], "strlist", "Client addresses or networks never limited "
+        "(internal monitoring, warm-up jobs). Loopback by default: behind a reverse proxy on "
+        "the same host that is not in server.trusted_proxies every visitor would share one "
+        "bucket; list that proxy in server.trusted_proxies so its visitors are limited one by "
+        "one. Health, metrics and admin listeners are never limited.", _cidrs)
+    max_keys: int = setting(
+        100_000, "int", "Most buckets kept in memory per process; full (idle) buckets are "
+        "dropped first.", _at_least(100))
+    adaptive: bool = setting(
+        True, "bool", "Shrink every budget while the host is under pressure (CPU, memory or "
+        "the transform queue above their thresholds), sampled in the background.")
+    cpu_percent: float = setting(
+        85.0, "float", "CPU use (whole host, percent) above which budgets shrink.",
+        _between(1, 100))
+    memory_percent: float = setting(
+        90.0, "float", "Memory use (whole host, percent) above which budgets shrink.",
+        _between(1, 100))
+    queue_percent: float = setting(
+        75.0, "float", "Transform queue fill (percent of processing.queue_limit) above which "
+        "budgets shrink.", _between(1, 100))
+    pressure_factor: float = setting(
+        0.5, "float", "Budgets are multiplied by this for each threshold crossed.",
+        _between(0.01, 1))
+    sample_interval: float = setting(
+        1.0, "float", "Seconds between two samples of CPU, memory and queue.", _at_least(0.05))
+    sync_interval: float = setting(
+        5.0, "float", "Seconds between two exchanges of bucket usage with the other nodes "
+        "through Redis (cache.redis; 0 or no Redis: each node limits alone). Nothing is "
+        "looked up in Redis per request.", _at_least(0))
+
+
+@frozen
+class SsrfConfig:
+    allow_networks: tuple[str, ...] = setting(
+        [], "strlist", "Addresses or networks a plugin's fetch (watermarks, remote sources) "
+        "may connect to although the address filter refuses them (loopback, private, "
+        "link-local, CGNAT, IPv4-embedding IPv6 ...). The backend is never filtered.",
+        _cidrs)
+    allowed_hosts: tuple[str, ...] = setting(
+        [], "strlist", "Host names plugins may fetch from (exact, or *.example.com for the "
+        "subdomains). Empty: any host, the address filter still applies.", _hosts)
+    max_redirects: int = setting(
+        0, "int", "Redirects a plugin's fetch follows, each hop checked again (0: none).",
+        _between(0, 10))
+    connect_timeout: float = setting(
+        5.0, "float", "Seconds to connect for a plugin's fetch.", _at_least(0.01))
 
 
 @frozen
@@ -495,6 +704,14 @@ class Config:
     cache: CacheConfig = section(CacheConfig, "Result cache and caching headers.")
     processing: ProcessingConfig = section(ProcessingConfig, "Decoding, resizing, encoding.")
     limits: LimitsConfig = section(LimitsConfig, "Bounds on what a request may ask for.")
+    validation: ValidationConfig = section(ValidationConfig, "Checks of every image request "
+                                           "(the first of the check chain).")
+    signing: SigningConfig = section(SigningConfig, "Signed URLs (HMAC-SHA256 `sig` "
+                                     "parameter).")
+    ratelimit: RateLimitConfig = section(RateLimitConfig, "Token buckets per client IP and "
+                                         "tenant.")
+    ssrf: SsrfConfig = section(SsrfConfig, "The address filter of every fetch other than the "
+                               "backend's.")
     cors: CorsConfig = section(CorsConfig, "CORS headers of image responses.")
     admin: AdminConfig = section(AdminConfig, "The admin listener (purge, stats).")
     warmup: WarmupConfig = section(WarmupConfig, "Background re-rendering of popular variants.")

@@ -3,8 +3,26 @@ Fetching original images from the backend for the image pipeline.
 
 :class:`SourceFetcher` GETs one path from the configured backend over the Upstream's agent (and
 so its keep-alive pool) and returns a :class:`~mediaproxy.models.SourceImage`, or fails with a
-:class:`~mediaproxy.models.SourceError` carrying the status the client should see. The size
-limit is enforced while the body streams in, whatever Content-Length claims.
+:class:`~mediaproxy.models.SourceError` carrying the status the client should see.
+
+What it defends against, all while the body streams in (nothing trusts Content-Length, the
+extension or Content-Type):
+
+* **size**: ``max_bytes`` overall, and a smaller limit per format (``limits.
+  max_source_bytes_by_format``) as soon as the first bytes name the format;
+* **format**: the magic bytes (:func:`sniff_format`) must name an accepted format
+  (``limits.source_formats``); HTML, SVG, text or random bytes are refused with 422 after at
+  most :data:`SNIFF_LIMIT` bytes, and the connection is dropped;
+* **time**: no response headers within ``backend.header_timeout``, a body stalled for
+  ``backend.idle_timeout``, or a whole download longer than ``backend.source_timeout`` (a
+  slow-loris origin trickling bytes) is a 504;
+* **a failing backend**: connection errors and 502/503/504 are retried (``backend.retries``,
+  exponential backoff with full jitter; a source fetch is a bodiless GET and nothing has been
+  sent to the client yet). The image circuit breaker (``backend.image_breaker``) counts
+  connection errors, timeouts and 5xx, never a 4xx; while it is open a fetch fails at once with
+  503 ``circuit_open`` and the pipeline answers with the stale copy or the placeholder;
+* **pile-ups**: at most ``backend.max_concurrent`` fetches are in flight; more fail at once
+  with 503 ``backend_busy``.
 
 It uses the plain :class:`twisted.web.client.Agent`, not treq: a source fetch needs no cookie
 jar (a jar would carry one client's session to another), no redirect following and no buffering,
@@ -14,25 +32,107 @@ idle timeout need a body protocol of our own anyway.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import (
+    PotentialDataLoss, RequestTransmissionFailed, ResponseDone, ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from .config import BackendConfig
+from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
+from .config import BackendConfig, parse_size_map
 from .errors import CORRELATION_HEADER
 from .models import SourceError, SourceImage
 from .upstream import backend_origin
 
+_log = Logger(namespace="mediaproxy.fetch")
+
 #: Most bytes of an error page read (and dropped) so the keep-alive connection can be reused.
 ERROR_BODY_LIMIT = 64 * 1024
+
+#: Bytes that identify every accepted format.
+SNIFF_BYTES = 12
+#: Most bytes looked at before a source that is not an image is refused.
+SNIFF_LIMIT = 256
+
+_CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
+                      ResponseNeverReceived, RequestTransmissionFailed)
+
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm",
+                          b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis", b"mif1", b"msf1"})
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The source format the first bytes of ``head`` announce (``jpeg``, ``png``, ``webp``,
+    ``gif``, ``avif``, ``heif``, ``tiff``, ``bmp``), or ``None``. Twelve bytes suffice; the
+    generic ISO-BMFF brands ``mif1``/``msf1`` count as ``avif``, which Pillow opens them as."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _AVIF_BRANDS:
+            return "avif"
+        if brand in _HEIF_BRANDS:
+            return "heif"
+        return None
+    if head.startswith(_TIFF_MAGIC):
+        return "tiff"
+    if head.startswith(b"BM"):
+        return "bmp"
+    return None
+
+
+def _looks_like_svg(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<svg", b"<?xml", b"<!doctype svg")) and b"<svg" in text
+
+
+@attrs.frozen
+class SourcePolicy:
+    """Which formats a source may have and how many bytes each may take."""
+
+    max_bytes: int
+    formats: frozenset[str] | None = None           #: None: no sniffing at all
+    format_limits: Mapping[str, int] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_limits(cls, limits) -> "SourcePolicy":
+        """From :class:`~mediaproxy.config.LimitsConfig`."""
+        return cls(max_bytes=limits.max_source_bytes, formats=frozenset(limits.source_formats),
+                   format_limits=parse_size_map(limits.max_source_bytes_by_format))
+
+    def refusal(self, fmt: str | None, head: bytes) -> SourceError | None:
+        """Why a source whose first bytes are ``head`` (sniffed as ``fmt``) is refused."""
+        if fmt is None:
+            if not head:
+                return SourceError(422, "unsupported_image", "The source is empty.")
+            if _looks_like_svg(head):
+                return SourceError(422, "unsupported_format", "SVG images are not supported.")
+            return SourceError(422, "unsupported_image",
+                               "The source is not an image in a supported format.")
+        if self.formats is not None and fmt not in self.formats:
+            return SourceError(422, "unsupported_format",
+                               f"{fmt.upper()} images are not accepted.")
+        return None
+
+    def limit_for(self, fmt: str | None) -> int:
+        return min(self.max_bytes, self.format_limits.get(fmt, self.max_bytes))
 
 
 class _Drop(Protocol):
@@ -43,26 +143,41 @@ class _Drop(Protocol):
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, limit: int):
+        super().__init__(limit)
+        self.limit = limit
 
 
 class _Stalled(Exception):
     pass
 
 
+class _Refused(Exception):
+    def __init__(self, error: SourceError):
+        super().__init__(error.message)
+        self.error = error
+
+
 class _Collector(Protocol):
     """Collects a response body up to ``limit`` bytes; fails with :class:`_TooLarge` (and
     drops the connection) past it, with :class:`_Stalled` when no data comes for
-    ``idle_timeout`` seconds."""
+    ``idle_timeout`` seconds. With a ``policy`` the first bytes are sniffed: a refused format
+    fails with :class:`_Refused`, an accepted one may lower the limit."""
 
-    def __init__(self, reactor, limit: int, idle_timeout: float):
+    def __init__(self, reactor, limit: int, idle_timeout: float,
+                 policy: SourcePolicy | None = None, declared: int | None = None):
         self._reactor = reactor
         self._limit = limit
+        self._declared = declared
         self._idle_timeout = idle_timeout
+        self._policy = policy if policy is not None and policy.formats is not None else None
+        self._head = b""
+        self._sniffed = self._policy is None
         self._chunks: list[bytes] = []
         self._size = 0
         self._timer = None
         self._failure: Failure | None = None
+        self.format: str | None = None
         self.finished: Deferred[bytes] = Deferred(lambda d: self._cancel())
 
     def connectionMade(self) -> None:
@@ -72,12 +187,33 @@ class _Collector(Protocol):
         if self._failure is not None:
             return
         self._size += len(data)
+        if not self._sniffed:
+            self._head += data[:SNIFF_LIMIT - len(self._head)]
+            if not self._sniff(final=False):
+                return
         if self._size > self._limit:
-            self._give_up(_TooLarge(self._size))
+            self._give_up(_TooLarge(self._limit))
             return
         self._chunks.append(data)
         if self._timer is not None and self._timer.active():
             self._timer.reset(self._idle_timeout)
+
+    def _sniff(self, final: bool) -> bool:
+        """Decide the format once enough bytes are here; False when the body is refused."""
+        fmt = sniff_format(self._head) if len(self._head) >= SNIFF_BYTES or final else None
+        if fmt is None and not final and len(self._head) < SNIFF_LIMIT:
+            return True   # not enough bytes to tell yet
+        self._sniffed = True
+        self.format = fmt
+        refusal = self._policy.refusal(fmt, self._head)
+        if refusal is not None:
+            self._give_up(_Refused(refusal))
+            return False
+        self._limit = min(self._limit, self._policy.limit_for(fmt))
+        if self._declared is not None and self._declared > self._limit:
+            self._give_up(_TooLarge(self._limit))   # Content-Length says it will not fit
+            return False
+        return True
 
     def _stalled(self) -> None:
         self._timer = None
@@ -99,9 +235,12 @@ class _Collector(Protocol):
         self._timer = None
         if self.finished.called:
             return
+        complete = reason is None or reason.check(ResponseDone, PotentialDataLoss)
+        if self._failure is None and complete and not self._sniffed:
+            self._sniff(final=True)
         if self._failure is not None:
             self.finished.errback(self._failure)
-        elif reason is None or reason.check(ResponseDone, PotentialDataLoss):
+        elif complete:
             self.finished.callback(b"".join(self._chunks))
         else:
             self.finished.errback(reason)
@@ -112,19 +251,48 @@ def _header(response, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
+def _breaker_log(name: str, old: str, new: str) -> None:
+    _log.warn("circuit breaker {breaker}: {old} -> {new}", breaker=name, old=old, new=new)
+
+
 @attrs.define(eq=False)
 class SourceFetcher:
     """Fetches originals from the backend. Share the Upstream's agent: ``SourceFetcher(reactor,
-    config.backend, config.limits.max_source_bytes, upstream.agent)``."""
+    config.backend, config.limits.max_source_bytes, upstream.agent)``, or
+    :meth:`from_config`. :meth:`set_limits` applies ``limits`` (formats, per-format sizes)."""
 
     reactor: Any
     backend: BackendConfig
     max_bytes: int
     agent: Any
+    policy: SourcePolicy | None = None
+    breaker: CircuitBreaker | None = None
+    retry: RetryPolicy | None = None
+    limit: ConcurrencyLimit | None = None
     _origin: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._origin = backend_origin(self.backend)[0].encode("ascii")
+        if self.policy is None:
+            self.policy = SourcePolicy(self.max_bytes)
+        if self.breaker is None:
+            self.breaker = CircuitBreaker.from_config(
+                self.reactor, "images", self.backend.image_breaker, _breaker_log)
+        if self.retry is None:
+            self.retry = RetryPolicy.from_config(self.backend)
+        if self.limit is None:
+            self.limit = ConcurrencyLimit(self.backend.max_concurrent)
+
+    @classmethod
+    def from_config(cls, reactor, config, agent) -> "SourceFetcher":
+        """The fetcher for a whole :class:`~mediaproxy.config.Config`."""
+        return cls(reactor, config.backend, config.limits.max_source_bytes, agent,
+                   policy=SourcePolicy.from_limits(config.limits))
+
+    def set_limits(self, limits) -> None:
+        """Apply :class:`~mediaproxy.config.LimitsConfig` (at start and on a config reload)."""
+        self.policy = SourcePolicy.from_limits(limits)
+        self.max_bytes = self.policy.max_bytes
 
     def url_for(self, path: str) -> bytes:
         """The backend URL of a decoded path: UTF-8, percent-encoded, '/' kept as separator (so
@@ -134,9 +302,14 @@ class SourceFetcher:
     def fetch(self, path: str, correlation_id: str, log,
               headers: dict | None = None) -> Deferred[SourceImage]:
         """GET the decoded backend ``path``; fire with a SourceImage or fail with SourceError
-        (404 source_not_found, 413 source_too_large, 502 backend_error/backend_unavailable,
-        504 backend_timeout). ``headers`` are extra request headers (str or bytes)."""
+        (404 source_not_found, 413 source_too_large, 422 unsupported_image/unsupported_format,
+        502 backend_error/backend_unavailable, 503 circuit_open/backend_busy, 504
+        backend_timeout). ``headers`` are extra request headers (str or bytes)."""
         return _Fetch(self, path, correlation_id, log, headers).start()
+
+
+#: How an attempt's outcome counts: for the breaker, and whether another attempt may follow.
+_OK, _FAILED, _NEUTRAL = "ok", "failed", "neutral"
 
 
 class _Fetch:
@@ -149,8 +322,15 @@ class _Fetch:
         self.log = log
         self.extra = headers or {}
         self.started = self.reactor.seconds()
+        self.attempts = 0
+        self.current: Deferred | None = None
+        self.header_timer = None
+        self.backoff_timer = None
+        self.deadline_timer = None
         self.timed_out = False
-        self.timer = None
+        self.deadline_passed = False
+        self.holds_slot = False
+        self.done: Deferred[SourceImage] = Deferred(self._cancel)
 
     def _ms(self) -> float:
         return (self.reactor.seconds() - self.started) * 1000
@@ -166,48 +346,136 @@ class _Fetch:
         out.setRawHeaders(CORRELATION_HEADER, [self.correlation_id.encode("latin-1")])
         return out
 
+    # -- the whole fetch -------------------------------------------------------------------
+
     def start(self) -> Deferred[SourceImage]:
         self.log.debug("fetching source {path}", path=self.path,
                        correlation_id=self.correlation_id)
+        self.done.addBoth(self._log_end)
+        if not self.fetcher.limit.acquire():
+            self._finish(Failure(SourceError(503, "backend_busy",
+                                             "The image backend is busy; retry shortly.")))
+            return self.done
+        self.holds_slot = True
+        self.deadline_timer = self.reactor.callLater(self.fetcher.backend.source_timeout,
+                                                     self._deadline)
+        self._attempt()
+        return self.done
+
+    def _finish(self, result) -> None:
+        for name in ("deadline_timer", "backoff_timer", "header_timer"):
+            timer = getattr(self, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(self, name, None)
+        if self.holds_slot:
+            self.holds_slot = False
+            self.fetcher.limit.release()
+        if not self.done.called:
+            if isinstance(result, Failure):
+                self.done.errback(result)
+            else:
+                self.done.callback(result)
+
+    def _cancel(self, _d) -> None:
+        # The caller gave up: stop the attempt under way; its outcome is not counted.
+        current = self.current
+        self.current = None
+        if current is not None:
+            self.fetcher.breaker.release()
+            current.cancel()
+        self._finish(Failure(CancelledError()))
+
+    def _deadline(self) -> None:
+        self.deadline_timer = None
+        self.deadline_passed = True
+        self.log.warn("source {path} not fetched within {seconds} s; giving up",
+                      path=self.path, seconds=self.fetcher.backend.source_timeout,
+                      correlation_id=self.correlation_id)
+        current, self.current = self.current, None
+        if current is not None:
+            self.fetcher.breaker.failure()
+            current.cancel()
+        self._finish(Failure(SourceError(504, "backend_timeout",
+                                         "The backend did not deliver the source in time.")))
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        self.backoff_timer = None
+        fetcher = self.fetcher
+        if not fetcher.breaker.allow():
+            self._finish(Failure(SourceError(
+                503, "circuit_open", "The image backend is failing; try again shortly.")))
+            return
+        self.attempts += 1
+        self.timed_out = False
         try:
-            d = self.fetcher.agent.request(b"GET", self.fetcher.url_for(self.path),
-                                           self._headers(), None)
+            d = fetcher.agent.request(b"GET", fetcher.url_for(self.path), self._headers(), None)
         except Exception:
             d = Deferred()
             d.errback(Failure())
-        self.timer = self.reactor.callLater(self.fetcher.backend.header_timeout,
-                                            self._header_timeout, d)
-        d.addBoth(self._stop_timer)
+        self.current = d
+        self.header_timer = self.reactor.callLater(fetcher.backend.header_timeout,
+                                                   self._header_timeout, d)
+        d.addBoth(self._stop_header_timer)
         d.addCallback(self._got_response)
-        d.addErrback(self._map_failure)
-        d.addBoth(self._log_end)
-        return d
+        d.addErrback(self._classify)
+        d.addBoth(self._attempt_done, d)
 
     def _header_timeout(self, d: Deferred) -> None:
-        self.timer = None
+        self.header_timer = None
         self.timed_out = True
         d.cancel()
 
-    def _stop_timer(self, result):
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
-        self.timer = None
+    def _stop_header_timer(self, result):
+        if self.header_timer is not None and self.header_timer.active():
+            self.header_timer.cancel()
+        self.header_timer = None
         return result
 
-    def _collect(self, response, limit: int) -> Deferred[bytes]:
-        collector = _Collector(self.reactor, limit, self.fetcher.backend.idle_timeout)
+    def _attempt_done(self, outcome, d: Deferred) -> None:
+        if self.current is not d:   # cancelled or past the deadline: already settled
+            return
+        self.current = None
+        if not isinstance(outcome, tuple):
+            self.fetcher.breaker.success()
+            self._finish(outcome)
+            return
+        error, verdict, retryable = outcome
+        breaker = self.fetcher.breaker
+        if verdict == _FAILED:
+            breaker.failure()
+        elif verdict == _OK:
+            breaker.success()
+        else:
+            breaker.release()
+        if retryable and self.attempts <= self.fetcher.retry.retries:
+            delay = self.fetcher.retry.delay(self.attempts - 1)
+            self.log.info("source {path}: {error} on attempt {attempt}; retrying in "
+                          "{delay:.3f} s", path=self.path, error=error.error,
+                          attempt=self.attempts, delay=delay,
+                          correlation_id=self.correlation_id)
+            self.backoff_timer = self.reactor.callLater(delay, self._attempt)
+            return
+        self._finish(Failure(error))
+
+    def _collect(self, response, limit: int, policy=None) -> Deferred[bytes]:
+        declared = response.length if response.length is not UNKNOWN_LENGTH else None
+        collector = _Collector(self.reactor, limit, self.fetcher.backend.idle_timeout, policy,
+                               declared)
         response.deliverBody(collector)
         return collector.finished
 
     def _got_response(self, response):
         code = response.code
-        max_bytes = self.fetcher.max_bytes
+        policy = self.fetcher.policy
+        max_bytes = policy.max_bytes
         if code == 200:
             if response.length is not UNKNOWN_LENGTH and response.length > max_bytes:
                 response.deliverBody(_Drop())
-                raise SourceError(413, "source_too_large",
-                                  f"The source is larger than {max_bytes} bytes.")
-            d = self._collect(response, max_bytes)
+                raise _TooLarge(max_bytes)
+            d = self._collect(response, max_bytes, policy)
             d.addCallback(lambda body: SourceImage(
                 body=body,
                 content_type=_header(response, b"content-type"),
@@ -215,10 +483,18 @@ class _Fetch:
                 last_modified=_header(response, b"last-modified"),
             ))
             return d
+        if code == 304:
+            # Revalidation (the pipeline sent If-None-Match / If-Modified-Since): the copy the
+            # caller holds is still good.
+            d = self._collect(response, ERROR_BODY_LIMIT)
+            d.addCallback(lambda _: SourceImage(
+                body=b"", etag=_header(response, b"etag"),
+                last_modified=_header(response, b"last-modified"), not_modified=True))
+            return d
         error = self._status_error(code)
         # Read a short error page so the connection goes back to the pool; then fail.
         d = self._collect(response, ERROR_BODY_LIMIT)
-        d.addBoth(lambda _: Failure(error))
+        d.addBoth(lambda _: Failure(_Status(code, error)))
         return d
 
     @staticmethod
@@ -232,34 +508,54 @@ class _Fetch:
                                f"The source image is not available (backend status {code}).")
         return SourceError(502, "backend_error", f"The backend answered {code}.")
 
-    def _map_failure(self, failure: Failure):
-        if failure.check(SourceError):
-            return failure
+    def _classify(self, failure: Failure):
+        """A failed attempt -> (SourceError, breaker verdict, retryable)."""
+        if failure.check(_Status):
+            status = failure.value
+            verdict = _FAILED if status.code >= 500 else _OK
+            return status.error, verdict, status.code in RETRY_STATUSES
         if failure.check(_TooLarge):
-            raise SourceError(413, "source_too_large",
-                              f"The source is larger than {self.fetcher.max_bytes} bytes.")
+            return (SourceError(413, "source_too_large",
+                                f"The source is larger than {failure.value.limit} bytes."),
+                    _OK, False)
+        if failure.check(_Refused):
+            return failure.value.error, _OK, False
         if failure.check(_Stalled):
-            raise SourceError(504, "backend_timeout", "The backend stopped sending the source.")
+            return (SourceError(504, "backend_timeout",
+                                "The backend stopped sending the source."), _FAILED, False)
         if self.timed_out:
-            raise SourceError(504, "backend_timeout", "The backend did not answer in time.")
-        if failure.check(ConnectError, ConnectingCancelledError, DNSLookupError):
-            raise SourceError(502, "backend_unavailable", "The backend could not be reached.")
+            return (SourceError(504, "backend_timeout", "The backend did not answer in time."),
+                    _FAILED, False)
+        if failure.check(*_CONNECTION_ERRORS):
+            return (SourceError(502, "backend_unavailable", "The backend could not be reached."),
+                    _FAILED, True)
         if failure.check(CancelledError):
-            return failure
+            return (SourceError(502, "backend_error", "The fetch was cancelled."), _NEUTRAL,
+                    False)
         self.log.warn("source fetch of {path} failed: {why}", path=self.path,
                       why=f"{failure.type.__name__}: {failure.getErrorMessage()}",
                       correlation_id=self.correlation_id)
-        raise SourceError(502, "backend_error", "The backend connection failed.")
+        return SourceError(502, "backend_error", "The backend connection failed."), _FAILED, False
 
     def _log_end(self, result):
         if isinstance(result, Failure):
             error = result.value
-            self.log.info("fetch of source {path} failed: {status} {error} in {ms:.1f} ms",
-                          path=self.path, status=getattr(error, "status", None),
+            self.log.info("fetch of source {path} failed: {status} {error} after {attempts} "
+                          "attempt(s) in {ms:.1f} ms", path=self.path,
+                          status=getattr(error, "status", None),
                           error=getattr(error, "error", result.type.__name__), ms=self._ms(),
-                          correlation_id=self.correlation_id)
+                          attempts=self.attempts, correlation_id=self.correlation_id)
         else:
             self.log.info("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
                           path=self.path, bytes=len(result.body), ms=self._ms(),
                           correlation_id=self.correlation_id)
         return result
+
+
+class _Status(Exception):
+    """The backend answered a status other than 200."""
+
+    def __init__(self, code: int, error: SourceError):
+        super().__init__(code)
+        self.code = code
+        self.error = error

@@ -25,10 +25,17 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.source",
     "mediaproxy.builtin.sourcecache",
     "mediaproxy.builtin.memorycache",
+    "mediaproxy.redisconn",
+    "mediaproxy.builtin.rediscache",
+    "mediaproxy.builtin.filecache",
     "mediaproxy.builtin.pipeline",
     "mediaproxy.builtin.cors",
     "mediaproxy.builtin.metrics",
     "mediaproxy.builtin.health",
+    "mediaproxy.builtin.admin",
+    "mediaproxy.builtin.warmup",
+    "mediaproxy.builtin.signing",
+    "mediaproxy.builtin.ratelimit",
 )
 
 

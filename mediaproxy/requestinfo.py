@@ -72,7 +72,9 @@ def from_request(request, trusted_proxies: tuple[str, ...] = ()) -> RequestInfo:
         for value in values
     )
     raw_uri = request.uri
-    if b"://" in raw_uri.split(b"?", 1)[0][:16]:  # absolute-form target: keep only the path
+    # An absolute-form target (GET http://host/x HTTP/1.1) keeps only its path; a path that
+    # merely contains :// (/media/http://x/a.jpg) is an origin-form target like any other.
+    if not raw_uri.startswith(b"/") and b"://" in raw_uri.split(b"?", 1)[0][:16]:
         rest = raw_uri.split(b"://", 1)[1]
         slash = rest.find(b"/")
         raw_uri = rest[slash:] if slash >= 0 else b"/"

@@ -52,13 +52,18 @@ class Runtime:
             return fail(Overloaded("transform queue full"))
         self._queued += 1
 
-        def done(result):
-            self._queued -= 1
-            return result
+        def run():
+            # Counted down in the reactor when the thread is done with it, not when a waiting
+            # Deferred gives up (a timed-out transform still occupies its thread).
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.reactor.callFromThread(self._finished)
 
-        d = deferToThreadPool(self.reactor, self.threadpool, fn, *args, **kwargs)
-        d.addBoth(done)
-        return d
+        return deferToThreadPool(self.reactor, self.threadpool, run)
+
+    def _finished(self) -> None:
+        self._queued -= 1
 
     def set_params(self, params: dict[str, Param]) -> None:
         self.params = params

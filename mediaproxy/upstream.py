@@ -13,6 +13,20 @@ Only the host and port of ``backend.url`` are ever connected to (the pool is key
 client's request target contributes its path and query only, whatever its Host header or an
 absolute-form target say. The path of ``backend.url`` is not used: the backend serves the same
 path space as the proxy.
+
+Resilience (see docs/security.md):
+
+* at most ``backend.max_concurrent`` exchanges are in flight; beyond that a request gets a 503
+  ``backend_busy`` at once instead of queueing without bound;
+* a bodiless idempotent request (GET, HEAD, OPTIONS without a body) is retried after a
+  connection error or a 502/503/504 (``backend.retries``, exponential backoff with full
+  jitter), only while nothing of the response has been written to the client;
+* the pass-through circuit breaker (``backend.passthrough_breaker``) counts **only** connection
+  errors and timeouts: a backend that answers, even with its own 500 page, is up, so one broken
+  view cannot open it. While it is open every pass-through request gets a fast 503 with
+  ``Retry-After``;
+* ``admission`` (set by the rate limiter when ``ratelimit.passthrough_rate`` is on) may refuse a
+  request before anything is sent.
 """
 
 from __future__ import annotations
@@ -25,19 +39,31 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, FileBodyProducer, HTTPConnectionPool, PotentialDataLoss, ResponseDone,
+    Agent, FileBodyProducer, HTTPConnectionPool, PotentialDataLoss, RequestTransmissionFailed,
+    ResponseDone, ResponseNeverReceived,
 )
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from .config import BackendConfig, ServerConfig
 from .errors import CORRELATION_HEADER, write_error
-from .models import RequestInfo
+from .models import Rejection, RequestInfo
 from .requestinfo import is_trusted
+
+_log = Logger(namespace="mediaproxy.upstream")
+
+#: Methods retried after a connection error or a 502/503/504 when they carry no body.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+_CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
+                      ResponseNeverReceived, RequestTransmissionFailed)
 
 #: Headers that describe one connection, not the message; never forwarded either way.
 HOP_BY_HOP = frozenset({
@@ -76,7 +102,7 @@ def origin_form(uri: bytes) -> bytes:
     printable ASCII and ``#`` are percent-encoded, everything else is kept as the client sent
     it.
     """
-    if b"://" in uri.split(b"?", 1)[0][:16]:
+    if not uri.startswith(b"/") and b"://" in uri.split(b"?", 1)[0][:16]:
         rest = uri.split(b"://", 1)[1]
         slash = rest.find(b"/")
         uri = rest[slash:] if slash >= 0 else b"/"
@@ -102,6 +128,11 @@ class Upstream:
     backend: BackendConfig
     server: ServerConfig
     pool: HTTPConnectionPool | None = None
+    breaker: CircuitBreaker | None = None
+    retry: RetryPolicy | None = None
+    limit: ConcurrencyLimit | None = None
+    #: ``admission(info) -> Rejection | None``, asked before a request is forwarded.
+    admission: Callable[[RequestInfo], Rejection | None] | None = None
     agent: Agent = attrs.field(init=False)
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
@@ -117,6 +148,15 @@ class Upstream:
         origin, hostport = backend_origin(self.backend)
         self._origin = origin.encode("ascii")
         self._backend_host = hostport.encode("ascii")
+        if self.breaker is None:
+            self.breaker = CircuitBreaker.from_config(
+                self.reactor, "passthrough", self.backend.passthrough_breaker,
+                lambda name, old, new: _log.warn("circuit breaker {breaker}: {old} -> {new}",
+                                                 breaker=name, old=old, new=new))
+        if self.retry is None:
+            self.retry = RetryPolicy.from_config(self.backend)
+        if self.limit is None:
+            self.limit = ConcurrencyLimit(self.backend.max_concurrent)
 
     def proxy(self, request, info: RequestInfo, log) -> Deferred[None]:
         """Forward ``request`` (a :class:`~mediaproxy.streaming.StreamingRequest`; a stock
@@ -342,6 +382,10 @@ class _Exchange:
         self.timed_out = False
         self.header_timer = None
         self.pump: _ResponsePump | None = None
+        self.attempts = 0
+        self.holds_slot = False
+        self.verdict_pending = False
+        self.backoff_timer = None
 
     def _fields(self, **fields) -> dict:
         return {"method": self.info.method, "path": self.info.path,
@@ -357,24 +401,87 @@ class _Exchange:
 
     def _start(self) -> None:
         request = self.request
+        upstream = self.upstream
         request.notifyFinish().addErrback(self._client_lost)
-        url = self.upstream._origin + origin_form(request.uri)
-        headers = self.upstream.forward_headers(request, self.info)
-        body = self._body_producer()
-        if body is not None:
+        if upstream.admission is not None:
+            rejection = upstream.admission(self.info)
+            if rejection is not None:
+                self._refuse(rejection)
+                return
+        if not upstream.limit.acquire():
+            self.log.warn("{in_flight} backend requests in flight; refusing {method} {path}",
+                          **self._fields(in_flight=upstream.limit.in_flight))
+            self._answer(503, "backend_busy", "The server is busy; retry shortly.",
+                         [(b"Retry-After", b"1")])
+            return
+        self.holds_slot = True
+        self.url = upstream._origin + origin_form(request.uri)
+        self.headers = upstream.forward_headers(request, self.info)
+        self.body = self._body_producer()
+        self.retryable = request.method in IDEMPOTENT and (
+            self.body is None or isinstance(self.body, _EmptyBody))
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self.backoff_timer = None
+        request = self.request
+        if self.client_gone or request.channel is None:
+            self._settle()
+            return
+        breaker = self.upstream.breaker
+        if not breaker.allow():
+            self.log.info("pass-through breaker open; refusing {method} {path}",
+                          **self._fields())
+            self._answer(503, "backend_unavailable",
+                         "The backend is unavailable; retry shortly.",
+                         [(b"Retry-After", b"%d" % breaker.retry_after())])
+            return
+        self.verdict_pending = True
+        self.attempts += 1
+        self.timed_out = False
+        body = self.body
+        if body is not None and not isinstance(body, _EmptyBody):
             body = _SentNotifier(body, self._start_header_timer)
         try:
-            d = self.upstream.agent.request(request.method, url, headers, body)
+            d = self.upstream.agent.request(request.method, self.url, self.headers.copy(), body)
         except ValueError as e:  # the Agent refuses a method or target it cannot send
+            self._verdict(None)
             self.log.info("cannot forward {method} {path}: {why}",
                           **self._fields(why=str(e)))
             self._answer(400, "bad_request", "The request cannot be forwarded.")
             return
         self.response_d = d
-        if body is None:
+        if body is None or isinstance(body, _EmptyBody):
             self._start_header_timer()
         d.addCallbacks(self._got_response, self._request_failed)
         d.addErrback(self._unexpected)
+
+    def _verdict(self, failed: bool | None) -> None:
+        """Tell the breaker how the attempt went, once: True failed, False the backend
+        answered, None no verdict (cancelled)."""
+        if not self.verdict_pending:
+            return
+        self.verdict_pending = False
+        breaker = self.upstream.breaker
+        if failed is None:
+            breaker.release()
+        elif failed:
+            breaker.failure()
+        else:
+            breaker.success()
+
+    def _can_retry(self) -> bool:
+        return (self.retryable and self.attempts <= self.upstream.retry.retries
+                and not self.client_gone and self.request.channel is not None
+                and not self.request.startedWriting)
+
+    def _retry(self, why: str) -> None:
+        delay = self.upstream.retry.delay(self.attempts - 1)
+        self.log.info("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
+                      **self._fields(why=why, attempt=self.attempts, delay=delay))
+        self.got_response = False
+        self.response_d = None
+        self.backoff_timer = self.reactor.callLater(delay, self._attempt)
 
     def _body_producer(self):
         request = self.request
@@ -420,7 +527,12 @@ class _Exchange:
         self._cancel_header_timer()
         self.log.info("client went away during {method} {path}: {why}",
                       **self._fields(why=reason.getErrorMessage()))
+        if self.backoff_timer is not None and self.backoff_timer.active():
+            self.backoff_timer.cancel()
+            self.backoff_timer = None
+            self._settle()
         if not self.got_response and self.response_d is not None:
+            self._verdict(None)
             self.response_d.cancel()
         if self.pump is not None:
             self.pump.stopProducing()
@@ -430,9 +542,14 @@ class _Exchange:
     def _got_response(self, response) -> None:
         self.got_response = True
         self._cancel_header_timer()
+        self._verdict(False)   # the backend answered: up, whatever the status
         if self.client_gone or self.request.channel is None:
             response.deliverBody(_Discard())
             self._settle()
+            return
+        if response.code in RETRY_STATUSES and self._can_retry():
+            response.deliverBody(_Discard())
+            self._retry(f"status {response.code}")
             return
         self._write_head(response)
         self.pump = _ResponsePump(self)
@@ -480,7 +597,13 @@ class _Exchange:
     def _request_failed(self, failure: Failure) -> None:
         self._cancel_header_timer()
         if self.client_gone or self.request.channel is None:
+            self._verdict(None)
             self._settle()
+            return
+        connection_error = failure.check(*_CONNECTION_ERRORS) is not None
+        self._verdict(True if (self.timed_out or connection_error) else None)
+        if connection_error and not self.timed_out and self._can_retry():
+            self._retry(f"{failure.type.__name__}")
             return
         if self.timed_out:
             self.log.warn("no response headers from the backend within {timeout} s for "
@@ -493,15 +616,28 @@ class _Exchange:
                                          f"{failure.getErrorMessage()}"))
         self._answer(502, "bad_gateway", "The backend could not be reached.")
 
-    def _answer(self, status: int, error: str, message: str) -> None:
+    def _answer(self, status: int, error: str, message: str, headers=()) -> None:
         request = self.request
         if request.channel is not None and not request.startedWriting and not request.finished:
             request.defaultContentType = None
-            write_error(request, status, error, message, self.info.correlation_id)
+            write_error(request, status, error, message, self.info.correlation_id,
+                        headers=headers)
+        self._settle()
+
+    def _refuse(self, rejection: Rejection) -> None:
+        self.log.info("{method} {path} refused: {error}", **self._fields(error=rejection.error))
+        request = self.request
+        if request.channel is not None and not request.startedWriting and not request.finished:
+            request.defaultContentType = None
+            write_error(request, rejection.status, rejection.error, rejection.message,
+                        self.info.correlation_id, rejection.parameter,
+                        [(n.encode("latin-1"), v.encode("latin-1"))
+                         for n, v in rejection.headers])
         self._settle()
 
     def _unexpected(self, failure: Failure) -> None:
         self.log.failure("proxying {method} {path} failed", failure, **self._fields())
+        self._verdict(None)
         request = self.request
         if request.channel is not None and not request.finished:
             if request.startedWriting:
@@ -513,5 +649,8 @@ class _Exchange:
 
     def _settle(self) -> None:
         self._cancel_header_timer()
+        if self.holds_slot:
+            self.holds_slot = False
+            self.upstream.limit.release()
         if not self.done.called:
             self.done.callback(None)

@@ -39,6 +39,22 @@ def _value_strategy(f: attrs.Attribute, owner: str):
                              min_size=1, max_size=3).map(tuple),
         "MonitoringConfig.listen": st.sampled_from(["", "tcp:9108:interface=127.0.0.1"]),
         "RedisCacheConfig.url": st.sampled_from(["", "redis://127.0.0.1:6379/0"]),
+        "max_source_bytes_by_format": st.lists(st.tuples(
+            st.sampled_from(cfg.SOURCE_FORMATS), st.integers(1, 2**34)).map(
+            lambda t: f"{t[0]}={t[1]}"), max_size=4).map(tuple),
+        "source_formats": st.lists(st.sampled_from(cfg.SOURCE_FORMATS), max_size=4).map(tuple),
+        "source_prefixes": st.lists(st.sampled_from(["/media/", "/static/images/"]),
+                                    max_size=2).map(tuple),
+        "SigningConfig.keys": st.lists(st.text(st.characters(codec="ascii", min_codepoint=33,
+                                                             max_codepoint=126),
+                                               min_size=16, max_size=40), max_size=3).map(tuple),
+        "exempt_routes": st.lists(st.sampled_from(["compat", "query"]), max_size=2).map(tuple),
+        "RateLimitConfig.exempt": st.lists(st.sampled_from(
+            ["127.0.0.1", "10.0.0.0/8", "::1"]), max_size=2).map(tuple),
+        "allow_networks": st.lists(st.sampled_from(
+            ["10.1.2.3", "192.168.0.0/16", "fd00::/8"]), max_size=2).map(tuple),
+        "allowed_hosts": st.lists(st.sampled_from(
+            ["cdn.example.com", "*.example.org"]), max_size=2).map(tuple),
     }
     special = special.get(f"{owner}.{f.name}", special.get(f.name, base))
     if check is None:

@@ -1,39 +1,195 @@
 """
-Validation, first in the check chain: bounds the parsed parameters cannot check one by one
-(the output pixel budget), and the source path (length, allowed prefixes, traversal).
+Validation, first in the check chain (``tryfirst``): what the parsed parameters cannot check one
+by one, and the source path.
+
+* **Parameters**: the built-in ones are typed and ranged again whatever route (or plugin) built
+  the request: ``w``/``h`` whole numbers within ``limits.max_width``/``max_height``, their
+  product within ``limits.max_output_pixels``, ``q`` 1-100, ``trim`` 0-100, ``fit``, ``pos``,
+  ``fmt`` among the known names, ``bg`` an RGBA tuple, ``enlarge`` a bool. With
+  ``validation.unknown_params = "reject"`` a query parameter no plugin registered is a 400.
+* **Output budget**: when one axis is free or ``enlarge`` is on, the output size depends on the
+  source, so a transform step (order 1, before the resize) checks the geometry against the
+  per-axis caps and the pixel budget once the source size is known, and the intermediate image
+  of ``cover`` against ``limits.max_source_pixels``.
+* **Path**: at most ``validation.max_path_length`` bytes; absolute; no NUL, backslash or control
+  character; no ``..`` segment (also not as ``..;``); no scheme or ``//`` host; no
+  percent-encoded ``.``, ``/``, ``\\``, ``%`` or control character left after the route's
+  decoding (double encoding), nor an encoded ``/`` or ``\\`` in the raw path of a non-compat
+  route; nothing that NFKC-normalises into one of those (full-width dots);
+  and under an allowed prefix (``validation.source_prefixes``, else ``routes.prefixes``), else
+  404.
+
+Every refusal is a :class:`~mediaproxy.models.Rejection` naming the parameter (the pipeline
+answers it as a 400 JSON and counts it as a ``rejection`` event).
+
+It also hands the source limits (accepted formats, per-format byte limits) to the fetcher at
+start and on a reload.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
+import attrs
+
 from .. import hookimpl
-from ..models import Rejection
+from ..imaging import ImageError, fit_geometry
+from ..models import Rejection, TransformStep
+from .params import FITS, FORMATS, POSITIONS
 from .routing import unsafe_path_reason
+from .signing import EXPIRES_PARAM, SIG_PARAM
 
-MAX_PATH_LENGTH = 1024
+#: Query parameters that belong to signed URLs, never unknown.
+RESERVED_PARAMS = frozenset({SIG_PARAM, EXPIRES_PARAM})
+
+_ENCODED_UNSAFE = re.compile(r"%(2e|2f|5c|25|[01][0-9a-f]|7f)", re.IGNORECASE)
+_RAW_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
+_CANONICAL_POSITIONS = frozenset(POSITIONS.values())
+_FORMAT_NAMES = frozenset(FORMATS.values())
 
 
-@hookimpl(tryfirst=True)
-def mediaproxy_check_request(image_request, request, runtime):
-    limits = runtime.config.limits
-    path = image_request.source_path
-    if len(path.encode("utf-8")) > MAX_PATH_LENGTH:
-        return Rejection(400, "invalid_path", f"the path is longer than {MAX_PATH_LENGTH} bytes",
-                         parameter="path")
+def path_refusal(path: str, max_length: int) -> str | None:
+    """Why a decoded source path may not be fetched, or None."""
+    if len(path) > max_length or len(path.encode("utf-8", "surrogatepass")) > max_length:
+        return f"the path is longer than {max_length} bytes"
     reason = unsafe_path_reason(path)
     if reason:
-        return Rejection(400, "invalid_path", reason, parameter="path")
-    if not any(path.startswith(prefix) for prefix in runtime.config.routes.prefixes):
-        return Rejection(404, "not_found", "no image route serves this path", parameter="path")
-    width = image_request.params.get("w") or 0
-    height = image_request.params.get("h") or 0
-    if width > limits.max_width:
-        return Rejection(400, "invalid_parameter", f"width must be at most {limits.max_width}",
-                         parameter="w")
-    if height > limits.max_height:
-        return Rejection(400, "invalid_parameter",
-                         f"height must be at most {limits.max_height}", parameter="h")
-    if width * height > limits.max_output_pixels:
-        return Rejection(400, "invalid_parameter",
-                         f"width x height must be at most {limits.max_output_pixels} pixels",
-                         parameter="w")
+        return reason
+    if "%" in path and _ENCODED_UNSAFE.search(path):
+        return "the path contains an encoded separator, dot or control character"
+    if ".." in path and any(s.split(";", 1)[0] == ".." for s in path.split("/")):
+        return "the path must not contain '..' segments"
+    if not path.isascii():
+        normal = unicodedata.normalize("NFKC", path)
+        if normal != path and (unsafe_path_reason(normal) or ".." in normal.split("/")):
+            return "the path contains characters that normalise to a separator or '..'"
     return None
+
+
+def _bad(parameter: str, message: str) -> Rejection:
+    return Rejection(400, "invalid_parameter", message, parameter=parameter)
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def param_refusal(params, limits) -> Rejection | None:
+    """Type and range of the built-in parameters present in ``params``."""
+    w, h = params.get("w", 0), params.get("h", 0)
+    if not _whole(w, 0, limits.max_width):
+        return _bad("w", f"width must be a whole number from 0 to {limits.max_width}")
+    if not _whole(h, 0, limits.max_height):
+        return _bad("h", f"height must be a whole number from 0 to {limits.max_height}")
+    if w * h > limits.max_output_pixels:
+        return _bad("w", f"width x height must be at most {limits.max_output_pixels} pixels")
+    q = params.get("q", 80)
+    if not _whole(q, 1, 100):
+        return _bad("q", "quality must be a whole number from 1 to 100")
+    if not _whole(params.get("trim", 0), 0, 100):
+        return _bad("trim", "trim must be a whole number from 0 to 100")
+    if params.get("fit", "inside") not in FITS:
+        return _bad("fit", f"fit must be one of {', '.join(FITS)}")
+    if params.get("pos", "centre") not in _CANONICAL_POSITIONS:
+        return _bad("pos", "position is not a known position")
+    fmt = params.get("fmt")
+    if fmt is not None and fmt not in _FORMAT_NAMES:
+        return _bad("fmt", "format is not a known format")
+    bg = params.get("bg", (255, 255, 255, 255))
+    if not (isinstance(bg, tuple) and len(bg) == 4 and all(_whole(c, 0, 255) for c in bg)):
+        return _bad("bg", "background must be an RGBA colour")
+    if type(params.get("enlarge", False)) is not bool:
+        return _bad("enlarge", "enlarge must be 0 or 1")
+    return None
+
+
+class OverBudget(ImageError):
+    """The output (or the intermediate image of a ``cover``) would be over the budget."""
+
+    status = 400
+    error = "output_too_large"
+
+
+def _budget_step(max_width: int, max_height: int, max_pixels: int):
+    def check_output(image, spec, request):
+        geometry = fit_geometry(image.width, image.height, spec)
+        if (geometry.width > max_width or geometry.height > max_height
+                or geometry.width * geometry.height > max_pixels):
+            raise OverBudget(
+                f"The output would be {geometry.width}x{geometry.height} pixels; at most "
+                f"{max_width}x{max_height} and {max_pixels} pixels are allowed.")
+        if geometry.scaled_width * geometry.scaled_height > spec.max_source_pixels:
+            raise OverBudget("The transform would need an image larger than allowed.")
+        return image
+    return check_output
+
+
+@attrs.define(eq=False)
+class Validator:
+    """The validation plugin instance: settings copied from the config, refreshed on reload."""
+
+    runtime: object
+    known: frozenset = frozenset()
+    prefixes: tuple = ()
+    reject_unknown: bool = False
+    max_path_length: int = 1024
+    _step: TransformStep | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        config = self.runtime.config
+        self.known = frozenset(
+            spelling for name, param in self.runtime.params.items()
+            for spelling in (name, *param.aliases)) | RESERVED_PARAMS
+        self.prefixes = tuple(config.validation.source_prefixes or config.routes.prefixes)
+        self.reject_unknown = config.validation.unknown_params == "reject"
+        self.max_path_length = config.validation.max_path_length
+        limits = config.limits
+        self._step = TransformStep(
+            "output_budget",
+            _budget_step(limits.max_width, limits.max_height, limits.max_output_pixels), order=1)
+        fetcher = getattr(self.runtime, "fetcher", None)
+        if fetcher is not None and hasattr(fetcher, "set_limits"):
+            fetcher.set_limits(limits)
+
+    @hookimpl(tryfirst=True)
+    def mediaproxy_check_request(self, image_request, request, runtime):
+        path = image_request.source_path
+        reason = path_refusal(path, self.max_path_length)
+        raw = request.path
+        if (reason is None and image_request.route != "compat" and "%" in raw
+                and _RAW_SEPARATOR.search(raw)):
+            reason = "the path contains an encoded separator"
+        if reason:
+            return Rejection(400, "invalid_path", reason, parameter="path")
+        if not path.startswith(self.prefixes):
+            return Rejection(404, "not_found", "no image route serves this path",
+                             parameter="path")
+        rejection = param_refusal(image_request.params, runtime.config.limits)
+        if rejection is not None:
+            return rejection
+        if self.reject_unknown:
+            for name, _ in request.query:
+                if name not in self.known:
+                    return Rejection(400, "unknown_parameter",
+                                     f"{name!r} is not a parameter of this service",
+                                     parameter=name[:64])
+        return None
+
+    @hookimpl
+    def mediaproxy_transform_steps(self, image_request, spec):
+        if spec.width and spec.height and not spec.enlarge and spec.fit != "outside":
+            return None   # bounded by the box, already checked against the budget
+        return [self._step]
+
+    @hookimpl
+    def mediaproxy_config_reloaded(self, runtime, old, new):
+        self.refresh()
+
+
+@hookimpl
+def mediaproxy_configure(runtime):
+    runtime.pm.register(Validator(runtime), "mediaproxy.builtin.validation.instance")

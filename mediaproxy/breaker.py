@@ -1,0 +1,188 @@
+"""
+Circuit breakers for the backend hop, and the retry policy that goes with them.
+
+A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a sliding window
+(``window`` seconds, kept in one-second slots, so memory is bounded whatever the traffic):
+
+* **closed**: every call goes through. Once the window holds at least ``min_calls`` calls and
+  ``failure_ratio`` of them failed, it **opens**.
+* **open**: :meth:`~CircuitBreaker.allow` says no, at once, for ``open_for`` seconds.
+* **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
+  close it, one failure opens it again for another ``open_for``.
+
+What a failure is belongs to the caller: the image breaker (:mod:`mediaproxy.fetch`) counts
+connection errors, timeouts and 5xx, the pass-through breaker (:mod:`mediaproxy.upstream`) only
+connection errors and timeouts, and neither ever counts a 4xx. A call that ends in neither
+(cancelled by the client) is :meth:`~CircuitBreaker.release`\\ d without a verdict.
+
+Time comes from an injected clock (the reactor, or ``task.Clock`` in tests); nothing here does
+I/O or schedules calls, so a breaker costs a few attribute reads per call.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable
+
+import attrs
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@attrs.define(eq=False)
+class CircuitBreaker:
+    """One breaker. ``clock`` has ``seconds()``; ``on_change(name, old, new)`` is told about
+    every state change (logging, metrics)."""
+
+    clock: Any
+    name: str
+    failure_ratio: float = 0.5
+    min_calls: int = 20
+    window: float = 30.0
+    open_for: float = 10.0
+    probes: int = 3
+    enabled: bool = True
+    on_change: Callable[[str, str, str], None] | None = None
+    state: str = CLOSED
+    _slots: dict = attrs.field(factory=dict)   # second -> [calls, failures]
+    _opened_at: float = 0.0
+    _probing: int = 0
+    _probe_successes: int = 0
+
+    @classmethod
+    def from_config(cls, clock, name: str, config, on_change=None) -> "CircuitBreaker":
+        """From a :class:`~mediaproxy.config.BreakerConfig`."""
+        return cls(clock, name, failure_ratio=config.failure_ratio, min_calls=config.min_calls,
+                   window=config.window, open_for=config.open_for, probes=config.probes,
+                   enabled=config.enabled, on_change=on_change)
+
+    # -- asking ----------------------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """May a call go out now? A ``True`` while half-open reserves a probe: the caller must
+        then report the call with :meth:`success`, :meth:`failure` or :meth:`release`."""
+        if not self.enabled or self.state == CLOSED:
+            return True
+        if self.state == OPEN:
+            if self.clock.seconds() - self._opened_at < self.open_for:
+                return False
+            self._set(HALF_OPEN)
+            self._probing = self._probe_successes = 0
+        if self._probing >= self.probes:
+            return False
+        self._probing += 1
+        return True
+
+    def retry_after(self) -> int:
+        """Whole seconds until the breaker will let a probe through (at least 1)."""
+        if self.state != OPEN:
+            return 1
+        left = self.open_for - (self.clock.seconds() - self._opened_at)
+        return max(1, int(left + 0.999))
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def success(self) -> None:
+        if not self.enabled:
+            return
+        if self.state == HALF_OPEN:
+            self._probing = max(0, self._probing - 1)
+            self._probe_successes += 1
+            if self._probe_successes >= self.probes:
+                self._slots.clear()
+                self._set(CLOSED)
+            return
+        if self.state == CLOSED:
+            self._judge(*self._count(failed=False))
+
+    def failure(self) -> None:
+        if not self.enabled:
+            return
+        if self.state == HALF_OPEN:
+            self._probing = max(0, self._probing - 1)
+            self._open()
+            return
+        if self.state == OPEN:
+            return
+        self._judge(*self._count(failed=True))
+
+    def release(self) -> None:
+        """The call ended without telling anything about the dependency (cancelled)."""
+        if self.state == HALF_OPEN:
+            self._probing = max(0, self._probing - 1)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _count(self, failed: bool) -> tuple[int, int]:
+        now = int(self.clock.seconds())
+        slot = self._slots.get(now)
+        if slot is None:
+            slot = self._slots[now] = [0, 0]
+            horizon = now - self.window
+            for second in [s for s in self._slots if s <= horizon]:
+                del self._slots[second]
+        slot[0] += 1
+        if failed:
+            slot[1] += 1
+        calls = failures = 0
+        for c, f in self._slots.values():
+            calls += c
+            failures += f
+        return calls, failures
+
+    def _judge(self, calls: int, failures: int) -> None:
+        """After every call while closed: open once the window holds ``min_calls`` calls and
+        ``failure_ratio`` of them failed."""
+        if failures and calls >= self.min_calls and failures >= self.failure_ratio * calls:
+            self._open()
+
+    def _open(self) -> None:
+        self._opened_at = self.clock.seconds()
+        self._slots.clear()
+        self._set(OPEN)
+
+    def _set(self, state: str) -> None:
+        old, self.state = self.state, state
+        if old != state and self.on_change is not None:
+            self.on_change(self.name, old, state)
+
+
+@attrs.define(eq=False)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt ``n`` (0 for the first retry) waits a
+    uniformly random time in ``[0, min(maximum, base * 2**n)]``. ``rng`` is injectable so
+    tests are deterministic."""
+
+    retries: int = 2
+    base: float = 0.1
+    maximum: float = 2.0
+    rng: random.Random = attrs.field(factory=random.Random)
+
+    @classmethod
+    def from_config(cls, backend, rng: random.Random | None = None) -> "RetryPolicy":
+        return cls(backend.retries, backend.retry_backoff, backend.retry_backoff_max,
+                   rng or random.Random())
+
+    def delay(self, attempt: int) -> float:
+        return self.rng.uniform(0, min(self.maximum, self.base * (2 ** min(attempt, 30))))
+
+
+#: Backend statuses worth another attempt (the backend or a balancer in front of it hiccupped).
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+@attrs.define(eq=False)
+class ConcurrencyLimit:
+    """Calls in flight to the backend, bounded: :meth:`acquire` is false when full."""
+
+    limit: int
+    in_flight: int = 0
+
+    def acquire(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight = max(0, self.in_flight - 1)

@@ -1,0 +1,164 @@
+"""
+Hypothesis: no input to a parser or validator raises anything but a refusal.
+
+The routes, the check chain (validation, signatures, rate limits) and the transform steps run
+through the real plugin manager of a composed runtime (on a memory reactor); the sniffer and
+the streaming collector, the SSRF policy and agent, the header probe, the client address
+parser and the size-map parser are driven directly.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
+from mediaproxy import imaging, ssrf
+from mediaproxy.builtin.validation import path_refusal
+from mediaproxy.config import load_config, parse_size_map
+from mediaproxy.fetch import SourcePolicy, _Collector, sniff_format
+from mediaproxy.models import ImageRequest, Rejection, RequestInfo
+from mediaproxy.requestinfo import client_address
+from mediaproxy.tap import compose
+
+from .test_security_attacks import FakeResolver
+
+PIECES = ["/", ".", "..", "%", "%2e", "%2E", "%2f", "%5c", "%25", "%00", "%c0%ae", "%ef%bc%8e",
+          "\\", ";", ":", "//", "http://", "a", "b.jpg", ".png", "é", "\x00", "\n", " ", "%zz",
+          "uploads", "media", "tenant_1", "300", "200", "cover", "centre", "ffffff", "0",
+          "80.webp", "%252e", "?", "#", "～", "．"]
+paths = st.builds(
+    lambda prefix, parts: prefix + "".join(parts),
+    st.sampled_from(["/media/", "/media/uploads/", "/static/", "/media_stream-image/media/",
+                     "/media_stream-image/media/uploads/", "/", ""]),
+    st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=4)), max_size=14))
+names = st.one_of(st.sampled_from(["w", "h", "fit", "pos", "bg", "q", "fmt", "enlarge", "trim",
+                                   "width", "height", "quality", "format", "background",
+                                   "position", "gravity", "sig", "expires", "v"]),
+                  st.text(max_size=6))
+values = st.one_of(st.sampled_from(["0", "1", "300", "8192", "9999999999", "-1", "1e3", " 5",
+                                    "cover", "webp", "auto", "#fff", "transparent", "x" * 43,
+                                    ""]), st.text(max_size=12))
+queries = st.lists(st.tuples(names, values), max_size=6)
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    config = load_config(environ={}, overrides={
+        "signing": {"keys": ["fuzz-key-0123456789abcdef"], "exempt_routes": ["compat"]},
+        "validation": {"unknown_params": "reject"}, "ratelimit": {"ip_rate": 1e6,
+                                                                   "ip_burst": 10 ** 6}})
+    rt, _, _ = compose(config, MemoryReactorClock(), load_entrypoints=False)
+    return rt
+
+
+@settings(max_examples=400)
+@given(path=paths, query=queries, method=st.sampled_from(["GET", "HEAD", "POST"]))
+def test_routes_and_the_check_chain_only_ever_refuse(runtime, path, query, method):
+    info = RequestInfo(method=method, path=path, query=query, client_ip="192.0.2.1")
+    match = runtime.pm.hook.mediaproxy_match_request(request=info, runtime=runtime)
+    assert match is None or isinstance(match, (ImageRequest, Rejection))
+    if not isinstance(match, ImageRequest):
+        return
+    checked = runtime.pm.hook.mediaproxy_check_request(image_request=match, request=info,
+                                                       runtime=runtime)
+    assert checked is None or isinstance(checked, Rejection)
+    if checked is None:
+        # Whatever got through is a safe path under an allowed prefix, signed or exempt.
+        source = match.source_path
+        assert path_refusal(source, 1024) is None
+        assert source.startswith(("/media/", "/static/"))
+        assert ".." not in source.split("/")
+        assert match.route == "compat" or any(n == "sig" for n, _ in query)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=80))
+def test_path_refusal_is_total(text):
+    assert path_refusal(text, 64) is None or isinstance(path_refusal(text, 64), str)
+
+
+@settings(max_examples=300)
+@given(head=st.binary(max_size=40), chunks=st.lists(st.binary(max_size=300), max_size=6),
+       formats=st.lists(st.sampled_from(["jpeg", "png", "gif", "webp", "avif", "heif", "tiff",
+                                         "bmp"]), max_size=4))
+def test_the_streaming_sniffer_only_refuses(head, chunks, formats):
+    assert sniff_format(head) in (None, "jpeg", "png", "gif", "webp", "avif", "heif", "tiff",
+                                  "bmp")
+    policy = SourcePolicy(max_bytes=500, formats=frozenset(formats),
+                          format_limits={"png": 100})
+
+    class Transport:
+        def stopProducing(self):
+            pass
+
+    clock = MemoryReactorClock()
+    collector = _Collector(clock, 500, 10.0, policy)
+    collector.makeConnection(Transport())
+    for chunk in (head, *chunks):
+        collector.dataReceived(chunk)
+    collector.connectionLost(Failure(ResponseDone()))
+    outcome = []
+    collector.finished.addBoth(outcome.append)
+    result = outcome[0]
+    if isinstance(result, Failure):
+        assert type(result.value).__name__ in ("_Refused", "_TooLarge")
+    else:
+        assert sniff_format(result[:12]) in formats and len(result) <= 500
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(max_size=50), st.ip_addresses().map(str)))
+def test_the_address_policy_is_total(address):
+    policy = ssrf.AddressPolicy(allow=("10.0.0.0/8",), hosts=("*.example.com",))
+    assert policy.refusal(address) is None or isinstance(policy.refusal(address), str)
+    assert policy.host_refusal(address) is None or isinstance(policy.host_refusal(address), str)
+
+
+@settings(max_examples=300)
+@given(scheme=st.sampled_from(["http", "https", "ftp", "file", "HTTP", ""]),
+       host=st.one_of(st.ip_addresses().map(lambda ip: f"[{ip}]" if ip.version == 6 else
+                                             str(ip)), st.text(max_size=20)),
+       port=st.one_of(st.just(""), st.integers(0, 70000).map(lambda p: f":{p}")))
+def test_the_safe_agent_never_dials_a_refused_address(scheme, host, port):
+    reactor = MemoryReactorClock()
+    agent = ssrf.safe_agent(reactor, resolver=FakeResolver({}))
+    url = f"{scheme}://{host}{port}/x".encode("utf-8", "surrogatepass")
+    try:
+        d = agent.request(b"GET", url)
+    except ValueError:
+        return          # the Agent refuses to parse it: nothing sent
+    d.addErrback(lambda _: None)
+    policy = ssrf.AddressPolicy()
+    for dialled in reactor.tcpClients:
+        assert policy.refusal(dialled[0]) is None, dialled
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=2000))
+def test_the_header_probe_only_raises_image_errors(data):
+    try:
+        info = imaging.probe(data)
+    except imaging.ImageError:
+        return
+    assert info.width >= 0 and info.height >= 0
+
+
+@settings(max_examples=300)
+@given(peer=st.text(max_size=20), hops=st.lists(st.text(max_size=30), max_size=4),
+       trusted=st.lists(st.sampled_from(["127.0.0.1", "10.0.0.0/8", "::1"]), max_size=2))
+def test_client_address_is_total(peer, hops, trusted):
+    assert isinstance(client_address(peer, hops, tuple(trusted)), str)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.text(max_size=16), max_size=4))
+def test_the_size_map_parser_only_raises_value_errors(items):
+    try:
+        limits = parse_size_map(tuple(items))
+    except ValueError:
+        return
+    assert all(v >= 1 for v in limits.values())
