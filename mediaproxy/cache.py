@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import time
 from typing import Mapping, Protocol, runtime_checkable
 
 import attrs
@@ -21,6 +22,8 @@ from twisted.logger import Logger
 from .models import CacheEntry, ImageRequest, Param
 
 KEY_VERSION = "1"
+#: Seconds between two warnings about the same failing layer.
+WARN_EVERY = 10.0
 
 
 def normalise_path(path: str) -> str:
@@ -60,6 +63,18 @@ def cache_key(request: ImageRequest, params: Mapping[str, Param], fmt: str | Non
     return source_prefix(request.tenant, request.source_path) + variant
 
 
+def stale_grace(cache_config) -> float:
+    """How long past its TTL a layer keeps an entry, so the pipeline can still serve it stale
+    (``stale_while_revalidate``, ``stale_if_error``)."""
+    return max(cache_config.stale_while_revalidate, cache_config.stale_if_error)
+
+
+def fresh_ttls(cache_config) -> dict[str, float]:
+    """The fresh lifetime of an entry by the built-in layer that answered."""
+    return {"memory": cache_config.memory.ttl, "redis": cache_config.redis.ttl,
+            "file": cache_config.file.ttl}
+
+
 @runtime_checkable
 class CacheLayer(Protocol):
     """One layer of the result cache. Every method returns a Deferred; a failure is logged,
@@ -92,10 +107,21 @@ class LayeredCache:
     layers: list = attrs.field(converter=lambda layers: sorted(layers, key=lambda l: l.order))
     emit: object = None
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
+    _warned: dict = attrs.field(factory=dict)
 
     def _failed(self, failure, layer, op, key):
-        self.log.warn("cache layer {layer} failed to {op} {key}: {error}", layer=layer.name,
-                      op=op, key=key, error=failure.getErrorMessage())
+        # A layer that is down fails every call until it is back: warn once per layer every
+        # WARN_EVERY seconds, the rest at debug (every failure is counted all the same).
+        now = time.monotonic()
+        if now - self._warned.get(layer.name, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[layer.name] = now
+            self.log.warn("cache layer {layer} failed to {op} {key}: {error} (skipped; further "
+                          "failures of this layer for {every} s are logged at debug)",
+                          layer=layer.name, op=op, key=key, error=failure.getErrorMessage(),
+                          every=WARN_EVERY)
+        else:
+            self.log.debug("cache layer {layer} failed to {op} {key}: {error}",
+                           layer=layer.name, op=op, key=key, error=failure.getErrorMessage())
         if self.emit is not None:
             self.emit("cache.error", layer=layer.name, op=op)
         return None

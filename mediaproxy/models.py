@@ -68,6 +68,8 @@ class ImageRequest:
                                             eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
     tenant: str = "public"
     failure_status: int | None = None
+    #: conditional request headers for the source fetch (revalidating a stale copy)
+    validators: tuple[tuple[str, str], ...] = ()
 
     def evolve(self, **changes) -> "ImageRequest":
         return attrs.evolve(self, **changes)
@@ -115,6 +117,8 @@ class SourceImage:
     content_type: str | None = None
     etag: str | None = None
     last_modified: str | None = None
+    #: the backend answered 304 to a conditional fetch: ``body`` is empty, the copy held is good
+    not_modified: bool = False
 
 
 class SourceError(Exception):

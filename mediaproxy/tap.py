@@ -155,11 +155,12 @@ def makeService(options) -> service.MultiService:
     config = options["config_obj"]
     runtime, site, services = compose(config, reactor)
     top = service.MultiService()
-    services[0].setServiceParent(top)  # the thread pool starts before the ports
+    # The thread pool, the Redis client and the disk pool start before the ports open, so the
+    # first requests find them up.
+    for svc in services:
+        svc.setServiceParent(top)
     for endpoint in config.server.listen:
         strports.service(endpoint, site).setServiceParent(top)
-    for svc in services[1:]:
-        svc.setServiceParent(top)
     if hasattr(signal, "SIGHUP"):
         reactor.callWhenRunning(
             signal.signal, signal.SIGHUP,

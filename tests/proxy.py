@@ -30,14 +30,26 @@ class ImageOrigin(Resource):
         self.headers_seen = {}
 
     def render_GET(self, request):
+        self.record(request)
+        return self.respond(request)
+
+    def record(self, request):
         path = request.path.decode("latin-1")
         self.hits[path] += 1
         self.headers_seen[path] = {k.decode().lower(): [v.decode("latin-1") for v in vs]
                                    for k, vs in request.requestHeaders.getAllRawHeaders()}
+
+    def respond(self, request) -> bytes:
+        path = request.path.decode("latin-1")
         if path not in self.files:
             request.setResponseCode(404)
             return b"not found"
         status, body, ctype, headers = self.files[path]
+        etag = dict(headers).get("ETag")
+        if etag and request.getHeader(b"if-none-match") == etag.encode():
+            request.setResponseCode(304)
+            request.setHeader(b"ETag", etag.encode())
+            return b""
         request.setResponseCode(status)
         if ctype:
             request.setHeader(b"Content-Type", ctype.encode())

@@ -72,6 +72,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .. import hookimpl
+from ..cache import stale_grace
 from ..entrycodec import CorruptEntry, body_digest, decode_header, encode_header
 from ..locks import try_lock, unlock
 from ..models import CacheEntry
@@ -1088,13 +1089,15 @@ class FileCacheService(service.Service):
         self.layer.stop()
 
 
-def file_layer(config, reactor, **kwargs) -> FileLayer | None:
+def file_layer(config, reactor, grace: float = 0.0, **kwargs) -> FileLayer | None:
     """The layer for ``cache.file`` (:class:`~mediaproxy.config.FileCacheConfig`), or None
-    when no directory is set."""
+    when no directory is set. Entries are kept ``grace`` seconds past ``ttl`` for stale
+    serving (the pipeline decides what is fresh)."""
     if not config.dir or config.max_bytes <= 0:
         return None
     return FileLayer(store=FileStore(config.dir), pool=DiskPool(reactor),
-                     max_bytes=config.max_bytes, ttl=config.ttl, max_age=config.max_age,
+                     max_bytes=config.max_bytes, ttl=config.ttl + grace,
+                     max_age=max(config.max_age, config.ttl + grace),
                      disk_warning_percent=config.disk_warning_percent,
                      disk_critical_percent=config.disk_critical_percent, reactor=reactor,
                      **kwargs)
@@ -1108,7 +1111,8 @@ def _layer(runtime) -> FileLayer | None:
 
 @hookimpl
 def mediaproxy_cache_layers(runtime):
-    layer = file_layer(runtime.config.cache.file, runtime.reactor)
+    layer = file_layer(runtime.config.cache.file, runtime.reactor,
+                       grace=stale_grace(runtime.config.cache))
     return [layer] if layer is not None else []
 
 

@@ -12,6 +12,7 @@ from cachetools import TLRUCache
 from twisted.internet.defer import succeed
 
 from .. import hookimpl
+from ..cache import stale_grace
 from ..models import CacheEntry
 
 
@@ -88,5 +89,6 @@ def mediaproxy_cache_layers(runtime):
     conf = runtime.config.cache.memory
     if not conf.enabled or conf.max_bytes <= 0:
         return []
-    return [MemoryLayer(max_bytes=conf.max_bytes, ttl=conf.ttl,
+    retain = conf.ttl + stale_grace(runtime.config.cache)
+    return [MemoryLayer(max_bytes=conf.max_bytes, ttl=retain,
                         max_item_bytes=conf.max_item_bytes)]

@@ -18,14 +18,18 @@ from email.utils import formatdate
 
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.error import TimeoutError as DeferredTimeout
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 
 from .. import hookimpl, imaging
-from ..cache import cache_key
+from ..cache import cache_key, fresh_ttls
+from ..locks import coalesce, coalescing_lock
 from ..logs import request_log
 from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
 from ..runtime import Overloaded
+
+#: Seconds a request waits for another process's or node's leader before producing itself.
+DEFAULT_LOCK_WAIT = 30.0
 
 
 def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
@@ -54,14 +58,42 @@ def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request):
     return rendered, strong_etag(rendered.body), time.perf_counter() - started
 
 
+def _validators(entry: CacheEntry) -> tuple[tuple[str, str], ...]:
+    """Conditional request headers that revalidate ``entry``'s original at the backend."""
+    out = []
+    if entry.source_etag:
+        out.append(("If-None-Match", entry.source_etag))
+    if entry.source_last_modified:
+        out.append(("If-Modified-Since", entry.source_last_modified))
+    return tuple(out)
+
+
 def http_date(when: float) -> str:
     return formatdate(when, usegmt=True)
+
+
+@attrs.frozen
+class Stale:
+    """A production that failed, answered with the stale copy it was refreshing."""
+
+    entry: CacheEntry
+
+
+#: Source failures that justify serving a stale copy (the backend is down or slow, not the
+#: image gone: a 404 is an answer, and the placeholder says so).
+STALE_IF_ERROR_STATUSES = (500, 502, 503, 504)
+#: How many variants the access counts remember (for the periodic warm-up).
+POPULAR_LIMIT = 10_000
 
 
 @attrs.define
 class ImagePipeline:
     runtime: object
     _inflight: dict = attrs.field(factory=dict)
+    _lock: object = None
+    _lock_made: bool = False
+    #: key -> [count, image_request, fmt]: what the warm-up re-renders first
+    popular: dict = attrs.field(factory=dict)
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -84,21 +116,87 @@ class ImagePipeline:
             return succeed(rejection)
         fmt, vary = negotiate_format(image_request.params.get("fmt"), request.header("accept"))
         key = cache_key(image_request, rt.params, fmt)
+        self._count(key, image_request, fmt)
 
         def looked_up(hit):
+            stale = None
             if hit is not None:
                 entry, layer = hit
-                rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
-                return self._from_entry(entry, f"HIT-{layer.upper()}", vary)
+                age = time.time() - entry.created_at
+                fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
+                if age <= fresh_for:
+                    rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
+                    return self._from_entry(entry, f"HIT-{layer.upper()}", vary)
+                cache = rt.config.cache
+                if age <= fresh_for + cache.stale_while_revalidate:
+                    rt.emit("cache.stale", correlation_id=request.correlation_id, layer=layer)
+                    log.info("serving a stale copy of {key} and refreshing it", key=key)
+                    self.refresh(key, image_request, request, fmt, entry)
+                    return self._from_entry(entry, "STALE", vary)
+                if age <= fresh_for + cache.stale_if_error:
+                    stale = entry
             rt.emit("cache.miss", correlation_id=request.correlation_id)
-            d = self._coalesced(key, image_request, request, fmt, log)
-            return d.addCallback(
-                lambda result: self._from_entry(result, "MISS", vary)
-                if isinstance(result, CacheEntry) else result)
+            if key not in self._inflight:
+                # The expensive token: only a request that will start a transform pays it
+                # (one joining a transform under way does not, nor gets another client's 429).
+                limiter = self.limiter()
+                refused = (limiter.take_expensive(image_request, request)
+                           if limiter is not None else None)
+                if refused is not None:
+                    rt.emit("rejection", correlation_id=request.correlation_id,
+                            error=refused.error, parameter=refused.parameter or "")
+                    return refused
+            d = self._coalesced(key, image_request, request, fmt, log, stale)
+            return d.addCallback(self._answer, vary)
 
         return rt.cache.get(key).addCallback(looked_up)
 
-    def _coalesced(self, key, image_request, request, fmt, log) -> Deferred:
+    def _answer(self, result, vary):
+        if isinstance(result, CacheEntry):
+            return self._from_entry(result, "MISS", vary)
+        if isinstance(result, Stale):
+            return self._from_entry(result.entry, "STALE", vary)
+        return result
+
+    def _count(self, key, image_request, fmt) -> None:
+        seen = self.popular.get(key)
+        if seen is not None:
+            seen[0] += 1
+            return
+        if len(self.popular) >= POPULAR_LIMIT:
+            # forget the least requested half; the popular ones keep their counts
+            keep = sorted(self.popular.items(), key=lambda item: -item[1][0])[
+                :POPULAR_LIMIT // 2]
+            self.popular = dict(keep)
+        self.popular[key] = [1, image_request, fmt]
+
+    def most_requested(self, count: int):
+        """The ``count`` most requested variants: (key, image_request, fmt), busiest first."""
+        ranked = sorted(self.popular.items(), key=lambda item: -item[1][0])[:count]
+        return [(key, seen[1], seen[2]) for key, seen in ranked]
+
+    def refresh(self, key, image_request, request, fmt, stale) -> Deferred:
+        """Make a fresh copy of ``key`` in the background (revalidating against the backend's
+        validators of the stale copy); a refresh already under way is not repeated."""
+        if key in self._inflight:
+            return succeed(None)
+        log = request_log(request.correlation_id, "mediaproxy.pipeline")
+        d = self._coalesced(key, image_request, request, fmt, log, stale)
+        d.addErrback(lambda f: log.failure("background refresh of {key} failed", f, key=key))
+        return d
+
+    def limiter(self):
+        """The rate limiter plugin (its expensive bucket), if enabled."""
+        return self.runtime.pm.get_plugin("mediaproxy.builtin.ratelimit.instance")
+
+    def lock(self):
+        """The cross-process / cross-node lock, made on first use (the layers exist by then)."""
+        if not self._lock_made:
+            self._lock = coalescing_lock(self.runtime)
+            self._lock_made = True
+        return self._lock
+
+    def _coalesced(self, key, image_request, request, fmt, log, stale=None) -> Deferred:
         waiters = self._inflight.get(key)
         if waiters is not None:
             log.debug("waiting for the transform already under way for {key}", key=key)
@@ -113,22 +211,59 @@ class ImagePipeline:
                 d.callback(result)
             return result
 
-        return self._produce(key, image_request, request, fmt, log).addBoth(release)
+        return self._lead(key, image_request, request, fmt, log, stale).addBoth(release)
+
+    def _lead(self, key, image_request, request, fmt, log, stale) -> Deferred:
+        rt = self.runtime
+        lock = self.lock()
+        if lock is None:
+            return self._produce(key, image_request, request, fmt, log, stale, wait=False)
+
+        def lookup():
+            def fresh(hit):
+                if hit is None:
+                    return None
+                entry, layer = hit
+                fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
+                return entry if time.time() - entry.created_at <= fresh_for else None
+            return rt.cache.get(key).addCallback(fresh)
+
+        return coalesce(lock, key, lookup,
+                        lambda: self._produce(key, image_request, request, fmt, log, stale,
+                                              wait=True),
+                        rt.reactor, max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout))
 
     @inlineCallbacks
-    def _produce(self, key, image_request, request, fmt, log):
+    def _produce(self, key, image_request, request, fmt, log, stale=None, wait=False):
+        """Fetch, transform and store one result. ``stale`` is the copy being refreshed: its
+        validators make the fetch conditional, and it is the answer if the backend fails.
+        ``wait``: fire only once the result is stored (followers in other processes read it
+        from the shared layers right after)."""
         rt = self.runtime
         started = time.perf_counter()
+        conditional = image_request
+        if stale is not None and (stale.source_etag or stale.source_last_modified):
+            conditional = image_request.evolve(validators=_validators(stale))
         try:
             fetching = rt.pm.hook.mediaproxy_fetch_source(
-                image_request=image_request, request=request, runtime=rt)
+                image_request=conditional, request=request, runtime=rt)
             if fetching is None:
                 raise SourceError(404, "source_not_found", "no plugin serves this source")
             source = yield fetching
         except SourceError as e:
             log.info("source unavailable: {error} ({status})", error=e.error, status=e.status)
             rt.emit("source.error", correlation_id=request.correlation_id, status=e.status)
+            if stale is not None and e.status in STALE_IF_ERROR_STATUSES:
+                log.info("serving the stale copy of {key}: the backend failed", key=key)
+                return Stale(stale)
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
+        if source.not_modified and stale is not None:
+            entry = attrs.evolve(stale, created_at=time.time())
+            log.info("{source} not modified at the backend; entry refreshed",
+                     source=image_request.source_path)
+            rt.emit("cache.revalidated", correlation_id=request.correlation_id)
+            yield self._store(key, entry, wait)
+            return entry
         fetched = time.perf_counter()
         spec = transform_spec(image_request, fmt, rt.config)
         steps = tuple(step for steps in rt.pm.hook.mediaproxy_transform_steps(
@@ -163,8 +298,12 @@ class ImagePipeline:
             body=rendered.body, content_type=rendered.content_type, created_at=now, etag=etag,
             last_modified=source.last_modified or http_date(now),
             source_etag=source.etag, source_last_modified=source.last_modified)
-        rt.cache.set(key, entry)
+        yield self._store(key, entry, wait)
         return entry
+
+    def _store(self, key, entry, wait: bool) -> Deferred:
+        stored = self.runtime.cache.set(key, entry)
+        return stored if wait else succeed(None)
 
     @inlineCallbacks
     def _placeholder(self, image_request, fmt, status, error, message):

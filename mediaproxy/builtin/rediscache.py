@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from .. import entrycodec, hookimpl
 from ..models import CacheEntry
+from ..cache import stale_grace
 from ..redisconn import RedisClient, glob_escape, redis_client
 
 log = Logger(namespace="mediaproxy.cache.redis")
@@ -162,7 +163,8 @@ def mediaproxy_cache_layers(runtime):
     if client is None:
         return []
     conf = runtime.config.cache.redis
-    return [RedisLayer(client, ttl=conf.ttl, key_prefix=conf.key_prefix,
+    return [RedisLayer(client, ttl=conf.ttl + stale_grace(runtime.config.cache),
+                       key_prefix=conf.key_prefix,
                        max_item_bytes=conf.max_item_bytes, reactor=runtime.reactor,
                        threadpool=runtime.threadpool)]
 

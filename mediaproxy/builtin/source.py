@@ -14,4 +14,5 @@ from ..logs import request_log
 def mediaproxy_fetch_source(image_request, request, runtime):
     cid = request.correlation_id
     return runtime.fetcher.fetch(image_request.source_path, cid,
-                                 request_log(cid, "mediaproxy.fetch"))
+                                 request_log(cid, "mediaproxy.fetch"),
+                                 headers=dict(image_request.validators) or None)

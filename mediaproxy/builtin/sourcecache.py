@@ -50,6 +50,8 @@ class SourceCache:
 
     @hookimpl(tryfirst=True)
     def mediaproxy_fetch_source(self, image_request, request, runtime):
+        if image_request.validators:
+            return None  # a revalidation must ask the backend
         path = image_request.source_path
         source = self._cache.get(path)
         if source is not None:
@@ -73,7 +75,8 @@ class SourceCache:
     def record_fetch(self, image_request, request, runtime):
         fetching = yield
         path = image_request.source_path
-        if fetching is None or path in self._inflight or path in self._cache:
+        if (fetching is None or image_request.validators or path in self._inflight
+                or path in self._cache):
             return fetching  # nobody fetches it, or it was answered from here
         waiters = self._inflight[path] = []
 
@@ -95,11 +98,13 @@ class SourceCache:
         if self.max_bytes > 0 and len(source.body) + 256 <= self.max_bytes:
             self._cache[path] = source
 
-    def forget(self, prefix: str = "") -> int:
-        doomed = [path for path in list(self._cache.keys()) if path.startswith(prefix)]
+    def forget_where(self, covers) -> int:
+        """Drop every original (and remembered failure) whose path ``covers(path)`` accepts;
+        return how many originals went."""
+        doomed = [path for path in list(self._cache.keys()) if covers(path)]
         for path in doomed:
             self._cache.pop(path, None)
-        for path in [p for p in list(self._negative.keys()) if p.startswith(prefix)]:
+        for path in [p for p in list(self._negative.keys()) if covers(p)]:
             self._negative.pop(path, None)
         return len(doomed)
 

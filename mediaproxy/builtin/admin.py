@@ -1,0 +1,156 @@
+"""
+The admin listener (``admin.listen``, default ``tcp:9109:interface=127.0.0.1``), started only
+when ``admin.token`` is set: without a token nothing listens, so there is no admin surface to
+attack. Every request needs ``Authorization: Bearer <admin.token>`` (compared in constant
+time); the grooveshop call accepts ``x-internal-secret`` instead.
+
+    GET  /admin/cache/stats                   layer and source-cache counters and sizes
+    POST /admin/cache/purge                   {"source": "/media/uploads/a.jpg"} |
+                                              {"tenant": "shop"} | {"all": true}
+                                              (or the same as query parameters)
+    POST /admin/cache/flush-tenant            grooveshop: {"tenant": "shop"} or ?tenant=shop
+
+The main port reserves no path: all of them belong to the backend.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from urllib.parse import parse_qsl
+
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
+from .. import hookimpl
+from ..listening import ListeningService
+from ..logs import request_log
+from ..purge import PurgeFeed, PurgeScope, purge, source_caches
+from ..redisconn import redis_client
+from ..requestinfo import correlation_id
+
+MAX_BODY = 64 * 1024
+
+
+def _same(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class AdminResource(Resource):
+    isLeaf = True
+
+    def __init__(self, runtime):
+        super().__init__()
+        self.runtime = runtime
+
+    def render(self, request):
+        cid = correlation_id((request.getHeader(b"x-correlation-id") or b"").decode("latin-1")
+                             or None)
+        log = request_log(cid, "mediaproxy.admin")
+        if not self._authorised(request):
+            log.warn("admin request refused: bad or missing credentials from {peer}",
+                     peer=getattr(request.getClientAddress(), "host", "?"))
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="mediaproxy-admin"')
+            return self._json(request, 401, {"error": "unauthorized",
+                                             "message": "a valid admin token is required",
+                                             "correlation_id": cid})
+        path, method = request.path.decode("latin-1"), request.method
+        if method == b"GET" and path == "/admin/cache/stats":
+            return self._json(request, 200, self._stats())
+        if method == b"POST" and path in ("/admin/cache/purge", "/admin/cache/flush-tenant"):
+            try:
+                scope = self._scope(request, path)
+            except ValueError as e:
+                return self._json(request, 400, {"error": "invalid_request", "message": str(e),
+                                                 "correlation_id": cid})
+            d = purge(self.runtime, scope)
+
+            def done(counts):
+                body = {"purged": counts, "scope": {"kind": scope.kind, "value": scope.value},
+                        "correlation_id": cid}
+                if path.endswith("flush-tenant"):
+                    body.update(success=True, tenant=scope.value)
+                self._json(request, 200, body, finish=True)
+
+            def failed(failure):
+                log.failure("purge failed", failure)
+                self._json(request, 500, {"error": "internal_error",
+                                          "message": "the purge failed", "correlation_id": cid},
+                           finish=True)
+
+            d.addCallbacks(done, failed)
+            return NOT_DONE_YET
+        return self._json(request, 404, {"error": "not_found", "message": "no such admin call",
+                                         "correlation_id": cid})
+
+    def _authorised(self, request) -> bool:
+        conf = self.runtime.config.admin
+        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        if auth.lower().startswith("bearer ") and _same(auth[7:].strip(), conf.token):
+            return True
+        secret = request.getHeader(b"x-internal-secret")
+        if secret is not None:
+            expected = conf.internal_secret or conf.token
+            return _same(secret.decode("latin-1"), expected)
+        return False
+
+    def _scope(self, request, path) -> PurgeScope:
+        data = dict(parse_qsl(request.uri.partition(b"?")[2].decode("latin-1")))
+        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(raw) > MAX_BODY:
+            raise ValueError("the request body is too large")
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise ValueError("the body must be JSON") from None
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            data.update({k: v for k, v in body.items() if isinstance(v, (str, bool))})
+        tenant = data.get("tenant") or data.get("tenantId")
+        if path.endswith("flush-tenant"):
+            if not tenant:
+                raise ValueError("tenant is required")
+            return PurgeScope.tenant(str(tenant))
+        if data.get("source"):
+            return PurgeScope.source(str(data["source"]))
+        if tenant:
+            return PurgeScope.tenant(str(tenant))
+        if data.get("all") in (True, "1", "true"):
+            return PurgeScope.everything()
+        raise ValueError("name a source, a tenant, or all")
+
+    def _stats(self) -> dict:
+        rt = self.runtime
+        return {"layers": rt.cache.stats(),
+                "sources": [cache.stats() for cache in source_caches(rt)],
+                "transform_queue": rt.pending_transforms}
+
+    @staticmethod
+    def _json(request, status, body, finish=False):
+        data = json.dumps(body, default=str).encode() + b"\n"
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        if finish:
+            request.write(data)
+            request.finish()
+            return None
+        return data
+
+
+@hookimpl
+def mediaproxy_services(runtime):
+    services = []
+    client = redis_client(runtime)   # registered by mediaproxy.redisconn's configure hook
+    if client is not None:
+        feed = PurgeFeed(runtime, client)
+        runtime.pm.register(feed, "mediaproxy.purge.feed")
+        services.append(feed)
+    conf = runtime.config.admin
+    if conf.token:
+        services.append(ListeningService(runtime.reactor, conf.listen,
+                                         Site(AdminResource(runtime)), "admin"))
+    else:
+        runtime.log.info("no admin.token: the admin listener is off")
+    return services

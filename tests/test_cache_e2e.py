@@ -1,0 +1,299 @@
+"""The layered cache end to end: real redis-server, real proxy processes, real sockets."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from twisted.web.server import NOT_DONE_YET
+
+from .processes import ProxyProcess
+from .proxy import ImageOrigin, image_bytes, start_origin, start_proxy
+from .redis_server import redis_server, redis_servers, wait_for  # noqa: F401 (fixtures)
+
+PHOTO = image_bytes((1600, 1200))
+
+
+class SlowOrigin(ImageOrigin):
+    """An ImageOrigin whose answers can be held back by ``delay`` seconds."""
+
+    def __init__(self, files, delay=0.0):
+        super().__init__(files)
+        self.delay = delay
+
+    def render_GET(self, request):
+        self.record(request)   # counted when the request arrives
+        if not self.delay:
+            return self.respond(request)
+        from twisted.internet import reactor
+
+        def answer():
+            if not request._disconnected:
+                request.write(self.respond(request))
+                request.finish()
+        reactor.callLater(self.delay, answer)
+        return NOT_DONE_YET
+
+
+def files():
+    return {"/media/uploads/p.jpg": (200, PHOTO, "image/jpeg", [("ETag", '"v1"')]),
+            "/media/uploads/warm.jpg": (200, image_bytes((40, 30)), "image/jpeg", [])}
+
+
+@pytest.fixture
+def origin(live_reactor):
+    origin = SlowOrigin(files())
+    port = start_origin(origin)
+    origin.port = port.getHost().port
+    yield origin
+    from mediaproxy.testing import call_in_reactor
+    call_in_reactor(port.stopListening)
+
+
+def stampede(targets, path, n=50):
+    """n clients, each on its own connection, released together; round-robin over targets."""
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait(10)
+        return targets[i % len(targets)].get(path)[0]
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+# -- layers, back-fill, Redis failures -----------------------------------------------------------
+
+def test_back_fill_order_memory_then_redis(redis_server, origin, tmp_path):
+    first = start_proxy(backend_port=origin.port, overrides={
+        "cache": {"redis": {"url": redis_server.url}}})
+    second = start_proxy(backend_port=origin.port, overrides={
+        "cache": {"redis": {"url": redis_server.url}}})
+    try:
+        wait_for(lambda: first.runtime.pm.get_plugin("mediaproxy.redis").healthy, 10,
+                 what="redis up")
+        wait_for(lambda: second.runtime.pm.get_plugin("mediaproxy.redis").healthy, 10,
+                 what="redis up")
+        assert first.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "MISS"
+        # every key written has a TTL
+        keys = redis_server.command("KEYS", "*")
+        assert keys and all(int(redis_server.command("PTTL", k)) > 0 for k in keys)
+        assert second.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "HIT-REDIS"
+        assert second.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "HIT-MEMORY"
+        assert origin.hits["/media/uploads/p.jpg"] == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_redis_killed_and_restarted_mid_test(redis_server, origin):
+    proxy = start_proxy(backend_port=origin.port, overrides={
+        "cache": {"redis": {"url": redis_server.url}, "memory": {"enabled": False}}})
+    client = proxy.runtime.pm.get_plugin("mediaproxy.redis")
+    try:
+        wait_for(lambda: client.healthy, 10, what="redis up")
+        assert proxy.get("/media/uploads/p.jpg?w=100")[1]["x-cache"] == "MISS"
+        assert proxy.get("/media/uploads/p.jpg?w=100")[1]["x-cache"] == "HIT-REDIS"
+        redis_server.kill()
+        for width in (101, 102, 100):   # keeps answering while Redis is gone
+            status, headers, _, _ = proxy.get(f"/media/uploads/p.jpg?w={width}")
+            assert status == 200 and headers["x-cache"] == "MISS"
+        redis_server.restart()
+        wait_for(lambda: client.healthy, 20, what="redis back")
+        assert proxy.get("/media/uploads/p.jpg?w=103")[1]["x-cache"] == "MISS"
+        assert proxy.get("/media/uploads/p.jpg?w=103")[1]["x-cache"] == "HIT-REDIS"
+    finally:
+        proxy.stop()
+
+
+# -- stampedes: one fetch, whatever the topology ------------------------------------------------
+
+def test_stampede_one_process(origin):
+    proxy = start_proxy(backend_port=origin.port)
+    try:
+        origin.delay = 0.3
+        assert stampede([proxy], "/media/uploads/p.jpg?w=300&h=200") == [200] * 50
+        assert origin.hits["/media/uploads/p.jpg"] == 1
+        counters = proxy.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
+        assert counters.count("transform") == 1
+    finally:
+        proxy.stop()
+
+
+def test_stampede_two_processes_without_redis(origin, tmp_path):
+    env = {"MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / "cache")}
+    procs = [ProxyProcess(origin.port, env), ProxyProcess(origin.port, env)]
+    try:
+        origin.delay = 0.5
+        assert stampede(procs, "/media/uploads/p.jpg?w=310&h=210") == [200] * 50
+        assert origin.hits["/media/uploads/p.jpg"] == 1
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_stampede_two_nodes_with_redis(origin, redis_server, tmp_path):
+    procs = [ProxyProcess(origin.port, {"MEDIAPROXY_CACHE__REDIS__URL": redis_server.url,
+                                        "MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / f"n{i}")})
+             for i in range(2)]
+    try:
+        for p in procs:   # both nodes connected to Redis before the stampede
+            wait_for(lambda p=p: p.get("/media/uploads/warm.jpg?w=7")[0] == 200, 20,
+                     what="node ready")
+        origin.delay = 0.5
+        assert stampede(procs, "/media/uploads/p.jpg?w=320&h=220") == [200] * 50
+        assert origin.hits["/media/uploads/p.jpg"] == 1
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_a_leader_killed_mid_render_leaves_no_waiter_hanging(origin, tmp_path):
+    env = {"MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / "cache")}
+    leader, follower = ProxyProcess(origin.port, env), ProxyProcess(origin.port, env)
+    try:
+        origin.delay = 1.5
+        path = "/media/uploads/p.jpg?w=330&h=230"
+        lead = threading.Thread(target=lambda: _swallow(leader.get, path), daemon=True)
+        lead.start()
+        wait_for(lambda: origin.hits["/media/uploads/p.jpg"] == 1, 10, what="leader fetching")
+        with ThreadPoolExecutor(5) as pool:
+            waiting = [pool.submit(follower.get, path) for _ in range(5)]
+            time.sleep(0.2)   # let the followers find the lock taken (they poll it)
+            origin.delay = 0.0
+            leader.kill()
+            results = [w.result(timeout=30) for w in waiting]
+        assert [r[0] for r in results] == [200] * 5
+        assert len({r[2] for r in results}) == 1
+        assert origin.hits["/media/uploads/p.jpg"] == 2   # the dead leader's and its successor's
+    finally:
+        leader.stop()
+        follower.stop()
+
+
+def _swallow(fn, *args):
+    try:
+        fn(*args)
+    except Exception:
+        pass
+
+
+def test_two_processes_share_one_redis(origin, redis_server):
+    env = {"MEDIAPROXY_CACHE__REDIS__URL": redis_server.url}
+    first = ProxyProcess(origin.port, env)
+    second = ProxyProcess(origin.port, env)
+    try:
+        wait_for(lambda: first.get("/media/uploads/p.jpg?w=150")[1]["x-cache"] != "", 20,
+                 what="first renders")
+        wait_for(lambda: second.get("/media/uploads/p.jpg?w=150")[1]["x-cache"] == "HIT-REDIS",
+                 20, what="second reads Redis")
+    finally:
+        first.stop()
+        second.stop()
+
+
+# -- freshness: stale-while-revalidate, stale-if-error, revalidation -----------------------------
+
+def age_entry(proxy, path, seconds):
+    """Make the cached result of ``path`` look ``seconds`` old (instead of waiting for it)."""
+    import attrs as _attrs
+
+    from mediaproxy.cache import cache_key
+    from mediaproxy.models import RequestInfo
+    from mediaproxy.negotiation import negotiate_format
+    from mediaproxy.testing import call_in_reactor
+
+    rt = proxy.runtime
+    raw, _, query = path.partition("?")
+    from urllib.parse import parse_qsl
+    match = rt.pm.hook.mediaproxy_match_request(
+        request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
+    key = cache_key(match, rt.params, negotiate_format(match.params.get("fmt"), None)[0])
+
+    def rewrite():
+        def got(hit):
+            entry, _ = hit
+            return rt.cache.set(key, _attrs.evolve(entry, created_at=entry.created_at - seconds))
+        return rt.cache.get(key).addCallback(got)
+    call_in_reactor(rewrite)
+
+
+def counters(proxy):
+    return proxy.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
+
+
+def test_stale_while_revalidate_serves_stale_and_revalidates_in_the_background(origin):
+    proxy = start_proxy(backend_port=origin.port, overrides={"cache": {
+        "memory": {"ttl": 100}, "stale_while_revalidate": 1000}})
+    try:
+        path = "/media/uploads/p.jpg?w=90"
+        _, first, body, _ = proxy.get(path)
+        age_entry(proxy, path, 150)
+        status, headers, stale_body, _ = proxy.get(path)
+        assert (status, headers["x-cache"], stale_body) == (200, "STALE", body)
+        # the refresh asked the backend with the original's validator and got a 304
+        wait_for(lambda: counters(proxy).count("cache.revalidated") == 1, 10,
+                 what="background revalidation")
+        assert origin.headers_seen["/media/uploads/p.jpg"]["if-none-match"] == ['"v1"']
+        assert counters(proxy).count("transform") == 1           # no second transform
+        assert proxy.get(path)[1]["x-cache"] == "HIT-MEMORY"
+    finally:
+        proxy.stop()
+
+
+def test_stale_if_error_when_the_backend_fails(origin):
+    # no source cache: it would rebuild the result from the original it fetched a moment ago
+    proxy = start_proxy(backend_port=origin.port, overrides={"cache": {
+        "memory": {"ttl": 100}, "stale_while_revalidate": 0, "stale_if_error": 1000,
+        "source": {"memory_bytes": 0}}})
+    try:
+        path = "/media/uploads/p.jpg?w=95"
+        _, _, body, _ = proxy.get(path)
+        age_entry(proxy, path, 150)
+        origin.files["/media/uploads/p.jpg"] = (503, b"down", "text/plain", [])
+        status, headers, stale_body, _ = proxy.get(path)
+        assert (status, headers["x-cache"], stale_body) == (200, "STALE", body)
+        # past stale_if_error the backend's failure shows (as the placeholder)
+        age_entry(proxy, path, 2000)
+        status, headers, _, _ = proxy.get(path)
+        assert status == 502 and headers["cache-control"] == "no-store"
+    finally:
+        proxy.stop()
+
+
+def test_a_changed_source_is_rendered_again_on_revalidation(origin):
+    proxy = start_proxy(backend_port=origin.port, overrides={"cache": {
+        "memory": {"ttl": 100}, "stale_while_revalidate": 0, "stale_if_error": 1000}})
+    try:
+        path = "/media/uploads/p.jpg?w=96"
+        _, _, before, _ = proxy.get(path)
+        age_entry(proxy, path, 150)
+        origin.files["/media/uploads/p.jpg"] = (200, image_bytes((1600, 1200), color=(0, 90, 0)),
+                                                "image/jpeg", [("ETag", '"v2"')])
+        status, headers, after, _ = proxy.get(path)
+        assert status == 200 and headers["x-cache"] == "MISS" and after != before
+        assert counters(proxy).count("transform") == 2
+    finally:
+        proxy.stop()
+
+
+def test_periodic_warm_up_re_renders_the_most_requested_missing_variants(origin):
+    proxy = start_proxy(backend_port=origin.port, overrides={
+        "warmup": {"interval": 3600, "top": 2}})
+    try:
+        for _ in range(3):
+            proxy.get("/media/uploads/p.jpg?w=111")
+        for _ in range(2):
+            proxy.get("/media/uploads/p.jpg?w=112")
+        proxy.get("/media/uploads/p.jpg?w=113")          # requested once: not in the top 2
+        from mediaproxy.testing import call_in_reactor
+        rt = proxy.runtime
+        call_in_reactor(lambda: rt.cache.purge(""))      # e.g. a restart lost the memory layer
+        warm = rt.pm.get_plugin("mediaproxy.builtin.warmup.job")
+        call_in_reactor(warm.run, timeout=30)
+        assert warm.rendered == 2
+        assert proxy.get("/media/uploads/p.jpg?w=111")[1]["x-cache"] == "HIT-MEMORY"
+        assert proxy.get("/media/uploads/p.jpg?w=112")[1]["x-cache"] == "HIT-MEMORY"
+        assert proxy.get("/media/uploads/p.jpg?w=113")[1]["x-cache"] == "MISS"
+    finally:
+        proxy.stop()
