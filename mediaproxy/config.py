@@ -435,8 +435,11 @@ class SourceCacheConfig:
         "the sizes of a srcset fetch their photo once (0: off). With the file layer on, "
         "originals are kept on disk too.", _at_least(0))
     ttl: float = setting(
-        600.0, "float", "Seconds an original is reused without asking the backend again.",
-        _at_least(1))
+        600.0, "float", "Seconds an original is reused from memory without asking the backend "
+        "again.", _at_least(1))
+    file_ttl: float = setting(
+        86400.0, "float", "Seconds an original kept in the file layer (cache.file.dir) is "
+        "reused, across restarts and by every process of the host.", _at_least(1))
 
 
 @frozen

@@ -297,3 +297,22 @@ def test_periodic_warm_up_re_renders_the_most_requested_missing_variants(origin)
         assert proxy.get("/media/uploads/p.jpg?w=113")[1]["x-cache"] == "MISS"
     finally:
         proxy.stop()
+
+
+def test_originals_in_the_file_layer_survive_a_restart(origin, tmp_path):
+    overrides = {"cache": {"file": {"dir": str(tmp_path / "cache")}}}
+    first = start_proxy(backend_port=origin.port, overrides=overrides)
+    try:
+        assert first.get("/media/uploads/p.jpg?w=140")[0] == 200
+        disk = next(l for l in first.runtime.cache.layers if l.name == "file")
+        wait_for(lambda: disk.stats()["items"] >= 2, 10, what="original and result on disk")
+    finally:
+        first.stop()
+    second = start_proxy(backend_port=origin.port, overrides=overrides)   # a restart
+    try:
+        assert second.get("/media/uploads/p.jpg?w=140")[1]["x-cache"] == "HIT-FILE"
+        for width in (141, 142, 143):                  # new sizes: made from the kept original
+            assert second.get(f"/media/uploads/p.jpg?w={width}")[1]["x-cache"] == "MISS"
+        assert origin.hits["/media/uploads/p.jpg"] == 1
+    finally:
+        second.stop()

@@ -1,7 +1,8 @@
 """
 The source cache: originals fetched from the backend are kept (in process memory, bounded in
-bytes, for ``cache.source.ttl`` seconds) so the eight sizes of a srcset fetch their photo once,
-and concurrent fetches of one original share one backend request.
+bytes, for ``cache.source.ttl`` seconds; and in the file layer when there is one, for
+``cache.source.file_ttl``) so the eight sizes of a srcset fetch their photo once, across
+restarts too, and concurrent fetches of one original share one backend request.
 
 It is also the negative cache: a source the backend answered 404 or 5xx for is remembered for
 ``cache.negative_ttl`` seconds, and asked for again only after that, so a page full of broken
@@ -20,14 +21,21 @@ from cachetools import TLRUCache
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import hookimpl
-from ..models import SourceError, SourceImage
+from ..cache import source_prefix
+from ..models import CacheEntry, SourceError, SourceImage
 
 #: Statuses of a failed fetch worth remembering: the source is missing or the backend broken.
 #: Timeouts and size limits are not remembered (the next try may well succeed).
 NEGATIVE_STATUSES = (404, 502)
 
 
-@attrs.define
+def source_key(image_request) -> str:
+    """Where an original is kept in the file layer: under its source's prefix, so purging the
+    source (or its tenant) removes the original with its variants."""
+    return source_prefix(image_request.tenant, image_request.source_path) + "source"
+
+
+@attrs.define(eq=False)   # registered with pluggy: identity, and hashable
 class SourceCache:
     runtime: object
     max_bytes: int
@@ -37,6 +45,7 @@ class SourceCache:
     hits: int = 0
     joined: int = 0
     negative_hits: int = 0
+    disk_hits: int = 0
     _cache: TLRUCache = attrs.field(init=False)
     _negative: TLRUCache = attrs.field(init=False)
     _inflight: dict = attrs.field(factory=dict)
@@ -69,7 +78,50 @@ class SourceCache:
             d = Deferred()
             waiters.append(d)
             return d
-        return None
+        disk = self._file_layer()
+        if disk is None:
+            return None
+        return self._through_disk(disk, image_request, request, runtime)
+
+    def _file_layer(self):
+        cache = getattr(self.runtime, "cache", None)
+        return next((layer for layer in getattr(cache, "layers", ()) if layer.name == "file"),
+                    None)
+
+    def _through_disk(self, disk, image_request, request, runtime) -> Deferred:
+        """With a file layer: originals live there too (survive restarts, shared by the
+        processes of a host). Read it; on a miss, fetch with the other fetch plugins and keep
+        the original on disk."""
+        key = source_key(image_request)
+        max_age = self.runtime.config.cache.source.file_ttl
+
+        def found(entry):
+            if entry is not None and time.time() - entry.created_at <= max_age:
+                self.disk_hits += 1
+                runtime.emit("source.hit", correlation_id=request.correlation_id, layer="file")
+                return SourceImage(entry.body, entry.content_type, entry.source_etag,
+                                   entry.source_last_modified)
+            others = runtime.pm.subset_hook_caller("mediaproxy_fetch_source",
+                                                   remove_plugins=[self])
+            fetching = others(image_request=image_request, request=request, runtime=runtime)
+            if fetching is None:
+                raise SourceError(404, "source_not_found", "no plugin serves this source")
+            return fetching.addCallback(store)
+
+        def store(source):
+            if not source.not_modified:
+                now = time.time()
+                entry = CacheEntry(body=source.body,
+                                   content_type=source.content_type or "application/octet-stream",
+                                   created_at=now, etag="", last_modified=source.last_modified
+                                   or "", source_etag=source.etag,
+                                   source_last_modified=source.last_modified)
+                disk.set(key, entry).addErrback(lambda f: None)  # best effort, never waited for
+            return source
+
+        d = disk.get(key)
+        d.addErrback(lambda f: None)   # a broken disk layer is a miss
+        return d.addCallback(found)
 
     @hookimpl(wrapper=True, specname="mediaproxy_fetch_source")
     def record_fetch(self, image_request, request, runtime):
@@ -109,7 +161,8 @@ class SourceCache:
         return len(doomed)
 
     def stats(self) -> dict:
-        return {"hits": self.hits, "joined": self.joined, "negative_hits": self.negative_hits,
+        return {"hits": self.hits, "disk_hits": self.disk_hits, "joined": self.joined,
+                "negative_hits": self.negative_hits,
                 "negative_items": len(self._negative), "items": len(self._cache),
                 "bytes": int(self._cache.currsize), "max_bytes": self.max_bytes}
 
@@ -117,7 +170,8 @@ class SourceCache:
 @hookimpl
 def mediaproxy_configure(runtime):
     conf = runtime.config.cache.source
-    if conf.memory_bytes > 0 or runtime.config.cache.negative_ttl > 0:
+    if (conf.memory_bytes > 0 or runtime.config.cache.negative_ttl > 0
+            or runtime.config.cache.file.dir):
         runtime.pm.register(SourceCache(runtime, conf.memory_bytes, conf.ttl,
                                         runtime.config.cache.negative_ttl),
                             "mediaproxy.builtin.sourcecache.memory")
