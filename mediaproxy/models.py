@@ -224,5 +224,5 @@ class Event:
     name: str
     value: float = 1.0
     correlation_id: str = ""
-    fields: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
-                                            eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
+    #: labels; a fresh dict per event (not copied again: events are made on every request)
+    fields: Mapping[str, Any] = attrs.field(factory=dict)

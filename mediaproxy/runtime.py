@@ -74,8 +74,6 @@ class Runtime:
         if self.pm is None:
             return
         try:
-            self.pm.hook.mediaproxy_event(event=Event(name=name, value=value,
-                                                      correlation_id=correlation_id,
-                                                      fields=fields))
+            self.pm.hook.mediaproxy_event(event=Event(name, value, correlation_id, fields))
         except Exception:
             self.log.failure("an event hook raised for {event_name}", event_name=name)

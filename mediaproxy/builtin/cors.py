@@ -26,6 +26,17 @@ def cors_headers(config, origin: str | None) -> list[tuple[str, str]]:
     return headers
 
 
+_memo: dict = {}
+
+
 @hookimpl
 def mediaproxy_response_headers(image_request, response, request, runtime):
-    return cors_headers(runtime.config.cors, request.header("origin"))
+    # The answer depends only on the config and the Origin header: keep the last few.
+    origin = request.header("origin")
+    key = (id(runtime.config.cors), origin)
+    headers = _memo.get(key)
+    if headers is None:
+        if len(_memo) > 256:
+            _memo.clear()
+        headers = _memo[key] = cors_headers(runtime.config.cors, origin)
+    return headers

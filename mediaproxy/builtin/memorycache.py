@@ -48,13 +48,17 @@ class MemoryLayer:
         self._cache = _Cache(maxsize=max(self.max_bytes, 1), ttu=lambda k, v, now: now + ttl,
                              timer=self.clock, getsizeof=_entry_size)
 
-    def get(self, key):
+    def get_now(self, key):
+        """The entry or None, synchronously (the layered cache's fast path)."""
         entry = self._cache.get(key)
         if entry is None:
             self.misses += 1
         else:
             self.hits += 1
-        return succeed(entry)
+        return entry
+
+    def get(self, key):
+        return succeed(self.get_now(key))
 
     def set(self, key, entry):
         size = _entry_size(entry)

@@ -34,9 +34,11 @@ class EventCounters:
 
     @hookimpl
     def mediaproxy_event(self, event):
-        labels = tuple(sorted((k, str(v)) for k, v in event.fields.items()))
-        self.counts[(event.name, labels)] += 1
-        self.sums[(event.name, labels)] += event.value
+        fields = event.fields
+        labels = tuple(sorted((k, str(v)) for k, v in fields.items())) if fields else ()
+        key = (event.name, labels)
+        self.counts[key] += 1
+        self.sums[key] += event.value
 
     def count(self, name: str, **labels) -> int:
         """How many events named ``name`` carried at least these labels."""
@@ -74,6 +76,7 @@ class PrometheusMetrics:
     def __init__(self, runtime):
         self.runtime = runtime
         self.registry = r = CollectorRegistry()
+        self._children = {}
         self.requests = PCounter("mediaproxy_requests", "Requests by kind.", ["kind"], registry=r)
         self.hits = PCounter("mediaproxy_cache_hits", "Cache hits by layer.", ["layer"],
                              registry=r)
@@ -93,28 +96,36 @@ class PrometheusMetrics:
                                          registry=r)
         r.register(_RuntimeCollector(self.runtime))
 
+    def _child(self, metric, *labels):
+        # labels() costs a lock and a dict lookup per call; the children are kept here.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     @hookimpl
     def mediaproxy_event(self, event):
         f = event.fields
         name = event.name
-        if name == "passthrough":
-            self.requests.labels("passthrough").inc()
-        elif name == "image.request":
-            self.requests.labels("image").inc()
+        if name == "image.request":
+            self._child(self.requests, "image").inc()
         elif name == "cache.hit":
-            self.hits.labels(f.get("layer", "")).inc()
+            self._child(self.hits, f.get("layer", "")).inc()
+        elif name == "passthrough":
+            self._child(self.requests, "passthrough").inc()
         elif name == "cache.miss":
             self.misses.inc()
         elif name == "cache.error":
-            self.cache_errors.labels(f.get("layer", ""), f.get("op", "")).inc()
+            self._child(self.cache_errors, f.get("layer", ""), f.get("op", "")).inc()
         elif name == "rejection":
-            self.rejections.labels(f.get("error", "")).inc()
+            self._child(self.rejections, f.get("error", "")).inc()
         elif name == "source.error":
-            self.source_errors.labels(str(f.get("status", ""))).inc()
+            self._child(self.source_errors, str(f.get("status", ""))).inc()
         elif name == "transform":
-            self.transforms.labels(f.get("format", "")).observe(event.value)
+            self._child(self.transforms, f.get("format", "")).observe(event.value)
         elif name == "transform.error":
-            self.transform_errors.labels(f.get("error", "")).inc()
+            self._child(self.transform_errors, f.get("error", "")).inc()
 
 
 @hookimpl
