@@ -18,25 +18,18 @@ from . import __version__
 from .config import ConfigError, defaults_toml, load_config, to_toml
 
 
-def _serve(config, extra_services=()) -> int:
-    from twisted.application import service, strports
+def serve(config, extra_services=(), shared_ports=False, config_path=None) -> int:
+    """Run the proxy in this process until it is stopped (SIGTERM, SIGINT)."""
     from twisted.internet import reactor
 
     from .logs import begin_logging
-    from .tap import compose
+    from .tap import build_service
 
     begin_logging(config.monitoring.log_level, config.monitoring.log_format)
-    runtime, site, services = compose(config, reactor)
-    top = service.MultiService()
-    for svc in [*services, *extra_services]:
-        svc.setServiceParent(top)
-    for endpoint in config.server.listen:
-        strports.service(endpoint, site).setServiceParent(top)
+    top = build_service(config, reactor, config_path=config_path, extra_services=extra_services,
+                        shared_ports=shared_ports)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    runtime.log.info("mediaproxy {version} on {listen}, backend {backend}",
-                     version=__version__, listen=", ".join(config.server.listen),
-                     backend=config.backend.url)
     reactor.run()
     return 0
 
@@ -48,7 +41,13 @@ def cmd_run(args) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    return _serve(config)
+    from .workers import UnsupportedEndpoint
+
+    try:
+        return serve(config, config_path=args.config)
+    except UnsupportedEndpoint as e:
+        print(f"configuration error: server.workers: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args) -> int:
@@ -71,7 +70,7 @@ def cmd_demo(args) -> int:
           f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
           f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover&fmt=webp'",
           flush=True)
-    return _serve(config, [origin])
+    return serve(config, [origin])
 
 
 def cmd_check_config(args) -> int:

@@ -248,6 +248,10 @@ class ServerConfig:
         "Endpoints the proxy listens on (Twisted endpoint strings: tcp:8080, "
         "tcp:8080:interface=127.0.0.1, unix:/run/mediaproxy.sock, systemd:domain=INET:index=0). "
         "--listen on the command line replaces this list.", _endpoints)
+    workers: int = setting(
+        1, "int", "Worker processes, each a whole proxy with its own thread pool and memory "
+        "cache, sharing the tcp: listen endpoints (SO_REUSEPORT). 0: one per CPU core. With "
+        "more than one, set cache.file.dir (or Redis) so workers share results.", _at_least(0))
     trusted_proxies: tuple[str, ...] = setting(
         [], "strlist",
         "Peers (IPs or CIDR networks) whose X-Forwarded-For is believed and appended to. From any "

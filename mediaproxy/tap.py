@@ -27,6 +27,9 @@ from .resource import ProxyResource
 from .runtime import Runtime
 from .streaming import StreamingSite
 from .upstream import Upstream
+from .workers import (
+    SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, worker_count,
+)
 
 log = Logger(namespace="mediaproxy")
 
@@ -113,6 +116,7 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
     layers = list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime)))
     runtime.cache = LayeredCache(layers, emit=runtime.emit)
     site = StreamingSite(ProxyResource(runtime))
+    site.noisy = False
     site.timeOut = config.server.client_timeout
     if not config.monitoring.access_log:
         site.log = lambda request: None
@@ -149,23 +153,43 @@ def reload_config(runtime, path):
     log.info("configuration reloaded")
 
 
-def makeService(options) -> service.MultiService:
-    from twisted.internet import reactor
-
-    config = options["config_obj"]
+def build_service(config, reactor, config_path=None, extra_services=(),
+                  shared_ports=False) -> service.MultiService:
+    """The whole daemon as one service: the runtime's services first (thread pool, Redis, disk
+    pool...), then the listening ports, then, with server.workers > 1, the supervisor of the
+    other workers (the ports are then shared with SO_REUSEPORT)."""
     runtime, site, services = compose(config, reactor)
     top = service.MultiService()
     # The thread pool, the Redis client and the disk pool start before the ports open, so the
     # first requests find them up.
-    for svc in services:
+    for svc in [*services, *extra_services]:
         svc.setServiceParent(top)
-    for endpoint in config.server.listen:
-        strports.service(endpoint, site).setServiceParent(top)
-    if hasattr(signal, "SIGHUP"):
+    workers = worker_count(config)
+    if workers > 1 or shared_ports:
+        for endpoint in config.server.listen:
+            parse_tcp(endpoint)   # fails early, naming the endpoint, if it cannot be shared
+            SharedPortService(reactor, endpoint, site).setServiceParent(top)
+    else:
+        for endpoint in config.server.listen:
+            strports.service(endpoint, site).setServiceParent(top)
+    if workers > 1 and not shared_ports:
+        WorkerSupervisor(reactor, workers, config_path, config.server.listen).setServiceParent(top)
+    if hasattr(signal, "SIGHUP") and not shared_ports:
         reactor.callWhenRunning(
             signal.signal, signal.SIGHUP,
-            lambda *_: reactor.callFromThread(reload_config, runtime, options["config"]))
-    log.info("mediaproxy {version} listening on {listen}, backend {backend}",
-             version=__version__, listen=", ".join(config.server.listen),
+            lambda *_: reactor.callFromThread(reload_config, runtime, config_path))
+    log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "
+             "{backend}", version=__version__, listen=", ".join(config.server.listen),
+             workers=workers if not shared_ports else "1 of several",
              backend=config.backend.url)
     return top
+
+
+def makeService(options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    config = options["config_obj"]
+    try:
+        return build_service(config, reactor, config_path=options["config"])
+    except UnsupportedEndpoint as e:
+        raise usage.UsageError(f"configuration error: server.workers: {e}") from None

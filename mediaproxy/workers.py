@@ -1,0 +1,205 @@
+"""
+Several worker processes (``server.workers``): every worker is a whole proxy (its own reactor,
+thread pool and memory cache) listening on the same TCP ports with ``SO_REUSEPORT``, so the
+kernel spreads connections over them and one slow worker never holds another's clients.
+
+The process that ``twistd``/``mediaproxy run`` started is worker 0 and the supervisor: it starts
+the others (``python -m mediaproxy.worker``, same config file and environment), starts a new one
+when one dies, and stops them all when it stops. Workers die with it even after a ``kill -9``
+(``PR_SET_PDEATHSIG`` on Linux).
+
+Workers share what the shared layers hold: configure ``cache.file.dir`` (one host) or Redis so
+that a result rendered by one worker is a hit for the others, and so that concurrent misses
+across workers are coalesced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+
+from twisted.application import service
+from twisted.internet import protocol
+from twisted.logger import Logger
+
+log = Logger(namespace="mediaproxy.workers")
+
+#: Seconds before a worker that died is started again.
+RESTART_DELAY = 1.0
+#: Seconds a stopping worker gets before it is killed.
+STOP_GRACE = 5.0
+
+
+class UnsupportedEndpoint(ValueError):
+    """Only ``tcp:`` endpoints can be shared by several workers."""
+
+
+def parse_tcp(description: str) -> tuple[str, int, int]:
+    """``tcp:8080``, ``tcp:8080:interface=127.0.0.1``, ``tcp:port=8080:backlog=100``,
+    ``tcp6:8080:interface=::1`` -> (interface, port, backlog)."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6"):
+        raise UnsupportedEndpoint(
+            f"{description!r}: only tcp: endpoints can be shared by several workers")
+    interface, port, backlog = ("::" if kind == "tcp6" else "0.0.0.0"), None, 50
+    for i, part in enumerate(p for p in rest.split(":") if p):
+        key, eq, value = part.partition("=")
+        if not eq and i == 0:
+            port = int(key)
+        elif key == "port":
+            port = int(value)
+        elif key == "interface":
+            interface = value
+        elif key == "backlog":
+            backlog = int(value)
+        else:
+            raise UnsupportedEndpoint(f"{description!r}: option {key!r} is not supported "
+                                      "with several workers")
+    if port is None:
+        raise UnsupportedEndpoint(f"{description!r} names no port")
+    return interface, port, backlog
+
+
+def listen_shared(reactor, description: str, factory):
+    """Listen on a TCP endpoint with SO_REUSEPORT, so other workers can listen on it too."""
+    interface, port, backlog = parse_tcp(description)
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((interface, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        listening = reactor.adoptStreamPort(sock.fileno(), family, factory)
+    finally:
+        sock.close()   # the reactor holds its own duplicate of the descriptor
+    return listening
+
+
+class SharedPortService(service.Service):
+    """Listens on a TCP endpoint shared with the other workers."""
+
+    def __init__(self, reactor, description: str, factory):
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        self.port = listen_shared(self.reactor, self.description, self.factory)
+        log.info("worker {pid} listening on {address}", pid=os.getpid(),
+                 address=self.port.getHost())
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+def worker_count(config) -> int:
+    return config.server.workers or os.cpu_count() or 1
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    def __init__(self, supervisor, index):
+        self.supervisor = supervisor
+        self.index = index
+
+    def outReceived(self, data):
+        sys.stdout.write(data.decode(errors="replace"))
+        sys.stdout.flush()
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.supervisor._ended(self.index, reason)
+
+
+class WorkerSupervisor(service.Service):
+    """Starts workers 1..n-1, restarts any that dies, stops them with the daemon."""
+
+    def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...]):
+        self.reactor = reactor
+        self.count = count
+        self.config_path = config_path
+        self.listen = listen
+        self.processes: dict[int, object] = {}
+        self.restarts = 0
+        self._stopping = False
+        self._stopped = None
+
+    def argv(self, index: int) -> list[str]:
+        args = [sys.executable, "-m", "mediaproxy.worker", "--index", str(index)]
+        if self.config_path:
+            args += ["--config", self.config_path]
+        for endpoint in self.listen:
+            args += ["--listen", endpoint]
+        return args
+
+    def startService(self):
+        super().startService()
+        for index in range(1, self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int):
+        if self._stopping:
+            return
+        env = dict(os.environ)
+        env["MEDIAPROXY_WORKER_PARENT"] = str(os.getpid())
+        self.processes[index] = self.reactor.spawnProcess(
+            _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env)
+        log.info("started worker {index} (pid {pid})", index=index,
+                 pid=self.processes[index].pid)
+
+    def _ended(self, index: int, reason):
+        self.processes.pop(index, None)
+        if self._stopping:
+            if not self.processes and self._stopped is not None and not self._stopped.called:
+                self._stopped.callback(None)
+            return
+        self.restarts += 1
+        log.warn("worker {index} ended ({why}); starting it again in {delay} s", index=index,
+                 why=reason.getErrorMessage(), delay=RESTART_DELAY)
+        self.reactor.callLater(RESTART_DELAY, self._spawn, index)
+
+    def stopService(self):
+        super().stopService()
+        from twisted.internet.defer import Deferred, succeed
+
+        self._stopping = True
+        if not self.processes:
+            return succeed(None)
+        self._stopped = Deferred()
+        for process in list(self.processes.values()):
+            _signal(process, "TERM")
+
+        def kill():
+            for process in list(self.processes.values()):
+                _signal(process, "KILL")
+        timer = self.reactor.callLater(STOP_GRACE, kill)
+        return self._stopped.addBoth(lambda r: timer.cancel() if timer.active() else None)
+
+
+def _signal(process, name):
+    try:
+        process.signalProcess(name)
+    except Exception:  # already gone
+        pass
+
+
+def die_with_parent() -> None:
+    """Linux: ask the kernel to SIGTERM this process when its parent dies (kill -9 included)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    parent = os.environ.get("MEDIAPROXY_WORKER_PARENT")
+    if parent and os.getppid() != int(parent):   # the parent died before prctl took effect
+        os._exit(0)
