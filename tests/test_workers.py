@@ -27,8 +27,16 @@ def prefixes(proxy, n=40):
 
 
 def workers_of(proxy):
-    return [c for c in psutil.Process(proxy.proc.pid).children()
-            if "mediaproxy.worker" in " ".join(c.cmdline())]
+    """The live worker processes of a supervisor (a dead one not yet reaped is left out)."""
+    found = []
+    for child in psutil.Process(proxy.proc.pid).children():
+        try:
+            if (child.status() != psutil.STATUS_ZOMBIE
+                    and "mediaproxy.worker" in " ".join(child.cmdline())):
+                found.append(child)
+        except psutil.Error:
+            pass
+    return found
 
 
 def test_two_workers_share_the_port_and_a_dead_one_is_replaced(origin_port, tmp_path):
