@@ -19,6 +19,7 @@ from email.utils import formatdate
 import attrs
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
 from ..cache import cache_key, fresh_ttls
@@ -228,17 +229,38 @@ class ImagePipeline:
                 return entry if time.time() - entry.created_at <= fresh_for else None
             return rt.cache.get(key).addCallback(fresh)
 
-        return coalesce(lock, key, lookup,
-                        lambda: self._produce(key, image_request, request, fmt, log, stale,
-                                              wait=True),
-                        rt.reactor, max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout))
+        # The leader answers its own clients as soon as the result exists; the lock is released
+        # (and the followers elsewhere look it up) only once it is stored in the shared layers.
+        answer = Deferred()
+
+        def rendered(result):
+            if not answer.called:
+                answer.callback(result)
+
+        coalesced = coalesce(lock, key, lookup,
+                             lambda: self._produce(key, image_request, request, fmt, log, stale,
+                                                   wait=True, on_rendered=rendered),
+                             rt.reactor,
+                             max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout))
+
+        def finished(result):
+            if not answer.called:
+                answer.callback(result)   # a follower's answer, or a failure
+            elif isinstance(result, Failure):
+                log.failure("storing {key} failed", result, key=key)
+            return None
+
+        coalesced.addBoth(finished)
+        return answer
 
     @inlineCallbacks
-    def _produce(self, key, image_request, request, fmt, log, stale=None, wait=False):
+    def _produce(self, key, image_request, request, fmt, log, stale=None, wait=False,
+                 on_rendered=None):
         """Fetch, transform and store one result. ``stale`` is the copy being refreshed: its
         validators make the fetch conditional, and it is the answer if the backend fails.
         ``wait``: fire only once the result is stored (followers in other processes read it
-        from the shared layers right after)."""
+        from the shared layers right after); ``on_rendered(entry)`` is called as soon as the
+        result exists, before the store."""
         rt = self.runtime
         started = time.perf_counter()
         conditional = image_request
@@ -262,6 +284,8 @@ class ImagePipeline:
             log.info("{source} not modified at the backend; entry refreshed",
                      source=image_request.source_path)
             rt.emit("cache.revalidated", correlation_id=request.correlation_id)
+            if on_rendered is not None:
+                on_rendered(entry)
             yield self._store(key, entry, wait)
             return entry
         fetched = time.perf_counter()
@@ -298,6 +322,8 @@ class ImagePipeline:
             body=rendered.body, content_type=rendered.content_type, created_at=now, etag=etag,
             last_modified=source.last_modified or http_date(now),
             source_etag=source.etag, source_last_modified=source.last_modified)
+        if on_rendered is not None:
+            on_rendered(entry)
         yield self._store(key, entry, wait)
         return entry
 
