@@ -64,6 +64,15 @@ def cache_key(request: ImageRequest, params: Mapping[str, Param], fmt: str | Non
     return source_prefix(request.tenant, request.source_path) + variant
 
 
+def find_layer(runtime, kind):
+    """The cache layer of ``runtime`` that is an instance of ``kind`` (a class) or is named
+    ``kind`` (a string), or None (no cache yet, or no such layer)."""
+    for layer in getattr(getattr(runtime, "cache", None), "layers", ()):
+        if layer.name == kind if isinstance(kind, str) else isinstance(layer, kind):
+            return layer
+    return None
+
+
 def stale_grace(cache_config) -> float:
     """How long past its TTL a layer keeps an entry, so the pipeline can still serve it stale
     (``stale_while_revalidate``, ``stale_if_error``)."""

@@ -349,10 +349,10 @@ def coalescing_lock(runtime, ttl: float | None = None) -> CoalescingLock | None:
     Redis, a :class:`FileLock` with a file layer only, else None (in-process coalescing is
     all there is). Call it after the cache layers exist (``runtime.cache``)."""
     from .builtin.filecache import FileLayer
+    from .cache import find_layer
     from .redisconn import redis_client
 
-    layers = getattr(getattr(runtime, "cache", None), "layers", ())
-    file_layer = next((layer for layer in layers if isinstance(layer, FileLayer)), None)
+    file_layer = find_layer(runtime, FileLayer)
     file_lock = None
     if file_layer is not None:
         file_lock = FileLock(file_layer.store.root / "locks", runtime.reactor,

@@ -75,9 +75,13 @@ def test_back_fill_order_memory_then_redis(redis_server, origin, tmp_path):
         wait_for(lambda: second.runtime.pm.get_plugin("mediaproxy.redis").healthy, 10,
                  what="redis up")
         assert first.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "MISS"
-        # every key written has a TTL
+        # the leader answered first and stores right after; then every key has a TTL
+        # (PTTL -1 would be a key without one; -2 a key already gone, like a released lock)
+        wait_for(lambda: any(b":r:" in k for k in redis_server.command("KEYS", "*")), 10,
+                 what="the result stored in Redis")
         keys = redis_server.command("KEYS", "*")
-        assert keys and all(int(redis_server.command("PTTL", k)) > 0 for k in keys)
+        assert all(int(redis_server.command("PTTL", k)) != -1 for k in keys)
+        assert all(int(redis_server.command("PTTL", k)) > 0 for k in keys if b":r:" in k)
         assert second.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "HIT-REDIS"
         assert second.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "HIT-MEMORY"
         assert origin.hits["/media/uploads/p.jpg"] == 1

@@ -72,7 +72,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .. import hookimpl
-from ..cache import stale_grace
+from ..cache import find_layer, stale_grace
 from ..entrycodec import CorruptEntry, body_digest, decode_header, encode_header
 from ..locks import try_lock, unlock
 from ..models import CacheEntry
@@ -1103,12 +1103,6 @@ def file_layer(config, reactor, grace: float = 0.0, **kwargs) -> FileLayer | Non
                      **kwargs)
 
 
-def _layer(runtime) -> FileLayer | None:
-    cache = getattr(runtime, "cache", None)
-    return next((layer for layer in getattr(cache, "layers", ())
-                 if isinstance(layer, FileLayer)), None)
-
-
 @hookimpl
 def mediaproxy_cache_layers(runtime):
     layer = file_layer(runtime.config.cache.file, runtime.reactor,
@@ -1118,7 +1112,7 @@ def mediaproxy_cache_layers(runtime):
 
 @hookimpl
 def mediaproxy_services(runtime):
-    layer = _layer(runtime)
+    layer = find_layer(runtime, FileLayer)
     if layer is None:
         return []
     return [FileCacheService(layer, runtime.config.cache.file.cleanup_interval,

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from .. import entrycodec, hookimpl
 from ..models import CacheEntry
-from ..cache import stale_grace
+from ..cache import find_layer, stale_grace
 from ..redisconn import RedisClient, glob_escape, redis_client
 
 log = Logger(namespace="mediaproxy.cache.redis")
@@ -151,12 +151,6 @@ class RedisLayer:
         return maybeDeferred(fn, arg)
 
 
-def _layer(runtime) -> RedisLayer | None:
-    cache = getattr(runtime, "cache", None)
-    return next((layer for layer in getattr(cache, "layers", ())
-                 if isinstance(layer, RedisLayer)), None)
-
-
 @hookimpl
 def mediaproxy_cache_layers(runtime):
     client = redis_client(runtime)
@@ -171,7 +165,7 @@ def mediaproxy_cache_layers(runtime):
 
 @hookimpl
 def mediaproxy_services(runtime):
-    layer = _layer(runtime)
+    layer = find_layer(runtime, RedisLayer)
     if layer is None:
         return []
     stats = TimerService(STATS_INTERVAL, layer.refresh)

@@ -21,7 +21,7 @@ from cachetools import TLRUCache
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import hookimpl
-from ..cache import source_prefix
+from ..cache import find_layer, source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
 
 #: Statuses of a failed fetch worth remembering: the source is missing or the backend broken.
@@ -78,15 +78,10 @@ class SourceCache:
             d = Deferred()
             waiters.append(d)
             return d
-        disk = self._file_layer()
+        disk = find_layer(self.runtime, "file")
         if disk is None:
             return None
         return self._through_disk(disk, image_request, request, runtime)
-
-    def _file_layer(self):
-        cache = getattr(self.runtime, "cache", None)
-        return next((layer for layer in getattr(cache, "layers", ()) if layer.name == "file"),
-                    None)
 
     def _through_disk(self, disk, image_request, request, runtime) -> Deferred:
         """With a file layer: originals live there too (survive restarts, shared by the
