@@ -363,6 +363,33 @@ def _check_limits(info: ImageInfo, spec: TransformSpec) -> None:
             f"{f' x {info.frames} frames' if info.frames > 1 else ''}).")
 
 
+def _check_jpeg_size(data: bytes, info: ImageInfo) -> None:
+    """A Huffman-coded JPEG spends at least one bit on every 8x8 luma block (its DC code), so
+    a file smaller than that cannot hold the image its header claims: a lying SOF (libjpeg
+    would quietly pad the missing rows with grey). Arithmetic-coded JPEGs, which can go below
+    a bit per block, are not judged."""
+    if info.format != "jpeg":
+        return
+    blocks = -(-info.width // 8) * -(-info.height // 8)
+    if len(data) * 8 < blocks and not _arithmetic_coded(data):
+        raise CorruptImage(f"The JPEG holds {len(data)} bytes, too few for the "
+                           f"{info.width}x{info.height} pixels its header claims.")
+
+
+def _arithmetic_coded(data: bytes) -> bool:
+    """Whether the frame header (SOF) of a JPEG says arithmetic coding (SOF9-11, SOF13-15),
+    walking the marker segments up to the first scan."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return True
+        if marker == 0xDA:   # start of scan: the frame header was before
+            return False
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return False
+
+
 # -- formats -----------------------------------------------------------------------------------
 
 def output_format(source_format: str, has_alpha: bool, requested: str | None = None) -> str:
@@ -498,6 +525,7 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     with _open(data) as source:
         info = _read_info(source)
         _check_limits(info, spec)
+        _check_jpeg_size(data, info)
         fmt = output_format(info.format, info.has_alpha, spec.format)
         pipeline = _Pipeline.build(spec, steps, request)
         if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:

@@ -696,3 +696,17 @@ def test_render_obeys_the_geometry_rules(w, h, fit, position, fmt, enlarge):
     image = decode(result.body)
     assert image.size == (result.width, result.height)
     check_dimensions(w, h, fit, enlarge, image.size)
+
+
+def test_a_jpeg_too_small_for_the_size_its_header_claims_is_corrupt():
+    from tests.hostile import lying_sof_jpeg
+
+    with pytest.raises(ImageError) as info:
+        render(lying_sof_jpeg(5000, 5000), spec(width=300, height=200))
+    assert (info.value.status, info.value.error) == (422, "corrupt_image")
+    # while the smallest honest JPEGs of that size, baseline and progressive, are served
+    for progressive in (False, True):
+        buf = io.BytesIO()
+        Image.new("RGB", (5000, 5000), (200, 10, 10)).save(buf, "JPEG", quality=1,
+                                                           progressive=progressive)
+        assert render(buf.getvalue(), spec(width=300, height=200)).width == 200
