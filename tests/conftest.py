@@ -2,6 +2,9 @@ import pytest
 
 from mediaproxy.testing import reactor_thread
 
+# redis_server / redis_servers: real redis-server processes on free ports.
+pytest_plugins = ("tests.redis_server",)
+
 
 # -- pass-through and fetch tests: a real reactor and real origins --------------------------
 

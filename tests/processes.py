@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"proxy exited: {self.output()}")
             try:
-                with socket_connection(self.port):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)  # polling a starting process, bounded by the deadline
@@ -72,15 +73,3 @@ class ProxyProcess:
         if self.proc.poll() is None:
             return ""
         return (self.proc.stdout.read() or b"").decode(errors="replace")[-3000:]
-
-
-class socket_connection:
-    def __init__(self, port):
-        import socket
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-
-    def __enter__(self):
-        return self.sock
-
-    def __exit__(self, *exc):
-        self.sock.close()

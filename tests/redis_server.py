@@ -2,9 +2,8 @@
 Real ``redis-server`` processes for the tests: a free loopback port each, no persistence, a
 temporary directory, and helpers to kill, stop and restart one (on the same port) mid-test.
 
-Fixtures (import them into a test module explicitly; pytest only collects ``conftest.py``)::
-
-    from .redis_server import redis_server, redis_servers  # noqa: F401  (fixtures)
+Fixtures ``redis_server`` and ``redis_servers``, registered for every test by
+``tests/conftest.py`` (``pytest_plugins``).
 
 ``REDIS_SERVER`` in the environment names the binary (default: ``redis-server`` on PATH).
 Sentinel runs as ``redis-server FILE --sentinel``, which every redis-server build supports.

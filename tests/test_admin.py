@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 
 from .proxy import ImageOrigin, image_bytes, start_proxy
-from .redis_server import redis_server, wait_for  # noqa: F401 (fixture)
+from .redis_server import wait_for
 
 TOKEN = "s3cret-token"
 

@@ -9,7 +9,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .processes import ProxyProcess
 from .proxy import ImageOrigin, image_bytes, start_origin, start_proxy
-from .redis_server import redis_server, redis_servers, wait_for  # noqa: F401 (fixtures)
+from .redis_server import wait_for
 
 PHOTO = image_bytes((1600, 1200))
 

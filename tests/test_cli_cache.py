@@ -6,7 +6,7 @@ import sys
 
 from .processes import ROOT, ProxyProcess
 from .proxy import ImageOrigin, image_bytes, start_origin
-from .redis_server import redis_server, wait_for  # noqa: F401 (fixture)
+from .redis_server import wait_for
 
 
 def run_cli(*args, env=None, timeout=60):

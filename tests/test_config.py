@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediaproxy.config import (
-    Config, ConfigError, config_from_dict, defaults_toml, env_overrides, iter_settings, load_config, to_toml,
+    Config, ConfigError, config_from_dict, defaults_toml, env_overrides, load_config, to_toml,
 )
 
 from .strategies import configs

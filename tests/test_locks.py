@@ -25,7 +25,7 @@ from mediaproxy.locks import (
 from mediaproxy.redisconn import RedisClient
 from mediaproxy.testing import call_in_reactor, reactor_thread
 
-from .redis_server import redis_server, wait_for  # noqa: F401  (fixture)
+from .redis_server import wait_for
 
 KEY = "shop:0123456789abcdef0123:" + "ab" * 32
 

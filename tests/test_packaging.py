@@ -5,7 +5,6 @@ configured by the environment alone serves a resized image from a real origin.""
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ import pytest
 from PIL import Image
 
 from .proxy import ImageOrigin, image_bytes, start_origin
+from .redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(url, proc, timeout=60.0):

@@ -1,6 +1,6 @@
 """The query scheme parser and the cache key: unit tests and properties."""
 
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 from hypothesis import given, strategies as st

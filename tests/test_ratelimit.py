@@ -19,7 +19,6 @@ from mediaproxy.models import ImageRequest, RequestInfo
 from mediaproxy.testing import call_in_reactor
 
 from .proxy import ImageOrigin, image_bytes, start_proxy
-from .redis_server import redis_server  # noqa: F401  (fixture)
 
 
 def limiter(clock=None, sampler=None, **ratelimit):

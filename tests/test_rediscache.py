@@ -25,9 +25,7 @@ from mediaproxy.redisconn import RedisAddress, RedisClient, RedisUnavailable, re
 from mediaproxy.runtime import Runtime
 from mediaproxy.testing import call_in_reactor, reactor_thread
 
-from .redis_server import (  # noqa: F401  (fixtures)
-    RedisServer, free_port, redis_server, redis_servers, start_sentinel, wait_for,
-)
+from .redis_server import RedisServer, free_port, start_sentinel, wait_for
 
 TIMEOUT = 0.5
 
