@@ -235,7 +235,7 @@ def _signing_keys(value: tuple[str, ...]) -> None:
                              "recommended: `openssl rand -hex 32`)")
 
 
-#: Source formats known to the magic-byte sniffer (:mod:`mediaproxy.fetch`).
+#: Source formats known to the magic-byte sniffer (:mod:`mediaproxy.http.fetch`).
 SOURCE_FORMATS = ("jpeg", "png", "webp", "gif", "avif", "heif", "tiff", "bmp")
 
 

@@ -12,8 +12,8 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from . import requestinfo
-from .errors import CORRELATION_HEADER, write_error
+from .http import requestinfo
+from .http.errors import CORRELATION_HEADER, write_error
 from .logs import request_log
 from .models import ImageResponse, Rejection
 

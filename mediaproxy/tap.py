@@ -20,13 +20,13 @@ from twisted.python import usage, threadpool
 from . import __version__
 from .cache import LayeredCache
 from .config import ConfigError, load_config
-from .fetch import SourceFetcher
+from .http.fetch import SourceFetcher
 from .logs import set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
 from .runtime import Runtime
-from .streaming import StreamingSite
-from .upstream import Upstream
+from .http.streaming import StreamingSite
+from .http.upstream import Upstream
 from .workers import (
     SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, worker_count,
 )

@@ -16,9 +16,9 @@ from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 
-from mediaproxy.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryPolicy
+from mediaproxy.http.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, RetryPolicy
 from mediaproxy.config import BackendConfig, BreakerConfig
-from mediaproxy.fetch import SourceFetcher
+from mediaproxy.http.fetch import SourceFetcher
 from mediaproxy.logs import RequestLogger
 from mediaproxy.models import SourceError
 

@@ -10,11 +10,11 @@ import socket
 import pytest
 
 from mediaproxy.config import BackendConfig, ServerConfig
-from mediaproxy.fetch import SourceFetcher
+from mediaproxy.http.fetch import SourceFetcher
 from mediaproxy.logs import RequestLogger
 from mediaproxy.models import SourceError, SourceImage
 from mediaproxy.testing import call_in_reactor
-from mediaproxy.upstream import Upstream
+from mediaproxy.http.upstream import Upstream
 from tests.origin import IMAGE
 
 MiB = 1024 * 1024

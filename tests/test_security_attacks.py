@@ -20,7 +20,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 
-from mediaproxy import TransformStep, hookimpl, ssrf
+from mediaproxy import TransformStep, hookimpl
+from mediaproxy.http import ssrf
 from mediaproxy.testing import call_in_reactor
 
 from .proxy import ImageOrigin, image_bytes, start_proxy

@@ -16,12 +16,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 
-from mediaproxy import imaging, ssrf
+from mediaproxy import imaging
+from mediaproxy.http import ssrf
 from mediaproxy.builtin.validation import path_refusal
 from mediaproxy.config import load_config, parse_size_map
-from mediaproxy.fetch import SourcePolicy, _Collector, sniff_format
+from mediaproxy.http.fetch import SourcePolicy, _Collector, sniff_format
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
-from mediaproxy.requestinfo import client_address
+from mediaproxy.http.requestinfo import client_address
 from mediaproxy.tap import compose
 
 from .test_security_attacks import FakeResolver

@@ -23,12 +23,12 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mediaproxy import requestinfo
+from mediaproxy.http import requestinfo
 from mediaproxy.config import BackendConfig, ServerConfig
 from mediaproxy.logs import RequestLogger
-from mediaproxy.streaming import StreamingSite
+from mediaproxy.http.streaming import StreamingSite
 from mediaproxy.testing import call_in_reactor
-from mediaproxy.upstream import Upstream, origin_form
+from mediaproxy.http.upstream import Upstream, origin_form
 from tests.origin import PATTERN
 
 MiB = 1024 * 1024

@@ -23,11 +23,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from .. import hookimpl
-from ..listening import ListeningService
+from ..http.listening import ListeningService
 from ..logs import request_log
 from ..purge import PurgeFeed, PurgeScope, purge, source_caches
 from ..redisconn import redis_client
-from ..requestinfo import correlation_id
+from ..http.requestinfo import correlation_id
 
 MAX_BODY = 64 * 1024
 

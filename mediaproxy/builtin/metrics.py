@@ -141,8 +141,8 @@ def mediaproxy_services(runtime):
         return []
     from twisted.web.server import Site
 
-    from ..listening import ListeningService
-    from ..monitoring import MonitoringResource
+    from ..http.listening import ListeningService
+    from ..http.monitoring import MonitoringResource
 
     metrics = runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus")
     site = Site(MonitoringResource(runtime, metrics.registry))

@@ -48,9 +48,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
-from .config import BackendConfig, parse_size_map
+from ..config import BackendConfig, parse_size_map
 from .errors import CORRELATION_HEADER
-from .models import SourceError, SourceImage
+from ..models import SourceError, SourceImage
 from .upstream import backend_origin
 
 _log = Logger(namespace="mediaproxy.fetch")

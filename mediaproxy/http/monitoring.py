@@ -13,7 +13,7 @@ from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from .models import HealthStatus
+from ..models import HealthStatus
 
 
 class HealthResource(Resource):

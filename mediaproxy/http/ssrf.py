@@ -2,7 +2,7 @@
 Server-side request forgery defence for every fetch that is not the configured backend.
 
 The backend (``backend.url``) is trusted as configured and reached through
-:class:`mediaproxy.upstream.Upstream`. Anything else a plugin fetches (a watermark, a remote
+:class:`mediaproxy.http.upstream.Upstream`. Anything else a plugin fetches (a watermark, a remote
 source on an allowed host) must go through :func:`safe_agent` (or :func:`agent_for`, built from
 ``[ssrf]``), an :class:`~twisted.web.iweb.IAgent` whose endpoint factory
 

@@ -13,7 +13,7 @@ import uuid
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
-from .models import RequestInfo
+from ..models import RequestInfo
 
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 

@@ -10,8 +10,8 @@ A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a 
 * **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
   close it, one failure opens it again for another ``open_for``.
 
-What a failure is belongs to the caller: the image breaker (:mod:`mediaproxy.fetch`) counts
-connection errors, timeouts and 5xx, the pass-through breaker (:mod:`mediaproxy.upstream`) only
+What a failure is belongs to the caller: the image breaker (:mod:`mediaproxy.http.fetch`) counts
+connection errors, timeouts and 5xx, the pass-through breaker (:mod:`mediaproxy.http.upstream`) only
 connection errors and timeouts, and neither ever counts a 4xx. A call that ends in neither
 (cancelled by the client) is :meth:`~CircuitBreaker.release`\\ d without a verdict.
 

@@ -52,9 +52,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
-from .config import BackendConfig, ServerConfig
+from ..config import BackendConfig, ServerConfig
 from .errors import CORRELATION_HEADER, write_error
-from .models import Rejection, RequestInfo
+from ..models import Rejection, RequestInfo
 from .requestinfo import is_trusted
 
 _log = Logger(namespace="mediaproxy.upstream")
@@ -98,7 +98,7 @@ def origin_form(uri: bytes) -> bytes:
     """The path and query of a raw request target, as sent to the backend.
 
     An absolute-form target (``http://other/x?q``) keeps only its path and query, the same way
-    :func:`mediaproxy.requestinfo.from_request` derives ``RequestInfo.path``. Bytes outside
+    :func:`mediaproxy.http.requestinfo.from_request` derives ``RequestInfo.path``. Bytes outside
     printable ASCII and ``#`` are percent-encoded, everything else is kept as the client sent
     it.
     """
@@ -159,7 +159,7 @@ class Upstream:
             self.limit = ConcurrencyLimit(self.backend.max_concurrent)
 
     def proxy(self, request, info: RequestInfo, log) -> Deferred[None]:
-        """Forward ``request`` (a :class:`~mediaproxy.streaming.StreamingRequest`; a stock
+        """Forward ``request`` (a :class:`~mediaproxy.http.streaming.StreamingRequest`; a stock
         twisted.web request works too, its buffered body is sent) and stream the response into
         it. The Deferred fires when the exchange is over, never with a failure: errors are
         answered (502, 504) or, once the response has started, end the client connection."""
