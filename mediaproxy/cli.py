@@ -164,7 +164,7 @@ def cmd_warm(args) -> int:
 
 def cmd_purge(args) -> int:
     """Purge through the admin listener of a running proxy, or the shared layers directly."""
-    from .purge import PurgeScope
+    from .cache.purge import PurgeScope
 
     try:
         if args.source:
@@ -215,8 +215,8 @@ def _purge_direct(config, scope) -> int:
     from twisted.internet import defer
 
     from .logs import begin_logging
-    from .purge import PurgeFeed, purge_local
-    from .redisconn import redis_client
+    from .cache.purge import PurgeFeed, purge_local
+    from .cache.redis import redis_client
     from .tap import compose
 
     begin_logging("warn", config.monitoring.log_format, sys.stderr)

@@ -107,7 +107,7 @@ def mediaproxy_check_request(image_request, request, runtime):
 
 @hookspec
 def mediaproxy_cache_layers(runtime):
-    """Return a list of cache layers (:class:`mediaproxy.cache.CacheLayer`).
+    """Return a list of cache layers (:class:`mediaproxy.cache.layered.CacheLayer`).
 
     Layers are read fastest-first (ascending ``order``; the memory layer is 10) and written
     all; a hit back-fills the faster layers. Layer methods return Deferreds. Called once at

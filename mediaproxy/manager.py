@@ -25,7 +25,7 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.source",
     "mediaproxy.builtin.sourcecache",
     "mediaproxy.builtin.memorycache",
-    "mediaproxy.redisconn",
+    "mediaproxy.cache.redis",
     "mediaproxy.builtin.rediscache",
     "mediaproxy.builtin.filecache",
     "mediaproxy.builtin.pipeline",

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage, threadpool
 
 from . import __version__
-from .cache import LayeredCache
+from .cache.layered import LayeredCache
 from .config import ConfigError, load_config
 from .http.fetch import SourceFetcher
 from .logs import set_level

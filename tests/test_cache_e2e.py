@@ -202,7 +202,7 @@ def age_entry(proxy, path, seconds):
     """Make the cached result of ``path`` look ``seconds`` old (instead of waiting for it)."""
     import attrs as _attrs
 
-    from mediaproxy.cache import cache_key
+    from mediaproxy.cache.keys import cache_key
     from mediaproxy.models import RequestInfo
     from mediaproxy.negotiation import negotiate_format
     from mediaproxy.testing import call_in_reactor

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from mediaproxy.builtin import compat, routing
 from mediaproxy.builtin.params import builtin_params
-from mediaproxy.cache import cache_key
+from mediaproxy.cache.keys import cache_key
 from mediaproxy.config import Config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.runtime import Runtime

@@ -5,8 +5,8 @@ import struct
 import pytest
 from hypothesis import given, strategies as st
 
-from mediaproxy import entrycodec
-from mediaproxy.entrycodec import CorruptEntry, decode, decode_header, encode, encode_header
+from mediaproxy.cache import entrycodec
+from mediaproxy.cache.entrycodec import CorruptEntry, decode, decode_header, encode, encode_header
 from mediaproxy.models import CacheEntry
 
 _text = st.text(max_size=40)

@@ -20,10 +20,10 @@ from mediaproxy.builtin.filecache import (
     KeyPath, Missing, SegmentedLRU, byte_limit, disk_pressure, escape_part, file_layer,
     unescape_part,
 )
-from mediaproxy.cache import source_prefix
+from mediaproxy.cache.keys import source_prefix
 from mediaproxy.config import FileCacheConfig
-from mediaproxy.entrycodec import body_digest
-from mediaproxy.locks import try_lock, unlock
+from mediaproxy.cache.entrycodec import body_digest
+from mediaproxy.cache.locks import try_lock, unlock
 from mediaproxy.models import CacheEntry
 from mediaproxy.testing import call_in_reactor, reactor_thread
 

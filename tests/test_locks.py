@@ -15,14 +15,15 @@ import pluggy
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from mediaproxy import hookspecs, redisconn
+from mediaproxy import hookspecs
+from mediaproxy.cache import redis as redisconn
 from mediaproxy.builtin.filecache import DiskPool, FileLayer, FileStore
-from mediaproxy.cache import LayeredCache
+from mediaproxy.cache.layered import LayeredCache
 from mediaproxy.config import RedisCacheConfig, config_from_dict
-from mediaproxy.locks import (
+from mediaproxy.cache.locks import (
     FileLock, Lease, RedisLock, coalesce, coalescing_lock, lock_path, poll,
 )
-from mediaproxy.redisconn import RedisClient
+from mediaproxy.cache.redis import RedisClient
 from mediaproxy.testing import call_in_reactor, reactor_thread
 
 from .redis_server import wait_for
@@ -86,7 +87,7 @@ def test_a_file_lock_excludes_until_released(tmp_path, reactor, disk_pool):
 HOLDER = r"""
 import sys
 from pathlib import Path
-from mediaproxy.locks import lock_path, try_lock
+from mediaproxy.cache.locks import lock_path, try_lock
 fd = try_lock(lock_path(Path(sys.argv[1]), sys.argv[2]))
 print("locked" if fd is not None else "busy", flush=True)
 sys.stdin.read()  # hold the lock until killed
@@ -262,7 +263,7 @@ def _runtime(reactor, tmp_path, redis_url="", file_layer=True):
     config = config_from_dict({"cache": {"redis": {"url": redis_url}}})
     pm = pluggy.PluginManager("mediaproxy")
     pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.redisconn")
+    pm.register(redisconn, "mediaproxy.cache.redis")
     layers = []
     if file_layer:
         layers.append(FileLayer(store=FileStore(tmp_path), pool=DiskPool(reactor),

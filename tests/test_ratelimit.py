@@ -186,7 +186,7 @@ def test_nodes_learn_what_the_others_spent():
 
 def test_exchange_through_a_real_redis(redis_server, live_reactor):  # noqa: F811
     from mediaproxy.config import RedisCacheConfig
-    from mediaproxy.redisconn import RedisClient
+    from mediaproxy.cache.redis import RedisClient
 
     def connect():
         c = RedisClient.from_config(RedisCacheConfig(url=redis_server.url), live_reactor)

@@ -15,12 +15,13 @@ from mediaproxy import hookspecs
 from mediaproxy.builtin import rediscache
 from mediaproxy.builtin.memorycache import MemoryLayer
 from mediaproxy.builtin.rediscache import RedisLayer
-from mediaproxy import redisconn
-from mediaproxy.cache import LayeredCache, source_prefix
+from mediaproxy.cache import redis as redisconn
+from mediaproxy.cache.layered import LayeredCache
+from mediaproxy.cache.keys import source_prefix
 from mediaproxy.config import ConfigError, RedisCacheConfig, config_from_dict
-from mediaproxy.locks import RedisLock
+from mediaproxy.cache.locks import RedisLock
 from mediaproxy.models import CacheEntry
-from mediaproxy.redisconn import RedisAddress, RedisClient, RedisUnavailable, redis_client
+from mediaproxy.cache.redis import RedisAddress, RedisClient, RedisUnavailable, redis_client
 from mediaproxy.runtime import Runtime
 from mediaproxy.testing import call_in_reactor, reactor_thread
 
@@ -371,7 +372,7 @@ def test_the_plugins_register_one_client_a_layer_a_service_and_a_health_check(
                                                    "timeout": TIMEOUT}}})
     pm = pluggy.PluginManager("mediaproxy")
     pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.redisconn")
+    pm.register(redisconn, "mediaproxy.cache.redis")
     pm.register(rediscache, "mediaproxy.builtin.rediscache")
     runtime = Runtime(config=config, reactor=reactor, pm=pm)
     pm.hook.mediaproxy_configure(runtime=runtime)
@@ -401,7 +402,7 @@ def test_the_plugins_register_one_client_a_layer_a_service_and_a_health_check(
 def test_without_redis_settings_there_is_no_client(reactor):
     pm = pluggy.PluginManager("mediaproxy")
     pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.redisconn")
+    pm.register(redisconn, "mediaproxy.cache.redis")
     pm.register(rediscache, "mediaproxy.builtin.rediscache")
     runtime = Runtime(config=config_from_dict({}), reactor=reactor, pm=pm)
     pm.hook.mediaproxy_configure(runtime=runtime)

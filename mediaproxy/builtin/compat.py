@@ -25,7 +25,7 @@ from __future__ import annotations
 
 
 from .. import hookimpl
-from ..cache import normalise_path
+from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
 from .params import FITS, POSITIONS, parse_colour, parse_int
 from .routing import TENANT, decode_path

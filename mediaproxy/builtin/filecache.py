@@ -15,7 +15,7 @@ part is escaped to ``[A-Za-z0-9_-]`` and ``%XX``)::
   renamed into place and the directory fsynced. A reader opens only final names, so a crash or
   ``kill -9`` at any moment leaves either the old entry, the new one or none, never a partial
   one; leftovers (temporary files, bodies without a header) are removed by the cleanup.
-* **Checked reads.** The header is an :mod:`~mediaproxy.entrycodec` detached record with the
+* **Checked reads.** The header is an :mod:`~mediaproxy.cache.entrycodec` detached record with the
   body's length and BLAKE2b-256; a header or body that does not check is deleted and the read
   is a miss.
 * **De-duplication.** Bodies are content-addressed: identical outputs (the same image under two
@@ -72,9 +72,10 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from .. import hookimpl
-from ..cache import find_layer, stale_grace
-from ..entrycodec import CorruptEntry, body_digest, decode_header, encode_header
-from ..locks import try_lock, unlock
+from ..cache.layered import find_layer
+from ..cache.keys import stale_grace
+from ..cache.entrycodec import CorruptEntry, body_digest, decode_header, encode_header
+from ..cache.locks import try_lock, unlock
 from ..models import CacheEntry
 
 log = Logger(namespace="mediaproxy.cache.file")
@@ -769,7 +770,7 @@ class DiskPool:
 
 @attrs.define(eq=False)
 class FileLayer:
-    """A :class:`~mediaproxy.cache.CacheLayer` on local disk (see the module docs)."""
+    """A :class:`~mediaproxy.cache.layered.CacheLayer` on local disk (see the module docs)."""
 
     store: FileStore
     pool: DiskPool

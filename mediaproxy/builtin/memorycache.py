@@ -12,7 +12,7 @@ from cachetools import TLRUCache
 from twisted.internet.defer import succeed
 
 from .. import hookimpl
-from ..cache import stale_grace
+from ..cache.keys import stale_grace
 from ..models import CacheEntry
 
 

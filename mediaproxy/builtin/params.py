@@ -105,7 +105,7 @@ def builtin_params(config) -> list[Param]:
         Param("q", lambda raw: parse_int(raw, 1, 100, "quality"),
               config.processing.default_quality, key=str, aliases=("quality",),
               help="Encoder quality 1-100."),
-        # The negotiated format enters the key separately (see mediaproxy.cache.cache_key).
+        # The negotiated format enters the key separately (see mediaproxy.cache.keys.cache_key).
         Param("fmt", _choice(FORMATS, "format"), None, key=lambda value: None,
               aliases=("format",), help="jpeg, png, webp, avif, gif, tiff or auto."),
         Param("enlarge", parse_bool, False, key=lambda value: "1" if value else "0",

@@ -22,8 +22,8 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
-from ..cache import cache_key, fresh_ttls
-from ..locks import coalesce, coalescing_lock
+from ..cache.keys import cache_key, fresh_ttls
+from ..cache.locks import coalesce, coalescing_lock
 from ..logs import request_log
 from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec

@@ -429,7 +429,7 @@ class RateLimitService(service.Service):
 def _redis(runtime):
     """The process's Redis client when one is configured and the module is there."""
     try:
-        from ..redisconn import redis_client
+        from ..cache.redis import redis_client
     except ImportError:
         return None
     return redis_client(runtime)

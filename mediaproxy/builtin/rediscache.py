@@ -1,9 +1,9 @@
 """
 The Redis layer: results shared by every node, through the process's one Redis connection
-(:mod:`mediaproxy.redisconn`). On when ``cache.redis.url`` (or ``shards``, or ``sentinels``) is
+(:mod:`mediaproxy.cache.redis`). On when ``cache.redis.url`` (or ``shards``, or ``sentinels``) is
 set.
 
-* Key: ``{cache.redis.key_prefix}r:{cache key}``; value: an :mod:`~mediaproxy.entrycodec`
+* Key: ``{cache.redis.key_prefix}r:{cache key}``; value: an :mod:`~mediaproxy.cache.entrycodec`
   record (binary-safe, checksummed). A record that fails its checks is deleted and counted as
   a miss and a corrupt read.
 * **Every key is written with a TTL** (``SET ... PX``, ``cache.redis.ttl``); nothing here
@@ -12,7 +12,7 @@ set.
   under that key is deleted, so it is never served in place of the new one).
 * ``purge(prefix)`` is ``SCAN MATCH`` + ``DEL`` batch by batch on every shard.
 * While Redis is down every call fails at once (the client's breaker, see
-  :class:`~mediaproxy.redisconn.RedisNode`): :class:`~mediaproxy.cache.LayeredCache` counts
+  :class:`~mediaproxy.cache.redis.RedisNode`): :class:`~mediaproxy.cache.layered.LayeredCache` counts
   and skips the layer, and it is used again as soon as Redis answers.
 
 Records larger than ``offload_bytes`` are encoded and checked in the transform thread pool,
@@ -29,10 +29,12 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from .. import entrycodec, hookimpl
+from ..cache import entrycodec
+from .. import hookimpl
 from ..models import CacheEntry
-from ..cache import find_layer, stale_grace
-from ..redisconn import RedisClient, glob_escape, redis_client
+from ..cache.layered import find_layer
+from ..cache.keys import stale_grace
+from ..cache.redis import RedisClient, glob_escape, redis_client
 
 log = Logger(namespace="mediaproxy.cache.redis")
 
@@ -42,7 +44,7 @@ STATS_INTERVAL = 60.0
 
 @attrs.define(eq=False)
 class RedisLayer:
-    """A :class:`~mediaproxy.cache.CacheLayer` in Redis, shared by every node."""
+    """A :class:`~mediaproxy.cache.layered.CacheLayer` in Redis, shared by every node."""
 
     client: RedisClient
     ttl: float

@@ -14,7 +14,7 @@ import re
 from urllib.parse import unquote
 
 from .. import hookimpl
-from ..cache import normalise_path
+from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
 
 

@@ -21,7 +21,8 @@ from cachetools import TLRUCache
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import hookimpl
-from ..cache import find_layer, source_prefix
+from ..cache.layered import find_layer
+from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
 
 #: Statuses of a failed fetch worth remembering: the source is missing or the backend broken.

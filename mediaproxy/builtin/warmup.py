@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
 from .. import hookimpl
-from ..cache import fresh_ttls
+from ..cache.keys import fresh_ttls
 from ..models import RequestInfo
 
 log = Logger(namespace="mediaproxy.warmup")

@@ -33,7 +33,7 @@ import struct
 import attrs
 from attrs import frozen
 
-from .models import CacheEntry
+from ..models import CacheEntry
 
 MAGIC = b"\x89MPE"
 VERSION = 1

@@ -295,7 +295,7 @@ class RedisLock:
     """Coalescing across nodes with a Redis key per lock (see the module docs). While Redis
     is unavailable, ``fallback`` (a :class:`FileLock`, if any) coordinates this host."""
 
-    client: Any                      #: a :class:`~mediaproxy.redisconn.RedisClient`
+    client: Any                      #: a :class:`~mediaproxy.cache.redis.RedisClient`
     reactor: Any
     ttl: float = DEFAULT_TTL
     key_prefix: str = "mediaproxy:"
@@ -348,9 +348,9 @@ def coalescing_lock(runtime, ttl: float | None = None) -> CoalescingLock | None:
     """The lock for this runtime: a :class:`RedisLock` (falling back to lock files) with
     Redis, a :class:`FileLock` with a file layer only, else None (in-process coalescing is
     all there is). Call it after the cache layers exist (``runtime.cache``)."""
-    from .builtin.filecache import FileLayer
-    from .cache import find_layer
-    from .redisconn import redis_client
+    from ..builtin.filecache import FileLayer
+    from .layered import find_layer
+    from .redis import redis_client
 
     file_layer = find_layer(runtime, FileLayer)
     file_lock = None

@@ -49,9 +49,9 @@ from twisted.internet.defer import (
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
-from . import hookimpl
-from .config import ConfigError
-from .models import HealthStatus
+from .. import hookimpl
+from ..config import ConfigError
+from ..models import HealthStatus
 
 log = Logger(namespace="mediaproxy.redis")
 

@@ -20,8 +20,8 @@ from twisted.internet import task
 from twisted.internet.defer import DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from .builtin.routing import TENANT, tenant_of
-from .cache import normalise_path, source_prefix
+from ..builtin.routing import TENANT, tenant_of
+from .keys import normalise_path, source_prefix
 
 log = Logger(namespace="mediaproxy.purge")
 
@@ -55,7 +55,7 @@ class PurgeScope:
 
     @property
     def key_prefix(self) -> str:
-        """The cache-key prefix this scope covers (see :func:`mediaproxy.cache.cache_key`)."""
+        """The cache-key prefix this scope covers (see :func:`mediaproxy.cache.keys.cache_key`)."""
         if self.kind == "source":
             return source_prefix(tenant_of(self.value), self.value)
         if self.kind == "tenant":

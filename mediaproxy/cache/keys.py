@@ -1,0 +1,68 @@
+"""
+The cache key, defined once, and the freshness settings every layer reads.
+
+The key is the normalised source path, each registered parameter's contribution
+(:attr:`mediaproxy.models.Param.key`, in name order; parameters contributing ``None`` are left
+out) and the negotiated output format. Two URLs that mean the same transform therefore share
+one entry, whichever route or parameter spelling they used.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import posixpath
+from typing import Mapping
+
+from ..models import ImageRequest, Param
+
+KEY_VERSION = "1"
+def normalise_path(path: str) -> str:
+    """Collapse duplicate slashes and ``.`` segments (``..`` is refused earlier, by routes)."""
+    norm = posixpath.normpath("/" + path.lstrip("/"))
+    if path.endswith("/") and not norm.endswith("/"):
+        norm += "/"
+    return norm.replace("//", "/")
+
+
+def key_parts(request: ImageRequest, params: Mapping[str, Param], fmt: str | None) -> list[str]:
+    """The readable parts the key is hashed from (useful in logs and tests)."""
+    parts = [f"v{KEY_VERSION}", normalise_path(request.source_path)]
+    for name in sorted(params):
+        param = params[name]
+        value = request.params.get(name, param.default)
+        contribution = param.key(value)
+        if contribution is not None:
+            parts.append(f"{name}={contribution}")
+    parts.append(f"format={fmt or 'source'}")
+    return parts
+
+
+def source_prefix(tenant: str, source_path: str) -> str:
+    """The key prefix shared by every variant of one source: ``{tenant}:{source hash}:``."""
+    digest = hashlib.sha256(normalise_path(source_path).encode()).hexdigest()[:20]
+    return f"{tenant}:{digest}:"
+
+
+def cache_key(request: ImageRequest, params: Mapping[str, Param], fmt: str | None) -> str:
+    """``{tenant}:{source hash}:{variant hash}``: stable across processes, nodes and restarts.
+
+    The variant hash is a SHA-256 of :func:`key_parts`. The tenant and source prefix let a
+    layer purge one source (all its variants) or one tenant by prefix.
+    """
+    variant = hashlib.sha256("\n".join(key_parts(request, params, fmt)).encode()).hexdigest()
+    return source_prefix(request.tenant, request.source_path) + variant
+
+
+def stale_grace(cache_config) -> float:
+    """How long past its TTL a layer keeps an entry, so the pipeline can still serve it stale
+    (``stale_while_revalidate``, ``stale_if_error``)."""
+    return max(cache_config.stale_while_revalidate, cache_config.stale_if_error)
+
+
+@functools.lru_cache(maxsize=8)
+def fresh_ttls(cache_config) -> dict[str, float]:
+    """The fresh lifetime of an entry by the built-in layer that answered (do not modify the
+    dict returned: it is shared)."""
+    return {"memory": cache_config.memory.ttl, "redis": cache_config.redis.ttl,
+            "file": cache_config.file.ttl}
