@@ -28,7 +28,8 @@ from .. import hookimpl
 from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
 from .params import FITS, POSITIONS, parse_colour, parse_int
-from .routing import TENANT, decode_path
+from ..cache.keys import TENANT
+from .routing import decode_path
 
 COMPAT_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif",
                   "tiff": "tiff", "avif": "avif", "svg": "png"}

@@ -14,7 +14,7 @@ import re
 from urllib.parse import unquote
 
 from .. import hookimpl
-from ..cache.keys import normalise_path
+from ..cache.keys import normalise_path, tenant_of
 from ..models import ImageRequest, Rejection
 
 
@@ -49,18 +49,6 @@ def unsafe_path_reason(path: str) -> str | None:
     if "://" in path or path.startswith("//"):
         return "the path must not name a scheme or host"
     return None
-
-
-TENANT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def tenant_of(path: str) -> str:
-    """``/media/{tenant}/uploads/...`` names a tenant (``[a-z_][a-z0-9_]{0,62}``); anything
-    else belongs to ``public``."""
-    parts = path.split("/")
-    if len(parts) > 3 and parts[1] == "media" and parts[3] == "uploads" and TENANT.match(parts[2]):
-        return parts[2]
-    return "public"
 
 
 def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, bool]:

@@ -12,9 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import posixpath
+import re
 from typing import Mapping
 
 from ..models import ImageRequest, Param
+
+#: A tenant name, as the first segment of ``/media/{tenant}/uploads/...``.
+TENANT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 KEY_VERSION = "1"
 def normalise_path(path: str) -> str:
@@ -66,3 +70,12 @@ def fresh_ttls(cache_config) -> dict[str, float]:
     dict returned: it is shared)."""
     return {"memory": cache_config.memory.ttl, "redis": cache_config.redis.ttl,
             "file": cache_config.file.ttl}
+
+
+def tenant_of(path: str) -> str:
+    """``/media/{tenant}/uploads/...`` names a tenant (``[a-z_][a-z0-9_]{0,62}``); anything
+    else belongs to ``public``."""
+    parts = path.split("/")
+    if len(parts) > 3 and parts[1] == "media" and parts[3] == "uploads" and TENANT.match(parts[2]):
+        return parts[2]
+    return "public"

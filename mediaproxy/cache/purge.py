@@ -20,8 +20,7 @@ from twisted.internet import task
 from twisted.internet.defer import DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from ..builtin.routing import TENANT, tenant_of
-from .keys import normalise_path, source_prefix
+from .keys import TENANT, normalise_path, source_prefix, tenant_of
 
 log = Logger(namespace="mediaproxy.purge")
 
