@@ -93,30 +93,30 @@ def sign(url: str, config, expires_in: float | None = None, now: float | None = 
     import time
     from urllib.parse import parse_qsl, urlsplit
 
-    from .builtin.signing import sign_url
-    from .manager import get_plugin_manager
+    from twisted.internet import reactor
+
     from .models import ImageRequest, RequestInfo
-    from .runtime import Runtime
-    from .tap import collect_params
+    from .tap import build_runtime
 
     if not config.signing.keys:
         raise ValueError("no signing key: set signing.keys (MEDIAPROXY_SIGNING__KEYS)")
-    pm = get_plugin_manager(config)
-    runtime = Runtime(config=config, reactor=None, pm=pm)
-    runtime.set_params(collect_params(pm, config))
+    runtime = build_runtime(config, reactor)   # built, not started: nothing listens or connects
     parts = urlsplit(url)
     info = RequestInfo(method="GET", path=parts.path or "/",
                        query=parse_qsl(parts.query, keep_blank_values=True))
-    match = pm.hook.mediaproxy_match_request(request=info, runtime=runtime)
+    match = runtime.pm.hook.mediaproxy_match_request(request=info, runtime=runtime)
     if not isinstance(match, ImageRequest):
         why = match.message if match is not None else "it is not an image transform URL " \
             "(it would pass through to the backend unsigned)"
         raise ValueError(f"cannot sign {url}: {why}")
-    known = runtime.param_names
     expires = None
     if expires_in:
         expires = int((time.time() if now is None else now) + expires_in)
-    return sign_url(url, match.route, known, config.signing.keys[0], expires)
+    signed = runtime.pm.hook.mediaproxy_sign_url(url=url, image_request=match, expires=expires,
+                                                 runtime=runtime)
+    if signed is None:
+        raise ValueError("no plugin signs URLs (is the signing plugin disabled?)")
+    return signed
 
 
 def cmd_sign(args) -> int:
@@ -215,8 +215,7 @@ def _purge_direct(config, scope) -> int:
     from twisted.internet import defer
 
     from .logs import begin_logging
-    from .cache.purge import PurgeFeed, purge_local
-    from .cache.redis import redis_client
+    from .cache.purge import purge_local
     from .tap import compose
 
     begin_logging("warn", config.monitoring.log_format, sys.stderr)
@@ -228,13 +227,13 @@ def _purge_direct(config, scope) -> int:
         for svc in services:
             svc.startService()
         try:
-            client = redis_client(runtime)
+            client = runtime.redis
             if client is not None:
                 if not (yield client.when_up(10)):
                     print("purge: Redis is not reachable", file=sys.stderr)
                     result["code"] = 1
                     return
-                yield PurgeFeed(runtime, client).announce(scope)
+                yield runtime.purge_feed.announce(scope)
             counts = yield purge_local(runtime, scope,
                                        layers=[l.name for l in runtime.cache.layers
                                                if l.name != "memory"])

@@ -98,8 +98,48 @@ def mediaproxy_check_request(image_request, request, runtime):
     let the request go on.
 
     Every plugin is asked in turn (validation, signatures, rate limits ...) until one refuses.
-    *firstresult*, synchronous, reactor thread: state it needs (rate-limit buckets) is held in
-    memory and synchronised in the background, never looked up per request.
+    The core asks it for every image request **before** ``mediaproxy_handle_image``, so a
+    plugin that takes over the image protocol cannot skip it. *firstresult*, synchronous,
+    reactor thread: state it needs (rate-limit buckets) is held in memory and synchronised in
+    the background, never looked up per request.
+    """
+
+
+@hookspec(firstresult=True)
+def mediaproxy_check_passthrough(request, runtime):
+    """Asked before a request that is not an image request is forwarded to the backend.
+
+    Return a :class:`~mediaproxy.models.Rejection` to answer it instead (the built-in rate
+    limiter does when ``ratelimit.passthrough_rate`` is set: 429), or ``None`` to forward it.
+    ``request`` is the :class:`~mediaproxy.models.RequestInfo`. *firstresult*, synchronous,
+    reactor thread; it must be cheap, it runs for every pass-through request.
+    """
+
+
+@hookspec(firstresult=True)
+def mediaproxy_admit_transform(image_request, request, runtime):
+    """May this request start a transform? Asked by the pipeline on a cache miss, right
+    before it fetches and renders, and only by the request that would lead the work (a
+    request that joins a transform already under way, or is answered from a cache, is never
+    asked, so it never pays for one).
+
+    Return a :class:`~mediaproxy.models.Rejection` to refuse (the built-in rate limiter's
+    expensive token: 429 with ``Retry-After``), or ``None`` to admit. A third-party limiter
+    (a quota per API key, a cost budget) implements this hook. *firstresult*, synchronous,
+    reactor thread.
+    """
+
+
+@hookspec(firstresult=True)
+def mediaproxy_sign_url(url, image_request, expires, runtime):
+    """Return ``url`` signed the way this proxy will check it, or ``None`` when this plugin
+    does not sign.
+
+    ``url`` is a path with query (or an absolute URL), ``image_request`` the
+    :class:`~mediaproxy.models.ImageRequest` the routes matched it to, ``expires`` a Unix time
+    or ``None``. The built-in signing plugin answers with the first of ``signing.keys``
+    (``mediaproxy sign`` calls this hook); raise ``ValueError`` with a message for the user
+    when it cannot be signed. *firstresult*, synchronous.
     """
 
 

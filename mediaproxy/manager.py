@@ -16,6 +16,14 @@ from . import hookspecs
 
 log = Logger(namespace="mediaproxy.plugins")
 
+#: Names that ``plugins.disabled`` accepted once and that are no plugin any more, with why.
+RETIRED_PLUGINS = {
+    "mediaproxy.redisconn": "the Redis client is part of the core; leave cache.redis unset "
+                            "to run without Redis",
+    "mediaproxy.builtin.warmup": "the warm-up is part of the pipeline; warmup.interval = 0 "
+                                 "(the default) turns it off",
+}
+
 #: The built-in features, each a plugin module registered under its dotted name.
 DEFAULT_PLUGINS = (
     "mediaproxy.builtin.params",
@@ -25,7 +33,6 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.source",
     "mediaproxy.builtin.sourcecache",
     "mediaproxy.builtin.memorycache",
-    "mediaproxy.cache.redis",
     "mediaproxy.builtin.rediscache",
     "mediaproxy.builtin.filecache",
     "mediaproxy.builtin.pipeline",
@@ -33,7 +40,6 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.metrics",
     "mediaproxy.builtin.health",
     "mediaproxy.builtin.admin",
-    "mediaproxy.builtin.warmup",
     "mediaproxy.builtin.signing",
     "mediaproxy.builtin.ratelimit",
 )
@@ -62,7 +68,11 @@ def get_plugin_manager(config, load_entrypoints: bool | None = None,
         pm.register(plugin)
     installed = {ep.name for ep in importlib.metadata.entry_points(group="mediaproxy")}
     for name in sorted(disabled - set(DEFAULT_PLUGINS) - installed):
-        log.warn("plugins.disabled names {plugin!r}, which is not installed", plugin=name)
+        if name in RETIRED_PLUGINS:
+            log.warn("plugins.disabled names {plugin!r}, which is no plugin any more: {why}",
+                     plugin=name, why=RETIRED_PLUGINS[name])
+        else:
+            log.warn("plugins.disabled names {plugin!r}, which is not installed", plugin=name)
     pm.check_pending()
     if config.monitoring.trace_hooks or os.environ.get("MEDIAPROXY_TRACE_HOOKS") == "1":
         _trace(pm)

@@ -1,6 +1,6 @@
 """
-The root resource: image requests go through the image protocol hook, everything else is
-streamed to the backend. Also writes image responses: conditional requests (304), HEAD, the
+The root resource: image requests go through the check chain, then the image protocol hook;
+everything else is asked of ``mediaproxy_check_passthrough``, then streamed to the backend. Also writes image responses: conditional requests (304), HEAD, the
 headers every image response carries, and the JSON body of a refusal.
 """
 
@@ -35,6 +35,10 @@ def not_modified_since(if_modified_since: str, last_modified: str | None) -> boo
         return False
 
 
+def _raw(headers) -> list[tuple[bytes, bytes]]:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
 class ProxyResource(Resource):
     isLeaf = True
 
@@ -53,23 +57,44 @@ class ProxyResource(Resource):
             match = Rejection(500, "internal_error", "the request could not be handled")
         if match is None:
             rt.emit("passthrough", correlation_id=info.correlation_id, method=info.method)
+            refused = rt.pm.hook.mediaproxy_check_passthrough(request=info, runtime=rt)
+            if refused is not None:
+                log.info("{method} {path} refused: {error}", method=info.method,
+                         path=info.path, error=refused.error)
+                write_error(request, refused.status, refused.error, refused.message,
+                            info.correlation_id, refused.parameter, _raw(refused.headers))
+                return NOT_DONE_YET
             rt.upstream.proxy(request, info, log)
             return NOT_DONE_YET
         if isinstance(match, Rejection):
-            rt.emit("rejection", correlation_id=info.correlation_id, error=match.error,
-                    parameter=match.parameter or "")
-            log.info("refused: {error} ({parameter})", error=match.error,
-                     parameter=match.parameter)
-            self._write_rejection(request, info, match, None, log)
+            self._refuse(request, info, match, None, log)
             return NOT_DONE_YET
         rt.emit("image.request", correlation_id=info.correlation_id, route=match.route)
         log.debug("{method} {path} -> image request ({route})", method=info.method,
                   path=info.path, route=match.route)
+        # The check chain (validation, signatures, rate limits) runs here, in the core, so a
+        # plugin that takes over the image protocol below cannot skip it.
+        try:
+            rejection = rt.pm.hook.mediaproxy_check_request(
+                image_request=match, request=info, runtime=rt)
+        except Exception:
+            log.failure("a check_request hook raised for {path}", path=info.path)
+            rejection = Rejection(500, "internal_error", "the request could not be handled")
+        if rejection is not None:
+            self._refuse(request, info, rejection, match, log)
+            return NOT_DONE_YET
         d = maybeDeferred(rt.pm.hook.mediaproxy_handle_image, image_request=match,
                           request=info, runtime=rt)
         d.addCallback(self._write, request, info, match, log)
         d.addErrback(self._internal_error, request, info, log)
         return NOT_DONE_YET
+
+    def _refuse(self, request, info, rejection, image_request, log):
+        self.runtime.emit("rejection", correlation_id=info.correlation_id,
+                          error=rejection.error, parameter=rejection.parameter or "")
+        log.info("refused: {error} ({parameter})", error=rejection.error,
+                 parameter=rejection.parameter)
+        self._write_rejection(request, info, rejection, image_request, log)
 
     def _internal_error(self, failure, request, info, log):
         log.failure("image request failed for {path}", failure, path=info.path)
@@ -95,8 +120,7 @@ class ProxyResource(Resource):
         headers = list(rejection.headers)
         headers += list(self._extra_headers(image_request, None, info))
         write_error(request, rejection.status, rejection.error, rejection.message,
-                    info.correlation_id, rejection.parameter,
-                    [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers])
+                    info.correlation_id, rejection.parameter, _raw(headers))
 
     def _write_image(self, request, info, image_request, response: ImageResponse, log):
         rt = self.runtime

@@ -19,6 +19,8 @@ from twisted.python import usage, threadpool
 
 from . import __version__
 from .cache.layered import LayeredCache
+from .cache.purge import PurgeFeed
+from .cache.redis import RedisClient, RedisService
 from .config import ConfigError, load_config
 from .http.fetch import SourceFetcher
 from .logs import set_level
@@ -67,6 +69,8 @@ class Options(usage.Options):
 class ThreadPoolService(service.Service):
     """Starts and stops the transform thread pool with the daemon."""
 
+    name = "mediaproxy-transform-pool"
+
     def __init__(self, pool: threadpool.ThreadPool):
         self.pool = pool
 
@@ -80,9 +84,11 @@ class ThreadPoolService(service.Service):
 
 
 class RuntimeService(service.Service):
-    """Runs the configure/unconfigure lifecycle and closes the backend pool on stop."""
+    """Runs the unconfigure hook and closes the backend pool on stop."""
 
-    def __init__(self, runtime):
+    name = "mediaproxy-runtime"
+
+    def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
     def stopService(self):
@@ -92,38 +98,93 @@ class RuntimeService(service.Service):
         return maybeDeferred(rt.upstream.close)
 
 
+class ReloadOnHangup(service.Service):
+    """``SIGHUP`` re-reads the configuration (:func:`reload_config`). The handler is installed
+    when the service starts and the previous one put back when it stops, never as a side
+    effect of building the service tree."""
+
+    name = "mediaproxy-reload"
+
+    def __init__(self, runtime: Runtime, config_path):
+        self.runtime = runtime
+        self.config_path = config_path
+        self._previous = None
+
+    def startService(self):
+        super().startService()
+        if hasattr(signal, "SIGHUP"):
+            reactor = self.runtime.reactor
+            self._previous = signal.signal(
+                signal.SIGHUP,
+                lambda *_: reactor.callFromThread(reload_config, self.runtime, self.config_path))
+
+    def stopService(self):
+        super().stopService()
+        if hasattr(signal, "SIGHUP") and self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+
+
 def pool_size(config) -> int:
     return config.processing.threads or os.cpu_count() or 2
 
 
-def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
-    """Build the runtime, the site and the services for ``config`` on ``reactor``.
+def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> Runtime:
+    """The runtime for ``config`` on ``reactor``, complete, with every plugin configured.
 
-    Returns ``(runtime, site, services)``; the caller listens with ``site`` and starts the
-    services (the thread pool first).
+    In order: the plugin manager (built-ins, entry points, ``extra_plugins``), the transform
+    pool, the two backend clients, the Redis client and purge feed (when Redis is configured),
+    the parameter registry, the layered cache with the layers ``mediaproxy_cache_layers``
+    gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
+    :func:`compose` do that.
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
                             extra_plugins=extra_plugins)
     pool = threadpool.ThreadPool(minthreads=0, maxthreads=pool_size(config),
                                  name="mediaproxy-transform")
     upstream = Upstream(reactor, config.backend, config.server)
+    fetcher = SourceFetcher(reactor, config.backend, config.limits.max_source_bytes,
+                            upstream.agent)
+    fetcher.set_limits(config.limits)
+    redis = RedisClient.from_config(config.cache.redis, reactor)
+    if redis is not None:
+        log.info("Redis ({mode}): {nodes}", mode=redis.mode,
+                 nodes=", ".join(node.label for node in redis.nodes))
+    cache = LayeredCache([])
     runtime = Runtime(config=config, reactor=reactor, pm=pm, threadpool=pool,
-                      upstream=upstream)
-    runtime.fetcher = SourceFetcher(reactor, config.backend, config.limits.max_source_bytes,
-                                    upstream.agent)
-    runtime.set_params(collect_params(pm, config))
+                      upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
+                      params=collect_params(pm, config))
+    cache.emit = runtime.emit
+    if redis is not None:
+        runtime.purge_feed = PurgeFeed(runtime, redis)
+    cache.layers = list(chain.from_iterable(
+        pm.hook.mediaproxy_cache_layers(runtime=runtime)))
     pm.hook.mediaproxy_configure(runtime=runtime)
-    layers = list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime)))
-    runtime.cache = LayeredCache(layers, emit=runtime.emit)
+    return runtime
+
+
+def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
+    """Build the runtime, the site and the services for ``config`` on ``reactor``.
+
+    Returns ``(runtime, site, services)``; the caller listens with ``site`` and starts the
+    services in order (the thread pool and Redis first, the plugins' services last).
+    """
+    runtime = build_runtime(config, reactor, extra_plugins=extra_plugins,
+                            load_entrypoints=load_entrypoints)
     site = StreamingSite(ProxyResource(runtime))
     site.noisy = False
     site.timeOut = config.server.client_timeout
     if not config.monitoring.access_log:
         site.log = lambda request: None
     set_level(config.monitoring.log_level)
-    services = [ThreadPoolService(pool), RuntimeService(runtime)]
+    services = [ThreadPoolService(runtime.threadpool)]
+    if runtime.redis is not None:
+        services.append(RedisService(runtime.redis))
+    services.append(RuntimeService(runtime))
+    if runtime.purge_feed is not None:
+        services.append(runtime.purge_feed)
     services += list(chain.from_iterable(
-        svcs or () for svcs in pm.hook.mediaproxy_services(runtime=runtime)))
+        svcs or () for svcs in runtime.pm.hook.mediaproxy_services(runtime=runtime)))
     return runtime, site, services
 
 
@@ -149,6 +210,7 @@ def reload_config(runtime, path):
         return
     old, runtime.config = runtime.config, new
     runtime.set_params(collect_params(runtime.pm, new))
+    runtime.fetcher.set_limits(new.limits)
     runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)
     log.info("configuration reloaded")
 
@@ -174,10 +236,8 @@ def build_service(config, reactor, config_path=None, extra_services=(),
             strports.service(endpoint, site).setServiceParent(top)
     if workers > 1 and not shared_ports:
         WorkerSupervisor(reactor, workers, config_path, config.server.listen).setServiceParent(top)
-    if hasattr(signal, "SIGHUP") and not shared_ports:
-        reactor.callWhenRunning(
-            signal.signal, signal.SIGHUP,
-            lambda *_: reactor.callFromThread(reload_config, runtime, config_path))
+    if not shared_ports:
+        ReloadOnHangup(runtime, config_path).setServiceParent(top)
     log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "
              "{backend}", version=__version__, listen=", ".join(config.server.listen),
              workers=workers if not shared_ports else "1 of several",

@@ -106,14 +106,14 @@ def test_a_purge_reaches_the_memory_of_every_node(live_reactor, redis_server):
         "admin": {"token": TOKEN, "listen": "tcp:0:interface=127.0.0.1"}}) for _ in range(2)]
     try:
         for node in nodes:
-            wait_for(lambda node=node: node.runtime.pm.get_plugin("mediaproxy.redis").healthy,
+            wait_for(lambda node=node: node.runtime.redis.healthy,
                      10, what="redis up")
             node.get("/media/uploads/a.jpg?w=70")
             assert node.get("/media/uploads/a.jpg?w=70")[1]["x-cache"] == "HIT-MEMORY"
         status, body = call(nodes[0], "POST", "/admin/cache/purge",
                             {"source": "/media/uploads/a.jpg"}, AUTH)
         assert status == 200 and body["purged"]["redis"] == 1
-        feed = nodes[1].runtime.pm.get_plugin("mediaproxy.purge.feed")
+        feed = nodes[1].runtime.purge_feed
         wait_for(lambda: feed.applied == 1, 10, what="the other node applies the purge")
         assert nodes[1].get("/media/uploads/a.jpg?w=70")[1]["x-cache"] == "MISS"
     finally:

@@ -70,9 +70,9 @@ def test_back_fill_order_memory_then_redis(redis_server, origin, tmp_path):
     second = start_proxy(backend_port=origin.port, overrides={
         "cache": {"redis": {"url": redis_server.url}}})
     try:
-        wait_for(lambda: first.runtime.pm.get_plugin("mediaproxy.redis").healthy, 10,
+        wait_for(lambda: first.runtime.redis.healthy, 10,
                  what="redis up")
-        wait_for(lambda: second.runtime.pm.get_plugin("mediaproxy.redis").healthy, 10,
+        wait_for(lambda: second.runtime.redis.healthy, 10,
                  what="redis up")
         assert first.get("/media/uploads/p.jpg?w=200")[1]["x-cache"] == "MISS"
         # the leader answered first and stores right after; then every key has a TTL
@@ -93,7 +93,7 @@ def test_back_fill_order_memory_then_redis(redis_server, origin, tmp_path):
 def test_redis_killed_and_restarted_mid_test(redis_server, origin):
     proxy = start_proxy(backend_port=origin.port, overrides={
         "cache": {"redis": {"url": redis_server.url}, "memory": {"enabled": False}}})
-    client = proxy.runtime.pm.get_plugin("mediaproxy.redis")
+    client = proxy.runtime.redis
     try:
         wait_for(lambda: client.healthy, 10, what="redis up")
         assert proxy.get("/media/uploads/p.jpg?w=100")[1]["x-cache"] == "MISS"
@@ -281,6 +281,17 @@ def test_a_changed_source_is_rendered_again_on_revalidation(origin):
         proxy.stop()
 
 
+def warm_up_job(proxy):
+    """The warm-up job among the proxy's services (a TimerService calling WarmUp.run)."""
+    from mediaproxy.builtin.warmup import WarmUp
+
+    for svc in proxy.services:
+        job = getattr(getattr(svc, "call", (None,))[0], "__self__", None)
+        if isinstance(job, WarmUp):
+            return job
+    raise AssertionError("no warm-up service")
+
+
 def test_periodic_warm_up_re_renders_the_most_requested_missing_variants(origin):
     proxy = start_proxy(backend_port=origin.port, overrides={
         "warmup": {"interval": 3600, "top": 2}})
@@ -293,7 +304,7 @@ def test_periodic_warm_up_re_renders_the_most_requested_missing_variants(origin)
         from mediaproxy.testing import call_in_reactor
         rt = proxy.runtime
         call_in_reactor(lambda: rt.cache.purge(""))      # e.g. a restart lost the memory layer
-        warm = rt.pm.get_plugin("mediaproxy.builtin.warmup.job")
+        warm = warm_up_job(proxy)
         call_in_reactor(warm.run, timeout=30)
         assert warm.rendered == 2
         assert proxy.get("/media/uploads/p.jpg?w=111")[1]["x-cache"] == "HIT-MEMORY"

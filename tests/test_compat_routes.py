@@ -7,15 +7,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from mediaproxy.builtin import compat, routing
-from mediaproxy.builtin.params import builtin_params
 from mediaproxy.cache.keys import cache_key
-from mediaproxy.config import Config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
-from mediaproxy.runtime import Runtime
+from mediaproxy.testing import make_runtime
 
-CONFIG = Config()
-RUNTIME = Runtime(config=CONFIG, reactor=None)
-RUNTIME.set_params({p.name: p for p in builtin_params(CONFIG)})
+RUNTIME = make_runtime()
 P = "/media_stream-image"
 TAIL = "300/200/cover/centre/transparent/0/80.webp"
 

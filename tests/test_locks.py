@@ -9,22 +9,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
-import pluggy
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from mediaproxy import hookspecs
-from mediaproxy.cache import redis as redisconn
-from mediaproxy.builtin.filecache import DiskPool, FileLayer, FileStore
-from mediaproxy.cache.layered import LayeredCache
-from mediaproxy.config import RedisCacheConfig, config_from_dict
+from mediaproxy.builtin.filecache import DiskPool
+from mediaproxy.config import RedisCacheConfig
 from mediaproxy.cache.locks import (
     FileLock, Lease, RedisLock, coalesce, coalescing_lock, lock_path, poll,
 )
 from mediaproxy.cache.redis import RedisClient
-from mediaproxy.testing import call_in_reactor, reactor_thread
+from mediaproxy.testing import make_runtime, call_in_reactor, reactor_thread
 
 from .redis_server import wait_for
 
@@ -260,18 +255,10 @@ def test_polling_can_be_cancelled(reactor):
 # -- choosing a lock ------------------------------------------------------------------------------
 
 def _runtime(reactor, tmp_path, redis_url="", file_layer=True):
-    config = config_from_dict({"cache": {"redis": {"url": redis_url}}})
-    pm = pluggy.PluginManager("mediaproxy")
-    pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.cache.redis")
-    layers = []
+    cache = {"redis": {"url": redis_url}}
     if file_layer:
-        layers.append(FileLayer(store=FileStore(tmp_path), pool=DiskPool(reactor),
-                                max_bytes=10**6, reactor=reactor))
-    runtime = SimpleNamespace(config=config, reactor=reactor, pm=pm,
-                              cache=LayeredCache(layers))
-    pm.hook.mediaproxy_configure(runtime=runtime)
-    return runtime
+        cache["file"] = {"dir": str(tmp_path)}
+    return make_runtime({"cache": cache}, reactor=reactor)
 
 
 def test_the_lock_is_chosen_from_what_is_configured(tmp_path, reactor):

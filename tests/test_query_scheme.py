@@ -6,16 +6,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 from mediaproxy.builtin import routing
-from mediaproxy.builtin.params import builtin_params, parse_colour
+from mediaproxy.builtin.params import parse_colour
 from mediaproxy.negotiation import negotiate_format
 from mediaproxy.cache.keys import cache_key, key_parts
-from mediaproxy.config import Config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
-from mediaproxy.runtime import Runtime
+from mediaproxy.testing import make_runtime
 
-CONFIG = Config()
-RUNTIME = Runtime(config=CONFIG, reactor=None)
-RUNTIME.set_params({p.name: p for p in builtin_params(CONFIG)})
+RUNTIME = make_runtime()
 
 
 def match(path, query=(), method="GET"):

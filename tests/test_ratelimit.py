@@ -138,17 +138,14 @@ def test_the_bucket_table_is_bounded():
     assert len(b.state) <= 100
 
 
-def test_the_passthrough_token_is_off_by_default_and_hooks_into_the_upstream():
-    upstream = types.SimpleNamespace(admission=None)
+def test_the_passthrough_token_is_off_by_default_and_answers_the_passthrough_check():
     rl = limiter()
-    rl.runtime.upstream = upstream
-    rl.refresh()
-    assert upstream.admission is None
+    assert rl.mediaproxy_check_passthrough(request=client(), runtime=rl.runtime) is None
     rl.runtime.config = load_config(environ={}, overrides={"ratelimit": {
         "passthrough_rate": 1.0, "passthrough_burst": 1}})
     rl.refresh()
-    assert upstream.admission(client()) is None
-    assert upstream.admission(client()).status == 429
+    assert rl.mediaproxy_check_passthrough(request=client(), runtime=rl.runtime) is None
+    assert rl.mediaproxy_check_passthrough(request=client(), runtime=rl.runtime).status == 429
 
 
 # -- across nodes, through a real redis-server ------------------------------------------------

@@ -7,23 +7,19 @@ import socket
 import threading
 from itertools import chain
 
-import pluggy
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mediaproxy import hookspecs
-from mediaproxy.builtin import rediscache
+from mediaproxy.builtin.health import RedisHealth
 from mediaproxy.builtin.memorycache import MemoryLayer
 from mediaproxy.builtin.rediscache import RedisLayer
-from mediaproxy.cache import redis as redisconn
 from mediaproxy.cache.layered import LayeredCache
 from mediaproxy.cache.keys import source_prefix
 from mediaproxy.config import ConfigError, RedisCacheConfig, config_from_dict
 from mediaproxy.cache.locks import RedisLock
 from mediaproxy.models import CacheEntry
-from mediaproxy.cache.redis import RedisAddress, RedisClient, RedisUnavailable, redis_client
-from mediaproxy.runtime import Runtime
-from mediaproxy.testing import call_in_reactor, reactor_thread
+from mediaproxy.cache.redis import RedisAddress, RedisClient, RedisUnavailable
+from mediaproxy.testing import call_in_reactor, make_runtime, reactor_thread
 
 from .redis_server import RedisServer, free_port, start_sentinel, wait_for
 
@@ -281,7 +277,7 @@ def test_a_pool_txredisapi_gave_up_on_is_replaced(tmp_path, reactor):
 
 def test_the_health_indicator_pings(redis_server, clients):
     client = clients(url=redis_server.url)
-    health = redisconn.RedisHealth(client)
+    health = RedisHealth(client)
     status = call_in_reactor(health.check)
     assert (status.name, status.ok) == ("redis", True)
     redis_server.kill()
@@ -366,45 +362,40 @@ def test_addresses_are_parsed_from_urls():
 
 # -- wiring ---------------------------------------------------------------------------------------
 
-def test_the_plugins_register_one_client_a_layer_a_service_and_a_health_check(
+def test_the_runtime_has_one_client_shared_by_the_layer_a_service_and_a_health_check(
         redis_server, reactor):
+    from mediaproxy.tap import compose
+
     config = config_from_dict({"cache": {"redis": {"url": redis_server.url,
-                                                   "timeout": TIMEOUT}}})
-    pm = pluggy.PluginManager("mediaproxy")
-    pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.cache.redis")
-    pm.register(rediscache, "mediaproxy.builtin.rediscache")
-    runtime = Runtime(config=config, reactor=reactor, pm=pm)
-    pm.hook.mediaproxy_configure(runtime=runtime)
-    client = redis_client(runtime)
+                                                   "timeout": TIMEOUT},
+                                         "memory": {"enabled": False}}})
+    runtime, _, services = call_in_reactor(compose, config, reactor, load_entrypoints=False)
+    client = runtime.redis
     assert isinstance(client, RedisClient)
-    layers = list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime)))
-    assert [(layer.name, layer.order) for layer in layers] == [("redis", 20)]
-    assert layers[0].client is client
-    runtime.cache = LayeredCache(layers)
-    services = list(chain.from_iterable(pm.hook.mediaproxy_services(runtime=runtime)))
-    indicators = list(chain.from_iterable(
-        pm.hook.mediaproxy_health_indicators(runtime=runtime)))
+    assert [(layer.name, layer.order) for layer in runtime.cache.layers] == [("redis", 20)]
+    layer = runtime.cache.layers[0]
+    assert layer.client is client
+    assert runtime.purge_feed is not None and runtime.purge_feed.redis is client
+    indicators = {i.name: i for i in chain.from_iterable(
+        runtime.pm.hook.mediaproxy_health_indicators(runtime=runtime))}
     for svc in services:
         call_in_reactor(svc.startService)
     try:
         assert call_in_reactor(client.when_up, 5.0)
         call_in_reactor(runtime.cache.set, "t:s:v", entry(b"wired"))
         assert call_in_reactor(runtime.cache.get, "t:s:v") == (entry(b"wired"), "redis")
-        assert [call_in_reactor(i.check).ok for i in indicators] == [True]
-        call_in_reactor(layers[0].refresh)
-        assert layers[0].stats()["items"] == 1
+        assert call_in_reactor(indicators["redis"].check).ok
+        call_in_reactor(layer.refresh)
+        assert layer.stats()["items"] == 1
     finally:
         for svc in reversed(services):
             call_in_reactor(svc.stopService)
 
 
 def test_without_redis_settings_there_is_no_client(reactor):
-    pm = pluggy.PluginManager("mediaproxy")
-    pm.add_hookspecs(hookspecs)
-    pm.register(redisconn, "mediaproxy.cache.redis")
-    pm.register(rediscache, "mediaproxy.builtin.rediscache")
-    runtime = Runtime(config=config_from_dict({}), reactor=reactor, pm=pm)
-    pm.hook.mediaproxy_configure(runtime=runtime)
-    assert redis_client(runtime) is None
-    assert list(chain.from_iterable(pm.hook.mediaproxy_cache_layers(runtime=runtime))) == []
+    runtime = make_runtime(reactor=reactor)
+    assert runtime.redis is None and runtime.purge_feed is None
+    assert [layer.name for layer in runtime.cache.layers] == ["memory"]
+    indicators = chain.from_iterable(runtime.pm.hook.mediaproxy_health_indicators(
+        runtime=runtime))
+    assert "redis" not in {i.name for i in indicators}

@@ -25,8 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from .. import hookimpl
 from ..http.listening import ListeningService
 from ..logs import request_log
-from ..cache.purge import PurgeFeed, PurgeScope, purge, source_caches
-from ..cache.redis import redis_client
+from ..cache.purge import PurgeScope, purge, source_caches
 from ..http.requestinfo import correlation_id
 
 MAX_BODY = 64 * 1024
@@ -142,11 +141,6 @@ class AdminResource(Resource):
 @hookimpl
 def mediaproxy_services(runtime):
     services = []
-    client = redis_client(runtime)   # registered by mediaproxy.cache.redis's configure hook
-    if client is not None:
-        feed = PurgeFeed(runtime, client)
-        runtime.pm.register(feed, "mediaproxy.purge.feed")
-        services.append(feed)
     conf = runtime.config.admin
     if conf.token:
         services.append(ListeningService(runtime.reactor, conf.listen,

@@ -1,14 +1,17 @@
 """
-Built-in health indicators: the transform pool (failing while its queue is full) and the
-process's memory (always ok; reports the RSS so a dashboard can watch it).
+Built-in health indicators: the transform pool (failing while its queue is full), the
+process's memory (always ok; reports the RSS so a dashboard can watch it) and, when Redis is
+configured, every Redis node (a down node answers at once from its breaker).
 """
 
 from __future__ import annotations
 
 import attrs
 import psutil
+from twisted.internet.defer import Deferred
 
 from .. import hookimpl
+from ..cache.redis import RedisClient
 from ..models import HealthStatus
 
 
@@ -32,6 +35,25 @@ class MemoryHealth:
         return HealthStatus(self.name, True, f"rss {rss // (1024 * 1024)} MiB")
 
 
+@attrs.define
+class RedisHealth:
+    """Health indicator: PING every node (a down node answers at once from its breaker)."""
+
+    client: RedisClient
+    name: str = "redis"
+
+    def check(self) -> Deferred:
+        def status(results):
+            down = [f"{label}: {detail}" for label, ok, detail in results if not ok]
+            return HealthStatus(name=self.name, ok=not down,
+                                detail="; ".join(down) or f"{len(results)} node(s) up")
+
+        return self.client.ping().addCallback(status)
+
+
 @hookimpl
 def mediaproxy_health_indicators(runtime):
-    return [TransformPoolHealth(runtime), MemoryHealth()]
+    indicators = [TransformPoolHealth(runtime), MemoryHealth()]
+    if runtime.redis is not None:
+        indicators.append(RedisHealth(runtime.redis))
+    return indicators

@@ -127,23 +127,24 @@ class PrometheusMetrics:
         elif name == "transform.error":
             self._child(self.transform_errors, f.get("error", "")).inc()
 
+    @hookimpl
+    def mediaproxy_services(self, runtime):
+        """The monitoring listener (``/metrics`` from this registry, ``/health``), when
+        ``monitoring.listen`` is set."""
+        listen = runtime.config.monitoring.listen
+        if not listen:
+            return []
+        from twisted.web.server import Site
+
+        from ..http.listening import ListeningService
+        from ..http.monitoring import MonitoringResource
+
+        site = Site(MonitoringResource(runtime, self.registry))
+        return [ListeningService(runtime.reactor, listen, site,
+                                 "monitoring (/metrics, /health)")]
+
 
 @hookimpl
 def mediaproxy_configure(runtime):
     runtime.pm.register(EventCounters(), "mediaproxy.builtin.metrics.counters")
     runtime.pm.register(PrometheusMetrics(runtime), "mediaproxy.builtin.metrics.prometheus")
-
-
-@hookimpl
-def mediaproxy_services(runtime):
-    listen = runtime.config.monitoring.listen
-    if not listen:
-        return []
-    from twisted.web.server import Site
-
-    from ..http.listening import ListeningService
-    from ..http.monitoring import MonitoringResource
-
-    metrics = runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus")
-    site = Site(MonitoringResource(runtime, metrics.registry))
-    return [ListeningService(runtime.reactor, listen, site, "monitoring (/metrics, /health)")]

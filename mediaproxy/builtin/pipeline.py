@@ -1,7 +1,8 @@
 """
-The default image pipeline, the ``trylast`` implementation of ``mediaproxy_handle_image``:
+The default image pipeline, the ``trylast`` implementation of ``mediaproxy_handle_image``
+(the core has run the check chain before it is called):
 
-check chain -> format negotiation -> cache key -> layered cache -> (miss) coalesced fetch ->
+format negotiation -> cache key -> layered cache -> (miss) coalesced fetch ->
 transform in the thread pool -> store -> response.
 
 Concurrent misses for one key share one fetch and one transform (the first request leads, the
@@ -28,6 +29,7 @@ from ..logs import request_log
 from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
 from ..runtime import Overloaded
+from .warmup import warmup_service
 
 #: Seconds a request waits for another process's or node's leader before producing itself.
 DEFAULT_LOCK_WAIT = 30.0
@@ -101,20 +103,13 @@ class ImagePipeline:
         return self.handle(image_request, request)
 
     def handle(self, image_request, request) -> Deferred:
-        """Checks, then the cache; on a miss, one coalesced fetch and transform.
+        """The cache; on a miss, one coalesced fetch and transform (the core has run the check
+        chain already).
 
         Written with plain callbacks rather than inlineCallbacks: a memory hit is the hot path
         and fires synchronously."""
         rt = self.runtime
         log = request_log(request.correlation_id, "mediaproxy.pipeline")
-        rejection = rt.pm.hook.mediaproxy_check_request(
-            image_request=image_request, request=request, runtime=rt)
-        if rejection is not None:
-            rt.emit("rejection", correlation_id=request.correlation_id,
-                    error=rejection.error, parameter=rejection.parameter or "")
-            log.info("refused: {error} ({parameter})", error=rejection.error,
-                     parameter=rejection.parameter)
-            return succeed(rejection)
         fmt, vary = negotiate_format(image_request.params.get("fmt"), request.header("accept"))
         key = cache_key(image_request, rt.params, fmt)
         self._count(key, image_request, fmt)
@@ -140,9 +135,8 @@ class ImagePipeline:
             if key not in self._inflight:
                 # The expensive token: only a request that will start a transform pays it
                 # (one joining a transform under way does not, nor gets another client's 429).
-                limiter = self.limiter()
-                refused = (limiter.take_expensive(image_request, request)
-                           if limiter is not None else None)
+                refused = rt.pm.hook.mediaproxy_admit_transform(
+                    image_request=image_request, request=request, runtime=rt)
                 if refused is not None:
                     rt.emit("rejection", correlation_id=request.correlation_id,
                             error=refused.error, parameter=refused.parameter or "")
@@ -185,10 +179,6 @@ class ImagePipeline:
         d = self._coalesced(key, image_request, request, fmt, log, stale)
         d.addErrback(lambda f: log.failure("background refresh of {key} failed", f, key=key))
         return d
-
-    def limiter(self):
-        """The rate limiter plugin (its expensive bucket), if enabled."""
-        return self.runtime.pm.get_plugin("mediaproxy.builtin.ratelimit.instance")
 
     def lock(self):
         """The cross-process / cross-node lock, made on first use (the layers exist by then)."""
@@ -351,6 +341,12 @@ class ImagePipeline:
         return ImageResponse(status=200, body=entry.body, content_type=entry.content_type,
                              headers=headers, etag=entry.etag, last_modified=entry.last_modified,
                              cache_status=cache_status)
+
+
+    @hookimpl
+    def mediaproxy_services(self, runtime):
+        timer = warmup_service(runtime, self)
+        return [timer] if timer is not None else []
 
 
 @hookimpl

@@ -3,11 +3,11 @@ Rate limiting: token buckets per client IP and per tenant, kept in process memor
 
 * **cheap token** (``ratelimit.ip_rate``, ``tenant_rate``): every image request, taken in the
   check chain (``trylast``: after validation and the signature), so before the cache lookup;
-* **expensive token** (``ip_transform_rate``, ``tenant_transform_rate``): taken by the pipeline
-  right before a transform, through :meth:`RateLimiter.take_expensive`, so cache hits never
-  spend one;
-* **pass-through** (``passthrough_rate``): unlimited by default; when set, the Upstream asks
-  :meth:`RateLimiter.take_passthrough` before forwarding.
+* **expensive token** (``ip_transform_rate``, ``tenant_transform_rate``): taken right before a
+  transform, when the pipeline asks ``mediaproxy_admit_transform``, so cache hits never spend
+  one;
+* **pass-through** (``passthrough_rate``): unlimited by default; when set, taken when the core
+  asks ``mediaproxy_check_passthrough`` before forwarding.
 
 The client is ``RequestInfo.client_ip``: the peer, or the address ``X-Forwarded-For`` names when
 the peer is one of ``server.trusted_proxies``. Health, metrics and admin live on their own
@@ -250,9 +250,6 @@ class RateLimiter:
             table.rate, table.burst, table.max_keys = rate, burst, config.max_keys
             tables[name] = table
         self.tables = tables
-        upstream = getattr(self.runtime, "upstream", None)
-        if upstream is not None and hasattr(upstream, "admission"):
-            upstream.admission = self.take_passthrough if "passthrough" in tables else None
 
     # -- taking tokens ---------------------------------------------------------------------
 
@@ -375,6 +372,16 @@ class RateLimiter:
     def mediaproxy_check_request(self, image_request, request, runtime):
         return self.take_cheap(image_request, request)
 
+    @hookimpl(trylast=True)
+    def mediaproxy_admit_transform(self, image_request, request, runtime):
+        return self.take_expensive(image_request, request)
+
+    @hookimpl(trylast=True)
+    def mediaproxy_check_passthrough(self, request, runtime):
+        if "passthrough" not in self.tables:
+            return None
+        return self.take_passthrough(request)
+
     @hookimpl
     def mediaproxy_config_reloaded(self, runtime, old, new):
         self.refresh()
@@ -403,7 +410,7 @@ class RateLimitService(service.Service):
         self._loop(limiter.sample, config.sample_interval, reactor)
         self._loop(limiter.sweep, 60.0, reactor)
         if config.sync_interval > 0 and limiter.sync_backend is None:
-            client = _redis(self.runtime)
+            client = self.runtime.redis
             if client is not None:
                 ttl = max(60.0, 4 * config.sync_interval)
                 limiter.sync_backend = RedisBucketSync(
@@ -424,15 +431,6 @@ class RateLimitService(service.Service):
             if loop.running:
                 loop.stop()
         self.loops = []
-
-
-def _redis(runtime):
-    """The process's Redis client when one is configured and the module is there."""
-    try:
-        from ..cache.redis import redis_client
-    except ImportError:
-        return None
-    return redis_client(runtime)
 
 
 def rate_limiter(runtime) -> RateLimiter | None:

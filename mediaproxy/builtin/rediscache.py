@@ -34,7 +34,7 @@ from .. import hookimpl
 from ..models import CacheEntry
 from ..cache.layered import find_layer
 from ..cache.keys import stale_grace
-from ..cache.redis import RedisClient, glob_escape, redis_client
+from ..cache.redis import RedisClient, glob_escape
 
 log = Logger(namespace="mediaproxy.cache.redis")
 
@@ -155,7 +155,7 @@ class RedisLayer:
 
 @hookimpl
 def mediaproxy_cache_layers(runtime):
-    client = redis_client(runtime)
+    client = runtime.redis
     if client is None:
         return []
     conf = runtime.config.cache.redis

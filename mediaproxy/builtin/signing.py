@@ -159,6 +159,14 @@ class Signer:
         self.refresh()
 
 
+@hookimpl(trylast=True)
+def mediaproxy_sign_url(url, image_request, expires, runtime):
+    keys = runtime.config.signing.keys
+    if not keys:
+        raise ValueError("no signing key: set signing.keys (MEDIAPROXY_SIGNING__KEYS)")
+    return sign_url(url, image_request.route, runtime.param_names, keys[0], expires)
+
+
 def _refuse(error: str, message: str, parameter: str) -> Rejection:
     return Rejection(403, error, message, parameter=parameter)
 

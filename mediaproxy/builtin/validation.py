@@ -21,9 +21,6 @@ by one, and the source path.
 
 Every refusal is a :class:`~mediaproxy.models.Rejection` naming the parameter (the pipeline
 answers it as a 400 JSON and counts it as a ``rejection`` event).
-
-It also hands the source limits (accepted formats, per-format byte limits) to the fetcher at
-start and on a reload.
 """
 
 from __future__ import annotations
@@ -151,9 +148,6 @@ class Validator:
         self._step = TransformStep(
             "output_budget",
             _budget_step(limits.max_width, limits.max_height, limits.max_output_pixels), order=1)
-        fetcher = getattr(self.runtime, "fetcher", None)
-        if fetcher is not None and hasattr(fetcher, "set_limits"):
-            fetcher.set_limits(limits)
 
     @hookimpl(tryfirst=True)
     def mediaproxy_check_request(self, image_request, request, runtime):

@@ -4,6 +4,9 @@ Periodic warm-up (``warmup.interval`` > 0): every interval, the most requested v
 stale, are rendered again, **one at a time**, and only while no live transform is waiting, so
 the warm-up never competes with traffic. Useful after a restart with a shared layer, or to keep
 popular variants fresh.
+
+The pipeline keeps the access counts and makes the copies, so the warm-up job is one of its
+services (:meth:`ImagePipeline.mediaproxy_services`); this module is the job itself.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from twisted.application.internet import TimerService
 from twisted.internet.defer import inlineCallbacks
 from twisted.logger import Logger
 
-from .. import hookimpl
 from ..cache.keys import fresh_ttls
 from ..models import RequestInfo
 
@@ -22,8 +24,12 @@ log = Logger(namespace="mediaproxy.warmup")
 
 
 class WarmUp:
-    def __init__(self, runtime, top: int):
+    """One warm-up job: ``pipeline`` is the :class:`~.pipeline.ImagePipeline` whose access
+    counts choose the variants and whose ``refresh`` makes them."""
+
+    def __init__(self, runtime, pipeline, top: int):
         self.runtime = runtime
+        self.pipeline = pipeline
         self.top = top
         self.rendered = 0
         self.running = False
@@ -35,7 +41,7 @@ class WarmUp:
             return
         self.running = True
         rt = self.runtime
-        pipeline = rt.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
+        pipeline = self.pipeline
         try:
             for key, image_request, fmt in pipeline.most_requested(self.top):
                 if rt.pending_transforms > 0:
@@ -56,13 +62,11 @@ class WarmUp:
             self.running = False
 
 
-@hookimpl
-def mediaproxy_services(runtime):
+def warmup_service(runtime, pipeline) -> TimerService | None:
+    """The periodic warm-up for ``pipeline``, or None when ``warmup.interval`` is 0."""
     conf = runtime.config.warmup
     if conf.interval <= 0:
-        return []
-    warm = WarmUp(runtime, conf.top)
-    runtime.pm.register(warm, "mediaproxy.builtin.warmup.job")
-    timer = TimerService(conf.interval, warm.run)
+        return None
+    timer = TimerService(conf.interval, WarmUp(runtime, pipeline, conf.top).run)
     timer.clock = runtime.reactor
-    return [timer]
+    return timer

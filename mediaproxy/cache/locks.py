@@ -350,14 +350,13 @@ def coalescing_lock(runtime, ttl: float | None = None) -> CoalescingLock | None:
     all there is). Call it after the cache layers exist (``runtime.cache``)."""
     from ..builtin.filecache import FileLayer
     from .layered import find_layer
-    from .redis import redis_client
 
     file_layer = find_layer(runtime, FileLayer)
     file_lock = None
     if file_layer is not None:
         file_lock = FileLock(file_layer.store.root / "locks", runtime.reactor,
                              file_layer.pool.run)
-    client = redis_client(runtime)
+    client = runtime.redis
     if client is None:
         return file_lock
     if ttl is None:

@@ -107,7 +107,7 @@ def purge_local(runtime, scope: PurgeScope, layers=None):
 def purge(runtime, scope: PurgeScope):
     """Purge ``scope`` everywhere: this process's layers (the shared ones included) and, through
     the purge feed, the memory layers of every other node."""
-    feed = runtime.pm.get_plugin("mediaproxy.purge.feed")
+    feed = runtime.purge_feed
     announced = feed.announce(scope) if feed is not None else succeed(None)
     d = purge_local(runtime, scope)
 

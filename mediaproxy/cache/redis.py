@@ -22,7 +22,8 @@ answers marks it *up* again: Redis coming back is used without a restart (a pool
 has given up on is replaced, see :class:`RedisNode`). A node also starts *down* and is probed
 at once when the client starts, so requests never wait on a Redis that was never there.
 
-:func:`redis_client` finds the client a process registered (``None`` without Redis).
+The composition root makes the process's one client (``runtime.redis``, ``None`` without Redis)
+and starts it with :class:`RedisService`.
 
 txredisapi notes (1.6): its ``ShardedConnectionHandler`` hashes ``str`` keys with
 ``zlib.crc32``, which wants ``bytes`` on Python 3, and has no SCAN or EVAL; so the shards
@@ -49,15 +50,11 @@ from twisted.internet.defer import (
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 
-from .. import hookimpl
 from ..config import ConfigError
-from ..models import HealthStatus
 
 log = Logger(namespace="mediaproxy.redis")
 
 #: Name under which the client is registered with the plugin manager.
-PLUGIN_NAME = "mediaproxy.redis"
-
 #: Failures that mean "the node is not answering" (as opposed to an error reply).
 _UNREACHABLE = (txredisapi.ConnectionError, CommandTimeout, CancelledError,
                 ierror.ConnectionLost, ierror.ConnectionDone, ierror.ConnectError,
@@ -547,7 +544,7 @@ def _gather_sum(ds: list[Deferred]) -> Deferred:
     return DeferredList(ds, consumeErrors=True).addCallback(total)
 
 
-# -- plugin ---------------------------------------------------------------------------------------
+# -- the service ----------------------------------------------------------------------------------
 
 class RedisService(service.Service):
     """Opens the shared Redis connection with the daemon and closes it on shutdown."""
@@ -564,46 +561,3 @@ class RedisService(service.Service):
     def stopService(self):
         super().stopService()
         return self.client.stop()
-
-
-@attrs.define
-class RedisHealth:
-    """Health indicator: PING every node (a down node answers at once from its breaker)."""
-
-    client: RedisClient
-    name: str = "redis"
-
-    def check(self) -> Deferred:
-        def status(results):
-            down = [f"{label}: {detail}" for label, ok, detail in results if not ok]
-            return HealthStatus(name=self.name, ok=not down,
-                                detail="; ".join(down) or f"{len(results)} node(s) up")
-
-        return self.client.ping().addCallback(status)
-
-
-def redis_client(runtime) -> RedisClient | None:
-    """The process's Redis client, or None when no Redis is configured."""
-    pm = getattr(runtime, "pm", None)
-    return pm.get_plugin(PLUGIN_NAME) if pm is not None else None
-
-
-@hookimpl
-def mediaproxy_configure(runtime):
-    client = RedisClient.from_config(runtime.config.cache.redis, runtime.reactor)
-    if client is not None:
-        runtime.pm.register(client, PLUGIN_NAME)
-        log.info("Redis ({mode}): {nodes}", mode=client.mode,
-                 nodes=", ".join(node.label for node in client.nodes))
-
-
-@hookimpl
-def mediaproxy_services(runtime):
-    client = redis_client(runtime)
-    return [RedisService(client)] if client is not None else []
-
-
-@hookimpl
-def mediaproxy_health_indicators(runtime):
-    client = redis_client(runtime)
-    return [RedisHealth(client)] if client is not None else []

@@ -24,9 +24,10 @@ Resilience (see docs/security.md):
 * the pass-through circuit breaker (``backend.passthrough_breaker``) counts **only** connection
   errors and timeouts: a backend that answers, even with its own 500 page, is up, so one broken
   view cannot open it. While it is open every pass-through request gets a fast 503 with
-  ``Retry-After``;
-* ``admission`` (set by the rate limiter when ``ratelimit.passthrough_rate`` is on) may refuse a
-  request before anything is sent.
+  ``Retry-After``.
+
+Whether a request may be forwarded at all (``mediaproxy_check_passthrough``: the rate
+limiter's ``ratelimit.passthrough_rate``) is asked by the core before it gets here.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from zope.interface import implementer
 from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from ..config import BackendConfig, ServerConfig
 from .errors import CORRELATION_HEADER, write_error
-from ..models import Rejection, RequestInfo
+from ..models import RequestInfo
 from .requestinfo import is_trusted
 
 _log = Logger(namespace="mediaproxy.upstream")
@@ -131,8 +132,6 @@ class Upstream:
     breaker: CircuitBreaker | None = None
     retry: RetryPolicy | None = None
     limit: ConcurrencyLimit | None = None
-    #: ``admission(info) -> Rejection | None``, asked before a request is forwarded.
-    admission: Callable[[RequestInfo], Rejection | None] | None = None
     agent: Agent = attrs.field(init=False)
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
@@ -403,11 +402,6 @@ class _Exchange:
         request = self.request
         upstream = self.upstream
         request.notifyFinish().addErrback(self._client_lost)
-        if upstream.admission is not None:
-            rejection = upstream.admission(self.info)
-            if rejection is not None:
-                self._refuse(rejection)
-                return
         if not upstream.limit.acquire():
             self.log.warn("{in_flight} backend requests in flight; refusing {method} {path}",
                           **self._fields(in_flight=upstream.limit.in_flight))
@@ -622,17 +616,6 @@ class _Exchange:
             request.defaultContentType = None
             write_error(request, status, error, message, self.info.correlation_id,
                         headers=headers)
-        self._settle()
-
-    def _refuse(self, rejection: Rejection) -> None:
-        self.log.info("{method} {path} refused: {error}", **self._fields(error=rejection.error))
-        request = self.request
-        if request.channel is not None and not request.startedWriting and not request.finished:
-            request.defaultContentType = None
-            write_error(request, rejection.status, rejection.error, rejection.message,
-                        self.info.correlation_id, rejection.parameter,
-                        [(n.encode("latin-1"), v.encode("latin-1"))
-                         for n, v in rejection.headers])
         self._settle()
 
     def _unexpected(self, failure: Failure) -> None:
