@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 
 from mediaproxy import hookspecs
 from mediaproxy.cache import redis as redisconn
-from mediaproxy.builtin.filecache import DiskPool, FileLayer, FileStore
+from mediaproxy.cache.files import DiskPool, FileLayer, FileStore
 from mediaproxy.cache.layered import LayeredCache
 from mediaproxy.config import RedisCacheConfig, config_from_dict
 from mediaproxy.cache.locks import (
