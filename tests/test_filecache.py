@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from mediaproxy.builtin import filecache
-from mediaproxy.builtin.filecache import (
-    Corrupt, DiskBusy, DiskPool, FileCacheService, FileLayer, FileStore, Hit, IndexEntry,
-    KeyPath, Missing, SegmentedLRU, byte_limit, disk_pressure, escape_part, file_layer,
-    unescape_part,
+from mediaproxy.builtin.filecache import FileCacheService
+from mediaproxy.cache.files import (
+    Corrupt, DiskBusy, DiskPool, FileLayer, FileStore, Hit, IndexEntry, KeyPath, Missing,
+    SegmentedLRU, byte_limit, disk_pressure, escape_part, file_layer, unescape_part,
 )
+from mediaproxy.cache.files import layer as filecache
 from mediaproxy.cache.keys import source_prefix
 from mediaproxy.config import FileCacheConfig
 from mediaproxy.cache.entrycodec import body_digest
@@ -439,7 +439,7 @@ def test_the_disk_pool_refuses_work_when_stopped_or_saturated(reactor):
 
 WRITER = r"""
 import os, random, signal, sys, threading
-from mediaproxy.builtin.filecache import FileStore
+from mediaproxy.cache.files.store import FileStore
 from mediaproxy.models import CacheEntry
 from tests.test_filecache import KEYS, expected_body
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred, succeed
 
-from mediaproxy.builtin.filecache import DiskPool
+from mediaproxy.cache.files import DiskPool
 from mediaproxy.config import RedisCacheConfig
 from mediaproxy.cache.locks import (
     FileLock, Lease, RedisLock, coalesce, coalescing_lock, lock_path, poll,

@@ -239,7 +239,7 @@ class FileLock:
     """Coalescing across the processes of one host with lock files in ``directory``.
 
     ``run(fn, *args)`` runs a blocking call off the reactor and fires with its result (the
-    file layer's :meth:`~mediaproxy.builtin.filecache.DiskPool.run`); waiting polls every
+    file layer's :meth:`~mediaproxy.cache.files.diskpool.DiskPool.run`); waiting polls every
     ``poll_interval`` seconds from the reactor."""
 
     directory: Path = attrs.field(converter=Path)
@@ -348,7 +348,7 @@ def coalescing_lock(runtime, ttl: float | None = None) -> CoalescingLock | None:
     """The lock for this runtime: a :class:`RedisLock` (falling back to lock files) with
     Redis, a :class:`FileLock` with a file layer only, else None (in-process coalescing is
     all there is). Call it after the cache layers exist (``runtime.cache``)."""
-    from ..builtin.filecache import FileLayer
+    from .files.layer import FileLayer
     from .layered import find_layer
 
     file_layer = find_layer(runtime, FileLayer)
