@@ -9,6 +9,10 @@ key and the value, so ``mediaproxy check-config`` and ``twistd`` print one clear
 Every setting carries its help text in ``metadata``: ``conf/mediaproxy.toml`` and
 ``docs/configuration.md`` are checked against it by the tests, so the schema is the one place a
 key is defined.
+
+Why one module: it is read as one tree, in the order of the TOML file, each key's default, check
+and help side by side; the loader, the environment mapping and the reference generator walk that
+same tree. Cut in pieces, a key's default and its check would live in different files.
 """
 
 from __future__ import annotations

@@ -139,7 +139,8 @@ def mediaproxy_sign_url(url, image_request, expires, runtime):
     :class:`~mediaproxy.models.ImageRequest` the routes matched it to, ``expires`` a Unix time
     or ``None``. The built-in signing plugin answers with the first of ``signing.keys``
     (``mediaproxy sign`` calls this hook); raise ``ValueError`` with a message for the user
-    when it cannot be signed. *firstresult*, synchronous.
+    when it cannot be signed. *firstresult*, synchronous, in the thread that asks (the
+    reactor thread, or the CLI before any reactor runs).
     """
 
 

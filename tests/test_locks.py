@@ -16,8 +16,9 @@ from twisted.internet.defer import Deferred, succeed
 from mediaproxy.cache.files import DiskPool
 from mediaproxy.config import RedisCacheConfig
 from mediaproxy.cache.locks import (
-    FileLock, Lease, RedisLock, coalesce, coalescing_lock, lock_path, poll,
+    FileLock, Lease, RedisLock, coalesce, lock_path, poll,
 )
+from mediaproxy.cache.coalescing import coalescing_lock
 from mediaproxy.cache.redis import RedisClient
 from mediaproxy.testing import make_runtime, call_in_reactor, reactor_thread
 

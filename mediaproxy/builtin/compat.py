@@ -27,7 +27,7 @@ from __future__ import annotations
 from .. import hookimpl
 from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
-from .params import FITS, POSITIONS, parse_colour, parse_int
+from ..parsing import FITS, POSITIONS, parse_colour, parse_int
 from ..cache.keys import TENANT
 from .routing import decode_path
 

@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
 from ..cache.keys import cache_key, fresh_ttls
-from ..cache.locks import coalesce, coalescing_lock
+from ..cache.coalescing import coalescing_lock
+from ..cache.locks import coalesce
 from ..logs import request_log
 from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
@@ -93,8 +94,9 @@ POPULAR_LIMIT = 10_000
 class ImagePipeline:
     runtime: object
     _inflight: dict = attrs.field(factory=dict)
-    _lock: object = None
-    _lock_made: bool = False
+    #: the cross-process / cross-node lock (None: in-process coalescing only)
+    _lock: object = attrs.field(
+        default=attrs.Factory(lambda self: coalescing_lock(self.runtime), takes_self=True))
     #: key -> [count, image_request, fmt]: what the warm-up re-renders first
     popular: dict = attrs.field(factory=dict)
 
@@ -180,13 +182,6 @@ class ImagePipeline:
         d.addErrback(lambda f: log.failure("background refresh of {key} failed", f, key=key))
         return d
 
-    def lock(self):
-        """The cross-process / cross-node lock, made on first use (the layers exist by then)."""
-        if not self._lock_made:
-            self._lock = coalescing_lock(self.runtime)
-            self._lock_made = True
-        return self._lock
-
     def _coalesced(self, key, image_request, request, fmt, log, stale=None) -> Deferred:
         waiters = self._inflight.get(key)
         if waiters is not None:
@@ -206,7 +201,7 @@ class ImagePipeline:
 
     def _lead(self, key, image_request, request, fmt, log, stale) -> Deferred:
         rt = self.runtime
-        lock = self.lock()
+        lock = self._lock
         if lock is None:
             return self._produce(key, image_request, request, fmt, log, stale, wait=False)
 

@@ -33,7 +33,7 @@ import attrs
 from .. import hookimpl
 from ..imaging import ImageError, fit_geometry
 from ..models import Rejection, TransformStep
-from .params import FITS, FORMATS, POSITIONS
+from ..parsing import FITS, FORMATS, POSITIONS
 from .routing import unsafe_path_reason
 from .signing import EXPIRES_PARAM, SIG_PARAM
 

@@ -342,24 +342,3 @@ class RedisLock:
         if self.fallback is not None:
             return self.fallback.wait(key, max(0.0, deadline - self.reactor.seconds()))
         return True
-
-
-def coalescing_lock(runtime, ttl: float | None = None) -> CoalescingLock | None:
-    """The lock for this runtime: a :class:`RedisLock` (falling back to lock files) with
-    Redis, a :class:`FileLock` with a file layer only, else None (in-process coalescing is
-    all there is). Call it after the cache layers exist (``runtime.cache``)."""
-    from .files.layer import FileLayer
-    from .layered import find_layer
-
-    file_layer = find_layer(runtime, FileLayer)
-    file_lock = None
-    if file_layer is not None:
-        file_lock = FileLock(file_layer.store.root / "locks", runtime.reactor,
-                             file_layer.pool.run)
-    client = runtime.redis
-    if client is None:
-        return file_lock
-    if ttl is None:
-        ttl = max(DEFAULT_TTL, runtime.config.limits.transform_timeout)
-    return RedisLock(client, runtime.reactor, ttl=ttl,
-                     key_prefix=runtime.config.cache.redis.key_prefix, fallback=file_lock)

@@ -9,8 +9,7 @@ An example third-party mediaproxy plugin, installed with pip and found through t
 Disable it without uninstalling: ``MEDIAPROXY_PLUGINS__DISABLED=example``.
 """
 
-from mediaproxy import Param, TransformStep, hookimpl
-from mediaproxy.builtin.params import parse_bool
+from mediaproxy import Param, TransformStep, hookimpl, parse_bool
 
 
 def _grayscale(image, spec, request):

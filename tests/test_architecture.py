@@ -1,0 +1,152 @@
+"""
+The house keeps its shape: the allowed import directions of docs/architecture.md, no import
+cycle, plugins on the public surface only, and no long module without a reason.
+
+Read from the source with :mod:`ast` (nothing is imported), every ``import`` counted, those
+inside functions too: a cycle hidden in a function is still a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mediaproxy"
+PLUGINS = ROOT / "plugins"
+
+#: The rooms below the plugin glue; they never import ``mediaproxy.builtin``.
+PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging")
+#: What the parts may import from the core: the values, the config schema, logging and the
+#: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
+FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
+              "mediaproxy.hookspecs"}
+#: What a separately packaged plugin may import.
+PUBLIC = {"mediaproxy", "mediaproxy.testing"}
+LONG = 600
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """The mediaproxy modules ``path`` (module ``name``) imports, resolved."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.add(target)
+            # ``from mediaproxy import imaging``: the name may be a module itself
+            found.update(f"{target}.{alias.name}" for alias in node.names
+                         if f"{target}.{alias.name}" in known)
+    return {m for m in found if m == "mediaproxy" or m.startswith("mediaproxy.")}
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    return {name: imports_of(path, name, known) & known for name, path in mods.items()}
+
+
+def within(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+def test_nothing_below_the_plugin_glue_imports_it():
+    wrong = sorted((m, target) for m, targets in graph().items() for target in targets
+                   if within(target, "mediaproxy.builtin")
+                   and not within(m, "mediaproxy.builtin"))
+    assert wrong == []
+
+
+def test_the_parts_import_only_each_other_and_the_foundation():
+    wrong = sorted(
+        (m, target) for m, targets in graph().items() if any(within(m, r) for r in PARTS)
+        for target in targets
+        if target not in FOUNDATION and not any(within(target, r) for r in PARTS))
+    assert wrong == []
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan), and self-imports."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in edges.get(v, ()):
+                out.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycles_are_found_when_there_are_some():
+    # the checker itself: a -> b -> c -> a is one cycle, d -> d another, e alone none
+    edges = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}, "e": {"a"}}
+    assert sorted(cycles(edges)) == [["a", "b", "c"], ["d"]]
+
+
+def test_there_is_no_import_cycle_in_the_package():
+    # A package's __init__ importing its own submodules (to re-export them) is not a cycle of
+    # rooms; only edges between different modules count, minus "parent imports child".
+    edges = {m: {t for t in targets if t != m and not within(t, m)}
+             for m, targets in graph().items()}
+    assert cycles(edges) == []
+
+
+@pytest.mark.parametrize("path", sorted(PLUGINS.rglob("*.py")), ids=lambda p: p.name)
+def test_plugins_import_only_the_public_surface(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            used.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            used.add(node.module or "")
+    assert {m for m in used if within(m, "mediaproxy")} <= PUBLIC
+
+
+def test_a_long_module_says_why_at_its_top():
+    unexplained = []
+    for name, path in modules().items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > LONG:
+            doc = ast.get_docstring(ast.parse(text)) or ""
+            if "Why one module" not in doc:
+                unexplained.append(f"{name} ({text.count(chr(10))} lines)")
+    assert unexplained == []
