@@ -98,6 +98,10 @@ from .errors import (
     CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge,
     TooManyFrames, UnsupportedFormat, UnsupportedImage,
 )
+from .formats import (
+    _ANIMATED_OUTPUTS, _ANIMATED_SOURCES, _MAX_SIDE, _PILLOW_FORMAT, _SOURCE_FORMATS,
+    CONTENT_TYPES, output_format,
+)
 
 __all__ = [
     "CONTENT_TYPES", "FITS", "POSITIONS", "RESIZE_ORDER",
@@ -120,24 +124,6 @@ POSITIONS = (*_GRAVITY, "entropy", "attention")
 
 #: The order of the built-in resize among :class:`TransformStep` objects.
 RESIZE_ORDER = 500
-
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-    "avif": "image/avif", "gif": "image/gif", "tiff": "image/tiff",
-}
-_WEB_FORMATS = frozenset({"jpeg", "png", "webp", "avif", "gif"})
-_ANIMATED_OUTPUTS = frozenset({"gif", "webp", "png"})
-_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff", "mpo": "jpeg", "heic": "heif"}
-_PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF",
-                  "gif": "GIF", "tiff": "TIFF"}
-#: Largest side each encoder can write.
-_MAX_SIDE = {"jpeg": 65_500, "webp": 16_383, "gif": 65_535, "avif": 65_536}
-
-#: Pillow format ids allowed as sources, and the name this module reports for each.
-_SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif",
-                   "AVIF": "avif", "HEIF": "heif", "TIFF": "tiff", "BMP": "bmp"}
-#: Sources whose extra frames are animation (a multi-page TIFF or MPO renders page 1).
-_ANIMATED_SOURCES = frozenset({"GIF", "WEBP", "PNG", "AVIF"})
 
 #: What Pillow and its codecs raise on bad data (besides DecompressionBombError); libavif's
 #: failures arrive as RuntimeError.
@@ -327,36 +313,6 @@ def _arithmetic_coded(data: bytes) -> bool:
             return False
         at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
     return False
-
-
-# -- formats -----------------------------------------------------------------------------------
-
-def output_format(source_format: str, has_alpha: bool, requested: str | None = None) -> str:
-    """The format to encode to: ``requested`` when given; else the source's format when it
-    is a web format (jpeg, png, webp, avif, gif); else png for an image with alpha, jpeg
-    without.
-
-    Raises :class:`UnsupportedFormat` (400) when ``requested`` cannot be written.
-    """
-    if requested:
-        name = _canonical_format(requested)
-        if name not in CONTENT_TYPES or _PILLOW_FORMAT[name] not in _savable():
-            raise UnsupportedFormat(f"Images cannot be converted to {requested!r}.", status=400)
-        return name
-    source = _canonical_format(source_format)
-    if source in _WEB_FORMATS:
-        return source
-    return "png" if has_alpha else "jpeg"
-
-
-def _canonical_format(name: str) -> str:
-    name = name.lower()
-    return _FORMAT_ALIASES.get(name, name)
-
-
-def _savable() -> dict[str, Any]:
-    Image.init()
-    return Image.SAVE
 
 
 # -- geometry ----------------------------------------------------------------------------------
