@@ -64,7 +64,7 @@ class TooManyFrames(ImageError):
 
 
 class InvalidTransform(ImageError):
-    """A transform parameter this module does not know (a caller's bug, or a plugin's)."""
+    """A transform parameter mediaproxy.imaging does not know (a caller's bug, or a plugin's)."""
 
     status = 400
     error = "invalid_transform"

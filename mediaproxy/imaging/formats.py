@@ -21,7 +21,7 @@ _PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF",
 #: Largest side each encoder can write.
 _MAX_SIDE = {"jpeg": 65_500, "webp": 16_383, "gif": 65_535, "avif": 65_536}
 
-#: Pillow format ids allowed as sources, and the name this module reports for each.
+#: Pillow format ids allowed as sources, and the name mediaproxy.imaging reports for each.
 _SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif",
                    "AVIF": "avif", "HEIF": "heif", "TIFF": "tiff", "BMP": "bmp"}
 #: Sources whose extra frames are animation (a multi-page TIFF or MPO renders page 1).
