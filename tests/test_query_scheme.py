@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from mediaproxy.builtin import routing
 from mediaproxy.builtin.params import builtin_params, parse_colour
-from mediaproxy.negotiation import negotiate_format
+from mediaproxy.imaging.negotiation import negotiate_format
 from mediaproxy.cache.keys import cache_key, key_parts
 from mediaproxy.config import Config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo

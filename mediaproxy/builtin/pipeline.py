@@ -24,8 +24,8 @@ from twisted.python.failure import Failure
 from .. import hookimpl, imaging
 from ..cache.keys import cache_key, fresh_ttls
 from ..cache.locks import coalesce, coalescing_lock
+from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
-from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
 from ..runtime import Overloaded
 

@@ -9,9 +9,9 @@ The package's modules, each with one job: :mod:`.errors` (:class:`ImageError` an
 kinds), :mod:`.formats` (format tables, :func:`output_format`), :mod:`.decode` (the decode
 guard and budgets, :func:`probe`, orientation, shrink-on-load), :mod:`.geometry`
 (:func:`fit_geometry`, gravity), :mod:`.crop` (trim, smart crops), :mod:`.colour` (working
-modes, sRGB, flattening), :mod:`.encode` (encoding), :mod:`.rendering` (:func:`render`)
-and :mod:`.placeholders` (:func:`placeholder`). This module re-exports the public names;
-import them from here.
+modes, sRGB, flattening), :mod:`.encode` (encoding), :mod:`.rendering` (:func:`render`),
+:mod:`.placeholders` (:func:`placeholder`) and :mod:`.negotiation` (the output format for
+``fmt=auto``). This module re-exports the public names; import them from here.
 
 The pipeline of :func:`render`
 ------------------------------
