@@ -204,7 +204,7 @@ def age_entry(proxy, path, seconds):
 
     from mediaproxy.cache.keys import cache_key
     from mediaproxy.models import RequestInfo
-    from mediaproxy.negotiation import negotiate_format
+    from mediaproxy.imaging.negotiation import negotiate_format
     from mediaproxy.testing import call_in_reactor
 
     rt = proxy.runtime

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from mediaproxy.builtin import routing
 from mediaproxy.builtin.params import parse_colour
-from mediaproxy.negotiation import negotiate_format
+from mediaproxy.imaging.negotiation import negotiate_format
 from mediaproxy.cache.keys import cache_key, key_parts
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.testing import make_runtime

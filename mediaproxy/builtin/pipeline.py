@@ -26,8 +26,8 @@ from .. import hookimpl, imaging
 from ..cache.keys import cache_key, fresh_ttls
 from ..cache.coalescing import coalescing_lock
 from ..cache.locks import coalesce
+from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
-from ..negotiation import negotiate_format
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
 from ..runtime import Overloaded
 from .warmup import warmup_service

@@ -1,0 +1,230 @@
+"""The decode guard and its budgets: what happens to untrusted bytes before and while their
+pixels are decoded.
+
+Bytes are opened with the allowed formats' parsers only (:func:`probe`, :class:`ImageInfo`
+read from the header); a transform spec, the frame and pixel budgets and a JPEG's size
+against its claimed dimensions are checked before any pixel is decoded; what Pillow raises
+on bad or hostile data becomes an :class:`~mediaproxy.imaging.errors.ImageError`. Also here:
+the EXIF orientation, and a JPEG's shrink-on-load (``draft``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import struct
+import zlib
+from typing import Iterator
+
+from attrs import frozen
+from PIL import ExifTags, Image, ImageFile
+
+from mediaproxy.models import TransformSpec
+
+from .errors import (
+    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, TooManyFrames, UnsupportedFormat,
+    UnsupportedImage,
+)
+from .formats import _ANIMATED_SOURCES, _SOURCE_FORMATS
+from .geometry import FITS, POSITIONS, fit_geometry
+
+#: What Pillow and its codecs raise on bad data (besides DecompressionBombError); libavif's
+#: failures arrive as RuntimeError.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, RuntimeError,
+                  struct.error, zlib.error)
+
+#: EXIF orientation -> the transpose that makes the image upright.
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+
+@contextlib.contextmanager
+def _decoding() -> Iterator[None]:
+    """Turn what Pillow raises on bad or hostile data into :class:`ImageError`."""
+    try:
+        yield
+    except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+        raise _decode_error(exc) from exc
+
+
+def _decode_error(exc: Exception) -> ImageError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageTooLarge("The image has too many pixels.")
+    return CorruptImage("The image data is corrupt or truncated.")
+
+
+@frozen
+class ImageInfo:
+    """What the header of an image says.
+
+    ``width`` and ``height`` are as displayed, after EXIF orientation; ``frames`` counts
+    animation frames (1 for a still; extra pages of a TIFF or MPO do not count). ``format`` is
+    lower case (``jpeg``, ``png``, ``webp``, ``gif``, ``avif``, ``heif``, ``tiff``, ``bmp``);
+    ``mode`` is Pillow's mode of the (first) frame.
+    """
+
+    format: str
+    width: int
+    height: int
+    frames: int = 1
+    mode: str = "RGB"
+    has_alpha: bool = False
+    orientation: int = 1
+
+    @property
+    def pixels(self) -> int:
+        """Pixels to decode: width x height x frames."""
+        return self.width * self.height * self.frames
+
+
+def probe(data: bytes) -> ImageInfo:
+    """Read the header of ``data`` without decoding pixels.
+
+    Raises :class:`ImageError` (422) for anything that is not an image in an allowed format,
+    for damaged headers and when Pillow's own decompression-bomb guard trips.
+    """
+    with _open(data) as image:
+        return _read_info(image)
+
+
+def _open(data: bytes) -> ImageFile.ImageFile:
+    """Open ``data`` lazily, trying only the allowed formats' parsers."""
+    if not data:
+        raise UnsupportedImage("The source is empty.")
+    Image.init()
+    allowed = [fmt for fmt in _SOURCE_FORMATS if fmt in Image.OPEN]
+    try:
+        return Image.open(io.BytesIO(data), formats=allowed)
+    except Image.UnidentifiedImageError as exc:
+        raise _unrecognised(data) from exc
+    except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
+        raise _decode_error(exc) from exc
+
+
+def _unrecognised(data: bytes) -> ImageError:
+    """The error for bytes no allowed format accepted: name the format when Pillow's magic
+    bytes detection (or a glance for SVG) knows it."""
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<svg", b"<?xml", b"<!doctype svg")) and b"<svg" in head:
+        return UnsupportedFormat("SVG images are not supported.")
+    name = _sniff(data[:16])
+    if name is not None:
+        return UnsupportedFormat(f"{name} images are not supported.")
+    return UnsupportedImage("The source is not an image in a supported format.")
+
+
+def _sniff(prefix: bytes) -> str | None:
+    """The Pillow format whose magic bytes ``prefix`` has, among the formats not allowed."""
+    for name, (_, accept) in Image.OPEN.items():
+        if name in _SOURCE_FORMATS or accept is None:
+            continue
+        try:
+            if accept(prefix) is True:
+                return name
+        except _DECODE_ERRORS:
+            continue
+    return None
+
+
+def _read_info(image: ImageFile.ImageFile) -> ImageInfo:
+    """Header facts of an opened image (no pixel decoding)."""
+    with _decoding():
+        frames = image.n_frames if image.format in _ANIMATED_SOURCES else 1
+        orientation = _orientation(image, header_only=True)
+        width, height = image.size
+        if orientation in _SWAPS_AXES:
+            width, height = height, width
+        return ImageInfo(
+            format=_SOURCE_FORMATS[image.format], width=width, height=height,
+            frames=max(1, frames), mode=image.mode, has_alpha=image.has_transparency_data,
+            orientation=orientation)
+
+
+def _orientation(image: Image.Image, *, header_only: bool = False) -> int:
+    """The EXIF orientation (1-8), 1 when absent or unreadable.
+
+    A PNG's eXIf chunk may follow the pixel data, and Pillow decodes the pixels to find it:
+    with ``header_only`` such a PNG reports 1.
+    """
+    if header_only and image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (*_DECODE_ERRORS, TypeError):
+        return 1
+    return value if value in _ORIENT else 1
+
+
+def _check_limits(info: ImageInfo, spec: TransformSpec) -> None:
+    if info.frames > spec.max_frames:
+        raise TooManyFrames(
+            f"The animation has {info.frames} frames; at most {spec.max_frames} are allowed.")
+    if info.pixels > spec.max_source_pixels:
+        raise ImageTooLarge(
+            f"The image is too large ({info.width}x{info.height} pixels"
+            f"{f' x {info.frames} frames' if info.frames > 1 else ''}).")
+
+
+def _check_jpeg_size(data: bytes, info: ImageInfo) -> None:
+    """A Huffman-coded JPEG spends at least one bit on every 8x8 luma block (its DC code), so
+    a file smaller than that cannot hold the image its header claims: a lying SOF (libjpeg
+    would quietly pad the missing rows with grey). Arithmetic-coded JPEGs, which can go below
+    a bit per block, are not judged."""
+    if info.format != "jpeg":
+        return
+    blocks = -(-info.width // 8) * -(-info.height // 8)
+    if len(data) * 8 < blocks and not _arithmetic_coded(data):
+        raise CorruptImage(f"The JPEG holds {len(data)} bytes, too few for the "
+                           f"{info.width}x{info.height} pixels its header claims.")
+
+
+def _arithmetic_coded(data: bytes) -> bool:
+    """Whether the frame header (SOF) of a JPEG says arithmetic coding (SOF9-11, SOF13-15),
+    walking the marker segments up to the first scan."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker in (0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return True
+        if marker == 0xDA:   # start of scan: the frame header was before
+            return False
+        at += 2 + int.from_bytes(data[at + 2:at + 4], "big")
+    return False
+
+
+def _check_spec(spec: TransformSpec) -> None:
+    if spec.fit not in FITS:
+        raise InvalidTransform(f"Unknown fit {spec.fit!r}; use one of {', '.join(FITS)}.")
+    if spec.position not in POSITIONS:
+        raise InvalidTransform(
+            f"Unknown position {spec.position!r}; use one of {', '.join(POSITIONS)}.")
+    if spec.width < 0 or spec.height < 0:
+        raise InvalidTransform("Width and height cannot be negative.")
+
+
+def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
+    """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 (DCT scaling) while keeping at
+    least ``draft_gap`` times the pixels the output needs. Never enlarges; skipped when
+    trimming (the content's size is unknown until decoded)."""
+    if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
+        return
+    orientation = _orientation(source, header_only=True)
+    width, height = source.size
+    if orientation in _SWAPS_AXES:
+        width, height = height, width
+    geometry = fit_geometry(width, height, spec)
+    gap = max(1.0, spec.draft_gap)
+    need = (math.ceil(geometry.scaled_width * gap), math.ceil(geometry.scaled_height * gap))
+    if orientation in _SWAPS_AXES:
+        need = need[::-1]
+    if need[0] < source.size[0] and need[1] < source.size[1]:
+        source.draft(source.mode, need)

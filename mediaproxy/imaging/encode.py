@@ -1,0 +1,138 @@
+"""Encoding: frames (one, or an animation) to the bytes of an output format with no
+metadata, each frame brought to a mode the format stores, with the encoder's and the
+animation's options (durations, loop count, GIF transparency)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+from PIL import Image, ImageFile
+
+from mediaproxy.models import Rendered, TransformSpec
+
+from .colour import _ALPHA_MODES, _flatten, _to_srgb, _working_mode
+from .errors import OutputTooLarge
+from .formats import _MAX_SIDE, _PILLOW_FORMAT, CONTENT_TYPES
+
+#: Longest frame duration in ms (APNG stores n/1000 s in 16 bits).
+_MAX_DURATION = 65_535
+
+
+def _duration(value: Any) -> int:
+    """A frame's duration in whole milliseconds, within what every format can store."""
+    try:
+        return min(max(0, round(value or 0)), _MAX_DURATION)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
+            durations: Sequence[int] = (), loop: int | None = None) -> Rendered:
+    """Encode ``frames`` (one, or an animation) as ``fmt`` with no metadata."""
+    frames = _prepare_frames(frames, fmt, spec.background)
+    width, height = frames[0].size
+    if max(width, height) > _MAX_SIDE.get(fmt, 2**31 - 1):
+        raise OutputTooLarge(
+            f"A {width}x{height} image is too large for {fmt.upper()}.")
+    options = _encoder_options(fmt, spec)
+    if len(frames) > 1:
+        options.update(_animation_options(frames, fmt, durations, loop))
+    buffer = io.BytesIO()
+    frames[0].save(buffer, _PILLOW_FORMAT[fmt], **options)
+    body = buffer.getvalue()
+    if fmt == "webp" and len(frames) > 1 and frames[0].mode == "RGBA":
+        body = _webp_alpha_flag(body)
+    return Rendered(body=body, content_type=CONTENT_TYPES[fmt], format=fmt,
+                    width=width, height=height, frames=len(frames))
+
+
+def _webp_alpha_flag(body: bytes) -> bytes:
+    """Set the alpha flag of an animated WebP's VP8X header.
+
+    libwebp's animation encoder crops each frame to the area that changes, starting from a
+    transparent canvas, and sets the flag only when a cropped frame still holds alpha: a
+    first frame with a transparent border ends up flagged opaque, and decoders that trust
+    the flag (Pillow among them) fill the border with black.
+    """
+    if body[12:16] != b"VP8X":
+        return body
+    return body[:20] + bytes([body[20] | 0x10]) + body[21:]
+
+
+def _prepare_frames(frames: list[Image.Image], fmt: str,
+                    background: Sequence[int]) -> list[Image.Image]:
+    """Bring frames to a mode ``fmt`` stores, all alike, with their metadata dropped."""
+    frames = [_own(_to_srgb(_working_mode(frame), None)) for frame in frames]
+    if fmt == "jpeg":
+        frames = [_flatten(frame, background) for frame in frames]
+    elif fmt == "gif":
+        transparent = any(_has_transparent_pixels(frame) for frame in frames)
+        frames = [_to_palette(frame, transparent) for frame in frames]
+    elif fmt == "webp" or len({frame.mode for frame in frames}) > 1:
+        alpha = any(frame.mode in _ALPHA_MODES for frame in frames)
+        frames = [_rgb(frame, alpha) for frame in frames]
+    for frame in frames:
+        transparency = frame.info.get("transparency") if frame.mode == "P" else None
+        frame.info = {} if transparency is None else {"transparency": transparency}
+    return frames
+
+
+def _own(image: Image.Image) -> Image.Image:
+    """A plain image for the encoder: saving a decoder's own image object would let Pillow
+    carry over source tags (TIFF) or frames (animated files)."""
+    return image.copy() if isinstance(image, ImageFile.ImageFile) else image
+
+
+def _rgb(image: Image.Image, alpha: bool) -> Image.Image:
+    mode = "RGBA" if alpha else "RGB"
+    return image if image.mode == mode else image.convert(mode)
+
+
+def _has_transparent_pixels(image: Image.Image) -> bool:
+    return image.mode in _ALPHA_MODES and image.getchannel("A").getextrema()[0] < 128
+
+
+def _to_palette(image: Image.Image, transparent: bool) -> Image.Image:
+    """A GIF frame: L as is, colour quantised to 256 colours; with ``transparent``, index
+    255 marks the pixels whose alpha is below 128."""
+    if image.mode == "L" and not transparent:
+        return image
+    if not transparent:
+        return _rgb(image, False).quantize(256)
+    alpha = image.getchannel("A") if image.mode in _ALPHA_MODES else None
+    paletted = _rgb(image, False).quantize(255)
+    if alpha is not None:
+        paletted.paste(255, mask=alpha.point([255] * 128 + [0] * 128, "1"))
+    paletted.info["transparency"] = 255
+    return paletted
+
+
+def _encoder_options(fmt: str, spec: TransformSpec) -> dict[str, Any]:
+    if fmt == "jpeg":
+        return {"quality": spec.quality, "progressive": spec.progressive, "optimize": False}
+    if fmt == "png":
+        return {"compress_level": spec.png_compress_level}
+    if fmt == "webp":
+        return {"quality": spec.quality, "method": spec.webp_method}
+    if fmt == "avif":
+        return {"quality": spec.quality, "speed": spec.avif_speed}
+    if fmt == "tiff":
+        return {"compression": "tiff_adobe_deflate"}
+    return {}
+
+
+def _animation_options(frames: list[Image.Image], fmt: str, durations: Sequence[int],
+                       loop: int | None) -> dict[str, Any]:
+    """``save_all`` options. A source without a loop count plays once; GIF says so by
+    leaving the loop extension out, WebP and APNG with a count of 1."""
+    options: dict[str, Any] = {"save_all": True, "append_images": frames[1:],
+                               "duration": list(durations) or 100}
+    if fmt == "gif":
+        if loop is not None:
+            options["loop"] = loop
+        if "transparency" in frames[0].info:
+            options["disposal"] = 2          # clear to transparent between full frames
+    else:
+        options["loop"] = 1 if loop is None else loop
+    return options

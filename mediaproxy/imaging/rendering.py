@@ -1,0 +1,177 @@
+"""
+Rendering: :func:`render` runs the pipeline described in :mod:`mediaproxy.imaging` over one
+source, frame by frame for an animation.
+
+The decode guard (:mod:`.decode`) opens and checks the source; :class:`_Pipeline` does the
+per-frame work (orient, working mode, plugin steps, the built-in resize, plugin steps), with
+the resize decided once per input size as a :class:`_Plan` (trim, fit, ``cover`` window,
+``contain`` padding); :mod:`.encode` writes the result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+from attrs import frozen
+from PIL import Image, ImageFile
+
+from mediaproxy.models import Rendered, TransformSpec, TransformStep
+
+from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
+from .crop import _cover_origin, _trim_box
+from .decode import (
+    _ORIENT, ImageInfo, _check_jpeg_size, _check_limits, _check_spec, _decoding, _draft,
+    _open, _orientation, _read_info,
+)
+from .encode import _duration, _encode
+from .formats import _ANIMATED_OUTPUTS, output_format
+from .geometry import _gravity_offset, fit_geometry
+
+#: The order of the built-in resize among :class:`TransformStep` objects.
+RESIZE_ORDER = 500
+
+_LANCZOS = Image.Resampling.LANCZOS
+
+
+def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
+           request: Any = None) -> Rendered:
+    """Decode ``data``, transform it as ``spec`` says and encode the result.
+
+    ``steps`` (from plugins) run by ascending ``order`` around the built-in resize (order
+    500); each gets ``step.apply(image, spec, request)`` and returns an image. Raises
+    :class:`ImageError` for images that cannot be served and for unknown ``fit``,
+    ``position`` or ``format`` values.
+    """
+    _check_spec(spec)
+    with _open(data) as source:
+        info = _read_info(source)
+        _check_limits(info, spec)
+        _check_jpeg_size(data, info)
+        fmt = output_format(info.format, info.has_alpha, spec.format)
+        pipeline = _Pipeline.build(spec, steps, request)
+        if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:
+            return _render_animation(source, info, fmt, pipeline)
+        _draft(source, spec)
+        with _decoding():
+            source.load()
+        image = pipeline.run(source, _orientation(source))
+        return _encode([image], fmt, spec)
+
+
+def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
+                      pipeline: _Pipeline) -> Rendered:
+    """Transform every frame alike and encode them as one animation."""
+    frames, durations = [], []
+    orientation = 1
+    for index in range(info.frames):
+        with _decoding():
+            source.seek(index)
+            frame = source.copy()      # the next seek composites onto the decoder's image
+        if index == 0:                 # decoded now: a PNG's eXIf may follow its pixels
+            orientation = _orientation(source)
+        durations.append(_duration(frame.info.get("duration")))
+        frames.append(pipeline.run(frame, orientation))
+    return _encode(frames, fmt, pipeline.spec, durations=durations,
+                   loop=source.info.get("loop"))
+
+
+@attrs.define
+class _Pipeline:
+    """The per-frame work of one render: orient, normalise, steps, resize, steps."""
+
+    spec: TransformSpec
+    request: Any
+    before: tuple[TransformStep, ...]
+    after: tuple[TransformStep, ...]
+    _plans: dict[tuple[int, int], _Plan] = attrs.field(factory=dict)
+
+    @classmethod
+    def build(cls, spec: TransformSpec, steps: Sequence[TransformStep],
+              request: Any) -> _Pipeline:
+        ordered = sorted(steps, key=lambda step: step.order)
+        return cls(spec, request,
+                   before=tuple(step for step in ordered if step.order < RESIZE_ORDER),
+                   after=tuple(step for step in ordered if step.order >= RESIZE_ORDER))
+
+    def run(self, frame: Image.Image, orientation: int) -> Image.Image:
+        icc = frame.info.get("icc_profile")
+        image = _working_mode(frame)
+        if orientation in _ORIENT:
+            image = image.transpose(_ORIENT[orientation])
+        if self.before:
+            image = self._apply(self.before, _to_srgb(image, icc))
+            icc = None
+        image = _working_mode(image)
+        plan = self._plan(image)
+        image = _to_srgb(plan.scale(image, self.spec), icc)
+        image = plan.pad(image, self.spec)
+        return self._apply(self.after, image)
+
+    def _plan(self, image: Image.Image) -> _Plan:
+        """The resize plan for images of this size, decided once (on the first frame)."""
+        plan = self._plans.get(image.size)
+        if plan is None:
+            plan = self._plans[image.size] = _Plan.decide(image, self.spec)
+        return plan
+
+    def _apply(self, steps: tuple[TransformStep, ...], image: Image.Image) -> Image.Image:
+        for step in steps:
+            image = step.apply(image, self.spec, self.request)
+            if not isinstance(image, Image.Image):
+                raise TypeError(f"transform step {step.name!r} returned "
+                                f"{type(image).__name__}, not a PIL image")
+        return image
+
+
+@frozen
+class _Plan:
+    """The built-in resize for one input size.
+
+    ``region`` is the part of the input to keep (after trim and ``cover`` crop), ``size`` what
+    it is resized to, ``canvas`` the output size and ``offset`` where the resized image sits
+    on it (``contain``).
+    """
+
+    region: tuple[float, float, float, float]
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    offset: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def decide(cls, image: Image.Image, spec: TransformSpec) -> _Plan:
+        whole = (0, 0, *image.size)
+        if not (spec.width or spec.height):
+            return cls(whole, image.size, image.size)
+        trim = _trim_box(image, spec.trim) or whole
+        geometry = fit_geometry(trim[2] - trim[0], trim[3] - trim[1], spec)
+        canvas = (geometry.width, geometry.height)
+        scaled = (geometry.scaled_width, geometry.scaled_height)
+        if scaled[0] > canvas[0] or scaled[1] > canvas[1]:   # cover: crop the overflow
+            x, y = _cover_origin(image, trim, geometry, spec)
+            kx, ky = (trim[2] - trim[0]) / scaled[0], (trim[3] - trim[1]) / scaled[1]
+            region = (trim[0] + x * kx, trim[1] + y * ky,
+                      trim[0] + (x + canvas[0]) * kx, trim[1] + (y + canvas[1]) * ky)
+            return cls(region, canvas, canvas)
+        offset = _gravity_offset(canvas[0] - scaled[0], canvas[1] - scaled[1], spec.position)
+        return cls(trim, scaled, canvas, offset)
+
+    def scale(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
+        """Crop and resize ``image`` (LANCZOS, reducing by whole factors first)."""
+        left, top, right, bottom = self.region
+        if self.size == (right - left, bottom - top) and all(
+                float(v).is_integer() for v in self.region):
+            if self.region == (0, 0, *image.size):
+                return image
+            return image.crop(tuple(int(v) for v in self.region))
+        gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
+        return image.resize(self.size, _LANCZOS, box=self.region, reducing_gap=gap)
+
+    def pad(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
+        """Place ``image`` on a ``canvas`` of ``spec.background`` (``contain``)."""
+        if image.size == self.canvas:
+            return image
+        mode = _canvas_mode(image.mode, spec.background)
+        canvas = Image.new(mode, self.canvas, _colour(mode, spec.background))
+        canvas.paste(image if image.mode == mode else image.convert(mode), self.offset)
+        return canvas
