@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from mediaproxy.builtin.memorycache import MemoryLayer, _entry_size
+from mediaproxy.cache.memory import MemoryLayer, _entry_size
 from mediaproxy.models import CacheEntry
 
 

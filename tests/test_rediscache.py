@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from mediaproxy.builtin.health import RedisHealth
-from mediaproxy.builtin.memorycache import MemoryLayer
-from mediaproxy.builtin.rediscache import RedisLayer
+from mediaproxy.cache.memory import MemoryLayer
+from mediaproxy.cache.redislayer import RedisLayer
 from mediaproxy.cache.layered import LayeredCache
 from mediaproxy.cache.keys import source_prefix
 from mediaproxy.config import ConfigError, RedisCacheConfig, config_from_dict
