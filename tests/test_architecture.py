@@ -3,7 +3,9 @@ The house keeps its shape: the allowed import directions of docs/architecture.md
 cycle, plugins on the public surface only, and no long module without a reason.
 
 Read from the source with :mod:`ast` (nothing is imported), every ``import`` counted, those
-inside functions too: a cycle hidden in a function is still a cycle.
+inside functions too (a cycle hidden in a function is still a cycle); only the imports under
+``if TYPE_CHECKING:`` are left out, since they never run (the typed runtime names the types of
+its fields that way).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging")
 #: What the parts may import from the core: the values, the config schema, logging and the
 #: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
 FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
-              "mediaproxy.hookspecs"}
+              "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime"}
 #: What a separately packaged plugin may import.
 PUBLIC = {"mediaproxy", "mediaproxy.testing"}
 LONG = 600
@@ -41,7 +43,12 @@ def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
     """The mediaproxy modules ``path`` (module ``name``) imports, resolved."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+                and node.test.id == "TYPE_CHECKING"):
+            node.body = []   # never run: not an import of the running code
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -71,6 +78,12 @@ def test_nothing_below_the_plugin_glue_imports_it():
     wrong = sorted((m, target) for m, targets in graph().items() for target in targets
                    if within(target, "mediaproxy.builtin")
                    and not within(m, "mediaproxy.builtin"))
+    assert wrong == []
+
+
+def test_the_foundation_imports_only_itself():
+    wrong = sorted((m, t) for m, targets in graph().items() if m in FOUNDATION
+                   for t in targets if t not in FOUNDATION)
     assert wrong == []
 
 
@@ -150,3 +163,35 @@ def test_a_long_module_says_why_at_its_top():
             if "Why one module" not in doc:
                 unexplained.append(f"{name} ({text.count(chr(10))} lines)")
     assert unexplained == []
+
+
+def room(module: str) -> str:
+    """The room of a module: its sub-package under mediaproxy (http, cache, ...), else the
+    foundation or the composition (see docs/architecture.md)."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (PACKAGE / parts[1]).is_dir():
+        return parts[1]
+    return "foundation" if module in FOUNDATION else "composition"
+
+
+def main() -> None:
+    """Print the rooms, their size, and the import arrows between them (with the modules
+    behind each arrow): ``python tests/test_architecture.py``."""
+    edges: dict[tuple[str, str], set[str]] = {}
+    sizes: dict[str, int] = {}
+    for name, path in modules().items():
+        sizes[room(name)] = sizes.get(room(name), 0) + path.read_text().count("\n")
+    for m, targets in graph().items():
+        for t in targets:
+            if room(m) != room(t) and t != "mediaproxy":
+                edges.setdefault((room(m), room(t)), set()).add(f"{m} -> {t}")
+    print("rooms (lines):", ", ".join(f"{r} {n}" for r, n in sorted(sizes.items())))
+    for (a, b), why in sorted(edges.items()):
+        print(f"{a:11} -> {b:11} {len(why):3} import(s), e.g. {sorted(why)[0]}")
+    found = cycles({m: {t for t in ts if t != m and not within(t, m)}
+                    for m, ts in graph().items()})
+    print("cycles:", found or "none")
+
+
+if __name__ == "__main__":
+    main()
