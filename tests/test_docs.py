@@ -35,3 +35,47 @@ def test_every_builtin_plugin_is_listed():
 def test_every_config_key_is_in_the_operator_reference():
     text = (DOCS / "configuration.md").read_text()
     assert [key for key, _ in iter_settings() if f"`{key}`" not in text] == []
+
+
+ROOT = DOCS.parent
+PAGES = sorted(DOCS.glob("*.md")) + [ROOT / "README.md"]
+LINK = __import__("re").compile(r"\]\(([^)\s]+)\)")
+#: A path of this repository named in backticks: `plugins/...`, `tests/test_x.py`, ...
+REPO_PATH = __import__("re").compile(
+    r"`((?:docs|tests|plugins|conf|bench|mediaproxy|\.ci)/[\w./-]*)`")
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, spaces to dashes, punctuation out."""
+    import re
+
+    out = set()
+    for line in page.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return out
+
+
+def test_every_link_between_the_docs_reaches_a_file_and_heading_that_exist():
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            if not resolved.exists():
+                broken.append(f"{page.name}: {target}")
+            elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_every_repository_path_the_docs_name_exists():
+    missing = []
+    for page in PAGES:
+        for path in REPO_PATH.findall(page.read_text()):
+            if "*" not in path and not (ROOT / path.rstrip("/")).exists():
+                missing.append(f"{page.name}: {path}")
+    assert missing == []
