@@ -79,3 +79,37 @@ def test_every_repository_path_the_docs_name_exists():
             if "*" not in path and not (ROOT / path.rstrip("/")).exists():
                 missing.append(f"{page.name}: {path}")
     assert missing == []
+
+
+def test_every_field_and_method_of_the_values_is_in_the_plugin_guide():
+    import attrs
+
+    import mediaproxy
+    from mediaproxy import models
+
+    text = (DOCS / "plugin_hooks.md").read_text()
+    section = text[text.index("## The values passed between hooks"):
+                   text.index("## Lifecycle hooks")]
+    missing = []
+    for name, cls in vars(models).items():
+        if not (isinstance(cls, type) and cls.__module__ == models.__name__):
+            continue
+        if not hasattr(mediaproxy, name):
+            missing.append(f"{name} (not exported from mediaproxy)")
+        names = [f.name for f in attrs.fields(cls)] if attrs.has(cls) else []
+        names += [m for m, v in vars(cls).items() if callable(v) and not m.startswith("_")]
+        if f"`{name}" not in section:
+            missing.append(name)
+        missing += [f"{name}.{n}" for n in names if f"`{n}" not in section]
+    assert missing == []
+
+
+def test_every_field_of_the_runtime_is_in_the_plugin_guide():
+    import attrs
+
+    from mediaproxy import Runtime
+
+    text = (DOCS / "plugin_hooks.md").read_text()
+    fields = [f.name for f in attrs.fields(Runtime) if not f.name.startswith("_")
+              and f.name != "log"]
+    assert [name for name in fields if f"`{name}`" not in text] == []
