@@ -1,5 +1,6 @@
 """The backend client's one policy (mediaproxy.http.policy) on a task.Clock: admission, what each
-breaker counts, the retry budget and its backoff, the header and backoff timers."""
+breaker counts, the retry budget and its backoff, the header and backoff timers, and that the
+pass-through and the source fetcher each get their own."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
-from mediaproxy.config import BackendConfig, BreakerConfig
+from mediaproxy.config import BackendConfig, BreakerConfig, ServerConfig
 from mediaproxy.http.breaker import CLOSED, HALF_OPEN, OPEN, RetryPolicy
+from mediaproxy.http.fetch import SourceFetcher
 from mediaproxy.http.policy import (
     ANSWERED, BUSY, CANCELLED, CIRCUIT_OPEN, CONNECTION, ERROR, PASSTHROUGH_FAILURES,
     SOURCE_FAILURES, TIMEOUT, BackendPolicy, Refusal, failure_kind, retryable,
 )
+from mediaproxy.http.upstream import Upstream
 
 
 def make_policy(clock, failures=SOURCE_FAILURES, *, seed=1, events=None, retries=2,
@@ -264,3 +267,24 @@ def test_the_header_timer_fires_once_after_the_header_timeout():
     call.release()
     clock.advance(10)
     assert fired == ["late"] and not clock.getDelayedCalls()
+
+
+# -- one policy per client, each its own parts -------------------------------------------------
+
+def test_passthrough_and_source_fetches_each_have_their_own_policy():
+    clock = Clock()
+    backend = BackendConfig(url="http://127.0.0.1:1", max_concurrent=3, header_timeout=7)
+    upstream = Upstream(clock, backend, ServerConfig())
+    fetcher = SourceFetcher(clock, backend, 1024, upstream.agent)
+    through, source = upstream.backend_policy, fetcher.backend_policy
+    assert (through.breaker.name, source.breaker.name) == ("passthrough", "images")
+    assert (through.failures, source.failures) == (PASSTHROUGH_FAILURES, SOURCE_FAILURES)
+    assert through.breaker is upstream.breaker and source.breaker is fetcher.breaker
+    assert through.retry is upstream.retry and source.retry is fetcher.retry
+    assert through.limit is upstream.limit and source.limit is fetcher.limit
+    assert through.breaker is not source.breaker and through.limit is not source.limit
+    assert through.limit.limit == source.limit.limit == 3
+    assert through.header_timeout == source.header_timeout == 7
+    for _ in range(20):
+        one_call(source, ANSWERED, 500)
+    assert source.breaker.state == OPEN and through.breaker.state == CLOSED
