@@ -3,8 +3,8 @@ The backend client's one policy: admission, breaker verdicts, retries and the he
 
 Both halves of the backend client go through it: the pass-through (:mod:`.upstream`) and
 source fetches (:mod:`.fetch`). Each builds its own :class:`BackendPolicy` once, from the
-``backend`` settings, with its own parts: its own circuit breaker (``backend.
-passthrough_breaker``, ``backend.image_breaker``), its own concurrency limit
+``backend`` settings, with its own parts: its own circuit breaker
+(``backend.passthrough_breaker``, ``backend.image_breaker``), its own concurrency limit
 (``backend.max_concurrent`` each), its own retry budget and jitter (``backend.retries``,
 ``retry_backoff``, ``retry_backoff_max``) and its own definition of a failure
 (:data:`PASSTHROUGH_FAILURES`, :data:`SOURCE_FAILURES`). What really differs between the two
