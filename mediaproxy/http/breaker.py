@@ -1,5 +1,7 @@
 """
-Circuit breakers for the backend hop, and the retry policy that goes with them.
+The parts of the backend client's policy: circuit breakers, the retry backoff, the concurrency
+limit. :mod:`mediaproxy.http.policy` puts them together, once for pass-through and once for
+source fetches, and decides when each is asked and told.
 
 A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a sliding window
 (``window`` seconds, kept in one-second slots, so memory is bounded whatever the traffic):
@@ -10,10 +12,10 @@ A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a 
 * **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
   close it, one failure opens it again for another ``open_for``.
 
-What a failure is belongs to the caller: the image breaker (:mod:`mediaproxy.http.fetch`) counts
-connection errors, timeouts and 5xx, the pass-through breaker (:mod:`mediaproxy.http.upstream`) only
-connection errors and timeouts, and neither ever counts a 4xx. A call that ends in neither
-(cancelled by the client) is :meth:`~CircuitBreaker.release`\\ d without a verdict.
+What a failure is belongs to the caller (:class:`mediaproxy.http.policy.Failures`): the image
+breaker counts connection errors, timeouts and 5xx, the pass-through breaker only connection
+errors and timeouts, and neither ever counts a 4xx. A call that ends in neither (cancelled by
+the client) is :meth:`~CircuitBreaker.release`\\ d without a verdict.
 
 Time comes from an injected clock (the reactor, or ``task.Clock`` in tests); nothing here does
 I/O or schedules calls, so a breaker costs a few attribute reads per call.
@@ -165,10 +167,6 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         return self.rng.uniform(0, min(self.maximum, self.base * (2 ** min(attempt, 30))))
-
-
-#: Backend statuses worth another attempt (the backend or a balancer in front of it hiccupped).
-RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 @attrs.define(eq=False)

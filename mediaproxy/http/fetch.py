@@ -24,6 +24,11 @@ extension or Content-Type):
 * **pile-ups**: at most ``backend.max_concurrent`` fetches are in flight; more fail at once
   with 503 ``backend_busy``.
 
+Admission, retries, what the breaker counts and the header timeout are
+:mod:`mediaproxy.http.policy`'s, the same for the pass-through (with this fetcher's own breaker,
+limit and definition of a failure); this module keeps what is its own: collecting a bounded
+body, sniffing it, the source deadline, and the SourceError each outcome becomes.
+
 It uses the plain :class:`twisted.web.client.Agent`, not treq: a source fetch needs no cookie
 jar (a jar would carry one client's session to another), no redirect following and no buffering,
 which are treq's conveniences and would all have to be switched off, while the byte limit and the
@@ -37,20 +42,20 @@ from urllib.parse import quote
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    PotentialDataLoss, RequestTransmissionFailed, ResponseDone, ResponseNeverReceived,
-)
+from twisted.web.client import PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
+from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from ..config import BackendConfig, parse_size_map
 from .errors import CORRELATION_HEADER
 from ..models import SourceError, SourceImage
+from .policy import (
+    ANSWERED, CANCELLED, CONNECTION, SOURCE_FAILURES, TIMEOUT, BackendPolicy, failure_kind,
+)
 from .upstream import backend_origin
 
 _log = Logger(namespace="mediaproxy.fetch")
@@ -62,9 +67,6 @@ ERROR_BODY_LIMIT = 64 * 1024
 SNIFF_BYTES = 12
 #: Most bytes looked at before a source that is not an image is refused.
 SNIFF_LIMIT = 256
-
-_CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
-                      ResponseNeverReceived, RequestTransmissionFailed)
 
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm",
                           b"hevs"})
@@ -251,15 +253,14 @@ def _header(response, name: bytes) -> str | None:
     return values[0].decode("latin-1") if values else None
 
 
-def _breaker_log(name: str, old: str, new: str) -> None:
-    _log.warn("circuit breaker {breaker}: {old} -> {new}", breaker=name, old=old, new=new)
-
-
 @attrs.define(eq=False)
 class SourceFetcher:
     """Fetches originals from the backend. Share the Upstream's agent: ``SourceFetcher(reactor,
     config.backend, config.limits.max_source_bytes, upstream.agent)``, or
-    :meth:`from_config`. :meth:`set_limits` applies ``limits`` (formats, per-format sizes)."""
+    :meth:`from_config`. :meth:`set_limits` applies ``limits`` (formats, per-format sizes).
+    ``breaker``, ``retry`` and ``limit`` are the parts of its
+    :class:`~mediaproxy.http.policy.BackendPolicy` (``backend_policy``), built from
+    ``backend`` unless given."""
 
     reactor: Any
     backend: BackendConfig
@@ -269,19 +270,19 @@ class SourceFetcher:
     breaker: CircuitBreaker | None = None
     retry: RetryPolicy | None = None
     limit: ConcurrencyLimit | None = None
+    backend_policy: BackendPolicy = attrs.field(init=False)
     _origin: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self._origin = backend_origin(self.backend)[0].encode("ascii")
         if self.policy is None:
             self.policy = SourcePolicy(self.max_bytes)
-        if self.breaker is None:
-            self.breaker = CircuitBreaker.from_config(
-                self.reactor, "images", self.backend.image_breaker, _breaker_log)
-        if self.retry is None:
-            self.retry = RetryPolicy.from_config(self.backend)
-        if self.limit is None:
-            self.limit = ConcurrencyLimit(self.backend.max_concurrent)
+        backend_policy = self.backend_policy = BackendPolicy.from_config(
+            self.reactor, self.backend, self.backend.image_breaker, SOURCE_FAILURES,
+            name="images", log=_log, breaker=self.breaker, retry=self.retry, limit=self.limit)
+        self.breaker = backend_policy.breaker
+        self.retry = backend_policy.retry
+        self.limit = backend_policy.limit
 
     @classmethod
     def from_config(cls, reactor, config, agent) -> "SourceFetcher":
@@ -308,10 +309,6 @@ class SourceFetcher:
         return _Fetch(self, path, correlation_id, log, headers).start()
 
 
-#: How an attempt's outcome counts: for the breaker, and whether another attempt may follow.
-_OK, _FAILED, _NEUTRAL = "ok", "failed", "neutral"
-
-
 class _Fetch:
     def __init__(self, fetcher: SourceFetcher, path: str, correlation_id: str, log,
                  headers: dict | None):
@@ -322,14 +319,12 @@ class _Fetch:
         self.log = log
         self.extra = headers or {}
         self.started = self.reactor.seconds()
-        self.attempts = 0
+        self.call = fetcher.backend_policy.call()
         self.current: Deferred | None = None
-        self.header_timer = None
-        self.backoff_timer = None
+        self.status: int | None = None   # of the attempt's response, once it came
         self.deadline_timer = None
         self.timed_out = False
         self.deadline_passed = False
-        self.holds_slot = False
         self.done: Deferred[SourceImage] = Deferred(self._cancel)
 
     def _ms(self) -> float:
@@ -352,25 +347,20 @@ class _Fetch:
         self.log.debug("fetching source {path}", path=self.path,
                        correlation_id=self.correlation_id)
         self.done.addBoth(self._log_end)
-        if not self.fetcher.limit.acquire():
+        if self.call.admit() is not None:
             self._finish(Failure(SourceError(503, "backend_busy",
                                              "The image backend is busy; retry shortly.")))
             return self.done
-        self.holds_slot = True
         self.deadline_timer = self.reactor.callLater(self.fetcher.backend.source_timeout,
                                                      self._deadline)
         self._attempt()
         return self.done
 
     def _finish(self, result) -> None:
-        for name in ("deadline_timer", "backoff_timer", "header_timer"):
-            timer = getattr(self, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(self, name, None)
-        if self.holds_slot:
-            self.holds_slot = False
-            self.fetcher.limit.release()
+        timer, self.deadline_timer = self.deadline_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.call.release()
         if not self.done.called:
             if isinstance(result, Failure):
                 self.done.errback(result)
@@ -382,7 +372,7 @@ class _Fetch:
         current = self.current
         self.current = None
         if current is not None:
-            self.fetcher.breaker.release()
+            self.call.record(CANCELLED)
             current.cancel()
         self._finish(Failure(CancelledError()))
 
@@ -394,7 +384,7 @@ class _Fetch:
                       correlation_id=self.correlation_id)
         current, self.current = self.current, None
         if current is not None:
-            self.fetcher.breaker.failure()
+            self.call.record(TIMEOUT)
             current.cancel()
         self._finish(Failure(SourceError(504, "backend_timeout",
                                          "The backend did not deliver the source in time.")))
@@ -402,36 +392,31 @@ class _Fetch:
     # -- one attempt -----------------------------------------------------------------------
 
     def _attempt(self) -> None:
-        self.backoff_timer = None
         fetcher = self.fetcher
-        if not fetcher.breaker.allow():
+        if self.call.attempt() is not None:
             self._finish(Failure(SourceError(
                 503, "circuit_open", "The image backend is failing; try again shortly.")))
             return
-        self.attempts += 1
         self.timed_out = False
+        self.status = None
         try:
             d = fetcher.agent.request(b"GET", fetcher.url_for(self.path), self._headers(), None)
         except Exception:
             d = Deferred()
             d.errback(Failure())
         self.current = d
-        self.header_timer = self.reactor.callLater(fetcher.backend.header_timeout,
-                                                   self._header_timeout, d)
+        self.call.start_header_timer(self._header_timeout, d)
         d.addBoth(self._stop_header_timer)
         d.addCallback(self._got_response)
         d.addErrback(self._classify)
         d.addBoth(self._attempt_done, d)
 
     def _header_timeout(self, d: Deferred) -> None:
-        self.header_timer = None
         self.timed_out = True
         d.cancel()
 
     def _stop_header_timer(self, result):
-        if self.header_timer is not None and self.header_timer.active():
-            self.header_timer.cancel()
-        self.header_timer = None
+        self.call.stop_header_timer()
         return result
 
     def _attempt_done(self, outcome, d: Deferred) -> None:
@@ -439,24 +424,18 @@ class _Fetch:
             return
         self.current = None
         if not isinstance(outcome, tuple):
-            self.fetcher.breaker.success()
+            self.call.record(ANSWERED, self.status)
             self._finish(outcome)
             return
-        error, verdict, retryable = outcome
-        breaker = self.fetcher.breaker
-        if verdict == _FAILED:
-            breaker.failure()
-        elif verdict == _OK:
-            breaker.success()
-        else:
-            breaker.release()
-        if retryable and self.attempts <= self.fetcher.retry.retries:
-            delay = self.fetcher.retry.delay(self.attempts - 1)
+        error, kind, status = outcome
+        self.call.record(kind, status)
+        delay = self.call.retry_delay(kind, status)
+        if delay is not None:
             self.log.info("source {path}: {error} on attempt {attempt}; retrying in "
                           "{delay:.3f} s", path=self.path, error=error.error,
-                          attempt=self.attempts, delay=delay,
+                          attempt=self.call.attempts, delay=delay,
                           correlation_id=self.correlation_id)
-            self.backoff_timer = self.reactor.callLater(delay, self._attempt)
+            self.call.retry_later(delay, self._attempt)
             return
         self._finish(Failure(error))
 
@@ -468,7 +447,7 @@ class _Fetch:
         return collector.finished
 
     def _got_response(self, response):
-        code = response.code
+        code = self.status = response.code
         policy = self.fetcher.policy
         max_bytes = policy.max_bytes
         if code == 200:
@@ -509,33 +488,34 @@ class _Fetch:
         return SourceError(502, "backend_error", f"The backend answered {code}.")
 
     def _classify(self, failure: Failure):
-        """A failed attempt -> (SourceError, breaker verdict, retryable)."""
+        """A failed attempt -> (SourceError, outcome kind, status) for the policy: an answer
+        refused here (an error status, too large, not an image) is still the backend answering,
+        a stalled body a timeout."""
         if failure.check(_Status):
             status = failure.value
-            verdict = _FAILED if status.code >= 500 else _OK
-            return status.error, verdict, status.code in RETRY_STATUSES
+            return status.error, ANSWERED, status.code
         if failure.check(_TooLarge):
             return (SourceError(413, "source_too_large",
                                 f"The source is larger than {failure.value.limit} bytes."),
-                    _OK, False)
+                    ANSWERED, self.status)
         if failure.check(_Refused):
-            return failure.value.error, _OK, False
+            return failure.value.error, ANSWERED, self.status
         if failure.check(_Stalled):
             return (SourceError(504, "backend_timeout",
-                                "The backend stopped sending the source."), _FAILED, False)
-        if self.timed_out:
+                                "The backend stopped sending the source."), TIMEOUT, None)
+        kind = failure_kind(failure, self.timed_out)
+        if kind == TIMEOUT:
             return (SourceError(504, "backend_timeout", "The backend did not answer in time."),
-                    _FAILED, False)
-        if failure.check(*_CONNECTION_ERRORS):
+                    kind, None)
+        if kind == CONNECTION:
             return (SourceError(502, "backend_unavailable", "The backend could not be reached."),
-                    _FAILED, True)
-        if failure.check(CancelledError):
-            return (SourceError(502, "backend_error", "The fetch was cancelled."), _NEUTRAL,
-                    False)
+                    kind, None)
+        if kind == CANCELLED:
+            return SourceError(502, "backend_error", "The fetch was cancelled."), kind, None
         self.log.warn("source fetch of {path} failed: {why}", path=self.path,
                       why=f"{failure.type.__name__}: {failure.getErrorMessage()}",
                       correlation_id=self.correlation_id)
-        return SourceError(502, "backend_error", "The backend connection failed."), _FAILED, False
+        return SourceError(502, "backend_error", "The backend connection failed."), kind, None
 
     def _log_end(self, result):
         if isinstance(result, Failure):
@@ -544,7 +524,7 @@ class _Fetch:
                           "attempt(s) in {ms:.1f} ms", path=self.path,
                           status=getattr(error, "status", None),
                           error=getattr(error, "error", result.type.__name__), ms=self._ms(),
-                          attempts=self.attempts, correlation_id=self.correlation_id)
+                          attempts=self.call.attempts, correlation_id=self.correlation_id)
         else:
             self.log.info("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
                           path=self.path, bytes=len(result.body), ms=self._ms(),

@@ -26,6 +26,10 @@ Resilience (see docs/security.md):
   view cannot open it. While it is open every pass-through request gets a fast 503 with
   ``Retry-After``.
 
+These decisions (admission, retries, what the breaker counts, the header timeout) are
+:mod:`mediaproxy.http.policy`'s, the same for source fetches; this module keeps what is its own:
+streaming the request body to the backend and the response to the client.
+
 Whether a request may be forwarded at all (``mediaproxy_check_passthrough``: the rate
 limiter's ``ratelimit.passthrough_rate``) is asked by the core before it gets here.
 """
@@ -40,31 +44,29 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, FileBodyProducer, HTTPConnectionPool, PotentialDataLoss, RequestTransmissionFailed,
-    ResponseDone, ResponseNeverReceived,
+    Agent, FileBodyProducer, HTTPConnectionPool, PotentialDataLoss, ResponseDone,
 )
 from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from .breaker import RETRY_STATUSES, CircuitBreaker, ConcurrencyLimit, RetryPolicy
+from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from ..config import BackendConfig, ServerConfig
 from .errors import CORRELATION_HEADER, write_error
 from ..models import RequestInfo
+from .policy import (
+    ANSWERED, CANCELLED, PASSTHROUGH_FAILURES, TIMEOUT, BackendPolicy, failure_kind,
+)
 from .requestinfo import is_trusted
 
 _log = Logger(namespace="mediaproxy.upstream")
 
 #: Methods retried after a connection error or a 502/503/504 when they carry no body.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-
-_CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
-                      ResponseNeverReceived, RequestTransmissionFailed)
 
 #: Headers that describe one connection, not the message; never forwarded either way.
 HOP_BY_HOP = frozenset({
@@ -123,7 +125,9 @@ def _abort(request) -> None:
 @attrs.define(eq=False)
 class Upstream:
     """The backend hop: ``proxy(request, info, log)`` forwards one request and streams the
-    response back. Build one per process and ``close()`` it at shutdown."""
+    response back. Build one per process and ``close()`` it at shutdown. ``breaker``, ``retry``
+    and ``limit`` are the parts of its :class:`~mediaproxy.http.policy.BackendPolicy`
+    (``backend_policy``), built from ``backend`` unless given."""
 
     reactor: Any
     backend: BackendConfig
@@ -133,6 +137,7 @@ class Upstream:
     retry: RetryPolicy | None = None
     limit: ConcurrencyLimit | None = None
     agent: Agent = attrs.field(init=False)
+    backend_policy: BackendPolicy = attrs.field(init=False)
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
 
@@ -147,15 +152,11 @@ class Upstream:
         origin, hostport = backend_origin(self.backend)
         self._origin = origin.encode("ascii")
         self._backend_host = hostport.encode("ascii")
-        if self.breaker is None:
-            self.breaker = CircuitBreaker.from_config(
-                self.reactor, "passthrough", self.backend.passthrough_breaker,
-                lambda name, old, new: _log.warn("circuit breaker {breaker}: {old} -> {new}",
-                                                 breaker=name, old=old, new=new))
-        if self.retry is None:
-            self.retry = RetryPolicy.from_config(self.backend)
-        if self.limit is None:
-            self.limit = ConcurrencyLimit(self.backend.max_concurrent)
+        policy = self.backend_policy = BackendPolicy.from_config(
+            self.reactor, self.backend, self.backend.passthrough_breaker, PASSTHROUGH_FAILURES,
+            name="passthrough", log=_log, breaker=self.breaker, retry=self.retry,
+            limit=self.limit)
+        self.breaker, self.retry, self.limit = policy.breaker, policy.retry, policy.limit
 
     def proxy(self, request, info: RequestInfo, log) -> Deferred[None]:
         """Forward ``request`` (a :class:`~mediaproxy.http.streaming.StreamingRequest`; a stock
@@ -379,12 +380,8 @@ class _Exchange:
         self.client_gone = False
         self.aborting = False
         self.timed_out = False
-        self.header_timer = None
         self.pump: _ResponsePump | None = None
-        self.attempts = 0
-        self.holds_slot = False
-        self.verdict_pending = False
-        self.backoff_timer = None
+        self.call = upstream.backend_policy.call()
 
     def _fields(self, **fields) -> dict:
         return {"method": self.info.method, "path": self.info.path,
@@ -402,13 +399,13 @@ class _Exchange:
         request = self.request
         upstream = self.upstream
         request.notifyFinish().addErrback(self._client_lost)
-        if not upstream.limit.acquire():
+        refusal = self.call.admit()
+        if refusal is not None:
             self.log.warn("{in_flight} backend requests in flight; refusing {method} {path}",
-                          **self._fields(in_flight=upstream.limit.in_flight))
+                          **self._fields(in_flight=refusal.in_flight))
             self._answer(503, "backend_busy", "The server is busy; retry shortly.",
-                         [(b"Retry-After", b"1")])
+                         [(b"Retry-After", b"%d" % refusal.retry_after)])
             return
-        self.holds_slot = True
         self.url = upstream._origin + origin_form(request.uri)
         self.headers = upstream.forward_headers(request, self.info)
         self.body = self._body_producer()
@@ -417,21 +414,18 @@ class _Exchange:
         self._attempt()
 
     def _attempt(self) -> None:
-        self.backoff_timer = None
         request = self.request
         if self.client_gone or request.channel is None:
             self._settle()
             return
-        breaker = self.upstream.breaker
-        if not breaker.allow():
+        refusal = self.call.attempt()
+        if refusal is not None:
             self.log.info("pass-through breaker open; refusing {method} {path}",
                           **self._fields())
             self._answer(503, "backend_unavailable",
                          "The backend is unavailable; retry shortly.",
-                         [(b"Retry-After", b"%d" % breaker.retry_after())])
+                         [(b"Retry-After", b"%d" % refusal.retry_after)])
             return
-        self.verdict_pending = True
-        self.attempts += 1
         self.timed_out = False
         body = self.body
         if body is not None and not isinstance(body, _EmptyBody):
@@ -439,7 +433,7 @@ class _Exchange:
         try:
             d = self.upstream.agent.request(request.method, self.url, self.headers.copy(), body)
         except ValueError as e:  # the Agent refuses a method or target it cannot send
-            self._verdict(None)
+            self.call.record(CANCELLED)   # nothing was sent: tells nothing about the backend
             self.log.info("cannot forward {method} {path}: {why}",
                           **self._fields(why=str(e)))
             self._answer(400, "bad_request", "The request cannot be forwarded.")
@@ -450,32 +444,21 @@ class _Exchange:
         d.addCallbacks(self._got_response, self._request_failed)
         d.addErrback(self._unexpected)
 
-    def _verdict(self, failed: bool | None) -> None:
-        """Tell the breaker how the attempt went, once: True failed, False the backend
-        answered, None no verdict (cancelled)."""
-        if not self.verdict_pending:
-            return
-        self.verdict_pending = False
-        breaker = self.upstream.breaker
-        if failed is None:
-            breaker.release()
-        elif failed:
-            breaker.failure()
-        else:
-            breaker.success()
-
-    def _can_retry(self) -> bool:
-        return (self.retryable and self.attempts <= self.upstream.retry.retries
-                and not self.client_gone and self.request.channel is not None
+    def _may_repeat(self) -> bool:
+        """May this request be sent again at all: bodiless and idempotent, the client still
+        there and nothing of the response written to it? (The policy decides the rest.)"""
+        return (self.retryable and not self.client_gone and self.request.channel is not None
                 and not self.request.startedWriting)
 
-    def _retry(self, why: str) -> None:
-        delay = self.upstream.retry.delay(self.attempts - 1)
+    def _retry_delay(self, kind: str, status: int | None = None) -> float | None:
+        return self.call.retry_delay(kind, status) if self._may_repeat() else None
+
+    def _retry(self, why: str, delay: float) -> None:
         self.log.info("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
-                      **self._fields(why=why, attempt=self.attempts, delay=delay))
+                      **self._fields(why=why, attempt=self.call.attempts, delay=delay))
         self.got_response = False
         self.response_d = None
-        self.backoff_timer = self.reactor.callLater(delay, self._attempt)
+        self.call.retry_later(delay, self._attempt)
 
     def _body_producer(self):
         request = self.request
@@ -497,18 +480,11 @@ class _Exchange:
     # -- timers and cancellation -----------------------------------------------------------
 
     def _start_header_timer(self) -> None:
-        if self.got_response or self.client_gone or self.header_timer is not None:
+        if self.got_response or self.client_gone:
             return
-        self.header_timer = self.reactor.callLater(
-            self.upstream.backend.header_timeout, self._header_timeout)
-
-    def _cancel_header_timer(self) -> None:
-        if self.header_timer is not None and self.header_timer.active():
-            self.header_timer.cancel()
-        self.header_timer = None
+        self.call.start_header_timer(self._header_timeout)
 
     def _header_timeout(self) -> None:
-        self.header_timer = None
         if self.got_response or self.response_d is None:
             return
         self.timed_out = True
@@ -518,15 +494,13 @@ class _Exchange:
         if self.client_gone or self.aborting:
             return
         self.client_gone = True
-        self._cancel_header_timer()
+        self.call.stop_header_timer()
         self.log.info("client went away during {method} {path}: {why}",
                       **self._fields(why=reason.getErrorMessage()))
-        if self.backoff_timer is not None and self.backoff_timer.active():
-            self.backoff_timer.cancel()
-            self.backoff_timer = None
+        if self.call.cancel_retry():
             self._settle()
         if not self.got_response and self.response_d is not None:
-            self._verdict(None)
+            self.call.record(CANCELLED)
             self.response_d.cancel()
         if self.pump is not None:
             self.pump.stopProducing()
@@ -535,15 +509,16 @@ class _Exchange:
 
     def _got_response(self, response) -> None:
         self.got_response = True
-        self._cancel_header_timer()
-        self._verdict(False)   # the backend answered: up, whatever the status
+        self.call.stop_header_timer()
+        self.call.record(ANSWERED, response.code)   # the backend is up, whatever the status
         if self.client_gone or self.request.channel is None:
             response.deliverBody(_Discard())
             self._settle()
             return
-        if response.code in RETRY_STATUSES and self._can_retry():
+        delay = self._retry_delay(ANSWERED, response.code)
+        if delay is not None:
             response.deliverBody(_Discard())
-            self._retry(f"status {response.code}")
+            self._retry(f"status {response.code}", delay)
             return
         self._write_head(response)
         self.pump = _ResponsePump(self)
@@ -589,17 +564,18 @@ class _Exchange:
     # -- errors ----------------------------------------------------------------------------
 
     def _request_failed(self, failure: Failure) -> None:
-        self._cancel_header_timer()
+        self.call.stop_header_timer()
         if self.client_gone or self.request.channel is None:
-            self._verdict(None)
+            self.call.record(CANCELLED)
             self._settle()
             return
-        connection_error = failure.check(*_CONNECTION_ERRORS) is not None
-        self._verdict(True if (self.timed_out or connection_error) else None)
-        if connection_error and not self.timed_out and self._can_retry():
-            self._retry(f"{failure.type.__name__}")
+        kind = failure_kind(failure, self.timed_out)
+        self.call.record(kind)   # counted only if a connection error or a timeout
+        delay = self._retry_delay(kind)
+        if delay is not None:
+            self._retry(f"{failure.type.__name__}", delay)
             return
-        if self.timed_out:
+        if kind == TIMEOUT:
             self.log.warn("no response headers from the backend within {timeout} s for "
                           "{method} {path}",
                           **self._fields(timeout=self.upstream.backend.header_timeout))
@@ -620,7 +596,7 @@ class _Exchange:
 
     def _unexpected(self, failure: Failure) -> None:
         self.log.failure("proxying {method} {path} failed", failure, **self._fields())
-        self._verdict(None)
+        self.call.record(CANCELLED)
         request = self.request
         if request.channel is not None and not request.finished:
             if request.startedWriting:
@@ -631,9 +607,6 @@ class _Exchange:
         self._settle()
 
     def _settle(self) -> None:
-        self._cancel_header_timer()
-        if self.holds_slot:
-            self.holds_slot = False
-            self.upstream.limit.release()
+        self.call.release()
         if not self.done.called:
             self.done.callback(None)
