@@ -32,6 +32,11 @@ streaming the request body to the backend and the response to the client.
 
 Whether a request may be forwarded at all (``mediaproxy_check_passthrough``: the rate
 limiter's ``ratelimit.passthrough_rate``) is asked by the core before it gets here.
+
+Why one module: the exchange, the body producers and the response pump are one state machine
+seen from two sides (the client's connection and the backend's); each part reads and changes
+the others' state (pausing, finishing, aborting), and apart they would need that state passed
+back and forth through an interface of their own.
 """
 
 from __future__ import annotations
