@@ -97,6 +97,13 @@ def load_modules() -> tuple[dict, dict]:
     return data.get("defaults", {}), data["modules"]
 
 
+def paths_of(module: dict) -> list[str]:
+    """A module entry's files: ``path`` is one file or a list of them (one concern that lives
+    in more than one file, e.g. the parameter parsers and the parameters' registration)."""
+    path = module["path"]
+    return [path] if isinstance(path, str) else list(path)
+
+
 def test_command(module: dict, defaults: dict) -> str:
     options = defaults.get("pytest_options", "-x -q -p no:randomly -p no:cacheprovider")
     return f"{shlex.quote(sys.executable)} -m pytest {options} " + " ".join(module["tests"])
@@ -113,7 +120,7 @@ def prepare(name: str, module: dict, defaults: dict) -> tuple[Path, Path]:
     timeout = float(module.get("timeout", defaults.get("timeout", 120)))
     config.write_text(
         "[cosmic-ray]\n"
-        f"module-path = {json.dumps(module['path'])}\n"
+        f"module-path = {json.dumps(paths_of(module))}\n"
         f"timeout = {timeout}\n"
         "excluded-modules = []\n"
         f"test-command = {json.dumps(test_command(module, defaults))}\n"
@@ -122,23 +129,29 @@ def prepare(name: str, module: dict, defaults: dict) -> tuple[Path, Path]:
         session.unlink()
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
                    cwd=ROOT, check=True)
-    ranges = (function_ranges(ROOT / module["path"], module["functions"])
-              if module.get("functions") else None)
+    ranges = ({path: function_ranges(ROOT / path, module["functions"])
+               for path in paths_of(module)} if module.get("functions") else None)
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
             mutation = item.mutations[0]
             line = mutation.start_pos[0]
-            outside = ranges is not None and not any(a <= line <= b for a, b in ranges)
+            outside = ranges is not None and not any(
+                a <= line <= b for a, b in ranges[_relative(mutation.module_path)])
             if outside or not kept(mutation.operator_name):
                 db.set_result(item.job_id, WorkResult(
                     output="not in the focused set", worker_outcome=WorkerOutcome.SKIPPED))
     return config, session
 
 
+def _relative(path) -> str:
+    path = Path(path)
+    return str(path.resolve().relative_to(ROOT) if path.is_absolute() else path)
+
+
 def summarise(name: str, module: dict, session: Path) -> dict:
     from cosmic_ray.work_db import WorkDB, use_db
 
-    source = (ROOT / module["path"]).read_text().splitlines()
+    sources = {path: (ROOT / path).read_text().splitlines() for path in paths_of(module)}
     equivalent = {(e["operator"], e["line"].strip()): e["why"]
                   for e in module.get("equivalent", [])}
     killed, survivors, explained, incompetent = 0, [], [], 0
@@ -149,8 +162,10 @@ def summarise(name: str, module: dict, session: Path) -> dict:
                 continue
             mutation = item.mutations[0]
             line_no = mutation.start_pos[0]
-            text = source[line_no - 1].strip()
-            row = {"operator": mutation.operator_name, "line_no": line_no, "line": text,
+            path = _relative(mutation.module_path)
+            text = sources[path][line_no - 1].strip()
+            row = {"operator": mutation.operator_name, "file": path, "line_no": line_no,
+                   "line": text,
                    "occurrence": mutation.occurrence, "diff": result.diff or ""}
             test = result.test_outcome.value if result.test_outcome else None
             if outcome == "timeout" or test == "killed":
@@ -163,7 +178,7 @@ def summarise(name: str, module: dict, session: Path) -> dict:
             else:
                 survivors.append(row)
     counted = killed + len(survivors)
-    summary = {"module": name, "path": module["path"], "killed": killed,
+    summary = {"module": name, "path": ", ".join(paths_of(module)), "killed": killed,
                "survived": len(survivors), "equivalent": len(explained),
                "incompetent": incompetent,
                "score": round(100.0 * killed / counted, 1) if counted else 100.0,
@@ -207,7 +222,8 @@ def main(argv=None) -> int:
     if args.list:
         for name in names:
             m = modules[name]
-            print(f"{name:12} {m['path']}  {' '.join(m['tests'])}{'  [ci]' if m.get('ci') else ''}")
+            print(f"{name:12} {', '.join(paths_of(m))}  {' '.join(m['tests'])}"
+                  f"{'  [ci]' if m.get('ci') else ''}")
         return 0
     results = []
     for name in names:
@@ -218,7 +234,8 @@ def main(argv=None) -> int:
     print()
     for summary in results:
         for row in summary["survivors"]:
-            print(f"--- SURVIVED {summary['module']} line {row['line_no']} {row['operator']}")
+            print(f"--- SURVIVED {summary['module']} {row.get('file', '')}:{row['line_no']} "
+                  f"{row['operator']}")
             print(row["diff"].rstrip())
     print()
     print(f"| module | file | mutants | killed | survived | equivalent | score |")
