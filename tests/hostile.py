@@ -9,7 +9,6 @@ code, see docs/security.md "Hostile inputs") and how long that may take at most.
 
 from __future__ import annotations
 
-import io
 import random
 import struct
 import zlib
@@ -21,6 +20,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.web import server
 from twisted.web.resource import Resource
 from zope.interface import implementer
+
+from mediaproxy.testing.images import encode, make_image, noise
 
 MiB = 1024 * 1024
 
@@ -45,17 +46,11 @@ def pixel_bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
 
 def noisy_jpeg(size=(800, 600), seed: int = 7) -> bytes:
     """A JPEG of random noise (no long runs, so truncating it really loses pixels)."""
-    rng = random.Random(seed)
-    image = Image.frombytes("RGB", size, rng.randbytes(size[0] * size[1] * 3))
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return encode(noise(*size, seed=seed), "JPEG", quality=90)
 
 
 def small_jpeg(size=(64, 64)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(buf, "JPEG")
-    return buf.getvalue()
+    return make_image(size, "JPEG", (10, 120, 200))
 
 
 def lying_sof_jpeg(width: int, height: int) -> bytes:
@@ -74,15 +69,12 @@ def many_frames_gif(frames: int = 3000) -> bytes:
         image = Image.new("P", (2, 2), i % 2)
         image.putpalette(palette)
         images.append(image)
-    buf = io.BytesIO()
-    images[0].save(buf, "GIF", save_all=True, append_images=images[1:], duration=10, loop=0)
-    return buf.getvalue()
+    return encode(images[0], "GIF", save_all=True, append_images=images[1:], duration=10,
+                  loop=0)
 
 
 def small_gif() -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "GIF")
-    return buf.getvalue()
+    return make_image((32, 32), "GIF", (200, 10, 10))
 
 
 def padded_jpeg(total: int = 40 * 1000 * 1000) -> bytes:

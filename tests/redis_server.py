@@ -16,10 +16,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from mediaproxy.testing import wait_for
 
 STARTUP_TIMEOUT = 10.0
 
@@ -82,21 +83,6 @@ def command(port: int, *args, timeout: float = 5.0):
             return _read_reply(f)
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it returns a true value (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (OSError, RespError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout} s")
-        time.sleep(interval)
-
-
 class RedisServer:
     """One redis-server (or sentinel) process; :meth:`start` again after :meth:`kill` or
     :meth:`stop` reuses the port."""
@@ -140,7 +126,7 @@ class RedisServer:
 
         try:
             wait_for(ready, STARTUP_TIMEOUT, what=f"redis-server on port {self.port} "
-                     "answering PING")
+                     "answering PING", ignore=(OSError, RespError))
         except (TimeoutError, ServerExited):
             self.kill()
             raise
@@ -194,7 +180,7 @@ def start_sentinel(directory: Path, master: RedisServer, service: str,
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n")
     sentinel = start_server(directory, sentinel_conf=conf)
     wait_for(lambda: sentinel.command("SENTINEL", "get-master-addr-by-name", service),
-             STARTUP_TIMEOUT, what="sentinel knowing its master")
+             STARTUP_TIMEOUT, what="sentinel knowing its master", ignore=(OSError, RespError))
     return sentinel
 
 

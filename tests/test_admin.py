@@ -6,14 +6,13 @@ import urllib.request
 
 import pytest
 
-from .proxy import ImageOrigin, image_bytes, start_proxy
-from .redis_server import wait_for
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy, wait_for
 
 TOKEN = "s3cret-token"
 
 
 def files():
-    jpeg = image_bytes((400, 300))
+    jpeg = make_image((400, 300))
     return {"/media/uploads/a.jpg": (200, jpeg, "image/jpeg", []),
             "/media/uploads/b.jpg": (200, jpeg, "image/jpeg", []),
             "/media/shop/uploads/c.jpg": (200, jpeg, "image/jpeg", [])}

@@ -22,7 +22,7 @@ from mediaproxy.http.fetch import SourceFetcher
 from mediaproxy.logs import RequestLogger
 from mediaproxy.models import SourceError
 
-from .proxy import image_bytes, start_origin, start_proxy
+from mediaproxy.testing import make_image, start_origin, start_proxy
 
 
 # -- the state machine on a task.Clock -----------------------------------------------------------
@@ -155,7 +155,7 @@ class StubAgent:
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(outcome, Exception):
             return fail(outcome)
-        return succeed(FakeResponse(outcome, image_bytes((8, 8)) if outcome == 200 else b"x"))
+        return succeed(FakeResponse(outcome, make_image((8, 8)) if outcome == 200 else b"x"))
 
 
 def fetcher(clock, agent, **backend):
@@ -288,7 +288,7 @@ class DjangoLike(Resource):
             return b"busy"
         if path.endswith(".jpg"):
             request.setHeader(b"Content-Type", b"image/jpeg")
-            return image_bytes((40, 30))
+            return make_image((40, 30))
         return b"ok"
 
 

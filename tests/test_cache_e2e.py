@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from twisted.web.server import NOT_DONE_YET
 
-from .processes import ProxyProcess
-from .proxy import ImageOrigin, image_bytes, start_origin, start_proxy
-from .redis_server import wait_for
+from mediaproxy.testing import ImageOrigin, make_image, start_origin, start_proxy, wait_for
 
-PHOTO = image_bytes((1600, 1200))
+from .processes import ProxyProcess
+
+PHOTO = make_image((1600, 1200))
 
 
 class SlowOrigin(ImageOrigin):
@@ -37,7 +37,7 @@ class SlowOrigin(ImageOrigin):
 
 def files():
     return {"/media/uploads/p.jpg": (200, PHOTO, "image/jpeg", [("ETag", '"v1"')]),
-            "/media/uploads/warm.jpg": (200, image_bytes((40, 30)), "image/jpeg", [])}
+            "/media/uploads/warm.jpg": (200, make_image((40, 30)), "image/jpeg", [])}
 
 
 @pytest.fixture
@@ -272,7 +272,7 @@ def test_a_changed_source_is_rendered_again_on_revalidation(origin):
         path = "/media/uploads/p.jpg?w=96"
         _, _, before, _ = proxy.get(path)
         age_entry(proxy, path, 150)
-        origin.files["/media/uploads/p.jpg"] = (200, image_bytes((1600, 1200), color=(0, 90, 0)),
+        origin.files["/media/uploads/p.jpg"] = (200, make_image((1600, 1200), colour=(0, 90, 0)),
                                                 "image/jpeg", [("ETag", '"v2"')])
         status, headers, after, _ = proxy.get(path)
         assert status == 200 and headers["x-cache"] == "MISS" and after != before

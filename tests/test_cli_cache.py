@@ -4,9 +4,9 @@ import json
 import subprocess
 import sys
 
+from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
+
 from .processes import ROOT, ProxyProcess
-from .proxy import ImageOrigin, image_bytes, start_origin
-from .redis_server import wait_for
 
 
 def run_cli(*args, env=None, timeout=60):
@@ -19,9 +19,9 @@ def run_cli(*args, env=None, timeout=60):
 
 
 def test_warm_then_purge_through_shared_layers(live_reactor, redis_server, tmp_path):
-    origin = ImageOrigin({"/media/uploads/a.jpg": (200, image_bytes((300, 200)), "image/jpeg",
+    origin = ImageOrigin({"/media/uploads/a.jpg": (200, make_image((300, 200)), "image/jpeg",
                                                    []),
-                          "/media/shop/uploads/b.jpg": (200, image_bytes((300, 200)),
+                          "/media/shop/uploads/b.jpg": (200, make_image((300, 200)),
                                                         "image/jpeg", [])})
     port = start_origin(origin).getHost().port
     env = {"MEDIAPROXY_CACHE__REDIS__URL": redis_server.url,

@@ -9,7 +9,7 @@ from hypothesis import given, strategies as st
 from mediaproxy.builtin import compat, routing
 from mediaproxy.cache.keys import cache_key
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
-from mediaproxy.testing import make_runtime
+from mediaproxy.testing import ImageOrigin, make_image, make_runtime, start_proxy
 
 RUNTIME = make_runtime()
 P = "/media_stream-image"
@@ -133,8 +133,6 @@ def test_never_raises(tail):
 
 # -- the original's end-to-end flow, over real sockets -----------------------------------------
 
-from .proxy import ImageOrigin, image_bytes, start_proxy  # noqa: E402
-
 COMPAT_URL = f"{P}/media/shop/uploads/products/%CF%84%20shoe.jpg/300/200/cover/centre/transparent/0/80.webp"
 
 
@@ -142,7 +140,7 @@ COMPAT_URL = f"{P}/media/shop/uploads/products/%CF%84%20shoe.jpg/300/200/cover/c
 def compat_proxy(live_reactor):
     # The origin sees the raw request path: the proxy must re-encode the decoded UTF-8 name.
     origin = ImageOrigin({"/media/shop/uploads/products/%CF%84%20shoe.jpg": (
-        200, image_bytes((800, 600)), "image/jpeg", [])})
+        200, make_image((800, 600)), "image/jpeg", [])})
     running = start_proxy(origin=origin)
     yield running
     running.stop()

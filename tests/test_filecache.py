@@ -25,9 +25,8 @@ from mediaproxy.config import FileCacheConfig
 from mediaproxy.cache.entrycodec import body_digest
 from mediaproxy.cache.locks import try_lock, unlock
 from mediaproxy.models import CacheEntry
-from mediaproxy.testing import call_in_reactor, reactor_thread
+from mediaproxy.testing import call_in_reactor, reactor_thread, wait_for
 
-from .redis_server import wait_for
 
 NOW = 1_700_000_000.0
 Usage = namedtuple("Usage", "total used free")

@@ -11,11 +11,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python import threadable
 
 from mediaproxy import TransformStep, hookimpl
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy
 
-from .proxy import ImageOrigin, image_bytes, start_proxy
-
-JPEG = image_bytes((800, 600))
-PNG_ALPHA = image_bytes((400, 400), "PNG", (0, 128, 255, 100), mode="RGBA")
+JPEG = make_image((800, 600))
+PNG_ALPHA = make_image((400, 400), "PNG", (0, 128, 255, 100), mode="RGBA")
 LAST_MODIFIED = "Tue, 01 Sep 2026 10:00:00 GMT"
 
 
@@ -190,10 +189,10 @@ def test_pillow_work_runs_off_the_reactor_within_the_pool_size(live_reactor, mon
         return original_open(*args, **kwargs)
 
     monkeypatch.setattr(Image, "open", recording_open)
-    big = image_bytes((2000, 1500))
+    big = make_image((2000, 1500))
     origin = ImageOrigin({"/media/big.jpg": (200, big, "image/jpeg", [])})
     running = start_proxy(origin=origin, overrides={"processing": {"threads": 3}},
-                          extra_plugins=[recorder])
+                          plugins=[recorder])
     try:
         with ThreadPoolExecutor(20) as pool:
             results = list(pool.map(

@@ -15,8 +15,8 @@ from mediaproxy.imaging import (
     placeholder, probe, render,
 )
 from mediaproxy.models import TransformSpec, TransformStep
-from tests import images
-from tests.images import BLUE, GREY, RED, decode, encode
+from mediaproxy.testing import images
+from mediaproxy.testing.images import BLUE, GREY, RED, decode, encode
 
 FORMATS = ("jpeg", "png", "webp", "avif", "gif", "tiff")
 ALPHA_FORMATS = ("png", "webp", "avif", "tiff")

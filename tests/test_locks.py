@@ -20,9 +20,8 @@ from mediaproxy.cache.locks import (
 )
 from mediaproxy.cache.coalescing import coalescing_lock
 from mediaproxy.cache.redis import RedisClient
-from mediaproxy.testing import make_runtime, call_in_reactor, reactor_thread
+from mediaproxy.testing import call_in_reactor, make_runtime, reactor_thread, wait_for
 
-from .redis_server import wait_for
 
 KEY = "shop:0123456789abcdef0123:" + "ab" * 32
 

@@ -5,12 +5,12 @@ import urllib.request
 
 import pytest
 
-from .proxy import ImageOrigin, image_bytes, start_proxy
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy
 
 
 @pytest.fixture
 def proxy(live_reactor):
-    origin = ImageOrigin({"/media/a.jpg": (200, image_bytes((300, 200)), "image/jpeg", [])})
+    origin = ImageOrigin({"/media/a.jpg": (200, make_image((300, 200)), "image/jpeg", [])})
     running = start_proxy(origin=origin, overrides={
         "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}})
     yield running

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from .proxy import ImageOrigin, image_bytes, start_origin
+from mediaproxy.testing import ImageOrigin, make_image, start_origin
+
 from .redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +36,7 @@ def wait_for(url, proc, timeout=60.0):
 
 @pytest.fixture(scope="module")
 def origin_port(live_reactor):
-    origin = ImageOrigin({"/media/uploads/p.jpg": (200, image_bytes((640, 480)), "image/jpeg",
+    origin = ImageOrigin({"/media/uploads/p.jpg": (200, make_image((640, 480)), "image/jpeg",
                                                    [])})
     port = start_origin(origin)
     yield port.getHost().port

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = r"""
 import io, json, sys
 from PIL import Image
-from tests.proxy import ImageOrigin, image_bytes, start_proxy
-origin = ImageOrigin({"/media/a.jpg": (200, image_bytes((200, 100), color=(250, 20, 20)),
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy
+origin = ImageOrigin({"/media/a.jpg": (200, make_image((200, 100), colour=(250, 20, 20)),
                                        "image/jpeg", [])})
 running = start_proxy(origin=origin, load_entrypoints=True, environ=dict(
     (k, v) for k, v in __import__("os").environ.items() if k.startswith("MEDIAPROXY_")))

@@ -16,9 +16,7 @@ from mediaproxy.builtin.ratelimit import (
 )
 from mediaproxy.config import load_config
 from mediaproxy.models import ImageRequest, RequestInfo
-from mediaproxy.testing import call_in_reactor
-
-from .proxy import ImageOrigin, image_bytes, start_proxy
+from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy
 
 
 def limiter(clock=None, sampler=None, **ratelimit):
@@ -242,7 +240,7 @@ def test_a_failed_exchange_keeps_the_counts_for_the_next():
 # -- over real sockets -------------------------------------------------------------------------
 
 def files():
-    return {"/media/a.jpg": (200, image_bytes((100, 80)), "image/jpeg", [])}
+    return {"/media/a.jpg": (200, make_image((100, 80)), "image/jpeg", [])}
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ from mediaproxy.config import ConfigError, RedisCacheConfig, config_from_dict
 from mediaproxy.cache.locks import RedisLock
 from mediaproxy.models import CacheEntry
 from mediaproxy.cache.redis import RedisAddress, RedisClient, RedisUnavailable
-from mediaproxy.testing import call_in_reactor, make_runtime, reactor_thread
+from mediaproxy.testing import call_in_reactor, make_runtime, reactor_thread, wait_for
 
-from .redis_server import RedisServer, free_port, start_sentinel, wait_for
+from .redis_server import RedisServer, free_port, start_sentinel
 
 TIMEOUT = 0.5
 

@@ -2,9 +2,7 @@
 
 from mediaproxy import hookimpl
 from mediaproxy.tap import reload_config
-from mediaproxy.testing import call_in_reactor
-
-from .proxy import ImageOrigin, image_bytes, start_proxy
+from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy
 
 
 class Recorder:
@@ -20,8 +18,8 @@ def test_reload_tells_plugins_and_applies_the_new_config(live_reactor, tmp_path)
     path = tmp_path / "mediaproxy.toml"
     path.write_text("[processing]\ndefault_quality = 80\n")
     recorder = Recorder()
-    origin = ImageOrigin({"/media/a.jpg": (200, image_bytes((200, 100)), "image/jpeg", [])})
-    running = start_proxy(origin=origin, extra_plugins=[recorder])
+    origin = ImageOrigin({"/media/a.jpg": (200, make_image((200, 100)), "image/jpeg", [])})
+    running = start_proxy(origin=origin, plugins=[recorder])
     try:
         path.write_text("[processing]\ndefault_quality = 42\n[cache]\nx_cache_header = false\n")
         call_in_reactor(reload_config, running.runtime, str(path))

@@ -22,9 +22,7 @@ from twisted.internet.protocol import Protocol
 
 from mediaproxy import TransformStep, hookimpl
 from mediaproxy.http import ssrf
-from mediaproxy.testing import call_in_reactor
-
-from .proxy import ImageOrigin, image_bytes, start_proxy
+from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy
 
 
 # -- the connect guard ---------------------------------------------------------------------------
@@ -61,7 +59,7 @@ def guard(live_reactor, monkeypatch):
 
 @pytest.fixture
 def proxy(guard):
-    origin = ImageOrigin({"/media/uploads/a.jpg": (200, image_bytes((300, 200)), "image/jpeg",
+    origin = ImageOrigin({"/media/uploads/a.jpg": (200, make_image((300, 200)), "image/jpeg",
                                                    [])})
     running = start_proxy(origin=origin)
     yield running
@@ -160,7 +158,7 @@ def test_validation_rejections_name_the_parameter_and_are_counted(proxy):
 
 
 def test_unknown_parameters_are_ignored_by_default_and_400_when_rejected(guard):
-    origin = ImageOrigin({"/media/uploads/a.jpg": (200, image_bytes((300, 200)), "image/jpeg",
+    origin = ImageOrigin({"/media/uploads/a.jpg": (200, make_image((300, 200)), "image/jpeg",
                                                    [])})
     running = start_proxy(origin=origin)
     try:
@@ -180,7 +178,7 @@ def test_unknown_parameters_are_ignored_by_default_and_400_when_rejected(guard):
 
 
 def test_enlarging_past_the_output_budget_is_refused(proxy):
-    proxy.origin.files["/media/uploads/thin.png"] = (200, image_bytes((2, 400), "PNG"),
+    proxy.origin.files["/media/uploads/thin.png"] = (200, make_image((2, 400), "PNG"),
                                                      "image/png", [])
     status, headers, _, _ = proxy.get("/media/uploads/thin.png?w=8000&enlarge=1")
     assert (status, headers["x-placeholder"]) == (400, "output_too_large")
@@ -192,7 +190,7 @@ def test_enlarging_past_the_output_budget_is_refused(proxy):
 # -- Host forgery and absolute-form targets --------------------------------------------------------
 
 def raw_request(running, request: bytes) -> tuple[int, bytes]:
-    with socket.create_connection((running.host, running.portnum), timeout=10) as s:
+    with socket.create_connection((running.host, running.port), timeout=10) as s:
         s.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data or len(data) < 12:
@@ -460,11 +458,11 @@ def test_error_responses_leak_no_internals_and_the_log_has_the_details(guard):
     dead_port = dead.getsockname()[1]
     dead.close()
     origin = ImageOrigin({
-        "/media/uploads/x.jpg": (200, image_bytes((60, 40)), "image/jpeg", []),
+        "/media/uploads/x.jpg": (200, make_image((60, 40)), "image/jpeg", []),
         "/media/status/500/x.jpg": (500, b"Traceback (most recent call last): /srv/app.py",
                                     "text/html", [])})
-    running = start_proxy(origin=origin, extra_plugins=[Exploding()])
-    origin.port = running.origin_port.getHost().port
+    running = start_proxy(origin=origin, plugins=[Exploding()])
+    origin.port = running.origin.port
     down = start_proxy(backend_port=dead_port, overrides={"backend": {"retries": 0}})
     try:
         answers = [

@@ -18,10 +18,9 @@ import pytest
 from PIL import Image
 
 from mediaproxy import TransformStep, hookimpl
-from mediaproxy.testing import reactor_thread
+from mediaproxy.testing import reactor_thread, start_proxy
 
 from .hostile import HostileOrigin, corpus, small_jpeg
-from .proxy import start_proxy
 
 RSS_LIMIT = 512 * 1024 * 1024
 
@@ -137,7 +136,7 @@ def test_a_transform_past_its_deadline_is_a_503_and_abandoned(live_reactor):
     files = {"a.jpg": (small_jpeg((300, 200)), "image/jpeg")}
     running = start_proxy(origin=HostileOrigin(reactor_thread(), files),
                           overrides={"limits": {"transform_timeout": 0.5}},
-                          extra_plugins=[stuck])
+                          plugins=[stuck])
     try:
         status, headers, body, _ = running.get("/media/hostile/a.jpg?w=77")
         # The deadline answered: the step had started and has still not returned.

@@ -12,8 +12,7 @@ import pytest
 from mediaproxy import cli
 from mediaproxy.builtin.signing import canonical, sign_url, signature
 from mediaproxy.config import load_config
-
-from .proxy import ImageOrigin, image_bytes, start_proxy
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy
 
 KEY = "k1-0123456789abcdef0123456789abcdef"
 OLD_KEY = "k0-fedcba9876543210fedcba9876543210"
@@ -21,8 +20,8 @@ COMPAT = "/media_stream-image/media/uploads/a.jpg/300/200/cover/centre/ffffff/0/
 
 
 def files():
-    return {"/media/uploads/a.jpg": (200, image_bytes((400, 300)), "image/jpeg", []),
-            "/media/uploads/%C3%A9%20b.jpg": (200, image_bytes((400, 300)), "image/jpeg", [])}
+    return {"/media/uploads/a.jpg": (200, make_image((400, 300)), "image/jpeg", []),
+            "/media/uploads/%C3%A9%20b.jpg": (200, make_image((400, 300)), "image/jpeg", [])}
 
 
 def config(**signing):

@@ -8,14 +8,14 @@ import sys
 import psutil
 import pytest
 
+from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
+
 from .processes import ROOT, ProxyProcess
-from .proxy import ImageOrigin, image_bytes, start_origin
-from .redis_server import wait_for
 
 
 @pytest.fixture(scope="module")
 def origin_port(live_reactor):
-    origin = ImageOrigin({"/media/a.jpg": (200, image_bytes((300, 200)), "image/jpeg", [])})
+    origin = ImageOrigin({"/media/a.jpg": (200, make_image((300, 200)), "image/jpeg", [])})
     return start_origin(origin).getHost().port
 
 

@@ -1,5 +1,5 @@
 """
-Test helpers for mediaproxy and its plugins: a real reactor in a background thread.
+The global reactor in a background thread, and a way to call into it from the test thread.
 
 Tests that talk to the proxy over real sockets (``http.client``, plain sockets) run in the test
 thread while the global reactor runs in a daemon thread::
@@ -89,23 +89,3 @@ def call_in_reactor(fn: Callable[..., Any], *args: Any, timeout: float = 10.0,
     if isinstance(result, Failure):
         result.raiseException()
     return result
-
-
-def make_runtime(overrides: dict | None = None, reactor=None, plugins=(),
-                 load_entrypoints: bool = False, environ: dict | None = None):
-    """A complete :class:`~mediaproxy.runtime.Runtime`, built the way the proxy builds its own
-    (:func:`mediaproxy.tap.build_runtime`): the built-in plugins, ``plugins`` (objects or
-    modules) and, with ``load_entrypoints``, the installed ones, every plugin configured.
-
-    ``overrides`` is a dict shaped like the TOML file (``{"limits": {"max_width": 1000}}``);
-    ``reactor`` defaults to a fresh :class:`~twisted.internet.testing.MemoryReactorClock`, so
-    nothing listens, connects or runs until the test drives it. Nothing is started.
-    """
-    from twisted.internet.testing import MemoryReactorClock
-
-    from .config import load_config
-    from .tap import build_runtime
-
-    config = load_config(environ=environ or {}, overrides=overrides or {})
-    return build_runtime(config, reactor if reactor is not None else MemoryReactorClock(),
-                         extra_plugins=plugins, load_entrypoints=load_entrypoints)
