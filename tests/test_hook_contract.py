@@ -15,14 +15,14 @@ import json
 from twisted.internet.defer import succeed
 
 from mediaproxy import ImageResponse, Rejection, hookimpl
+from mediaproxy.testing import ImageOrigin, make_image, start_proxy
 
-from .proxy import ImageOrigin, image_bytes, start_proxy
 
 PHOTO = "/media/uploads/photo.jpg"
 
 
 def origin_with_photo():
-    return ImageOrigin({PHOTO: (200, image_bytes((400, 300)), "image/jpeg", [])})
+    return ImageOrigin({PHOTO: (200, make_image((400, 300)), "image/jpeg", [])})
 
 
 class TakeOver:
@@ -44,7 +44,7 @@ def error_of(body: bytes) -> tuple[str, str | None]:
 
 def test_a_plugin_that_takes_over_the_protocol_still_gets_only_checked_requests():
     plugin = TakeOver()
-    proxy = start_proxy(origin=origin_with_photo(), extra_plugins=[plugin], overrides={
+    proxy = start_proxy(origin=origin_with_photo(), plugins=[plugin], overrides={
         "limits": {"max_width": 1000},
         "ratelimit": {"exempt": [], "ip_rate": 0.001, "ip_burst": 2}})
     try:
@@ -67,7 +67,7 @@ def test_a_plugin_that_takes_over_the_protocol_still_gets_only_checked_requests(
 
 def test_a_plugin_that_takes_over_the_protocol_cannot_skip_the_signature():
     plugin = TakeOver()
-    proxy = start_proxy(origin=origin_with_photo(), extra_plugins=[plugin], overrides={
+    proxy = start_proxy(origin=origin_with_photo(), plugins=[plugin], overrides={
         "signing": {"keys": ["a-signing-key-of-enough-length-0123"]}})
     try:
         status, _, body, _ = proxy.get(f"{PHOTO}?w=300")
@@ -95,7 +95,7 @@ class Quota:
 
 def test_admission_is_asked_once_per_transform_and_its_refusal_is_the_answer():
     quota = Quota(allowance=1)
-    proxy = start_proxy(origin=origin_with_photo(), extra_plugins=[quota])
+    proxy = start_proxy(origin=origin_with_photo(), plugins=[quota])
     try:
         status, headers, _, _ = proxy.get(f"{PHOTO}?w=200")
         assert (status, headers["x-cache"]) == (200, "MISS")
@@ -125,7 +125,7 @@ class Gate:
 def test_a_passthrough_check_refuses_before_the_backend_sees_the_request():
     origin = ImageOrigin({"/page": (200, b"hello", "text/plain", [])})
     origin.render_POST = origin.render_GET
-    proxy = start_proxy(origin=origin, extra_plugins=[Gate()])
+    proxy = start_proxy(origin=origin, plugins=[Gate()])
     try:
         status, headers, body, _ = proxy.request("POST", "/page", body=b"x=1")
         assert (status, error_of(body)[0], headers["x-gate"]) == (403, "read_only", "closed")
