@@ -36,3 +36,17 @@ def origin_factory(live_reactor):
 def origin(origin_factory):
     """A recording origin on 127.0.0.1:0."""
     return origin_factory()
+
+
+# -- the hang guard ----------------------------------------------------------------------------
+
+SLOW_TIMEOUT = 300
+
+
+def pytest_collection_modifyitems(config, items):
+    """pytest-timeout fails a hung test after ``timeout`` (pyproject: 60 s) with a traceback;
+    tests marked ``slow`` (fresh venvs, large bodies) get ``SLOW_TIMEOUT`` instead, enough on
+    a loaded 2-core machine."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
