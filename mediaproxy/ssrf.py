@@ -6,8 +6,8 @@ The backend (``backend.url``) is trusted as configured and reached through
 source on an allowed host) must go through :func:`safe_agent` (or :func:`agent_for`, built from
 ``[ssrf]``), an :class:`~twisted.web.iweb.IAgent` whose endpoint factory
 
-1. refuses hosts outside ``ssrf.allowed_hosts`` (when that list is set) and schemes other than
-   http and https;
+1. refuses malformed host names (an empty label or one over 63 characters), hosts outside
+   ``ssrf.allowed_hosts`` (when that list is set) and schemes other than http and https;
 2. resolves the host name itself, **at connect time**, and refuses the connection when **any**
    resolved address is refused by the :class:`AddressPolicy` (so a name with one public and one
    internal record is refused);
@@ -73,7 +73,10 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
-_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]{1,16})?")
+# A DNS name (labels of 1 to 63 characters: getaddrinfo cannot even encode another, and
+# Twisted's resolver then never completes), or an IP literal (with a zone).
+_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]{1,16})?")
 
 
 class BlockedAddress(ConnectError):
@@ -243,7 +246,7 @@ class FilteringEndpointFactory:
             scheme = uri.scheme.decode("ascii") if isinstance(uri.scheme, bytes) else uri.scheme
         except UnicodeDecodeError:
             return RefusedEndpoint("?", "the host is not an ASCII (IDNA) name")
-        if not _HOST.fullmatch(host):
+        if not (_NAME.fullmatch(host) or (_ADDRESS.fullmatch(host) and _literal(host) is not None)):
             return RefusedEndpoint(host, "not a valid host name")
         if scheme not in ("http", "https"):
             return RefusedEndpoint(host, f"the scheme {scheme!r} is not fetched")
