@@ -23,7 +23,8 @@ The address policy refuses, unless the address lies in ``ssrf.allow_networks``:
   ``192.168/16``, ``198.18/15``, ``198.51.100/24``, ``203.0.113/24``, ``224/4`` (multicast),
   ``240/4`` and the broadcast address;
 * IPv6: ``::``, ``::1``, ``fc00::/7`` (ULA), ``fe80::/10``, ``fec0::/10``, ``ff00::/8``,
-  ``100::/64``, ``2001:db8::/32``, ``2001:10::/28``, ``2001:20::/28``;
+  ``100::/64``, ``100:0:0:1::/64`` (dummy prefix), ``2001:db8::/32`` and ``3fff::/20``
+  (documentation), ``2001:10::/28``, ``2001:20::/28``, ``5f00::/16`` (SRv6 segment IDs);
 * every IPv6 form that embeds an IPv4 address: IPv4-mapped ``::ffff:0:0/96``, IPv4-translated
   ``::ffff:0:0:0/96``, IPv4-compatible ``::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32`` and
   NAT64 ``64:ff9b::/96`` / ``64:ff9b:1::/48``, whatever the embedded address (allowed only when
@@ -62,6 +63,8 @@ BLOCKED_V4 = tuple(ipaddress.IPv4Network(n) for n in (
 BLOCKED_V6 = tuple(ipaddress.IPv6Network(n) for n in (
     "::/128", "::1/128", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "100::/64",
     "2001:db8::/32", "2001:10::/28", "2001:20::/28",
+    # not globally reachable (IANA) but called global by the supported Pythons' ipaddress
+    "100:0:0:1::/64", "3fff::/20", "5f00::/16",
 ))
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
