@@ -32,9 +32,12 @@ from urllib.parse import quote, unquote
 import pytest
 from twisted.internet._resolver import GAIResolver
 from twisted.internet.error import ConnectionLost, DNSLookupError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.defer import Deferred
-from twisted.web.client import HTTPConnectionPool, ResponseDone, ResponseNeverReceived
+from twisted.web.client import URI, HTTPConnectionPool, ResponseDone, ResponseNeverReceived
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface.verify import verifyObject
 
 from mediaproxy import ssrf
 from mediaproxy.config import load_config
@@ -78,11 +81,12 @@ class Names:
                                       flags | socket.AI_NUMERICHOST)
         infos = []
         for address in answers:
-            if ":" in address:
-                text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6,
-                                                                          address))
+            if ":" in address:     # as getaddrinfo writes it, a scoped one with its zone
+                bare, _, zone = address.partition("%")
+                text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, bare))
                 infos.append((socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
-                              (text, port, 0, 0)))
+                              (f"{text}%{zone}" if zone else text, port, 0,
+                               socket.if_nametoindex(zone) if zone else 0)))
             else:
                 infos.append((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
                               (address, port)))
@@ -524,6 +528,15 @@ def test_an_allowed_network_of_the_other_family_allows_nothing(net):
     refused(net, agent, "http://10.0.0.1/", "10.0.0.1", f"10.0.0.1: {network('10.0.0.0/8')}")
 
 
+def test_a_scoped_link_local_answer_is_checked_and_dialled_as_the_address_checked(net):
+    table = {"link.example": ["fe80::1%lo"]}
+    refused(net, net.agent(names=table), "http://link.example/", "link.example",
+            f"fe80::1%lo: {network('fe80::/10')}")
+    agent = net.agent(names=table, allow=["fe80::/10"])
+    assert net.get(agent, "http://link.example/") == (200, b"ok /")
+    assert net.dialled == [("fe80::1", 80)]
+
+
 def test_dns_rebinding_is_checked_on_every_connection(net):
     agent = net.agent(names={"rebind.example": [[PUBLIC], ["169.254.169.254"]]})
     assert net.get(agent, "http://rebind.example/a") == (200, b"ok /a")
@@ -616,3 +629,12 @@ def test_the_address_policy_answers_for_strings_and_addresses():
     assert policy.host_refusal("anything.example") is None
     allowing = ssrf.AddressPolicy(allow=[ipaddress.ip_network("10.0.0.0/8"), "fd00::/8"])
     assert allowing.refusal("10.9.9.9") is None and allowing.refusal("fd00::1") is None
+
+
+def test_the_agent_parts_provide_the_twisted_interfaces_they_are_used_through(net):
+    """A plugin may compose them with Twisted's own agents and endpoints."""
+    factory = ssrf.FilteringEndpointFactory(net.dialler, ssrf.AddressPolicy(),
+                                            net.resolver(), 5.0)
+    verifyObject(IAgentEndpointFactory, factory)
+    verifyObject(IStreamClientEndpoint, factory.endpointForURI(URI.fromBytes(b"http://a.example/")))
+    verifyObject(IStreamClientEndpoint, factory.endpointForURI(URI.fromBytes(b"ftp://a.example/")))
