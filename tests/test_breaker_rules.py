@@ -377,3 +377,18 @@ def test_only_502_503_and_504_are_retried(live_reactor):
             500: 1, 501: 1, 502: 3, 503: 3, 504: 3, 505: 1}
     finally:
         running.stop()
+
+
+def test_a_retry_reaches_the_backend_once_per_attempt(live_reactor):
+    # With no backoff the retry is sent at once: it must not go out on the connection the
+    # discarded 503 is closing (it used to, the Agent resent it, and the backend saw every
+    # retry twice).
+    origin = ImageOrigin({"/busy/": (503, b"busy", "text/plain", [])})
+    running = start_proxy(origin=origin, overrides={"backend": {
+        "retries": 1, "retry_backoff": 0, "retry_backoff_max": 0,
+        "passthrough_breaker": {"enabled": False}}})
+    try:
+        assert [running.get("/busy/")[0] for _ in range(10)] == [503] * 10
+        assert origin.hits["/busy/"] == 20
+    finally:
+        running.stop()
