@@ -333,6 +333,16 @@ def test_from_config_takes_every_setting():
     assert disabled.state == CLOSED
 
 
+def test_a_breaker_built_without_settings_has_the_documented_defaults():
+    b, c = CircuitBreaker(Clock(), "plain"), BreakerConfig()
+    assert (b.failure_ratio, b.min_calls, b.window, b.open_for, b.probes, b.enabled) == (
+        c.failure_ratio, c.min_calls, c.window, c.open_for, c.probes, c.enabled)
+    assert (b.state, b.on_change) == (CLOSED, None)
+    policy, backend = RetryPolicy(), BackendConfig()
+    assert (policy.retries, policy.base, policy.maximum) == (
+        backend.retries, backend.retry_backoff, backend.retry_backoff_max)
+
+
 # -- retries and the concurrency bound -------------------------------------------------------------
 
 @pytest.mark.parametrize("attempt, cap", [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0),
