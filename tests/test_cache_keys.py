@@ -15,10 +15,12 @@ import hashlib
 import attrs
 import pytest
 
+from mediaproxy import hookimpl
+from mediaproxy.models import ImageRequest
 from mediaproxy.purge import PurgeScope, purge
 from mediaproxy.testing import call_in_reactor
 
-from .images import decode, make_jpeg
+from .images import decode, make_jpeg, make_png
 from .proxy import ImageOrigin, start_proxy
 
 PHOTO = make_jpeg(400, 200)
@@ -233,5 +235,39 @@ def test_fresh_and_stale_follow_the_memory_ttl_and_stale_while_revalidate(live_r
         assert fetch(running, url)[0] == "MISS"
         age_entry(running, url, age)
         assert fetch(running, url)[0] == expected
+    finally:
+        running.stop()
+
+
+class SlashRoute:
+    """A route plugin serving ``/dir/{name}`` from the backend's ``/media/{name}`` as it is,
+    trailing slash included (a backend may serve an image at a directory URL)."""
+
+    @hookimpl
+    def mediaproxy_match_request(self, request, runtime):
+        if not request.path.startswith("/dir/"):
+            return None
+        source = "/media/" + request.path.removeprefix("/dir/")
+        return ImageRequest(route="dir", source_path=source, params={"w": 10})
+
+
+def test_a_trailing_slash_is_part_of_the_source(live_reactor):
+    origin = ImageOrigin({"/media/x": (200, make_jpeg(40, 20), "image/jpeg", []),
+                          "/media/x/": (200, make_png(40, 20), "image/png", [])})
+    running = start_proxy(origin=origin, extra_plugins=[SlashRoute()])
+    try:
+        plain = running.get("/dir/x")
+        slash = running.get("/dir/x/")
+        assert (plain[0], plain[1]["content-type"], plain[1]["x-cache"]) == (
+            200, "image/jpeg", "MISS")
+        assert (slash[0], slash[1]["content-type"], slash[1]["x-cache"]) == (
+            200, "image/png", "MISS")
+        assert running.get("/dir/x/")[1]["x-cache"] == "HIT-MEMORY"
+        assert dict(origin.hits) == {"/media/x": 1, "/media/x/": 1}
+        # purging one leaves the other
+        counts = call_in_reactor(lambda: purge(running.runtime, PurgeScope.source("/media/x/")))
+        assert counts["memory"] == 1
+        assert running.get("/dir/x")[1]["x-cache"] == "HIT-MEMORY"
+        assert running.get("/dir/x/")[1]["x-cache"] == "MISS"
     finally:
         running.stop()
