@@ -151,6 +151,17 @@ def test_out_of_range_is_a_400_naming_the_parameter(proxy, query, parameter):
     assert refusal(proxy, f"/media/wide.png?{query}") == (400, "invalid_parameter", parameter)
 
 
+@pytest.mark.parametrize("query, message", [
+    ("w=abc", "width must be a whole number from 0 to 8192"),
+    ("h=8193", "height must be a whole number from 0 to 8192"),
+    ("q=0", "quality must be a whole number from 1 to 100"),
+    ("trim=x", "trim must be a whole number from 0 to 100"),
+])
+def test_the_refusal_tells_the_accepted_range(proxy, query, message):
+    status, _, body, _ = proxy.get(f"/media/wide.png?{query}")
+    assert (status, json.loads(body)["message"]) == (400, message)
+
+
 @pytest.mark.parametrize("q", [1, 100])
 def test_quality_boundaries_are_accepted_and_used(proxy, q):
     status, headers, body, _ = proxy.get(f"/media/noisy.png?w=200&fmt=jpeg&q={q}")
@@ -215,6 +226,9 @@ def test_configured_maximum_is_inclusive(small_limits, query, expected):
 ])
 def test_configured_maximum_plus_one_is_refused(small_limits, query, parameter):
     assert refusal(small_limits, query) == (400, "invalid_parameter", parameter)
+    high = {"w": "width must be a whole number from 0 to 500",
+            "h": "height must be a whole number from 0 to 300"}[parameter]
+    assert json.loads(small_limits.get(query)[2])["message"] == high
 
 
 # -- the output budget: the free side only known once the source is ---------------------------
