@@ -229,6 +229,10 @@ PATHS = {
     "fullwidth_slash": "/media/a\uff0f..\uff0fp.png",
     "fullwidth_backslash": "/media/a\uff3cp.png",
     "fullwidth_scheme": "/media/http\uff1a\uff0f\uff0fevil/p.png",
+    "fullwidth_dotdot_semicolon": "/media/\uff0e\uff0e;/p.png",
+    "fullwidth_encoded_dot": "/media/\uff05\uff12\uff45\uff05\uff12\uff45/p.png",
+    "fullwidth_encoded_slash": "/media/a\uff05\uff12\uff26p.png",
+    "two_dot_leader": "/media/\u2025/p.png",
     "long": "/media/" + "a" * 1100 + ".png",
 }
 SAFE_PATHS = {
@@ -296,6 +300,15 @@ def plain(live_reactor):
     running = start_proxy(origin=_origin())
     yield running
     running.stop()
+
+
+@pytest.mark.parametrize("path", [
+    "/media/%EF%BC%8E%EF%BC%8E;/uploads/a.png",              # full-width '..;'
+    "/media/%EF%BC%85%EF%BC%92%EF%BD%85/uploads/a.png",      # full-width '%2e'
+    "/media/%E2%80%A5/uploads/a.png",                        # the two dot leader: '..'
+])
+def test_a_path_that_normalises_into_a_refused_form_is_refused(plain, path):
+    assert error_of(plain, path + "?w=10") == (400, "invalid_path", "path")
 
 
 @pytest.mark.parametrize("path", ["/media/uploads%2Fa.png", "/media/uploads%2fa.png",
