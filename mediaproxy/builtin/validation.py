@@ -50,6 +50,17 @@ def path_refusal(path: str, max_length: int) -> str | None:
     """Why a decoded source path may not be fetched, or None."""
     if len(path) > max_length or len(path.encode("utf-8", "surrogatepass")) > max_length:
         return f"the path is longer than {max_length} bytes"
+    reason = _form_refusal(path)
+    if reason:
+        return reason
+    if not path.isascii():
+        normal = unicodedata.normalize("NFKC", path)
+        if normal != path and _form_refusal(normal):
+            return "the path contains characters that normalise to a separator or '..'"
+    return None
+
+
+def _form_refusal(path: str) -> str | None:
     reason = unsafe_path_reason(path)
     if reason:
         return reason
@@ -57,10 +68,6 @@ def path_refusal(path: str, max_length: int) -> str | None:
         return "the path contains an encoded separator, dot or control character"
     if ".." in path and any(s.split(";", 1)[0] == ".." for s in path.split("/")):
         return "the path must not contain '..' segments"
-    if not path.isascii():
-        normal = unicodedata.normalize("NFKC", path)
-        if normal != path and (unsafe_path_reason(normal) or ".." in normal.split("/")):
-            return "the path contains characters that normalise to a separator or '..'"
     return None
 
 

@@ -6,8 +6,8 @@ The backend (``backend.url``) is trusted as configured and reached through
 source on an allowed host) must go through :func:`safe_agent` (or :func:`agent_for`, built from
 ``[ssrf]``), an :class:`~twisted.web.iweb.IAgent` whose endpoint factory
 
-1. refuses hosts outside ``ssrf.allowed_hosts`` (when that list is set) and schemes other than
-   http and https;
+1. refuses malformed host names (an empty label or one over 63 characters), hosts outside
+   ``ssrf.allowed_hosts`` (when that list is set) and schemes other than http and https;
 2. resolves the host name itself, **at connect time**, and refuses the connection when **any**
    resolved address is refused by the :class:`AddressPolicy` (so a name with one public and one
    internal record is refused);
@@ -23,7 +23,8 @@ The address policy refuses, unless the address lies in ``ssrf.allow_networks``:
   ``192.168/16``, ``198.18/15``, ``198.51.100/24``, ``203.0.113/24``, ``224/4`` (multicast),
   ``240/4`` and the broadcast address;
 * IPv6: ``::``, ``::1``, ``fc00::/7`` (ULA), ``fe80::/10``, ``fec0::/10``, ``ff00::/8``,
-  ``100::/64``, ``2001:db8::/32``, ``2001:10::/28``, ``2001:20::/28``;
+  ``100::/64``, ``100:0:0:1::/64`` (dummy prefix), ``2001:db8::/32`` and ``3fff::/20``
+  (documentation), ``2001:10::/28``, ``2001:20::/28``, ``5f00::/16`` (SRv6 segment IDs);
 * every IPv6 form that embeds an IPv4 address: IPv4-mapped ``::ffff:0:0/96``, IPv4-translated
   ``::ffff:0:0:0/96``, IPv4-compatible ``::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32`` and
   NAT64 ``64:ff9b::/96`` / ``64:ff9b:1::/48``, whatever the embedded address (allowed only when
@@ -62,6 +63,8 @@ BLOCKED_V4 = tuple(ipaddress.IPv4Network(n) for n in (
 BLOCKED_V6 = tuple(ipaddress.IPv6Network(n) for n in (
     "::/128", "::1/128", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8", "100::/64",
     "2001:db8::/32", "2001:10::/28", "2001:20::/28",
+    # not globally reachable (IANA) but called global by the supported Pythons' ipaddress
+    "100:0:0:1::/64", "3fff::/20", "5f00::/16",
 ))
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
@@ -73,7 +76,10 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 
 
-_HOST = re.compile(r"[A-Za-z0-9._-]{1,253}|[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]{1,16})?")
+# A DNS name (labels of 1 to 63 characters: getaddrinfo cannot even encode another, and
+# Twisted's resolver then never completes), or an IP literal (with a zone).
+_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+_ADDRESS = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9]{1,16})?")
 
 
 class BlockedAddress(ConnectError):
@@ -243,7 +249,7 @@ class FilteringEndpointFactory:
             scheme = uri.scheme.decode("ascii") if isinstance(uri.scheme, bytes) else uri.scheme
         except UnicodeDecodeError:
             return RefusedEndpoint("?", "the host is not an ASCII (IDNA) name")
-        if not _HOST.fullmatch(host):
+        if not (_NAME.fullmatch(host) or (_ADDRESS.fullmatch(host) and _literal(host) is not None)):
             return RefusedEndpoint(host, "not a valid host name")
         if scheme not in ("http", "https"):
             return RefusedEndpoint(host, f"the scheme {scheme!r} is not fetched")

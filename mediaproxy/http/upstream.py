@@ -148,7 +148,7 @@ class Upstream:
 
     def __attrs_post_init__(self) -> None:
         if self.pool is None:
-            self.pool = HTTPConnectionPool(self.reactor, persistent=True)
+            self.pool = _Pool(self.reactor, persistent=True)
             self.pool.maxPersistentPerHost = self.backend.max_connections
             self.pool.cachedConnectionTimeout = self.backend.pool_idle_timeout
             self.pool.retryAutomatically = True
@@ -257,6 +257,25 @@ class _EmptyBody:
 
     def stopProducing(self) -> None:
         pass
+
+
+class _Pool(HTTPConnectionPool):
+    """The connection pool, never taking back a connection that is already being closed.
+
+    Twisted returns a connection to the pool as soon as its response has been read, even when
+    the body's protocol (:class:`_Discard`) has just called ``stopProducing``, which closes the
+    socket, because the rest of the response came in the same read. The next request taken
+    from the pool then went out on that socket and lost its answer: the backend saw it, and
+    the Agent (``retryAutomatically``) sent an idempotent request again, so a retried 503 hit
+    the backend twice per retry."""
+
+    def _putConnection(self, key, connection):
+        transport = connection.transport
+        while transport is not None:
+            if getattr(transport, "disconnecting", False):
+                return
+            transport = getattr(transport, "transport", None)
+        super()._putConnection(key, connection)
 
 
 class _Discard(Protocol):

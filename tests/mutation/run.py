@@ -73,7 +73,8 @@ def kept(operator: str) -> bool:
 
 
 def function_ranges(path: Path, names: list[str]) -> list[tuple[int, int]]:
-    """The line ranges of the named functions (``f`` or ``Class.method``) in a module."""
+    """The line ranges of those of the named functions (``f`` or ``Class.method``) that the
+    module defines."""
     tree = ast.parse(path.read_text())
     found: dict[str, tuple[int, int]] = {}
 
@@ -86,10 +87,12 @@ def function_ranges(path: Path, names: list[str]) -> list[tuple[int, int]]:
                     visit(node.body, prefix + node.name + ".")
 
     visit(tree.body, "")
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise SystemExit(f"{path}: no function named {', '.join(missing)}")
-    return [found[n] for n in names]
+    return [found[n] for n in names if n in found]
+
+
+def _defined(path: Path, names: list[str]) -> list[str]:
+    """Which of ``names`` ``path`` defines."""
+    return [n for n, r in zip(names, [function_ranges(path, [n]) for n in names]) if r]
 
 
 def load_modules() -> tuple[dict, dict]:
@@ -129,8 +132,16 @@ def prepare(name: str, module: dict, defaults: dict) -> tuple[Path, Path]:
         session.unlink()
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
                    cwd=ROOT, check=True)
-    ranges = ({path: function_ranges(ROOT / path, module["functions"])
-               for path in paths_of(module)} if module.get("functions") else None)
+    ranges = None
+    if module.get("functions"):
+        ranges = {path: function_ranges(ROOT / path, module["functions"])
+                  for path in paths_of(module)}
+        named = {n for path in paths_of(module)
+                 for n in _defined(ROOT / path, module["functions"])}
+        missing = [n for n in module["functions"] if n not in named]
+        if missing:
+            raise SystemExit(f"{name}: no function named {', '.join(missing)} in "
+                             f"{', '.join(paths_of(module))}")
     with use_db(str(session), WorkDB.Mode.open) as db:
         for item in list(db.pending_work_items):
             mutation = item.mutations[0]

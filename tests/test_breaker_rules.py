@@ -1,0 +1,404 @@
+"""The circuit breaker's rules at their boundaries, on a task.Clock: when it opens (``min_calls``
+and ``failure_ratio``, over a sliding ``window``), how long it stays open (a late failure never
+stretches it), the half-open probes, ``Retry-After``; then the retry policy, the concurrency
+bound, and which backend statuses are retried, over real sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet.task import Clock
+
+from mediaproxy.http.breaker import (
+    CLOSED, HALF_OPEN, OPEN, CircuitBreaker, ConcurrencyLimit, RetryPolicy,
+)
+from mediaproxy.config import BackendConfig, BreakerConfig
+
+from mediaproxy.testing import ImageOrigin, start_proxy
+
+
+def make(clock=None, **kw):
+    clock = clock or Clock()
+    changes = []
+    settings = {"failure_ratio": 0.5, "min_calls": 4, "window": 10, "open_for": 5,
+                "probes": 2, **kw}
+    b = CircuitBreaker(clock, "rules", on_change=lambda *c: changes.append(c), **settings)
+    return b, clock, changes
+
+
+def open_it(b):
+    while b.state == CLOSED:
+        assert b.allow()
+        b.failure()
+    assert b.state == OPEN
+
+
+# -- when it opens -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("min_calls", [1, 2, 4, 7])
+def test_min_calls_minus_one_failures_stay_closed_the_next_one_opens(min_calls):
+    b, clock, changes = make(min_calls=min_calls)
+    for _ in range(min_calls - 1):
+        assert b.allow()
+        b.failure()
+    assert b.state == CLOSED and b.allow()
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+    assert changes == [("rules", CLOSED, OPEN)]
+
+
+@pytest.mark.parametrize("ratio, failures, successes, opens", [
+    (0.5, 2, 2, True),       # exactly the ratio opens
+    (0.5, 1, 3, False),
+    (0.75, 3, 1, True),
+    (0.75, 2, 2, False),     # 50 % < 75 %
+    (1.0, 4, 0, True),
+    (1.0, 3, 1, False),
+    (0.25, 1, 3, True),
+])
+def test_the_failure_ratio_boundary(ratio, failures, successes, opens):
+    b, _, _ = make(failure_ratio=ratio, min_calls=4)
+    for _ in range(successes):
+        b.success()
+    for _ in range(failures - 1):
+        b.failure()
+    assert b.state == CLOSED
+    b.failure()                       # the 4th call, judged with the window full
+    assert b.state == (OPEN if opens else CLOSED)
+
+
+def test_successes_alone_never_open_it():
+    b, _, changes = make(failure_ratio=0.01, min_calls=1)
+    for _ in range(50):
+        assert b.allow()
+        b.success()
+    assert b.state == CLOSED and changes == []
+
+
+def test_a_ratio_judged_on_a_success_counts_it():
+    b, _, _ = make(failure_ratio=0.5, min_calls=4)
+    for _ in range(3):
+        b.failure()
+    assert b.state == CLOSED          # three calls: not enough to judge
+    b.success()                       # the 4th call is a success: 3 of 4 failed
+    assert b.state == OPEN
+
+
+def test_the_window_slides_a_whole_window_later():
+    b, clock, _ = make(min_calls=2, failure_ratio=1.0, window=10)
+    b.failure()                       # second 0
+    clock.advance(9.5)
+    b.failure()                       # second 9: the first failure is still in the window
+    assert b.state == OPEN
+
+    b, clock, _ = make(min_calls=2, failure_ratio=1.0, window=10)
+    b.failure()                       # second 0
+    clock.advance(10)
+    b.failure()                       # second 10: second 0 has left the 10 s window
+    assert b.state == CLOSED
+    clock.advance(1)
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_successes_that_left_the_window_no_longer_dilute_failures():
+    b, clock, _ = make(min_calls=4, failure_ratio=0.5, window=10)
+    for _ in range(10):
+        b.success()
+    clock.advance(5)
+    for _ in range(3):
+        b.failure()
+    assert b.state == CLOSED          # 3 of 13
+    clock.advance(5)                  # the successes of second 0 are gone
+    b.failure()
+    assert b.state == OPEN            # 4 of 4
+
+
+def test_the_window_keeps_old_failures_that_a_success_reveals():
+    b, clock, _ = make(min_calls=3, failure_ratio=0.5, window=30)
+    b.failure()
+    b.failure()
+    clock.advance(20)
+    b.success()                       # 2 of 3 in the last 30 s
+    assert b.state == OPEN
+
+
+# -- how long it stays open ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("min_calls", [1, 4])
+def test_a_late_failure_while_open_does_not_stretch_the_open_time(min_calls):
+    b, clock, changes = make(min_calls=min_calls, open_for=5)
+    open_it(b)
+    clock.advance(3)
+    for _ in range(min_calls):        # calls that were in flight when it opened, failing late
+        b.failure()
+    assert b.state == OPEN and b.retry_after() == 2
+    clock.advance(2)                  # the original deadline
+    assert b.allow()                  # a probe goes out
+    assert b.state == HALF_OPEN
+    assert changes == [("rules", CLOSED, OPEN), ("rules", OPEN, HALF_OPEN)]
+
+
+def test_a_late_success_while_open_neither_closes_nor_counts():
+    b, clock, _ = make(min_calls=4, probes=1)
+    open_it(b)
+    for _ in range(10):
+        b.success()
+    assert b.state == OPEN and not b.allow()
+    clock.advance(5)
+    assert b.allow() and b.state == HALF_OPEN and not b.allow()
+
+
+def test_open_refuses_until_exactly_open_for():
+    b, clock, _ = make(open_for=5)
+    open_it(b)
+    clock.advance(4.99)
+    assert not b.allow() and b.state == OPEN
+    clock.advance(0.01)
+    assert b.allow() and b.state == HALF_OPEN
+
+
+@pytest.mark.parametrize("elapsed, expected", [
+    (0, 5), (0.5, 5), (0.9, 5), (1.0, 4), (3.5, 2), (4.0, 1), (4.9, 1), (5.0, 1), (7, 1),
+])
+def test_retry_after_is_the_whole_seconds_left_at_least_one(elapsed, expected):
+    b, clock, _ = make(open_for=5)
+    open_it(b)
+    clock.advance(elapsed)
+    assert b.retry_after() == expected
+
+
+def test_retry_after_is_one_unless_open():
+    b, clock, _ = make(open_for=5, probes=1)
+    assert b.retry_after() == 1
+    open_it(b)
+    clock.advance(5)
+    assert b.allow() and not b.allow()
+    assert b.state == HALF_OPEN and b.retry_after() == 1
+
+
+# -- half-open -----------------------------------------------------------------------------------
+
+def test_half_open_lets_probes_through_and_their_successes_close_it():
+    b, clock, changes = make(probes=3)
+    open_it(b)
+    clock.advance(5)
+    assert [b.allow() for _ in range(4)] == [True, True, True, False]
+    b.success()
+    assert b.state == HALF_OPEN
+    assert b.allow() and not b.allow()      # a finished probe frees its place
+    b.success()
+    assert b.state == HALF_OPEN
+    b.success()
+    assert b.state == CLOSED                # three successes in a row
+    assert all(b.allow() for _ in range(20))
+    assert changes[-1] == ("rules", HALF_OPEN, CLOSED)
+
+
+def test_a_closed_breaker_starts_afresh():
+    b, clock, _ = make(min_calls=4, probes=1)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow()
+    b.success()
+    assert b.state == CLOSED
+    for _ in range(3):
+        b.failure()
+    assert b.state == CLOSED                # the failures before it opened are forgotten
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_a_failed_probe_reopens_for_the_full_time_from_that_failure():
+    b, clock, changes = make(open_for=5, probes=2)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow() and b.allow()
+    b.success()
+    clock.advance(2)
+    b.failure()                            # at t=7: open again until t=12
+    assert b.state == OPEN and b.retry_after() == 5
+    clock.advance(4.99)
+    assert not b.allow()
+    clock.advance(0.01)
+    assert b.allow() and b.state == HALF_OPEN
+    assert b.allow() and not b.allow()     # both probe places free again
+    assert changes == [("rules", CLOSED, OPEN), ("rules", OPEN, HALF_OPEN),
+                       ("rules", HALF_OPEN, OPEN), ("rules", OPEN, HALF_OPEN)]
+
+
+def test_the_success_count_restarts_with_each_half_open():
+    b, clock, _ = make(probes=2)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow()
+    b.success()                            # one success of the two needed
+    assert b.allow()
+    b.failure()
+    clock.advance(5)
+    assert b.allow()
+    b.success()                            # one success of this half-open, not two in all
+    assert b.state == HALF_OPEN
+    assert b.allow()
+    b.success()
+    assert b.state == CLOSED
+
+
+def test_release_frees_a_probe_place_only_while_half_open():
+    b, clock, _ = make(probes=1)
+    b.release()                            # closed: nothing to free, nothing breaks
+    assert b.state == CLOSED
+    open_it(b)
+    b.release()
+    assert not b.allow()                   # open: release lets nothing through
+    clock.advance(5)
+    assert b.allow() and not b.allow()
+    b.release()
+    b.release()                            # never below zero: still one place
+    assert b.allow() and not b.allow()
+    assert b.state == HALF_OPEN
+
+
+def test_each_finished_probe_frees_exactly_one_place():
+    b, clock, _ = make(probes=2)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow() and b.allow() and not b.allow()
+    b.release()
+    assert b.allow() and not b.allow()
+
+
+def test_a_failure_reported_after_a_release_still_reopens():
+    b, clock, _ = make(probes=1)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow()
+    b.release()
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+
+
+def test_extra_successes_in_half_open_never_free_more_places_than_probes():
+    b, clock, _ = make(probes=3)
+    open_it(b)
+    clock.advance(5)
+    assert b.allow()
+    b.success()
+    b.success()                            # more reports than probes out: floor at zero
+    assert [b.allow() for _ in range(4)] == [True, True, True, False]
+
+
+def test_a_disabled_breaker_ignores_every_report():
+    b, clock, changes = make(enabled=False, min_calls=1)
+    for _ in range(30):
+        assert b.allow()
+        b.failure()
+    b.success()
+    assert b.state == CLOSED and changes == [] and b.retry_after() == 1
+
+
+def test_a_breaker_without_an_observer_changes_state_all_the_same():
+    clock = Clock()
+    b = CircuitBreaker(clock, "bare", min_calls=1, open_for=1, probes=1)
+    b.failure()
+    assert b.state == OPEN
+    clock.advance(1)
+    assert b.allow() and b.state == HALF_OPEN
+    b.success()
+    assert b.state == CLOSED
+
+
+def test_from_config_takes_every_setting():
+    seen = []
+    config = BreakerConfig(enabled=True, failure_ratio=1.0, min_calls=3, window=2.0,
+                           open_for=7.0, probes=1)
+    clock = Clock()
+    b = CircuitBreaker.from_config(clock, "images", config,
+                                   on_change=lambda *c: seen.append(c))
+    b.failure()
+    b.success()
+    clock.advance(2)                       # the window is 2 s: both calls are gone
+    b.failure()
+    b.failure()
+    assert b.state == CLOSED
+    b.failure()                            # 3 of 3 failed
+    assert b.state == OPEN and seen == [("images", CLOSED, OPEN)]
+    assert b.retry_after() == 7
+    clock.advance(7)
+    assert b.allow() and not b.allow()     # one probe
+    disabled = CircuitBreaker.from_config(clock, "x", BreakerConfig(enabled=False,
+                                                                    min_calls=1))
+    disabled.failure()
+    assert disabled.state == CLOSED
+
+
+def test_a_breaker_built_without_settings_has_the_documented_defaults():
+    b, c = CircuitBreaker(Clock(), "plain"), BreakerConfig()
+    assert (b.failure_ratio, b.min_calls, b.window, b.open_for, b.probes, b.enabled) == (
+        c.failure_ratio, c.min_calls, c.window, c.open_for, c.probes, c.enabled)
+    assert (b.state, b.on_change) == (CLOSED, None)
+    policy, backend = RetryPolicy(), BackendConfig()
+    assert (policy.retries, policy.base, policy.maximum) == (
+        backend.retries, backend.retry_backoff, backend.retry_backoff_max)
+
+
+# -- retries and the concurrency bound -------------------------------------------------------------
+
+@pytest.mark.parametrize("attempt, cap", [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0),
+                                          (10, 1.0), (100, 1.0), (10**6, 1.0)])
+def test_backoff_is_full_jitter_up_to_the_cap(attempt, cap):
+    policy = RetryPolicy(3, 0.1, 1.0, random.Random(7))
+    delays = [policy.delay(attempt) for _ in range(400)]
+    assert all(0 <= d <= cap for d in delays)
+    assert max(delays) > 0.95 * cap and min(delays) < 0.05 * cap
+
+
+def test_retry_policy_from_config():
+    backend = BackendConfig(retries=4, retry_backoff=0.5, retry_backoff_max=3.0)
+    policy = RetryPolicy.from_config(backend, random.Random(1))
+    assert (policy.retries, policy.base, policy.maximum) == (4, 0.5, 3.0)
+    delays = [policy.delay(3) for _ in range(400)]   # 0.5 * 8 = 4, capped at 3
+    assert max(delays) <= 3.0 and max(delays) > 2.85
+
+
+def test_the_concurrency_bound_is_exact_and_never_negative():
+    limit = ConcurrencyLimit(2)
+    assert [limit.acquire() for _ in range(3)] == [True, True, False]
+    assert limit.in_flight == 2
+    limit.release()
+    assert limit.acquire() and not limit.acquire()
+    for _ in range(5):
+        limit.release()
+    assert limit.in_flight == 0
+    assert [limit.acquire() for _ in range(3)] == [True, True, False]
+
+
+def test_only_502_503_and_504_are_retried(live_reactor):
+    statuses = (500, 501, 502, 503, 504, 505)
+    origin = ImageOrigin({f"/s/{s}/": (s, b"down", "text/plain", []) for s in statuses})
+    running = start_proxy(origin=origin, overrides={"backend": {
+        "retries": 2, "retry_backoff": 0.001, "retry_backoff_max": 0.001,
+        "passthrough_breaker": {"enabled": False}}})
+    try:
+        for status in statuses:
+            assert running.get(f"/s/{status}/")[0] == status
+        assert {s: origin.hits[f"/s/{s}/"] for s in statuses} == {
+            500: 1, 501: 1, 502: 3, 503: 3, 504: 3, 505: 1}
+    finally:
+        running.stop()
+
+
+def test_a_retry_reaches_the_backend_once_per_attempt(live_reactor):
+    # With no backoff the retry is sent at once: it must not go out on the connection the
+    # discarded 503 is closing (it used to, the Agent resent it, and the backend saw every
+    # retry twice).
+    origin = ImageOrigin({"/busy/": (503, b"busy", "text/plain", [])})
+    running = start_proxy(origin=origin, overrides={"backend": {
+        "retries": 1, "retry_backoff": 0, "retry_backoff_max": 0,
+        "passthrough_breaker": {"enabled": False}}})
+    try:
+        assert [running.get("/busy/")[0] for _ in range(10)] == [503] * 10
+        assert origin.hits["/busy/"] == 20
+    finally:
+        running.stop()

@@ -1,0 +1,273 @@
+"""
+The cache key over HTTP: URLs that mean the same transform share one entry (one origin fetch,
+one render), URLs that do not are distinct entries; and the key is the documented, stable one.
+
+The expected keys are rebuilt here from the recipe of mediaproxy.cache (``v1``, the normalised
+path, each parameter's contribution in name order, the negotiated format; SHA-256; prefixed by
+the tenant and a 20-hex-digit hash of the path), so a change to the key, which would silently
+orphan every entry in a shared Redis or file cache on deploy, fails here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import attrs
+import pytest
+
+from mediaproxy import hookimpl
+from mediaproxy.models import ImageRequest
+from mediaproxy.cache.purge import PurgeScope, purge
+from mediaproxy.testing import call_in_reactor
+
+from mediaproxy.testing.images import decode, make_jpeg, make_png
+from mediaproxy.testing import ImageOrigin, start_proxy
+
+PHOTO = make_jpeg(400, 200)
+
+
+def _origin():
+    return ImageOrigin({path: (200, PHOTO, "image/jpeg", [])
+                        for path in ("/media/uploads/a.jpg", "/media/uploads/b.jpg",
+                                     "/media/shop_1/uploads/a.jpg", "/static/a.jpg")})
+
+
+@pytest.fixture
+def proxy(live_reactor):
+    running = start_proxy(origin=_origin())
+    yield running
+    running.stop()
+
+
+def transforms(running) -> int:
+    return running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters").count(
+        "transform")
+
+
+def fetch(running, path, **headers):
+    status, response, body, _ = running.get(path, headers=headers)
+    assert status == 200, body
+    return response["x-cache"], response["etag"], body
+
+
+# -- one entry for one meaning ---------------------------------------------------------------
+
+SAME = [
+    "/media/uploads/a.jpg?w=100&h=40&fit=cover",
+    "/media/uploads/a.jpg?fit=cover&h=40&w=100",                 # another order
+    "/media/uploads/a.jpg?width=100&height=40&fit=cover",        # aliases
+    "/media/uploads/a.jpg?w=0100&h=40&fit=COVER",                # other spellings
+    "/media/uploads/a.jpg?w=100&h=40&fit=cover&q=80&trim=0&enlarge=0&pos=center&bg=fff",
+    "/media/uploads/a.jpg?w=100&h=40&fit=cover&position=middle&background=%23ffffffff"
+    "&quality=80&enlarge=no",                                    # defaults, spelled out
+    "/media/uploads/a.jpg?w=100&h=40&fit=cover&v=123&utm_source=x",   # unknown: ignored
+    "/media/uploads/a.jpg?w=7&w=100&h=40&fit=cover",             # the last value wins
+    "/media//uploads/./a.jpg?w=100&h=40&fit=cover",              # the same source path
+]
+
+
+def test_equivalent_urls_share_one_entry_one_fetch_one_render(proxy):
+    urls = SAME
+    first = fetch(proxy, urls[0])
+    assert first[0] == "MISS"
+    for url in urls[1:]:
+        cache, etag, body = fetch(proxy, url)
+        assert (cache, etag, body) == ("HIT-MEMORY", first[1], first[2]), url
+    assert decode(first[2]).size == (100, 40)
+    assert transforms(proxy) == 1
+    assert sum(proxy.origin.hits.values()) == 1
+
+
+def test_the_query_and_the_compat_route_share_one_entry(proxy):
+    cache, etag, _ = fetch(proxy, "/media/uploads/a.jpg?w=100&h=40&fit=cover&pos=north"
+                                  "&bg=ffffff&trim=0&q=80&fmt=webp&enlarge=1")
+    assert cache == "MISS"
+    assert fetch(proxy, "/media_stream-image/media/uploads/a.jpg/100/40/cover/top/ffffff/0/"
+                        "80.webp")[:2] == ("HIT-MEMORY", etag)
+    assert transforms(proxy) == 1
+
+
+def test_concurrent_equivalent_requests_render_once(proxy):
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda url: fetch(proxy, url), SAME[:6]))
+    assert len({(etag, body) for _, etag, body in answers}) == 1
+    assert transforms(proxy) == 1
+    assert sum(proxy.origin.hits.values()) == 1
+
+
+# -- distinct meanings, distinct entries -------------------------------------------------------
+
+BASE = "/media/uploads/a.jpg?w=100&h=40"
+DIFFERENT = [
+    BASE, "/media/uploads/a.jpg?w=101&h=40", "/media/uploads/a.jpg?w=100&h=41",
+    "/media/uploads/a.jpg?w=100", "/media/uploads/a.jpg?h=40",
+    "/media/uploads/b.jpg?w=100&h=40", "/media/shop_1/uploads/a.jpg?w=100&h=40",
+    "/static/a.jpg?w=100&h=40",
+    BASE + "&q=81", BASE + "&q=79", BASE + "&trim=1", BASE + "&enlarge=1",
+    BASE + "&fit=cover", BASE + "&fit=contain", BASE + "&fit=fill", BASE + "&fit=outside",
+    BASE + "&fit=cover&pos=north", BASE + "&fit=cover&pos=entropy",
+    BASE + "&fit=contain&bg=000", BASE + "&fit=contain&bg=ffffff00",
+    BASE + "&fmt=png", BASE + "&fmt=webp", BASE + "&fmt=gif",
+]
+
+
+def test_different_transforms_are_different_entries(proxy):
+    etags = []
+    for url in DIFFERENT:
+        cache, etag, _ = fetch(proxy, url)
+        assert cache == "MISS", url
+        etags.append(etag)
+    assert transforms(proxy) == len(DIFFERENT)
+    for url in DIFFERENT:                          # and each is found again under its key
+        assert fetch(proxy, url)[0] == "HIT-MEMORY", url
+    assert transforms(proxy) == len(DIFFERENT)
+
+
+def test_an_explicit_format_and_the_source_format_are_distinct_entries(proxy):
+    # fmt=jpeg and no fmt give the same bytes for a JPEG source, but a PNG source would not:
+    # the key says "jpeg" or "source", never guesses
+    assert fetch(proxy, BASE)[0] == "MISS"
+    assert fetch(proxy, BASE + "&fmt=jpeg")[0] == "MISS"
+    assert fetch(proxy, BASE + "&fmt=jpg")[0] == "HIT-MEMORY"
+
+
+# -- the documented key ------------------------------------------------------------------------
+
+def documented_key(tenant, path, parts):
+    """``{tenant}:{sha256(path)[:20]}:{sha256(parts)}`` (the parts joined by newlines)."""
+    source = hashlib.sha256(path.encode()).hexdigest()[:20]
+    variant = hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return f"{tenant}:{source}:{variant}"
+
+
+KEYS = [
+    ("/media/uploads/a.jpg?w=300", {}, "public", "/media/uploads/a.jpg",
+     ["v1", "/media/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
+      "pos=centre", "q=80", "trim=0", "w=300", "format=source"]),
+    ("/media//uploads/./a.jpg?h=40&fit=cover&pos=top&bg=0008&q=50&trim=3&enlarge=1&fmt=webp",
+     {}, "public", "/media/uploads/a.jpg",
+     ["v1", "/media/uploads/a.jpg", "bg=00000088", "enlarge=1", "fit=cover", "h=40",
+      "pos=north", "q=50", "trim=3", "w=0", "format=webp"]),
+    ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "image/avif"}, "shop_1",
+     "/media/shop_1/uploads/a.jpg",
+     ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
+      "pos=centre", "q=80", "trim=0", "w=10", "format=avif"]),
+    ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "*/*"}, "shop_1",
+     "/media/shop_1/uploads/a.jpg",
+     ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
+      "pos=centre", "q=80", "trim=0", "w=10", "format=source"]),
+]
+
+
+@pytest.mark.parametrize("url, headers, tenant, path, parts", KEYS)
+def test_the_entry_is_stored_under_the_documented_key(proxy, url, headers, tenant, path,
+                                                      parts):
+    cache, etag, body = fetch(proxy, url, **headers)
+    key = documented_key(tenant, path, parts)
+    hit = call_in_reactor(lambda: proxy.runtime.cache.get(key))
+    assert hit is not None, key
+    entry, layer = hit
+    assert (layer, entry.etag, entry.body) == ("memory", etag, body)
+
+
+def test_the_default_quality_is_part_of_the_key(live_reactor):
+    running = start_proxy(origin=_origin(), overrides={"processing": {"default_quality": 60}})
+    try:
+        fetch(running, "/media/uploads/a.jpg?w=300")
+        key = documented_key("public", "/media/uploads/a.jpg", [
+            "v1", "/media/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
+            "pos=centre", "q=60", "trim=0", "w=300", "format=source"])
+        assert call_in_reactor(lambda: running.runtime.cache.get(key)) is not None
+        # and a URL naming q=60 is the same entry
+        assert fetch(running, "/media/uploads/a.jpg?w=300&q=60")[0] == "HIT-MEMORY"
+    finally:
+        running.stop()
+
+
+def test_a_purge_of_a_source_in_any_spelling_removes_its_variants_only(proxy):
+    for url in ("/media/uploads/a.jpg?w=10", "/media/uploads/a.jpg?w=20",
+                "/media/uploads/b.jpg?w=10"):
+        fetch(proxy, url)
+    counts = call_in_reactor(lambda: purge(proxy.runtime,
+                                           PurgeScope.source("/media//uploads/./a.jpg")))
+    assert counts["memory"] == 2
+    assert fetch(proxy, "/media/uploads/a.jpg?w=10")[0] == "MISS"
+    assert fetch(proxy, "/media/uploads/b.jpg?w=10")[0] == "HIT-MEMORY"
+
+
+# -- fresh and stale -------------------------------------------------------------------------------
+
+def age_entry(running, url, seconds, headers=None):
+    """Make every stored copy of ``url``'s result look ``seconds`` older (no waiting)."""
+    from urllib.parse import parse_qsl
+
+    from mediaproxy.cache.keys import cache_key
+    from mediaproxy.models import RequestInfo
+    from mediaproxy.imaging.negotiation import negotiate_format
+
+    rt = running.runtime
+    raw, _, query = url.partition("?")
+    match = rt.pm.hook.mediaproxy_match_request(
+        request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
+    key = cache_key(match, rt.params, negotiate_format(match.params.get("fmt"), None)[0])
+
+    def rewrite():
+        def got(hit):
+            entry, _ = hit
+            return rt.cache.set(key, attrs.evolve(entry, created_at=entry.created_at - seconds))
+        return rt.cache.get(key).addCallback(got)
+    call_in_reactor(rewrite)
+
+
+@pytest.mark.parametrize("age, expected", [
+    (90, "HIT-MEMORY"),        # within the memory TTL (100 s)
+    (150, "STALE"),            # past it, within stale_while_revalidate (100 + 200 s)
+    (290, "STALE"),
+    (400, "MISS"),             # past both: made again
+])
+def test_fresh_and_stale_follow_the_memory_ttl_and_stale_while_revalidate(live_reactor, age,
+                                                                          expected):
+    running = start_proxy(origin=_origin(), overrides={"cache": {
+        "memory": {"ttl": 100}, "stale_while_revalidate": 200, "stale_if_error": 0}})
+    try:
+        url = "/media/uploads/a.jpg?w=50"
+        assert fetch(running, url)[0] == "MISS"
+        age_entry(running, url, age)
+        assert fetch(running, url)[0] == expected
+    finally:
+        running.stop()
+
+
+class SlashRoute:
+    """A route plugin serving ``/dir/{name}`` from the backend's ``/media/{name}`` as it is,
+    trailing slash included (a backend may serve an image at a directory URL)."""
+
+    @hookimpl
+    def mediaproxy_match_request(self, request, runtime):
+        if not request.path.startswith("/dir/"):
+            return None
+        source = "/media/" + request.path.removeprefix("/dir/")
+        return ImageRequest(route="dir", source_path=source, params={"w": 10})
+
+
+def test_a_trailing_slash_is_part_of_the_source(live_reactor):
+    origin = ImageOrigin({"/media/x": (200, make_jpeg(40, 20), "image/jpeg", []),
+                          "/media/x/": (200, make_png(40, 20), "image/png", [])})
+    running = start_proxy(origin=origin, plugins=[SlashRoute()])
+    try:
+        plain = running.get("/dir/x")
+        slash = running.get("/dir/x/")
+        assert (plain[0], plain[1]["content-type"], plain[1]["x-cache"]) == (
+            200, "image/jpeg", "MISS")
+        assert (slash[0], slash[1]["content-type"], slash[1]["x-cache"]) == (
+            200, "image/png", "MISS")
+        assert running.get("/dir/x/")[1]["x-cache"] == "HIT-MEMORY"
+        assert dict(origin.hits) == {"/media/x": 1, "/media/x/": 1}
+        # purging one leaves the other
+        counts = call_in_reactor(lambda: purge(running.runtime, PurgeScope.source("/media/x/")))
+        assert counts["memory"] == 1
+        assert running.get("/dir/x")[1]["x-cache"] == "HIT-MEMORY"
+        assert running.get("/dir/x/")[1]["x-cache"] == "MISS"
+    finally:
+        running.stop()
