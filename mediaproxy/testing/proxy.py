@@ -110,20 +110,10 @@ class RunningProxy:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    # The older names, for tests written before the kit (tests/proxy.py): to go with it.
-    @property
-    def portnum(self) -> int:
-        return self.port
-
-    @property
-    def origin_port(self):
-        return self.origin_listening
-
 
 def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
                 overrides: dict | None = None, plugins=(), environ: dict | None = None,
-                load_entrypoints: bool = False, backend_port: int | None = None,
-                extra_plugins=()) -> RunningProxy:
+                load_entrypoints: bool = False, backend_port: int | None = None) -> RunningProxy:
     """Start a proxy on 127.0.0.1 and a free port, from the test thread, and return it.
 
     Its backend is one of: ``files`` (served by a new :class:`ImageOrigin`, see it for the
@@ -133,8 +123,7 @@ def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
     after the built-ins; ``load_entrypoints`` also loads the installed ones. Configuration
     comes from ``overrides`` (a dict shaped like the TOML file,
     ``{"limits": {"max_width": 1000}}``) and ``environ`` (``MEDIAPROXY_*`` variables), nothing
-    else: not the process environment, not a config file. ``extra_plugins`` is the older name
-    of ``plugins``.
+    else: not the process environment, not a config file.
     """
     from ..config import load_config
     from ..tap import compose
@@ -157,7 +146,7 @@ def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
     def build(config):
         from twisted.internet.defer import maybeDeferred
         runtime, site, services = compose(config, reactor,
-                                          extra_plugins=[*plugins, *extra_plugins],
+                                          extra_plugins=list(plugins),
                                           load_entrypoints=load_entrypoints)
         started = []
         try:

@@ -1,2 +1,0 @@
-"""Kept for tests written before the kit; import from mediaproxy.testing."""
-from mediaproxy.testing.images import *  # noqa: F401,F403
