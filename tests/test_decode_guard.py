@@ -17,7 +17,7 @@ from mediaproxy.imaging import (
     UnsupportedFormat, UnsupportedImage, placeholder, probe, render,
 )
 from mediaproxy.models import TransformSpec
-from tests import images
+from mediaproxy.testing import images
 from tests.hostile import lying_sof_jpeg, small_jpeg
 
 CORRUPT = "The image data is corrupt or truncated."
