@@ -198,30 +198,6 @@ def test_two_processes_share_one_redis(origin, redis_server):
 
 # -- freshness: stale-while-revalidate, stale-if-error, revalidation -----------------------------
 
-def age_entry(proxy, path, seconds):
-    """Make the cached result of ``path`` look ``seconds`` old (instead of waiting for it)."""
-    import attrs as _attrs
-
-    from mediaproxy.cache.keys import cache_key
-    from mediaproxy.models import RequestInfo
-    from mediaproxy.imaging.negotiation import negotiate_format
-    from mediaproxy.testing import call_in_reactor
-
-    rt = proxy.runtime
-    raw, _, query = path.partition("?")
-    from urllib.parse import parse_qsl
-    match = rt.pm.hook.mediaproxy_match_request(
-        request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
-    key = cache_key(match, rt.params, negotiate_format(match.params.get("fmt"), None)[0])
-
-    def rewrite():
-        def got(hit):
-            entry, _ = hit
-            return rt.cache.set(key, _attrs.evolve(entry, created_at=entry.created_at - seconds))
-        return rt.cache.get(key).addCallback(got)
-    call_in_reactor(rewrite)
-
-
 def counters(proxy):
     return proxy.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
 
@@ -232,7 +208,7 @@ def test_stale_while_revalidate_serves_stale_and_revalidates_in_the_background(o
     try:
         path = "/media/uploads/p.jpg?w=90"
         _, first, body, _ = proxy.get(path)
-        age_entry(proxy, path, 150)
+        proxy.age(path, 150)
         status, headers, stale_body, _ = proxy.get(path)
         assert (status, headers["x-cache"], stale_body) == (200, "STALE", body)
         # the refresh asked the backend with the original's validator and got a 304
@@ -253,12 +229,12 @@ def test_stale_if_error_when_the_backend_fails(origin):
     try:
         path = "/media/uploads/p.jpg?w=95"
         _, _, body, _ = proxy.get(path)
-        age_entry(proxy, path, 150)
+        proxy.age(path, 150)
         origin.files["/media/uploads/p.jpg"] = (503, b"down", "text/plain", [])
         status, headers, stale_body, _ = proxy.get(path)
         assert (status, headers["x-cache"], stale_body) == (200, "STALE", body)
         # past stale_if_error the backend's failure shows (as the placeholder)
-        age_entry(proxy, path, 2000)
+        proxy.age(path, 2000)
         status, headers, _, _ = proxy.get(path)
         assert status == 502 and headers["cache-control"] == "no-store"
     finally:
@@ -271,7 +247,7 @@ def test_a_changed_source_is_rendered_again_on_revalidation(origin):
     try:
         path = "/media/uploads/p.jpg?w=96"
         _, _, before, _ = proxy.get(path)
-        age_entry(proxy, path, 150)
+        proxy.age(path, 150)
         origin.files["/media/uploads/p.jpg"] = (200, make_image((1600, 1200), colour=(0, 90, 0)),
                                                 "image/jpeg", [("ETag", '"v2"')])
         status, headers, after, _ = proxy.get(path)

@@ -198,28 +198,6 @@ def test_a_purge_of_a_source_in_any_spelling_removes_its_variants_only(proxy):
 
 # -- fresh and stale -------------------------------------------------------------------------------
 
-def age_entry(running, url, seconds, headers=None):
-    """Make every stored copy of ``url``'s result look ``seconds`` older (no waiting)."""
-    from urllib.parse import parse_qsl
-
-    from mediaproxy.cache.keys import cache_key
-    from mediaproxy.models import RequestInfo
-    from mediaproxy.imaging.negotiation import negotiate_format
-
-    rt = running.runtime
-    raw, _, query = url.partition("?")
-    match = rt.pm.hook.mediaproxy_match_request(
-        request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
-    key = cache_key(match, rt.params, negotiate_format(match.params.get("fmt"), None)[0])
-
-    def rewrite():
-        def got(hit):
-            entry, _ = hit
-            return rt.cache.set(key, attrs.evolve(entry, created_at=entry.created_at - seconds))
-        return rt.cache.get(key).addCallback(got)
-    call_in_reactor(rewrite)
-
-
 @pytest.mark.parametrize("age, expected", [
     (90, "HIT-MEMORY"),        # within the memory TTL (100 s)
     (150, "STALE"),            # past it, within stale_while_revalidate (100 + 200 s)
@@ -233,7 +211,7 @@ def test_fresh_and_stale_follow_the_memory_ttl_and_stale_while_revalidate(live_r
     try:
         url = "/media/uploads/a.jpg?w=50"
         assert fetch(running, url)[0] == "MISS"
-        age_entry(running, url, age)
+        running.age(url, age)
         assert fetch(running, url)[0] == expected
     finally:
         running.stop()

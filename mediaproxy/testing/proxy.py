@@ -87,6 +87,37 @@ class RunningProxy:
         status, headers, body, _ = self.get(path, **kw)
         return JsonResponse(status, headers, json.loads(body))
 
+
+    def cache_key(self, path: str, accept: str | None = None) -> str:
+        """The cache key the proxy derives for ``path`` (with query), as the routes match it
+        and ``Accept`` negotiates its format."""
+        from urllib.parse import parse_qsl
+
+        from ..cache.keys import cache_key
+        from ..imaging.negotiation import negotiate_format
+        from ..models import RequestInfo
+
+        rt = self.runtime
+        raw, _, query = path.partition("?")
+        match = rt.pm.hook.mediaproxy_match_request(
+            request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
+        fmt, _ = negotiate_format(match.params.get("fmt"), accept)
+        return cache_key(match, rt.params, fmt)
+
+    def age(self, path: str, seconds: float) -> None:
+        """Make the cached result of ``path`` look ``seconds`` older in every layer, instead
+        of waiting (freshness, stale-while-revalidate, stale-if-error)."""
+        key = self.cache_key(path)
+        rt = self.runtime
+
+        def rewrite():
+            def got(hit):
+                entry, _ = hit
+                return rt.cache.set(key, attrs.evolve(entry,
+                                                      created_at=entry.created_at - seconds))
+            return rt.cache.get(key).addCallback(got)
+
+        call_in_reactor(rewrite)
     def stop(self, timeout: float = 20) -> None:
         """Stop listening (proxy and origin) and stop the services; a second call does
         nothing."""
