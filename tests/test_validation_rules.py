@@ -14,7 +14,7 @@ import json
 import pytest
 
 from mediaproxy import hookimpl
-from mediaproxy.models import ImageRequest
+from mediaproxy.models import ImageRequest, Rejection, SourceError, SourceImage
 
 from mediaproxy.testing.images import decode, make_jpeg, make_png
 from mediaproxy.testing import ImageOrigin, start_proxy
@@ -412,5 +412,80 @@ def test_a_reload_applies_the_new_validation_settings(live_reactor, tmp_path):
         # (a.jpg is in the source cache already: a source not fetched before)
         status, headers, _, _ = running.get("/media/uploads/b.jpg?w=9")
         assert (status, headers["x-placeholder"]) == (422, "unsupported_format")
+    finally:
+        running.stop()
+
+
+# -- first in the check chain; a fetcher of a plugin's own -----------------------------------
+
+class Gate:
+    """Another check: refuses every image request (an authorisation plugin, say)."""
+
+    @hookimpl
+    def mediaproxy_check_request(self, image_request, request, runtime):
+        return Rejection(403, "forbidden", "not for you")
+
+
+UNSAFE = "/media/uploads/%EF%BC%8E%EF%BC%8E;/a.png?w=10"     # NFKC: '..;'
+
+
+def test_validation_answers_before_any_other_check(live_reactor):
+    from mediaproxy.testing import call_in_reactor
+
+    running = start_proxy(origin=_origin(), extra_plugins=[Gate()])
+    try:
+        assert error_of(running, UNSAFE) == (400, "invalid_path", "path")
+        assert error_of(running, "/media/uploads/a.png?w=10") == (403, "forbidden", None)
+        # also before a check registered once the proxy runs (pluggy calls the latest first)
+        call_in_reactor(running.runtime.pm.register, Gate(), "late-gate")
+        assert error_of(running, UNSAFE) == (400, "invalid_path", "path")
+        assert error_of(running, "/static/a.png?w=10") == (403, "forbidden", None)
+    finally:
+        running.stop()
+
+
+class DictFetcher:
+    """A fetcher of a plugin's own, with ``fetch`` only (no ``set_limits``)."""
+
+    def __init__(self, files):
+        self.files = files
+        self.asked = []
+
+    def fetch(self, path, correlation_id, log, headers=None):
+        from twisted.internet.defer import fail, succeed
+
+        self.asked.append(path)
+        if path not in self.files:
+            return fail(SourceError(404, "source_not_found", "no such source"))
+        return succeed(SourceImage(body=self.files[path], content_type="image/png"))
+
+
+class OwnFetcher:
+    def __init__(self, fetcher):
+        self.fetcher = fetcher
+
+    @hookimpl
+    def mediaproxy_configure(self, runtime):
+        runtime.fetcher = self.fetcher
+
+
+def test_a_fetcher_without_source_limits_is_left_alone(live_reactor, tmp_path):
+    from mediaproxy.tap import reload_config
+    from mediaproxy.testing import call_in_reactor
+
+    fetcher = DictFetcher({"/media/x.png": SOURCE})
+    running = start_proxy(origin=ImageOrigin({}), extra_plugins=[OwnFetcher(fetcher)])
+    try:
+        status, _, body, _ = running.get("/media/x.png?w=10")
+        assert status == 200 and decode(body).size == (10, 5)
+        path = tmp_path / "mediaproxy.toml"
+        path.write_text("[limits]\nmax_width = 100\n")
+        call_in_reactor(reload_config, running.runtime, str(path))
+        assert running.runtime.config.limits.max_width == 100        # the reload went through
+        assert error_of(running, "/media/x.png?w=101") == (400, "invalid_parameter", "w")
+        status, _, body, _ = running.get("/media/x.png?w=20")
+        assert status == 200 and decode(body).size == (20, 10)
+        assert fetcher.asked == ["/media/x.png"]          # then the source cache had it
+        assert sum(running.origin.hits.values()) == 0
     finally:
         running.stop()
