@@ -432,7 +432,7 @@ UNSAFE = "/media/uploads/%EF%BC%8E%EF%BC%8E;/a.png?w=10"     # NFKC: '..;'
 def test_validation_answers_before_any_other_check(live_reactor):
     from mediaproxy.testing import call_in_reactor
 
-    running = start_proxy(origin=_origin(), extra_plugins=[Gate()])
+    running = start_proxy(origin=_origin(), plugins=[Gate()])
     try:
         assert error_of(running, UNSAFE) == (400, "invalid_path", "path")
         assert error_of(running, "/media/uploads/a.png?w=10") == (403, "forbidden", None)
@@ -444,37 +444,30 @@ def test_validation_answers_before_any_other_check(live_reactor):
         running.stop()
 
 
-class DictFetcher:
-    """A fetcher of a plugin's own, with ``fetch`` only (no ``set_limits``)."""
+class OwnSource:
+    """A plugin serving sources from a dict of its own (``mediaproxy_fetch_source``)."""
 
     def __init__(self, files):
         self.files = files
         self.asked = []
 
-    def fetch(self, path, correlation_id, log, headers=None):
+    @hookimpl
+    def mediaproxy_fetch_source(self, image_request, request, runtime):
         from twisted.internet.defer import fail, succeed
 
+        path = image_request.source_path
         self.asked.append(path)
         if path not in self.files:
             return fail(SourceError(404, "source_not_found", "no such source"))
         return succeed(SourceImage(body=self.files[path], content_type="image/png"))
 
 
-class OwnFetcher:
-    def __init__(self, fetcher):
-        self.fetcher = fetcher
-
-    @hookimpl
-    def mediaproxy_configure(self, runtime):
-        runtime.fetcher = self.fetcher
-
-
-def test_a_fetcher_without_source_limits_is_left_alone(live_reactor, tmp_path):
+def test_a_plugins_own_source_is_validated_the_same_across_a_reload(live_reactor, tmp_path):
     from mediaproxy.tap import reload_config
     from mediaproxy.testing import call_in_reactor
 
-    fetcher = DictFetcher({"/media/x.png": SOURCE})
-    running = start_proxy(origin=ImageOrigin({}), extra_plugins=[OwnFetcher(fetcher)])
+    fetcher = OwnSource({"/media/x.png": SOURCE})
+    running = start_proxy(origin=ImageOrigin({}), plugins=[fetcher])
     try:
         status, _, body, _ = running.get("/media/x.png?w=10")
         assert status == 200 and decode(body).size == (10, 5)
