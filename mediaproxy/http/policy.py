@@ -69,7 +69,7 @@ CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
 BUSY, CIRCUIT_OPEN = "busy", "circuit_open"
 
 
-def failure_kind(failure: Failure, timed_out: bool = False) -> str:
+def failure_kind(failure: Failure, timed_out: bool) -> str:
     """The outcome kind of a request that failed (``timed_out``: the caller cancelled it when
     its header timeout passed)."""
     if timed_out:
