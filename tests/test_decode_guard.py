@@ -60,6 +60,12 @@ def test_the_pixel_budget_counts_every_frame():
             "image_too_large", "The image is too large (60x40 pixels x 3 frames).")
 
 
+def test_two_frames_are_named_in_the_refusal():
+    data = images.make_animated("GIF", count=2, size=(60, 40))
+    exactly(refusal(data, width=30, max_source_pixels=4799), ImageTooLarge, 422,
+            "image_too_large", "The image is too large (60x40 pixels x 2 frames).")
+
+
 def test_exactly_max_frames_is_decoded_one_more_is_refused():
     data = images.make_animated("GIF", count=3)
     assert render(data, spec(width=30, max_frames=3)).frames == 3
@@ -207,11 +213,39 @@ def test_the_frame_header_is_found_by_walking_the_segments():
     assert render(padded, spec(width=64)).width == 64
 
 
+def test_the_walk_stops_at_the_start_of_scan():
+    # after the SOS header comes entropy-coded data, not segments: FF C9 there is not a frame
+    # header, so a lying Huffman JPEG is still judged
+    huffman = lying_sof_jpeg(5000, 5000)
+    sos = huffman.index(b"\xff\xda")
+    scan = sos + 2 + int.from_bytes(huffman[sos + 2:sos + 4], "big")
+    data = huffman[:scan] + b"\xff\xc9\x00\x11" + huffman[scan:]
+    exactly(refusal(data, width=300), CorruptImage, 422, "corrupt_image",
+            too_few(data, 5000, 5000))
+
+
+@pytest.mark.parametrize("data, arithmetic", [
+    (b"\xff\xd8\xff\xc9\x00\x11", True),                  # a whole marker and length: read
+    (b"\xff\xd8\xff\xc9\x00", False),                      # a length cut short: not
+    (b"\xff\xd8\xff\xe0\x00\x04\x00\x00", False),          # the last segment ends the data
+    (b"\xff\xd8\xff\xe0\x00\x04\x00\x00\xff\xc9\x00\x11", True),
+    (b"\xff\xd8\xff\xe0\x00\x04\x00\x00\x00\xc9\x00\x11", False),   # not a marker
+    (b"\xff\xd8\xff\xe0\x00\x40", False),                  # a length past the end
+    (b"\xff\xd8", False),
+])
+def test_the_segment_walk_reads_only_whole_marker_headers(data, arithmetic):
+    from mediaproxy.imaging.decode import _arithmetic_coded
+
+    assert _arithmetic_coded(data) is arithmetic
+
+
 # -- what is not an image in an allowed format ---------------------------------------------------
 
 @pytest.mark.parametrize("data, cls, code, message", [
     (b"", UnsupportedImage, "unsupported_image", "The source is empty."),
     (b"abc", UnsupportedImage, "unsupported_image", NOT_AN_IMAGE),     # short: DIB's sniff fails
+    (b"P6\n", UnsupportedFormat, "unsupported_format",                # ... and PPM's follows it
+     "PPM images are not supported."),
     (b"hello, I am text, not an image", UnsupportedImage, "unsupported_image", NOT_AN_IMAGE),
     (bytes(range(256)), UnsupportedImage, "unsupported_image", NOT_AN_IMAGE),
     (images.encode(Image.new("RGB", (8, 8)), "PPM"), UnsupportedFormat, "unsupported_format",
@@ -225,7 +259,7 @@ def test_the_frame_header_is_found_by_walking_the_segments():
     # FLI's magic is at bytes 4-5 and its flags at 14-15: the sniff reads 16 bytes
     (bytes(4) + b"\x11\xaf" + bytes(8) + b"\x00\x00" + bytes(20), UnsupportedFormat,
      "unsupported_format", "FLI images are not supported."),
-], ids=["empty", "short", "text", "random", "ppm", "ico", "pcx", "psd", "fli"])
+], ids=["empty", "short", "short-ppm", "text", "random", "ppm", "ico", "pcx", "psd", "fli"])
 def test_unrecognised_sources_are_named_when_their_format_is_known(data, cls, code, message):
     exactly(refusal(data, width=32), cls, 422, code, message)
     with pytest.raises(ImageError) as caught:
@@ -334,11 +368,51 @@ def test_an_orientation_outside_1_to_8_is_ignored(value, expected):
     assert (info.width, info.height) == ((40, 60) if swapped else (60, 40))
 
 
-def test_unreadable_exif_means_upright():
-    data = images.encode(Image.new("RGB", (60, 40)), "JPEG", exif=b"Exif\x00\x00MM\x00*junk")
+def png_with_exif(orientation: int, after_pixels: bool) -> bytes:
+    import zlib
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = exif.tobytes()[6:]                                 # without the "Exif\0\0" header
+    chunk = (struct.pack(">I", len(body)) + b"eXIf" + body
+             + struct.pack(">I", zlib.crc32(b"eXIf" + body)))
+    png = images.make_png(60, 40)
+    at = png.rindex(b"IEND") - 4 if after_pixels else 33      # before IEND, or after IHDR
+    return png[:at] + chunk + png[at:]
+
+
+def test_a_png_orientation_is_read_from_the_header_only():
+    # before the pixels: read by probe; after them: Pillow would have to decode the pixels to
+    # find it, so the header check does not see it (the render, which decodes, does)
+    before = probe(png_with_exif(6, after_pixels=False))
+    assert (before.orientation, before.width, before.height) == (6, 40, 60)
+    after = png_with_exif(6, after_pixels=True)
+    assert (probe(after).orientation, probe(after).width, probe(after).height) == (1, 60, 40)
+    assert size_of(render(after, spec(format="png")).body) == (40, 60)
+
+
+@pytest.mark.parametrize("orientation, displayed", [(1, (60, 40)), (3, (60, 40)),
+                                                    (6, (40, 60)), (8, (40, 60))])
+def test_a_tiff_orientation_is_applied_once(orientation, displayed):
+    data = images.encode(Image.new("RGB", (60, 40)), "TIFF", tiffinfo={0x0112: orientation})
+    info = probe(data)
+    assert (info.orientation, (info.width, info.height)) == (orientation, displayed)
+    assert size_of(render(data, spec(format="png")).body) == displayed
+    if displayed == (40, 60):
+        exactly(refusal(data, max_source_pixels=2399), ImageTooLarge, 422, "image_too_large",
+                "The image is too large (40x60 pixels).")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_unreadable_exif_means_upright(fmt):
+    # an EXIF block whose TIFF header is broken: Pillow refuses it (WebP, PNG) or skips it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    broken = exif.tobytes()[:6] + b"XX" + exif.tobytes()[8:]
+    data = images.encode(Image.new("RGB", (60, 40)), fmt, exif=broken)
     info = probe(data)
     assert (info.orientation, info.width, info.height) == (1, 60, 40)
-    assert size_of(render(data, spec(width=30)).body) == (30, 20)
+    assert size_of(render(data, spec(width=30, format="png")).body) == (30, 20)
 
 
 # -- transform parameters ------------------------------------------------------------------------

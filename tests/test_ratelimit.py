@@ -21,7 +21,7 @@ from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_p
 
 def limiter(clock=None, sampler=None, **ratelimit):
     config = load_config(environ={}, overrides={"ratelimit": ratelimit})
-    runtime = types.SimpleNamespace(config=config, reactor=clock or Clock(), upstream=None,
+    runtime = types.SimpleNamespace(config=config, reactor=clock or Clock(), redis=None,
                                     pending_transforms=0)
     return RateLimiter(runtime, clock=runtime.reactor, wall=lambda: 1_700_000_000.0,
                        sampler=sampler)

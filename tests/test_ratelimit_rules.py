@@ -14,21 +14,22 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from mediaproxy import hookimpl
 from mediaproxy.builtin.ratelimit import (
     Buckets, Pressure, RateLimiter, RateLimitService, RedisBucketSync, psutil_sampler,
     rate_limiter,
 )
 from mediaproxy.config import load_config
-from mediaproxy.models import ImageRequest, RequestInfo
+from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 
 from mediaproxy.testing import ImageOrigin, make_image, start_proxy
 
 WALL = 1_700_000_000.0
 
 
-def limiter(clock=None, sampler=None, upstream=None, **ratelimit):
+def limiter(clock=None, sampler=None, **ratelimit):
     config = load_config(environ={}, overrides={"ratelimit": {"exempt": [], **ratelimit}})
-    runtime = types.SimpleNamespace(config=config, reactor=clock or Clock(), upstream=upstream,
+    runtime = types.SimpleNamespace(config=config, reactor=clock or Clock(), redis=None,
                                     pending_transforms=0)
     return RateLimiter(runtime, clock=runtime.reactor, wall=lambda: WALL, sampler=sampler)
 
@@ -151,14 +152,14 @@ def test_retry_after_shrinks_as_the_bucket_refills():
 
 def test_the_headers_show_the_budget_under_pressure():
     load = {"sample": (99.0, 0.0, 0.0)}
-    rl = limiter(sampler=lambda: load["sample"], ip_rate=2.0, ip_burst=3, cpu_percent=50,
+    rl = limiter(sampler=lambda: load["sample"], ip_rate=0.5, ip_burst=4, cpu_percent=50,
                  pressure_factor=0.5)
     rl.sample()
     count, refusal = granted(rl.take_cheap, 3, image(), client())
-    assert count == 1                                  # int(3 * 0.5) = 1 token, rate 1
+    assert count == 2                                  # 4 * 0.5 tokens, 0.5 * 0.5 a second
     headers = dict(refusal.headers)
     assert (headers["RateLimit-Limit"], headers["Retry-After"],
-            headers["RateLimit-Policy"]) == ("1", "1", "1;w=1")
+            headers["RateLimit-Policy"]) == ("2", "4", "2;w=8")
 
 
 def test_a_limit_of_under_one_token_is_one():
@@ -241,6 +242,7 @@ def test_disabled_nothing_is_limited_nor_counted():
     (["fe80::/10"], "fe80::1%eth0", True),                # a scope id is not part of it
     (["::/0"], "203.0.113.7", False),                     # an IPv6 network never holds IPv4
     (["0.0.0.0/0"], "2001:db8::1", False),
+    (["10.0.0.0/8"], "10.0.0.1%eth0", True),               # a zone suffix is dropped first
     (["10.0.0.0/8"], "not-an-address", False),
     (["10.0.0.0/8"], "", False),
 ])
@@ -353,9 +355,18 @@ def test_a_failing_sampler_leaves_the_factor():
     rl = limiter(sampler=broken)
     rl.sample()
     assert calls == [1] and rl.pressure.factor == 1.0
+    failures = []
+
+    def observer(event):
+        if "log_failure" in event:
+            failures.append(event)
     rl.sampler = None
-    rl.sample()                                           # no sampler: nothing happens
-    assert rl.pressure.factor == 1.0
+    globalLogPublisher.addObserver(observer)
+    try:
+        rl.sample()                                       # no sampler: nothing happens
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert rl.pressure.factor == 1.0 and failures == []
 
 
 def test_the_psutil_sampler_reports_the_queue_share():
@@ -396,6 +407,32 @@ def test_refilled_buckets_without_unsent_counts_go_first():
     rl.clock.advance(0.5)                                # the others: full again
     assert table.sweep(rl.clock.seconds()) == 99
     assert set(table.state) == {"198.51.100.0"}
+
+
+def synced(rl, clock_at: float, *ips):
+    """Buckets for ``ips``, one token taken from each at ``clock_at``, their counts sent."""
+    rl.clock.advance(clock_at - rl.clock.seconds())
+    rl.sync_backend = Recording({})
+    for ip in ips:
+        assert rl.take_cheap(image(), client(ip)) is None
+    rl.sync()
+    return rl.tables["ip"]
+
+
+def test_a_bucket_is_idle_once_refilled_exactly_to_its_burst():
+    rl = limiter(ip_rate=2.0, ip_burst=2, max_keys=100)
+    table = synced(rl, 10.0, "198.51.100.1")                  # 1 token left at t=10
+    assert table.sweep(10.25) == 0                            # 1.5 tokens: still refilling
+    assert table.sweep(10.5) == 1 and table.state == {}       # 2 tokens: as good as new
+
+
+def test_under_pressure_a_bucket_refills_more_slowly_before_it_is_idle():
+    rl = limiter(sampler=lambda: (99.0, 0.0, 0.0), ip_rate=1.0, ip_burst=1, max_keys=100,
+                 cpu_percent=50, pressure_factor=0.5)
+    rl.sample()                                               # factor 0.5: rate 0.5, burst 1
+    table = synced(rl, 10.0, "198.51.100.1")                  # 0 tokens left at t=10
+    assert table.sweep(11.0, 0.5) == 0                        # half a token
+    assert table.sweep(12.0, 0.5) == 1                        # 1 token: the whole burst
 
 
 def test_a_bucket_with_unsent_counts_is_kept_by_the_idle_sweep():
@@ -451,6 +488,17 @@ def test_the_first_exchange_only_learns_the_total():
     rl.sync()                                            # nothing spent here: still asked
     assert rl.sync_backend.sent[-1] == {"ip:203.0.113.7": 0}
     assert rl.tables["ip"].remaining("203.0.113.7") == 65
+
+
+def test_a_single_token_spent_elsewhere_is_taken_out():
+    shared = {}
+    rl = limiter(ip_rate=0.001, ip_burst=10)
+    rl.sync_backend = Recording(shared)
+    granted(rl.take_cheap, 2, image(), client())
+    rl.sync()
+    shared["ip:203.0.113.7"] += 1
+    rl.sync()
+    assert rl.tables["ip"].remaining("203.0.113.7") == 7
 
 
 def test_what_others_spent_never_takes_a_bucket_below_zero():
@@ -559,6 +607,70 @@ def test_the_service_exchanges_through_the_configured_redis(redis_server, live_r
         running.stop()
 
 
+def service_runtime(clock, **ratelimit):
+    """A runtime holding a real (never started) Redis client."""
+    from mediaproxy.config import RedisCacheConfig
+    from mediaproxy.cache.redis import RedisClient
+
+    config = load_config(environ={}, overrides={"ratelimit": {"exempt": [], **ratelimit},
+                                                "cache": {"redis": {"key_prefix": "mps:"}}})
+    return types.SimpleNamespace(
+        config=config, reactor=clock, pending_transforms=0,
+        redis=RedisClient.from_config(RedisCacheConfig(url="redis://127.0.0.1:9"), clock))
+
+
+@pytest.mark.parametrize("interval, given, expected", [
+    (0.0, False, None),                  # no interval: no exchange, Redis or not
+    (20.0, False, "redis"),              # the configured Redis, keys kept 4 intervals
+    (20.0, True, "given"),               # a backend already there is kept
+])
+def test_the_service_wires_the_exchange(interval, given, expected):
+    clock = Clock()
+    runtime = service_runtime(clock, sync_interval=interval, ip_rate=0.001, ip_burst=5)
+    rl = RateLimiter(runtime, clock=clock, wall=lambda: WALL, sampler=lambda: (0, 0, 0))
+    backend = Recording({}) if given else None
+    rl.sync_backend = backend
+    service = RateLimitService(rl, runtime)
+    service.startService()
+    try:
+        if expected is None:
+            assert rl.sync_backend is None
+        elif expected == "redis":
+            assert type(rl.sync_backend) is RedisBucketSync
+            assert (rl.sync_backend.prefix, rl.sync_backend.ttl_ms) == ("mps:", 80_000)
+        else:
+            assert rl.sync_backend is backend
+            rl.take_cheap(image(), client())
+            clock.advance(20)
+            assert backend.sent == [{"ip:203.0.113.7": 1}]
+    finally:
+        service.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_service_samples_the_host_only_when_adaptive():
+    clock = Clock()
+    rl = limiter(clock)
+    service = RateLimitService(rl, rl.runtime)
+    service.startService()
+    service.stopService()
+    cpu, memory, queue = rl.sampler()                    # psutil's, made by the service
+    assert queue == 0.0 and 0.0 < memory <= 100.0
+
+    def mine():
+        return (1.0, 2.0, 3.0)
+    rl = limiter(clock, sampler=mine)
+    service = RateLimitService(rl, rl.runtime)
+    service.startService()
+    service.stopService()
+    assert rl.sampler is mine                            # a given sampler is kept
+    rl = limiter(clock, adaptive=False)
+    service = RateLimitService(rl, rl.runtime)
+    service.startService()
+    service.stopService()
+    assert rl.sampler is None                            # not adaptive: nothing sampled
+
+
 def test_without_an_interval_nothing_is_exchanged():
     clock = Clock()
     rl = limiter(clock, sampler=lambda: (0.0, 0.0, 0.0), sync_interval=0)
@@ -597,12 +709,23 @@ def test_burst_then_429_with_exact_headers_over_http(live_reactor):
         running.stop()
 
 
-def test_refused_requests_spend_no_token_over_http(live_reactor):
-    # the cheap token is taken after validation: a 400 costs the client nothing
-    running = start_proxy(origin=ImageOrigin(origin_files()), overrides={
-        "ratelimit": {"ip_rate": 0.001, "ip_burst": 1, "exempt": []}})
+class Refuser:
+    """A site's own check (a plugin): refuses every source under /media/private/."""
+
+    @hookimpl
+    def mediaproxy_check_request(self, image_request, request, runtime):
+        if image_request.source_path.startswith("/media/private/"):
+            return Rejection(403, "forbidden", "private", parameter=None)
+        return None
+
+
+def test_requests_other_checks_refuse_spend_no_token_over_http(live_reactor):
+    # the cheap token is taken after every other check, a plugin's included
+    running = start_proxy(origin=ImageOrigin(origin_files()), plugins=[Refuser()],
+                          overrides={"ratelimit": {"ip_rate": 0.001, "ip_burst": 1,
+                                                   "exempt": []}})
     try:
-        assert [running.get("/media/a.jpg?w=abc")[0] for _ in range(3)] == [400] * 3
+        assert [running.get("/media/private/a.jpg?w=20")[0] for _ in range(3)] == [403] * 3
         assert running.get("/media/a.jpg?w=20")[0] == 200
         assert running.get("/media/a.jpg?w=20")[0] == 429
     finally:

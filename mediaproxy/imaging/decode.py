@@ -141,7 +141,8 @@ def _read_info(image: ImageFile.ImageFile) -> ImageInfo:
         frames = image.n_frames if image.format in _ANIMATED_SOURCES else 1
         orientation = _orientation(image, header_only=True)
         width, height = image.size
-        if orientation in _SWAPS_AXES:
+        # Pillow (11 on) reports a TIFF's size as displayed and turns its pixels when loading
+        if orientation in _SWAPS_AXES and image.format != "TIFF":
             width, height = height, width
         return ImageInfo(
             format=_SOURCE_FORMATS[image.format], width=width, height=height,
