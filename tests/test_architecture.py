@@ -81,6 +81,13 @@ def test_nothing_below_the_plugin_glue_imports_it():
     assert wrong == []
 
 
+def test_nothing_in_the_package_imports_the_test_kit():
+    wrong = sorted((m, t) for m, targets in graph().items()
+                   if not within(m, "mediaproxy.testing")
+                   for t in targets if within(t, "mediaproxy.testing"))
+    assert wrong == []
+
+
 def test_the_foundation_imports_only_itself():
     wrong = sorted((m, t) for m, targets in graph().items() if m in FOUNDATION
                    for t in targets if t not in FOUNDATION)
