@@ -135,3 +135,35 @@ def test_a_passthrough_check_refuses_before_the_backend_sees_the_request():
         assert (status, body, origin.hits["/page"]) == (200, b"hello", 1)
     finally:
         proxy.stop()
+
+
+def test_a_third_party_refusal_of_a_transform_costs_no_rate_limit_token():
+    # The built-in limiter answers mediaproxy_admit_transform last (trylast): a quota plugin
+    # that refuses first leaves the client's one transform token for the next request.
+    quota = Quota(allowance=0)
+    proxy = start_proxy(origin=origin_with_photo(), plugins=[quota], overrides={
+        "ratelimit": {"exempt": [], "ip_transform_rate": 0.001, "ip_transform_burst": 1}})
+    try:
+        status, _, body, _ = proxy.get(f"{PHOTO}?w=100")
+        assert (status, error_of(body)[0]) == (402, "quota_exceeded")
+        quota.allowance = 2
+        status, headers, _, _ = proxy.get(f"{PHOTO}?w=200")
+        assert (status, headers["x-cache"]) == (200, "MISS")      # the token was still there
+        status, _, body, _ = proxy.get(f"{PHOTO}?w=300")
+        assert (status, error_of(body)[0]) == (429, "rate_limited")   # and now it is spent
+    finally:
+        proxy.stop()
+
+
+def test_a_third_party_refusal_of_a_passthrough_costs_no_rate_limit_token():
+    origin = ImageOrigin({"/page": (200, b"hello", "text/plain", [])})
+    origin.render_POST = origin.render_GET
+    proxy = start_proxy(origin=origin, plugins=[Gate()], overrides={
+        "ratelimit": {"exempt": [], "passthrough_rate": 0.001, "passthrough_burst": 1}})
+    try:
+        assert proxy.request("POST", "/page", body=b"x=1")[0] == 403    # the gate, first
+        assert proxy.get("/page")[0] == 200                              # the one token
+        status, _, body, _ = proxy.get("/page")
+        assert (status, error_of(body)[0]) == (429, "rate_limited")
+    finally:
+        proxy.stop()
