@@ -190,10 +190,11 @@ def mediaproxy_handle_image(image_request, request, runtime):
     """The image protocol: answer ``image_request`` with a Deferred that fires with an
     :class:`~mediaproxy.models.ImageResponse`.
 
-    The built-in pipeline (``trylast``) runs checks, cache lookup, coalesced fetch, transform
-    and store. Wrap it with ``@hookimpl(wrapper=True)`` to time or observe every image request
-    (the wrapper gets the Deferred the pipeline returned and must return one). *firstresult*,
-    reactor thread.
+    The core has run the check chain (:func:`mediaproxy_check_request`) before, so only
+    requests that passed it get here. The built-in pipeline (``trylast``) runs the cache lookup,
+    the coalesced fetch, the transform and the store. Wrap it with ``@hookimpl(wrapper=True)``
+    to time or observe every checked image request (the wrapper gets the Deferred the pipeline
+    returned and must return one). *firstresult*, reactor thread.
     """
 
 

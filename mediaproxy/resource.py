@@ -1,7 +1,8 @@
 """
 The root resource: image requests go through the check chain, then the image protocol hook;
-everything else is asked of ``mediaproxy_check_passthrough``, then streamed to the backend. Also writes image responses: conditional requests (304), HEAD, the
-headers every image response carries, and the JSON body of a refusal.
+everything else is asked of ``mediaproxy_check_passthrough``, then streamed to the backend.
+Also writes image responses: conditional requests (304), HEAD, the headers every image response
+carries, and the JSON body of a refusal.
 """
 
 from __future__ import annotations
