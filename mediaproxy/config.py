@@ -450,13 +450,21 @@ class SourceCacheConfig:
         "reused, across restarts and by every process of the host.", _at_least(1))
 
 
+def _cache_name(value: str) -> None:
+    """Empty, or a Structured Field token (RFC 8941 3.3.4), as a Cache-Status member."""
+    if value and not re.fullmatch(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*", value):
+        raise ValueError(f"{value!r} is not a Structured Field token (a letter, then letters, "
+                         "digits or !#$%&'*+-.^_`|~:/)")
+
+
 @frozen
 class CacheConfig:
     cache_control: str = setting(
         "public, max-age=31536000, immutable", "str",
         "Cache-Control of successful image responses.")
     error_cache_control: str = setting(
-        "no-store", "str", "Cache-Control of placeholder and error responses.")
+        "no-store", "str", "Cache-Control of placeholder and error responses (a max-age is "
+        "lowered to transient_max_age and immutable dropped).")
     x_cache_header: bool = setting(
         True, "bool", "Add X-Cache (HIT-MEMORY, MISS, ...) to image responses.")
     stale_while_revalidate: float = setting(
@@ -474,6 +482,21 @@ class CacheConfig:
     redis: RedisCacheConfig = section(RedisCacheConfig, "The shared Redis layer (off unless "
                                       "a URL is set).")
     file: FileCacheConfig = section(FileCacheConfig, "The file layer (off unless dir is set).")
+    # headers
+    transient_max_age: int = setting(
+        10, "int", "Longest max-age, in seconds, of an answer that is not a fresh result: a "
+        "stale copy (served past its TTL while it is refreshed, or because the backend failed) "
+        "and a placeholder. Their Cache-Control is cache_control (stale) or "
+        "error_cache_control (placeholder) with max-age and s-maxage lowered to this and "
+        "immutable removed, so a CDN asks again soon instead of keeping them for a year "
+        "(0: no-store).", _at_least(0))
+    cache_status: str = setting(
+        "mediaproxy", "str", "Name of this cache in the Cache-Status response header (RFC "
+        "9211) of image responses, which says how each answer was made: hit with detail "
+        "naming the layer, fwd=uri-miss/miss/stale for a request that went to the backend, "
+        "stored, collapsed for one that waited for another request's transform, ttl (negative) "
+        "for a stale copy. X-Cache is sent as well (x_cache_header). Empty: no Cache-Status.",
+        _cache_name)
 
 
 @frozen
