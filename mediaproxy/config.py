@@ -111,11 +111,17 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None):
-    """An attrs field for one setting: its default, value kind, help text and extra check."""
+def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None,
+            secret: str | None = None):
+    """An attrs field for one setting: its default, value kind, help text and extra check.
+    ``secret`` marks a value never to be printed (``mediaproxy check-config``, errors):
+    ``"value"`` hides it whole, ``"url"`` hides the password of each URL in it."""
     if isinstance(default, list):
         default = tuple(default)
-    return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check})
+    if secret not in (None, "value", "url"):
+        raise ValueError(f"secret must be None, 'value' or 'url', not {secret!r}")
+    return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check,
+                                                  "secret": secret})
 
 
 def section(cls: type, help: str):
@@ -394,10 +400,12 @@ def _host_ports(value: tuple[str, ...]) -> None:
 class RedisCacheConfig:
     url: str = setting(
         "", "str", "Redis for the shared cache layer, locks and shared state, e.g. "
-        "redis://127.0.0.1:6379/0. Empty: no Redis.", _redis_url)
+        "redis://127.0.0.1:6379/0. Empty: no Redis. A password in it is never printed.",
+        _redis_url, secret="url")
     shards: tuple[str, ...] = setting(
         [], "strlist", "Scale-out: several Redis URLs; keys are spread over them "
-        "(txredisapi sharded connections). Used instead of url when set.", _redis_urls)
+        "(txredisapi sharded connections). Used instead of url when set.", _redis_urls,
+        secret="url")
     sentinels: tuple[str, ...] = setting(
         [], "strlist", "High availability: Sentinel addresses (host:port). With "
         "sentinel_service set, the master is found through them.", _host_ports)
@@ -420,12 +428,16 @@ class FileCacheConfig:
         "", "str", "Directory of the file layer (results and originals). Empty: no file "
         "layer.")
     max_bytes: int = setting(
-        1024**3, "int", "Upper bound of the file layer in bytes (accepts 1GiB).", _at_least(0))
+        1024**3, "int", "Upper bound of the file layer in bytes (accepts 1GiB). An entry "
+        "larger than a quarter of it is not stored in the file layer (one would flush most of "
+        "it); check-config says so.", _at_least(0))
     ttl: float = setting(
         30 * 86400.0, "float", "Seconds a file entry is served as fresh.", _at_least(1))
     max_age: float = setting(
         90 * 86400.0, "float", "Retention: entries older than this are deleted by the "
-        "cleanup, fresh or not.", _at_least(1))
+        "cleanup, fresh or not. Raised to ttl + max(stale_while_revalidate, stale_if_error) "
+        "when shorter, so a copy still servable as stale is kept; check-config says so.",
+        _at_least(1))
     cleanup_interval: float = setting(
         300.0, "float", "Seconds between two cleanup passes (run in a thread).", _at_least(1))
     disk_warning_percent: float = setting(
@@ -583,7 +595,7 @@ class SigningConfig:
         "`openssl rand -hex 32`). The first signs (mediaproxy sign URL), every one verifies, "
         "so a key is rotated by putting the new one first and dropping the old one later. "
         "With a key set, transform requests without a valid `sig` are refused (403). Empty: "
-        "signatures off.", _signing_keys)
+        "signatures off. Never printed.", _signing_keys, secret="value")
     exempt_routes: tuple[str, ...] = setting(
         [], "strlist", "Routes served without a signature even when keys are set, for "
         "frontends that cannot sign (for example compat).", _route_names)
@@ -687,10 +699,12 @@ class AdminConfig:
         "stats). It is started only when admin.token is set: without a token nothing listens.")
     token: str = setting(
         "", "str", "Bearer token the admin listener requires (Authorization: Bearer TOKEN), "
-        "compared in constant time. Empty: no admin listener.")
+        "compared in constant time. Empty: no admin listener. Never printed.",
+        secret="value")
     internal_secret: str = setting(
         "", "str", "Value of the x-internal-secret header accepted by the grooveshop call "
-        "POST /admin/cache/flush-tenant (empty: only the token is accepted).")
+        "POST /admin/cache/flush-tenant (empty: only the token is accepted). Never printed.",
+        secret="value")
 
 
 @frozen
@@ -769,6 +783,54 @@ def _to_dict(obj) -> dict[str, Any]:
     return out
 
 
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info (and any ``password=`` query value)
+    replaced by ``<redacted>``; the rest (scheme, user, host, port, path) kept."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{hostport}" if sep else f"{userinfo}@{hostport}"
+    query = "&".join(
+        f"{name}={REDACTED}" if name.lower() in ("password", "pass", "secret", "token") else
+        f"{name}{eq}{value}"
+        for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item))
+    out = url
+    if netloc != parts.netloc:
+        out = out.replace("//" + parts.netloc, "//" + netloc, 1)
+    if query != parts.query:
+        head, _, rest = out.partition("?")
+        _, hash_sign, fragment = rest.partition("#")
+        out = f"{head}?{query}{hash_sign}{fragment}"
+    return out
+
+
+def _redact_value(value: Any, how: str) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_redact_value(v, how) for v in value)
+    if not value:
+        return value   # unset stays visibly unset
+    return redact_url(value) if how == "url" else REDACTED
+
+
+def redacted(config):
+    """A copy of ``config`` (or of a section) with every setting marked ``secret`` hidden: what
+    ``mediaproxy check-config`` prints. The copy is for printing only (it would not pass the
+    checks)."""
+    changes = {}
+    for f in attrs.fields(type(config)):
+        value = getattr(config, f.name)
+        if f.metadata.get("kind") == "section":
+            changes[f.name] = redacted(value)
+        elif f.metadata.get("secret"):
+            changes[f.name] = _redact_value(value, f.metadata["secret"])
+    return attrs.evolve(config, **changes)
+
+
 def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, attrs.Attribute]]:
     """Every (dotted key, field) of the schema, sections included, in declaration order."""
     for f in attrs.fields(cls):
@@ -799,6 +861,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
             if f.metadata.get("check"):
                 f.metadata["check"](value)
         except ValueError as e:
+            if f.metadata.get("secret"):   # the message may quote the value
+                raise ConfigError(key, "invalid value (not shown: it is a secret)") from None
             raise ConfigError(key, str(e)) from None
         kwargs[name] = value
     return cls(**kwargs)

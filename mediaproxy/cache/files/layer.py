@@ -330,15 +330,42 @@ class FileLayer:
         self.limit = byte_limit(pressure, self.max_bytes, self.index.bytes)
 
 
+def max_item_bytes(config) -> int:
+    """The largest entry the file layer of ``cache.file`` stores (a share of ``max_bytes``)."""
+    return int(config.max_bytes * MAX_ITEM_SHARE)
+
+
+def retention(config, grace: float) -> float:
+    """How long the file layer keeps an entry: ``max_age``, raised to ``ttl + grace`` when it
+    is shorter (an entry still servable as stale must not be deleted)."""
+    return max(config.max_age, config.ttl + grace)
+
+
+def config_notes(config, grace: float) -> list[str]:
+    """The file layer's own rules that a ``cache.file`` config triggers, one sentence each,
+    for ``mediaproxy check-config`` (empty when the layer is off)."""
+    if not config.dir or config.max_bytes <= 0:
+        return []
+    notes = [f"cache.file: entries larger than {MAX_ITEM_SHARE:.0%} of max_bytes "
+             f"({max_item_bytes(config)} bytes) are not stored in the file layer"]
+    kept = retention(config, grace)
+    if kept > config.max_age:
+        notes.append(f"cache.file.max_age ({config.max_age:g} s) is shorter than ttl + the "
+                     f"stale grace ({config.ttl:g} + {grace:g} s): entries are kept "
+                     f"{kept:g} s, so a copy still servable as stale is not deleted")
+    return notes
+
+
 def file_layer(config, reactor, grace: float = 0.0, **kwargs) -> FileLayer | None:
     """The layer for ``cache.file`` (:class:`~mediaproxy.config.FileCacheConfig`), or None
     when no directory is set. Entries are kept ``grace`` seconds past ``ttl`` for stale
-    serving (the pipeline decides what is fresh)."""
+    serving (the pipeline decides what is fresh); :func:`config_notes` says which of these
+    rules a config triggers."""
     if not config.dir or config.max_bytes <= 0:
         return None
     return FileLayer(store=FileStore(config.dir), pool=DiskPool(reactor),
                      max_bytes=config.max_bytes, ttl=config.ttl + grace,
-                     max_age=max(config.max_age, config.ttl + grace),
+                     max_age=retention(config, grace),
                      disk_warning_percent=config.disk_warning_percent,
                      disk_critical_percent=config.disk_critical_percent, reactor=reactor,
                      **kwargs)
