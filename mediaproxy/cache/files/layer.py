@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import coiterate
 from twisted.logger import Logger
 
+from ...logs import Throttle
 from ...models import CacheEntry
 from .diskpool import DiskPool
 from .lru import IndexEntry, SegmentedLRU
@@ -25,6 +26,8 @@ from .pressure import byte_limit, disk_pressure
 from .store import Corrupt, FileStore, Hit, Scanned, Stored
 
 log = Logger(namespace="mediaproxy.cache.file")
+#: Seconds between two warnings of one kind (a disk going bad fails every read or eviction).
+WARN_EVERY = 10.0
 
 #: Entries larger than this share of ``max_bytes`` are not stored (they would flush the cache).
 MAX_ITEM_SHARE = 0.25
@@ -71,6 +74,7 @@ class FileLayer:
     _written: set = attrs.field(factory=set)
     _dropped: set = attrs.field(factory=set)
     _purged_prefixes: list = attrs.field(factory=list)
+    _warnings: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
 
     def __attrs_post_init__(self):
         self.limit = self.max_bytes
@@ -118,8 +122,8 @@ class FileLayer:
         if isinstance(result, Corrupt):
             self.corrupt += 1
             self.errors += 1
-            log.warn("discarded corrupt file cache entry {key}: {reason}", key=key,
-                     reason=result.reason)
+            self._warnings.warn(log, ("corrupt",), "discarded corrupt file cache entry {key}: "
+                                "{reason}", key=key, reason=result.reason)
         return None
 
     def set(self, key: str, entry: CacheEntry) -> Deferred:
@@ -219,8 +223,10 @@ class FileLayer:
 
     def _background_failed(self, failure, op: str, key: str) -> None:
         self.errors += 1
-        log.warn("file cache could not {op} {key}: {error}", op=op, key=key,
-                 error=failure.getErrorMessage())
+        number = getattr(failure.value, "errno", None)
+        self._warnings.warn(log, (op, number or failure.type.__name__),
+                            "file cache could not {op} {key}: {error}", op=op, key=key,
+                            error=failure.getErrorMessage())
 
     # cleanup
 
