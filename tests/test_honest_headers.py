@@ -272,3 +272,36 @@ def test_shorten_cache_control_never_lets_a_cdn_keep_it_longer(directives, max_a
             if d.partition("=")[0] not in ("max-age", "s-maxage", "immutable")]
     assert [d for d in got if d.partition("=")[0] not in ("max-age", "s-maxage", "no-store")] \
         == [d for d in kept if d != "no-store"]
+
+
+def test_a_request_that_found_another_processes_result_under_the_lock_is_collapsed(
+        live_reactor, tmp_path):
+    # two proxies sharing a file cache coordinate through its lock files (as two processes of
+    # one host do): the second waits for the first one's transform and reads its result
+    origin = HeldOrigin({PATH: PHOTO})
+    path = PATH + "?w=70"
+    overrides = {"cache": {"file": {"dir": str(tmp_path)}, "negative_ttl": 0,
+                           "source": {"memory_bytes": 0}}}
+    with start_proxy(origin=origin, overrides=overrides) as first, \
+            start_proxy(backend_port=origin.port, overrides=overrides) as second:
+        answers = {}
+
+        def fetch(name, proxy):
+            answers[name] = proxy.get(path)
+
+        leader = threading.Thread(target=fetch, args=("leader", first))
+        leader.start()
+        wait_for(lambda: origin.hits[PATH] == 1, 10, what="the leader's fetch")
+        follower = threading.Thread(target=fetch, args=("follower", second))
+        follower.start()
+        pipeline = second.runtime.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
+        wait_for(lambda: second.cache_key(path) in pipeline._inflight, 10,
+                 what="the second proxy waiting for the lock")
+        origin.release()
+        leader.join(10)
+        follower.join(10)
+        assert origin.hits[PATH] == 1
+        assert answers["leader"].headers["cache-status"] == "mediaproxy; fwd=uri-miss; stored"
+        assert answers["follower"].headers["cache-status"] == \
+            "mediaproxy; fwd=uri-miss; stored; collapsed"
+        assert answers["leader"].body == answers["follower"].body

@@ -87,10 +87,15 @@ class Stale:
 
 @attrs.frozen
 class Collapsed:
-    """The result of another request's production, as a waiter of :meth:`_coalesced` gets it
-    (Cache-Status ``collapsed``)."""
+    """The result of another request's production, as a waiter gets it (Cache-Status
+    ``collapsed``): a waiter of :meth:`ImagePipeline._coalesced` in this process, or a request
+    whose lock lookup found what another process or node had just stored."""
 
     result: object
+
+
+def collapsed(result):
+    return result if isinstance(result, Collapsed) else Collapsed(result)
 
 
 #: Source failures that justify serving a stale copy (the backend is down or slow, not the
@@ -168,24 +173,24 @@ class ImagePipeline:
     def _answer(self, result, vary, fwd="miss", stale_layer=None):
         """The response for what a production gave (``fwd``: why the request went to the
         backend; ``stale_layer``: the layer of the stale copy it had)."""
-        collapsed = isinstance(result, Collapsed)
-        if collapsed:
+        reused = isinstance(result, Collapsed)
+        if reused:
             result = result.result
         if isinstance(result, CacheEntry):
             return self._from_entry(result, "MISS", vary,
-                                    CacheStatus(fwd=fwd, stored=True, collapsed=collapsed))
+                                    CacheStatus(fwd=fwd, stored=True, collapsed=reused))
         if isinstance(result, Stale):
             fresh_for = fresh_ttls(self.runtime.config.cache).get(stale_layer, 0.0)
             ttl = math.floor(fresh_for - (time.time() - result.entry.created_at))
             return self._from_entry(
                 result.entry, "STALE", vary,
                 CacheStatus(fwd="stale", ttl=min(ttl, -1),
-                            collapsed=collapsed, detail=stale_layer), stale=True)
+                            collapsed=reused, detail=stale_layer), stale=True)
         if isinstance(result, ImageResponse):
             # a placeholder: the backend was asked, nothing was stored
             name = self.runtime.config.cache.cache_status
             if name:
-                status = CacheStatus(fwd=fwd, collapsed=collapsed, detail="placeholder")
+                status = CacheStatus(fwd=fwd, collapsed=reused, detail="placeholder")
                 return attrs.evolve(result, headers=(*result.headers,
                                                      ("Cache-Status", status.header(name))))
         return result
@@ -223,7 +228,7 @@ class ImagePipeline:
             log.debug("waiting for the transform already under way for {key}", key=key)
             d = Deferred()
             waiters.append(d)
-            return d.addCallback(Collapsed)
+            return d.addCallback(collapsed)
         waiters = self._inflight[key] = []
 
         def release(result):
@@ -246,7 +251,8 @@ class ImagePipeline:
                     return None
                 entry, layer = hit
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
-                return entry if time.time() - entry.created_at <= fresh_for else None
+                # found here: another process's or node's production, reused
+                return Collapsed(entry) if time.time() - entry.created_at <= fresh_for else None
             return rt.cache.get(key).addCallback(fresh)
 
         # The leader answers its own clients as soon as the result exists; the lock is released
