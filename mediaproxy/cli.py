@@ -3,7 +3,8 @@ The ``mediaproxy`` console script.
 
     mediaproxy run [--config FILE] [--listen ENDPOINT ...]   serve (like twistd -n mediaproxy)
     mediaproxy demo [--port 8080] [--origin-port 8000]       proxy + built-in demo origin
-    mediaproxy check-config [--config FILE] [--defaults]     print the effective config or errors
+    mediaproxy check-config [--config FILE] [--defaults]     print the effective config (secrets
+                                                             redacted, notes on stderr) or errors
     mediaproxy sign URL [--config FILE] [--expires-in S]     print URL with its signature
     mediaproxy --version
 """
@@ -15,7 +16,7 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, defaults_toml, load_config, to_toml
+from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
 
 
 def serve(config, extra_services=(), shared_ports=False, config_path=None) -> int:
@@ -82,8 +83,20 @@ def cmd_check_config(args) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(to_toml(config))
+    # secrets (signing keys, tokens, Redis passwords) are marked in the schema, never printed
+    sys.stdout.write(to_toml(redacted(config)))
+    for note in config_notes(config):
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def config_notes(config) -> list[str]:
+    """Rules of the running proxy that this config triggers, which the values alone do not
+    show (the file layer's size limit per entry, its retention raised to cover stale serving)."""
+    from .cache.files.layer import config_notes as file_notes
+    from .cache.keys import stale_grace
+
+    return file_notes(config.cache.file, stale_grace(config.cache))
 
 
 def sign(url: str, config, expires_in: float | None = None, now: float | None = None) -> str:

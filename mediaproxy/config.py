@@ -111,11 +111,17 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None):
-    """An attrs field for one setting: its default, value kind, help text and extra check."""
+def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None,
+            secret: str | None = None):
+    """An attrs field for one setting: its default, value kind, help text and extra check.
+    ``secret`` marks a value never to be printed (``mediaproxy check-config``, errors):
+    ``"value"`` hides it whole, ``"url"`` hides the password of each URL in it."""
     if isinstance(default, list):
         default = tuple(default)
-    return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check})
+    if secret not in (None, "value", "url"):
+        raise ValueError(f"secret must be None, 'value' or 'url', not {secret!r}")
+    return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check,
+                                                  "secret": secret})
 
 
 def section(cls: type, help: str):
@@ -394,10 +400,12 @@ def _host_ports(value: tuple[str, ...]) -> None:
 class RedisCacheConfig:
     url: str = setting(
         "", "str", "Redis for the shared cache layer, locks and shared state, e.g. "
-        "redis://127.0.0.1:6379/0. Empty: no Redis.", _redis_url)
+        "redis://127.0.0.1:6379/0. Empty: no Redis. A password in it is never printed.",
+        _redis_url, secret="url")
     shards: tuple[str, ...] = setting(
         [], "strlist", "Scale-out: several Redis URLs; keys are spread over them "
-        "(txredisapi sharded connections). Used instead of url when set.", _redis_urls)
+        "(txredisapi sharded connections). Used instead of url when set.", _redis_urls,
+        secret="url")
     sentinels: tuple[str, ...] = setting(
         [], "strlist", "High availability: Sentinel addresses (host:port). With "
         "sentinel_service set, the master is found through them.", _host_ports)
@@ -420,12 +428,16 @@ class FileCacheConfig:
         "", "str", "Directory of the file layer (results and originals). Empty: no file "
         "layer.")
     max_bytes: int = setting(
-        1024**3, "int", "Upper bound of the file layer in bytes (accepts 1GiB).", _at_least(0))
+        1024**3, "int", "Upper bound of the file layer in bytes (accepts 1GiB). An entry "
+        "larger than a quarter of it is not stored in the file layer (one would flush most of "
+        "it); check-config says so.", _at_least(0))
     ttl: float = setting(
         30 * 86400.0, "float", "Seconds a file entry is served as fresh.", _at_least(1))
     max_age: float = setting(
         90 * 86400.0, "float", "Retention: entries older than this are deleted by the "
-        "cleanup, fresh or not.", _at_least(1))
+        "cleanup, fresh or not. Raised to ttl + max(stale_while_revalidate, stale_if_error) "
+        "when shorter, so a copy still servable as stale is kept; check-config says so.",
+        _at_least(1))
     cleanup_interval: float = setting(
         300.0, "float", "Seconds between two cleanup passes (run in a thread).", _at_least(1))
     disk_warning_percent: float = setting(
@@ -450,13 +462,21 @@ class SourceCacheConfig:
         "reused, across restarts and by every process of the host.", _at_least(1))
 
 
+def _cache_name(value: str) -> None:
+    """Empty, or a Structured Field token (RFC 8941 3.3.4), as a Cache-Status member."""
+    if value and not re.fullmatch(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*", value):
+        raise ValueError(f"{value!r} is not a Structured Field token (a letter, then letters, "
+                         "digits or !#$%&'*+-.^_`|~:/)")
+
+
 @frozen
 class CacheConfig:
     cache_control: str = setting(
         "public, max-age=31536000, immutable", "str",
         "Cache-Control of successful image responses.")
     error_cache_control: str = setting(
-        "no-store", "str", "Cache-Control of placeholder and error responses.")
+        "no-store", "str", "Cache-Control of placeholder and error responses (a max-age is "
+        "lowered to transient_max_age and immutable dropped).")
     x_cache_header: bool = setting(
         True, "bool", "Add X-Cache (HIT-MEMORY, MISS, ...) to image responses.")
     stale_while_revalidate: float = setting(
@@ -474,6 +494,21 @@ class CacheConfig:
     redis: RedisCacheConfig = section(RedisCacheConfig, "The shared Redis layer (off unless "
                                       "a URL is set).")
     file: FileCacheConfig = section(FileCacheConfig, "The file layer (off unless dir is set).")
+    # headers
+    transient_max_age: int = setting(
+        10, "int", "Longest max-age, in seconds, of an answer that is not a fresh result: a "
+        "stale copy (served past its TTL while it is refreshed, or because the backend failed) "
+        "and a placeholder. Their Cache-Control is cache_control (stale) or "
+        "error_cache_control (placeholder) with max-age and s-maxage lowered to this and "
+        "immutable removed, so a CDN asks again soon instead of keeping them for a year "
+        "(0: no-store).", _at_least(0))
+    cache_status: str = setting(
+        "mediaproxy", "str", "Name of this cache in the Cache-Status response header (RFC "
+        "9211) of image responses, which says how each answer was made: hit with detail "
+        "naming the layer, fwd=uri-miss/miss/stale for a request that went to the backend, "
+        "stored, collapsed for one that waited for another request's transform, ttl (negative) "
+        "for a stale copy. X-Cache is sent as well (x_cache_header). Empty: no Cache-Status.",
+        _cache_name)
 
 
 @frozen
@@ -560,7 +595,7 @@ class SigningConfig:
         "`openssl rand -hex 32`). The first signs (mediaproxy sign URL), every one verifies, "
         "so a key is rotated by putting the new one first and dropping the old one later. "
         "With a key set, transform requests without a valid `sig` are refused (403). Empty: "
-        "signatures off.", _signing_keys)
+        "signatures off. Never printed.", _signing_keys, secret="value")
     exempt_routes: tuple[str, ...] = setting(
         [], "strlist", "Routes served without a signature even when keys are set, for "
         "frontends that cannot sign (for example compat).", _route_names)
@@ -664,10 +699,12 @@ class AdminConfig:
         "stats). It is started only when admin.token is set: without a token nothing listens.")
     token: str = setting(
         "", "str", "Bearer token the admin listener requires (Authorization: Bearer TOKEN), "
-        "compared in constant time. Empty: no admin listener.")
+        "compared in constant time. Empty: no admin listener. Never printed.",
+        secret="value")
     internal_secret: str = setting(
         "", "str", "Value of the x-internal-secret header accepted by the grooveshop call "
-        "POST /admin/cache/flush-tenant (empty: only the token is accepted).")
+        "POST /admin/cache/flush-tenant (empty: only the token is accepted). Never printed.",
+        secret="value")
 
 
 @frozen
@@ -746,6 +783,54 @@ def _to_dict(obj) -> dict[str, Any]:
     return out
 
 
+REDACTED = "<redacted>"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user info (and any ``password=`` query value)
+    replaced by ``<redacted>``; the rest (scheme, user, host, port, path) kept."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{hostport}" if sep else f"{userinfo}@{hostport}"
+    query = "&".join(
+        f"{name}={REDACTED}" if name.lower() in ("password", "pass", "secret", "token") else
+        f"{name}{eq}{value}"
+        for name, eq, value in (item.partition("=") for item in parts.query.split("&") if item))
+    out = url
+    if netloc != parts.netloc:
+        out = out.replace("//" + parts.netloc, "//" + netloc, 1)
+    if query != parts.query:
+        head, _, rest = out.partition("?")
+        _, hash_sign, fragment = rest.partition("#")
+        out = f"{head}?{query}{hash_sign}{fragment}"
+    return out
+
+
+def _redact_value(value: Any, how: str) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_redact_value(v, how) for v in value)
+    if not value:
+        return value   # unset stays visibly unset
+    return redact_url(value) if how == "url" else REDACTED
+
+
+def redacted(config):
+    """A copy of ``config`` (or of a section) with every setting marked ``secret`` hidden: what
+    ``mediaproxy check-config`` prints. The copy is for printing only (it would not pass the
+    checks)."""
+    changes = {}
+    for f in attrs.fields(type(config)):
+        value = getattr(config, f.name)
+        if f.metadata.get("kind") == "section":
+            changes[f.name] = redacted(value)
+        elif f.metadata.get("secret"):
+            changes[f.name] = _redact_value(value, f.metadata["secret"])
+    return attrs.evolve(config, **changes)
+
+
 def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, attrs.Attribute]]:
     """Every (dotted key, field) of the schema, sections included, in declaration order."""
     for f in attrs.fields(cls):
@@ -776,6 +861,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
             if f.metadata.get("check"):
                 f.metadata["check"](value)
         except ValueError as e:
+            if f.metadata.get("secret"):   # the message may quote the value
+                raise ConfigError(key, "invalid value (not shown: it is a secret)") from None
             raise ConfigError(key, str(e)) from None
         kwargs[name] = value
     return cls(**kwargs)

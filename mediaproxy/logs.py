@@ -115,3 +115,50 @@ def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
 def logger(namespace: str) -> RequestLogger:
     """A module's logger: a :class:`RequestLogger` with no bound fields."""
     return RequestLogger(namespace)
+
+
+class Throttle:
+    """Rate limit for a warning that can repeat on every request (a read-only cache directory,
+    a backend that is down): at most one event per ``every`` seconds per ``kind``; the events
+    in between go to debug and are counted, and the next one let through says how many were
+    held back (``{suppressed}``).
+
+    ``kind`` names the kind of trouble (``("set", "EROFS")``), never a per-request value, or
+    nothing would be held back; at most ``max_keys`` kinds are remembered (the oldest is
+    forgotten first), so a flood of distinct kinds cannot grow it. ``clock`` returns seconds
+    (``time.monotonic``; a test passes ``twisted.internet.task.Clock().seconds``).
+    """
+
+    def __init__(self, every: float = 10.0, clock=time.monotonic, max_keys: int = 1024):
+        self.every = every
+        self.clock = clock
+        self.max_keys = max_keys
+        self._seen: dict = {}   # key -> [time let through, suppressed since]
+
+    def allow(self, kind, /) -> int | None:
+        """``None`` when an event of ``kind`` must be held back (it is counted); else how many
+        were held back since the last one let through."""
+        now = self.clock()
+        seen = self._seen.get(kind)
+        if seen is not None and now - seen[0] < self.every:
+            seen[1] += 1
+            return None
+        suppressed = seen[1] if seen is not None else 0
+        if seen is None and len(self._seen) >= self.max_keys:
+            del self._seen[next(iter(self._seen))]
+        self._seen.pop(kind, None)
+        self._seen[kind] = [now, 0]
+        return suppressed
+
+    def warn(self, log: Logger, kind, format: str, /, **kwargs) -> bool:
+        """``log.warn(format, **kwargs)`` unless an event of ``kind`` was let through less than
+        ``every`` seconds ago (then ``log.debug``); a warning let through after held-back ones
+        ends with how many there were. True when it warned."""
+        suppressed = self.allow(kind)
+        if suppressed is None:
+            log.debug(format, **kwargs)
+            return False
+        if suppressed:
+            format += " ({suppressed} more like this since the last warning, logged at debug)"
+        log.warn(format, suppressed=suppressed, **kwargs)
+        return True

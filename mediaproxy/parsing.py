@@ -85,3 +85,9 @@ def parse_choice(table: dict, what: str):
             raise ValueError(f"{what} must be one of {', '.join(sorted(set(table.values())))}")
         return value
     return parse
+
+
+#: The one parser of a fit and of a position, for every route (query scheme and compat paths
+#: accept the same spellings and give the same canonical value).
+parse_fit = parse_choice({f: f for f in FITS}, "fit")
+parse_position = parse_choice(POSITIONS, "position")

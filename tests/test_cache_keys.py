@@ -249,3 +249,157 @@ def test_a_trailing_slash_is_part_of_the_source(live_reactor):
         assert running.get("/dir/x/")[1]["x-cache"] == "MISS"
     finally:
         running.stop()
+
+
+# -- property: one key per meaning, checked against an oracle written here ---------------------
+#
+# The oracle knows what a request means without mediaproxy's parsers: the canonical transform
+# and the *resolved* output format (an explicit format, or fmt=auto resolved by Accept to avif,
+# webp or the source's own format, which is all that absent fmt means too). Requests are spelled
+# every way the query scheme accepts (aliases, case, leading zeros, colour forms, position
+# synonyms, parameter order, explicit defaults, unknown parameters) and keyed by the real route
+# and negotiation. Equal meanings must give one key, different meanings different keys.
+#
+# Not covered, by design: fmt=auto resolved to the source's format and an explicit format equal
+# to it (jpeg for a JPEG) give the same bytes, but the source's format is known only after the
+# fetch, while the key is needed before it: they are two entries ("format=source" vs
+# "format=jpeg"; test_an_explicit_format_and_the_source_format_are_distinct_entries).
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from mediaproxy.imaging.negotiation import negotiate_format  # noqa: E402
+from mediaproxy.models import RequestInfo  # noqa: E402
+from mediaproxy.testing import make_runtime  # noqa: E402
+from mediaproxy.cache.keys import cache_key  # noqa: E402
+
+KEY_RUNTIME = make_runtime()
+
+#: Accept header -> what fmt=auto resolves to (RFC 9110 q-values; wildcards pick neither).
+ACCEPTS = {
+    None: "source", "*/*": "source", "image/*": "source", "image/png,*/*;q=0.8": "source",
+    "image/avif,image/webp,*/*": "avif", "image/webp,image/avif": "avif",
+    "image/avif;q=0,image/webp": "webp", "image/webp,*/*;q=0.8": "webp",
+    "image/avif;q=0, image/webp;q=0": "source", "image/AVIF": "avif",
+}
+FORMAT_SPELLINGS = {"jpeg": ["jpeg", "jpg", "JPG"], "png": ["png", "PNG"], "webp": ["webp"],
+                    "avif": ["avif"], "gif": ["gif"], "tiff": ["tiff", "tif"]}
+POSITION_SPELLINGS = {
+    "centre": ["centre", "center", "middle", "CENTER"], "north": ["north", "top"],
+    "south": ["south", "bottom"], "east": ["east", "right"], "west": ["west", "left"],
+    "northeast": ["northeast", "top-right", "right-top"],
+    "northwest": ["northwest", "top-left", "left-top"],
+    "southeast": ["southeast", "bottom-right", "right-bottom"],
+    "southwest": ["southwest", "bottom-left", "left-bottom"],
+    "entropy": ["entropy"], "attention": ["attention"],
+}
+FITS = ["cover", "contain", "fill", "inside", "outside"]
+SOURCES = ["/media/uploads/a.jpg", "/media/uploads/b.png", "/media/shop_1/uploads/a.jpg",
+           "/static/a.jpg"]
+
+
+@st.composite
+def meanings(draw):
+    """(source, {param: canonical value}, ("explicit", fmt) | ("auto",) | ("absent",))."""
+    rgba = draw(st.sampled_from([(255, 255, 255, 255), (0, 0, 0, 0), (0, 0, 0, 255),
+                                 (17, 34, 51, 255), (18, 52, 86, 120)]))
+    fmt = draw(st.one_of(st.tuples(st.just("explicit"), st.sampled_from(sorted(FORMAT_SPELLINGS))),
+                         st.just(("auto",)), st.just(("absent",))))
+    return (draw(st.sampled_from(SOURCES)), {
+        "w": draw(st.sampled_from([0, 1, 100, 101])), "h": draw(st.sampled_from([0, 40])),
+        "fit": draw(st.sampled_from(FITS)), "pos": draw(st.sampled_from(sorted(POSITION_SPELLINGS))),
+        "bg": rgba, "q": draw(st.sampled_from([80, 50, 81])),
+        "enlarge": draw(st.booleans()), "trim": draw(st.sampled_from([0, 3]))}, fmt)
+
+
+def _colour_spellings(rgba):
+    r, g, b, a = rgba
+    full = "%02x%02x%02x%02x" % rgba
+    out = [full, "#" + full.upper()]
+    if a == 255:
+        out += [full[:6], "#" + full[:6]]
+        if all(c % 17 == 0 for c in (r, g, b)):
+            out.append("".join("%x" % (c // 17) for c in (r, g, b)))
+    if rgba == (0, 0, 0, 0):
+        out.append("transparent")
+    return out
+
+
+DEFAULTS = {"w": 0, "h": 0, "fit": "inside", "pos": "centre", "bg": (255, 255, 255, 255),
+            "q": 80, "enlarge": False, "trim": 0}
+NAMES = {"w": ["w", "width"], "h": ["h", "height"], "fit": ["fit"],
+         "pos": ["pos", "position", "gravity"], "bg": ["bg", "background"],
+         "q": ["q", "quality"], "enlarge": ["enlarge"], "trim": ["trim"]}
+
+
+@st.composite
+def spellings(draw, meaning):
+    """One request (path, query pairs, Accept) for ``meaning``, spelled at random."""
+    source, params, fmt = meaning
+    pairs = []
+    for name, value in params.items():
+        if value == DEFAULTS[name] and draw(st.booleans()):
+            continue                       # a default may be left out
+        if name in ("w", "h", "q", "trim"):
+            text = draw(st.sampled_from([str(value), "0" + str(value)]))
+        elif name == "fit":
+            text = draw(st.sampled_from([value, value.upper()]))
+        elif name == "pos":
+            text = draw(st.sampled_from(POSITION_SPELLINGS[value]))
+        elif name == "bg":
+            text = draw(st.sampled_from(_colour_spellings(value)))
+        else:
+            text = draw(st.sampled_from(["1", "true", "yes"] if value else ["0", "false", "no"]))
+        pairs.append((draw(st.sampled_from(NAMES[name])), text))
+    accept = draw(st.sampled_from(sorted(ACCEPTS, key=str)))
+    if fmt[0] == "explicit":
+        pairs.append((draw(st.sampled_from(["fmt", "format"])),
+                      draw(st.sampled_from(FORMAT_SPELLINGS[fmt[1]]))))
+    elif fmt[0] == "auto":
+        pairs.append(("fmt", draw(st.sampled_from(["auto", "AUTO"]))))
+    if draw(st.booleans()):
+        pairs.append(("v", "123"))          # unknown: not part of the meaning
+    if not pairs or all(name == "v" for name, _ in pairs):
+        pairs.append(("w", str(params["w"])))
+    pairs = draw(st.permutations(pairs))
+    path = draw(st.sampled_from([source, source.replace("/uploads/", "//uploads/./")]))
+    return path, pairs, accept
+
+
+def resolved(meaning, accept):
+    """The oracle: what the output is, whatever the spelling."""
+    source, params, fmt = meaning
+    out = fmt[1] if fmt[0] == "explicit" else ACCEPTS[accept] if fmt[0] == "auto" else "source"
+    return source, tuple(sorted(params.items())), out
+
+
+def key_of(path, pairs, accept):
+    rt = KEY_RUNTIME
+    match = rt.pm.hook.mediaproxy_match_request(
+        request=RequestInfo(method="GET", path=path, query=pairs), runtime=rt)
+    assert isinstance(match, ImageRequest), (path, pairs, match)
+    fmt, _ = negotiate_format(match.params.get("fmt"), accept)
+    return cache_key(match, rt.params, fmt)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data(), meanings(), meanings())
+def test_one_key_per_meaning_against_an_oracle(data, first, second):
+    a = data.draw(spellings(first))
+    b = data.draw(spellings(first))
+    c = data.draw(spellings(second))
+    # two spellings of one request: one key when their resolved outputs agree (fmt=auto may
+    # resolve differently under two Accept headers)
+    assert (key_of(*a) == key_of(*b)) == (resolved(first, a[2]) == resolved(first, b[2])), (a, b)
+    # two requests: one key exactly when they mean the same output
+    assert (key_of(*a) == key_of(*c)) == (resolved(first, a[2]) == resolved(second, c[2])), \
+        (a, c)
+
+
+def test_auto_resolved_by_accept_shares_the_explicit_formats_entry(proxy):
+    # one render for fmt=auto that Accept resolves to webp and for fmt=webp, in either order
+    assert fetch(proxy, BASE + "&fmt=auto", Accept="image/webp,*/*")[0] == "MISS"
+    assert fetch(proxy, BASE + "&fmt=webp")[0] == "HIT-MEMORY"
+    assert fetch(proxy, BASE + "&fmt=avif")[0] == "MISS"
+    _, headers, _, _ = proxy.get(BASE + "&fmt=auto", headers={"Accept": "image/avif"})
+    assert (headers["x-cache"], headers["vary"]) == ("HIT-MEMORY", "Accept")
+    assert transforms(proxy) == 2

@@ -9,9 +9,12 @@ The grooveshop-media-stream routes, so existing frontends work unchanged:
         -> backend /static/images/{image}
 
 Rules, as the original service had them: the path is percent-decoded up to three times until it
-is stable (double-encoded TinyMCE paths), malformed encoding on the first pass is a 400; a path
-that does not match, or that climbs out with ``..``, is a 404; a bad width, height, quality,
-trim, fit, position or format is a 400 naming the parameter. A background that is not a colour
+is stable (double-encoded TinyMCE paths); malformed encoding on any pass (``%ZZ``, ``%4``, a
+``%`` at the end, ``%25ZZ`` which decodes to ``%ZZ``, bytes that are not UTF-8) is a 400 naming
+``path``, never a placeholder; a path that does not match, or that climbs out with ``..``, is
+a 404; a bad width, height, quality, trim, fit, position or format is a 400 naming the
+parameter. Fit and position accept the query scheme's spellings (one parser,
+:mod:`mediaproxy.parsing`: ``middle``, ``top-left``, ``CENTER``...). A background that is not a colour
 becomes white (older clients sent CSS names). ``jpg`` means ``jpeg``; ``svg`` from a raster
 source gives PNG. Enlarging is on for these routes (the original enlarged by default). A missing
 or broken source is answered with the placeholder and ``routes.compat_placeholder_status``
@@ -27,15 +30,12 @@ from __future__ import annotations
 from .. import hookimpl
 from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
-from ..parsing import FITS, POSITIONS, parse_colour, parse_int
+from ..parsing import parse_colour, parse_fit, parse_int, parse_position
 from ..cache.keys import TENANT
 from .routing import decode_path
 
 COMPAT_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif",
                   "tiff": "tiff", "avif": "avif", "svg": "png"}
-COMPAT_POSITIONS = ("centre", "center", "left", "right", "top", "bottom", "west", "east",
-                    "north", "south", "northwest", "northeast", "southwest", "southeast",
-                    "entropy", "attention")
 _TAIL = 7  # w, h, fit, position, background, trim, quality.format
 _MAX_DECODES = 3
 
@@ -45,16 +45,14 @@ class _NotFound(Exception):
 
 
 def decode_repeatedly(raw: str) -> str:
-    """Percent-decode up to three times until stable. A malformed first pass raises
-    ValueError; a later pass that would be malformed leaves the text as it is (a literal %)."""
+    """Percent-decode up to three times until stable. Any malformed pass raises ValueError (or
+    UnicodeDecodeError): a ``%`` left after a pass claims one more layer of encoding, and a bad
+    one is as malformed as on the first pass (the original service refuses it too)."""
     text = decode_path(raw)
     for _ in range(_MAX_DECODES - 1):
         if "%" not in text:
             break
-        try:
-            decoded = decode_path(text)
-        except (ValueError, UnicodeDecodeError):
-            break
+        decoded = decode_path(text)
         if decoded == text:
             break
         text = decoded
@@ -117,10 +115,14 @@ def parse_compat(path: str, prefix: str, config) -> ImageRequest | Rejection | N
         h = parse_int(height, 0, limits.max_height, "height")
     except ValueError as e:
         return _bad("height", str(e))
-    if fit not in FITS:
-        return _bad("fit", f"fit must be one of {', '.join(FITS)}")
-    if position not in COMPAT_POSITIONS:
-        return _bad("position", f"position must be one of {', '.join(COMPAT_POSITIONS)}")
+    try:
+        fit = parse_fit(fit)
+    except ValueError as e:
+        return _bad("fit", str(e))
+    try:
+        position = parse_position(position)
+    except ValueError as e:
+        return _bad("position", str(e))
     try:
         t = parse_int(trim, 0, 100, "trim")
     except ValueError as e:
@@ -132,7 +134,7 @@ def parse_compat(path: str, prefix: str, config) -> ImageRequest | Rejection | N
     out_format = COMPAT_FORMATS.get(fmt.lower())
     if out_format is None:
         return _bad("format", f"format must be one of {', '.join(sorted(COMPAT_FORMATS))}")
-    params = {"w": w, "h": h, "fit": fit, "pos": POSITIONS[position],
+    params = {"w": w, "h": h, "fit": fit, "pos": position,
               "bg": compat_background(background), "q": q, "fmt": out_format,
               "enlarge": True, "trim": t}
     return ImageRequest(route="compat", source_path=normalise_path(source), params=params,

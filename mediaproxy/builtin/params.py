@@ -12,7 +12,8 @@ from __future__ import annotations
 from .. import hookimpl
 from ..models import Param
 from ..parsing import (  # noqa: F401 (FITS, POSITIONS, FORMATS: re-exported)
-    FITS, FORMATS, POSITIONS, colour_key, parse_bool, parse_choice, parse_colour, parse_int,
+    FITS, FORMATS, POSITIONS, colour_key, parse_bool, parse_choice, parse_colour, parse_fit,
+    parse_int, parse_position,
 )
 
 
@@ -23,9 +24,9 @@ def builtin_params(config) -> list[Param]:
               key=str, aliases=("width",), help="Output width in pixels; 0 or absent: free."),
         Param("h", lambda raw: parse_int(raw, 0, limits.max_height, "height"), 0,
               key=str, aliases=("height",), help="Output height in pixels; 0 or absent: free."),
-        Param("fit", parse_choice({f: f for f in FITS}, "fit"), "inside", key=str,
+        Param("fit", parse_fit, "inside", key=str,
               help="cover, contain, fill, inside (default), outside."),
-        Param("pos", parse_choice(POSITIONS, "position"), "centre", key=str,
+        Param("pos", parse_position, "centre", key=str,
               aliases=("position", "gravity"),
               help="Crop or placement: centre, north ... southwest, entropy, attention."),
         Param("bg", parse_colour, (255, 255, 255, 255), key=colour_key,

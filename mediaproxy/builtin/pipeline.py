@@ -14,6 +14,7 @@ requested size and format, with the honest status (or the route's ``failure_stat
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from email.utils import formatdate
 
@@ -25,6 +26,7 @@ from twisted.python.failure import Failure
 from .. import hookimpl, imaging
 from ..cache.keys import cache_key, fresh_ttls
 from ..cache.coalescing import coalescing_lock
+from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import coalesce
 from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
@@ -83,6 +85,19 @@ class Stale:
     entry: CacheEntry
 
 
+@attrs.frozen
+class Collapsed:
+    """The result of another request's production, as a waiter gets it (Cache-Status
+    ``collapsed``): a waiter of :meth:`ImagePipeline._coalesced` in this process, or a request
+    whose lock lookup found what another process or node had just stored."""
+
+    result: object
+
+
+def collapsed(result):
+    return result if isinstance(result, Collapsed) else Collapsed(result)
+
+
 #: Source failures that justify serving a stale copy (the backend is down or slow, not the
 #: image gone: a 404 is an answer, and the placeholder says so).
 STALE_IF_ERROR_STATUSES = (500, 502, 503, 504)
@@ -124,13 +139,17 @@ class ImagePipeline:
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
                 if age <= fresh_for:
                     rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
-                    return self._from_entry(entry, f"HIT-{layer.upper()}", vary)
+                    return self._from_entry(entry, f"HIT-{layer.upper()}", vary,
+                                            CacheStatus(hit=True, detail=layer))
                 cache = rt.config.cache
                 if age <= fresh_for + cache.stale_while_revalidate:
                     rt.emit("cache.stale", correlation_id=request.correlation_id, layer=layer)
                     log.info("serving a stale copy of {key} and refreshing it", key=key)
                     self.refresh(key, image_request, request, fmt, entry)
-                    return self._from_entry(entry, "STALE", vary)
+                    return self._from_entry(
+                        entry, "STALE", vary,
+                        CacheStatus(hit=True, ttl=math.floor(fresh_for - age), detail=layer),
+                        stale=True)
                 if age <= fresh_for + cache.stale_if_error:
                     stale = entry
             rt.emit("cache.miss", correlation_id=request.correlation_id)
@@ -143,16 +162,37 @@ class ImagePipeline:
                     rt.emit("rejection", correlation_id=request.correlation_id,
                             error=refused.error, parameter=refused.parameter or "")
                     return refused
+            # RFC 9211: without Vary nothing else could have matched this URI (uri-miss); an
+            # fmt=auto answer may have missed only another Accept's variant (miss).
+            fwd = "stale" if stale is not None else ("miss" if vary else "uri-miss")
             d = self._coalesced(key, image_request, request, fmt, log, stale)
-            return d.addCallback(self._answer, vary)
+            return d.addCallback(self._answer, vary, fwd, hit[1] if stale is not None else None)
 
         return rt.cache.get(key).addCallback(looked_up)
 
-    def _answer(self, result, vary):
+    def _answer(self, result, vary, fwd="miss", stale_layer=None):
+        """The response for what a production gave (``fwd``: why the request went to the
+        backend; ``stale_layer``: the layer of the stale copy it had)."""
+        reused = isinstance(result, Collapsed)
+        if reused:
+            result = result.result
         if isinstance(result, CacheEntry):
-            return self._from_entry(result, "MISS", vary)
+            return self._from_entry(result, "MISS", vary,
+                                    CacheStatus(fwd=fwd, stored=True, collapsed=reused))
         if isinstance(result, Stale):
-            return self._from_entry(result.entry, "STALE", vary)
+            fresh_for = fresh_ttls(self.runtime.config.cache).get(stale_layer, 0.0)
+            ttl = math.floor(fresh_for - (time.time() - result.entry.created_at))
+            return self._from_entry(
+                result.entry, "STALE", vary,
+                CacheStatus(fwd="stale", ttl=min(ttl, -1),
+                            collapsed=reused, detail=stale_layer), stale=True)
+        if isinstance(result, ImageResponse):
+            # a placeholder: the backend was asked, nothing was stored
+            name = self.runtime.config.cache.cache_status
+            if name:
+                status = CacheStatus(fwd=fwd, collapsed=reused, detail="placeholder")
+                return attrs.evolve(result, headers=(*result.headers,
+                                                     ("Cache-Status", status.header(name))))
         return result
 
     def _count(self, key, image_request, fmt) -> None:
@@ -188,7 +228,7 @@ class ImagePipeline:
             log.debug("waiting for the transform already under way for {key}", key=key)
             d = Deferred()
             waiters.append(d)
-            return d
+            return d.addCallback(collapsed)
         waiters = self._inflight[key] = []
 
         def release(result):
@@ -211,7 +251,8 @@ class ImagePipeline:
                     return None
                 entry, layer = hit
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
-                return entry if time.time() - entry.created_at <= fresh_for else None
+                # found here: another process's or node's production, reused
+                return Collapsed(entry) if time.time() - entry.created_at <= fresh_for else None
             return rt.cache.get(key).addCallback(fresh)
 
         # The leader answers its own clients as soon as the result exists; the lock is released
@@ -325,14 +366,24 @@ class ImagePipeline:
         return ImageResponse(
             status=image_request.failure_status or status, body=rendered.body,
             content_type=rendered.content_type,
-            headers=[("Cache-Control", rt.config.cache.error_cache_control),
+            headers=[("Cache-Control", shorten_cache_control(
+                         rt.config.cache.error_cache_control, rt.config.cache.transient_max_age)),
                      ("X-Placeholder", error)],
             cache_status="MISS")
 
-    def _from_entry(self, entry: CacheEntry, cache_status: str, vary: bool) -> ImageResponse:
-        headers = [("Cache-Control", self.runtime.config.cache.cache_control)]
+    def _from_entry(self, entry: CacheEntry, cache_status: str, vary: bool,
+                    status: CacheStatus, stale: bool = False) -> ImageResponse:
+        """``cache_status`` is the X-Cache token, ``status`` the Cache-Status; a ``stale`` copy
+        gets a short max-age and no ``immutable`` (a CDN must not keep it for a year)."""
+        cache = self.runtime.config.cache
+        cache_control = cache.cache_control
+        if stale:
+            cache_control = shorten_cache_control(cache_control, cache.transient_max_age)
+        headers = [("Cache-Control", cache_control)]
         if vary:
             headers.append(("Vary", "Accept"))
+        if cache.cache_status:
+            headers.append(("Cache-Status", status.header(cache.cache_status)))
         return ImageResponse(status=200, body=entry.body, content_type=entry.content_type,
                              headers=headers, etag=entry.etag, last_modified=entry.last_modified,
                              cache_status=cache_status)

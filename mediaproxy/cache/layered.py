@@ -5,13 +5,13 @@ read-through / back-fill composition (the key is :mod:`mediaproxy.cache.keys`).
 
 from __future__ import annotations
 
-import time
 from typing import Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from ..logs import Throttle
 from ..models import CacheEntry
 
 #: Seconds between two warnings about the same failing layer.
@@ -59,21 +59,16 @@ class LayeredCache:
     layers: list = attrs.field(converter=lambda layers: sorted(layers, key=lambda l: l.order))
     emit: object = None
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
-    _warned: dict = attrs.field(factory=dict)
+    _warned: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
 
     def _failed(self, failure, layer, op, key):
         # A layer that is down fails every call until it is back: warn once per layer every
         # WARN_EVERY seconds, the rest at debug (every failure is counted all the same).
-        now = time.monotonic()
-        if now - self._warned.get(layer.name, -WARN_EVERY) >= WARN_EVERY:
-            self._warned[layer.name] = now
-            self.log.warn("cache layer {layer} failed to {op} {key}: {error} (skipped; further "
-                          "failures of this layer for {every} s are logged at debug)",
+        self._warned.warn(self.log, layer.name,
+                          "cache layer {layer} failed to {op} {key}: {error} (skipped; further "
+                          "failures of this layer for {seconds} s are logged at debug)",
                           layer=layer.name, op=op, key=key, error=failure.getErrorMessage(),
-                          every=WARN_EVERY)
-        else:
-            self.log.debug("cache layer {layer} failed to {op} {key}: {error}",
-                           layer=layer.name, op=op, key=key, error=failure.getErrorMessage())
+                          seconds=WARN_EVERY)
         if self.emit is not None:
             self.emit("cache.error", layer=layer.name, op=op)
         return None

@@ -46,7 +46,18 @@ from twisted.internet.defer import (
 )
 from twisted.logger import Logger
 
+from ..logs import Throttle
+
 log = Logger(namespace="mediaproxy.locks")
+#: The process's warnings about locks that can repeat on every miss (a read-only or full lock
+#: directory, a Redis that drops releases): one per kind of trouble every 10 s.
+_warnings = Throttle(10.0)
+
+
+def _trouble(failure) -> str:
+    """The kind of a failure, for :class:`Throttle` keys: its errno or its type."""
+    number = getattr(failure.value, "errno", None)
+    return errno.errorcode.get(number, str(number)) if number else failure.type.__name__
 
 #: Seconds between two looks at a lock held by someone else.
 POLL_INTERVAL = 0.05
@@ -79,9 +90,9 @@ class Lease:
             return succeed(None)
         self.released = True
         d = maybeDeferred(self._release)
-        d.addCallbacks(lambda _: None, lambda f: log.warn(
-            "could not release the lock of {key}: {error}", key=self.key,
-            error=f.getErrorMessage()))
+        d.addCallbacks(lambda _: None, lambda f: _warnings.warn(
+            log, ("release", _trouble(f)), "could not release the lock of {key}: {error}",
+            key=self.key, error=f.getErrorMessage()))
         return d
 
 
@@ -166,8 +177,9 @@ def coalesce(lock: CoalescingLock, key: str, lookup: Callable[[], Deferred],
         if found is not None:
             return found
         if not freed or reactor.seconds() >= deadline:
-            log.warn("gave up waiting {timeout} s for the leader of {key}; producing it here",
-                     timeout=timeout, key=key)
+            _warnings.warn(log, ("gave-up",),
+                           "gave up waiting {timeout} s for the leader of {key}; producing it "
+                           "here", timeout=timeout, key=key)
             return (yield produce())
 
 
@@ -271,8 +283,9 @@ class FileLock:
         return self.run(release_once).addErrback(lambda _: release_once())
 
     def _broken(self, failure, key: str) -> Lease:
-        log.warn("lock file for {key} unavailable ({error}); leading uncoordinated",
-                 key=key, error=failure.getErrorMessage())
+        _warnings.warn(log, ("lock-file", _trouble(failure)),
+                       "lock file for {key} unavailable ({error}); leading uncoordinated",
+                       key=key, error=failure.getErrorMessage())
         return uncoordinated(key)
 
     def wait(self, key: str, timeout: float) -> Deferred:
@@ -283,8 +296,9 @@ class FileLock:
     def _wait_broken(self, failure, key: str) -> bool:
         if failure.check(CancelledError):
             return failure
-        log.warn("cannot watch the lock file of {key} ({error})", key=key,
-                 error=failure.getErrorMessage())
+        _warnings.warn(log, ("watch", _trouble(failure)),
+                       "cannot watch the lock file of {key} ({error})", key=key,
+                       error=failure.getErrorMessage())
         return True
 
 

@@ -28,11 +28,14 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from ..logs import Throttle
 from ..models import CacheEntry
 from . import entrycodec
 from .redis import RedisClient, glob_escape
 
 log = Logger(namespace="mediaproxy.cache.redis")
+#: Corrupt entries (a bad writer, a flaky network) may show on every read: one warning per 10 s.
+_warnings = Throttle(10.0)
 
 #: Seconds between two refreshes of the server-side sizes shown by ``stats()``.
 STATS_INTERVAL = 60.0
@@ -84,8 +87,8 @@ class RedisLayer:
         failure.trap(entrycodec.CorruptEntry)
         self.corrupt += 1
         self.misses += 1
-        log.warn("discarding corrupt Redis entry {key}: {error}", key=key,
-                 error=failure.getErrorMessage())
+        _warnings.warn(log, "corrupt", "discarding corrupt Redis entry {key}: {error}",
+                       key=key, error=failure.getErrorMessage())
         self.client.delete(self.redis_key(key)).addErrback(lambda _: None)
         return None
 

@@ -51,6 +51,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 
 from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from ..config import BackendConfig, parse_size_map
+from ..logs import Throttle
 from .errors import CORRELATION_HEADER
 from ..models import SourceError, SourceImage
 from .policy import (
@@ -59,6 +60,8 @@ from .policy import (
 from .upstream import backend_origin
 
 _log = Logger(namespace="mediaproxy.fetch")
+#: A slow or broken backend fails every fetch: one warning of a kind per 10 s, the rest at debug.
+_warnings = Throttle(10.0)
 
 #: Most bytes of an error page read (and dropped) so the keep-alive connection can be reused.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -379,9 +382,10 @@ class _Fetch:
     def _deadline(self) -> None:
         self.deadline_timer = None
         self.deadline_passed = True
-        self.log.warn("source {path} not fetched within {seconds} s; giving up",
-                      path=self.path, seconds=self.fetcher.backend.source_timeout,
-                      correlation_id=self.correlation_id)
+        _warnings.warn(self.log, ("deadline",),
+                       "source {path} not fetched within {seconds} s; giving up",
+                       path=self.path, seconds=self.fetcher.backend.source_timeout,
+                       correlation_id=self.correlation_id)
         current, self.current = self.current, None
         if current is not None:
             self.call.record(TIMEOUT)
@@ -512,9 +516,10 @@ class _Fetch:
                     kind, None)
         if kind == CANCELLED:
             return SourceError(502, "backend_error", "The fetch was cancelled."), kind, None
-        self.log.warn("source fetch of {path} failed: {why}", path=self.path,
-                      why=f"{failure.type.__name__}: {failure.getErrorMessage()}",
-                      correlation_id=self.correlation_id)
+        _warnings.warn(self.log, ("failed", failure.type.__name__),
+                       "source fetch of {path} failed: {why}", path=self.path,
+                       why=f"{failure.type.__name__}: {failure.getErrorMessage()}",
+                       correlation_id=self.correlation_id)
         return SourceError(502, "backend_error", "The backend connection failed."), kind, None
 
     def _log_end(self, result):

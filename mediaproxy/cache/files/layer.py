@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.task import coiterate
 from twisted.logger import Logger
 
+from ...logs import Throttle
 from ...models import CacheEntry
 from .diskpool import DiskPool
 from .lru import IndexEntry, SegmentedLRU
@@ -25,6 +26,8 @@ from .pressure import byte_limit, disk_pressure
 from .store import Corrupt, FileStore, Hit, Scanned, Stored
 
 log = Logger(namespace="mediaproxy.cache.file")
+#: Seconds between two warnings of one kind (a disk going bad fails every read or eviction).
+WARN_EVERY = 10.0
 
 #: Entries larger than this share of ``max_bytes`` are not stored (they would flush the cache).
 MAX_ITEM_SHARE = 0.25
@@ -71,6 +74,7 @@ class FileLayer:
     _written: set = attrs.field(factory=set)
     _dropped: set = attrs.field(factory=set)
     _purged_prefixes: list = attrs.field(factory=list)
+    _warnings: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
 
     def __attrs_post_init__(self):
         self.limit = self.max_bytes
@@ -118,8 +122,8 @@ class FileLayer:
         if isinstance(result, Corrupt):
             self.corrupt += 1
             self.errors += 1
-            log.warn("discarded corrupt file cache entry {key}: {reason}", key=key,
-                     reason=result.reason)
+            self._warnings.warn(log, ("corrupt",), "discarded corrupt file cache entry {key}: "
+                                "{reason}", key=key, reason=result.reason)
         return None
 
     def set(self, key: str, entry: CacheEntry) -> Deferred:
@@ -219,8 +223,10 @@ class FileLayer:
 
     def _background_failed(self, failure, op: str, key: str) -> None:
         self.errors += 1
-        log.warn("file cache could not {op} {key}: {error}", op=op, key=key,
-                 error=failure.getErrorMessage())
+        number = getattr(failure.value, "errno", None)
+        self._warnings.warn(log, (op, number or failure.type.__name__),
+                            "file cache could not {op} {key}: {error}", op=op, key=key,
+                            error=failure.getErrorMessage())
 
     # cleanup
 
@@ -330,15 +336,42 @@ class FileLayer:
         self.limit = byte_limit(pressure, self.max_bytes, self.index.bytes)
 
 
+def max_item_bytes(config) -> int:
+    """The largest entry the file layer of ``cache.file`` stores (a share of ``max_bytes``)."""
+    return int(config.max_bytes * MAX_ITEM_SHARE)
+
+
+def retention(config, grace: float) -> float:
+    """How long the file layer keeps an entry: ``max_age``, raised to ``ttl + grace`` when it
+    is shorter (an entry still servable as stale must not be deleted)."""
+    return max(config.max_age, config.ttl + grace)
+
+
+def config_notes(config, grace: float) -> list[str]:
+    """The file layer's own rules that a ``cache.file`` config triggers, one sentence each,
+    for ``mediaproxy check-config`` (empty when the layer is off)."""
+    if not config.dir or config.max_bytes <= 0:
+        return []
+    notes = [f"cache.file: entries larger than {MAX_ITEM_SHARE:.0%} of max_bytes "
+             f"({max_item_bytes(config)} bytes) are not stored in the file layer"]
+    kept = retention(config, grace)
+    if kept > config.max_age:
+        notes.append(f"cache.file.max_age ({config.max_age:g} s) is shorter than ttl + the "
+                     f"stale grace ({config.ttl:g} + {grace:g} s): entries are kept "
+                     f"{kept:g} s, so a copy still servable as stale is not deleted")
+    return notes
+
+
 def file_layer(config, reactor, grace: float = 0.0, **kwargs) -> FileLayer | None:
     """The layer for ``cache.file`` (:class:`~mediaproxy.config.FileCacheConfig`), or None
     when no directory is set. Entries are kept ``grace`` seconds past ``ttl`` for stale
-    serving (the pipeline decides what is fresh)."""
+    serving (the pipeline decides what is fresh); :func:`config_notes` says which of these
+    rules a config triggers."""
     if not config.dir or config.max_bytes <= 0:
         return None
     return FileLayer(store=FileStore(config.dir), pool=DiskPool(reactor),
                      max_bytes=config.max_bytes, ttl=config.ttl + grace,
-                     max_age=max(config.max_age, config.ttl + grace),
+                     max_age=retention(config, grace),
                      disk_warning_percent=config.disk_warning_percent,
                      disk_critical_percent=config.disk_critical_percent, reactor=reactor,
                      **kwargs)
