@@ -97,6 +97,9 @@ def test_cors_and_resource_policy(live_reactor):
         assert h["access-control-allow-origin"] == "https://shop.example"
         assert h["access-control-max-age"] == "600" and "Origin" in h["vary"]
         assert h["cross-origin-resource-policy"] == "cross-origin"
+        # a page's script may read what the cache did and which request it was
+        exposed = [name.strip() for name in h["access-control-expose-headers"].split(",")]
+        assert exposed == ["ETag", "X-Cache", "Cache-Status", "X-Correlation-ID"]
         _, h, _, _ = running.get("/media/uploads/a.jpg?w=50",
                                  headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in h

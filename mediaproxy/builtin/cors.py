@@ -20,7 +20,7 @@ def cors_headers(config, origin: str | None) -> list[tuple[str, str]]:
             headers.append(("Access-Control-Allow-Methods", ", ".join(config.allow_methods)))
             headers.append(("Access-Control-Max-Age", str(config.max_age)))
             headers.append(("Access-Control-Expose-Headers",
-                            "ETag, X-Cache, X-Correlation-ID"))
+                            "ETag, X-Cache, Cache-Status, X-Correlation-ID"))
     if config.resource_policy:
         headers.append(("Cross-Origin-Resource-Policy", config.resource_policy))
     return headers
