@@ -42,6 +42,7 @@ back and forth through an interface of their own.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -143,10 +144,14 @@ class Upstream:
     limit: ConcurrencyLimit | None = None
     agent: Agent = attrs.field(init=False)
     backend_policy: BackendPolicy = attrs.field(init=False)
+    #: Response bytes held per client connection beyond its socket buffer
+    #: (``server.response_buffer``; see :class:`_ResponsePump`).
+    response_buffer: int = attrs.field(init=False)
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.response_buffer = getattr(self.server, "response_buffer", 256 * 1024)
         if self.pool is None:
             self.pool = _Pool(self.reactor, persistent=True)
             self.pool.maxPersistentPerHost = self.backend.max_connections
@@ -289,22 +294,35 @@ class _Discard(Protocol):
 class _ResponsePump(Protocol):
     """Writes the backend's response body into the client request.
 
-    It is the request's streaming producer: when the client's write buffer is full, Twisted
-    pauses it and it pauses the backend transport (the Agent's ``TransportProxyProducer``), so
-    a slow client slows down reading from the backend instead of filling memory. It also keeps
-    the idle timeout: no body data for ``idle_timeout`` seconds aborts the transfer, not counting
-    the time the client kept us paused.
+    It is the request's streaming producer. When the client's write buffer is full, Twisted
+    pauses it; it then keeps reading from the backend into its own buffer of up to
+    ``server.response_buffer`` bytes, and only when that is full pauses the backend transport
+    (the Agent's ``TransportProxyProducer``), so a slow client slows down reading from the
+    backend instead of filling memory. A response that fits in the buffer is read from the
+    backend at the backend's pace: the backend slot is given back as soon as the backend is
+    done, and the slow client drains the buffer holding nothing scarce (under the channel's
+    write deadline, ``server.write_timeout``). While the backend is paused the slot is held,
+    also only under that write deadline.
+
+    It also keeps the idle timeout: no body data for ``idle_timeout`` seconds aborts the
+    transfer, not counting the time the backend was paused by us.
     """
 
     def __init__(self, exchange: "_Exchange"):
         self._x = exchange
         self._reactor = exchange.reactor
         self._idle_timeout = exchange.upstream.backend.idle_timeout
+        self._limit = exchange.upstream.response_buffer
         self._timer = None
         self._last = 0.0
         self._registered = False
-        self.paused = False
-        self.ended = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._reason: Failure | None = None
+        self._draining = False       # the backend is done, the client still reads the buffer
+        self.paused = False          # by the client (its write buffer is full)
+        self.backend_paused = False  # by us (our buffer is full too)
+        self.ended = False           # the backend body is over
         self.idle_expired = False
         self.bytes = 0
 
@@ -321,41 +339,80 @@ class _ResponsePump(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._last = self._reactor.seconds()
         self.bytes += len(data)
-        self._x.request.write(data)
+        if self.paused or self._queue:
+            self._queue.append(data)
+            self._queued += len(data)
+            self._hold_backend()
+        else:
+            self._x.request.write(data)
 
     def connectionLost(self, reason=None) -> None:
         self.ended = True
         self._disarm()
+        if self._queue and (reason is None or reason.check(ResponseDone, PotentialDataLoss)):
+            # The backend is done; the client still has the buffer to read. The slot is not
+            # needed for that.
+            self._reason = reason
+            self._draining = True
+            self._x.call.release()
+            return
+        self._queue.clear()
+        self._queued = 0
+        self._end(reason)
+
+    def _end(self, reason) -> None:
         request = self._x.request
         if self._registered and request.channel is not None:
             request.unregisterProducer()
         self._registered = False
         self._x.body_ended(reason, self)
 
+    def _hold_backend(self) -> None:
+        if self._queued >= self._limit and not self.backend_paused and not self.ended:
+            self.backend_paused = True
+            self._disarm()
+            self.transport.pauseProducing()
+
     # -- producer (for the client request) ------------------------------------------------
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self._disarm()
-        if not self.ended:
-            self.transport.pauseProducing()
+        if self._limit == 0:
+            self._hold_backend()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._last = self._reactor.seconds()
-        if not self.ended:
+        request = self._x.request
+        while self._queue and not self.paused and request.channel is not None:
+            data = self._queue.popleft()
+            self._queued -= len(data)
+            request.write(data)   # may pause us again at once
+        if self._queue or self.paused:
+            return
+        if self._draining:
+            self._draining = False
+            self._end(self._reason)
+            return
+        if self.backend_paused:
+            self.backend_paused = False
+            self._last = self._reactor.seconds()
             self._arm()
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._disarm()
-        if not self.ended:
+        self._queue.clear()
+        self._queued = 0
+        if self._draining:
+            self._draining = False
+            self._end(self._reason)
+        elif not self.ended:
             self.transport.stopProducing()
 
     def delivered(self) -> None:
-        """After ``deliverBody``: it resumes the transport, which undoes a pause by the client
-        that came while the body protocol was being connected."""
-        if self.paused and not self.ended:
+        """After ``deliverBody``: it resumes the transport, which undoes a pause of ours that
+        came while the body protocol was being connected."""
+        if self.backend_paused and not self.ended:
             self.transport.pauseProducing()
 
     # -- idle timeout --------------------------------------------------------------------
@@ -373,7 +430,7 @@ class _ResponsePump(Protocol):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if self.paused or self.ended:
+        if self.backend_paused or self.ended:
             return
         idle = self._reactor.seconds() - self._last
         if idle < self._idle_timeout:
@@ -592,6 +649,13 @@ class _Exchange:
         if self.client_gone or self.request.channel is None:
             self.call.record(CANCELLED)
             self._settle()
+            return
+        if getattr(self.request, "body_timed_out", False):
+            # The client, not the backend, was too slow (server.body_timeout).
+            self.call.record(CANCELLED)
+            self.log.info("request body of {method} {path} not complete in time",
+                          **self._fields())
+            self._answer(408, "request_timeout", "The request body did not arrive in time.")
             return
         kind = failure_kind(failure, self.timed_out)
         self.call.record(kind)   # counted only if a connection error or a timeout
