@@ -299,10 +299,19 @@ class ServerConfig:
         "reads slower than the backend sends, beyond the socket buffer: a response that fits "
         "frees its backend slot as soon as the backend is done. Only when it is full is the "
         "backend paused (while server.write_timeout runs).", _at_least(0))
+    response_buffer_total: int = setting(
+        64 * 1024 * 1024, "int", "Pass-through response bytes held for slow clients by all "
+        "connections of a process at once; beyond it backends are paused as soon as their "
+        "client is.", _at_least(0))
     max_client_connections: int = setting(
         1024, "int", "Concurrent connections per client address (behind server.trusted_proxies: "
         "requests in flight per X-Forwarded-For client); beyond it a request gets 429 "
         "too_many_connections and the connection is closed. 0: no cap.", _at_least(0))
+    evict_stalled_after: float = setting(
+        2.0, "float", "When every pass-through backend slot is taken, a download whose client "
+        "has read nothing (its server.response_buffer full, the backend paused) for this many "
+        "seconds is closed and its slot goes to the new request instead of a 503.",
+        _at_least(0))
     server_header: str = setting(
         "mediaproxy", "str", "The Server header of the proxy's own responses (pass-through "
         "responses keep the backend's); empty: none. Carries no version by default.",

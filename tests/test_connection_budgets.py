@@ -154,6 +154,23 @@ def _read_until(sock: socket.socket, end: bytes) -> bytes:
     return data
 
 
+def test_bodies_beyond_the_process_budget_stream_on():
+    # body_buffer_total (64 KiB here) is full: the body is forwarded as it comes instead of
+    # waiting for room that only its own forwarding would make.
+    origin = PostOrigin({})
+    overrides = {"server": {"body_buffer_total": 64 * 1024}}
+    with start_proxy(origin=origin, overrides=overrides) as proxy:
+        with _connect(proxy.port) as sock:
+            sock.sendall(b"POST /form HTTP/1.1\r\nHost: shop\r\nContent-Length: 100000\r\n"
+                         b"\r\n" + b"a" * 70_000)
+            wait_for(lambda: _in_flight(proxy) == 1, 10, what="the body forwarded early")
+            sock.sendall(b"a" * 30_000)
+            status, headers, body = _response(_read_until(sock, b"posted"))
+        assert (status, body) == (200, b"posted")
+        assert origin.posts == [("/form", 100_000)]
+        wait_for(lambda: _site(proxy).body_budget.used == 0, 10, what="the budget given back")
+
+
 def test_body_deadline_is_408_and_nothing_forwarded():
     origin = PostOrigin({"/page": (200, PAGE, "text/html", [])})
     overrides = {"server": {"body_timeout": 0.3}}
@@ -268,6 +285,33 @@ def test_slow_reader_of_a_passthrough_download_is_cut_at_the_write_deadline():
         assert len(got) < len(BIG)
         assert origin.hits["/big.bin"] == 1
         assert proxy.get("/page").status == 200
+
+
+def test_a_stalled_download_gives_its_slot_to_a_new_request():
+    origin = PostOrigin({"/big.bin": (200, BIG, "application/octet-stream", []),
+                         "/page": (200, PAGE, "text/html", [])})
+    overrides = {"backend": {"max_concurrent": 1},
+                 "server": {"write_timeout": 30, "evict_stalled_after": 0.2}}
+    with start_proxy(origin=origin, overrides=overrides) as proxy:
+        upstream = proxy.runtime.upstream
+
+        def stalled_long_enough():
+            def check():
+                now = upstream.reactor.seconds()
+                return any(now - since >= 0.2 for since in upstream.stalled.values())
+            return call_in_reactor(check)
+
+        with _connect(proxy.port, rcvbuf=4096) as reader:
+            reader.sendall(b"GET /big.bin HTTP/1.1\r\nHost: shop\r\n\r\n")
+            wait_for(stalled_long_enough, 10, what="the download stalled")
+            # The one slot is taken by a client that reads nothing: the new request gets it.
+            page = proxy.get("/page")
+            assert (page.status, page.body) == (200, PAGE)
+            got = _read_all(reader)
+        assert got.startswith(b"HTTP/1.1 200")
+        assert len(got) < len(BIG)
+        assert origin.hits["/big.bin"] == 1
+        assert call_in_reactor(lambda: dict(upstream.stalled)) == {}
 
 
 def test_response_in_the_buffer_frees_the_slot_before_the_client_reads():

@@ -18,7 +18,8 @@ Buffered before processing: a body up to ``server.body_buffer`` bytes is receive
 resource would take) meanwhile; a larger or chunked body is processed once that much has
 arrived and streams on from there. All bodies of the process together buffer at most
 ``server.body_buffer_total`` bytes (:class:`~mediaproxy.http.connection.BufferBudget`); beyond
-it reading pauses until some are sent. The channel's body deadline
+it reading pauses and a body that was still waiting to be complete is processed at once, so it
+streams on to the backend (with backpressure) instead of every body waiting for another. The channel's body deadline
 (:class:`~mediaproxy.http.connection.BudgetedChannel`) ends a body that takes too long:
 :meth:`StreamingRequest.body_deadline_passed`.
 
@@ -219,6 +220,9 @@ class RequestBody:
         if budget is not None:
             if starved:
                 budget.wait(id(self), self._sync)
+                # Nothing else would free the budget if every body waited: this one is
+                # processed now and streams on (with backpressure) instead of waiting.
+                self._request._budget_starved()
             else:
                 budget.forget(id(self))
         want_paused = (self.receiving and not self._stopped
@@ -288,6 +292,11 @@ class StreamingRequest(server.Request):
         # Never start processing inside the channel's parsing: the channel still has to send
         # 100-continue and feed the rest of the data it holds.
         channel.callLater(0, self._process_early)
+
+    def _budget_starved(self) -> None:
+        if self._process_at is not None and not self._processing and self.channel is not None:
+            self._process_at = None
+            self.channel.callLater(0, self._process_early)
 
     def _body_progress(self) -> None:
         """More of the body arrived and was buffered: process once enough is in."""
