@@ -403,7 +403,9 @@ def test_connections_over_the_per_client_cap_get_429():
             wait_for(lambda: _site(proxy).clients.counts.get("127.0.0.1") == 3, 10,
                      what="three connections counted")
             with _connect(proxy.port) as extra:
-                extra.sendall(b"GET /page HTTP/1.1\r\nHost: shop\r\n\r\n")
+                # Refused at once: its body is not waited for.
+                extra.sendall(b"POST /page HTTP/1.1\r\nHost: shop\r\nContent-Length: 900\r\n"
+                              b"\r\n")
                 status, headers, body = _response(_read_all(extra))
             assert status == 429
             assert headers["connection"] == "close"
@@ -416,7 +418,7 @@ def test_connections_over_the_per_client_cap_get_429():
         finally:
             for sock in held:
                 sock.close()
-    assert _site(proxy).clients.counts == {}
+        wait_for(lambda: _site(proxy).clients.counts == {}, 10, what="every connection gone")
 
 
 def test_behind_a_trusted_proxy_requests_count_per_forwarded_client():

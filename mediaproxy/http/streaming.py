@@ -246,6 +246,9 @@ class RequestBody:
             abort()
 
 
+_TOO_MANY = (429, "too_many_connections", "Too many concurrent connections from this client.")
+
+
 class StreamingRequest(server.Request):
     """A :class:`twisted.web.server.Request` that is processed as soon as its headers are in.
 
@@ -284,7 +287,7 @@ class StreamingRequest(server.Request):
         # What requestReceived would set; HTTPChannel keeps the request line in private
         # attributes until the body is complete (see the module docstring).
         self._set_request_line(channel._command, channel._path, channel._version)
-        if limits.body_buffer:
+        if limits.body_buffer and self._refusal() is None:
             # Processed when the whole body, or body_buffer bytes of it, are in.
             self._process_at = limits.body_buffer if length is None \
                 else min(length, limits.body_buffer)
@@ -340,14 +343,20 @@ class StreamingRequest(server.Request):
             self._processing = True
             self.process()
 
+    def _refusal(self) -> tuple[int, str, str] | None:
+        """What this request is refused before anything looks at it (a request that will be
+        refused is processed at once, without buffering its body)."""
+        if len(self.requestHeaders.getRawHeaders(b"host", ())) > 1:
+            return 400, "bad_request", "The request has more than one Host header."
+        if getattr(self.channel, "over_cap", False):
+            return _TOO_MANY
+        return None
+
     def process(self) -> None:
         channel = self.channel
-        refusal = None
-        if len(self.requestHeaders.getRawHeaders(b"host", ())) > 1:
-            refusal = (400, "bad_request", "The request has more than one Host header.")
-        elif getattr(channel, "over_cap", False) or not self._count_client():
-            refusal = (429, "too_many_connections",
-                       "Too many concurrent connections from this client.")
+        refusal = self._refusal()
+        if refusal is None and not self._count_client():
+            refusal = _TOO_MANY
         if refusal is None:
             super().process()
             return
