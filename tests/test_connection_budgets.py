@@ -24,7 +24,9 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from mediaproxy.http.connection import BudgetedChannel, ConnectionLimits
+from mediaproxy.http.connection import (
+    BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits,
+)
 from mediaproxy.http.streaming import StreamingSite
 from mediaproxy.testing import (
     ImageOrigin, assert_image, call_in_reactor, make_image, start_proxy, wait_for,
@@ -507,3 +509,44 @@ def test_write_deadline_on_a_clock():
     assert not transport.disconnecting
     clock.advance(1)
     assert transport.disconnecting
+
+
+def test_body_deadline_on_a_clock():
+    clock = Clock()
+    site, channel, transport = _channel(clock, body_timeout=5)
+    channel.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+    clock.advance(4)
+    channel.dataReceived(b"cd")          # progress does not move a total deadline
+    assert transport.value() == b""
+    clock.advance(1)
+    status, headers, body = _response(transport.value())
+    assert (status, headers["connection"]) == (408, "close")
+    assert json.loads(body)["error"] == "request_timeout"
+    assert site.body_budget.used == 0
+
+
+def test_buffer_budget_wakes_waiting_bodies_once_there_is_room():
+    budget = BufferBudget(100)
+    woken = []
+    budget.add(100)
+    assert budget.full
+    budget.wait(1, lambda: woken.append(1))
+    budget.wait(2, lambda: woken.append(2))
+    budget.forget(2)
+    budget.add(-10)
+    assert (budget.full, budget.used, woken) == (False, 90, [1])
+    budget.add(-90)
+    assert woken == [1]                  # a waiter is woken once; it waits again if need be
+
+
+def test_client_counter_caps_per_address():
+    counter = ClientCounter(2)
+    assert [counter.acquire("a"), counter.acquire("a"), counter.acquire("a")] == [True, True, False]
+    assert counter.acquire("b")
+    counter.release("a")
+    assert counter.acquire("a")
+    for address in ("a", "a", "b"):
+        counter.release(address)
+    assert counter.counts == {}
+    unlimited = ClientCounter(0)
+    assert all(unlimited.acquire("a") for _ in range(5000))

@@ -19,9 +19,9 @@ resource would take) meanwhile; a larger or chunked body is processed once that 
 arrived and streams on from there. All bodies of the process together buffer at most
 ``server.body_buffer_total`` bytes (:class:`~mediaproxy.http.connection.BufferBudget`); beyond
 it reading pauses and a body that was still waiting to be complete is processed at once, so it
-streams on to the backend (with backpressure) instead of every body waiting for another. The channel's body deadline
-(:class:`~mediaproxy.http.connection.BudgetedChannel`) ends a body that takes too long:
-:meth:`StreamingRequest.body_deadline_passed`.
+streams on to the backend (with backpressure) instead of every body waiting for another. The
+channel's body deadline (:class:`~mediaproxy.http.connection.BudgetedChannel`) ends a body that
+takes too long: :meth:`StreamingRequest.body_deadline_passed`.
 
 This leans on three private attributes of :class:`twisted.web.http.HTTPChannel`: ``_command``,
 ``_path`` and ``_version`` hold the request line between ``lineReceived`` and
