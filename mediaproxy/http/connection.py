@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 
 from .errors import error_body
+from .requestinfo import correlation_id, is_trusted
 
 _log = Logger(namespace="mediaproxy.connection")
 
@@ -119,8 +120,6 @@ class BufferBudget:
 def raw_error(status: int, reason: bytes, error: str, message: str, server: str) -> bytes:
     """A whole HTTP/1.1 error response with the JSON error body and ``Connection: close``, for
     the places where there is no request object to answer through (the header deadline)."""
-    from .requestinfo import correlation_id
-
     cid = correlation_id(None)
     body = error_body(status, error, message, cid)
     head = [b"HTTP/1.1 %d %s" % (status, reason), b"Content-Type: application/json",
@@ -155,8 +154,6 @@ class BudgetedChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        from .requestinfo import is_trusted
-
         host = getattr(self.transport.getPeer(), "host", "") or ""
         clients = getattr(self.site, "clients", None)
         if clients is None or not host or is_trusted(host, self.limits.trusted_proxies):

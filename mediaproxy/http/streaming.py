@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
 from .errors import write_error
+from .requestinfo import client_address, correlation_id, is_trusted, peer_address
 
 #: Request body bytes held in memory (consumer not attached or paused) before reading from the
 #: client is paused, at least (``server.body_buffer`` when larger).
@@ -365,8 +366,6 @@ class StreamingRequest(server.Request):
         self._answer_and_close(*refusal)
 
     def _answer_and_close(self, status: int, error: str, message: str) -> None:
-        from .requestinfo import correlation_id
-
         channel = self.channel
         if channel is not None:
             channel.persistent = False
@@ -378,8 +377,6 @@ class StreamingRequest(server.Request):
     def _count_client(self) -> bool:
         """Behind a trusted proxy: count this request for its X-Forwarded-For client while it
         is in flight; False over the cap."""
-        from .requestinfo import client_address, is_trusted, peer_address
-
         site = getattr(self.channel, "site", None)
         clients = getattr(site, "clients", None)
         trusted = self._limits().trusted_proxies
