@@ -138,6 +138,11 @@ def _at_least(low: float) -> Callable[[Any], None]:
     return check
 
 
+def _header_value(value: str) -> None:
+    if any(not 0x20 <= ord(c) <= 0x7e for c in value):
+        raise ValueError(f"{value!r} is not printable ASCII")
+
+
 def _between(low: float, high: float) -> Callable[[Any], None]:
     def check(value):
         if not low <= value <= high:
@@ -272,6 +277,51 @@ class ServerConfig:
     client_timeout: float = setting(
         60.0, "float", "Seconds a client connection may stay idle before it is closed.",
         _at_least(1))
+    header_timeout: float = setting(
+        10.0, "float", "Seconds from the first byte of a request to the end of its headers, "
+        "however slowly the bytes trickle in (a total, not reset by each byte); then 408 and "
+        "the connection is closed.", _at_least(0.01))
+    body_timeout: float = setting(
+        300.0, "float", "Seconds from the end of a request's headers to the last byte of its "
+        "body, in total; then 408 (or the connection is closed when the response already "
+        "started). Bodies up to server.body_buffer hold no backend slot meanwhile.",
+        _at_least(0.01))
+    write_timeout: float = setting(
+        60.0, "float", "Seconds a response may wait on a full write buffer (the client reads "
+        "nothing, or under about 64 KiB in that time) before the connection is aborted; also "
+        "the longest a closing connection may take to drain.", _at_least(0.01))
+    body_buffer: int = setting(
+        1024 * 1024, "int", "Request body bytes read into memory before the request is "
+        "processed: a body up to this size is received whole before a backend slot is taken, "
+        "so a client that trickles it holds none. Larger (and chunked) bodies are streamed to "
+        "the backend after this much, within server.body_timeout. 0: stream at once.",
+        _at_least(0))
+    body_buffer_total: int = setting(
+        64 * 1024 * 1024, "int", "Request body bytes buffered by all requests of a process at "
+        "once; beyond it reading further bodies pauses until some are sent (backpressure).",
+        _at_least(64 * 1024))
+    response_buffer: int = setting(
+        256 * 1024, "int", "Pass-through response bytes held per connection for a client that "
+        "reads slower than the backend sends, beyond the socket buffer: a response that fits "
+        "frees its backend slot as soon as the backend is done. Only when it is full is the "
+        "backend paused (while server.write_timeout runs).", _at_least(0))
+    response_buffer_total: int = setting(
+        64 * 1024 * 1024, "int", "Pass-through response bytes held for slow clients by all "
+        "connections of a process at once; beyond it backends are paused as soon as their "
+        "client is.", _at_least(0))
+    max_client_connections: int = setting(
+        1024, "int", "Concurrent connections per client address (behind server.trusted_proxies: "
+        "requests in flight per X-Forwarded-For client); beyond it a request gets 429 "
+        "too_many_connections and the connection is closed. 0: no cap.", _at_least(0))
+    evict_stalled_after: float = setting(
+        2.0, "float", "When every pass-through backend slot is taken, a download whose client "
+        "has read nothing (its server.response_buffer full, the backend paused) for this many "
+        "seconds is closed and its slot goes to the new request instead of a 503.",
+        _at_least(0))
+    server_header: str = setting(
+        "mediaproxy", "str", "The Server header of the proxy's own responses (pass-through "
+        "responses keep the backend's); empty: none. Carries no version by default.",
+        _header_value)
 
 
 @frozen

@@ -15,6 +15,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from .http import requestinfo
 from .http.errors import CORRELATION_HEADER, write_error
+from .http.sendbody import send_body
 from .logs import request_log
 from .models import ImageResponse, Rejection
 
@@ -148,9 +149,7 @@ class ProxyResource(Resource):
             request.setHeader(b"Content-Length", str(len(response.body)).encode())
         log.debug("{status} {content_type} {size} bytes ({cache})", status=status,
                   content_type=response.content_type, size=len(body), cache=response.cache_status)
-        if body and request.method != b"HEAD":
-            request.write(body)
-        request.finish()
+        send_body(request, body if request.method != b"HEAD" else b"")
 
     @staticmethod
     def _not_modified(info, response) -> bool:

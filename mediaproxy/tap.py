@@ -27,6 +27,7 @@ from .logs import set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
 from .runtime import Runtime
+from .http.connection import ConnectionLimits
 from .http.streaming import StreamingSite
 from .http.upstream import Upstream
 from .workers import (
@@ -171,7 +172,8 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
     """
     runtime = build_runtime(config, reactor, extra_plugins=extra_plugins,
                             load_entrypoints=load_entrypoints)
-    site = StreamingSite(ProxyResource(runtime))
+    site = StreamingSite(ProxyResource(runtime),
+                         limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
     site.timeOut = config.server.client_timeout
     if not config.monitoring.access_log:

@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET
 from mediaproxy.http import requestinfo
 from mediaproxy.config import BackendConfig, ServerConfig
 from mediaproxy.logs import RequestLogger
+from mediaproxy.http.connection import ConnectionLimits
 from mediaproxy.http.streaming import StreamingSite
 from mediaproxy.testing import call_in_reactor
 from mediaproxy.http.upstream import Upstream, origin_form
@@ -57,6 +58,10 @@ class PassThrough(Resource):
 
 class TrackingSite(StreamingSite):
     def __init__(self, resource, **kwargs):
+        # Bodies stream to the backend as they arrive (body_buffer=0): the exchange's own
+        # streaming is what these tests check; buffering a small body before the backend slot is
+        # taken is tests/test_connection_budgets.py's.
+        kwargs.setdefault("limits", ConnectionLimits(body_buffer=0))
         super().__init__(resource, **kwargs)
         self.protocols = []
 
@@ -281,7 +286,10 @@ def streaming_site(live_reactor):
 
     def serve(resource) -> int:
         def listen():
-            port = live_reactor.listenTCP(0, StreamingSite(resource), interface="127.0.0.1")
+            # body_buffer=0: these tests are about a body streamed as it arrives (buffering a
+            # small body first is tests/test_connection_budgets.py's).
+            site = StreamingSite(resource, limits=ConnectionLimits(body_buffer=0))
+            port = live_reactor.listenTCP(0, site, interface="127.0.0.1")
             ports.append(port)
             return port.getHost().port
         return call_in_reactor(listen)

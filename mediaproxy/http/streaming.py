@@ -13,6 +13,16 @@ Requests without a body (no ``Content-Length`` or ``Content-Length: 0``, not chu
 stock path and have ``request.body = None``. ``request.content`` is always a valid file object;
 for a streamed body it stays empty.
 
+Buffered before processing: a body up to ``server.body_buffer`` bytes is received whole before
+``process()`` runs, so a client that trickles it holds no backend slot (or anything else the
+resource would take) meanwhile; a larger or chunked body is processed once that much has
+arrived and streams on from there. All bodies of the process together buffer at most
+``server.body_buffer_total`` bytes (:class:`~mediaproxy.http.connection.BufferBudget`); beyond
+it reading pauses and a body that was still waiting to be complete is processed at once, so it
+streams on to the backend (with backpressure) instead of every body waiting for another. The
+channel's body deadline (:class:`~mediaproxy.http.connection.BudgetedChannel`) ends a body that
+takes too long: :meth:`StreamingRequest.body_deadline_passed`.
+
 This leans on three private attributes of :class:`twisted.web.http.HTTPChannel`: ``_command``,
 ``_path`` and ``_version`` hold the request line between ``lineReceived`` and
 ``allContentReceived``, and ``gotLength`` is called in between (from ``allHeadersReceived``).
@@ -31,18 +41,27 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import parse_qs
+from twisted.web.http import datetimeToString, parse_qs
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
+from .errors import write_error
+from .requestinfo import client_address, correlation_id, is_trusted, peer_address
+
 #: Request body bytes held in memory (consumer not attached or paused) before reading from the
-#: client is paused.
+#: client is paused, at least (``server.body_buffer`` when larger).
 PAUSE_AT = 64 * 1024
 
-#: Bytes held in memory beyond which the client is disconnected. Only reachable when the channel
-#: keeps resuming the socket behind our back (each resume lets one read of at most 64 KiB in)
-#: while the backend does not read the body; a bound, not a working size.
+#: Bytes held in memory beyond the pause point at which the client is disconnected. Only
+#: reachable when the channel keeps resuming the socket behind our back (each resume lets one
+#: read of at most 64 KiB in) while the backend does not read the body; a bound, not a working
+#: size.
 HARD_LIMIT = 1024 * 1024
+
+
+class RequestBodyTimeout(Exception):
+    """The client did not send the whole request body within ``server.body_timeout``."""
 
 _log = Logger()
 
@@ -65,11 +84,14 @@ class RequestBody:
     up to :data:`PAUSE_AT` bytes, then the client socket is paused.
     """
 
-    def __init__(self, request: "StreamingRequest", length: int | None):
+    def __init__(self, request: "StreamingRequest", length: int | None, pause_at: int = PAUSE_AT,
+                 budget: BufferBudget | None = None):
         self.length = UNKNOWN_LENGTH if length is None else length
         self._request = request
         self._buffer: deque[bytes] = deque()
         self._buffered = 0
+        self._pause_at = max(pause_at, PAUSE_AT)
+        self._budget = budget
         self._consumer = None
         self._finished: Deferred[None] | None = None
         self._failure: Failure | None = None
@@ -115,7 +137,7 @@ class RequestBody:
             return
         self._stopped = True
         self._buffer.clear()
-        self._buffered = 0
+        self._set_buffered(0)
         # Keep reading (and discarding) so the channel sees the client disconnect; the request
         # closes the connection when it finishes with the body incomplete.
         self._sync()
@@ -130,10 +152,11 @@ class RequestBody:
             self._write(data)
         else:
             self._buffer.append(data)
-            self._buffered += len(data)
-            if self._buffered > HARD_LIMIT:
+            self._set_buffered(self._buffered + len(data))
+            if self._buffered > self._pause_at + HARD_LIMIT:
                 self._overflow()
                 return
+        self._request._body_progress()
         self._sync()
 
     def _all_received(self) -> None:
@@ -147,7 +170,9 @@ class RequestBody:
         self.receiving = False
         self._failure = reason
         self._buffer.clear()
-        self._buffered = 0
+        self._set_buffered(0)
+        if self._budget is not None:
+            self._budget.forget(id(self))
         if self._finished is not None and not self._finished.called and not self._stopped:
             self._finished.errback(reason)
 
@@ -166,7 +191,7 @@ class RequestBody:
         while self._buffer and self._consumer is not None and not self._paused \
                 and not self._stopped:
             data = self._buffer.popleft()
-            self._buffered -= len(data)
+            self._set_buffered(self._buffered - len(data))
             self._write(data)
 
     def _maybe_finish(self) -> None:
@@ -175,15 +200,34 @@ class RequestBody:
                 and self._finished is not None and not self._finished.called):
             self._finished.callback(None)
 
+    def _set_buffered(self, n: int) -> None:
+        if self._budget is not None and n != self._buffered:
+            self._budget.add(n - self._buffered)
+        self._buffered = n
+
     def _sync(self) -> None:
         """Pause the client socket while we want no more data, else let it read.
 
         HTTPChannel resumes the socket itself when its write buffer drains (it only keeps the
         socket paused once the body is complete), so this pauses again on every chunk that
-        arrives while we want to be paused: at most one read slips through per resume."""
+        arrives while we want to be paused: at most one read slips through per resume.
+
+        While the process-wide budget is full, a body that is still buffering (nothing reads
+        it yet) waits for room."""
         transport = self._request.transport
+        budget = self._budget
+        starved = (budget is not None and budget.full and self.receiving and not self._stopped
+                   and (self._consumer is None or self._paused))
+        if budget is not None:
+            if starved:
+                budget.wait(id(self), self._sync)
+                # Nothing else would free the budget if every body waited: this one is
+                # processed now and streams on (with backpressure) instead of waiting.
+                self._request._budget_starved()
+            else:
+                budget.forget(id(self))
         want_paused = (self.receiving and not self._stopped
-                       and (self._paused or self._buffered >= PAUSE_AT))
+                       and (self._paused or self._buffered >= self._pause_at or starved))
         if want_paused:
             if transport is not None:
                 transport.pauseProducing()
@@ -195,7 +239,7 @@ class RequestBody:
 
     def _overflow(self) -> None:
         _log.warn("request body buffer over {limit} bytes while the backend is not reading; "
-                  "closing the client connection", limit=HARD_LIMIT)
+                  "closing the client connection", limit=self._pause_at + HARD_LIMIT)
         self.stopProducing()
         transport = self._request.transport
         if transport is not None:
@@ -203,18 +247,32 @@ class RequestBody:
             abort()
 
 
+_TOO_MANY = (429, "too_many_connections", "Too many concurrent connections from this client.")
+
+
 class StreamingRequest(server.Request):
     """A :class:`twisted.web.server.Request` that is processed as soon as its headers are in.
 
     ``request.body`` is a :class:`RequestBody` for a request with a body (``Content-Length`` >
-    0 or chunked), else ``None``. When the response is finished before the client sent all of
-    the body, the connection is closed after the response: the unread rest of the body is never
-    parsed as another request.
+    0 or chunked), else ``None``. It is processed once the whole body, or ``server.body_buffer``
+    bytes of it, arrived (see the module docstring). When the response is finished before the
+    client sent all of the body, the connection is closed after the response: the unread rest
+    of the body is never parsed as another request.
+
+    Before the resource sees it, :meth:`process` refuses a request with more than one ``Host``
+    header (400, RFC 9112 3.2) and one over the per-client cap (429). The ``Server`` header of
+    the proxy's own responses is ``server.server_header``.
     """
 
     body: RequestBody | None = None
+    body_timed_out = False
     _streaming = False
     _processing = False
+    _process_at: int | None = None
+
+    def _limits(self) -> ConnectionLimits:
+        site = getattr(self.channel, "site", None)
+        return getattr(site, "limits", None) or ConnectionLimits()
 
     def gotLength(self, length: int | None) -> None:
         channel = self.channel
@@ -222,15 +280,35 @@ class StreamingRequest(server.Request):
                                   for attr in ("_command", "_path", "_version")):
             super().gotLength(length)
             return
+        limits = self._limits()
         self._streaming = True
         self.content = io.BytesIO()
-        self.body = RequestBody(self, length)
+        self.body = RequestBody(self, length, limits.body_buffer,
+                                getattr(getattr(channel, "site", None), "body_budget", None))
         # What requestReceived would set; HTTPChannel keeps the request line in private
         # attributes until the body is complete (see the module docstring).
         self._set_request_line(channel._command, channel._path, channel._version)
+        if limits.body_buffer and self._refusal() is None:
+            # Processed when the whole body, or body_buffer bytes of it, are in.
+            self._process_at = limits.body_buffer if length is None \
+                else min(length, limits.body_buffer)
+            return
         # Never start processing inside the channel's parsing: the channel still has to send
         # 100-continue and feed the rest of the data it holds.
         channel.callLater(0, self._process_early)
+
+    def _budget_starved(self) -> None:
+        if self._process_at is not None and not self._processing and self.channel is not None:
+            self._process_at = None
+            self.channel.callLater(0, self._process_early)
+
+    def _body_progress(self) -> None:
+        """More of the body arrived and was buffered: process once enough is in."""
+        at = self._process_at
+        if (at is not None and not self._processing and self.body is not None
+                and self.body.received >= at and self.channel is not None):
+            self._process_at = None
+            self.channel.callLater(0, self._process_early)
 
     def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
         self.args = {}
@@ -259,10 +337,91 @@ class StreamingRequest(server.Request):
         if not self._streaming:
             super().requestReceived(command, path, version)
             return
-        # The whole body is in; processing started (or is scheduled) from gotLength already.
+        # The whole body is in; processing started (or is scheduled) from gotLength already,
+        # or starts now for a body that was buffered whole.
         self.body._all_received()
+        if not self._processing and self.channel is not None:
+            self._processing = True
+            self.process()
+
+    def _refusal(self) -> tuple[int, str, str] | None:
+        """What this request is refused before anything looks at it (a request that will be
+        refused is processed at once, without buffering its body)."""
+        if len(self.requestHeaders.getRawHeaders(b"host", ())) > 1:
+            return 400, "bad_request", "The request has more than one Host header."
+        if getattr(self.channel, "over_cap", False):
+            return _TOO_MANY
+        return None
+
+    def process(self) -> None:
+        channel = self.channel
+        refusal = self._refusal()
+        if refusal is None and not self._count_client():
+            refusal = _TOO_MANY
+        if refusal is None:
+            super().process()
+            return
+        self.site = channel.site
+        self.setHeader(b"Date", datetimeToString())
+        self._answer_and_close(*refusal)
+
+    def _answer_and_close(self, status: int, error: str, message: str) -> None:
+        channel = self.channel
+        if channel is not None:
+            channel.persistent = False
+        self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        cid = self.getHeader(b"x-correlation-id")
+        write_error(self, status, error, message,
+                    correlation_id(cid.decode("latin-1") if cid is not None else None))
+
+    def _count_client(self) -> bool:
+        """Behind a trusted proxy: count this request for its X-Forwarded-For client while it
+        is in flight; False over the cap."""
+        site = getattr(self.channel, "site", None)
+        clients = getattr(site, "clients", None)
+        trusted = self._limits().trusted_proxies
+        peer = peer_address(self)
+        if clients is None or not clients.cap or not is_trusted(peer, trusted):
+            return True
+        xff = [v.decode("latin-1")
+               for v in self.requestHeaders.getRawHeaders(b"x-forwarded-for", ())]
+        client = client_address(peer, xff, trusted)
+        if not clients.acquire(client):
+            return False
+        self.notifyFinish().addBoth(lambda _: clients.release(client))
+        return True
+
+    def body_deadline_passed(self) -> None:
+        """The channel's body deadline: the client did not send the whole body in time.
+
+        Not processed yet (still buffering): answer 408 and close. Processed: the body fails
+        with :class:`RequestBodyTimeout` (its consumer, the backend exchange, answers 408 while
+        nothing of the response went out) and the connection closes after the response; a
+        response already under way is aborted."""
+        body = self.body
+        if body is None or not body.receiving or self.finished or self.channel is None:
+            return
+        if not self._processing:
+            self._processing = True
+            self.site = self.channel.site
+            self.setHeader(b"Date", datetimeToString())
+            self._answer_and_close(408, "request_timeout",
+                                   "The request body did not arrive in time.")
+            return
+        self.body_timed_out = True
+        channel = self.channel
+        channel.persistent = False
+        channel.allContentReceived = _ignore
+        channel.dataReceived = _ignore
+        if self.startedWriting:
+            self.transport.abortConnection()
+            return
+        self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+        body._lost(Failure(RequestBodyTimeout("request body deadline passed")))
 
     def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            self._set_server_header()
         if (not self.startedWriting and self._streaming and self.body is not None
                 and self.body.receiving and self.channel is not None):
             # The response starts before the client sent all of its body: this connection
@@ -270,6 +429,16 @@ class StreamingRequest(server.Request):
             self.channel.persistent = False
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         super().write(data)
+
+    def _set_server_header(self) -> None:
+        """Our own responses say ``server.server_header``, not Twisted's name and version (a
+        pass-through response keeps the backend's Server header)."""
+        if self.responseHeaders.getRawHeaders(b"server") in (None, [server.version]):
+            value = self._limits().server_header
+            if value:
+                self.responseHeaders.setRawHeaders(b"Server", [value.encode("ascii")])
+            else:
+                self.responseHeaders.removeHeader(b"Server")
 
     def finish(self) -> None:
         if self._streaming and self.body is not None and self.body.receiving \
@@ -298,7 +467,17 @@ class StreamingRequest(server.Request):
 
 
 class StreamingSite(server.Site):
-    """A :class:`twisted.web.server.Site` whose requests stream their bodies."""
+    """A :class:`twisted.web.server.Site` whose requests stream their bodies, on
+    :class:`~mediaproxy.http.connection.BudgetedChannel` connections under ``limits``
+    (``server.*``: deadlines, buffers, the per-client cap; ``clients`` counts them, and
+    ``body_budget`` the request body bytes the process buffers)."""
 
     requestFactory = StreamingRequest
+    protocol = BudgetedChannel
     displayTracebacks = False
+
+    def __init__(self, resource, *args, limits: ConnectionLimits | None = None, **kwargs):
+        super().__init__(resource, *args, **kwargs)
+        self.limits = limits or ConnectionLimits()
+        self.clients = ClientCounter(self.limits.max_client_connections)
+        self.body_budget = BufferBudget(self.limits.body_buffer_total)

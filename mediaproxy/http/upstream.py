@@ -17,7 +17,9 @@ path space as the proxy.
 Resilience (see docs/security.md):
 
 * at most ``backend.max_concurrent`` exchanges are in flight; beyond that a request gets a 503
-  ``backend_busy`` at once instead of queueing without bound;
+  ``backend_busy`` at once instead of queueing without bound, unless a download whose client
+  reads nothing has kept its backend paused for ``server.evict_stalled_after`` seconds: that one
+  is closed and its slot taken (slow clients hold no slot they are not using);
 * a bodiless idempotent request (GET, HEAD, OPTIONS without a body) is retried after a
   connection error or a 502/503/504 (``backend.retries``, exponential backoff with full
   jitter), only while nothing of the response has been written to the client;
@@ -42,6 +44,7 @@ back and forth through an interface of their own.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -60,6 +63,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
+from .connection import BufferBudget
 from ..config import BackendConfig, ServerConfig
 from .errors import CORRELATION_HEADER, write_error
 from ..models import RequestInfo
@@ -143,10 +147,24 @@ class Upstream:
     limit: ConcurrencyLimit | None = None
     agent: Agent = attrs.field(init=False)
     backend_policy: BackendPolicy = attrs.field(init=False)
+    #: Response bytes held per client connection beyond its socket buffer
+    #: (``server.response_buffer``; see :class:`_ResponsePump`).
+    response_buffer: int = attrs.field(init=False)
+    #: ``server.evict_stalled_after``.
+    evict_stalled_after: float = attrs.field(init=False)
+    #: Response bytes queued for slow clients by all exchanges (``server.response_buffer_total``).
+    response_budget: BufferBudget = attrs.field(init=False)
+    #: Exchanges whose backend is paused by a client that does not read, oldest first, with
+    #: the time the pause began (see :meth:`_evict_stalled`).
+    stalled: dict = attrs.field(init=False, factory=dict)
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.response_buffer = getattr(self.server, "response_buffer", 256 * 1024)
+        self.evict_stalled_after = getattr(self.server, "evict_stalled_after", 2.0)
+        self.response_budget = BufferBudget(
+            getattr(self.server, "response_buffer_total", 64 * 1024 * 1024))
         if self.pool is None:
             self.pool = _Pool(self.reactor, persistent=True)
             self.pool.maxPersistentPerHost = self.backend.max_connections
@@ -173,6 +191,18 @@ class Upstream:
     def close(self) -> Deferred[None]:
         """Close the pool's idle keep-alive connections."""
         return self.pool.closeCachedConnections()
+
+    def _evict_stalled(self) -> bool:
+        """Every backend slot is taken: give a new request the slot of the download whose client
+        has kept the backend paused longest, if that is at least ``server.evict_stalled_after``
+        seconds. A client that reads nothing then holds no slot it is not using, whatever the
+        write deadline. True when a slot was freed."""
+        for exchange, since in self.stalled.items():
+            if self.reactor.seconds() - since < self.evict_stalled_after:
+                return False
+            exchange.evict()
+            return True
+        return False
 
     def forward_headers(self, request, info: RequestInfo) -> Headers:
         """The headers sent to the backend for ``request`` (see the module docstring)."""
@@ -289,22 +319,36 @@ class _Discard(Protocol):
 class _ResponsePump(Protocol):
     """Writes the backend's response body into the client request.
 
-    It is the request's streaming producer: when the client's write buffer is full, Twisted
-    pauses it and it pauses the backend transport (the Agent's ``TransportProxyProducer``), so
-    a slow client slows down reading from the backend instead of filling memory. It also keeps
-    the idle timeout: no body data for ``idle_timeout`` seconds aborts the transfer, not counting
-    the time the client kept us paused.
+    It is the request's streaming producer. When the client's write buffer is full, Twisted
+    pauses it; it then keeps reading from the backend into its own buffer of up to
+    ``server.response_buffer`` bytes (all exchanges together at most
+    ``server.response_buffer_total``), and only when that is full pauses the backend transport
+    (the Agent's ``TransportProxyProducer``), so a slow client slows down reading from the
+    backend instead of filling memory. A response that fits in the buffer is read from the
+    backend at the backend's pace: the backend slot is given back as soon as the backend is
+    done, and the slow client drains the buffer holding nothing scarce (under the channel's
+    write deadline, ``server.write_timeout``). While the backend is paused the slot is held,
+    also only under that write deadline.
+
+    It also keeps the idle timeout: no body data for ``idle_timeout`` seconds aborts the
+    transfer, not counting the time the backend was paused by us.
     """
 
     def __init__(self, exchange: "_Exchange"):
         self._x = exchange
         self._reactor = exchange.reactor
         self._idle_timeout = exchange.upstream.backend.idle_timeout
+        self._limit = exchange.upstream.response_buffer
         self._timer = None
         self._last = 0.0
         self._registered = False
-        self.paused = False
-        self.ended = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._reason: Failure | None = None
+        self._draining = False       # the backend is done, the client still reads the buffer
+        self.paused = False          # by the client (its write buffer is full)
+        self.backend_paused = False  # by us (our buffer is full too)
+        self.ended = False           # the backend body is over
         self.idle_expired = False
         self.bytes = 0
 
@@ -321,41 +365,88 @@ class _ResponsePump(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._last = self._reactor.seconds()
         self.bytes += len(data)
-        self._x.request.write(data)
+        if self.paused or self._queue:
+            self._queue.append(data)
+            self._add(len(data))
+            self._hold_backend()
+        else:
+            self._x.request.write(data)
 
     def connectionLost(self, reason=None) -> None:
         self.ended = True
         self._disarm()
+        self._x.upstream.stalled.pop(self._x, None)
+        if self._queue and (reason is None or reason.check(ResponseDone, PotentialDataLoss)):
+            # The backend is done; the client still has the buffer to read. The slot is not
+            # needed for that.
+            self._reason = reason
+            self._draining = True
+            self._x.call.release()
+            return
+        self._queue.clear()
+        self._add(-self._queued)
+        self._end(reason)
+
+    def _end(self, reason) -> None:
         request = self._x.request
         if self._registered and request.channel is not None:
             request.unregisterProducer()
         self._registered = False
         self._x.body_ended(reason, self)
 
+    def _add(self, n: int) -> None:
+        self._queued += n
+        self._x.upstream.response_budget.add(n)
+
+    def _hold_backend(self) -> None:
+        full = self._queued >= self._limit or self._x.upstream.response_budget.full
+        if full and not self.backend_paused and not self.ended:
+            self.backend_paused = True
+            self._disarm()
+            self._x.upstream.stalled[self._x] = self._reactor.seconds()
+            self.transport.pauseProducing()
+
     # -- producer (for the client request) ------------------------------------------------
 
     def pauseProducing(self) -> None:
         self.paused = True
-        self._disarm()
-        if not self.ended:
-            self.transport.pauseProducing()
+        if self._limit == 0:
+            self._hold_backend()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        self._last = self._reactor.seconds()
-        if not self.ended:
+        request = self._x.request
+        while self._queue and not self.paused and request.channel is not None:
+            data = self._queue.popleft()
+            self._add(-len(data))
+            request.write(data)   # may pause us again at once
+        if self._queue or self.paused:
+            return
+        if self._draining:
+            self._draining = False
+            self._end(self._reason)
+            return
+        if self.backend_paused:
+            self.backend_paused = False
+            self._x.upstream.stalled.pop(self._x, None)
+            self._last = self._reactor.seconds()
             self._arm()
             self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         self._disarm()
-        if not self.ended:
+        self._queue.clear()
+        self._add(-self._queued)
+        if self._draining:
+            self._draining = False
+            self._end(self._reason)
+        elif not self.ended:
             self.transport.stopProducing()
 
     def delivered(self) -> None:
-        """After ``deliverBody``: it resumes the transport, which undoes a pause by the client
-        that came while the body protocol was being connected."""
-        if self.paused and not self.ended:
+        """After ``deliverBody``: it resumes the transport, which undoes a pause of ours that
+        came while the body protocol was being connected."""
+        if self.backend_paused and not self.ended:
             self.transport.pauseProducing()
 
     # -- idle timeout --------------------------------------------------------------------
@@ -373,7 +464,7 @@ class _ResponsePump(Protocol):
 
     def _check_idle(self) -> None:
         self._timer = None
-        if self.paused or self.ended:
+        if self.backend_paused or self.ended:
             return
         idle = self._reactor.seconds() - self._last
         if idle < self._idle_timeout:
@@ -424,6 +515,8 @@ class _Exchange:
         upstream = self.upstream
         request.notifyFinish().addErrback(self._client_lost)
         refusal = self.call.admit()
+        if refusal is not None and upstream._evict_stalled():
+            refusal = self.call.admit()
         if refusal is not None:
             self.log.warn("{in_flight} backend requests in flight; refusing {method} {path}",
                           **self._fields(in_flight=refusal.in_flight))
@@ -569,7 +662,7 @@ class _Exchange:
 
     def body_ended(self, reason: Failure | None, pump: _ResponsePump) -> None:
         request = self.request
-        if self.client_gone or request.channel is None:
+        if self.client_gone or self.aborting or request.channel is None:
             self._settle()
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
@@ -592,6 +685,13 @@ class _Exchange:
         if self.client_gone or self.request.channel is None:
             self.call.record(CANCELLED)
             self._settle()
+            return
+        if getattr(self.request, "body_timed_out", False):
+            # The client, not the backend, was too slow (server.body_timeout).
+            self.call.record(CANCELLED)
+            self.log.info("request body of {method} {path} not complete in time",
+                          **self._fields())
+            self._answer(408, "request_timeout", "The request body did not arrive in time.")
             return
         kind = failure_kind(failure, self.timed_out)
         self.call.record(kind)   # counted only if a connection error or a timeout
@@ -630,7 +730,22 @@ class _Exchange:
                 self._answer(502, "bad_gateway", "The backend could not be reached.")
         self._settle()
 
+    def evict(self) -> None:
+        """Give up this download (see :meth:`Upstream._evict_stalled`): its slot now, its
+        backend connection and its client connection."""
+        self.upstream.stalled.pop(self, None)
+        self.log.warn("client of {method} {path} kept the backend paused for {seconds} s while "
+                      "every backend slot is taken; closing it after {bytes} bytes",
+                      **self._fields(seconds=self.upstream.evict_stalled_after,
+                                     bytes=self.pump.bytes if self.pump else 0))
+        self.aborting = True
+        if self.pump is not None:
+            self.pump.stopProducing()
+        _abort(self.request)
+        self._settle()
+
     def _settle(self) -> None:
+        self.upstream.stalled.pop(self, None)
         self.call.release()
         if not self.done.called:
             self.done.callback(None)
