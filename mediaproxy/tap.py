@@ -133,9 +133,9 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     """The runtime for ``config`` on ``reactor``, complete, with every plugin configured.
 
     In order: the plugin manager (built-ins, entry points, ``extra_plugins``), the transform
-    pool, the two backend clients, the Redis client and purge feed (when Redis is configured),
-    the parameter registry, the layered cache with the layers ``mediaproxy_cache_layers``
-    gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
+    pool and its memory budget, the two backend clients, the Redis client and purge feed (when
+    Redis is configured), the parameter registry, the layered cache with the layers
+    ``mediaproxy_cache_layers`` gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
     :func:`compose` do that.
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
@@ -155,6 +155,9 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
                       params=collect_params(pm, config))
     cache.emit = runtime.emit
+    # runtime.admission, the transform memory budget, is made with the runtime from config.
+    log.info("transform memory budget: {capacity} bytes for {threads} threads",
+             capacity=runtime.admission.capacity, threads=pool.max)
     if redis is not None:
         runtime.purge_feed = PurgeFeed(runtime, redis)
     cache.layers = list(chain.from_iterable(
