@@ -354,6 +354,11 @@ def state(running):
     return call_in_reactor(lambda: (b.reserved, b.active, b.waiting))
 
 
+def metric(running, name, **labels):
+    registry = running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus").registry
+    return call_in_reactor(registry.get_sample_value, name, labels)
+
+
 def cached(running, path):
     key = running.cache_key(path)
     return call_in_reactor(running.runtime.cache.get, key) is not None
@@ -368,6 +373,9 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
         wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
         waiting = [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("b", "c")]
         wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 10, "b and c waiting")
+        assert metric(running, "mediaproxy_admission_queue") == 2
+        assert metric(running, "mediaproxy_transform_memory_bytes", state="reserved") == ESTIMATE
+        assert metric(running, "mediaproxy_transform_memory_bytes", state="capacity") == 60_000
 
         status, headers, body, _ = running.get("/media/d.jpg?w=50")
         assert status == 503
@@ -390,6 +398,13 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
         events = counters(running)
         assert events.count("admission.shed", reason="queue_full") == 1
         assert events.count("admission.wait") == 4    # hot, a, b, c
+        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full") == 1
+        assert metric(running, "mediaproxy_admission_wait_seconds_count") == 4
+        health = call_in_reactor(lambda: [
+            indicator.check() for group in running.runtime.pm.hook.mediaproxy_health_indicators(
+                runtime=running.runtime) for indicator in group
+            if indicator.name == "transform_pool"][0])
+        assert health.ok and "0.0 of 0.1 MiB reserved by 0, 0 waiting" in health.detail
 
 
 def test_a_wait_past_the_queue_timeout_is_a_503_and_a_timed_out_transform_keeps_its_memory(
@@ -434,6 +449,29 @@ def test_a_waiter_whose_client_goes_away_leaves_the_queue(live_reactor):
         # the next request for it starts afresh
         status, _, body, _ = running.get("/media/b.jpg?w=50")
         assert status == 200 and decode(body).size == (50, 50)
+        assert gate.entered == 2
+
+
+def test_a_shared_transform_stays_queued_while_one_of_its_clients_remains(live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(2) as pool, gated_proxy(gate) as running:
+        pipeline = running.runtime.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
+        key = running.cache_key("/media/b.jpg?w=50")
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
+        client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        client.sendall(b"GET /media/b.jpg?w=50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: state(running)[2] == 1, 10, "b.jpg waiting")
+        staying = pool.submit(running.get, "/media/b.jpg?w=50")
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 2, 10, "two clients for b")
+        client.close()
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 1, 10, "one client left")
+        assert state(running) == (ESTIMATE, 1, 1)      # b.jpg still waits, for the other
+        gate.open.set()
+        assert first.result(30)[0] == 200
+        status, headers, body, _ = staying.result(30)
+        assert status == 200 and decode(body).size == (50, 50)
+        assert counters(running).count("admission.cancel") == 0
         assert gate.entered == 2
 
 
