@@ -26,6 +26,7 @@ from .http.fetch import SourceFetcher
 from .logs import set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
+from .admission import return_freed_images_to_the_os
 from .runtime import Runtime
 from .http.streaming import StreamingSite
 from .http.upstream import Upstream
@@ -155,7 +156,9 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
                       params=collect_params(pm, config))
     cache.emit = runtime.emit
-    # runtime.admission, the transform memory budget, is made with the runtime from config.
+    # runtime.admission, the transform memory budget, is made with the runtime from config;
+    # it bounds the RSS only if a freed image goes back to the system.
+    return_freed_images_to_the_os()
     log.info("transform memory budget: {capacity} bytes for {threads} threads",
              capacity=runtime.admission.capacity, threads=pool.max)
     if redis is not None:

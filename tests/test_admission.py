@@ -370,9 +370,9 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
     with ThreadPoolExecutor(4) as pool, gated_proxy(gate) as running:
         assert running.get("/media/hot.jpg?w=40")[0] == 200          # a hit for later
         first = pool.submit(running.get, "/media/a.jpg?w=50")
-        wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
         waiting = [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("b", "c")]
-        wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 10, "b and c waiting")
+        wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 30, "b and c waiting")
         assert metric(running, "mediaproxy_admission_queue") == 2
         assert metric(running, "mediaproxy_transform_memory_bytes", state="reserved") == ESTIMATE
         assert metric(running, "mediaproxy_transform_memory_bytes", state="capacity") == 60_000
@@ -392,7 +392,7 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
             assert status == 200 and headers["x-cache"] == "MISS"
             assert decode(body).size == (50, 50)
         assert gate.entered == 3
-        wait_for(lambda: state(running) == (0, 0, 0), 10, "every reservation given back")
+        wait_for(lambda: state(running) == (0, 0, 0), 30, "every reservation given back")
         assert not cached(running, "/media/d.jpg?w=50")
         assert cached(running, "/media/c.jpg?w=50")
         events = counters(running)
@@ -413,7 +413,7 @@ def test_a_wait_past_the_queue_timeout_is_a_503_and_a_timed_out_transform_keeps_
     with ThreadPoolExecutor(2) as pool, \
             gated_proxy(gate, queue_timeout=0.3, transform_timeout=0.6) as running:
         first = pool.submit(running.get, "/media/a.jpg?w=50")
-        wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
         status, headers, body, _ = running.get("/media/b.jpg?w=50")
         assert status == 503 and json.loads(body)["error"] == "overloaded"
         assert headers["retry-after"] == str(
@@ -425,7 +425,7 @@ def test_a_wait_past_the_queue_timeout_is_a_503_and_a_timed_out_transform_keeps_
         # The client was answered, but the thread still renders: its memory stays reserved.
         assert state(running) == (ESTIMATE, 1, 0)
         gate.open.set()
-        wait_for(lambda: state(running) == (0, 0, 0), 10, "released when the thread returned")
+        wait_for(lambda: state(running) == (0, 0, 0), 30, "released when the thread returned")
         assert not cached(running, "/media/b.jpg?w=50")
         status, _, body, _ = running.get("/media/b.jpg?w=50")
         assert status == 200 and decode(body).size == (50, 50)
@@ -435,12 +435,12 @@ def test_a_waiter_whose_client_goes_away_leaves_the_queue(live_reactor):
     gate = Gate()
     with ThreadPoolExecutor(1) as pool, gated_proxy(gate) as running:
         first = pool.submit(running.get, "/media/a.jpg?w=50")
-        wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
         client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
         client.sendall(b"GET /media/b.jpg?w=50 HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_for(lambda: state(running)[2] == 1, 10, "b.jpg waiting")
+        wait_for(lambda: state(running)[2] == 1, 30, "b.jpg waiting")
         client.close()
-        wait_for(lambda: state(running)[2] == 0, 10, "b.jpg left the queue")
+        wait_for(lambda: state(running)[2] == 0, 30, "b.jpg left the queue")
         assert counters(running).count("admission.cancel") == 1
         gate.open.set()
         assert first.result(30)[0] == 200
@@ -458,14 +458,14 @@ def test_a_shared_transform_stays_queued_while_one_of_its_clients_remains(live_r
         pipeline = running.runtime.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
         key = running.cache_key("/media/b.jpg?w=50")
         first = pool.submit(running.get, "/media/a.jpg?w=50")
-        wait_for(lambda: gate.entered == 1, 10, "a.jpg admitted and rendering")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
         client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
         client.sendall(b"GET /media/b.jpg?w=50 HTTP/1.1\r\nHost: x\r\n\r\n")
-        wait_for(lambda: state(running)[2] == 1, 10, "b.jpg waiting")
+        wait_for(lambda: state(running)[2] == 1, 30, "b.jpg waiting")
         staying = pool.submit(running.get, "/media/b.jpg?w=50")
-        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 2, 10, "two clients for b")
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 2, 30, "two clients for b")
         client.close()
-        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 1, 10, "one client left")
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 1, 30, "one client left")
         assert state(running) == (ESTIMATE, 1, 1)      # b.jpg still waits, for the other
         gate.open.set()
         assert first.result(30)[0] == 200
