@@ -109,7 +109,10 @@ class Runtime:
         lambda self: memory_budget(self.config, self.reactor, self.threadpool.max, self.emit),
         takes_self=True))
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
+    #: work in the pool not finished yet (small jobs and admitted transforms)
     _queued: int = 0
+    #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there
+    _small: int = 0
 
     @property
     def pool_size(self) -> int:
@@ -125,8 +128,9 @@ class Runtime:
         """Run ``fn`` (small work: a header probe, a placeholder) in the transform thread
         pool; fail with :class:`Overloaded` when more than ``processing.queue_limit`` calls
         are already pending. A transform goes through :meth:`run_admitted` instead."""
-        if self._queued >= self.config.processing.queue_limit:
+        if self._small >= self.config.processing.queue_limit:
             return fail(Overloaded("transform queue full", self.admission.retry_after()))
+        self._small += 1
         return self._submit(fn, args, kwargs, None)
 
     def run_admitted(self, nbytes: int, fn: Callable[..., Any], *args,
@@ -145,7 +149,8 @@ class Runtime:
         the pool thread returns: not when a caller's deadline gives up on the Deferred, since
         a timed-out transform still holds its memory until its thread stops. Admitted work
         has its thread (the budget admits at most one per thread), so it is not counted
-        against ``processing.queue_limit`` a second time."""
+        against the ``processing.queue_limit`` of :meth:`run_in_pool` (its wait for admission
+        was)."""
         return self._submit(fn, args, {}, reservation)
 
     def _submit(self, fn, args, kwargs, reservation) -> Deferred:
@@ -164,7 +169,9 @@ class Runtime:
 
     def _finished(self, reservation=None) -> None:
         self._queued -= 1
-        if reservation is not None:
+        if reservation is None:
+            self._small -= 1
+        else:
             reservation.release()
 
     def set_params(self, params: dict[str, Param]) -> None:
