@@ -483,3 +483,20 @@ def test_a_transform_larger_than_the_whole_budget_is_refused_at_once(live_reacto
         assert gate.entered == 0
         assert counters(running).count("admission.shed", reason="too_large") == 1
         assert not cached(running, "/media/a.jpg?w=50")
+
+
+def test_a_full_queue_serves_a_copy_within_stale_if_error_rather_than_a_503(live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(3) as pool, gated_proxy(gate) as running:
+        assert running.get("/media/hot.jpg?w=40")[0] == 200
+        running.age("/media/hot.jpg?w=40", 86400 + 100)   # past its TTL, within stale-if-error
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        waiting = [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("b", "c")]
+        wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 30, "b and c waiting")
+        status, headers, body, _ = running.get("/media/hot.jpg?w=40")
+        assert status == 200 and headers["x-cache"] == "STALE"
+        assert decode(body).size == (40, 40)
+        assert counters(running).count("admission.shed", reason="queue_full") == 1
+        gate.open.set()
+        assert [f.result(30)[0] for f in [first, *waiting]] == [200, 200, 200]

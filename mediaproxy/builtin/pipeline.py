@@ -347,6 +347,8 @@ class ImagePipeline:
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
         except Overloaded as e:
             log.warn("transform refused: {why}", why=str(e))
+            if stale is not None:
+                return Stale(stale)   # within stale-if-error: the old copy beats a 503
             return Rejection(503, "overloaded", "the server is busy; retry shortly",
                              headers=[("Retry-After", str(e.retry_after))])
         except CancelledError:
