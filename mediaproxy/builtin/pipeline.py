@@ -56,9 +56,11 @@ def strong_etag(body: bytes) -> str:
 
 
 # replaced by imaging.estimate_bytes at merge
-def _estimate(data: bytes, spec: TransformSpec) -> int:
+def _estimate(data: bytes, spec: TransformSpec, max_output_pixels: int) -> int:
     """Runs in the thread pool, header only: about the bytes a render of ``data`` allocates
-    (the decoded source and the output, 4 bytes a pixel, every frame), for the memory budget."""
+    (the decoded source and the output, 4 bytes a pixel, every frame), for the memory budget.
+    An output past ``max_output_pixels`` counts as that many: the output budget refuses it
+    (400 ``output_too_large``) before anything that large is allocated."""
     info = imaging.probe(data)
     source = info.width * info.height
     w, h = spec.width, spec.height
@@ -72,6 +74,7 @@ def _estimate(data: bytes, spec: TransformSpec) -> int:
         out = source
     if not spec.enlarge:
         out = min(out, source)
+    out = min(out, max_output_pixels)
     return (source + out) * info.frames * 4
 
 
@@ -329,7 +332,8 @@ class ImagePipeline:
             # The estimate (header only) in the pool, then a wait for room in the memory
             # budget (left when every client has gone), then the render; the reservation is
             # given back when the thread returns. The transform timeout starts once admitted.
-            nbytes = yield rt.run_in_pool(_estimate, source.body, spec)
+            nbytes = yield rt.run_in_pool(_estimate, source.body, spec,
+                                          rt.config.limits.max_output_pixels)
             admitting = rt.admission.reserve(nbytes, request.correlation_id)
             self._admitting[key] = admitting
             try:
