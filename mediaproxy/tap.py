@@ -134,10 +134,10 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     """The runtime for ``config`` on ``reactor``, complete, with every plugin configured.
 
     In order: the plugin manager (built-ins, entry points, ``extra_plugins``), the transform
-    pool and its memory budget, the two backend clients, the Redis client and purge feed (when
-    Redis is configured), the parameter registry, the layered cache with the layers
-    ``mediaproxy_cache_layers`` gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
-    :func:`compose` do that.
+    pool, the two backend clients, the Redis client and purge feed (when Redis is configured),
+    the parameter registry, the layered cache with the layers ``mediaproxy_cache_layers``
+    gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
+    :func:`compose` do that. (The runtime makes its transform memory budget from ``config``.)
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
                             extra_plugins=extra_plugins)

@@ -178,6 +178,21 @@ def test_the_automatic_budget_is_an_eighth_of_the_machine_at_most_384_mib():
     assert default_transform_memory(512 * MiB) == 64 * MiB
 
 
+def test_the_runtime_builds_its_budget_from_the_settings_and_the_machine():
+    import psutil
+
+    from mediaproxy.admission import return_freed_images_to_the_os
+    from mediaproxy.testing import make_runtime
+
+    auto = make_runtime({"processing": {"threads": 3, "queue_limit": 7, "queue_timeout": 2.5}})
+    b = auto.admission
+    assert (b.capacity, b.slots, b.queue_limit, b.queue_timeout) == (
+        default_transform_memory(psutil.virtual_memory().total), 3, 7, 2.5)
+    assert make_runtime({"limits": {"transform_memory": "1MiB"}}).admission.capacity == MiB
+    # on glibc (the Linux the proxy runs on) freed images go back to the system
+    assert return_freed_images_to_the_os() is True
+
+
 # -- the budget against an oracle ---------------------------------------------------------------
 
 class Oracle:
