@@ -589,6 +589,12 @@ class ProcessingConfig:
         "keeping at least draft_gap times the output size (1.0 is thumbor's choice; larger "
         "values decode more pixels for a little more sharpness).", _at_least(1))
 
+    # admission
+    queue_timeout: float = setting(
+        10.0, "float", "Seconds a transform may wait for room in the transform memory budget "
+        "(limits.transform_memory) before the client gets 503 overloaded with a Retry-After; "
+        "at most queue_limit transforms wait.", _at_least(0.01))
+
 
 @frozen
 class LimitsConfig:
@@ -616,6 +622,13 @@ class LimitsConfig:
         list(SOURCE_FORMATS), "strlist", "Source formats accepted, recognised by their magic "
         "bytes (never by extension or Content-Type). Anything else (HTML, SVG, text) is "
         "refused with 422 after its first bytes.", _formats)
+
+    # admission
+    transform_memory: int = setting(
+        0, "int", "Bytes all transforms of the process may hold at once, by their estimates "
+        "(accepts 384MiB); beyond it transforms wait (processing.queue_timeout), and one whose "
+        "estimate alone is larger gets 422 image_too_large. 0: automatic, an eighth of the "
+        "machine's memory and at most 384 MiB (see docs/performance.md).", _at_least(0))
 
 
 @frozen

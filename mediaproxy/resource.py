@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import CancelledError, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -87,6 +87,9 @@ class ProxyResource(Resource):
             return NOT_DONE_YET
         d = maybeDeferred(rt.pm.hook.mediaproxy_handle_image, image_request=match,
                           request=info, runtime=rt)
+        # A client that goes away cancels its wait: a transform nobody waits for any more
+        # leaves the memory budget's queue instead of holding a place it will not use.
+        request.notifyFinish().addErrback(lambda _: d.cancel())
         d.addCallback(self._write, request, info, match, log)
         d.addErrback(self._internal_error, request, info, log)
         return NOT_DONE_YET
@@ -99,6 +102,9 @@ class ProxyResource(Resource):
         self._write_rejection(request, info, rejection, image_request, log)
 
     def _internal_error(self, failure, request, info, log):
+        if failure.check(CancelledError) and request._disconnected:
+            log.debug("the client went away before its image was ready")
+            return
         log.failure("image request failed for {path}", failure, path=info.path)
         if not request.finished and not request._disconnected and not request.startedWriting:
             write_error(request, 500, "internal_error", "the image could not be produced",

@@ -4,9 +4,11 @@ The runtime: the handles every plugin may use, made once by the composition root
 below is set before ``mediaproxy_cache_layers`` and ``mediaproxy_configure`` are called, so a
 plugin never builds a shared part lazily nor looks another plugin up to find one.
 
-It owns no behaviour of its own beyond running work in the transform pool with a bounded queue
-and emitting events. On a configuration reload (``SIGHUP``) ``config``, ``params`` and
-``param_names`` are replaced; nothing else changes while the process lives.
+It owns no behaviour of its own beyond running work in the transform pool (small jobs with a
+bounded queue, transforms through the memory budget of :mod:`mediaproxy.admission`) and
+emitting events. On a configuration reload (``SIGHUP``) ``config``, ``params`` and
+``param_names`` are replaced; nothing else changes while the process lives (the budget, like
+the pool's size, is fixed at start).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from .admission import MemoryBudget, Overloaded, TooLarge
 from .models import Event, Param
 
 if TYPE_CHECKING:   # the types of the fields, for readers and type checkers only
@@ -32,8 +35,41 @@ if TYPE_CHECKING:   # the types of the fields, for readers and type checkers onl
     from .http.upstream import Upstream
 
 
-class Overloaded(Exception):
-    """The transform queue is full: the request is answered 503 at once."""
+__all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "memory_budget"]
+
+#: The automatic transform memory budget is at most this many bytes (see
+#: :func:`default_transform_memory` and docs/performance.md, "The transform memory budget").
+AUTO_TRANSFORM_MEMORY_CAP = 384 * 1024 * 1024
+#: ... and at most this share of the machine's memory.
+AUTO_TRANSFORM_MEMORY_SHARE = 1 / 8
+
+
+def default_transform_memory(total_memory: int) -> int:
+    """``limits.transform_memory = 0`` (auto): an eighth of the machine's memory, at most
+    384 MiB. The cap keeps the whole process (the transforms' real peak measured at up to 1.5x
+    their estimate for the common decodes, plus the memory cache, the source cache and the
+    interpreter) under 1 GiB of RSS; the share keeps a small machine's other processes alive."""
+    return max(1, min(int(total_memory * AUTO_TRANSFORM_MEMORY_SHARE),
+                      AUTO_TRANSFORM_MEMORY_CAP))
+
+
+def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
+                  total_memory: int | None = None) -> MemoryBudget:
+    """The transform memory budget ``config`` asks for: ``limits.transform_memory`` bytes (0:
+    :func:`default_transform_memory` of ``total_memory``, the machine's by default), ``slots``
+    transforms at once, ``processing.queue_limit`` waiters for ``processing.queue_timeout``
+    seconds at most."""
+    capacity = config.limits.transform_memory
+    if not capacity:
+        if total_memory is None:
+            import psutil
+
+            total_memory = psutil.virtual_memory().total
+        capacity = default_transform_memory(total_memory)
+    return MemoryBudget(capacity=capacity, slots=max(1, slots),
+                        queue_limit=config.processing.queue_limit,
+                        queue_timeout=config.processing.queue_timeout, reactor=reactor,
+                        emit=emit)
 
 
 def _names(params: dict[str, Param]) -> frozenset[str]:
@@ -67,8 +103,16 @@ class Runtime:
     #: every query name of every registered parameter (names and aliases)
     param_names: frozenset[str] = attrs.field(
         default=attrs.Factory(lambda self: _names(self.params), takes_self=True))
+    #: the transform memory budget (:mod:`mediaproxy.admission`): admits transforms by their
+    #: estimated bytes, at most one per thread; used by :meth:`run_admitted`
+    admission: MemoryBudget = attrs.field(default=attrs.Factory(
+        lambda self: memory_budget(self.config, self.reactor, self.threadpool.max, self.emit),
+        takes_self=True))
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
+    #: work in the pool not finished yet (small jobs and admitted transforms)
     _queued: int = 0
+    #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there
+    _small: int = 0
 
     @property
     def pool_size(self) -> int:
@@ -76,28 +120,59 @@ class Runtime:
 
     @property
     def pending_transforms(self) -> int:
-        """Work submitted to the pool and not finished yet (running plus waiting)."""
-        return self._queued
+        """Work submitted to the pool and not finished yet (running plus waiting for a
+        thread), plus transforms waiting for room in the memory budget."""
+        return self._queued + self.admission.waiting
 
     def run_in_pool(self, fn: Callable[..., Any], *args, **kwargs) -> Deferred:
-        """Run ``fn`` in the transform thread pool; fail with :class:`Overloaded` when more
-        than ``processing.queue_limit`` calls are already pending."""
-        if self._queued >= self.config.processing.queue_limit:
-            return fail(Overloaded("transform queue full"))
+        """Run ``fn`` (small work: a header probe, a placeholder) in the transform thread
+        pool; fail with :class:`Overloaded` when more than ``processing.queue_limit`` calls
+        are already pending. A transform goes through :meth:`run_admitted` instead."""
+        if self._small >= self.config.processing.queue_limit:
+            return fail(Overloaded("transform queue full", self.admission.retry_after()))
+        self._small += 1
+        return self._submit(fn, args, kwargs, None)
+
+    def run_admitted(self, nbytes: int, fn: Callable[..., Any], *args,
+                     correlation_id: str = "") -> Deferred:
+        """Run ``fn(*args)`` in the pool once the memory budget admits ``nbytes`` (its
+        estimate): :meth:`~mediaproxy.admission.MemoryBudget.reserve`, then
+        :meth:`run_reserved`. Fails with :class:`~mediaproxy.admission.TooLarge` at once when
+        the estimate exceeds the whole budget, with :class:`Overloaded` when the budget's queue
+        is full or the wait exceeds ``processing.queue_timeout``."""
+        return self.admission.reserve(nbytes, correlation_id).addCallback(
+            lambda reservation: self.run_reserved(reservation, fn, *args))
+
+    def run_reserved(self, reservation, fn: Callable[..., Any], *args) -> Deferred:
+        """Run ``fn(*args)`` in the pool under ``reservation`` (a
+        :class:`~mediaproxy.admission.Reservation` of :attr:`admission`), and release it when
+        the pool thread returns: not when a caller's deadline gives up on the Deferred, since
+        a timed-out transform still holds its memory until its thread stops. Admitted work
+        has its thread (the budget admits at most one per thread), so it is not counted
+        against the ``processing.queue_limit`` of :meth:`run_in_pool` (its wait for admission
+        was)."""
+        return self._submit(fn, args, {}, reservation)
+
+    def _submit(self, fn, args, kwargs, reservation) -> Deferred:
         self._queued += 1
 
         def run():
-            # Counted down in the reactor when the thread is done with it, not when a waiting
-            # Deferred gives up (a timed-out transform still occupies its thread).
+            # Counted down (and the reservation given back) in the reactor when the thread is
+            # done with it, not when a waiting Deferred gives up: a timed-out transform still
+            # occupies its thread and its memory.
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.reactor.callFromThread(self._finished)
+                self.reactor.callFromThread(self._finished, reservation)
 
         return deferToThreadPool(self.reactor, self.threadpool, run)
 
-    def _finished(self) -> None:
+    def _finished(self, reservation=None) -> None:
         self._queued -= 1
+        if reservation is None:
+            self._small -= 1
+        else:
+            reservation.release()
 
     def set_params(self, params: dict[str, Param]) -> None:
         self.params = params

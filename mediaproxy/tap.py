@@ -26,6 +26,7 @@ from .http.fetch import SourceFetcher
 from .logs import set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
+from .admission import return_freed_images_to_the_os
 from .runtime import Runtime
 from .http.connection import ConnectionLimits
 from .http.streaming import StreamingSite
@@ -137,7 +138,7 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     pool, the two backend clients, the Redis client and purge feed (when Redis is configured),
     the parameter registry, the layered cache with the layers ``mediaproxy_cache_layers``
     gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
-    :func:`compose` do that.
+    :func:`compose` do that. (The runtime makes its transform memory budget from ``config``.)
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
                             extra_plugins=extra_plugins)
@@ -156,6 +157,11 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
                       params=collect_params(pm, config))
     cache.emit = runtime.emit
+    # runtime.admission, the transform memory budget, is made with the runtime from config;
+    # it bounds the RSS only if a freed image goes back to the system.
+    return_freed_images_to_the_os()
+    log.info("transform memory budget: {capacity} bytes for {threads} threads",
+             capacity=runtime.admission.capacity, threads=pool.max)
     if redis is not None:
         runtime.purge_feed = PurgeFeed(runtime, redis)
     cache.layers = list(chain.from_iterable(

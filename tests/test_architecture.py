@@ -24,7 +24,8 @@ PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging")
 #: What the parts may import from the core: the values, the config schema, logging and the
 #: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
 FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
-              "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime"}
+              "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime",
+              "mediaproxy.admission"}
 #: What a separately packaged plugin may import.
 PUBLIC = {"mediaproxy", "mediaproxy.testing"}
 LONG = 600

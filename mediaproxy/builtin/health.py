@@ -1,5 +1,6 @@
 """
-Built-in health indicators: the transform pool (failing while its queue is full), the
+Built-in health indicators: the transform pool (reports its queue and memory budget; always
+ok: a busy queue is load the budget answers with 503s, not a reason to leave the balancer), the
 process's memory (always ok; reports the RSS so a dashboard can watch it) and, when Redis is
 configured, every Redis node (a down node answers at once from its breaker).
 """
@@ -21,9 +22,15 @@ class TransformPoolHealth:
     name: str = "transform_pool"
 
     def check(self) -> HealthStatus:
-        pending, limit = self.runtime.pending_transforms, self.runtime.config.processing.queue_limit
-        return HealthStatus(self.name, pending < limit,
-                            f"{pending} pending of {limit}, {self.runtime.pool_size} threads")
+        rt = self.runtime
+        budget = rt.admission
+        mib = 1024 * 1024
+        return HealthStatus(
+            self.name, True,
+            f"{rt.pending_transforms} pending (limit {rt.config.processing.queue_limit}), "
+            f"{rt.pool_size} threads; memory budget {budget.reserved / mib:.1f} of "
+            f"{budget.capacity / mib:.1f} MiB reserved by {budget.active}, "
+            f"{budget.waiting} waiting")
 
 
 @attrs.define

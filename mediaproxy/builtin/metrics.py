@@ -11,6 +11,12 @@ Series (all prefixed ``mediaproxy_``):
 * ``source_errors_total{status}``: originals that could not be had;
 * ``transform_seconds{format}`` (histogram) and ``transform_errors_total{error}``;
 * ``transform_queue``: transforms running or waiting (gauge);
+* the transform memory budget (:mod:`mediaproxy.admission`):
+  ``transform_memory_bytes{state}`` (gauge, ``reserved`` or ``capacity``),
+  ``admission_queue`` (gauge: transforms waiting for room), ``admission_wait_seconds``
+  (histogram: the wait of every admitted transform), ``admission_shed_total{reason}``
+  (``queue_full``, ``timeout``, ``too_large``) and ``admission_cancelled_total`` (waiters whose
+  clients went away);
 * ``cache_bytes{layer}``, ``cache_items{layer}``: cache sizes (gauges).
 """
 
@@ -23,6 +29,9 @@ from prometheus_client import CollectorRegistry, Counter as PCounter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import hookimpl
+
+#: The label values of ``admission_shed_total`` (anything else is counted as ``other``).
+SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
 
 
 @attrs.define
@@ -58,6 +67,17 @@ class _RuntimeCollector:
                                   "Transforms running or waiting for a thread.")
         queue.add_metric([], self.runtime.pending_transforms)
         yield queue
+        budget = self.runtime.admission
+        memory = GaugeMetricFamily("mediaproxy_transform_memory_bytes",
+                                   "The transform memory budget: bytes reserved by admitted "
+                                   "transforms, and the capacity.", labels=["state"])
+        memory.add_metric(["reserved"], budget.reserved)
+        memory.add_metric(["capacity"], budget.capacity)
+        yield memory
+        waiting = GaugeMetricFamily("mediaproxy_admission_queue",
+                                    "Transforms waiting for room in the memory budget.")
+        waiting.add_metric([], budget.waiting)
+        yield waiting
         size = GaugeMetricFamily("mediaproxy_cache_bytes", "Bytes held by a cache layer.",
                                  labels=["layer"])
         items = GaugeMetricFamily("mediaproxy_cache_items", "Entries in a cache layer.",
@@ -94,6 +114,17 @@ class PrometheusMetrics:
         self.transform_errors = PCounter("mediaproxy_transform_errors",
                                          "Sources that could not be transformed.", ["error"],
                                          registry=r)
+        self.admission_waits = Histogram(
+            "mediaproxy_admission_wait_seconds",
+            "Time a transform waited for room in the memory budget.", registry=r,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.admission_sheds = PCounter(
+            "mediaproxy_admission_shed", "Transforms refused by the memory budget.",
+            ["reason"], registry=r)
+        self.admission_cancels = PCounter(
+            "mediaproxy_admission_cancelled",
+            "Transforms that left the memory budget's queue: every client went away.",
+            registry=r)
         r.register(_RuntimeCollector(self.runtime))
 
     def _child(self, metric, *labels):
@@ -126,6 +157,14 @@ class PrometheusMetrics:
             self._child(self.transforms, f.get("format", "")).observe(event.value)
         elif name == "transform.error":
             self._child(self.transform_errors, f.get("error", "")).inc()
+        elif name == "admission.wait":
+            self.admission_waits.observe(event.value)
+        elif name == "admission.shed":
+            reason = f.get("reason", "")
+            self._child(self.admission_sheds,
+                        reason if reason in SHED_REASONS else "other").inc()
+        elif name == "admission.cancel":
+            self.admission_cancels.inc()
 
     @hookimpl
     def mediaproxy_services(self, runtime):

@@ -19,7 +19,7 @@ import time
 from email.utils import formatdate
 
 import attrs
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
@@ -31,7 +31,7 @@ from ..cache.locks import coalesce
 from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError, TransformSpec
-from ..runtime import Overloaded
+from ..runtime import Overloaded, TooLarge
 from .warmup import warmup_service
 
 #: Seconds a request waits for another process's or node's leader before producing itself.
@@ -55,6 +55,36 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
 
 def strong_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+# replaced by imaging.estimate_bytes at merge
+def _estimate(data: bytes, spec: TransformSpec, max_output_pixels: int) -> int:
+    """Runs in the thread pool, header only: about the bytes a render of ``data`` allocates
+    (the decoded source and the output, 4 bytes a pixel, every frame), for the memory budget.
+    An output past ``max_output_pixels`` counts as that many: the output budget refuses it
+    (400 ``output_too_large``) before anything that large is allocated."""
+    info = imaging.probe(data)
+    source = info.width * info.height
+    w, h = spec.width, spec.height
+    if w and h:
+        out = w * h
+    elif w:
+        out = w * max(1, round(info.height * w / max(1, info.width)))
+    elif h:
+        out = h * max(1, round(info.width * h / max(1, info.height)))
+    else:
+        out = source
+    if not spec.enlarge:
+        out = min(out, source)
+    out = min(out, max_output_pixels)
+    return (source + out) * info.frames * 4
+
+
+def _too_large(failure):
+    """An estimate larger than the whole memory budget can never run: the same answer as a
+    source past the decode budget (422 ``image_too_large``)."""
+    failure.trap(TooLarge)
+    raise imaging.ImageTooLarge("The image is too large to process on this server.")
 
 
 def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request):
@@ -114,6 +144,8 @@ class ImagePipeline:
         default=attrs.Factory(lambda self: coalescing_lock(self.runtime), takes_self=True))
     #: key -> [count, image_request, fmt]: what the warm-up re-renders first
     popular: dict = attrs.field(factory=dict)
+    #: key -> the Deferred of a production waiting for room in the memory budget
+    _admitting: dict = attrs.field(factory=dict)
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -223,21 +255,40 @@ class ImagePipeline:
         return d
 
     def _coalesced(self, key, image_request, request, fmt, log, stale=None) -> Deferred:
+        """One production per key; every caller gets a Deferred of its own. Cancelling one
+        (its client went away) drops that caller only; when no caller is left while the
+        production still waits for room in the memory budget, it leaves the budget's queue."""
         waiters = self._inflight.get(key)
-        if waiters is not None:
+        leading = waiters is None
+        if leading:
+            waiters = self._inflight[key] = []
+        else:
             log.debug("waiting for the transform already under way for {key}", key=key)
-            d = Deferred()
-            waiters.append(d)
+        d = Deferred(lambda d: self._gone(key, waiters, d))
+        waiters.append(d)
+        if not leading:
             return d.addCallback(collapsed)
-        waiters = self._inflight[key] = []
 
         def release(result):
-            del self._inflight[key]
-            for d in waiters:
-                d.callback(result)
-            return result
+            if self._inflight.get(key) is waiters:
+                del self._inflight[key]
+            if not waiters and isinstance(result, Failure) and not result.check(CancelledError):
+                log.failure("producing {key} failed", result, key=key)
+            for waiter in list(waiters):
+                waiter.callback(result)
+            return None
 
-        return self._lead(key, image_request, request, fmt, log, stale).addBoth(release)
+        self._lead(key, image_request, request, fmt, log, stale).addBoth(release)
+        return d
+
+    def _gone(self, key, waiters, d) -> None:
+        """A caller of :meth:`_coalesced` cancelled its wait (its client went away)."""
+        if d in waiters:
+            waiters.remove(d)
+        if not waiters and key in self._admitting:
+            if self._inflight.get(key) is waiters:
+                del self._inflight[key]   # a new request for the key starts afresh
+            self._admitting.pop(key).cancel()
 
     def _lead(self, key, image_request, request, fmt, log, stale) -> Deferred:
         rt = self.runtime
@@ -319,17 +370,36 @@ class ImagePipeline:
         steps = tuple(step for steps in rt.pm.hook.mediaproxy_transform_steps(
             image_request=image_request, spec=spec) or () for step in (steps or ()))
         try:
-            d = rt.run_in_pool(render_and_tag, source.body, spec, steps, image_request)
+            # The estimate (header only) in the pool, then a wait for room in the memory
+            # budget (left when every client has gone), then the render; the reservation is
+            # given back when the thread returns. The transform timeout starts once admitted.
+            nbytes = yield rt.run_in_pool(_estimate, source.body, spec,
+                                          rt.config.limits.max_output_pixels)
+            admitting = rt.admission.reserve(nbytes, request.correlation_id)
+            self._admitting[key] = admitting
+            try:
+                reservation = yield admitting.addErrback(_too_large)
+            finally:
+                if self._admitting.get(key) is admitting:
+                    del self._admitting[key]
+            d = rt.run_reserved(reservation, render_and_tag, source.body, spec, steps,
+                                image_request)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
         except imaging.ImageError as e:
             log.info("source not usable: {error}: {message}", error=e.error, message=e.message)
             rt.emit("transform.error", correlation_id=request.correlation_id, error=e.error)
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
-        except Overloaded:
-            log.warn("transform queue full; refusing")
+        except Overloaded as e:
+            log.warn("transform refused: {why}", why=str(e))
+            if stale is not None:
+                return Stale(stale)   # within stale-if-error: the old copy beats a 503
             return Rejection(503, "overloaded", "the server is busy; retry shortly",
-                             headers=[("Retry-After", "1")])
+                             headers=[("Retry-After", str(e.retry_after))])
+        except CancelledError:
+            log.info("every client of {key} went away before it was admitted; not rendered",
+                     key=key)
+            return Rejection(503, "overloaded", "the client went away")
         except DeferredTimeout:
             log.warn("transform exceeded {timeout} s; abandoned",
                      timeout=rt.config.limits.transform_timeout)

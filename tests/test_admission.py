@@ -1,0 +1,517 @@
+"""The transform memory budget (mediaproxy/admission.py): unit tests on a Clock, a random
+sequence test against an oracle, and over HTTP with the test kit (a gate step holds transforms
+in their threads, so what waits and what is refused is decided by the budget, not by timing)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from twisted.internet.defer import CancelledError
+from twisted.internet.task import Clock
+
+from mediaproxy import TransformStep, hookimpl
+from mediaproxy.admission import MemoryBudget, Overloaded, TooLarge
+from mediaproxy.runtime import default_transform_memory
+from mediaproxy.testing import call_in_reactor, decode, make_image, start_proxy, wait_for
+
+MiB = 1024 * 1024
+
+
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, name, value=1.0, correlation_id="", **labels):
+        self.seen.append((name, value, correlation_id, labels))
+
+    def names(self):
+        return [(name, labels.get("reason")) for name, _, _, labels in self.seen]
+
+
+def budget(capacity=100, slots=10, queue_limit=10, queue_timeout=5.0):
+    clock = Clock()
+    events = Events()
+    return MemoryBudget(capacity=capacity, slots=slots, queue_limit=queue_limit,
+                        queue_timeout=queue_timeout, reactor=clock, emit=events), clock, events
+
+
+def outcome(d):
+    """What a Deferred has come to: ('granted', reservation), ('failed', exception type) or
+    ('waiting', None)."""
+    out = []
+    d.addCallbacks(lambda r: out.append(("granted", r)),
+                   lambda f: out.append(("failed", f.type)))
+    return out[0] if out else ("waiting", None)
+
+
+# -- unit tests ---------------------------------------------------------------------------------
+
+def test_a_reservation_that_fits_is_granted_at_once_and_given_back():
+    b, clock, events = budget()
+    kind, r = outcome(b.reserve(60, "c1"))
+    assert kind == "granted" and r.nbytes == 60
+    assert (b.reserved, b.active, b.waiting) == (60, 1, 0)
+    r.release()
+    r.release()   # idempotent
+    assert (b.reserved, b.active) == (0, 0)
+    assert events.seen == [("admission.wait", 0.0, "c1", {})]
+
+
+def test_waiters_are_admitted_in_arrival_order_and_a_big_head_blocks_small_ones():
+    b, clock, events = budget()
+    first = outcome(b.reserve(60))[1]
+    big, small = b.reserve(50), b.reserve(10)
+    # 10 bytes would fit now, but the 50 bytes came first: FIFO, nobody starves.
+    assert outcome(big)[0] == outcome(small)[0] == "waiting"
+    assert (b.waiting, b.waiting_bytes) == (2, 60)
+    clock.advance(2)
+    first.release()
+    assert outcome(big)[0] == "granted" and outcome(small)[0] == "granted"
+    assert (b.reserved, b.active, b.waiting) == (60, 2, 0)
+    assert [v for name, v, _, _ in events.seen if name == "admission.wait"] == [0.0, 2.0, 2.0]
+
+
+def test_no_more_reservations_than_slots_even_when_bytes_fit():
+    b, clock, _ = budget(slots=2)
+    one, two = outcome(b.reserve(1))[1], outcome(b.reserve(1))[1]
+    third = b.reserve(1)
+    assert outcome(third)[0] == "waiting"
+    two.release()
+    assert outcome(third)[0] == "granted"
+    assert one.released is False
+
+
+def test_an_estimate_larger_than_the_whole_budget_is_refused_at_once():
+    b, clock, events = budget(capacity=100)
+    assert outcome(b.reserve(101, "c9")) == ("failed", TooLarge)
+    assert outcome(b.reserve(100))[0] == "granted"   # exactly the capacity fits
+    assert events.names()[0] == ("admission.shed", "too_large")
+    assert b.waiting == 0
+
+
+def test_a_full_queue_refuses_at_once_with_an_honest_retry_after():
+    b, clock, events = budget(capacity=100, slots=4, queue_limit=2)
+    outcome(b.reserve(100))
+    b.reserve(50), b.reserve(50)
+    refused = []
+    b.reserve(30).addErrback(lambda f: refused.append(f.value))
+    assert isinstance(refused[0], Overloaded)
+    # Nothing released yet: one hold time (1 s) per capacity's worth of bytes ahead, plus its
+    # own: 1 x (1 + (100 + 30) / 100) = 2.3 -> 3 s.
+    assert refused[0].retry_after == 3
+    assert events.names()[-1] == ("admission.shed", "queue_full")
+    assert b.waiting == 2
+
+
+def test_retry_after_follows_the_measured_hold_time():
+    b, clock, _ = budget(capacity=100, slots=1)
+    r = outcome(b.reserve(10))[1]
+    clock.advance(11)
+    r.release()
+    assert b.mean_hold == pytest.approx(1 + 0.2 * (11 - 1))   # 3.0
+    # Idle: one turnover of 3 s for a request of 50 bytes: 3 x 1.5 = 4.5 -> 5.
+    assert b.retry_after(50) == 5
+    # Never above a minute, never below a second.
+    b.mean_hold = 1000.0
+    assert b.retry_after() == 60
+    b.mean_hold = 0.0
+    assert b.retry_after() == 1
+
+
+def test_a_waiter_past_the_queue_timeout_is_refused_and_those_behind_move_up():
+    b, clock, events = budget(capacity=100, queue_timeout=5.0)
+    held = outcome(b.reserve(70))[1]
+    head = b.reserve(50)
+    clock.advance(3)
+    behind = b.reserve(30)   # fits, but waits behind the head (FIFO)
+    assert outcome(behind)[0] == "waiting"
+    clock.advance(2)
+    assert outcome(head) == ("failed", Overloaded)
+    # the head left: the 30 bytes behind it fit beside the 70 held
+    assert outcome(behind)[0] == "granted"
+    assert (b.reserved, b.waiting) == (100, 0)
+    assert ("admission.shed", "timeout") in events.names()
+    held.release()
+    assert b.reserved == 30
+
+
+def test_the_timeout_error_carries_a_retry_after():
+    b, clock, _ = budget(capacity=100, queue_timeout=5.0)
+    outcome(b.reserve(100))
+    errors = []
+    b.reserve(100).addErrback(lambda f: errors.append(f.value))
+    clock.advance(5)
+    # after it left: nothing waits, 1 s hold, 1 turnover
+    assert errors[0].retry_after == 1 and "5 s" in str(errors[0])
+
+
+def test_a_cancelled_waiter_leaves_the_queue_and_its_timer_is_stopped():
+    b, clock, events = budget(capacity=100, queue_limit=1)
+    held = outcome(b.reserve(100))[1]
+    d = b.reserve(10, "gone")
+    d.cancel()
+    assert outcome(d) == ("failed", CancelledError)
+    assert b.waiting == 0 and clock.getDelayedCalls() == []
+    assert events.seen[-1] == ("admission.cancel", 1.0, "gone", {})
+    # its place is free again
+    assert outcome(b.reserve(10))[0] == "waiting"
+    held.release()
+    assert b.reserved == 10
+
+
+def test_a_granted_reservation_is_not_taken_back_by_cancelling():
+    b, clock, _ = budget()
+    d = b.reserve(10)
+    d.cancel()
+    assert b.reserved == 10 and b.active == 1
+
+
+def test_the_automatic_budget_is_an_eighth_of_the_machine_at_most_384_mib():
+    assert default_transform_memory(24 * 1024 * MiB) == 384 * MiB
+    assert default_transform_memory(2048 * MiB) == 256 * MiB
+    assert default_transform_memory(512 * MiB) == 64 * MiB
+
+
+def test_the_runtime_builds_its_budget_from_the_settings_and_the_machine():
+    import psutil
+
+    from mediaproxy.admission import return_freed_images_to_the_os
+    from mediaproxy.testing import make_runtime
+
+    auto = make_runtime({"processing": {"threads": 3, "queue_limit": 7, "queue_timeout": 2.5}})
+    b = auto.admission
+    assert (b.capacity, b.slots, b.queue_limit, b.queue_timeout) == (
+        default_transform_memory(psutil.virtual_memory().total), 3, 7, 2.5)
+    assert make_runtime({"limits": {"transform_memory": "1MiB"}}).admission.capacity == MiB
+    # on glibc (the Linux the proxy runs on) freed images go back to the system
+    assert return_freed_images_to_the_os() is True
+
+
+# -- the budget against an oracle ---------------------------------------------------------------
+
+class Oracle:
+    """The rules written out plainly: a list in arrival order, the head admitted while it fits
+    (bytes and count), refusals decided by size and queue length."""
+
+    def __init__(self, capacity, slots, limit, timeout):
+        self.capacity, self.slots, self.limit, self.timeout = capacity, slots, limit, timeout
+        self.queue = []        # [ident, nbytes, deadline]
+        self.held = {}         # ident -> nbytes
+        self.state = {}        # ident -> granted | too_large | overloaded | cancelled | waiting
+        self.now = 0.0
+
+    def admit(self):
+        while self.queue:
+            ident, n, _ = self.queue[0]
+            if len(self.held) < self.slots and sum(self.held.values()) + n <= self.capacity:
+                self.queue.pop(0)
+                self.held[ident] = n
+                self.state[ident] = "granted"
+            else:
+                break
+
+    def reserve(self, ident, n):
+        if n > self.capacity:
+            self.state[ident] = "too_large"
+        elif not self.queue and len(self.held) < self.slots and \
+                sum(self.held.values()) + n <= self.capacity:
+            self.held[ident] = n
+            self.state[ident] = "granted"
+        elif len(self.queue) >= self.limit:
+            self.state[ident] = "overloaded"
+        else:
+            self.queue.append([ident, n, self.now + self.timeout])
+            self.state[ident] = "waiting"
+
+    def release(self, ident):
+        del self.held[ident]
+        self.admit()
+
+    def cancel(self, ident):
+        self.queue = [w for w in self.queue if w[0] != ident]
+        self.state[ident] = "cancelled"
+        self.admit()
+
+    def advance(self, seconds):
+        self.now += seconds
+        # expire in arrival order, admitting after each departure (what a reactor does)
+        for w in sorted(self.queue, key=lambda w: w[2]):
+            if w in self.queue and w[2] <= self.now:
+                self.queue.remove(w)
+                self.state[w[0]] = "overloaded"
+                self.admit()
+
+
+#: (operation, argument): reserve that many bytes; release / cancel the argument-th (modulo)
+#: held / waiting one; advance the clock by ADVANCES[argument % 4] seconds.
+operations = st.lists(st.tuples(
+    st.sampled_from(["reserve", "reserve", "reserve", "release", "cancel", "advance"]),
+    st.integers(0, 120)), min_size=5, max_size=60)
+ADVANCES = (0.5, 1.0, 2.0, 3.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations, st.integers(1, 4), st.integers(0, 4))
+def test_the_budget_agrees_with_the_oracle_and_never_exceeds_its_capacity(ops, slots, limit):
+    capacity, timeout = 100, 2.5
+    b, clock, _ = budget(capacity=capacity, slots=slots, queue_limit=limit,
+                         queue_timeout=timeout)
+    oracle = Oracle(capacity, slots, limit, timeout)
+    deferreds, results = [], []
+    for op, arg in ops:
+        if op == "reserve":
+            ident = len(deferreds)
+            d = b.reserve(arg)
+            result = {}
+            d.addCallbacks(lambda r, out=result: out.update(granted=r),
+                           lambda f, out=result: out.update(failed=f.type))
+            deferreds.append(d)
+            results.append(result)
+            oracle.reserve(ident, arg)
+        elif op == "release":
+            granted = [i for i, r in enumerate(results)
+                       if "granted" in r and not r["granted"].released]
+            if granted:
+                ident = granted[arg % len(granted)]
+                results[ident]["granted"].release()
+                oracle.release(ident)
+        elif op == "cancel":
+            waiting = [i for i, s in oracle.state.items() if s == "waiting"]
+            if waiting:
+                ident = waiting[arg % len(waiting)]
+                deferreds[ident].cancel()
+                oracle.cancel(ident)
+        else:
+            clock.advance(ADVANCES[arg % 4])
+            oracle.advance(ADVANCES[arg % 4])
+        assert b.reserved <= capacity and b.active <= slots and b.waiting <= limit
+        assert b.reserved == sum(oracle.held.values())
+        assert b.waiting == len(oracle.queue)
+        seen = {}
+        for i, r in enumerate(results):
+            if "granted" in r:
+                seen[i] = "granted"
+            elif "failed" in r:
+                seen[i] = {TooLarge: "too_large", Overloaded: "overloaded",
+                           CancelledError: "cancelled"}[r["failed"]]
+            else:
+                seen[i] = "waiting"
+        assert seen == oracle.state
+
+
+# -- over HTTP ----------------------------------------------------------------------------------
+
+class Gate:
+    """A transform step that holds every render of ``w=50`` in its thread until opened: the
+    budget's reservations stay held as long as the test wants."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.entered = 0
+        self.lock = threading.Lock()
+
+    def wait(self, image, spec, request):
+        with self.lock:
+            self.entered += 1
+        self.open.wait(30)
+        return image
+
+    @hookimpl
+    def mediaproxy_transform_steps(self, image_request, spec):
+        if image_request.params.get("w") == 50:
+            return [TransformStep("gate", self.wait, order=600)]
+        return None
+
+
+#: 100x100 sources at w=50: (100x100 + 50x50) x 4 = 50,000 bytes estimated; the budget of
+#: 60,000 bytes admits one at a time.
+ESTIMATE = 50_000
+NAMES = ("a", "b", "c", "d", "e")
+
+
+def files():
+    out = {f"/media/{n}.jpg": make_image((100, 100), colour=(10 * i, 80, 160))
+           for i, n in enumerate(NAMES)}
+    out["/media/hot.jpg"] = make_image((100, 100), colour=(250, 250, 0))
+    return out
+
+
+@contextlib.contextmanager
+def gated_proxy(gate, **processing_and_limits):
+    """A proxy with ``gate`` and a tiny budget; the gate is opened before it stops, whatever
+    the test did (a closed gate would hold the pool's threads at shutdown)."""
+    limits = {"transform_memory": 60_000}
+    processing = {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0}
+    for key, value in processing_and_limits.items():
+        (limits if key in ("transform_memory", "transform_timeout") else processing)[key] = value
+    running = start_proxy(files(), plugins=[gate], overrides={
+        "processing": processing, "limits": limits,
+        "cache": {"x_cache_header": True}})
+    try:
+        yield running
+    finally:
+        gate.open.set()
+        running.stop()
+
+
+def counters(running):
+    return running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
+
+
+def state(running):
+    b = running.runtime.admission
+    return call_in_reactor(lambda: (b.reserved, b.active, b.waiting))
+
+
+def metric(running, name, **labels):
+    registry = running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus").registry
+    return call_in_reactor(registry.get_sample_value, name, labels)
+
+
+def cached(running, path):
+    key = running.cache_key(path)
+    return call_in_reactor(running.runtime.cache.get, key) is not None
+
+
+def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_503(
+        live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(4) as pool, gated_proxy(gate) as running:
+        assert running.get("/media/hot.jpg?w=40")[0] == 200          # a hit for later
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        waiting = [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("b", "c")]
+        wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 30, "b and c waiting")
+        assert metric(running, "mediaproxy_admission_queue") == 2
+        assert metric(running, "mediaproxy_transform_memory_bytes", state="reserved") == ESTIMATE
+        assert metric(running, "mediaproxy_transform_memory_bytes", state="capacity") == 60_000
+
+        status, headers, body, _ = running.get("/media/d.jpg?w=50")
+        assert status == 503
+        assert json.loads(body)["error"] == "overloaded"
+        expected = call_in_reactor(running.runtime.admission.retry_after, ESTIMATE)
+        assert headers["retry-after"] == str(expected)
+        # hits are served meanwhile, straight from memory
+        hit = running.get("/media/hot.jpg?w=40")
+        assert hit[0] == 200 and hit[1]["x-cache"] == "HIT-MEMORY"
+
+        gate.open.set()
+        for future in [first, *waiting]:
+            status, headers, body, _ = future.result(30)
+            assert status == 200 and headers["x-cache"] == "MISS"
+            assert decode(body).size == (50, 50)
+        assert gate.entered == 3
+        wait_for(lambda: state(running) == (0, 0, 0), 30, "every reservation given back")
+        assert not cached(running, "/media/d.jpg?w=50")
+        assert cached(running, "/media/c.jpg?w=50")
+        events = counters(running)
+        assert events.count("admission.shed", reason="queue_full") == 1
+        assert events.count("admission.wait") == 4    # hot, a, b, c
+        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full") == 1
+        assert metric(running, "mediaproxy_admission_wait_seconds_count") == 4
+        health = call_in_reactor(lambda: [
+            indicator.check() for group in running.runtime.pm.hook.mediaproxy_health_indicators(
+                runtime=running.runtime) for indicator in group
+            if indicator.name == "transform_pool"][0])
+        assert health.ok and "0.0 of 0.1 MiB reserved by 0, 0 waiting" in health.detail
+
+
+def test_a_wait_past_the_queue_timeout_is_a_503_and_a_timed_out_transform_keeps_its_memory(
+        live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(2) as pool, \
+            gated_proxy(gate, queue_timeout=0.3, transform_timeout=0.6) as running:
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        status, headers, body, _ = running.get("/media/b.jpg?w=50")
+        assert status == 503 and json.loads(body)["error"] == "overloaded"
+        assert headers["retry-after"] == str(
+            call_in_reactor(running.runtime.admission.retry_after))
+        assert counters(running).count("admission.shed", reason="timeout") == 1
+
+        status, headers, body, _ = first.result(30)
+        assert status == 503 and json.loads(body)["error"] == "transform_timeout"
+        # The client was answered, but the thread still renders: its memory stays reserved.
+        assert state(running) == (ESTIMATE, 1, 0)
+        gate.open.set()
+        wait_for(lambda: state(running) == (0, 0, 0), 30, "released when the thread returned")
+        assert not cached(running, "/media/b.jpg?w=50")
+        status, _, body, _ = running.get("/media/b.jpg?w=50")
+        assert status == 200 and decode(body).size == (50, 50)
+
+
+def test_a_waiter_whose_client_goes_away_leaves_the_queue(live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(1) as pool, gated_proxy(gate) as running:
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        client.sendall(b"GET /media/b.jpg?w=50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: state(running)[2] == 1, 30, "b.jpg waiting")
+        client.close()
+        wait_for(lambda: state(running)[2] == 0, 30, "b.jpg left the queue")
+        assert counters(running).count("admission.cancel") == 1
+        gate.open.set()
+        assert first.result(30)[0] == 200
+        assert gate.entered == 1                     # b.jpg was never rendered
+        assert not cached(running, "/media/b.jpg?w=50")
+        # the next request for it starts afresh
+        status, _, body, _ = running.get("/media/b.jpg?w=50")
+        assert status == 200 and decode(body).size == (50, 50)
+        assert gate.entered == 2
+
+
+def test_a_shared_transform_stays_queued_while_one_of_its_clients_remains(live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(2) as pool, gated_proxy(gate) as running:
+        pipeline = running.runtime.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
+        key = running.cache_key("/media/b.jpg?w=50")
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        client = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        client.sendall(b"GET /media/b.jpg?w=50 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: state(running)[2] == 1, 30, "b.jpg waiting")
+        staying = pool.submit(running.get, "/media/b.jpg?w=50")
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 2, 30, "two clients for b")
+        client.close()
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 1, 30, "one client left")
+        assert state(running) == (ESTIMATE, 1, 1)      # b.jpg still waits, for the other
+        gate.open.set()
+        assert first.result(30)[0] == 200
+        status, headers, body, _ = staying.result(30)
+        assert status == 200 and decode(body).size == (50, 50)
+        assert counters(running).count("admission.cancel") == 0
+        assert gate.entered == 2
+
+
+def test_a_transform_larger_than_the_whole_budget_is_refused_at_once(live_reactor):
+    gate = Gate()
+    with gated_proxy(gate, transform_memory=10_000) as running:
+        status, headers, body, _ = running.get("/media/a.jpg?w=50")
+        assert status == 422 and headers["x-placeholder"] == "image_too_large"
+        assert gate.entered == 0
+        assert counters(running).count("admission.shed", reason="too_large") == 1
+        assert not cached(running, "/media/a.jpg?w=50")
+
+
+def test_a_full_queue_serves_a_copy_within_stale_if_error_rather_than_a_503(live_reactor):
+    gate = Gate()
+    with ThreadPoolExecutor(3) as pool, gated_proxy(gate) as running:
+        assert running.get("/media/hot.jpg?w=40")[0] == 200
+        running.age("/media/hot.jpg?w=40", 86400 + 100)   # past its TTL, within stale-if-error
+        first = pool.submit(running.get, "/media/a.jpg?w=50")
+        wait_for(lambda: gate.entered == 1, 30, "a.jpg admitted and rendering")
+        waiting = [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("b", "c")]
+        wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 30, "b and c waiting")
+        status, headers, body, _ = running.get("/media/hot.jpg?w=40")
+        assert status == 200 and headers["x-cache"] == "STALE"
+        assert decode(body).size == (40, 40)
+        assert counters(running).count("admission.shed", reason="queue_full") == 1
+        gate.open.set()
+        assert [f.result(30)[0] for f in [first, *waiting]] == [200, 200, 200]
