@@ -65,6 +65,20 @@ def test_credentials_are_required(proxy, headers):
     assert status == 401 and body["error"] == "unauthorized"
 
 
+def test_the_admin_listener_says_the_configured_server_name(live_reactor):
+    running = start_proxy(origin=ImageOrigin(files()), overrides={
+        "admin": {"token": TOKEN, "listen": "tcp:0:interface=127.0.0.1"},
+        "server": {"server_header": ""}})
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{admin_port(running)}/admin/cache/stats", headers=AUTH)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200
+            assert response.headers.get_all("Server") is None
+    finally:
+        running.stop()
+
+
 def test_stats(proxy):
     proxy.get("/media/uploads/a.jpg?w=50")
     status, body = call(proxy, "GET", "/admin/cache/stats", headers=AUTH)

@@ -57,6 +57,11 @@ def test_health_reports_every_indicator(proxy):
     assert {check["name"] for check in body["checks"]} >= {"transform_pool", "memory"}
 
 
+def test_the_monitoring_listener_names_no_version(proxy):
+    with urllib.request.urlopen(monitoring_url(proxy, "/metrics"), timeout=10) as response:
+        assert response.headers.get_all("Server") == ["mediaproxy"]
+
+
 def test_the_main_port_reserves_no_path(proxy):
     status, headers, body, _ = proxy.get("/metrics")
     assert status == 404 and b"not found" in body.lower()   # the origin's own 404

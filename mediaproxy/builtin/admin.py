@@ -20,10 +20,10 @@ import json
 from urllib.parse import parse_qsl
 
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from .. import hookimpl
-from ..http.listening import ListeningService
+from ..http.listening import ListeningService, side_site
 from ..logs import request_log
 from ..cache.purge import PurgeScope, purge, source_caches
 from ..http.requestinfo import correlation_id
@@ -144,7 +144,9 @@ def mediaproxy_services(runtime):
     conf = runtime.config.admin
     if conf.token:
         services.append(ListeningService(runtime.reactor, conf.listen,
-                                         Site(AdminResource(runtime)), "admin"))
+                                         side_site(AdminResource(runtime),
+                                                   runtime.config.server.server_header),
+                                         "admin"))
     else:
         runtime.log.info("no admin.token: the admin listener is off")
     return services

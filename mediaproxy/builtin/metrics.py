@@ -173,12 +173,11 @@ class PrometheusMetrics:
         listen = runtime.config.monitoring.listen
         if not listen:
             return []
-        from twisted.web.server import Site
-
-        from ..http.listening import ListeningService
+        from ..http.listening import ListeningService, side_site
         from ..http.monitoring import MonitoringResource
 
-        site = Site(MonitoringResource(runtime, self.registry))
+        site = side_site(MonitoringResource(runtime, self.registry),
+                         runtime.config.server.server_header)
         return [ListeningService(runtime.reactor, listen, site,
                                  "monitoring (/metrics, /health)")]
 

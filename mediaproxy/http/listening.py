@@ -1,6 +1,7 @@
 """
 A service that listens on an endpoint string and remembers the port it got (``tcp:0`` in
-tests), for the side listeners: monitoring and admin.
+tests), for the side listeners: monitoring and admin; and :func:`side_site`, their site, whose
+responses name the server as ``server.server_header`` says (never Twisted's version).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from twisted.application import service
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.web import server
 
 log = Logger(namespace="mediaproxy")
 
@@ -43,3 +45,21 @@ class ListeningService(service.Service):
         if self.port is not None:
             return maybeDeferred(self.port.stopListening)
         return None
+
+
+def side_site(resource, server_header: str) -> server.Site:
+    """A plain :class:`~twisted.web.server.Site` for a side listener whose responses say
+    ``Server: <server_header>`` (no header when empty), like the main port's own answers."""
+
+    class SideRequest(server.Request):
+        def write(self, data: bytes) -> None:
+            if not self.startedWriting:
+                if server_header:
+                    self.responseHeaders.setRawHeaders(b"Server", [server_header.encode("ascii")])
+                else:
+                    self.responseHeaders.removeHeader(b"Server")
+            super().write(data)
+
+    site = server.Site(resource)
+    site.requestFactory = SideRequest
+    return site
