@@ -29,7 +29,7 @@ def make_policy(clock, failures=SOURCE_FAILURES, *, seed=1, events=None, retries
     backend = BackendConfig(retries=retries, max_concurrent=max_concurrent, header_timeout=5,
                             retry_backoff=0.1, retry_backoff_max=1.0)
     config = BreakerConfig(**{"min_calls": 4, "failure_ratio": 0.5, "open_for": 10,
-                              "probes": 1, **breaker})
+                              "probes": 1, "consecutive_failures": 0, **breaker})
     log = Logger(namespace="test", observer=(events if events is not None else []).append)
     return BackendPolicy.from_config(clock, backend, config, failures, name="test", log=log,
                                      retry=RetryPolicy.from_config(backend, random.Random(seed)))
@@ -88,7 +88,9 @@ def test_cancelled_calls_are_not_counted_at_all():
         one_call(policy, CANCELLED)
     assert policy.breaker.state == CLOSED          # still 3 calls < min_calls
     one_call(policy, ANSWERED, 200)
-    assert policy.breaker.state == OPEN            # 3 of 4 failed
+    assert policy.breaker.state == CLOSED          # a success is never judged
+    one_call(policy, CONNECTION)
+    assert policy.breaker.state == OPEN            # 4 of 5 failed
 
 
 def test_each_attempt_is_recorded_once():
@@ -285,6 +287,6 @@ def test_passthrough_and_source_fetches_each_have_their_own_policy():
     assert through.breaker is not source.breaker and through.limit is not source.limit
     assert through.limit.limit == source.limit.limit == 3
     assert through.header_timeout == source.header_timeout == 7
-    for _ in range(20):
+    for _ in range(5):                  # backend.image_breaker.consecutive_failures
         one_call(source, ANSWERED, 500)
     assert source.breaker.state == OPEN and through.breaker.state == CLOSED

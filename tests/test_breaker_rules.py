@@ -22,7 +22,7 @@ def make(clock=None, **kw):
     clock = clock or Clock()
     changes = []
     settings = {"failure_ratio": 0.5, "min_calls": 4, "window": 10, "open_for": 5,
-                "probes": 2, **kw}
+                "probes": 2, "consecutive_failures": 0, **kw}
     b = CircuitBreaker(clock, "rules", on_change=lambda *c: changes.append(c), **settings)
     return b, clock, changes
 
@@ -76,12 +76,16 @@ def test_successes_alone_never_open_it():
     assert b.state == CLOSED and changes == []
 
 
-def test_a_ratio_judged_on_a_success_counts_it():
+def test_a_success_is_never_judged_but_counts_for_the_next_failure():
+    # The issue: a breaker judged on a success tripped after the backend had recovered (the
+    # first successes filled the window up to min_calls while old failures were still in it).
     b, _, _ = make(failure_ratio=0.5, min_calls=4)
     for _ in range(3):
         b.failure()
     assert b.state == CLOSED          # three calls: not enough to judge
-    b.success()                       # the 4th call is a success: 3 of 4 failed
+    b.success()                       # the 4th call is a success: 3 of 4 failed, still closed
+    assert b.state == CLOSED
+    b.failure()                       # 4 of 5 failed, judged on a failure
     assert b.state == OPEN
 
 
@@ -115,12 +119,14 @@ def test_successes_that_left_the_window_no_longer_dilute_failures():
     assert b.state == OPEN            # 4 of 4
 
 
-def test_the_window_keeps_old_failures_that_a_success_reveals():
-    b, clock, _ = make(min_calls=3, failure_ratio=0.5, window=30)
+def test_the_window_keeps_old_failures_that_a_later_failure_reveals():
+    b, clock, _ = make(min_calls=4, failure_ratio=0.5, window=30)
     b.failure()
     b.failure()
     clock.advance(20)
-    b.success()                       # 2 of 3 in the last 30 s
+    b.success()                       # 2 of 3 in the last 30 s: a success never opens it
+    assert b.state == CLOSED
+    b.failure()                       # 3 of 4 in the last 30 s
     assert b.state == OPEN
 
 
