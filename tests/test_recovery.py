@@ -170,6 +170,26 @@ def test_a_dead_image_backend_answers_placeholders_without_a_connection(listen):
         assert proxy.get("/ok/").status == 200           # the pass-through breaker is apart
 
 
+def test_while_the_image_breaker_is_open_a_stale_copy_is_served_without_a_fetch(live_reactor):
+    origin = ImageOrigin({"/media/a.jpg": IMAGE})
+    with start_proxy(origin=origin, overrides={
+            "backend": {"retry_backoff": 0.001, "image_breaker": {"open_for": 60}},
+            "cache": {"memory": {"ttl": 100}, "stale_if_error": 1000,
+                      "source": {"memory_bytes": 0}, "negative_error_ttl": 0}}) as proxy:
+        path = "/media/a.jpg?w=30"
+        status, _, body, _ = proxy.get(path)
+        assert status == 200
+        proxy.age(path, 150)                             # past its TTL, within stale_if_error
+        origin.files["/media/b.jpg"] = (502, b"bad gateway", "text/plain", [])
+        for _ in range(2):                               # 3 + 2 failed attempts open it
+            assert proxy.get("/media/b.jpg?w=30").status == 502
+        assert proxy.runtime.fetcher.breaker.state == "open"
+        hits = sum(origin.hits.values())
+        status, headers, stale, _ = proxy.get(path)
+        assert (status, headers["x-cache"], stale) == (200, "STALE", body)
+        assert sum(origin.hits.values()) == hits         # the breaker refused the refresh
+
+
 # -- service comes back --------------------------------------------------------------------------
 
 def _fetch_every_time(**overrides) -> dict:

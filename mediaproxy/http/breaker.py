@@ -105,8 +105,7 @@ class CircuitBreaker:
             self._probe_successes += 1
             if self._probe_successes >= self.probes:
                 self._slots.clear()
-                self._streak = 0
-                self._set(CLOSED)
+                self._set(CLOSED)       # the streak is 0: _open() reset it, nothing since
             return
         if self.state == CLOSED:
             self._streak = 0
