@@ -331,16 +331,23 @@ class BreakerConfig:
         0.5, "float", "Open when at least this share of the calls in the window failed.",
         _between(0.01, 1))
     min_calls: int = setting(
-        20, "int", "Calls the window must hold before the ratio is judged (a few failures "
+        10, "int", "Calls the window must hold before the ratio is judged (a few failures "
         "after a quiet spell do not open it).", _at_least(1))
     window: float = setting(
-        30.0, "float", "Seconds of history the failure ratio is computed over.", _at_least(1))
+        5.0, "float", "Seconds of history the failure ratio is computed over (one-second "
+        "slots). Short, so failures from before the backend recovered are soon forgotten.",
+        _at_least(1))
     open_for: float = setting(
-        10.0, "float", "Seconds the breaker stays open before it lets probe calls through "
-        "(half-open).", _at_least(0.01))
+        1.0, "float", "Seconds the breaker stays open (every call refused at once) before it "
+        "lets probe calls through (half-open). Service comes back at most this long after "
+        "the backend does.", _at_least(0.01))
     probes: int = setting(
-        3, "int", "Probe calls let through at once while half-open; that many successes in a "
+        1, "int", "Probe calls let through at once while half-open; that many successes in a "
         "row close the breaker, one failure opens it again.", _at_least(1))
+    consecutive_failures: int = setting(
+        5, "int", "Failures in a row that open the breaker whatever the window holds, so a "
+        "dead backend is known dead after a few calls even when traffic is light (0: only "
+        "the ratio opens it).", _at_least(0))
 
 
 @frozen
@@ -536,8 +543,9 @@ class CacheConfig:
         86400.0, "float", "Seconds past its TTL an entry is served (X-Cache: STALE) when the "
         "backend fails.", _at_least(0))
     negative_ttl: float = setting(
-        60.0, "float", "Seconds a backend 404/5xx for a source is remembered, so a missing image "
-        "is not fetched on every hit (0: off).", _at_least(0))
+        60.0, "float", "Seconds a backend 404 (or other 4xx) for a source is remembered, so a "
+        "missing image is not fetched on every hit (0: off). A 5xx is remembered for "
+        "cache.negative_error_ttl instead.", _at_least(0))
     memory: MemoryCacheConfig = section(MemoryCacheConfig, "The in-process LRU layer.")
     source: SourceCacheConfig = section(SourceCacheConfig, "Originals fetched from the "
                                         "backend.")
@@ -559,6 +567,12 @@ class CacheConfig:
         "stored, collapsed for one that waited for another request's transform, ttl (negative) "
         "for a stale copy. X-Cache is sent as well (x_cache_header). Empty: no Cache-Status.",
         _cache_name)
+
+    # recovery
+    negative_error_ttl: float = setting(
+        1.0, "float", "Seconds a failed source fetch (the backend answered 5xx or could not be "
+        "reached) is remembered, never longer than cache.stale_if_error: short, so images work "
+        "again within about a second of the backend (0: off).", _at_least(0))
 
 
 @frozen

@@ -29,7 +29,7 @@ def make_policy(clock, failures=SOURCE_FAILURES, *, seed=1, events=None, retries
     backend = BackendConfig(retries=retries, max_concurrent=max_concurrent, header_timeout=5,
                             retry_backoff=0.1, retry_backoff_max=1.0)
     config = BreakerConfig(**{"min_calls": 4, "failure_ratio": 0.5, "open_for": 10,
-                              "probes": 1, **breaker})
+                              "probes": 1, "consecutive_failures": 0, **breaker})
     log = Logger(namespace="test", observer=(events if events is not None else []).append)
     return BackendPolicy.from_config(clock, backend, config, failures, name="test", log=log,
                                      retry=RetryPolicy.from_config(backend, random.Random(seed)))
@@ -88,7 +88,9 @@ def test_cancelled_calls_are_not_counted_at_all():
         one_call(policy, CANCELLED)
     assert policy.breaker.state == CLOSED          # still 3 calls < min_calls
     one_call(policy, ANSWERED, 200)
-    assert policy.breaker.state == OPEN            # 3 of 4 failed
+    assert policy.breaker.state == CLOSED          # a success is never judged
+    one_call(policy, CONNECTION)
+    assert policy.breaker.state == OPEN            # 4 of 5 failed
 
 
 def test_each_attempt_is_recorded_once():
@@ -204,6 +206,74 @@ def test_retries_stop_at_the_budget(retries):
     call.release()
 
 
+def test_no_retry_once_the_breaker_is_open_and_no_jitter_drawn():
+    twin = random.Random(3)
+    clock = Clock()
+    policy = make_policy(clock, seed=3, retries=5, consecutive_failures=2, min_calls=100)
+    call = policy.call()
+    assert call.admit() is None and call.attempt() is None
+    call.record(CONNECTION)
+    assert call.retry_delay(CONNECTION) == twin.uniform(0, 0.1)   # one failure: retry
+    assert call.attempt() is None
+    call.record(CONNECTION)                       # the second in a row opens the breaker
+    assert policy.breaker.state == OPEN
+    assert call.retry_delay(CONNECTION) is None   # answer now, not after a backoff
+    assert call.retry_delay(ANSWERED, 503) is None
+    assert policy.retry.rng.random() == twin.random()   # nothing was drawn for the noes
+    assert call.attempts == 2
+    call.release()
+
+
+def _dead_backend_call(policy, clock, kind=CONNECTION, status=None) -> tuple[int, str | None]:
+    """One whole call against a backend whose every attempt ends as told, the way the fetcher
+    and the pass-through drive it. Returns (attempts, the refusal reason if one ended it)."""
+    call = policy.call()
+    assert call.admit() is None
+    ended: list = []
+
+    def attempt():
+        refusal = call.attempt()
+        if refusal is not None:
+            ended.append(refusal.reason)
+            return
+        call.record(kind, status)
+        delay = call.retry_delay(kind, status)
+        if delay is None:
+            ended.append(None)
+            return
+        call.retry_later(delay, attempt)
+
+    attempt()
+    for _ in range(1000):
+        if ended:
+            break
+        clock.advance(0.01)
+    call.release()
+    assert ended and not clock.getDelayedCalls()
+    return call.attempts, ended[0]
+
+
+@pytest.mark.parametrize("kind, status", [(CONNECTION, None), (ANSWERED, 502),
+                                          (ANSWERED, 503)])
+def test_with_the_defaults_a_dead_backend_costs_five_attempts_then_none(kind, status):
+    # backend.retries 2: three attempts a call; image breaker: five failures in a row open it
+    clock = Clock()
+    policy = BackendPolicy.from_config(clock, BackendConfig(), BreakerConfig(), SOURCE_FAILURES,
+                                       name="images", log=Logger(observer=lambda e: None),
+                                       retry=RetryPolicy.from_config(BackendConfig(),
+                                                                     random.Random(5)))
+    assert _dead_backend_call(policy, clock, kind, status) == (3, None)
+    assert _dead_backend_call(policy, clock, kind, status) == (2, None)   # opened on the 5th
+    for _ in range(10):
+        assert _dead_backend_call(policy, clock, kind, status) == (0, CIRCUIT_OPEN)
+    clock.advance(1.01)                          # open_for (and a hair: float sums)
+    assert _dead_backend_call(policy, clock, kind, status) == (1, None)   # the probe failed
+    assert _dead_backend_call(policy, clock, kind, status) == (0, CIRCUIT_OPEN)
+    clock.advance(1.01)
+    assert _dead_backend_call(policy, clock, ANSWERED, 200) == (1, None)  # the probe succeeds
+    assert policy.breaker.state == CLOSED
+
+
 def test_the_backoff_is_full_jitter_and_drawn_only_for_a_yes():
     twin = random.Random(7)
     clock = Clock()
@@ -285,6 +355,6 @@ def test_passthrough_and_source_fetches_each_have_their_own_policy():
     assert through.breaker is not source.breaker and through.limit is not source.limit
     assert through.limit.limit == source.limit.limit == 3
     assert through.header_timeout == source.header_timeout == 7
-    for _ in range(20):
+    for _ in range(5):                  # backend.image_breaker.consecutive_failures
         one_call(source, ANSWERED, 500)
     assert source.breaker.state == OPEN and through.breaker.state == CLOSED

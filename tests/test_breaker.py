@@ -30,7 +30,8 @@ from mediaproxy.testing import make_image, start_origin, start_proxy
 def breaker(clock, **kw):
     changes = []
     b = CircuitBreaker(clock, "test", on_change=lambda *c: changes.append(c[1:]), **{
-        "failure_ratio": 0.5, "min_calls": 4, "window": 10, "open_for": 5, "probes": 2, **kw})
+        "failure_ratio": 0.5, "min_calls": 4, "window": 10, "open_for": 5, "probes": 2,
+        "consecutive_failures": 0, **kw})
     return b, changes
 
 
@@ -42,7 +43,9 @@ def test_opens_on_the_failure_ratio_once_the_window_holds_enough_calls():
         b.failure()
     assert b.state == CLOSED        # 3 calls < min_calls
     b.success()
-    assert b.state == OPEN          # 3 of 4 failed >= 50 %
+    assert b.state == CLOSED        # 3 of 4 failed, but a success is never judged
+    b.failure()
+    assert b.state == OPEN          # 4 of 5 failed >= 50 %
     assert changes == [(CLOSED, OPEN)]
     assert not b.allow() and b.retry_after() == 5
 
@@ -187,8 +190,9 @@ def test_connection_errors_are_retried_with_backoff_then_open_the_breaker():
     f = fetcher(clock, agent, retries=2)
     error = run(clock, f)
     assert (error.status, error.error, agent.calls) == (502, "backend_unavailable", 3)
-    error = run(clock, f)           # the 4th failed call opens the breaker: no 5th call
-    assert (error.status, error.error, agent.calls) == (503, "circuit_open", 4)
+    error = run(clock, f)           # the 4th failed call opens the breaker: no 5th call, and
+    # no backoff either: the fetch ends at once with that attempt's own error
+    assert (error.status, error.error, agent.calls) == (502, "backend_unavailable", 4)
     error = run(clock, f)           # open: failing at once, nothing sent
     assert (error.status, error.error, agent.calls) == (503, "circuit_open", 4)
     assert f.breaker.state == OPEN

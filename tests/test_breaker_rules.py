@@ -22,7 +22,7 @@ def make(clock=None, **kw):
     clock = clock or Clock()
     changes = []
     settings = {"failure_ratio": 0.5, "min_calls": 4, "window": 10, "open_for": 5,
-                "probes": 2, **kw}
+                "probes": 2, "consecutive_failures": 0, **kw}
     b = CircuitBreaker(clock, "rules", on_change=lambda *c: changes.append(c), **settings)
     return b, clock, changes
 
@@ -76,12 +76,16 @@ def test_successes_alone_never_open_it():
     assert b.state == CLOSED and changes == []
 
 
-def test_a_ratio_judged_on_a_success_counts_it():
+def test_a_success_is_never_judged_but_counts_for_the_next_failure():
+    # The issue: a breaker judged on a success tripped after the backend had recovered (the
+    # first successes filled the window up to min_calls while old failures were still in it).
     b, _, _ = make(failure_ratio=0.5, min_calls=4)
     for _ in range(3):
         b.failure()
     assert b.state == CLOSED          # three calls: not enough to judge
-    b.success()                       # the 4th call is a success: 3 of 4 failed
+    b.success()                       # the 4th call is a success: 3 of 4 failed, still closed
+    assert b.state == CLOSED
+    b.failure()                       # 4 of 5 failed, judged on a failure
     assert b.state == OPEN
 
 
@@ -115,13 +119,148 @@ def test_successes_that_left_the_window_no_longer_dilute_failures():
     assert b.state == OPEN            # 4 of 4
 
 
-def test_the_window_keeps_old_failures_that_a_success_reveals():
-    b, clock, _ = make(min_calls=3, failure_ratio=0.5, window=30)
+def test_the_window_keeps_old_failures_that_a_later_failure_reveals():
+    b, clock, _ = make(min_calls=4, failure_ratio=0.5, window=30)
     b.failure()
     b.failure()
     clock.advance(20)
-    b.success()                       # 2 of 3 in the last 30 s
+    b.success()                       # 2 of 3 in the last 30 s: a success never opens it
+    assert b.state == CLOSED
+    b.failure()                       # 3 of 4 in the last 30 s
     assert b.state == OPEN
+
+
+# -- failures in a row ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("streak", [1, 2, 5])
+def test_streak_minus_one_failures_in_a_row_stay_closed_the_next_one_opens(streak):
+    b, _, changes = make(consecutive_failures=streak, min_calls=100)
+    for _ in range(streak - 1):
+        b.failure()
+    assert b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN and changes == [("rules", CLOSED, OPEN)]
+
+
+def test_a_success_breaks_the_streak():
+    b, _, _ = make(consecutive_failures=3, min_calls=100)
+    for _ in range(5):
+        b.failure()
+        b.failure()
+        b.success()                   # 10 failures in all, never three in a row
+    assert b.state == CLOSED
+    b.failure()
+    b.failure()
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_the_streak_ignores_the_window_and_a_quiet_spell():
+    b, clock, _ = make(consecutive_failures=3, min_calls=100, window=2)
+    b.failure()
+    clock.advance(60)                 # long out of the window, still the last call made
+    b.failure()
+    clock.advance(60)
+    assert b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_cancelled_calls_neither_break_nor_extend_the_streak():
+    b, _, _ = make(consecutive_failures=2, min_calls=100)
+    b.failure()
+    b.release()
+    assert b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_the_streak_starts_afresh_after_each_opening():
+    b, clock, _ = make(consecutive_failures=2, min_calls=100, open_for=5, probes=1)
+    b.failure()
+    b.failure()
+    assert b.state == OPEN
+    clock.advance(5)
+    assert b.allow()
+    b.success()                       # the probe closes it
+    b.failure()
+    assert b.state == CLOSED          # one in a row, not three
+    b.failure()
+    assert b.state == OPEN
+
+
+def test_no_streak_rule_when_consecutive_failures_is_zero():
+    b, _, _ = make(consecutive_failures=0, min_calls=100)
+    for _ in range(99):
+        b.failure()
+    assert b.state == CLOSED
+    b.failure()                       # the ratio rule: 100 of 100
+    assert b.state == OPEN
+
+
+def test_old_failures_cannot_trip_it_once_the_backend_answers_again():
+    # The issue: with 9 failures in the window (min_calls 10), the first success after the
+    # backend recovered filled the window and opened the breaker for a whole open_for.
+    b, clock, changes = make(min_calls=10, failure_ratio=0.5, window=5)
+    for _ in range(9):
+        b.failure()
+        clock.advance(0.1)
+    for _ in range(20):
+        assert b.allow()
+        b.success()
+    assert b.state == CLOSED and changes == []
+
+
+# -- recovery with the defaults ------------------------------------------------------------------
+
+def _first_success_after(recovers_at: float, every: float, limit: float = 30.0):
+    """A default breaker in front of a backend that fails every call until ``recovers_at`` and
+    answers every call after; a call is tried every ``every`` seconds. Returns (the time of the
+    first call that went through and succeeded, calls refused without reaching the backend,
+    calls that reached it)."""
+    clock = Clock()
+    b = CircuitBreaker.from_config(clock, "defaults", BreakerConfig())
+    refused = reached = 0
+    while clock.seconds() < limit:
+        if not b.allow():
+            refused += 1
+        else:
+            reached += 1
+            if clock.seconds() >= recovers_at:
+                b.success()
+                return clock.seconds(), refused, reached
+            b.failure()
+        clock.advance(every)
+    raise AssertionError("never recovered")
+
+
+@pytest.mark.parametrize("recovers_at", [0.05, 0.5, 1.0, 3.33, 7.7, 20.0, 29.0])
+@pytest.mark.parametrize("every", [0.01, 0.1, 0.25])
+def test_with_the_defaults_service_returns_within_open_for_of_the_backend(recovers_at, every):
+    back, refused, reached = _first_success_after(recovers_at, every)
+    # The breaker is open at most open_for (1 s) past the backend's recovery, plus the wait
+    # for the next call.
+    assert recovers_at <= back < recovers_at + 1.0 + every + 1e-9
+    if recovers_at > 5 * every + 1e-9:
+        assert refused > 0            # it did open: calls were refused at once meanwhile
+        # ... and let about one probe a second through: 5 to open it, then one per open_for
+        assert reached <= 5 + int(recovers_at / 1.0) + 2
+
+
+def test_with_the_defaults_a_dead_backend_is_known_dead_after_five_calls():
+    clock = Clock()
+    b = CircuitBreaker.from_config(clock, "defaults", BreakerConfig())
+    for _ in range(4):
+        assert b.allow()
+        b.failure()
+    assert b.allow() and b.state == CLOSED
+    b.failure()
+    assert b.state == OPEN and not b.allow() and b.retry_after() == 1
+    clock.advance(1)
+    assert b.allow() and not b.allow()          # one probe at a time
+    b.success()
+    assert b.state == CLOSED                    # one success closes it at once
+    assert all(b.allow() for _ in range(50))
 
 
 # -- how long it stays open ----------------------------------------------------------------------
@@ -312,7 +451,7 @@ def test_a_breaker_without_an_observer_changes_state_all_the_same():
 def test_from_config_takes_every_setting():
     seen = []
     config = BreakerConfig(enabled=True, failure_ratio=1.0, min_calls=3, window=2.0,
-                           open_for=7.0, probes=1)
+                           open_for=7.0, probes=1, consecutive_failures=4)
     clock = Clock()
     b = CircuitBreaker.from_config(clock, "images", config,
                                    on_change=lambda *c: seen.append(c))
@@ -331,12 +470,21 @@ def test_from_config_takes_every_setting():
                                                                     min_calls=1))
     disabled.failure()
     assert disabled.state == CLOSED
+    streak = CircuitBreaker.from_config(clock, "y", BreakerConfig(min_calls=100,
+                                                                  consecutive_failures=4))
+    for _ in range(3):
+        streak.failure()
+    assert streak.state == CLOSED
+    streak.failure()
+    assert streak.state == OPEN
 
 
 def test_a_breaker_built_without_settings_has_the_documented_defaults():
     b, c = CircuitBreaker(Clock(), "plain"), BreakerConfig()
-    assert (b.failure_ratio, b.min_calls, b.window, b.open_for, b.probes, b.enabled) == (
-        c.failure_ratio, c.min_calls, c.window, c.open_for, c.probes, c.enabled)
+    assert (b.failure_ratio, b.min_calls, b.window, b.open_for, b.probes, b.enabled,
+            b.consecutive_failures) == (c.failure_ratio, c.min_calls, c.window, c.open_for,
+                                        c.probes, c.enabled, c.consecutive_failures)
+    assert (c.window, c.open_for, c.probes, c.consecutive_failures) == (5.0, 1.0, 1, 5)
     assert (b.state, b.on_change) == (CLOSED, None)
     policy, backend = RetryPolicy(), BackendConfig()
     assert (policy.retries, policy.base, policy.maximum) == (

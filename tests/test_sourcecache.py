@@ -88,3 +88,56 @@ def test_concurrent_fetches_join_the_first():
     assert cache.joined == 1
     pending.callback(SourceImage(b"first"))
     assert result_of(first).body == result_of(second).body == b"first"
+
+
+def _failing(calls, status, error):
+    def backend():
+        calls.append(1)
+        return fail(SourceError(status, error, "down"))
+    return backend
+
+
+def test_a_backend_failure_is_remembered_for_error_ttl_and_hits_never_extend_it():
+    # The issue: every negative hit stored the failure again with a fresh TTL, so a source
+    # asked for more often than the TTL stayed broken after the backend had recovered.
+    now = [0.0]
+    cache = SourceCache(Runtime(), max_bytes=10_000, ttl=100, negative_ttl=60, error_ttl=1.0,
+                        clock=lambda: now[0])
+    calls = []
+    backend = _failing(calls, 502, "backend_error")
+    for t in (0.0, 0.3, 0.6, 0.9, 0.99):
+        now[0] = t
+        assert result_of(fetch_through(cache, "/media/a.jpg", backend)).value.status == 502
+    assert len(calls) == 1 and cache.negative_hits == 4
+    now[0] = 1.0                     # one second after the failure, however many hits since
+    assert result_of(fetch_through(cache, "/media/a.jpg", lambda: succeed(
+        SourceImage(b"back")))).body == b"back"
+    assert result_of(fetch_through(cache, "/media/a.jpg", backend)).body == b"back"
+
+
+def test_a_missing_source_keeps_the_long_ttl_and_its_hits_never_extend_it_either():
+    now = [0.0]
+    cache = SourceCache(Runtime(), max_bytes=10_000, ttl=100, negative_ttl=60, error_ttl=1.0,
+                        clock=lambda: now[0])
+    calls = []
+    backend = _failing(calls, 404, "source_not_found")
+    for t in (0, 1, 30, 59.9):
+        now[0] = t
+        assert result_of(fetch_through(cache, "/media/gone.jpg", backend)).value.status == 404
+    assert len(calls) == 1
+    now[0] = 60
+    result_of(fetch_through(cache, "/media/gone.jpg", backend))
+    assert len(calls) == 2
+
+
+def test_each_kind_of_failure_can_be_switched_off_alone():
+    only_missing = SourceCache(Runtime(), max_bytes=0, ttl=100, negative_ttl=60, error_ttl=0)
+    only_errors = SourceCache(Runtime(), max_bytes=0, ttl=100, negative_ttl=0, error_ttl=5)
+    for cache, remembered in ((only_missing, {404}), (only_errors, {502})):
+        for status, error in ((404, "source_not_found"), (502, "backend_unavailable"),
+                              (503, "circuit_open")):
+            calls = []
+            backend = _failing(calls, status, error)
+            result_of(fetch_through(cache, f"/media/{status}.jpg", backend))
+            result_of(fetch_through(cache, f"/media/{status}.jpg", backend))
+            assert len(calls) == (1 if status in remembered else 2), (cache, status)

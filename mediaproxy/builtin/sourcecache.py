@@ -4,9 +4,15 @@ bytes, for ``cache.source.ttl`` seconds; and in the file layer when there is one
 ``cache.source.file_ttl``) so the eight sizes of a srcset fetch their photo once, across
 restarts too, and concurrent fetches of one original share one backend request.
 
-It is also the negative cache: a source the backend answered 404 or 5xx for is remembered for
-``cache.negative_ttl`` seconds, and asked for again only after that, so a page full of broken
-image links does not send one backend request per hit.
+It is also the negative cache: a source the backend answered 404 for (or another 4xx) is
+remembered for ``cache.negative_ttl`` seconds (a minute), and asked for again only after that, so
+a page full of broken image links does not send one backend request per hit. A source whose
+fetch failed on the backend's side (a 5xx, or the backend unreachable: a 502 to the client) is
+remembered only for ``cache.negative_error_ttl`` seconds (one), never longer than
+``cache.stale_if_error``: long enough that a burst of hits on a failing backend costs it one
+request, short enough that the image works again about a second after the backend does. (The
+image circuit breaker protects a failing backend beyond that.) A 503 (breaker open, backend
+busy) or a timeout is not remembered at all.
 
 Two hook implementations on one object: a ``tryfirst`` fetch that answers from the cache (or
 joins a fetch under way), and a wrapper that records every other fetch and keeps its result.
@@ -25,8 +31,9 @@ from ..cache.layered import find_layer
 from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
 
-#: Statuses of a failed fetch worth remembering: the source is missing or the backend broken.
-#: Timeouts and size limits are not remembered (the next try may well succeed).
+#: Statuses of a failed fetch worth remembering: the source is missing (404, for
+#: ``negative_ttl``) or the backend broken (502, for ``error_ttl``). Timeouts, size limits and
+#: refusals (503) are not remembered (the next try may well succeed).
 NEGATIVE_STATUSES = (404, 502)
 
 
@@ -43,6 +50,7 @@ class SourceCache:
     ttl: float
     negative_ttl: float = 60.0
     clock: object = time.monotonic
+    error_ttl: float = 1.0          #: seconds a 502 is remembered (already capped by the caller)
     hits: int = 0
     joined: int = 0
     negative_hits: int = 0
@@ -50,13 +58,23 @@ class SourceCache:
     _cache: TLRUCache = attrs.field(init=False)
     _negative: TLRUCache = attrs.field(init=False)
     _inflight: dict = attrs.field(factory=dict)
+    _negative_answer: object = None   # the Deferred of the last negative hit, for record_fetch
 
     def __attrs_post_init__(self):
-        ttl, negative_ttl = self.ttl, self.negative_ttl
+        ttl = self.ttl
         self._cache = TLRUCache(maxsize=max(self.max_bytes, 1), ttu=lambda k, v, now: now + ttl,
                                 timer=self.clock, getsizeof=lambda source: len(source.body) + 256)
-        self._negative = TLRUCache(maxsize=10_000, ttu=lambda k, v, now: now + negative_ttl,
+        self._negative = TLRUCache(maxsize=10_000,
+                                   ttu=lambda k, v, now: now + self._negative_ttl(v[0]),
                                    timer=self.clock)
+
+    def _negative_ttl(self, status: int) -> float:
+        """How long a failed fetch answered with ``status`` is remembered (0: not at all)."""
+        if status == 404:
+            return self.negative_ttl
+        if status == 502:
+            return self.error_ttl
+        return 0.0
 
     @hookimpl(tryfirst=True)
     def mediaproxy_fetch_source(self, image_request, request, runtime):
@@ -68,11 +86,12 @@ class SourceCache:
             self.hits += 1
             runtime.emit("source.hit", correlation_id=request.correlation_id)
             return succeed(source)
-        failed = self._negative.get(path) if self.negative_ttl > 0 else None
+        failed = self._negative.get(path)
         if failed is not None:
             self.negative_hits += 1
             runtime.emit("source.negative_hit", correlation_id=request.correlation_id)
-            return fail(SourceError(*failed))
+            answer = self._negative_answer = fail(SourceError(*failed))
+            return answer
         waiters = self._inflight.get(path)
         if waiters is not None:
             self.joined += 1
@@ -123,17 +142,22 @@ class SourceCache:
     def record_fetch(self, image_request, request, runtime):
         fetching = yield
         path = image_request.source_path
-        if (fetching is None or image_request.validators or path in self._inflight
-                or path in self._cache):
-            return fetching  # nobody fetches it, or it was answered from here
+        remembered, self._negative_answer = self._negative_answer, None
+        if (fetching is None or fetching is remembered or image_request.validators
+                or path in self._inflight or path in self._cache):
+            # Nobody fetches it, or it was answered from here. A remembered failure in
+            # particular is not remembered again: each hit would start its time afresh, and a
+            # source asked for more often than the TTL stayed failed for good after the backend
+            # recovered.
+            return fetching
         waiters = self._inflight[path] = []
 
         def done(result):
             del self._inflight[path]
             if isinstance(result, SourceImage):
                 self.keep(path, result)
-            elif (self.negative_ttl > 0 and result.check(SourceError)
-                  and result.value.status in NEGATIVE_STATUSES):
+            elif (result.check(SourceError) and result.value.status in NEGATIVE_STATUSES
+                  and self._negative_ttl(result.value.status) > 0):
                 error = result.value
                 self._negative[path] = (error.status, error.error, error.message)
             for d in waiters:
@@ -165,9 +189,10 @@ class SourceCache:
 
 @hookimpl
 def mediaproxy_configure(runtime):
-    conf = runtime.config.cache.source
-    if (conf.memory_bytes > 0 or runtime.config.cache.negative_ttl > 0
-            or runtime.config.cache.file.dir):
+    cache = runtime.config.cache
+    conf = cache.source
+    error_ttl = min(cache.negative_error_ttl, cache.stale_if_error)
+    if conf.memory_bytes > 0 or cache.negative_ttl > 0 or error_ttl > 0 or cache.file.dir:
         runtime.pm.register(SourceCache(runtime, conf.memory_bytes, conf.ttl,
-                                        runtime.config.cache.negative_ttl),
+                                        cache.negative_ttl, error_ttl=error_ttl),
                             "mediaproxy.builtin.sourcecache.memory")

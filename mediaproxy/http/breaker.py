@@ -3,14 +3,24 @@ The parts of the backend client's policy: circuit breakers, the retry backoff, t
 limit. :mod:`mediaproxy.http.policy` puts them together, once for pass-through and once for
 source fetches, and decides when each is asked and told.
 
-A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a sliding window
-(``window`` seconds, kept in one-second slots, so memory is bounded whatever the traffic):
+A :class:`CircuitBreaker` watches the outcome of calls to one dependency over a short sliding
+window (``window`` seconds, kept in one-second slots, so memory is bounded whatever the
+traffic):
 
-* **closed**: every call goes through. Once the window holds at least ``min_calls`` calls and
-  ``failure_ratio`` of them failed, it **opens**.
+* **closed**: every call goes through. It **opens** on a failure when either
+  ``consecutive_failures`` calls in a row failed (a dead backend is known dead after a handful
+  of calls, however quiet the traffic), or the window holds at least ``min_calls`` calls and
+  ``failure_ratio`` of them failed (a backend failing one call in two). Only a failure is
+  judged: a success never opens it, so failures from before a recovery cannot trip it once the
+  backend answers again.
 * **open**: :meth:`~CircuitBreaker.allow` says no, at once, for ``open_for`` seconds.
 * **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
-  close it, one failure opens it again for another ``open_for``.
+  close it (with the default of one probe: the first success closes it at once), one failure
+  opens it again for another ``open_for``.
+
+So after the backend comes back, calls go through again within ``open_for`` seconds (the time
+until the next probe) plus one call: with the defaults (window 5 s, open 1 s, one probe) about
+a second, never the tens of seconds a long window and a long open time would take.
 
 What a failure is belongs to the caller (:class:`mediaproxy.http.policy.Failures`): the image
 breaker counts connection errors, timeouts and 5xx, the pass-through breaker only connection
@@ -39,14 +49,16 @@ class CircuitBreaker:
     clock: Any
     name: str
     failure_ratio: float = 0.5
-    min_calls: int = 20
-    window: float = 30.0
-    open_for: float = 10.0
-    probes: int = 3
+    min_calls: int = 10
+    window: float = 5.0
+    open_for: float = 1.0
+    probes: int = 1
     enabled: bool = True
     on_change: Callable[[str, str, str], None] | None = None
+    consecutive_failures: int = 5     #: failures in a row that open it (0: only the ratio)
     state: str = CLOSED
     _slots: dict = attrs.field(factory=dict)   # second -> [calls, failures]
+    _streak: int = 0                           # failures in a row while closed
     _opened_at: float = 0.0
     _probing: int = 0
     _probe_successes: int = 0
@@ -56,7 +68,8 @@ class CircuitBreaker:
         """From a :class:`~mediaproxy.config.BreakerConfig`."""
         return cls(clock, name, failure_ratio=config.failure_ratio, min_calls=config.min_calls,
                    window=config.window, open_for=config.open_for, probes=config.probes,
-                   enabled=config.enabled, on_change=on_change)
+                   enabled=config.enabled, on_change=on_change,
+                   consecutive_failures=config.consecutive_failures)
 
     # -- asking ----------------------------------------------------------------------------
 
@@ -92,10 +105,11 @@ class CircuitBreaker:
             self._probe_successes += 1
             if self._probe_successes >= self.probes:
                 self._slots.clear()
-                self._set(CLOSED)
+                self._set(CLOSED)       # the streak is 0: _open() reset it, nothing since
             return
         if self.state == CLOSED:
-            self._judge(*self._count(failed=False))
+            self._streak = 0
+            self._count(failed=False)   # dilutes later failures; never judged on its own
 
     def failure(self) -> None:
         if not self.enabled:
@@ -106,6 +120,7 @@ class CircuitBreaker:
             return
         if self.state == OPEN:
             return
+        self._streak += 1
         self._judge(*self._count(failed=True))
 
     def release(self) -> None:
@@ -133,14 +148,16 @@ class CircuitBreaker:
         return calls, failures
 
     def _judge(self, calls: int, failures: int) -> None:
-        """After every call while closed: open once the window holds ``min_calls`` calls and
-        ``failure_ratio`` of them failed."""
-        if failures and calls >= self.min_calls and failures >= self.failure_ratio * calls:
+        """After every failure while closed: open after ``consecutive_failures`` in a row, or
+        once the window holds ``min_calls`` calls and ``failure_ratio`` of them failed."""
+        if 0 < self.consecutive_failures <= self._streak or (
+                calls >= self.min_calls and failures >= self.failure_ratio * calls):
             self._open()
 
     def _open(self) -> None:
         self._opened_at = self.clock.seconds()
         self._slots.clear()
+        self._streak = 0
         self._set(OPEN)
 
     def _set(self, state: str) -> None:

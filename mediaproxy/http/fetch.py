@@ -18,9 +18,12 @@ extension or Content-Type):
   slow-loris origin trickling bytes) is a 504;
 * **a failing backend**: connection errors and 502/503/504 are retried (``backend.retries``,
   exponential backoff with full jitter; a source fetch is a bodiless GET and nothing has been
-  sent to the client yet). The image circuit breaker (``backend.image_breaker``) counts
+  sent to the client yet): at most ``1 + backend.retries`` requests per fetch, and none once
+  the breaker has opened. The image circuit breaker (``backend.image_breaker``) counts
   connection errors, timeouts and 5xx, never a 4xx; while it is open a fetch fails at once with
-  503 ``circuit_open`` and the pipeline answers with the stale copy or the placeholder;
+  503 ``circuit_open`` and the pipeline answers with the stale copy or the placeholder. A 5xx
+  or an unreachable backend is then remembered only briefly (``cache.negative_error_ttl``, in
+  :mod:`mediaproxy.builtin.sourcecache`), so images work again about a second after the backend;
 * **pile-ups**: at most ``backend.max_concurrent`` fetches are in flight; more fail at once
   with 503 ``backend_busy``.
 

@@ -25,9 +25,15 @@ One call (one client request or one source fetch) goes like this, through a :cla
    :class:`Failures` decide whether the breaker counts it as a failure, a success or not at all.
 4. :meth:`Call.retry_delay` says whether that outcome is worth another attempt (a connection
    error, or a 502/503/504: :data:`RETRY_STATUSES`; never a timeout) while the attempt budget
-   lasts, and after how long (full jitter); :meth:`Call.retry_later` waits that long. Whether
-   the request may be repeated at all (the pass-through only repeats a bodiless idempotent
-   request before anything went to the client) is the caller's to check first.
+   lasts and the breaker is not open, and after how long (full jitter);
+   :meth:`Call.retry_later` waits that long. Whether the request may be repeated at all (the
+   pass-through only repeats a bodiless idempotent request before anything went to the
+   client) is the caller's to check first.
+
+The attempt budget is the only one: a call makes at most ``1 + backend.retries`` attempts,
+each a real request to the backend. The connection pool does not retry on its own
+(``retryAutomatically`` is off in :mod:`.upstream`), so a request lost on a keep-alive
+connection the backend was closing is one attempt of this budget, not a hidden extra one.
 5. :meth:`Call.release` when the call is over: stops its timers and gives back the slot it
    took, once, and nothing it did not take.
 
@@ -44,7 +50,7 @@ from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLo
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
-from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
+from .breaker import OPEN, CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
 #: How an attempt ended. ANSWERED: the backend sent response headers (with a status).
 ANSWERED = "answered"
@@ -211,10 +217,12 @@ class Call:
 
     def retry_delay(self, kind: str, status: int | None = None) -> float | None:
         """Seconds to wait before the next attempt, or None: the outcome is not worth another
-        attempt (:func:`retryable`) or the attempt budget (``retries`` after the first) is
-        spent. The jitter is drawn only for a yes."""
+        attempt (:func:`retryable`), the attempt budget (``retries`` after the first) is
+        spent, or the breaker has just opened (the next attempt would be refused anyway: the
+        caller answers now instead of after a backoff). The jitter is drawn only for a yes."""
         retry = self.policy.retry
-        if not retryable(kind, status) or self.attempts > retry.retries:
+        if (not retryable(kind, status) or self.attempts > retry.retries
+                or self.policy.breaker.state == OPEN):
             return None
         return retry.delay(self.attempts - 1)
 

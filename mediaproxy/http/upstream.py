@@ -65,6 +65,7 @@ from zope.interface import implementer
 from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from .connection import BufferBudget
 from ..config import BackendConfig, ServerConfig
+from .endpoints import BackendEndpoints
 from .errors import CORRELATION_HEADER, write_error
 from ..models import RequestInfo
 from .policy import (
@@ -169,9 +170,11 @@ class Upstream:
             self.pool = _Pool(self.reactor, persistent=True)
             self.pool.maxPersistentPerHost = self.backend.max_connections
             self.pool.cachedConnectionTimeout = self.backend.pool_idle_timeout
-            self.pool.retryAutomatically = True
-        self.agent = Agent(self.reactor, connectTimeout=self.backend.connect_timeout,
-                           pool=self.pool)
+            # No retry of its own: the policy's attempt budget is the only one (policy.py).
+            self.pool.retryAutomatically = False
+        self.agent = Agent.usingEndpointFactory(
+            self.reactor, BackendEndpoints(self.reactor, self.backend.connect_timeout),
+            pool=self.pool)
         origin, hostport = backend_origin(self.backend)
         self._origin = origin.encode("ascii")
         self._backend_host = hostport.encode("ascii")
