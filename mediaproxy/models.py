@@ -157,6 +157,10 @@ class TransformSpec:
     max_frames: int = 200
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
                                            eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
+    #: The format an animated source (more than one frame) is written in when the output
+    #: format cannot animate (AVIF, JPEG, TIFF): set by ``fmt=auto`` (``webp`` when the client
+    #: accepts it, else ``gif``); ``None`` keeps the first frame only.
+    animated_format: str | None = None
 
 
 @frozen

@@ -37,8 +37,11 @@ DEFAULT_LOCK_WAIT = 30.0
 
 
 def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
+    """The spec of one transform; ``fmt`` is the negotiated format token (``avif~webp``:
+    AVIF for a still, WebP for an animation)."""
     p = image_request.params
     proc, limits = config.processing, config.limits
+    fmt, animated = imaging.split_format(fmt)
     return TransformSpec(
         width=p.get("w") or 0, height=p.get("h") or 0, fit=p.get("fit") or "inside",
         position=p.get("pos") or "centre", background=tuple(p.get("bg") or (255, 255, 255, 255)),
@@ -47,7 +50,7 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         avif_speed=proc.avif_speed, png_compress_level=proc.png_compress_level,
         reducing_gap=proc.reducing_gap, draft_gap=proc.draft_gap,
         max_source_pixels=limits.max_source_pixels,
-        max_frames=limits.max_frames, extra=dict(p),
+        max_frames=limits.max_frames, extra=dict(p), animated_format=animated,
     )
 
 

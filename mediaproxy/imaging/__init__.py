@@ -43,8 +43,10 @@ The pipeline of :func:`render`
 Geometry (sharp's semantics)
 ----------------------------
 ``spec.width``/``spec.height`` 0 leave that axis free: with one axis given, every fit keeps
-the aspect ratio from that axis; with both 0 the size is kept and the image only re-encoded
-(no trim either).
+the aspect ratio from that axis; with both 0 the size is kept (after ``trim``, which applies alone too) and the image
+re-encoded. The geometry is always decided on the source's own size (after EXIF orientation):
+a JPEG decoded at reduced scale (step 3) only changes the pixels resampled, never the output
+size.
 
 ``inside``
     Keep the aspect ratio and fit within the box (both sides <= the box).
@@ -81,7 +83,8 @@ Animation
 Animated GIF, WebP, PNG (APNG) and AVIF sources keep every frame, each transformed the same
 way (the trim box and smart crop are decided on the first frame), with their durations and
 loop count, when the output is GIF, WebP or PNG (APNG). JPEG, AVIF and TIFF outputs get the
-first frame only. The frame and pixel limits always count every frame of the source.
+first frame only, unless ``spec.animated_format`` names the format animations take instead
+(``fmt=auto`` sets it: WebP when the client accepts it, else GIF; see :mod:`.negotiation`). The frame and pixel limits always count every frame of the source.
 """
 
 from .decode import ImageInfo, probe
@@ -89,7 +92,7 @@ from .errors import (
     CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge, TooManyFrames,
     UnsupportedFormat, UnsupportedImage,
 )
-from .formats import CONTENT_TYPES, output_format
+from .formats import CONTENT_TYPES, output_format, split_format
 from .geometry import FITS, POSITIONS, Geometry, fit_geometry
 from .placeholders import placeholder
 from .rendering import RESIZE_ORDER, render
@@ -99,5 +102,5 @@ __all__ = [
     "Geometry", "ImageInfo",
     "ImageError", "UnsupportedImage", "CorruptImage", "UnsupportedFormat", "ImageTooLarge",
     "TooManyFrames", "InvalidTransform", "OutputTooLarge",
-    "fit_geometry", "output_format", "placeholder", "probe", "render",
+    "fit_geometry", "output_format", "placeholder", "probe", "render", "split_format",
 ]

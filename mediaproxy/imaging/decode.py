@@ -212,12 +212,12 @@ def _check_spec(spec: TransformSpec) -> None:
         raise InvalidTransform("Width and height cannot be negative.")
 
 
-def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
+def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
     """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 (DCT scaling) while keeping at
     least ``draft_gap`` times the pixels the output needs. Never enlarges; skipped when
-    trimming (the content's size is unknown until decoded)."""
+    trimming (the content's size is unknown until decoded). Whether it scaled down."""
     if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
-        return
+        return False
     orientation = _orientation(source, header_only=True)
     width, height = source.size
     if orientation in _SWAPS_AXES:
@@ -228,4 +228,7 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
     if orientation in _SWAPS_AXES:
         need = need[::-1]
     if need[0] < source.size[0] and need[1] < source.size[1]:
+        before = source.size
         source.draft(source.mode, need)
+        return source.size != before
+    return False

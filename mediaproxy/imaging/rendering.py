@@ -49,10 +49,13 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
         _check_limits(info, spec)
         _check_jpeg_size(data, info)
         fmt = output_format(info.format, info.has_alpha, spec.format)
+        if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
+            fmt = output_format(info.format, info.has_alpha, spec.animated_format)
         pipeline = _Pipeline.build(spec, steps, request)
         if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:
             return _render_animation(source, info, fmt, pipeline)
-        _draft(source, spec)
+        if _draft(source, spec):       # the layout is still decided on the source's size
+            pipeline.source_size = (info.width, info.height)
         with _decoding():
             source.load()
         image = pipeline.run(source, _orientation(source))
@@ -84,36 +87,55 @@ class _Pipeline:
     request: Any
     before: tuple[TransformStep, ...]
     after: tuple[TransformStep, ...]
+    #: the source's size as displayed (after EXIF orientation), before any shrink-on-load
+    source_size: tuple[int, int] | None = None
     _plans: dict[tuple[int, int], _Plan] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, spec: TransformSpec, steps: Sequence[TransformStep],
-              request: Any) -> _Pipeline:
+              request: Any, source_size: tuple[int, int] | None = None) -> _Pipeline:
         ordered = sorted(steps, key=lambda step: step.order)
         return cls(spec, request,
                    before=tuple(step for step in ordered if step.order < RESIZE_ORDER),
-                   after=tuple(step for step in ordered if step.order >= RESIZE_ORDER))
+                   after=tuple(step for step in ordered if step.order >= RESIZE_ORDER),
+                   source_size=source_size)
 
     def run(self, frame: Image.Image, orientation: int) -> Image.Image:
         icc = frame.info.get("icc_profile")
         image = _working_mode(frame)
         if orientation in _ORIENT:
             image = image.transpose(_ORIENT[orientation])
+        decoded = image.size
         if self.before:
             image = self._apply(self.before, _to_srgb(image, icc))
             icc = None
         image = _working_mode(image)
-        plan = self._plan(image)
+        plan = self._plan(image, decoded)
         image = _to_srgb(plan.scale(image, self.spec), icc)
         image = plan.pad(image, self.spec)
         return self._apply(self.after, image)
 
-    def _plan(self, image: Image.Image) -> _Plan:
+    def _plan(self, image: Image.Image, decoded: tuple[int, int]) -> _Plan:
         """The resize plan for images of this size, decided once (on the first frame)."""
         plan = self._plans.get(image.size)
         if plan is None:
-            plan = self._plans[image.size] = _Plan.decide(image, self.spec)
+            plan = self._plans[image.size] = _Plan.decide(
+                image, self.spec, self._logical_size(image.size, decoded))
         return plan
+
+    def _logical_size(self, size: tuple[int, int], decoded: tuple[int, int]) -> tuple[int, int]:
+        """The size ``size`` stands for in source pixels. A JPEG decoded at 1/2, 1/4 or 1/8
+        scale (shrink-on-load) has fewer pixels than the source, and its rounded-up size has
+        a slightly different aspect ratio: the geometry must come from the source's own size,
+        only the resampling works on the reduced pixels. A step (order < 500) that changed
+        the size is taken at the same scale."""
+        source = self.source_size
+        if source is None or decoded == source:
+            return size
+        if size == decoded:
+            return source
+        return (max(1, round(size[0] * source[0] / decoded[0])),
+                max(1, round(size[1] * source[1] / decoded[1])))
 
     def _apply(self, steps: tuple[TransformStep, ...], image: Image.Image) -> Image.Image:
         for step in steps:
@@ -139,12 +161,21 @@ class _Plan:
     offset: tuple[int, int] = (0, 0)
 
     @classmethod
-    def decide(cls, image: Image.Image, spec: TransformSpec) -> _Plan:
+    def decide(cls, image: Image.Image, spec: TransformSpec,
+               logical: tuple[int, int] | None = None) -> _Plan:
+        """The plan for ``image``, whose size stands for ``logical`` source pixels (a JPEG
+        decoded at reduced scale): the geometry is decided on the source's size, the crop
+        region is in ``image``'s pixels. Trim applies with or without a width or height."""
         whole = (0, 0, *image.size)
-        if not (spec.width or spec.height):
-            return cls(whole, image.size, image.size)
+        logical = logical or image.size
         trim = _trim_box(image, spec.trim) or whole
-        geometry = fit_geometry(trim[2] - trim[0], trim[3] - trim[1], spec)
+        if trim == whole:
+            trimmed = logical
+        else:
+            kx, ky = logical[0] / image.size[0], logical[1] / image.size[1]
+            trimmed = (max(1, round((trim[2] - trim[0]) * kx)),
+                       max(1, round((trim[3] - trim[1]) * ky)))
+        geometry = fit_geometry(*trimmed, spec)
         canvas = (geometry.width, geometry.height)
         scaled = (geometry.scaled_width, geometry.scaled_height)
         if scaled[0] > canvas[0] or scaled[1] > canvas[1]:   # cover: crop the overflow
