@@ -519,9 +519,10 @@ class LimitsConfig:
     max_frames: int = setting(
         200, "int", "Most frames an animated source may have (more gives 422).", _at_least(1))
     transform_timeout: float = setting(
-        30.0, "float", "Seconds a transform may take before the client gets 503 and the result "
-        "is abandoned (the thread finishes in the background; max_source_pixels bounds how "
-        "long it can run).", _at_least(0.1))
+        30.0, "float", "Seconds a transform may take before the client gets 503 "
+        "(transform_timeout, with Retry-After). The thread stops too: the transform checks its "
+        "deadline between phases, frames and decode chunks, so it is free again within one "
+        "uninterruptible step (see docs/imaging.md).", _at_least(0.1))
     max_source_bytes_by_format: tuple[str, ...] = setting(
         ["jpeg=32MiB", "png=32MiB", "webp=16MiB", "gif=16MiB", "avif=16MiB", "heif=16MiB"],
         "strlist", "Per-format source byte limits (FORMAT=SIZE), enforced while streaming as "
@@ -531,6 +532,12 @@ class LimitsConfig:
         list(SOURCE_FORMATS), "strlist", "Source formats accepted, recognised by their magic "
         "bytes (never by extension or Content-Type). Anything else (HTML, SVG, text) is "
         "refused with 422 after its first bytes.", _formats)
+    max_jpeg_scans: int = setting(
+        100, "int", "Most scans a JPEG source may have; more is refused (422 too_many_scans, "
+        "JSON) before decoding. Every progressive scan walks every block of the image, so a "
+        "small file repeating a scan thousands of times costs minutes of CPU. Encoders write "
+        "1 (baseline) to about 10 (libjpeg, mozjpeg progressive) scans; 100 leaves room for "
+        "any real file (like libjpeg-turbo's djpeg -maxscans).", _at_least(1))
 
 
 @frozen

@@ -161,6 +161,11 @@ class TransformSpec:
     #: format cannot animate (AVIF, JPEG, TIFF): set by ``fmt=auto`` (``webp`` when the client
     #: accepts it, else ``gif``); ``None`` keeps the first frame only.
     animated_format: str | None = None
+    #: Most scans a JPEG source may have (each walks every block: the decode's CPU).
+    max_jpeg_scans: int = 100
+    #: When the transform stops (:func:`time.monotonic` seconds; ``None``: never): past it,
+    #: the thread raises :class:`~mediaproxy.imaging.TransformTimeout` at its next check.
+    deadline: float | None = None
 
 
 @frozen

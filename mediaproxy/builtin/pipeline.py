@@ -51,6 +51,8 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         reducing_gap=proc.reducing_gap, draft_gap=proc.draft_gap,
         max_source_pixels=limits.max_source_pixels,
         max_frames=limits.max_frames, extra=dict(p), animated_format=animated,
+        max_jpeg_scans=limits.max_jpeg_scans,
+        deadline=time.monotonic() + limits.transform_timeout,
     )
 
 
@@ -284,9 +286,16 @@ class ImagePipeline:
             d = rt.run_in_pool(render_and_tag, source.body, spec, steps, image_request)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
+        except imaging.TransformTimeout:
+            log.warn("transform exceeded {timeout} s; stopped",
+                     timeout=rt.config.limits.transform_timeout)
+            return Rejection(503, "transform_timeout", "the image took too long to process",
+                             headers=[("Retry-After", "5")])
         except imaging.ImageError as e:
             log.info("source not usable: {error}: {message}", error=e.error, message=e.message)
             rt.emit("transform.error", correlation_id=request.correlation_id, error=e.error)
+            if isinstance(e, imaging.BudgetExceeded):   # JSON, never cached
+                return Rejection(e.status, e.error, e.message)
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
         except Overloaded:
             log.warn("transform queue full; refusing")

@@ -89,8 +89,9 @@ first frame only, unless ``spec.animated_format`` names the format animations ta
 
 from .decode import ImageInfo, probe
 from .errors import (
-    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge, TooManyFrames,
-    UnsupportedFormat, UnsupportedImage,
+    BudgetExceeded, CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge,
+    OverMemoryBudget, TooManyFrames, TooManyScans, TransformTimeout, UnsupportedFormat,
+    UnsupportedImage,
 )
 from .formats import CONTENT_TYPES, output_format, split_format
 from .geometry import FITS, POSITIONS, Geometry, fit_geometry
@@ -102,5 +103,6 @@ __all__ = [
     "Geometry", "ImageInfo",
     "ImageError", "UnsupportedImage", "CorruptImage", "UnsupportedFormat", "ImageTooLarge",
     "TooManyFrames", "InvalidTransform", "OutputTooLarge",
+    "BudgetExceeded", "TooManyScans", "OverMemoryBudget", "TransformTimeout",
     "fit_geometry", "output_format", "placeholder", "probe", "render", "split_format",
 ]

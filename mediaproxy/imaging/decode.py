@@ -22,10 +22,12 @@ from PIL import ExifTags, Image, ImageFile
 
 from mediaproxy.models import TransformSpec
 
+from .budget import _DECODE_CHUNK, Deadline, DeadlineReader
 from .errors import (
-    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, TooManyFrames, UnsupportedFormat,
-    UnsupportedImage,
+    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, TooManyFrames, TooManyScans,
+    UnsupportedFormat, UnsupportedImage,
 )
+from .scans import count_jpeg_scans
 from .formats import _ANIMATED_SOURCES, _SOURCE_FORMATS
 from .geometry import FITS, POSITIONS, fit_geometry
 
@@ -96,14 +98,20 @@ def probe(data: bytes) -> ImageInfo:
         return _read_info(image)
 
 
-def _open(data: bytes) -> ImageFile.ImageFile:
-    """Open ``data`` lazily, trying only the allowed formats' parsers."""
+def _open(data: bytes, deadline: Deadline | None = None) -> ImageFile.ImageFile:
+    """Open ``data`` lazily, trying only the allowed formats' parsers; with a ``deadline``,
+    every read of the decoder checks it (:class:`~mediaproxy.imaging.budget.DeadlineReader`)
+    and the decoder reads in small chunks."""
     if not data:
         raise UnsupportedImage("The source is empty.")
     Image.init()
     allowed = [fmt for fmt in _SOURCE_FORMATS if fmt in Image.OPEN]
+    fp = io.BytesIO(data) if deadline is None else DeadlineReader(data, deadline)
     try:
-        return Image.open(io.BytesIO(data), formats=allowed)
+        image = Image.open(fp, formats=allowed)
+        if deadline is not None:
+            image.decodermaxblock = _DECODE_CHUNK
+        return image
     except Image.UnidentifiedImageError as exc:
         raise _unrecognised(data) from exc
     except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
@@ -186,6 +194,28 @@ def _check_jpeg_size(data: bytes, info: ImageInfo) -> None:
     if len(data) * 8 < blocks and not _arithmetic_coded(data):
         raise CorruptImage(f"The JPEG holds {len(data)} bytes, too few for the "
                            f"{info.width}x{info.height} pixels its header claims.")
+
+
+#: Marker segments a JPEG may have besides its scans: APPn (an ICC profile may take up to 255
+#: APP2 segments), COM, DQT, DHT (one per scan in optimised progressive files), DRI, SOF.
+_SEGMENTS_BESIDES_SCANS = 1024
+
+
+def _check_jpeg_scans(data: bytes, info: ImageInfo, spec: TransformSpec) -> None:
+    """Refuse a JPEG with more than ``spec.max_jpeg_scans`` scans before decoding it: each
+    scan walks every block of the image, so the decode's CPU is blocks x scans, whatever the
+    file's size (see :mod:`.scans`). The marker segments are bounded as well: their walk is
+    Python work per segment."""
+    if info.format != "jpeg":
+        return
+    max_segments = _SEGMENTS_BESIDES_SCANS + 2 * spec.max_jpeg_scans
+    scans, segments = count_jpeg_scans(data, spec.max_jpeg_scans, max_segments)
+    if scans > spec.max_jpeg_scans:
+        raise TooManyScans(f"The JPEG has more than {spec.max_jpeg_scans} scans; decoding "
+                           f"it would cost too much.")
+    if segments > max_segments:
+        raise TooManyScans(f"The JPEG has more than {max_segments} marker segments.",
+                           error="too_many_segments")
 
 
 def _arithmetic_coded(data: bytes) -> bool:

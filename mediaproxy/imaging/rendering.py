@@ -10,7 +10,7 @@ the resize decided once per input size as a :class:`_Plan` (trim, fit, ``cover``
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from attrs import frozen
@@ -18,10 +18,11 @@ from PIL import Image, ImageFile
 
 from mediaproxy.models import Rendered, TransformSpec, TransformStep
 
+from .budget import Deadline
 from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
 from .crop import _cover_origin, _trim_box
 from .decode import (
-    _ORIENT, ImageInfo, _check_jpeg_size, _check_limits, _check_spec, _decoding, _draft,
+    _ORIENT, ImageInfo, _check_jpeg_scans, _check_jpeg_size, _check_limits, _check_spec, _decoding, _draft,
     _open, _orientation, _read_info,
 )
 from .encode import _duration, _encode
@@ -35,23 +36,28 @@ _LANCZOS = Image.Resampling.LANCZOS
 
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
-           request: Any = None) -> Rendered:
+           request: Any = None, *, clock: Callable[[], float] | None = None) -> Rendered:
     """Decode ``data``, transform it as ``spec`` says and encode the result.
 
     ``steps`` (from plugins) run by ascending ``order`` around the built-in resize (order
     500); each gets ``step.apply(image, spec, request)`` and returns an image. Raises
     :class:`ImageError` for images that cannot be served and for unknown ``fit``,
-    ``position`` or ``format`` values.
+    ``position`` or ``format`` values; :class:`TransformTimeout` once ``spec.deadline`` (a
+    ``clock()`` time, :func:`time.monotonic` by default) has passed, checked between phases,
+    frames and decode chunks (see :mod:`.budget`).
     """
     _check_spec(spec)
-    with _open(data) as source:
+    deadline = Deadline(spec.deadline, clock)
+    deadline.check("before decoding")
+    with _open(data, deadline) as source:
         info = _read_info(source)
         _check_limits(info, spec)
         _check_jpeg_size(data, info)
+        _check_jpeg_scans(data, info, spec)
         fmt = output_format(info.format, info.has_alpha, spec.format)
         if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
             fmt = output_format(info.format, info.has_alpha, spec.animated_format)
-        pipeline = _Pipeline.build(spec, steps, request)
+        pipeline = _Pipeline.build(spec, steps, request, deadline)
         if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:
             return _render_animation(source, info, fmt, pipeline)
         if _draft(source, spec):       # the layout is still decided on the source's size
@@ -59,7 +65,7 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
         with _decoding():
             source.load()
         image = pipeline.run(source, _orientation(source))
-        return _encode([image], fmt, spec)
+        return _encode([image], fmt, spec, deadline=deadline)
 
 
 def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
@@ -68,6 +74,7 @@ def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
     frames, durations = [], []
     orientation = 1
     for index in range(info.frames):
+        pipeline.deadline.check(f"frame {index + 1} of {info.frames}")
         with _decoding():
             source.seek(index)
             frame = source.copy()      # the next seek composites onto the decoder's image
@@ -76,7 +83,7 @@ def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
         durations.append(_duration(frame.info.get("duration")))
         frames.append(pipeline.run(frame, orientation))
     return _encode(frames, fmt, pipeline.spec, durations=durations,
-                   loop=source.info.get("loop"))
+                   loop=source.info.get("loop"), deadline=pipeline.deadline)
 
 
 @attrs.define
@@ -87,18 +94,19 @@ class _Pipeline:
     request: Any
     before: tuple[TransformStep, ...]
     after: tuple[TransformStep, ...]
+    deadline: Deadline = attrs.field(factory=lambda: Deadline(None))
     #: the source's size as displayed (after EXIF orientation), before any shrink-on-load
     source_size: tuple[int, int] | None = None
     _plans: dict[tuple[int, int], _Plan] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, spec: TransformSpec, steps: Sequence[TransformStep],
-              request: Any, source_size: tuple[int, int] | None = None) -> _Pipeline:
+              request: Any, deadline: Deadline | None = None) -> _Pipeline:
         ordered = sorted(steps, key=lambda step: step.order)
         return cls(spec, request,
                    before=tuple(step for step in ordered if step.order < RESIZE_ORDER),
                    after=tuple(step for step in ordered if step.order >= RESIZE_ORDER),
-                   source_size=source_size)
+                   deadline=deadline or Deadline(None))
 
     def run(self, frame: Image.Image, orientation: int) -> Image.Image:
         icc = frame.info.get("icc_profile")
@@ -110,6 +118,7 @@ class _Pipeline:
             image = self._apply(self.before, _to_srgb(image, icc))
             icc = None
         image = _working_mode(image)
+        self.deadline.check("resizing")
         plan = self._plan(image, decoded)
         image = _to_srgb(plan.scale(image, self.spec), icc)
         image = plan.pad(image, self.spec)
@@ -139,6 +148,7 @@ class _Pipeline:
 
     def _apply(self, steps: tuple[TransformStep, ...], image: Image.Image) -> Image.Image:
         for step in steps:
+            self.deadline.check(f"step {step.name}")
             image = step.apply(image, self.spec, self.request)
             if not isinstance(image, Image.Image):
                 raise TypeError(f"transform step {step.name!r} returned "
