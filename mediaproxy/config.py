@@ -538,6 +538,14 @@ class LimitsConfig:
         "small file repeating a scan thousands of times costs minutes of CPU. Encoders write "
         "1 (baseline) to about 10 (libjpeg, mozjpeg progressive) scans; 100 leaves room for "
         "any real file (like libjpeg-turbo's djpeg -maxscans).", _at_least(1))
+    max_transform_bytes: int = setting(
+        1024 * 1024 * 1024, "int", "Most memory one transform may take, estimated before "
+        "decoding from the file's structure (decoded frames, working copies, every output "
+        "frame held until the encode, the format's conversions and encoder buffers; see "
+        "docs/imaging.md); more is refused (422 over_memory_budget, JSON). 1 GiB lets a 50 MP "
+        "photo be resized to any size as JPEG or PNG (and to a few thousand pixels wide as WebP "
+        "or AVIF) and usual animations through; an animated GIF enlarged to thousands of pixels "
+        "per frame is refused.", _at_least(16 * 1024 * 1024))
 
 
 @frozen

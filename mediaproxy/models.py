@@ -166,6 +166,14 @@ class TransformSpec:
     #: When the transform stops (:func:`time.monotonic` seconds; ``None``: never): past it,
     #: the thread raises :class:`~mediaproxy.imaging.TransformTimeout` at its next check.
     deadline: float | None = None
+    #: Most bytes one transform may allocate, by :func:`mediaproxy.imaging.estimate_bytes`
+    #: (checked before decoding; over it: 422 ``over_memory_budget``).
+    max_transform_bytes: int = 1024 * 1024 * 1024
+    #: The output caps (``limits.max_width``, ``max_height``, ``max_output_pixels``), checked
+    #: on the source's geometry before decoding.
+    max_output_width: int = 8192
+    max_output_height: int = 8192
+    max_output_pixels: int = 7680 * 4320
 
 
 @frozen

@@ -1,4 +1,5 @@
-"""Per-request budgets inside the transform: the deadline that stops a transform's work.
+"""Per-request budgets inside the transform: the deadline that stops a transform's work, and
+the estimate of the memory it will take (:class:`Work`), known before decoding.
 
 The CPU a transform may use is bounded twice:
 
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import io
 import time
+
+import attrs
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from .errors import TransformTimeout
@@ -75,3 +78,70 @@ class DeadlineReader(io.BytesIO):
     def read(self, size: int | None = -1) -> bytes:
         self.deadline.check("decoding")
         return super().read(size)
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+#: Bytes per pixel of a working image: Pillow stores every mode of 2 to 4 bands (LA, RGB,
+#: RGBA, CMYK, YCbCr) and I, F in 32 bits; L, P and I;16 take less.
+_PIXEL = 4
+#: Bytes per output pixel an encoder allocates beyond the output image, with the encoded body
+#: and its copy (BytesIO, ``getvalue``), measured on noise (the worst case for every encoder)
+#: with Pillow 13: JPEG 6, PNG 5, TIFF 8, WebP 24, AVIF 32 (speed 8; 48 at speed 0), GIF 44
+#: (the quantizer's colour table grows with the distinct colours). Rounded up.
+_ENCODER = {"jpeg": 8, "png": 8, "tiff": 12, "webp": 28, "avif": 56, "gif": 48}
+#: Bytes per output pixel of each animation frame the encoder keeps until the file is
+#: written, beyond the frames themselves: GIF's palette copies, APNG's cropped copies.
+_ANIMATION_FRAME = {"gif": 2, "png": 4, "webp": 1}
+#: Codec state, tables and the interpreter's pages touched by any render.
+_FIXED = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class Work:
+    """What a render will hold, from the file's structure and the spec (no decoding).
+
+    ``canvas`` is the decoder's canvas (an animation's frames are composited onto it),
+    ``decoded`` the size decoded (smaller than the canvas for a JPEG decoded at reduced
+    scale), ``frames`` the frames decoded and kept, ``output`` the output canvas, ``fmt``
+    the output format.
+    """
+
+    canvas: tuple[int, int]
+    decoded: tuple[int, int]
+    frames: int
+    output: tuple[int, int]
+    fmt: str
+
+    def bytes(self) -> int:
+        """An upper bound of the bytes the render allocates at its peak (see docs/imaging.md).
+
+        A still: the decoded image (held by the decoder to the end) and at most two working
+        copies (mode, orientation, ICC conversions); then the resize: the reduced copy, the
+        two-pass intermediate (output width x input height, or larger when enlarging) and the
+        result; then the encode: the output, one conversion for the format and the
+        encoder's buffers. An animation: the decoder's three canvases (current, previous,
+        disposal), every output frame held until the encode and one converted copy of each,
+        plus one frame's transient work.
+        """
+        decoded = _PIXEL * self.decoded[0] * self.decoded[1]
+        out_px = self.output[0] * self.output[1]
+        out = _PIXEL * out_px
+        between = _PIXEL * max(self.output[0], self.decoded[0]) * max(
+            self.output[1], self.decoded[1])
+        convert = 3 * decoded
+        resize = 2 * decoded + decoded // 2 + between + out
+        encoder = _ENCODER.get(self.fmt, 56) * out_px
+        if self.frames <= 1:
+            encode = decoded + 2 * out + encoder
+            return _FIXED + max(convert, resize, encode)
+        state = 3 * _PIXEL * self.canvas[0] * self.canvas[1]
+        held = self.frames * out
+        loop = state + held + decoded + max(convert, resize)
+        encode = (state + 2 * held + _ANIMATION_FRAME.get(self.fmt, 4) * self.frames * out_px
+                  + encoder)
+        return _FIXED + max(loop, encode)
+
+
+def _mib(value: int) -> str:
+    return f"{value / 2**20:.0f} MiB"

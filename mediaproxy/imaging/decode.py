@@ -17,16 +17,18 @@ import struct
 import zlib
 from typing import Iterator
 
+import attrs
 from attrs import frozen
 from PIL import ExifTags, Image, ImageFile
 
 from mediaproxy.models import TransformSpec
 
-from .budget import _DECODE_CHUNK, Deadline, DeadlineReader
+from .budget import _DECODE_CHUNK, Deadline, DeadlineReader, Work, _mib
 from .errors import (
-    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, TooManyFrames, TooManyScans,
-    UnsupportedFormat, UnsupportedImage,
+    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge, OverMemoryBudget,
+    TooManyFrames, TooManyScans, UnsupportedFormat, UnsupportedImage,
 )
+from .frames import canvas_size
 from .scans import count_jpeg_scans
 from .formats import _ANIMATED_SOURCES, _SOURCE_FORMATS
 from .geometry import FITS, POSITIONS, fit_geometry
@@ -242,12 +244,13 @@ def _check_spec(spec: TransformSpec) -> None:
         raise InvalidTransform("Width and height cannot be negative.")
 
 
-def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
-    """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 (DCT scaling) while keeping at
-    least ``draft_gap`` times the pixels the output needs. Never enlarges; skipped when
-    trimming (the content's size is unknown until decoded). Whether it scaled down."""
+def _draft_target(source: ImageFile.ImageFile, spec: TransformSpec) -> tuple[int, int] | None:
+    """The size to ask the JPEG decoder for (DCT scaling by 1/2, 1/4 or 1/8) while keeping at
+    least ``draft_gap`` times the pixels the output needs, in stored (not oriented) axes;
+    ``None``: decode at full size. Never enlarges; skipped when trimming (the content's size
+    is unknown until decoded)."""
     if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
-        return False
+        return None
     orientation = _orientation(source, header_only=True)
     width, height = source.size
     if orientation in _SWAPS_AXES:
@@ -258,7 +261,76 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
     if orientation in _SWAPS_AXES:
         need = need[::-1]
     if need[0] < source.size[0] and need[1] < source.size[1]:
-        before = source.size
-        source.draft(source.mode, need)
-        return source.size != before
-    return False
+        return need
+    return None
+
+
+def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
+    """Let the JPEG decoder scale down (:func:`_draft_target`); whether it did."""
+    need = _draft_target(source, spec)
+    if need is None:
+        return False
+    before = source.size
+    source.draft(source.mode, need)
+    return source.size != before
+
+
+def _draft_size(size: tuple[int, int], need: tuple[int, int] | None) -> tuple[int, int]:
+    """The size Pillow's JPEG ``draft(mode, need)`` gives a ``size`` image (its own rule:
+    the largest of 1/8, 1/4, 1/2 that keeps both sides at least ``need``), without asking it
+    (a second ``draft`` call is ignored)."""
+    if need is None:
+        return size
+    ratio = min(size[0] // need[0], size[1] // need[1])
+    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    return -(-size[0] // scale), -(-size[1] // scale)
+
+
+def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: TransformSpec,
+          fmt: str, animated: bool) -> Work:
+    """What the render of ``source`` will hold (:class:`~.budget.Work`), from the header and
+    the file's structure (a GIF's frame extents), without decoding."""
+    canvas = canvas_size(data, info.format, info.width, info.height)
+    decoded = canvas
+    if not animated:
+        stored = _draft_size(source.size, _draft_target(source, spec))
+        decoded = stored[::-1] if info.orientation in _SWAPS_AXES and info.format != "tiff" \
+            else stored
+    geometry = fit_geometry(*canvas, spec)
+    return Work(canvas=canvas, decoded=decoded, frames=info.frames if animated else 1,
+                output=(geometry.width, geometry.height), fmt=fmt)
+
+
+def _check_output(canvas: tuple[int, int], spec: TransformSpec) -> None:
+    """The output caps (``spec.max_output_*``) on the geometry of the source's canvas, before
+    decoding: the same check as the validation plugin's ``output_budget`` step (400
+    ``output_too_large``, a placeholder), made before the memory estimate so that an output
+    too large to be allowed is named so."""
+    geometry = fit_geometry(*canvas, spec)
+    if (geometry.width > spec.max_output_width or geometry.height > spec.max_output_height
+            or geometry.width * geometry.height > spec.max_output_pixels):
+        raise OutputTooLarge(
+            f"The output would be {geometry.width}x{geometry.height} pixels; at most "
+            f"{spec.max_output_width}x{spec.max_output_height} and {spec.max_output_pixels} "
+            f"pixels are allowed.", status=400)
+    if geometry.scaled_width * geometry.scaled_height > spec.max_source_pixels:
+        raise OutputTooLarge("The transform would need an image larger than allowed.",
+                             status=400)
+
+
+def _check_memory(work: Work, spec: TransformSpec) -> None:
+    """Refuse a transform whose memory estimate is over ``spec.max_transform_bytes``."""
+    need = work.bytes()
+    if need > spec.max_transform_bytes:
+        frames = f" x {work.frames} frames" if work.frames > 1 else ""
+        raise OverMemoryBudget(
+            f"The transform would need about {_mib(need)} of memory "
+            f"({work.decoded[0]}x{work.decoded[1]}{frames} decoded, "
+            f"{work.output[0]}x{work.output[1]} {work.fmt.upper()} out); at most "
+            f"{_mib(spec.max_transform_bytes)} are allowed.")
+
+
+def _check_canvas(work: Work, info: ImageInfo, spec: TransformSpec) -> None:
+    """The pixel budget on the canvas the frames really need (a GIF's header may say less)."""
+    if work.canvas != (info.width, info.height):
+        _check_limits(attrs.evolve(info, width=work.canvas[0], height=work.canvas[1]), spec)

@@ -18,14 +18,16 @@ from PIL import Image, ImageFile
 
 from mediaproxy.models import Rendered, TransformSpec, TransformStep
 
-from .budget import Deadline
+from .budget import Deadline, Work
 from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
 from .crop import _cover_origin, _trim_box
 from .decode import (
-    _ORIENT, ImageInfo, _check_jpeg_scans, _check_jpeg_size, _check_limits, _check_spec, _decoding, _draft,
+    _ORIENT, ImageInfo, _check_canvas, _check_jpeg_scans, _check_jpeg_size, _check_limits,
+    _check_memory, _check_output, _work, _check_spec, _decoding, _draft,
     _open, _orientation, _read_info,
 )
 from .encode import _duration, _encode
+from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
 from .geometry import _gravity_offset, fit_geometry
 
@@ -44,21 +46,19 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     :class:`ImageError` for images that cannot be served and for unknown ``fit``,
     ``position`` or ``format`` values; :class:`TransformTimeout` once ``spec.deadline`` (a
     ``clock()`` time, :func:`time.monotonic` by default) has passed, checked between phases,
-    frames and decode chunks (see :mod:`.budget`).
+    frames and decode chunks (see :mod:`.budget`); :class:`OverMemoryBudget` when
+    :func:`estimate_bytes` is over ``spec.max_transform_bytes``, before decoding.
     """
     _check_spec(spec)
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
     with _open(data, deadline) as source:
-        info = _read_info(source)
-        _check_limits(info, spec)
-        _check_jpeg_size(data, info)
-        _check_jpeg_scans(data, info, spec)
-        fmt = output_format(info.format, info.has_alpha, spec.format)
-        if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
-            fmt = output_format(info.format, info.has_alpha, spec.animated_format)
+        info, fmt, work = _inspect(data, source, spec)
+        _check_memory(work, spec)
+        _check_canvas(work, info, spec)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
-        if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:
+        pipeline.work = work
+        if work.frames > 1:
             return _render_animation(source, info, fmt, pipeline)
         if _draft(source, spec):       # the layout is still decided on the source's size
             pipeline.source_size = (info.width, info.height)
@@ -66,6 +66,34 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
             source.load()
         image = pipeline.run(source, _orientation(source))
         return _encode([image], fmt, spec, deadline=deadline)
+
+
+def estimate_bytes(data: bytes, spec: TransformSpec) -> int:
+    """An upper bound of the bytes :func:`render` of ``data`` under ``spec`` allocates at its
+    peak (decoded frames, working copies, output frames, conversions and encoder buffers;
+    not what plugin steps add), from the header and the file's structure: cheap, nothing is
+    decoded. Raises :class:`ImageError` for what :func:`render` refuses before decoding
+    (not an image, over the frame, pixel or scan budgets), but not for the memory budget
+    itself: compare the answer with ``spec.max_transform_bytes``."""
+    _check_spec(spec)
+    with _open(data) as source:
+        return _inspect(data, source, spec)[2].bytes()
+
+
+def _inspect(data: bytes, source: ImageFile.ImageFile,
+             spec: TransformSpec) -> tuple[ImageInfo, str, Work]:
+    """The header checks, the output format and the work ahead, before decoding."""
+    info = _read_info(source)
+    _check_limits(info, spec)
+    _check_jpeg_size(data, info)
+    _check_jpeg_scans(data, info, spec)
+    fmt = output_format(info.format, info.has_alpha, spec.format)
+    if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
+        fmt = output_format(info.format, info.has_alpha, spec.animated_format)
+    animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
+    work = _work(data, source, info, spec, fmt, animated)
+    _check_output(work.canvas, spec)
+    return info, fmt, work
 
 
 def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
@@ -77,6 +105,7 @@ def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
         pipeline.deadline.check(f"frame {index + 1} of {info.frames}")
         with _decoding():
             source.seek(index)
+            pipeline.check_frame(source.size, index)     # before the frame is loaded
             frame = source.copy()      # the next seek composites onto the decoder's image
         if index == 0:                 # decoded now: a PNG's eXIf may follow its pixels
             orientation = _orientation(source)
@@ -95,6 +124,8 @@ class _Pipeline:
     before: tuple[TransformStep, ...]
     after: tuple[TransformStep, ...]
     deadline: Deadline = attrs.field(factory=lambda: Deadline(None))
+    #: the memory estimate the render was admitted with (``None``: not checked)
+    work: Work | None = None
     #: the source's size as displayed (after EXIF orientation), before any shrink-on-load
     source_size: tuple[int, int] | None = None
     _plans: dict[tuple[int, int], _Plan] = attrs.field(factory=dict)
@@ -125,12 +156,28 @@ class _Pipeline:
         return self._apply(self.after, image)
 
     def _plan(self, image: Image.Image, decoded: tuple[int, int]) -> _Plan:
-        """The resize plan for images of this size, decided once (on the first frame)."""
+        """The resize plan for images of this size, decided once (on the first frame); its
+        output is checked against the memory budget again when it is larger than estimated
+        (a trim box's size is known only now)."""
         plan = self._plans.get(image.size)
         if plan is None:
-            plan = self._plans[image.size] = _Plan.decide(
-                image, self.spec, self._logical_size(image.size, decoded))
+            plan = _Plan.decide(image, self.spec, self._logical_size(image.size, decoded))
+            work = self.work
+            if work is not None and plan.canvas[0] * plan.canvas[1] > (
+                    work.output[0] * work.output[1]):
+                self.work = attrs.evolve(work, output=plan.canvas)
+                _check_memory(self.work, self.spec)
+            self._plans[image.size] = plan
         return plan
+
+    def check_frame(self, size: tuple[int, int], index: int) -> None:
+        """A frame's real size, at ``seek()``, before it is loaded: never larger than the
+        canvas the estimate used."""
+        work = self.work
+        if work is not None and (size[0] > work.canvas[0] or size[1] > work.canvas[1]):
+            raise OverMemoryBudget(
+                f"Frame {index + 1} is {size[0]}x{size[1]}, larger than the "
+                f"{work.canvas[0]}x{work.canvas[1]} the file announced.")
 
     def _logical_size(self, size: tuple[int, int], decoded: tuple[int, int]) -> tuple[int, int]:
         """The size ``size`` stands for in source pixels. A JPEG decoded at 1/2, 1/4 or 1/8
