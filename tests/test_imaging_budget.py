@@ -16,7 +16,6 @@ import json
 import threading
 
 import pytest
-from PIL import Image
 
 from mediaproxy import TransformStep, hookimpl
 from mediaproxy.imaging import TooManyScans, TransformTimeout, render
@@ -25,50 +24,12 @@ from mediaproxy.models import TransformSpec
 from mediaproxy.testing import ImageOrigin, start_proxy
 from mediaproxy.testing.images import decode, encode, make_animated, noise
 
+from .imaging_attacks import (
+    progressive_jpeg, scans_in, with_comments, with_repeated_scan,
+)
+
 
 # -- hand-built JPEGs ------------------------------------------------------------------------
-
-def _segments(data: bytes) -> list[tuple[int, int, int]]:
-    """(marker, start, end) of each segment after SOI, a scan with its entropy-coded data;
-    a plain byte walk, independent of mediaproxy.imaging.scans."""
-    out, at = [], 2
-    while at < len(data):
-        marker = data[at + 1]
-        if marker == 0xD9:
-            out.append((marker, at, at + 2))
-            break
-        end = at + 2 + int.from_bytes(data[at + 2:at + 4], "big")
-        if marker == 0xDA:
-            while not (data[end] == 0xFF and data[end + 1] not in (0x00, *range(0xD0, 0xD8))):
-                end += 1
-        out.append((marker, at, end))
-        at = end
-    return out
-
-
-def progressive_jpeg(size=(64, 48), flat: bool = False) -> bytes:
-    """A progressive JPEG of noise, or of one colour (``flat``: its scans are a few bytes
-    each)."""
-    image = Image.new("RGB", size, (120, 130, 140)) if flat else noise(*size)
-    return encode(image, "JPEG", progressive=True, quality=80)
-
-
-def with_repeated_scan(data: bytes, copies: int) -> bytes:
-    """``data`` with its last (refinement) scan repeated ``copies`` more times: libjpeg
-    decodes every copy (each walks every block), Pillow cannot write such a file."""
-    scans = [s for s in _segments(data) if s[0] == 0xDA]
-    _, start, end = scans[-1]
-    return data[:end] + data[start:end] * copies + data[end:]
-
-
-def with_comments(data: bytes, count: int) -> bytes:
-    """``data`` with ``count`` empty COM segments after SOI."""
-    return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]
-
-
-def scans_in(data: bytes) -> int:
-    return sum(1 for s in _segments(data) if s[0] == 0xDA)
-
 
 BASE = progressive_jpeg()
 BASE_SCANS = scans_in(BASE)

@@ -28,6 +28,8 @@ from mediaproxy.models import TransformSpec
 from mediaproxy.testing import ImageOrigin, start_proxy
 from mediaproxy.testing.images import encode, make_jpeg, noise
 
+from .imaging_attacks import flat_animation, lying_gif
+
 PROBE = Path(__file__).resolve().parent / "memory_probe.py"
 MiB = 1024 * 1024
 
@@ -47,50 +49,6 @@ def animation(fmt: str, count: int, size) -> bytes:
     else:
         frames = [noise(*size, seed=i) for i in range(count)]
     return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=80, loop=0)
-
-
-def flat_animation(fmt: str, count: int, size) -> bytes:
-    """``count`` flat frames: a few KB whatever the size."""
-    frames = [Image.new("RGB", size, ((i * 40) % 256, 100, 200)) for i in range(count)]
-    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
-
-
-def _gif_image_blocks(data: bytes) -> tuple[list[tuple[int, int]], int]:
-    """(start, end) of each image descriptor with its data, and where the trailer is."""
-    flags = data[10]
-    at = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    images = []
-
-    def skip(at):
-        while data[at]:
-            at += 1 + data[at]
-        return at + 1
-
-    while data[at] != 0x3B:
-        start = at
-        if data[at] == 0x21:
-            at = skip(at + 2)
-        else:
-            local = data[at + 9]
-            at = skip(at + 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1)
-            images.append((start, at))
-    return images, at
-
-
-def lying_gif(screen=(100, 100), big=(8000, 6000)) -> bytes:
-    """A GIF whose header (logical screen) says ``screen`` and whose second frame is
-    ``big``, at (0, 0): Pillow grows the canvas to the frame when it gets there."""
-    first = flat_animation("GIF", 1, screen)
-    _, trailer = _gif_image_blocks(first)
-    large = Image.new("P", big, 1)
-    large.putpalette([0, 0, 0, 255, 0, 0] * 128)
-    large = encode(large, "GIF")
-    (start, end), = _gif_image_blocks(large)[0]
-    piece = large[start:end]
-    table = large[13:13 + (3 << ((large[10] & 7) + 1))]      # its global table, made local
-    piece = piece[:9] + bytes([0x80 | (large[10] & 7)]) + table + piece[10:]
-    control = b"\x21\xf9\x04\x00\x0a\x00\x00\x00"
-    return first[:trailer] + control + piece + b"\x3b"
 
 
 #: The three files of the report, as measured on main: the 24-frame GIF at w=6000&enlarge=1

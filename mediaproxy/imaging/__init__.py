@@ -10,8 +10,9 @@ kinds), :mod:`.formats` (format tables, :func:`output_format`), :mod:`.decode` (
 guard and budgets, :func:`probe`, orientation, shrink-on-load), :mod:`.geometry`
 (:func:`fit_geometry`, gravity), :mod:`.crop` (trim, smart crops), :mod:`.colour` (working
 modes, sRGB, flattening), :mod:`.encode` (encoding), :mod:`.rendering` (:func:`render`),
-:mod:`.placeholders` (:func:`placeholder`) and :mod:`.negotiation` (the output format for
-``fmt=auto``). This module re-exports the public names; import them from here.
+:mod:`.placeholders` (:func:`placeholder`), :mod:`.negotiation` (the output format for
+``fmt=auto``), :mod:`.scans` (a JPEG's scan count), :mod:`.frames` (frame sizes from a file's
+structure) and :mod:`.budget` (the deadline, the memory estimate; docs/imaging.md). This module re-exports the public names; import them from here.
 
 The pipeline of :func:`render`
 ------------------------------
@@ -20,7 +21,12 @@ The pipeline of :func:`render`
 2. **Check limits** from the header: frames > ``spec.max_frames`` gives 422
    ``too_many_frames``; width x height x frames > ``spec.max_source_pixels`` gives 422
    ``image_too_large``. Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, left at the
-   application's setting) stays on as a backstop and is reported the same way.
+   application's setting) stays on as a backstop and is reported the same way. Then, still
+   before decoding: a JPEG with more than ``spec.max_jpeg_scans`` scans gives 422
+   ``too_many_scans``; an output over ``spec.max_output_*`` 400 ``output_too_large``; and
+   :func:`estimate_bytes` over ``spec.max_transform_bytes`` 422 ``over_memory_budget`` (the
+   frames' real sizes are checked again as they are reached). ``spec.deadline`` is checked
+   from here to the encode: past it, :class:`TransformTimeout` (503).
 3. **Decode**. A JPEG is decoded at 1/2, 1/4 or 1/8 scale (``draft``) when the output is
    small enough: the decoded image is never smaller than the scaled source times
    ``spec.reducing_gap``, so quality matches a full decode followed by ``reduce``. Truncated
