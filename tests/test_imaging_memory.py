@@ -22,13 +22,13 @@ import attrs
 import pytest
 from PIL import Image
 
-from mediaproxy.imaging import OverMemoryBudget, estimate_bytes
+from mediaproxy.imaging import ImageTooLarge, OverMemoryBudget, estimate_bytes, render
 from mediaproxy.imaging.frames import canvas_size
 from mediaproxy.models import TransformSpec
 from mediaproxy.testing import ImageOrigin, start_proxy
 from mediaproxy.testing.images import encode, make_jpeg, noise
 
-from .imaging_attacks import flat_animation, lying_gif
+from .imaging_attacks import _gif_image_blocks as _image_blocks, flat_animation, lying_gif
 
 PROBE = Path(__file__).resolve().parent / "memory_probe.py"
 MiB = 1024 * 1024
@@ -203,14 +203,41 @@ def test_the_attacks_take_no_memory():
         assert peak < 16 * MiB, (name, peak)
 
 
-def test_a_frame_larger_than_announced_is_refused_at_seek():
-    """With the canvas from the descriptors out of the way (a budget large enough), the
-    pixel budget counts the real canvas, not the header's."""
-    with pytest.raises(Exception) as refused:
-        from mediaproxy.imaging import render
+def test_the_pixel_budget_counts_the_real_canvas_not_the_header():
+    """With a memory budget large enough, the lying GIF meets the pixel budget: counted on
+    the canvas its frames need (8000x6000), not on its header's 100x100."""
+    with pytest.raises(ImageTooLarge) as refused:
         render(ATTACKS["/media/lying.gif"], spec(width=50))
     assert (refused.value.status, refused.value.error, refused.value.message) == (
         422, "image_too_large", "The image is too large (8000x6000 pixels x 2 frames).")
+
+
+def test_stray_bytes_do_not_hide_a_frame():
+    """Pillow skips a stray byte between GIF blocks; so does the structure walk."""
+    data = ATTACKS["/media/lying.gif"]
+    (_, _), (second, _) = _image_blocks(data)[0]
+    control = data.rindex(b"\x21\xf9", 0, second)
+    stray = data[:control] + b"\x00\x07" + data[control:]
+    assert Image.open(io.BytesIO(stray)).n_frames == 2
+    assert canvas_size(stray, "gif", 100, 100) == (8000, 6000)
+    with pytest.raises(OverMemoryBudget):
+        render(stray, TransformSpec(width=50))
+
+
+def test_a_frame_larger_than_its_admission_is_refused_at_seek():
+    """The backstop behind the estimate: each frame's real size is checked at ``seek()``,
+    before it is loaded. The structure walk and Pillow agree on every file built here, so the
+    admitted canvas is narrowed by hand (a fault no real file produces on demand)."""
+    from mediaproxy.imaging.budget import Work
+    from mediaproxy.imaging.rendering import _Pipeline
+    pipeline = _Pipeline.build(TransformSpec(), (), None)
+    pipeline.work = Work(canvas=(100, 100), decoded=(100, 100), frames=2, output=(50, 50),
+                         fmt="gif")
+    pipeline.check_frame((100, 100), 0)
+    with pytest.raises(OverMemoryBudget) as refused:
+        pipeline.check_frame((8000, 6000), 1)
+    assert refused.value.message == ("Frame 2 is 8000x6000, larger than the 100x100 the "
+                                     "file announced.")
 
 
 def test_a_normal_animation_and_a_50_mp_photo_fit_the_default_budget():
@@ -223,5 +250,4 @@ def test_a_normal_animation_and_a_50_mp_photo_fit_the_default_budget():
                  TransformSpec(width=4000, format="webp")):
         assert estimate_bytes(photo, case) < default, case
     with pytest.raises(OverMemoryBudget):
-        from mediaproxy.imaging import render
         render(photo, TransformSpec(width=7680, height=4320, fit="cover", format="avif"))

@@ -23,8 +23,9 @@ def canvas_size(data: bytes, fmt: str, width: int, height: int) -> tuple[int, in
 
 def _gif_extent(data: bytes) -> tuple[int, int]:
     """The right and bottom edge of the furthest GIF image descriptor (0 when unreadable:
-    the decoder reports damage). Walks the blocks, skipping data sub-blocks by their length
-    (one step per sub-block of up to 255 bytes)."""
+    the decoder reports damage). Walks the blocks as Pillow does (a stray byte between
+    blocks is skipped), skipping data sub-blocks by their length (one step per sub-block of
+    up to 255 bytes, or per stray byte: bounded by the file's size)."""
     size = len(data)
     if size < 13:
         return 0, 0
@@ -48,8 +49,8 @@ def _gif_extent(data: bytes) -> tuple[int, int]:
             local = data[at + 9]
             at += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
             at = _skip_sub_blocks(data, at + 1)             # after the LZW code size
-        else:
-            break
+        else:                                               # Pillow skips a stray byte
+            at += 1
     return right, bottom
 
 
