@@ -166,7 +166,7 @@ def test_the_estimate_decodes_nothing():
      "The transform would need about 6300 MiB of memory (400x300 x 24 frames decoded, "
      "6000x4500 WEBP out); at most 1024 MiB are allowed."),
     ("/media/lying.gif", "w=50",
-     "The transform would need about 1389 MiB of memory (8000x6000 x 2 frames decoded, "
+     "The transform would need about 1298 MiB of memory (8000x6000 x 2 frames decoded, "
      "50x38 GIF out); at most 1024 MiB are allowed."),
     ("/media/enlarged.webp", "w=5000&enlarge=1",
      "The transform would need about 4380 MiB of memory (400x300 x 24 frames decoded, "

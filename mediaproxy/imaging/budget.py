@@ -26,6 +26,7 @@ Each is bounded by the pixel and memory budgets (``max_source_pixels``,
 from __future__ import annotations
 
 import io
+import math
 import time
 
 import attrs
@@ -93,6 +94,8 @@ _ENCODER = {"jpeg": 8, "png": 8, "tiff": 12, "webp": 28, "avif": 56, "gif": 48}
 #: Bytes per output pixel of each animation frame the encoder keeps until the file is
 #: written, beyond the frames themselves: GIF's palette copies, APNG's cropped copies.
 _ANIMATION_FRAME = {"gif": 2, "png": 4, "webp": 1}
+#: Rows (and columns) a resampling pass may read beyond its box: the filter's support.
+_SUPPORT = 8
 #: Codec state, tables and the interpreter's pages touched by any render.
 _FIXED = 16 * 1024 * 1024
 
@@ -104,7 +107,8 @@ class Work:
     ``canvas`` is the decoder's canvas (an animation's frames are composited onto it),
     ``decoded`` the size decoded (smaller than the canvas for a JPEG decoded at reduced
     scale), ``frames`` the frames decoded and kept, ``output`` the output canvas, ``fmt``
-    the output format.
+    the output format, ``conversions`` the full-size copies made before the resize (mode,
+    orientation, colour profile), ``reducing_gap`` the resize's (0: off).
     """
 
     canvas: tuple[int, int]
@@ -112,25 +116,40 @@ class Work:
     frames: int
     output: tuple[int, int]
     fmt: str
+    conversions: int = 2
+    reducing_gap: float = 2.0
+    #: the part of the decoded image resized (a ``cover`` crop; ``None``: all of it) and the
+    #: size it is resized to (``contain``: inside the output; ``None``: the output)
+    box: tuple[int, int] | None = None
+    target: tuple[int, int] | None = None
 
     def bytes(self) -> int:
         """An upper bound of the bytes the render allocates at its peak (see docs/imaging.md).
 
-        A still: the decoded image (held by the decoder to the end) and at most two working
-        copies (mode, orientation, ICC conversions); then the resize: the reduced copy, the
-        two-pass intermediate (output width x input height, or larger when enlarging) and the
-        result; then the encode: the output, one conversion for the format and the
-        encoder's buffers. An animation: the decoder's three canvases (current, previous,
-        disposal), every output frame held until the encode and one converted copy of each,
-        plus one frame's transient work.
+        A still: the decoded image (held by the decoder to the end) and up to two working
+        copies at once (mode, orientation, profile conversions); then the resize, beside the
+        decoded image and a working copy: Pillow's reduced copy (when it first shrinks by a
+        whole factor, as Pillow computes it), the horizontal pass (the target width x the rows
+        the vertical pass reads) and the result; then the encode:
+        the output, one conversion for the format and the encoder's buffers. An animation:
+        the decoder's three canvases (current, previous, disposal), every output frame held
+        until the encode and one converted copy of each, plus one frame's work.
         """
-        decoded = _PIXEL * self.decoded[0] * self.decoded[1]
-        out_px = self.output[0] * self.output[1]
+        (dw, dh), (ow, oh) = self.decoded, self.output
+        decoded = _PIXEL * dw * dh
+        out_px = ow * oh
         out = _PIXEL * out_px
-        between = _PIXEL * max(self.output[0], self.decoded[0]) * max(
-            self.output[1], self.decoded[1])
-        convert = 3 * decoded
-        resize = 2 * decoded + decoded // 2 + between + out
+        copies = min(self.conversions, 2)
+        convert = decoded * (1 + copies)
+        gap = self.reducing_gap
+        (bw, bh), (tw, th) = self.box or self.decoded, self.target or self.output
+        rows, reduced = bh + _SUPPORT, 0
+        if gap >= 1:                 # Pillow's resize: reduce by whole factors, then resample
+            fx, fy = max(1, int(bw / tw / gap)), max(1, int(bh / th / gap))
+            if fx > 1 or fy > 1:
+                rows = -(-bh // fy) + _SUPPORT
+                reduced = _PIXEL * (-(-bw // fx) + _SUPPORT) * rows
+        resize = decoded * (1 + min(copies, 1)) + reduced + _PIXEL * tw * rows + out
         encoder = _ENCODER.get(self.fmt, 56) * out_px
         if self.frames <= 1:
             encode = decoded + 2 * out + encoder

@@ -297,8 +297,33 @@ def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: Trans
         decoded = stored[::-1] if info.orientation in _SWAPS_AXES and info.format != "tiff" \
             else stored
     geometry = fit_geometry(*canvas, spec)
+    output = (geometry.width, geometry.height)
+    scaled = (geometry.scaled_width, geometry.scaled_height)
+    target = (min(output[0], scaled[0]), min(output[1], scaled[1]))
+    # cover crops the overflow: the box resized is the output's share of the decoded image
+    box = tuple(math.ceil(d * min(1.0, o / s)) for d, o, s in zip(decoded, output, scaled))
     return Work(canvas=canvas, decoded=decoded, frames=info.frames if animated else 1,
-                output=(geometry.width, geometry.height), fmt=fmt)
+                output=output, fmt=fmt, box=box, target=target,
+                conversions=_conversions(source, info, animated),
+                reducing_gap=spec.reducing_gap)
+
+
+def _conversions(source: ImageFile.ImageFile, info: ImageInfo, animated: bool) -> int:
+    """The full-size copies a render makes before its resize, from the header: a mode other
+    than 8-bit L, LA, RGB, RGBA or key-colour transparency (16-bit samples take two), the
+    EXIF orientation, a colour profile or CMYK (to sRGB). An animation's frames are counted
+    as converted (a palette frame becomes RGBA)."""
+    count = 1 if animated else 0
+    mode = source.mode
+    if mode.startswith("I") or mode == "F":
+        count += 2
+    elif mode not in ("L", "LA", "RGB", "RGBA") or "transparency" in source.info:
+        count += 1
+    if info.orientation != 1:
+        count += 1
+    if source.info.get("icc_profile") or mode == "CMYK":
+        count += 1
+    return count
 
 
 def _check_output(canvas: tuple[int, int], spec: TransformSpec) -> None:
