@@ -624,9 +624,10 @@ class LimitsConfig:
     max_frames: int = setting(
         200, "int", "Most frames an animated source may have (more gives 422).", _at_least(1))
     transform_timeout: float = setting(
-        30.0, "float", "Seconds a transform may take before the client gets 503 and the result "
-        "is abandoned (the thread finishes in the background; max_source_pixels bounds how "
-        "long it can run).", _at_least(0.1))
+        30.0, "float", "Seconds a transform may take before the client gets 503 "
+        "(transform_timeout, with Retry-After). The thread stops too: the transform checks its "
+        "deadline between phases, frames and decode chunks, so it is free again within one "
+        "uninterruptible step (see docs/imaging.md).", _at_least(0.1))
     max_source_bytes_by_format: tuple[str, ...] = setting(
         ["jpeg=32MiB", "png=32MiB", "webp=16MiB", "gif=16MiB", "avif=16MiB", "heif=16MiB"],
         "strlist", "Per-format source byte limits (FORMAT=SIZE), enforced while streaming as "
@@ -636,13 +637,28 @@ class LimitsConfig:
         list(SOURCE_FORMATS), "strlist", "Source formats accepted, recognised by their magic "
         "bytes (never by extension or Content-Type). Anything else (HTML, SVG, text) is "
         "refused with 422 after its first bytes.", _formats)
+    max_jpeg_scans: int = setting(
+        100, "int", "Most scans a JPEG source may have; more is refused (422 too_many_scans, "
+        "JSON) before decoding. Every progressive scan walks every block of the image, so a "
+        "small file repeating a scan thousands of times costs minutes of CPU. Encoders write "
+        "1 (baseline) to about 10 (libjpeg, mozjpeg progressive) scans; 100 leaves room for "
+        "any real file (like libjpeg-turbo's djpeg -maxscans).", _at_least(1))
+    max_transform_bytes: int = setting(
+        1024 * 1024 * 1024, "int", "Most memory one transform may take, estimated before "
+        "decoding from the file's structure (decoded frames, working copies, every output "
+        "frame held until the encode, the format's conversions and encoder buffers; see "
+        "docs/imaging.md); more is refused (422 over_memory_budget, JSON). 1 GiB lets a 50 MP "
+        "photo be resized to any size as JPEG or PNG (and to a few thousand pixels wide as WebP "
+        "or AVIF) and usual animations through; an animated GIF enlarged to thousands of pixels "
+        "per frame is refused.", _at_least(16 * 1024 * 1024))
 
     # admission
     transform_memory: int = setting(
         0, "int", "Bytes all transforms of the process may hold at once, by their estimates "
-        "(accepts 384MiB); beyond it transforms wait (processing.queue_timeout), and one whose "
-        "estimate alone is larger gets 422 image_too_large. 0: automatic, an eighth of the "
-        "machine's memory and at most 384 MiB (see docs/performance.md).", _at_least(0))
+        "(accepts 640MiB); beyond it transforms wait (processing.queue_timeout). It is also the "
+        "most one transform may take (limits.max_transform_bytes is lowered to it). 0: "
+        "automatic, an eighth of the machine's memory and at most 640 MiB (see "
+        "docs/performance.md).", _at_least(0))
 
 
 @frozen

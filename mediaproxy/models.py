@@ -157,6 +157,23 @@ class TransformSpec:
     max_frames: int = 200
     extra: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze,
                                            eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b)))
+    #: The format an animated source (more than one frame) is written in when the output
+    #: format cannot animate (AVIF, JPEG, TIFF): set by ``fmt=auto`` (``webp`` when the client
+    #: accepts it, else ``gif``); ``None`` keeps the first frame only.
+    animated_format: str | None = None
+    #: Most scans a JPEG source may have (each walks every block: the decode's CPU).
+    max_jpeg_scans: int = 100
+    #: When the transform stops (:func:`time.monotonic` seconds; ``None``: never): past it,
+    #: the thread raises :class:`~mediaproxy.imaging.TransformTimeout` at its next check.
+    deadline: float | None = None
+    #: Most bytes one transform may allocate, by :func:`mediaproxy.imaging.estimate_bytes`
+    #: (checked before decoding; over it: 422 ``over_memory_budget``).
+    max_transform_bytes: int = 1024 * 1024 * 1024
+    #: The output caps (``limits.max_width``, ``max_height``, ``max_output_pixels``), checked
+    #: on the source's geometry before decoding.
+    max_output_width: int = 8192
+    max_output_height: int = 8192
+    max_output_pixels: int = 7680 * 4320
 
 
 @frozen

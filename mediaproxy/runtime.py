@@ -39,16 +39,17 @@ __all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "mem
 
 #: The automatic transform memory budget is at most this many bytes (see
 #: :func:`default_transform_memory` and docs/performance.md, "The transform memory budget").
-AUTO_TRANSFORM_MEMORY_CAP = 384 * 1024 * 1024
+AUTO_TRANSFORM_MEMORY_CAP = 640 * 1024 * 1024
 #: ... and at most this share of the machine's memory.
 AUTO_TRANSFORM_MEMORY_SHARE = 1 / 8
 
 
 def default_transform_memory(total_memory: int) -> int:
     """``limits.transform_memory = 0`` (auto): an eighth of the machine's memory, at most
-    384 MiB. The cap keeps the whole process (the transforms' real peak measured at up to 1.5x
-    their estimate for the common decodes, plus the memory cache, the source cache and the
-    interpreter) under 1 GiB of RSS; the share keeps a small machine's other processes alive."""
+    640 MiB. The cap keeps the whole process under 1 GiB of RSS: the estimates
+    (:func:`mediaproxy.imaging.estimate_bytes`) are upper bounds of the transforms' real peaks,
+    and the memory cache, the source cache and the interpreter take the rest; the share keeps
+    a small machine's other processes alive."""
     return max(1, min(int(total_memory * AUTO_TRANSFORM_MEMORY_SHARE),
                       AUTO_TRANSFORM_MEMORY_CAP))
 

@@ -172,8 +172,8 @@ def test_a_granted_reservation_is_not_taken_back_by_cancelling():
     assert b.reserved == 10 and b.active == 1
 
 
-def test_the_automatic_budget_is_an_eighth_of_the_machine_at_most_384_mib():
-    assert default_transform_memory(24 * 1024 * MiB) == 384 * MiB
+def test_the_automatic_budget_is_an_eighth_of_the_machine_at_most_640_mib():
+    assert default_transform_memory(24 * 1024 * MiB) == 640 * MiB
     assert default_transform_memory(2048 * MiB) == 256 * MiB
     assert default_transform_memory(512 * MiB) == 64 * MiB
 
@@ -329,9 +329,9 @@ class Gate:
         return None
 
 
-#: 100x100 sources at w=50: (100x100 + 50x50) x 4 = 50,000 bytes estimated; the budget of
-#: 60,000 bytes admits one at a time.
-ESTIMATE = 50_000
+#: 100x100 JPEG sources at w=50: what imaging.estimate_bytes says (mostly its fixed 16 MiB of
+#: codec state per render); the budget of 20,000,000 bytes admits one at a time.
+ESTIMATE = 16_827_216
 NAMES = ("a", "b", "c", "d", "e")
 
 
@@ -346,7 +346,7 @@ def files():
 def gated_proxy(gate, **processing_and_limits):
     """A proxy with ``gate`` and a tiny budget; the gate is opened before it stops, whatever
     the test did (a closed gate would hold the pool's threads at shutdown)."""
-    limits = {"transform_memory": 60_000}
+    limits = {"transform_memory": 20_000_000}
     processing = {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0}
     for key, value in processing_and_limits.items():
         (limits if key in ("transform_memory", "transform_timeout") else processing)[key] = value
@@ -390,7 +390,7 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
         wait_for(lambda: state(running) == (ESTIMATE, 1, 2), 30, "b and c waiting")
         assert metric(running, "mediaproxy_admission_queue") == 2
         assert metric(running, "mediaproxy_transform_memory_bytes", state="reserved") == ESTIMATE
-        assert metric(running, "mediaproxy_transform_memory_bytes", state="capacity") == 60_000
+        assert metric(running, "mediaproxy_transform_memory_bytes", state="capacity") == 20_000_000
 
         status, headers, body, _ = running.get("/media/d.jpg?w=50")
         assert status == 503
@@ -419,7 +419,7 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
             indicator.check() for group in running.runtime.pm.hook.mediaproxy_health_indicators(
                 runtime=running.runtime) for indicator in group
             if indicator.name == "transform_pool"][0])
-        assert health.ok and "0.0 of 0.1 MiB reserved by 0, 0 waiting" in health.detail
+        assert health.ok and "0.0 of 19.1 MiB reserved by 0, 0 waiting" in health.detail
 
 
 def test_a_wait_past_the_queue_timeout_is_a_503_and_a_timed_out_transform_keeps_its_memory(
@@ -492,11 +492,14 @@ def test_a_shared_transform_stays_queued_while_one_of_its_clients_remains(live_r
 
 def test_a_transform_larger_than_the_whole_budget_is_refused_at_once(live_reactor):
     gate = Gate()
-    with gated_proxy(gate, transform_memory=10_000) as running:
+    with gated_proxy(gate, transform_memory=10_000_000) as running:
+        # the request's own budget is never more than the process's: refused by its estimate
         status, headers, body, _ = running.get("/media/a.jpg?w=50")
-        assert status == 422 and headers["x-placeholder"] == "image_too_large"
+        assert status == 422 and "x-placeholder" not in headers
+        answer = json.loads(body)
+        assert answer["error"] == "over_memory_budget"
+        assert answer["message"].endswith("at most 10 MiB are allowed.")
         assert gate.entered == 0
-        assert counters(running).count("admission.shed", reason="too_large") == 1
         assert not cached(running, "/media/a.jpg?w=50")
 
 

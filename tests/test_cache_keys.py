@@ -152,7 +152,7 @@ KEYS = [
     ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "image/avif"}, "shop_1",
      "/media/shop_1/uploads/a.jpg",
      ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
-      "pos=centre", "q=80", "trim=0", "w=10", "format=avif"]),
+      "pos=centre", "q=80", "trim=0", "w=10", "format=avif~gif"]),
     ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "*/*"}, "shop_1",
      "/media/shop_1/uploads/a.jpg",
      ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",

@@ -110,7 +110,7 @@ def test_negotiated_format_enters_the_key():
 
 
 @pytest.mark.parametrize("accept, expected", [
-    ("image/avif,image/webp,*/*", "avif"), ("image/webp,*/*;q=0.8", "webp"),
+    ("image/avif,image/webp,*/*", "avif~webp"), ("image/webp,*/*;q=0.8", "webp"),
     ("*/*", None), ("image/*", None), (None, None), ("image/avif;q=0, image/webp", "webp"),
     ("text/html,image/webp;q=0.5", "webp"),
 ])

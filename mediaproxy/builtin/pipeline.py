@@ -39,8 +39,11 @@ DEFAULT_LOCK_WAIT = 30.0
 
 
 def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
+    """The spec of one transform; ``fmt`` is the negotiated format token (``avif~webp``:
+    AVIF for a still, WebP for an animation)."""
     p = image_request.params
     proc, limits = config.processing, config.limits
+    fmt, animated = imaging.split_format(fmt)
     return TransformSpec(
         width=p.get("w") or 0, height=p.get("h") or 0, fit=p.get("fit") or "inside",
         position=p.get("pos") or "centre", background=tuple(p.get("bg") or (255, 255, 255, 255)),
@@ -49,7 +52,11 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         avif_speed=proc.avif_speed, png_compress_level=proc.png_compress_level,
         reducing_gap=proc.reducing_gap, draft_gap=proc.draft_gap,
         max_source_pixels=limits.max_source_pixels,
-        max_frames=limits.max_frames, extra=dict(p),
+        max_frames=limits.max_frames, extra=dict(p), animated_format=animated,
+        max_jpeg_scans=limits.max_jpeg_scans, max_transform_bytes=limits.max_transform_bytes,
+        max_output_width=limits.max_width, max_output_height=limits.max_height,
+        max_output_pixels=limits.max_output_pixels,
+        deadline=time.monotonic() + limits.transform_timeout,
     )
 
 
@@ -57,34 +64,20 @@ def strong_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-# replaced by imaging.estimate_bytes at merge
-def _estimate(data: bytes, spec: TransformSpec, max_output_pixels: int) -> int:
-    """Runs in the thread pool, header only: about the bytes a render of ``data`` allocates
-    (the decoded source and the output, 4 bytes a pixel, every frame), for the memory budget.
-    An output past ``max_output_pixels`` counts as that many: the output budget refuses it
-    (400 ``output_too_large``) before anything that large is allocated."""
-    info = imaging.probe(data)
-    source = info.width * info.height
-    w, h = spec.width, spec.height
-    if w and h:
-        out = w * h
-    elif w:
-        out = w * max(1, round(info.height * w / max(1, info.width)))
-    elif h:
-        out = h * max(1, round(info.width * h / max(1, info.height)))
-    else:
-        out = source
-    if not spec.enlarge:
-        out = min(out, source)
-    out = min(out, max_output_pixels)
-    return (source + out) * info.frames * 4
+def _estimate(data: bytes, spec: TransformSpec) -> int:
+    """Runs in the thread pool, nothing decoded: the bytes a render of ``data`` allocates at
+    its peak (:func:`mediaproxy.imaging.estimate_bytes`), for the memory budget; over the
+    request's budget it raises :class:`~mediaproxy.imaging.OverMemoryBudget` (a 422 JSON),
+    before any of that memory is taken."""
+    return imaging.estimate_bytes(data, spec, enforce=True)
 
 
 def _too_large(failure):
-    """An estimate larger than the whole memory budget can never run: the same answer as a
-    source past the decode budget (422 ``image_too_large``)."""
+    """An estimate larger than the whole memory budget can never run (a guard: the request's
+    budget is never more than the process's, so :func:`_estimate` refuses it first)."""
     failure.trap(TooLarge)
-    raise imaging.ImageTooLarge("The image is too large to process on this server.")
+    raise imaging.OverMemoryBudget("The transform needs more memory than this server gives "
+                                   "all transforms together.")
 
 
 def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request):
@@ -373,8 +366,10 @@ class ImagePipeline:
             # The estimate (header only) in the pool, then a wait for room in the memory
             # budget (left when every client has gone), then the render; the reservation is
             # given back when the thread returns. The transform timeout starts once admitted.
-            nbytes = yield rt.run_in_pool(_estimate, source.body, spec,
-                                          rt.config.limits.max_output_pixels)
+            # one request may take at most what the whole process gives all transforms
+            if spec.max_transform_bytes > rt.admission.capacity:
+                spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
+            nbytes = yield rt.run_in_pool(_estimate, source.body, spec)
             admitting = rt.admission.reserve(nbytes, request.correlation_id)
             self._admitting[key] = admitting
             try:
@@ -386,9 +381,16 @@ class ImagePipeline:
                                 image_request)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
+        except imaging.TransformTimeout:
+            log.warn("transform exceeded {timeout} s; stopped",
+                     timeout=rt.config.limits.transform_timeout)
+            return Rejection(503, "transform_timeout", "the image took too long to process",
+                             headers=[("Retry-After", "5")])
         except imaging.ImageError as e:
             log.info("source not usable: {error}: {message}", error=e.error, message=e.message)
             rt.emit("transform.error", correlation_id=request.correlation_id, error=e.error)
+            if isinstance(e, imaging.BudgetExceeded):   # JSON, never cached
+                return Rejection(e.status, e.error, e.message)
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
         except Overloaded as e:
             log.warn("transform refused: {why}", why=str(e))

@@ -8,9 +8,11 @@ by one, and the source path.
   ``fmt`` among the known names, ``bg`` an RGBA tuple, ``enlarge`` a bool. With
   ``validation.unknown_params = "reject"`` a query parameter no plugin registered is a 400.
 * **Output budget**: when one axis is free or ``enlarge`` is on, the output size depends on the
-  source, so a transform step (order 1, before the resize) checks the geometry against the
-  per-axis caps and the pixel budget once the source size is known, and the intermediate image
-  of ``cover`` against ``limits.max_source_pixels``.
+  source. The transform checks it from the header before decoding (``TransformSpec``'s
+  ``max_output_*``, with the memory budget that counts every frame, see docs/imaging.md); a
+  transform step (order 1, before the resize) checks it again on the decoded image against the
+  per-axis caps and the pixel budget, and the intermediate image of ``cover`` against
+  ``limits.max_source_pixels`` (for what only the pixels say: a plugin's earlier step).
 * **Path**: at most ``validation.max_path_length`` bytes; absolute; no NUL, backslash or control
   character; no ``..`` segment (also not as ``..;``); no scheme or ``//`` host; no
   percent-encoded ``.``, ``/``, ``\\``, ``%`` or control character left after the route's

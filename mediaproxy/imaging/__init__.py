@@ -10,8 +10,9 @@ kinds), :mod:`.formats` (format tables, :func:`output_format`), :mod:`.decode` (
 guard and budgets, :func:`probe`, orientation, shrink-on-load), :mod:`.geometry`
 (:func:`fit_geometry`, gravity), :mod:`.crop` (trim, smart crops), :mod:`.colour` (working
 modes, sRGB, flattening), :mod:`.encode` (encoding), :mod:`.rendering` (:func:`render`),
-:mod:`.placeholders` (:func:`placeholder`) and :mod:`.negotiation` (the output format for
-``fmt=auto``). This module re-exports the public names; import them from here.
+:mod:`.placeholders` (:func:`placeholder`), :mod:`.negotiation` (the output format for
+``fmt=auto``), :mod:`.scans` (a JPEG's scan count), :mod:`.frames` (frame sizes from a file's
+structure) and :mod:`.budget` (the deadline, the memory estimate; docs/imaging.md). This module re-exports the public names; import them from here.
 
 The pipeline of :func:`render`
 ------------------------------
@@ -20,7 +21,12 @@ The pipeline of :func:`render`
 2. **Check limits** from the header: frames > ``spec.max_frames`` gives 422
    ``too_many_frames``; width x height x frames > ``spec.max_source_pixels`` gives 422
    ``image_too_large``. Pillow's own guard (``Image.MAX_IMAGE_PIXELS``, left at the
-   application's setting) stays on as a backstop and is reported the same way.
+   application's setting) stays on as a backstop and is reported the same way. Then, still
+   before decoding: a JPEG with more than ``spec.max_jpeg_scans`` scans gives 422
+   ``too_many_scans``; an output over ``spec.max_output_*`` 400 ``output_too_large``; and
+   :func:`estimate_bytes` over ``spec.max_transform_bytes`` 422 ``over_memory_budget`` (the
+   frames' real sizes are checked again as they are reached). ``spec.deadline`` is checked
+   from here to the encode: past it, :class:`TransformTimeout` (503).
 3. **Decode**. A JPEG is decoded at 1/2, 1/4 or 1/8 scale (``draft``) when the output is
    small enough: the decoded image is never smaller than the scaled source times
    ``spec.reducing_gap``, so quality matches a full decode followed by ``reduce``. Truncated
@@ -43,8 +49,10 @@ The pipeline of :func:`render`
 Geometry (sharp's semantics)
 ----------------------------
 ``spec.width``/``spec.height`` 0 leave that axis free: with one axis given, every fit keeps
-the aspect ratio from that axis; with both 0 the size is kept and the image only re-encoded
-(no trim either).
+the aspect ratio from that axis; with both 0 the size is kept (after ``trim``, which applies alone too) and the image
+re-encoded. The geometry is always decided on the source's own size (after EXIF orientation):
+a JPEG decoded at reduced scale (step 3) only changes the pixels resampled, never the output
+size.
 
 ``inside``
     Keep the aspect ratio and fit within the box (both sides <= the box).
@@ -81,23 +89,26 @@ Animation
 Animated GIF, WebP, PNG (APNG) and AVIF sources keep every frame, each transformed the same
 way (the trim box and smart crop are decided on the first frame), with their durations and
 loop count, when the output is GIF, WebP or PNG (APNG). JPEG, AVIF and TIFF outputs get the
-first frame only. The frame and pixel limits always count every frame of the source.
+first frame only, unless ``spec.animated_format`` names the format animations take instead
+(``fmt=auto`` sets it: WebP when the client accepts it, else GIF; see :mod:`.negotiation`). The frame and pixel limits always count every frame of the source.
 """
 
 from .decode import ImageInfo, probe
 from .errors import (
-    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge, TooManyFrames,
-    UnsupportedFormat, UnsupportedImage,
+    BudgetExceeded, CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge,
+    OverMemoryBudget, TooManyFrames, TooManyScans, TransformTimeout, UnsupportedFormat,
+    UnsupportedImage,
 )
-from .formats import CONTENT_TYPES, output_format
+from .formats import CONTENT_TYPES, output_format, split_format
 from .geometry import FITS, POSITIONS, Geometry, fit_geometry
 from .placeholders import placeholder
-from .rendering import RESIZE_ORDER, render
+from .rendering import RESIZE_ORDER, estimate_bytes, render
 
 __all__ = [
     "CONTENT_TYPES", "FITS", "POSITIONS", "RESIZE_ORDER",
     "Geometry", "ImageInfo",
     "ImageError", "UnsupportedImage", "CorruptImage", "UnsupportedFormat", "ImageTooLarge",
     "TooManyFrames", "InvalidTransform", "OutputTooLarge",
-    "fit_geometry", "output_format", "placeholder", "probe", "render",
+    "BudgetExceeded", "TooManyScans", "OverMemoryBudget", "TransformTimeout",
+    "estimate_bytes", "fit_geometry", "output_format", "placeholder", "probe", "render", "split_format",
 ]

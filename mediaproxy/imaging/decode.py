@@ -17,15 +17,19 @@ import struct
 import zlib
 from typing import Iterator
 
+import attrs
 from attrs import frozen
 from PIL import ExifTags, Image, ImageFile
 
 from mediaproxy.models import TransformSpec
 
+from .budget import _DECODE_CHUNK, Deadline, DeadlineReader, Work, _mib
 from .errors import (
-    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, TooManyFrames, UnsupportedFormat,
-    UnsupportedImage,
+    CorruptImage, ImageError, ImageTooLarge, InvalidTransform, OutputTooLarge, OverMemoryBudget,
+    TooManyFrames, TooManyScans, UnsupportedFormat, UnsupportedImage,
 )
+from .frames import canvas_size
+from .scans import count_jpeg_scans
 from .formats import _ANIMATED_SOURCES, _SOURCE_FORMATS
 from .geometry import FITS, POSITIONS, fit_geometry
 
@@ -96,14 +100,20 @@ def probe(data: bytes) -> ImageInfo:
         return _read_info(image)
 
 
-def _open(data: bytes) -> ImageFile.ImageFile:
-    """Open ``data`` lazily, trying only the allowed formats' parsers."""
+def _open(data: bytes, deadline: Deadline | None = None) -> ImageFile.ImageFile:
+    """Open ``data`` lazily, trying only the allowed formats' parsers; with a ``deadline``,
+    every read of the decoder checks it (:class:`~mediaproxy.imaging.budget.DeadlineReader`)
+    and the decoder reads in small chunks."""
     if not data:
         raise UnsupportedImage("The source is empty.")
     Image.init()
     allowed = [fmt for fmt in _SOURCE_FORMATS if fmt in Image.OPEN]
+    fp = io.BytesIO(data) if deadline is None else DeadlineReader(data, deadline)
     try:
-        return Image.open(io.BytesIO(data), formats=allowed)
+        image = Image.open(fp, formats=allowed)
+        if deadline is not None:
+            image.decodermaxblock = _DECODE_CHUNK
+        return image
     except Image.UnidentifiedImageError as exc:
         raise _unrecognised(data) from exc
     except (Image.DecompressionBombError, *_DECODE_ERRORS) as exc:
@@ -188,6 +198,28 @@ def _check_jpeg_size(data: bytes, info: ImageInfo) -> None:
                            f"{info.width}x{info.height} pixels its header claims.")
 
 
+#: Marker segments a JPEG may have besides its scans: APPn (an ICC profile may take up to 255
+#: APP2 segments), COM, DQT, DHT (one per scan in optimised progressive files), DRI, SOF.
+_SEGMENTS_BESIDES_SCANS = 1024
+
+
+def _check_jpeg_scans(data: bytes, info: ImageInfo, spec: TransformSpec) -> None:
+    """Refuse a JPEG with more than ``spec.max_jpeg_scans`` scans before decoding it: each
+    scan walks every block of the image, so the decode's CPU is blocks x scans, whatever the
+    file's size (see :mod:`.scans`). The marker segments are bounded as well: their walk is
+    Python work per segment."""
+    if info.format != "jpeg":
+        return
+    max_segments = _SEGMENTS_BESIDES_SCANS + 2 * spec.max_jpeg_scans
+    scans, segments = count_jpeg_scans(data, spec.max_jpeg_scans, max_segments)
+    if scans > spec.max_jpeg_scans:
+        raise TooManyScans(f"The JPEG has more than {spec.max_jpeg_scans} scans; decoding "
+                           f"it would cost too much.")
+    if segments > max_segments:
+        raise TooManyScans(f"The JPEG has more than {max_segments} marker segments.",
+                           error="too_many_segments")
+
+
 def _arithmetic_coded(data: bytes) -> bool:
     """Whether the frame header (SOF) of a JPEG says arithmetic coding (SOF9-11, SOF13-15),
     walking the marker segments up to the first scan."""
@@ -212,12 +244,13 @@ def _check_spec(spec: TransformSpec) -> None:
         raise InvalidTransform("Width and height cannot be negative.")
 
 
-def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
-    """Let the JPEG decoder scale down by 1/2, 1/4 or 1/8 (DCT scaling) while keeping at
-    least ``draft_gap`` times the pixels the output needs. Never enlarges; skipped when
-    trimming (the content's size is unknown until decoded)."""
+def _draft_target(source: ImageFile.ImageFile, spec: TransformSpec) -> tuple[int, int] | None:
+    """The size to ask the JPEG decoder for (DCT scaling by 1/2, 1/4 or 1/8) while keeping at
+    least ``draft_gap`` times the pixels the output needs, in stored (not oriented) axes;
+    ``None``: decode at full size. Never enlarges; skipped when trimming (the content's size
+    is unknown until decoded)."""
     if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
-        return
+        return None
     orientation = _orientation(source, header_only=True)
     width, height = source.size
     if orientation in _SWAPS_AXES:
@@ -228,4 +261,101 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> None:
     if orientation in _SWAPS_AXES:
         need = need[::-1]
     if need[0] < source.size[0] and need[1] < source.size[1]:
-        source.draft(source.mode, need)
+        return need
+    return None
+
+
+def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
+    """Let the JPEG decoder scale down (:func:`_draft_target`); whether it did."""
+    need = _draft_target(source, spec)
+    if need is None:
+        return False
+    before = source.size
+    source.draft(source.mode, need)
+    return source.size != before
+
+
+def _draft_size(size: tuple[int, int], need: tuple[int, int] | None) -> tuple[int, int]:
+    """The size Pillow's JPEG ``draft(mode, need)`` gives a ``size`` image (its own rule:
+    the largest of 1/8, 1/4, 1/2 that keeps both sides at least ``need``), without asking it
+    (a second ``draft`` call is ignored)."""
+    if need is None:
+        return size
+    ratio = min(size[0] // need[0], size[1] // need[1])
+    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    return -(-size[0] // scale), -(-size[1] // scale)
+
+
+def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: TransformSpec,
+          fmt: str, animated: bool) -> Work:
+    """What the render of ``source`` will hold (:class:`~.budget.Work`), from the header and
+    the file's structure (a GIF's frame extents), without decoding."""
+    canvas = canvas_size(data, info.format, info.width, info.height)
+    decoded = canvas
+    if not animated:
+        stored = _draft_size(source.size, _draft_target(source, spec))
+        decoded = stored[::-1] if info.orientation in _SWAPS_AXES and info.format != "tiff" \
+            else stored
+    geometry = fit_geometry(*canvas, spec)
+    output = (geometry.width, geometry.height)
+    scaled = (geometry.scaled_width, geometry.scaled_height)
+    target = (min(output[0], scaled[0]), min(output[1], scaled[1]))
+    # cover crops the overflow: the box resized is the output's share of the decoded image
+    box = tuple(math.ceil(d * min(1.0, o / s)) for d, o, s in zip(decoded, output, scaled))
+    return Work(canvas=canvas, decoded=decoded, frames=info.frames if animated else 1,
+                output=output, fmt=fmt, box=box, target=target,
+                conversions=_conversions(source, info, animated),
+                reducing_gap=spec.reducing_gap)
+
+
+def _conversions(source: ImageFile.ImageFile, info: ImageInfo, animated: bool) -> int:
+    """The full-size copies a render makes before its resize, from the header: a mode other
+    than 8-bit L, LA, RGB, RGBA or key-colour transparency (16-bit samples take two), the
+    EXIF orientation, a colour profile or CMYK (to sRGB). An animation's frames are counted
+    as converted (a palette frame becomes RGBA)."""
+    count = 1 if animated else 0
+    mode = source.mode
+    if mode.startswith("I") or mode == "F":
+        count += 2
+    elif mode not in ("L", "LA", "RGB", "RGBA") or "transparency" in source.info:
+        count += 1
+    if info.orientation != 1:
+        count += 1
+    if source.info.get("icc_profile") or mode == "CMYK":
+        count += 1
+    return count
+
+
+def _check_output(canvas: tuple[int, int], spec: TransformSpec) -> None:
+    """The output caps (``spec.max_output_*``) on the geometry of the source's canvas, before
+    decoding: the same check as the validation plugin's ``output_budget`` step (400
+    ``output_too_large``, a placeholder), made before the memory estimate so that an output
+    too large to be allowed is named so."""
+    geometry = fit_geometry(*canvas, spec)
+    if (geometry.width > spec.max_output_width or geometry.height > spec.max_output_height
+            or geometry.width * geometry.height > spec.max_output_pixels):
+        raise OutputTooLarge(
+            f"The output would be {geometry.width}x{geometry.height} pixels; at most "
+            f"{spec.max_output_width}x{spec.max_output_height} and {spec.max_output_pixels} "
+            f"pixels are allowed.", status=400)
+    if geometry.scaled_width * geometry.scaled_height > spec.max_source_pixels:
+        raise OutputTooLarge("The transform would need an image larger than allowed.",
+                             status=400)
+
+
+def _check_memory(work: Work, spec: TransformSpec) -> None:
+    """Refuse a transform whose memory estimate is over ``spec.max_transform_bytes``."""
+    need = work.bytes()
+    if need > spec.max_transform_bytes:
+        frames = f" x {work.frames} frames" if work.frames > 1 else ""
+        raise OverMemoryBudget(
+            f"The transform would need about {_mib(need)} of memory "
+            f"({work.decoded[0]}x{work.decoded[1]}{frames} decoded, "
+            f"{work.output[0]}x{work.output[1]} {work.fmt.upper()} out); at most "
+            f"{_mib(spec.max_transform_bytes)} are allowed.")
+
+
+def _check_canvas(work: Work, info: ImageInfo, spec: TransformSpec) -> None:
+    """The pixel budget on the canvas the frames really need (a GIF's header may say less)."""
+    if work.canvas != (info.width, info.height):
+        _check_limits(attrs.evolve(info, width=work.canvas[0], height=work.canvas[1]), spec)

@@ -5,12 +5,13 @@ animation's options (durations, loop count, GIF transparency)."""
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image, ImageFile
 
 from mediaproxy.models import Rendered, TransformSpec
 
+from .budget import Deadline
 from .colour import _ALPHA_MODES, _flatten, _to_srgb, _working_mode
 from .errors import OutputTooLarge
 from .formats import _MAX_SIDE, _PILLOW_FORMAT, CONTENT_TYPES
@@ -28,9 +29,13 @@ def _duration(value: Any) -> int:
 
 
 def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
-            durations: Sequence[int] = (), loop: int | None = None) -> Rendered:
-    """Encode ``frames`` (one, or an animation) as ``fmt`` with no metadata."""
-    frames = _prepare_frames(frames, fmt, spec.background)
+            durations: Sequence[int] = (), loop: int | None = None,
+            deadline: Deadline | None = None) -> Rendered:
+    """Encode ``frames`` (one, or an animation) as ``fmt`` with no metadata; the
+    ``deadline`` is checked before each frame is prepared and, for GIF and PNG (whose
+    encoders walk the frames in Python), before each is written."""
+    deadline = deadline or Deadline(None)
+    frames = _prepare_frames(frames, fmt, spec.background, deadline)
     width, height = frames[0].size
     if max(width, height) > _MAX_SIDE.get(fmt, 2**31 - 1):
         raise OutputTooLarge(
@@ -38,6 +43,9 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
     options = _encoder_options(fmt, spec)
     if len(frames) > 1:
         options.update(_animation_options(frames, fmt, durations, loop))
+        if fmt in ("gif", "png"):
+            options["append_images"] = _Checked(options["append_images"], deadline)
+    deadline.check("encoding")
     buffer = io.BytesIO()
     frames[0].save(buffer, _PILLOW_FORMAT[fmt], **options)
     body = buffer.getvalue()
@@ -45,6 +53,20 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
         body = _webp_alpha_flag(body)
     return Rendered(body=body, content_type=CONTENT_TYPES[fmt], format=fmt,
                     width=width, height=height, frames=len(frames))
+
+
+class _Checked:
+    """Frames for an encoder that iterates them (perhaps more than once), checking the
+    deadline before each."""
+
+    def __init__(self, frames: list[Image.Image], deadline: Deadline):
+        self.frames, self.deadline = frames, deadline
+
+    def __iter__(self) -> Iterator[Image.Image]:
+        return self.deadline.each(self.frames, "encoding")
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
 
 def _webp_alpha_flag(body: bytes) -> bytes:
@@ -60,18 +82,22 @@ def _webp_alpha_flag(body: bytes) -> bytes:
     return body[:20] + bytes([body[20] | 0x10]) + body[21:]
 
 
-def _prepare_frames(frames: list[Image.Image], fmt: str,
-                    background: Sequence[int]) -> list[Image.Image]:
-    """Bring frames to a mode ``fmt`` stores, all alike, with their metadata dropped."""
-    frames = [_own(_to_srgb(_working_mode(frame), None)) for frame in frames]
+def _prepare_frames(frames: list[Image.Image], fmt: str, background: Sequence[int],
+                    deadline: Deadline | None = None) -> list[Image.Image]:
+    """Bring frames to a mode ``fmt`` stores, all alike, with their metadata dropped
+    (checking the ``deadline`` before each frame of each pass)."""
+    deadline = deadline or Deadline(None)
+    frames = [_own(_to_srgb(_working_mode(frame), None))
+              for frame in deadline.each(frames, "encoding")]
     if fmt == "jpeg":
         frames = [_flatten(frame, background) for frame in frames]
     elif fmt == "gif":
         transparent = any(_has_transparent_pixels(frame) for frame in frames)
-        frames = [_to_palette(frame, transparent) for frame in frames]
+        frames = [_to_palette(frame, transparent)
+                  for frame in deadline.each(frames, "quantizing")]
     elif fmt == "webp" or len({frame.mode for frame in frames}) > 1:
         alpha = any(frame.mode in _ALPHA_MODES for frame in frames)
-        frames = [_rgb(frame, alpha) for frame in frames]
+        frames = [_rgb(frame, alpha) for frame in deadline.each(frames, "encoding")]
     for frame in frames:
         transparency = frame.info.get("transparency") if frame.mode == "P" else None
         frame.info = {} if transparency is None else {"transparency": transparency}

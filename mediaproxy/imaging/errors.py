@@ -75,3 +75,38 @@ class OutputTooLarge(ImageError):
     """The output is larger than its format can hold (e.g. WebP is limited to 16383 px)."""
 
     error = "output_too_large"
+
+
+class BudgetExceeded(ImageError):
+    """The work a transform would take is over a per-request budget, known before the work
+    is done (CPU: a JPEG's scans; memory: :func:`~mediaproxy.imaging.estimate_bytes`).
+
+    The pipeline answers these with a short JSON 4xx (a :class:`~mediaproxy.models.Rejection`)
+    rather than a placeholder image, and never caches them: the client learns why, and the
+    same request with other parameters (a smaller size) may pass.
+    """
+
+    error = "over_budget"
+
+
+class TooManyScans(BudgetExceeded):
+    """A JPEG with more scans (or marker segments) than allowed: every progressive scan walks
+    every block of the image, so the decode's CPU grows with their count, unbounded by the
+    file's size."""
+
+    error = "too_many_scans"
+
+
+class OverMemoryBudget(BudgetExceeded):
+    """The memory a transform would allocate (decoded frames, working copies, output frames,
+    encoder buffers) is over ``limits.max_transform_bytes``."""
+
+    error = "over_memory_budget"
+
+
+class TransformTimeout(ImageError):
+    """The transform passed its deadline (``limits.transform_timeout``) and stopped: the
+    thread is free again. Answered 503 ``transform_timeout`` with ``Retry-After``."""
+
+    status = 503
+    error = "transform_timeout"

@@ -21,6 +21,10 @@ _PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF",
 #: Largest side each encoder can write.
 _MAX_SIDE = {"jpeg": 65_500, "webp": 16_383, "gif": 65_535, "avif": 65_536}
 
+#: Separates the still format from the animated one in a negotiated format token
+#: (``avif~webp``, see :mod:`.negotiation`).
+ANIMATION_SEPARATOR = "~"
+
 #: Pillow format ids allowed as sources, and the name mediaproxy.imaging reports for each.
 _SOURCE_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "GIF": "gif",
                    "AVIF": "avif", "HEIF": "heif", "TIFF": "tiff", "BMP": "bmp"}
@@ -44,6 +48,15 @@ def output_format(source_format: str, has_alpha: bool, requested: str | None = N
     if source in _WEB_FORMATS:
         return source
     return "png" if has_alpha else "jpeg"
+
+
+def split_format(token: str | None) -> tuple[str | None, str | None]:
+    """A format token (``webp``, ``avif~gif``, ``None``) as (the format of a still, the format
+    of an animation or ``None`` when the still's format, or the source's, serves both)."""
+    if token and ANIMATION_SEPARATOR in token:
+        still, animated = token.split(ANIMATION_SEPARATOR, 1)
+        return still or None, animated or None
+    return token, None
 
 
 def _canonical_format(name: str) -> str:

@@ -1,13 +1,27 @@
-"""Output format negotiation from the Accept header (``fmt=auto``)."""
+"""Output format negotiation from the Accept header (``fmt=auto``).
+
+The negotiation happens before the source is known, so its answer must also say what an
+*animated* source becomes: AVIF (and JPEG, TIFF) would keep only its first frame. The answer
+is a format token: a format name, or ``still~animated`` (:data:`ANIMATION_SEPARATOR`) when the
+two differ, e.g. ``avif~webp`` (AVIF for a still, an animated WebP for an animation) or
+``avif~gif`` (the client named AVIF but not WebP). The token is what the cache key records
+(``format=avif~webp``), so two clients that would get different animations never share an
+entry; :func:`~mediaproxy.imaging.formats.split_format` takes it apart for the transform.
+"""
 
 from __future__ import annotations
 
+from .formats import ANIMATION_SEPARATOR
+
 
 def negotiate_format(requested: str | None, accept: str | None) -> tuple[str | None, bool]:
-    """The output format and whether the answer depends on ``Accept`` (``Vary: Accept``).
+    """The output format token and whether the answer depends on ``Accept`` (``Vary: Accept``).
 
     ``auto`` picks AVIF, then WebP, only when ``Accept`` names them explicitly with q > 0;
-    wildcards (``*/*``, ``image/*``) select neither, and the source's own format is kept.
+    wildcards (``*/*``, ``image/*``) select neither, and the source's own format is kept
+    (``None``). AVIF cannot carry the frames of an animation here, so ``auto`` choosing AVIF
+    answers ``avif~webp`` when the client also names WebP, else ``avif~gif``: an animated
+    source stays animated whatever ``Accept`` prefers.
     """
     if requested != "auto":
         return requested, False
@@ -23,7 +37,9 @@ def negotiate_format(requested: str | None, accept: str | None) -> tuple[str | N
                 except ValueError:
                     q = 0.0
         named[media] = q
-    for fmt in ("avif", "webp"):
-        if named.get(f"image/{fmt}", 0) > 0:
-            return fmt, True
+    webp = named.get("image/webp", 0) > 0
+    if named.get("image/avif", 0) > 0:
+        return f"avif{ANIMATION_SEPARATOR}{'webp' if webp else 'gif'}", True
+    if webp:
+        return "webp", True
     return None, True

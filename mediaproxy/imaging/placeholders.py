@@ -12,7 +12,7 @@ from mediaproxy.models import Rendered, TransformSpec
 
 from .colour import _colour
 from .encode import _encode
-from .formats import output_format
+from .formats import output_format, split_format
 from .geometry import _ratio
 
 _PLACEHOLDER_DEFAULT = (300, 200)
@@ -23,9 +23,9 @@ def placeholder(width: int, height: int, fmt: str | None = None,
                 background: Sequence[int] = (220, 220, 220, 255)) -> Rendered:
     """A plain light image with a frame and diagonals, ``width`` x ``height`` (0 leaves an
     axis to the 4:3 ratio, both 0 give 300x200; each side at most 4096) in ``fmt`` (``None``:
-    jpeg). Raises :class:`UnsupportedFormat` for a format that cannot be written."""
+    jpeg; a negotiated ``avif~webp`` token gives its still format). Raises :class:`UnsupportedFormat` for a format that cannot be written."""
     return _placeholder(max(0, int(width)), max(0, int(height)),
-                        output_format("jpeg", False, fmt), tuple(background))
+                        output_format("jpeg", False, split_format(fmt)[0]), tuple(background))
 
 
 @functools.lru_cache(maxsize=64)

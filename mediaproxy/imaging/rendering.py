@@ -10,7 +10,7 @@ the resize decided once per input size as a :class:`_Plan` (trim, fit, ``cover``
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import attrs
 from attrs import frozen
@@ -18,13 +18,16 @@ from PIL import Image, ImageFile
 
 from mediaproxy.models import Rendered, TransformSpec, TransformStep
 
+from .budget import Deadline, Work
 from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
 from .crop import _cover_origin, _trim_box
 from .decode import (
-    _ORIENT, ImageInfo, _check_jpeg_size, _check_limits, _check_spec, _decoding, _draft,
+    _ORIENT, ImageInfo, _check_canvas, _check_jpeg_scans, _check_jpeg_size, _check_limits,
+    _check_memory, _check_output, _work, _check_spec, _decoding, _draft,
     _open, _orientation, _read_info,
 )
 from .encode import _duration, _encode
+from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
 from .geometry import _gravity_offset, fit_geometry
 
@@ -35,28 +38,65 @@ _LANCZOS = Image.Resampling.LANCZOS
 
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
-           request: Any = None) -> Rendered:
+           request: Any = None, *, clock: Callable[[], float] | None = None) -> Rendered:
     """Decode ``data``, transform it as ``spec`` says and encode the result.
 
     ``steps`` (from plugins) run by ascending ``order`` around the built-in resize (order
     500); each gets ``step.apply(image, spec, request)`` and returns an image. Raises
     :class:`ImageError` for images that cannot be served and for unknown ``fit``,
-    ``position`` or ``format`` values.
+    ``position`` or ``format`` values; :class:`TransformTimeout` once ``spec.deadline`` (a
+    ``clock()`` time, :func:`time.monotonic` by default) has passed, checked between phases,
+    frames and decode chunks (see :mod:`.budget`); :class:`OverMemoryBudget` when
+    :func:`estimate_bytes` is over ``spec.max_transform_bytes``, before decoding.
     """
     _check_spec(spec)
-    with _open(data) as source:
-        info = _read_info(source)
-        _check_limits(info, spec)
-        _check_jpeg_size(data, info)
-        fmt = output_format(info.format, info.has_alpha, spec.format)
-        pipeline = _Pipeline.build(spec, steps, request)
-        if info.frames > 1 and fmt in _ANIMATED_OUTPUTS:
+    deadline = Deadline(spec.deadline, clock)
+    deadline.check("before decoding")
+    with _open(data, deadline) as source:
+        info, fmt, work = _inspect(data, source, spec)
+        _check_memory(work, spec)
+        _check_canvas(work, info, spec)
+        pipeline = _Pipeline.build(spec, steps, request, deadline)
+        pipeline.work = work
+        if work.frames > 1:
             return _render_animation(source, info, fmt, pipeline)
-        _draft(source, spec)
+        if _draft(source, spec):       # the layout is still decided on the source's size
+            pipeline.source_size = (info.width, info.height)
         with _decoding():
             source.load()
         image = pipeline.run(source, _orientation(source))
-        return _encode([image], fmt, spec)
+        return _encode([image], fmt, spec, deadline=deadline)
+
+
+def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> int:
+    """An upper bound of the bytes :func:`render` of ``data`` under ``spec`` allocates at its
+    peak (decoded frames, working copies, output frames, conversions and encoder buffers;
+    not what plugin steps add), from the header and the file's structure: cheap, nothing is
+    decoded. Raises :class:`ImageError` for what :func:`render` refuses before decoding
+    (not an image, over the frame, pixel or scan budgets); with ``enforce``, also
+    :class:`OverMemoryBudget` when the answer is over ``spec.max_transform_bytes``."""
+    _check_spec(spec)
+    with _open(data) as source:
+        work = _inspect(data, source, spec)[2]
+    if enforce:
+        _check_memory(work, spec)
+    return work.bytes()
+
+
+def _inspect(data: bytes, source: ImageFile.ImageFile,
+             spec: TransformSpec) -> tuple[ImageInfo, str, Work]:
+    """The header checks, the output format and the work ahead, before decoding."""
+    info = _read_info(source)
+    _check_limits(info, spec)
+    _check_jpeg_size(data, info)
+    _check_jpeg_scans(data, info, spec)
+    fmt = output_format(info.format, info.has_alpha, spec.format)
+    if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
+        fmt = output_format(info.format, info.has_alpha, spec.animated_format)
+    animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
+    work = _work(data, source, info, spec, fmt, animated)
+    _check_output(work.canvas, spec)
+    return info, fmt, work
 
 
 def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
@@ -65,15 +105,17 @@ def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
     frames, durations = [], []
     orientation = 1
     for index in range(info.frames):
+        pipeline.deadline.check(f"frame {index + 1} of {info.frames}")
         with _decoding():
             source.seek(index)
+            pipeline.check_frame(source.size, index)     # before the frame is loaded
             frame = source.copy()      # the next seek composites onto the decoder's image
         if index == 0:                 # decoded now: a PNG's eXIf may follow its pixels
             orientation = _orientation(source)
         durations.append(_duration(frame.info.get("duration")))
         frames.append(pipeline.run(frame, orientation))
     return _encode(frames, fmt, pipeline.spec, durations=durations,
-                   loop=source.info.get("loop"))
+                   loop=source.info.get("loop"), deadline=pipeline.deadline)
 
 
 @attrs.define
@@ -84,39 +126,79 @@ class _Pipeline:
     request: Any
     before: tuple[TransformStep, ...]
     after: tuple[TransformStep, ...]
+    deadline: Deadline = attrs.field(factory=lambda: Deadline(None))
+    #: the memory estimate the render was admitted with (``None``: not checked)
+    work: Work | None = None
+    #: the source's size as displayed (after EXIF orientation), before any shrink-on-load
+    source_size: tuple[int, int] | None = None
     _plans: dict[tuple[int, int], _Plan] = attrs.field(factory=dict)
 
     @classmethod
     def build(cls, spec: TransformSpec, steps: Sequence[TransformStep],
-              request: Any) -> _Pipeline:
+              request: Any, deadline: Deadline | None = None) -> _Pipeline:
         ordered = sorted(steps, key=lambda step: step.order)
         return cls(spec, request,
                    before=tuple(step for step in ordered if step.order < RESIZE_ORDER),
-                   after=tuple(step for step in ordered if step.order >= RESIZE_ORDER))
+                   after=tuple(step for step in ordered if step.order >= RESIZE_ORDER),
+                   deadline=deadline or Deadline(None))
 
     def run(self, frame: Image.Image, orientation: int) -> Image.Image:
         icc = frame.info.get("icc_profile")
         image = _working_mode(frame)
         if orientation in _ORIENT:
             image = image.transpose(_ORIENT[orientation])
+        decoded = image.size
         if self.before:
             image = self._apply(self.before, _to_srgb(image, icc))
             icc = None
         image = _working_mode(image)
-        plan = self._plan(image)
+        self.deadline.check("resizing")
+        plan = self._plan(image, decoded)
         image = _to_srgb(plan.scale(image, self.spec), icc)
         image = plan.pad(image, self.spec)
         return self._apply(self.after, image)
 
-    def _plan(self, image: Image.Image) -> _Plan:
-        """The resize plan for images of this size, decided once (on the first frame)."""
+    def _plan(self, image: Image.Image, decoded: tuple[int, int]) -> _Plan:
+        """The resize plan for images of this size, decided once (on the first frame); its
+        output is checked against the memory budget again when it is larger than estimated
+        (a trim box's size is known only now)."""
         plan = self._plans.get(image.size)
         if plan is None:
-            plan = self._plans[image.size] = _Plan.decide(image, self.spec)
+            plan = _Plan.decide(image, self.spec, self._logical_size(image.size, decoded))
+            work = self.work
+            if work is not None and plan.canvas[0] * plan.canvas[1] > (
+                    work.output[0] * work.output[1]):
+                self.work = attrs.evolve(work, output=plan.canvas)
+                _check_memory(self.work, self.spec)
+            self._plans[image.size] = plan
         return plan
+
+    def check_frame(self, size: tuple[int, int], index: int) -> None:
+        """A frame's real size, at ``seek()``, before it is loaded: never larger than the
+        canvas the estimate used."""
+        work = self.work
+        if work is not None and (size[0] > work.canvas[0] or size[1] > work.canvas[1]):
+            raise OverMemoryBudget(
+                f"Frame {index + 1} is {size[0]}x{size[1]}, larger than the "
+                f"{work.canvas[0]}x{work.canvas[1]} the file announced.")
+
+    def _logical_size(self, size: tuple[int, int], decoded: tuple[int, int]) -> tuple[int, int]:
+        """The size ``size`` stands for in source pixels. A JPEG decoded at 1/2, 1/4 or 1/8
+        scale (shrink-on-load) has fewer pixels than the source, and its rounded-up size has
+        a slightly different aspect ratio: the geometry must come from the source's own size,
+        only the resampling works on the reduced pixels. A step (order < 500) that changed
+        the size is taken at the same scale."""
+        source = self.source_size
+        if source is None or decoded == source:
+            return size
+        if size == decoded:
+            return source
+        return (max(1, round(size[0] * source[0] / decoded[0])),
+                max(1, round(size[1] * source[1] / decoded[1])))
 
     def _apply(self, steps: tuple[TransformStep, ...], image: Image.Image) -> Image.Image:
         for step in steps:
+            self.deadline.check(f"step {step.name}")
             image = step.apply(image, self.spec, self.request)
             if not isinstance(image, Image.Image):
                 raise TypeError(f"transform step {step.name!r} returned "
@@ -139,12 +221,21 @@ class _Plan:
     offset: tuple[int, int] = (0, 0)
 
     @classmethod
-    def decide(cls, image: Image.Image, spec: TransformSpec) -> _Plan:
+    def decide(cls, image: Image.Image, spec: TransformSpec,
+               logical: tuple[int, int] | None = None) -> _Plan:
+        """The plan for ``image``, whose size stands for ``logical`` source pixels (a JPEG
+        decoded at reduced scale): the geometry is decided on the source's size, the crop
+        region is in ``image``'s pixels. Trim applies with or without a width or height."""
         whole = (0, 0, *image.size)
-        if not (spec.width or spec.height):
-            return cls(whole, image.size, image.size)
+        logical = logical or image.size
         trim = _trim_box(image, spec.trim) or whole
-        geometry = fit_geometry(trim[2] - trim[0], trim[3] - trim[1], spec)
+        if trim == whole:
+            trimmed = logical
+        else:
+            kx, ky = logical[0] / image.size[0], logical[1] / image.size[1]
+            trimmed = (max(1, round((trim[2] - trim[0]) * kx)),
+                       max(1, round((trim[3] - trim[1]) * ky)))
+        geometry = fit_geometry(*trimmed, spec)
         canvas = (geometry.width, geometry.height)
         scaled = (geometry.scaled_width, geometry.scaled_height)
         if scaled[0] > canvas[0] or scaled[1] > canvas[1]:   # cover: crop the overflow
