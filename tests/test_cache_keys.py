@@ -18,9 +18,9 @@ import pytest
 from mediaproxy import hookimpl
 from mediaproxy.models import ImageRequest
 from mediaproxy.cache.purge import PurgeScope, purge
-from mediaproxy.testing import call_in_reactor
+from mediaproxy.testing import call_in_reactor, wait_for
 
-from mediaproxy.testing.images import decode, make_jpeg, make_png
+from mediaproxy.testing.images import decode, make_image, make_jpeg, make_png
 from mediaproxy.testing import ImageOrigin, start_proxy
 
 PHOTO = make_jpeg(400, 200)
@@ -124,12 +124,32 @@ def test_different_transforms_are_different_entries(proxy):
     assert transforms(proxy) == len(DIFFERENT)
 
 
-def test_an_explicit_format_and_the_source_format_are_distinct_entries(proxy):
-    # fmt=jpeg and no fmt give the same bytes for a JPEG source, but a PNG source would not:
-    # the key says "jpeg" or "source", never guesses
+def test_no_format_and_the_explicit_format_it_resolves_to_share_one_entry(proxy):
+    # fmt=jpeg and no fmt give the same bytes for a JPEG source: one render, one entry, in
+    # either order (a PNG source would resolve to png: the key follows what the source is)
     assert fetch(proxy, BASE)[0] == "MISS"
-    assert fetch(proxy, BASE + "&fmt=jpeg")[0] == "MISS"
+    assert fetch(proxy, BASE + "&fmt=jpeg")[0] == "HIT-MEMORY"
     assert fetch(proxy, BASE + "&fmt=jpg")[0] == "HIT-MEMORY"
+    assert fetch(proxy, "/media/uploads/b.jpg?w=77&fmt=jpeg")[0] == "MISS"
+    # the other order, before this process knows what b.jpg resolves to: found once the
+    # source is read, without a second render
+    cache, _, body = fetch(proxy, "/media/uploads/b.jpg?w=77")
+    assert cache == "HIT-MEMORY" and decode(body).format == "JPEG"
+    assert fetch(proxy, "/media/uploads/b.jpg?w=77&fmt=auto", Accept="image/jpeg")[0] == \
+        "HIT-MEMORY"
+    assert transforms(proxy) == 2
+
+
+def test_a_png_source_without_a_format_never_shares_the_jpeg_entry(live_reactor):
+    png = make_image((120, 90), fmt="PNG", mode="RGBA")
+    with start_proxy(origin=ImageOrigin(
+            {"/media/uploads/p.png": (200, png, "image/png", [])})) as running:
+        assert fetch(running, "/media/uploads/p.png?w=60&fmt=jpeg")[0] == "MISS"
+        cache, _, body = fetch(running, "/media/uploads/p.png?w=60")
+        assert cache == "MISS" and decode(body).format == "PNG"
+        cache, _, body = fetch(running, "/media/uploads/p.png?w=60&fmt=png")
+        assert cache == "HIT-MEMORY" and decode(body).format == "PNG"
+        assert transforms(running) == 2
 
 
 # -- the documented key ------------------------------------------------------------------------
@@ -141,10 +161,12 @@ def documented_key(tenant, path, parts):
     return f"{tenant}:{source}:{variant}"
 
 
+#: Entries are stored under the format the render wrote: no fmt (the source's format) and an
+#: fmt=auto token (avif~gif: AVIF for a still) resolve once the source is read.
 KEYS = [
     ("/media/uploads/a.jpg?w=300", {}, "public", "/media/uploads/a.jpg",
      ["v1", "/media/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
-      "pos=centre", "q=80", "trim=0", "w=300", "format=source"]),
+      "pos=centre", "q=80", "trim=0", "w=300", "format=jpeg"]),
     ("/media//uploads/./a.jpg?h=40&fit=cover&pos=top&bg=0008&q=50&trim=3&enlarge=1&fmt=webp",
      {}, "public", "/media/uploads/a.jpg",
      ["v1", "/media/uploads/a.jpg", "bg=00000088", "enlarge=1", "fit=cover", "h=40",
@@ -152,12 +174,42 @@ KEYS = [
     ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "image/avif"}, "shop_1",
      "/media/shop_1/uploads/a.jpg",
      ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
-      "pos=centre", "q=80", "trim=0", "w=10", "format=avif~gif"]),
+      "pos=centre", "q=80", "trim=0", "w=10", "format=avif"]),
     ("/media/shop_1/uploads/a.jpg?w=10&fmt=auto", {"Accept": "*/*"}, "shop_1",
      "/media/shop_1/uploads/a.jpg",
      ["v1", "/media/shop_1/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
-      "pos=centre", "q=80", "trim=0", "w=10", "format=source"]),
+      "pos=centre", "q=80", "trim=0", "w=10", "format=jpeg"]),
 ]
+
+
+@pytest.mark.parametrize("token, name", [(None, "source"), ("avif~webp", "avif~webp"),
+                                         ("avif~gif", "avif~gif")])
+def test_the_resolution_note_is_stored_under_its_documented_key(token, name):
+    from mediaproxy.cache.keys import resolution_key
+    request = ImageRequest(route="query", source_path="/media/shop_1/uploads/a.jpg",
+                           params={}, tenant="shop_1")
+    prefix = "shop_1:" + hashlib.sha256(b"/media/shop_1/uploads/a.jpg").hexdigest()[:20] + ":"
+    digest = hashlib.sha256(f"v1\nresolved\n{name}".encode()).hexdigest()
+    assert resolution_key(request, token) == prefix + digest
+
+
+def test_the_resolution_note_reaches_other_nodes_and_goes_with_the_source(
+        live_reactor, redis_server):
+    overrides = {"cache": {"redis": {"url": redis_server.url}}}
+    with start_proxy(origin=_origin(), overrides=overrides) as first, \
+            start_proxy(origin=_origin(), overrides=overrides) as second:
+        for node in (first, second):
+            wait_for(lambda node=node: node.runtime.redis.healthy, 10, what="redis up")
+        assert fetch(first, BASE)[0] == "MISS"
+        # the other node has never seen this source: the note sends it to the jpeg entry
+        assert fetch(second, BASE + "&fmt=jpeg")[0] == "HIT-REDIS"
+        assert fetch(second, BASE + "&q=80")[0] == "HIT-MEMORY"
+        assert sum(first.origin.hits.values()) + sum(second.origin.hits.values()) == 1
+        from mediaproxy.cache.keys import resolution_key
+        note = resolution_key(ImageRequest(route="query", source_path="/media/uploads/a.jpg",
+                                           params={}, tenant="public"), None)
+        assert redis_server.command("EXISTS", first.runtime.config.cache.redis.key_prefix
+                                    + "r:" + note) in (1, b"1")
 
 
 @pytest.mark.parametrize("url, headers, tenant, path, parts", KEYS)
@@ -177,7 +229,7 @@ def test_the_default_quality_is_part_of_the_key(live_reactor):
         fetch(running, "/media/uploads/a.jpg?w=300")
         key = documented_key("public", "/media/uploads/a.jpg", [
             "v1", "/media/uploads/a.jpg", "bg=ffffffff", "enlarge=0", "fit=inside", "h=0",
-            "pos=centre", "q=60", "trim=0", "w=300", "format=source"])
+            "pos=centre", "q=60", "trim=0", "w=300", "format=jpeg"])
         assert call_in_reactor(lambda: running.runtime.cache.get(key)) is not None
         # and a URL naming q=60 is the same entry
         assert fetch(running, "/media/uploads/a.jpg?w=300&q=60")[0] == "HIT-MEMORY"

@@ -222,7 +222,8 @@ def test_a_request_that_waited_for_another_ones_transform_is_collapsed(live_reac
         wait_for(lambda: origin.hits[PATH] == 1, 10, what="the leader's fetch")
         follower = threading.Thread(target=fetch, args=("waiter",))
         follower.start()
-        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 1, 10, what="one waiter")
+        # the leader and its waiter, each with a Deferred of its own
+        wait_for(lambda: len(pipeline._inflight.get(key, ())) == 2, 10, what="one waiter")
         origin.release()
         leader.join(10)
         follower.join(10)

@@ -19,12 +19,15 @@ import time
 from email.utils import formatdate
 
 import attrs
-from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks, succeed
+from cachetools import LRUCache
+from twisted.internet.defer import (
+    CancelledError, Deferred, gatherResults, inlineCallbacks, succeed,
+)
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
-from ..cache.keys import cache_key, fresh_ttls
+from ..cache.keys import cache_key, fresh_ttls, resolution_key
 from ..cache.coalescing import coalescing_lock
 from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import coalesce
@@ -64,12 +67,19 @@ def strong_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-def _estimate(data: bytes, spec: TransformSpec) -> int:
+def _estimate(data: bytes, spec: TransformSpec) -> imaging.Estimate:
     """Runs in the thread pool, nothing decoded: the bytes a render of ``data`` allocates at
-    its peak (:func:`mediaproxy.imaging.estimate_bytes`), for the memory budget; over the
-    request's budget it raises :class:`~mediaproxy.imaging.OverMemoryBudget` (a 422 JSON),
-    before any of that memory is taken."""
-    return imaging.estimate_bytes(data, spec, enforce=True)
+    its peak, for the memory budget, and the format it will write
+    (:func:`mediaproxy.imaging.estimate`); over the request's budget it raises
+    :class:`~mediaproxy.imaging.OverMemoryBudget` (a 422 JSON), before any of that memory is
+    taken."""
+    return imaging.estimate(data, spec, enforce=True)
+
+
+def depends_on_source(fmt: str | None) -> bool:
+    """Whether the negotiated format token names an output only the source decides: ``None``
+    (the source's own format) or ``still~animated`` (``avif~webp``)."""
+    return fmt is None or imaging.split_format(fmt)[1] is not None
 
 
 def _too_large(failure):
@@ -109,6 +119,16 @@ class Stale:
 
 
 @attrs.frozen
+class Found:
+    """A production that found, once the source was known, the result already stored under the
+    key of the format it resolves to (``fmt=auto`` or no ``fmt`` answered as an explicit
+    format was before): a hit in ``layer``."""
+
+    entry: CacheEntry
+    layer: str
+
+
+@attrs.frozen
 class Collapsed:
     """The result of another request's production, as a waiter gets it (Cache-Status
     ``collapsed``): a waiter of :meth:`ImagePipeline._coalesced` in this process, or a request
@@ -124,6 +144,11 @@ def collapsed(result):
 #: Source failures that justify serving a stale copy (the backend is down or slow, not the
 #: image gone: a 404 is an answer, and the placeholder says so).
 STALE_IF_ERROR_STATUSES = (500, 502, 503, 504)
+#: How many (source, format token) -> output format answers the pipeline remembers.
+RESOLVED_LIMIT = 10_000
+#: The content type of the entry that records what a format token resolved to for a source
+#: (:func:`~mediaproxy.cache.keys.resolution_key`): the body is the format's name.
+RESOLUTION_TYPE = "application/vnd.mediaproxy.resolved-format"
 #: How many variants the access counts remember (for the periodic warm-up).
 POPULAR_LIMIT = 10_000
 
@@ -139,6 +164,8 @@ class ImagePipeline:
     popular: dict = attrs.field(factory=dict)
     #: key -> the Deferred of a production waiting for room in the memory budget
     _admitting: dict = attrs.field(factory=dict)
+    #: (tenant, source path, format token) -> the output format a render of it wrote
+    _resolved: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=RESOLVED_LIMIT))
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -150,10 +177,25 @@ class ImagePipeline:
 
         Written with plain callbacks rather than inlineCallbacks: a memory hit is the hot path
         and fires synchronously."""
+        accept = request.header("accept")
+        key, fmt, vary = self.key_for(image_request, accept)
+        if depends_on_source(fmt) and not self._knows(image_request, fmt):
+            # First sight of this source and token in this process: another process or node
+            # may have resolved it already (its resolution entry names the format).
+            def learned(hit):
+                if hit is not None and hit[0].content_type == RESOLUTION_TYPE:
+                    self._resolved[image_request.tenant, image_request.source_path, fmt] = \
+                        hit[0].body.decode("ascii", "replace")
+                return self._serve(image_request, request,
+                                   self.key_for(image_request, accept)[0], fmt, vary)
+            return self.runtime.cache.get(resolution_key(image_request, fmt)).addCallback(
+                learned)
+        return self._serve(image_request, request, key, fmt, vary)
+
+    def _serve(self, image_request, request, key, fmt, vary) -> Deferred:
+        """:meth:`handle` once the key is known."""
         rt = self.runtime
         log = request_log(request.correlation_id, "mediaproxy.pipeline")
-        fmt, vary = negotiate_format(image_request.params.get("fmt"), request.header("accept"))
-        key = cache_key(image_request, rt.params, fmt)
         self._count(key, image_request, fmt)
 
         def looked_up(hit):
@@ -195,12 +237,34 @@ class ImagePipeline:
 
         return rt.cache.get(key).addCallback(looked_up)
 
+    def key_for(self, image_request, accept: str | None) -> tuple[str, str | None, bool]:
+        """The cache key of ``image_request`` for a client sending ``accept``, with the
+        negotiated format token and whether the answer varies on ``Accept``."""
+        fmt, vary = negotiate_format(image_request.params.get("fmt"), accept)
+        key = cache_key(image_request, self.runtime.params, self._key_format(image_request, fmt))
+        return key, fmt, vary
+
+    def _knows(self, image_request, fmt: str | None) -> bool:
+        return (image_request.tenant, image_request.source_path, fmt) in self._resolved
+
+    def _key_format(self, image_request, fmt: str | None) -> str | None:
+        """The format the cache key names: the negotiated token, or, for a token only the
+        source decides, the output format a render of this source gave it before. So
+        ``fmt=auto`` (or no ``fmt``) and the explicit format it resolves to share one entry."""
+        if depends_on_source(fmt):
+            return self._resolved.get((image_request.tenant, image_request.source_path, fmt), fmt)
+        return fmt
+
     def _answer(self, result, vary, fwd="miss", stale_layer=None):
         """The response for what a production gave (``fwd``: why the request went to the
         backend; ``stale_layer``: the layer of the stale copy it had)."""
         reused = isinstance(result, Collapsed)
         if reused:
             result = result.result
+        if isinstance(result, Found):
+            return self._from_entry(result.entry, f"HIT-{result.layer.upper()}", vary,
+                                    CacheStatus(hit=True, collapsed=reused,
+                                                detail=result.layer))
         if isinstance(result, CacheEntry):
             return self._from_entry(result, "MISS", vary,
                                     CacheStatus(fwd=fwd, stored=True, collapsed=reused))
@@ -297,7 +361,11 @@ class ImagePipeline:
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
                 # found here: another process's or node's production, reused
                 return Collapsed(entry) if time.time() - entry.created_at <= fresh_for else None
-            return rt.cache.get(key).addCallback(fresh)
+            found = rt.cache.get(key).addCallback(fresh)
+            if depends_on_source(fmt):
+                found.addCallback(lambda hit: hit if hit is not None
+                                  else self._resolved_elsewhere(image_request, fmt))
+            return found
 
         # The leader answers its own clients as soon as the result exists; the lock is released
         # (and the followers elsewhere look it up) only once it is stored in the shared layers.
@@ -362,6 +430,7 @@ class ImagePipeline:
         spec = transform_spec(image_request, fmt, rt.config)
         steps = tuple(step for steps in rt.pm.hook.mediaproxy_transform_steps(
             image_request=image_request, spec=spec) or () for step in (steps or ()))
+        store_key = key
         try:
             # The estimate (header only) in the pool, then a wait for room in the memory
             # budget (left when every client has gone), then the render; the reservation is
@@ -369,7 +438,19 @@ class ImagePipeline:
             # one request may take at most what the whole process gives all transforms
             if spec.max_transform_bytes > rt.admission.capacity:
                 spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
-            nbytes = yield rt.run_in_pool(_estimate, source.body, spec)
+            estimated = yield rt.run_in_pool(_estimate, source.body, spec)
+            nbytes = estimated.bytes
+            if depends_on_source(fmt):
+                # Now the output format is known: its entry may exist under the explicit key.
+                # (Remembered only once that key holds the result: until then requests for
+                # this token keep joining this production under its key.)
+                resolved = (image_request.tenant, image_request.source_path, fmt)
+                store_key = cache_key(image_request, rt.params, estimated.format)
+                if store_key != key:
+                    found = yield self._fresh(store_key)
+                    if found is not None:
+                        self._resolved[resolved] = estimated.format
+                        return found
             admitting = rt.admission.reserve(nbytes, request.correlation_id)
             self._admitting[key] = admitting
             try:
@@ -422,8 +503,48 @@ class ImagePipeline:
             source_etag=source.etag, source_last_modified=source.last_modified)
         if on_rendered is not None:
             on_rendered(entry)
-        yield self._store(key, entry, wait)
+        stored = self._store(store_key, entry, wait)
+        if store_key != key:
+            self._resolved[resolved] = estimated.format
+            if rt.cache.shared:
+                # and for the other processes and nodes, before the coalescing lock is released
+                note = CacheEntry(body=estimated.format.encode("ascii"),
+                                  content_type=RESOLUTION_TYPE, created_at=now, etag="",
+                                  last_modified=entry.last_modified)
+                noted = rt.cache.set(resolution_key(image_request, fmt), note, shared_only=True)
+                stored = gatherResults([stored, noted if wait else succeed(None)],
+                                       consumeErrors=True)
+        yield stored
         return entry
+
+    def _resolved_elsewhere(self, image_request, fmt) -> Deferred:
+        """For a lock follower whose token only the source decides: what another process or
+        node resolved it to (its resolution entry), and the result under that format's key,
+        as a :class:`Collapsed` (None when either is missing or not fresh)."""
+        rt = self.runtime
+
+        def resolved(hit):
+            if hit is None or hit[0].content_type != RESOLUTION_TYPE:
+                return None
+            out = hit[0].body.decode("ascii", "replace")
+            self._resolved[image_request.tenant, image_request.source_path, fmt] = out
+            return self._fresh(cache_key(image_request, rt.params, out)).addCallback(
+                lambda found: Collapsed(found.entry) if found is not None else None)
+
+        return rt.cache.get(resolution_key(image_request, fmt)).addCallback(resolved)
+
+    def _fresh(self, key) -> Deferred:
+        """A :class:`Found` for ``key`` when a layer holds it fresh, else None."""
+        rt = self.runtime
+
+        def fresh(hit):
+            if hit is None:
+                return None
+            entry, layer = hit
+            fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
+            return Found(entry, layer) if time.time() - entry.created_at <= fresh_for else None
+
+        return rt.cache.get(key).addCallback(fresh)
 
     def _store(self, key, entry, wait: bool) -> Deferred:
         stored = self.runtime.cache.set(key, entry)

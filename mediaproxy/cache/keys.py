@@ -58,6 +58,15 @@ def cache_key(request: ImageRequest, params: Mapping[str, Param], fmt: str | Non
     return source_prefix(request.tenant, request.source_path) + variant
 
 
+def resolution_key(request: ImageRequest, token: str | None) -> str:
+    """The key of the small entry that records what a format token only the source decides
+    (``None``, ``avif~webp``) resolved to for ``request``'s source, so a request in another
+    process or node finds the result stored under the resolved format's key. It shares the
+    source's prefix: purging the source purges it too."""
+    digest = hashlib.sha256(f"v1\nresolved\n{token or 'source'}".encode()).hexdigest()
+    return source_prefix(request.tenant, request.source_path) + digest
+
+
 def stale_grace(cache_config) -> float:
     """How long past its TTL a layer keeps an entry, so the pipeline can still serve it stale
     (``stale_while_revalidate``, ``stale_if_error``)."""

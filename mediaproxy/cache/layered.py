@@ -34,6 +34,7 @@ class CacheLayer(Protocol):
 
     name: str   #: short name, shown in ``X-Cache: HIT-<NAME>``
     order: int  #: read order, fastest first (memory 10, redis 20, file 30)
+    # optional ``shared: bool`` (default True): False for a layer only this process sees
 
     def get(self, key: str) -> Deferred:
         """Fire with the :class:`~mediaproxy.models.CacheEntry` stored under ``key`` or None."""
@@ -108,9 +109,18 @@ class LayeredCache:
 
         return d.addCallback(answered)
 
-    def set(self, key: str, entry: CacheEntry) -> Deferred:
+    @property
+    def shared(self) -> bool:
+        """Whether any layer is seen by other processes or nodes (Redis, files, ...)."""
+        return any(getattr(layer, "shared", True) for layer in self.layers)
+
+    def set(self, key: str, entry: CacheEntry, *, shared_only: bool = False) -> Deferred:
+        """Store ``entry`` in every layer (``shared_only``: only in the layers other processes
+        see, for what this process keeps elsewhere)."""
         ds = []
         for layer in self.layers:
+            if shared_only and not getattr(layer, "shared", True):
+                continue
             d = maybeDeferred(layer.set, key, entry)
             d.addErrback(self._failed, layer, "set", key)
             ds.append(d)

@@ -28,6 +28,8 @@ class MemoryLayer:
     clock: object = time.monotonic
     name: str = "memory"
     order: int = 10
+    #: seen by this process only (see :meth:`LayeredCache.set`'s ``shared_only``)
+    shared: bool = False
     hits: int = 0
     misses: int = 0
     evictions: int = 0

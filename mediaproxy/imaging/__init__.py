@@ -102,7 +102,7 @@ from .errors import (
 from .formats import CONTENT_TYPES, output_format, split_format
 from .geometry import FITS, POSITIONS, Geometry, fit_geometry
 from .placeholders import placeholder
-from .rendering import RESIZE_ORDER, estimate_bytes, render
+from .rendering import RESIZE_ORDER, Estimate, estimate, estimate_bytes, render
 
 __all__ = [
     "CONTENT_TYPES", "FITS", "POSITIONS", "RESIZE_ORDER",
@@ -110,5 +110,5 @@ __all__ = [
     "ImageError", "UnsupportedImage", "CorruptImage", "UnsupportedFormat", "ImageTooLarge",
     "TooManyFrames", "InvalidTransform", "OutputTooLarge",
     "BudgetExceeded", "TooManyScans", "OverMemoryBudget", "TransformTimeout",
-    "estimate_bytes", "fit_geometry", "output_format", "placeholder", "probe", "render", "split_format",
+    "Estimate", "estimate", "estimate_bytes", "fit_geometry", "output_format", "placeholder", "probe", "render", "split_format",
 ]

@@ -68,19 +68,35 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
         return _encode([image], fmt, spec, deadline=deadline)
 
 
+@frozen
+class Estimate:
+    """What a render of one source under one spec will take and make, known before decoding:
+    ``bytes``, an upper bound of its peak memory, and ``format``, the output format it will
+    write (the negotiated token or ``None`` resolved against this source)."""
+
+    bytes: int
+    format: str
+
+
+def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> Estimate:
+    """The :class:`Estimate` of rendering ``data`` under ``spec``, from the header and the
+    file's structure: cheap, nothing is decoded. Raises :class:`ImageError` for what
+    :func:`render` refuses before decoding (not an image, over the frame, pixel or scan
+    budgets); with ``enforce``, also :class:`OverMemoryBudget` when the bytes are over
+    ``spec.max_transform_bytes``."""
+    _check_spec(spec)
+    with _open(data) as source:
+        _, fmt, work = _inspect(data, source, spec)
+    if enforce:
+        _check_memory(work, spec)
+    return Estimate(work.bytes(), fmt)
+
+
 def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> int:
     """An upper bound of the bytes :func:`render` of ``data`` under ``spec`` allocates at its
     peak (decoded frames, working copies, output frames, conversions and encoder buffers;
-    not what plugin steps add), from the header and the file's structure: cheap, nothing is
-    decoded. Raises :class:`ImageError` for what :func:`render` refuses before decoding
-    (not an image, over the frame, pixel or scan budgets); with ``enforce``, also
-    :class:`OverMemoryBudget` when the answer is over ``spec.max_transform_bytes``."""
-    _check_spec(spec)
-    with _open(data) as source:
-        work = _inspect(data, source, spec)[2]
-    if enforce:
-        _check_memory(work, spec)
-    return work.bytes()
+    not what plugin steps add): :func:`estimate`'s ``bytes``."""
+    return estimate(data, spec, enforce=enforce).bytes
 
 
 def _inspect(data: bytes, source: ImageFile.ImageFile,

@@ -101,6 +101,9 @@ class RunningProxy:
         raw, _, query = path.partition("?")
         match = rt.pm.hook.mediaproxy_match_request(
             request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
+        pipeline = rt.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
+        if pipeline is not None:     # the key it looks up (it knows what sources resolve to)
+            return call_in_reactor(lambda: pipeline.key_for(match, accept))[0]
         fmt, _ = negotiate_format(match.params.get("fmt"), accept)
         return cache_key(match, rt.params, fmt)
 
