@@ -329,9 +329,9 @@ KEY_RUNTIME = make_runtime()
 #: Accept header -> what fmt=auto resolves to (RFC 9110 q-values; wildcards pick neither).
 ACCEPTS = {
     None: "source", "*/*": "source", "image/*": "source", "image/png,*/*;q=0.8": "source",
-    "image/avif,image/webp,*/*": "avif", "image/webp,image/avif": "avif",
+    "image/avif,image/webp,*/*": "avif~webp", "image/webp,image/avif": "avif~webp",
     "image/avif;q=0,image/webp": "webp", "image/webp,*/*;q=0.8": "webp",
-    "image/avif;q=0, image/webp;q=0": "source", "image/AVIF": "avif",
+    "image/avif;q=0, image/webp;q=0": "source", "image/AVIF": "avif~gif",
 }
 FORMAT_SPELLINGS = {"jpeg": ["jpeg", "jpg", "JPG"], "png": ["png", "PNG"], "webp": ["webp"],
                     "avif": ["avif"], "gif": ["gif"], "tiff": ["tiff", "tif"]}
@@ -418,7 +418,10 @@ def spellings(draw, meaning):
 
 
 def resolved(meaning, accept):
-    """The oracle: what the output is, whatever the spelling."""
+    """The oracle: what the output is, whatever the spelling, as far as the request alone
+    says (the key looked up first): an explicit format, or the token of what only the source
+    decides (``source``; AVIF for a still, a WebP or GIF animation for an animation). Once
+    the source is read these share the explicit format's entry (tested over HTTP above)."""
     source, params, fmt = meaning
     out = fmt[1] if fmt[0] == "explicit" else ACCEPTS[accept] if fmt[0] == "auto" else "source"
     return source, tuple(sorted(params.items())), out
