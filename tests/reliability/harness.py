@@ -292,8 +292,9 @@ def percentile(values: list[float], q: float) -> float:
 class NormalTraffic:
     """``clients`` threads sending the normal mix to ``port`` until :meth:`stop`, in turn: one
     cache hit URL, a cold transform (a new width of a cached source each time, so each is a
-    render), and a pass-through request (``mix`` chooses which). A request succeeds when it is a 200 within ``within`` seconds whose body is
-    right (an image of the asked width, or the backend's JSON)."""
+    render), and a pass-through request (``mix`` chooses which). A request succeeds when it
+    is a 200 within ``within`` seconds whose body is right (an image of the asked width, or
+    the backend's JSON)."""
 
     def __init__(self, port: int, clients: int = 4, pause: float = 0.02, within: float = 5.0,
                  source: str = "/media/normal/photo.jpg",

@@ -16,6 +16,7 @@ case failed, so CI fails with it.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -72,6 +73,18 @@ def run_case(case, quick: bool) -> Result:
     return result
 
 
+def commit() -> str:
+    """The commit measured (with ``+`` when the tree has changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        return (head or "?") + ("+" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def write_docs(table: str) -> None:
     text = DOCS.read_text()
     head, _, rest = text.partition(BEGIN)
@@ -112,8 +125,9 @@ def main(argv=None) -> int:
     failed = [r.case for r in results if r.problems]
     total = time.monotonic() - started
     table = HEADER + "\n" + "\n".join(row(r) for r in results)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     footer = (f"\n\n{len(results) - len(failed)} of {len(results)} cases pass "
-              f"({scale_name} scale, {total:.0f} s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).")
+              f"({scale_name} scale, {total:.0f} s, {when}, commit {commit()}).")
     OUT.mkdir(exist_ok=True)
     (OUT / f"table-{scale_name}.md").write_text(table + footer + "\n")
     if args.write_docs:
