@@ -29,8 +29,8 @@ from .harness import MiB, ROOT
 OUT = ROOT / ".reliability"
 DOCS = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- reliability-table:begin -->", "<!-- reliability-table:end -->"
-HEADER = ("| case | what | attack answers | normal success | normal p99 | peak RSS | figures "
-          "| verdict |\n|---|---|---|---|---|---|---|---|")
+HEADER = ("| case (`./dev reliability CASE`) | what | answers | normal success | normal p99 "
+          "| peak RSS | figures | verdict |\n|---|---|---|---|---|---|---|---|")
 
 
 def cell(text: str) -> str:
@@ -49,7 +49,7 @@ def row(result: Result) -> str:
     if result.problems:
         verdict += ": " + "; ".join(result.problems)
     return "| " + " | ".join(cell(c) for c in (
-        result.case, result.description, answers or "-", success, p99, rss, figures,
+        f"`{result.case}`", result.description, answers or "-", success, p99, rss, figures,
         verdict)) + " |"
 
 
@@ -70,6 +70,7 @@ def run_case(case, quick: bool) -> Result:
         finally:
             ctx.close()
     result.seconds = time.monotonic() - started
+    result.case = case.name                      # the name that runs it again
     return result
 
 
