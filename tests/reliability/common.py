@@ -318,8 +318,10 @@ def judge_fault(result: Result, prober: Prober, normal: NormalTraffic, down: flo
         if recovery > RECOVERY_LIMIT:
             result.problems.append(f"recovery {recovery:.2f} s > {RECOVERY_LIMIT:g} s")
     wrong = sum(1 for o in normal.outcomes if o.status == 200 and not o.correct)
+    wrong += sum(1 for s in prober.seen if s[4] == "wrong or partial image")
+    result.figures["wrong or partial answers"] = str(wrong)
     if wrong:
-        result.problems.append(f"{wrong} wrong or partial normal answers")
+        result.problems.append(f"{wrong} wrong or partial answers")
     bad = [o for o in normal.outcomes if o.status in (DROPPED, TIMEOUT, 500)]
     if bad:
         result.problems.append(f"{len(bad)} normal requests dropped, timed out or 500")
