@@ -1,8 +1,9 @@
 """
 Property tests of the parsers the other property files leave out, each against an oracle
 written from the specification, not from the code: ``Accept`` negotiation (``fmt=auto``),
-``If-None-Match`` (RFC 9110 weak comparison), signed URLs (what the signature covers) and the
-config's environment overrides (an unusable value names its key).
+``If-None-Match`` (RFC 9110 weak comparison), signed URLs (what the signature covers), the
+config's environment overrides (an unusable value names its key) and the query scheme's
+numbers (the ranges of docs/user-guide.md).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mediaproxy.builtin import routing
 from mediaproxy.builtin.signing import Signer, sign_url
 from mediaproxy.config import ConfigError, iter_settings, load_config
 from mediaproxy.imaging.negotiation import negotiate_format
-from mediaproxy.models import RequestInfo
+from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.resource import etag_matches
 from mediaproxy.testing.runtime import make_runtime
 
@@ -165,3 +167,35 @@ def test_an_unusable_environment_value_names_its_key(key, text):
     with pytest.raises(ConfigError) as raised:
         load_config(environ=environ)
     assert key in str(raised.value)
+
+
+# -- the query scheme's numbers ---------------------------------------------------------------
+
+#: The ranges of docs/user-guide.md "The query scheme" with the default limits; each parameter
+#: with one of its spellings and a companion that keeps the request a transform.
+NUMBERS = {"w": (0, 8192, "h"), "width": (0, 8192, "h"), "h": (0, 8192, "w"),
+           "height": (0, 8192, "w"), "q": (1, 100, "w"), "quality": (1, 100, "w"),
+           "trim": (0, 100, "w")}
+CANONICAL = {"width": "w", "height": "h", "quality": "q"}
+ROUTING = make_runtime()
+
+
+@given(st.sampled_from(sorted(NUMBERS)),
+       st.one_of(st.integers(-50, 20_000).map(str),
+                 st.integers(0, 200).map(lambda n: f"00{n}"),
+                 st.integers(0, 200).map(lambda n: f"+{n}"),
+                 st.text(alphabet="0123456789.e- x", max_size=6)))
+def test_a_number_is_accepted_exactly_when_it_is_digits_within_its_range(name, text):
+    low, high, companion = NUMBERS[name]
+    result = routing.mediaproxy_match_request(
+        RequestInfo(method="GET", path="/media/a.jpg", query=[(companion, "10"), (name, text)]),
+        ROUTING)
+    digits = text.strip()
+    valid = digits.isascii() and digits.isdigit() and len(digits) <= 9 and \
+        low <= int(digits) <= high
+    if valid:
+        assert isinstance(result, ImageRequest)
+        assert result.params[CANONICAL.get(name, name)] == int(digits)
+    else:
+        assert isinstance(result, Rejection)
+        assert (result.status, result.parameter) == (400, CANONICAL.get(name, name))
