@@ -108,8 +108,10 @@ def case_backend_flapping(ctx: Context) -> Result:
     result.figures["flapped sources served again"] = (
         f"{healed:.2f} s" if healed is not None else f"{len(pending)} still refused after 30 s")
     if healed is None or healed > RECOVERY_LIMIT:
-        result.problems.append("sources refused during the flapping stay refused "
-                               "(negative-cached 502)")
+        result.problems.append(
+            "the sources asked during the flapping are refused "
+            + ("for over 30 s" if healed is None else f"for {healed:.1f} s")
+            + " after the backend healed (a remembered 502 or an open breaker)")
     judge_fault(result, prober, normal, down, up, recovery, hits)
     judge_rss(result, sampler)
     return result
@@ -187,8 +189,9 @@ def _fill(directory: Path) -> int:
     return written
 
 
-def cache_disk_case(ctx: Context, name: str, fault: str) -> Result:
-    result = Result(name, f"the file cache's disk {fault} under load")
+def cache_disk_case(ctx: Context, name: str, fault: str, description: str) -> Result:
+    """``fault``: ``"full"`` (filled to ENOSPC) or ``"read-only"`` (remounted ro)."""
+    result = Result(name, f"the file cache's disk {description} under load")
     mount = _mount_tmpfs(ctx, "16m")
     if mount is None:
         result.problems.append("not run: mounting a tmpfs needs root")
@@ -221,11 +224,12 @@ def cache_disk_case(ctx: Context, name: str, fault: str) -> Result:
 
 
 def case_disk_full(ctx: Context) -> Result:
-    return cache_disk_case(ctx, "cache-disk-full", "is full (a 16 MiB tmpfs filled to ENOSPC)")
+    return cache_disk_case(ctx, "cache-disk-full", "full",
+                           "is full (a 16 MiB tmpfs filled to ENOSPC)")
 
 
 def case_disk_readonly(ctx: Context) -> Result:
-    return cache_disk_case(ctx, "cache-disk-read-only", "is remounted read-only")
+    return cache_disk_case(ctx, "cache-disk-read-only", "read-only", "is remounted read-only")
 
 
 def case_sigkill_mid_write(ctx: Context) -> Result:
