@@ -17,7 +17,7 @@ from . import inputs
 from .common import (BREAKER_OPEN_LIMIT, NORMAL_FILES, NORMAL_HIT, RECOVERY_LIMIT, Context,
                      Guard, Prober, Result, answer_label, judge_fault, judge_normal, judge_rss,
                      repeat_concurrently)
-from .harness import MiB, NormalTraffic, fetch, image_width, percentile
+from .harness import DROPPED, MiB, NormalTraffic, fetch, image_width, percentile
 
 
 def case_backend_killed(ctx: Context) -> Result:
@@ -247,21 +247,33 @@ def case_sigkill_mid_write(ctx: Context) -> Result:
     proxy = None
     for n in range(rounds):
         proxy = ctx.proxy(origin, settings, name=f"proxy{n}")
-        killer = threading.Timer(rnd.uniform(1.0, 2.5), proxy.kill)
+        killed = threading.Event()                # set before the signal: no request after it
+
+        def kill(proxy=proxy, killed=killed):
+            killed.set()
+            proxy.kill()
+
+        killer = threading.Timer(rnd.uniform(1.0, 2.5), kill)
         killer.start()
 
-        def work(i, proxy=proxy):
-            if not proxy.alive():                   # killed: this round is over
+        def work(i, proxy=proxy, killed=killed):
+            if killed.is_set():                     # killed: this round is over
                 return None
             width = widths[i % len(widths)]
             got = fetch(proxy.port, f"/media/attack/noise.jpg?w={width}&fmt=png", timeout=30)
-            return got + (width,)
+            return got + (width, killed.is_set())
 
         answers = repeat_concurrently(work, 4, 3.0, len(widths))
         killer.join()
-        for status, headers, body, width in answers:
+        for status, headers, body, width, at_kill in answers:
             asked.add(width)
-            result.attack[f"during: {status}"] += 1
+            if status == DROPPED and at_kill:
+                result.attack["during: dropped by the kill"] += 1
+                continue
+            label, problem = answer_label(status, headers, body)
+            result.attack[f"during: {label}"] += 1
+            if problem and problem not in result.problems:
+                result.problems.append(f"before the kill: {problem}")
             if status == 200 and image_width(body) != width:
                 result.problems.append("a wrong or partial answer before the kill")
     proxy = ctx.proxy(origin, settings, name="proxy-final")

@@ -10,8 +10,9 @@ inputs that reach new code in Pillow's Python plugins and in mediaproxy.imaging.
 the same target runs on the generated headers of tests/image_headers.py (hypothesis) for the
 same time.
 
-Every crash is copied to tests/reliability/crashes/, where tests/test_fuzz_regressions.py
-replays it in the normal suite: commit it with the fix.
+Every find is copied to tests/reliability/found/ (see its README); moved to
+tests/reliability/crashes/ together with its fix, tests/test_fuzz_regressions.py replays it in
+the normal suite forever.
 
 Run alone: ``python -m tests.reliability.fuzz --seconds 60``.
 """
@@ -31,7 +32,10 @@ from pathlib import Path
 import attrs
 
 HERE = Path(__file__).resolve().parent
+#: Finds that are fixed: replayed by tests/test_fuzz_regressions.py.
 CRASHES = HERE / "crashes"
+#: Finds awaiting their fix, where a run copies what it finds.
+FOUND = HERE / "found"
 ROOT = HERE.parents[1]
 
 #: The transform every input gets: small, with small budgets, so each execution is cheap and a
@@ -98,7 +102,7 @@ def atheris_available() -> str:
 
 
 def run(seconds: float, workdir: Path) -> Found:
-    """Fuzz for ``seconds``; copy crashes to :data:`CRASHES`."""
+    """Fuzz for ``seconds``; copy what it finds to :data:`FOUND`."""
     found = Found()
     workdir.mkdir(parents=True, exist_ok=True)
     missing = atheris_available()
@@ -125,8 +129,8 @@ def run(seconds: float, workdir: Path) -> Found:
     for crash in sorted(artifacts.iterdir()):
         kind = crash.name.split("-")[0]           # crash, timeout, oom, slow-unit, leak
         found.counts[kind] += 1
-        keep = CRASHES / f"{kind}-{hashlib.sha1(crash.read_bytes()).hexdigest()[:12]}"
-        CRASHES.mkdir(exist_ok=True)
+        keep = FOUND / f"{kind}-{hashlib.sha1(crash.read_bytes()).hexdigest()[:12]}"
+        FOUND.mkdir(exist_ok=True)
         shutil.copyfile(crash, keep)
         found.problems.append(f"{kind}: {keep.relative_to(ROOT)}")
     if done.returncode and not found.problems:
