@@ -76,7 +76,7 @@ def case_webp_enlarge(ctx: Context, fmt: str = "") -> Result:
 
 
 def case_jpeg_rescan(ctx: Context) -> Result:
-    repeats = ctx.scale(1000, 5000)
+    repeats = ctx.scale(2000, 5000)
     return image_attack(
         ctx, "jpeg-rescan",
         f"progressive 3000x3000 JPEG, one refinement scan repeated {repeats} times, 4 at once",
