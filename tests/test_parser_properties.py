@@ -52,8 +52,10 @@ def accept_headers(draw):
 @given(accept_headers())
 def test_auto_picks_avif_then_webp_when_named_with_a_positive_q(generated):
     header, q_of = generated
-    expected = ("avif" if q_of.get("image/avif", 0) > 0
-                else "webp" if q_of.get("image/webp", 0) > 0 else None)
+    webp = q_of.get("image/webp", 0) > 0
+    # AVIF carries a still; an animation becomes an animated WebP, or a GIF without WebP
+    expected = (("avif~webp" if webp else "avif~gif") if q_of.get("image/avif", 0) > 0
+                else "webp" if webp else None)
     assert negotiate_format("auto", header) == (expected, True)
 
 
@@ -64,7 +66,7 @@ def test_negotiation_is_total_and_only_auto_varies(accept, requested):
     if requested != "auto":
         assert (fmt, varies) == (requested, False)
     else:
-        assert fmt in (None, "avif", "webp") and varies
+        assert fmt in (None, "avif~webp", "avif~gif", "webp") and varies
 
 
 # -- If-None-Match ----------------------------------------------------------------------------
