@@ -55,6 +55,8 @@ INITIAL_HOLD = 1.0
 HOLD_WEIGHT = 0.2
 #: Retry-After is never more than this many seconds.
 MAX_RETRY_AFTER = 60
+#: Reservations released before the predicted wait sheds new waiters.
+HOLDS_BEFORE_PREDICTING = 8
 #: Allocations from this size up are mapped and unmapped on their own (see
 #: :func:`return_freed_images_to_the_os`); Pillow allocates images in blocks of up to 16 MiB.
 MMAP_THRESHOLD = 4 * 1024 * 1024
@@ -145,6 +147,8 @@ class MemoryBudget:
     active: int = 0
     #: moving average of how long a reservation is held (seconds), for Retry-After
     mean_hold: float = INITIAL_HOLD
+    #: reservations released so far (the mean hold time is a measure once there are a few)
+    holds: int = 0
     _waiting: deque = attrs.field(factory=deque)
 
     def __attrs_post_init__(self):
@@ -173,7 +177,11 @@ class MemoryBudget:
         if not self._waiting and self._fits(nbytes):
             self.emit("admission.wait", 0.0, correlation_id)
             return succeed(self._grant(nbytes, now))
-        if len(self._waiting) >= self.queue_limit:
+        if len(self._waiting) >= self.queue_limit or self._predicted_wait(nbytes) > \
+                self.queue_timeout:
+            # full in count, or in time: what waits already would outlast queue_timeout, so
+            # this one would only wait to be refused (and, after a burst, a backlog of doomed
+            # waiters would delay the first requests after it)
             self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full")
             return fail(Overloaded("transform queue full", self.retry_after(nbytes)))
         waiter = _Waiter(nbytes, Deferred(lambda d: self._cancelled(waiter)), now,
@@ -181,6 +189,15 @@ class MemoryBudget:
         waiter.timer = self.reactor.callLater(self.queue_timeout, self._expired, waiter)
         self._waiting.append(waiter)
         return waiter.deferred
+
+    def _predicted_wait(self, nbytes: int) -> float:
+        """Seconds a request of ``nbytes`` arriving now would wait, by the mean hold time
+        (0 until :data:`HOLDS_BEFORE_PREDICTING` reservations have been seen: the first
+        guess of the hold time is not a measure)."""
+        if self.holds < HOLDS_BEFORE_PREDICTING:
+            return 0.0
+        turnovers = (self.waiting_bytes + nbytes) / self.capacity
+        return self.mean_hold * max(turnovers, (self.waiting + 1) / self.slots)
 
     def retry_after(self, nbytes: int = 0) -> int:
         """Whole seconds until a request of ``nbytes`` arriving now could plausibly be
@@ -216,6 +233,7 @@ class MemoryBudget:
         self.active -= 1
         held = self.reactor.seconds() - reservation.granted_at
         self.mean_hold += HOLD_WEIGHT * (held - self.mean_hold)
+        self.holds += 1
         self._pump()
 
     def _leave(self, waiter: _Waiter) -> None:

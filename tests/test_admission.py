@@ -52,6 +52,33 @@ def outcome(d):
 
 # -- unit tests ---------------------------------------------------------------------------------
 
+def test_a_wait_predicted_longer_than_the_queue_timeout_is_refused_at_once():
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=3.0)
+    for _ in range(8):                     # eight transforms of one second each: a measure
+        _, r = outcome(b.reserve(10))
+        clock.advance(1.0)
+        r.release()
+    assert b.holds == 8 and b.mean_hold == pytest.approx(1.0)
+    _, running = outcome(b.reserve(10, "run"))
+    waiters = [b.reserve(10, f"w{i}") for i in range(2)]
+    assert [outcome(d)[0] for d in waiters] == ["waiting", "waiting"]
+    # a third waiter would wait 3 holds (two before it, one running): not more than 3 s
+    third = b.reserve(10, "w2")
+    assert outcome(third)[0] == "waiting"
+    # a fourth would wait 4 s: refused now, with an honest Retry-After
+    fourth = []
+    b.reserve(10, "w3").addErrback(lambda f: fourth.append(f.value))
+    assert type(fourth[0]) is Overloaded and fourth[0].retry_after == 4
+    assert events.names()[-1] == ("admission.shed", "queue_full")
+    assert b.waiting == 3
+
+
+def test_no_wait_is_predicted_before_the_hold_time_is_a_measure():
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=0.5)
+    _, running = outcome(b.reserve(10))
+    waiting = [b.reserve(10) for _ in range(5)]
+    assert all(outcome(d)[0] == "waiting" for d in waiting)    # the initial guess sheds none
+
 def test_a_reservation_that_fits_is_granted_at_once_and_given_back():
     b, clock, events = budget()
     kind, r = outcome(b.reserve(60, "c1"))
