@@ -611,6 +611,12 @@ class ProcessingConfig:
         "before it, by the mean time a transform takes) is longer is refused at once. Short, "
         "so a burst leaves no backlog behind it: service is back within this after an "
         "overload.", _at_least(0.01))
+    thread_niceness: int = setting(
+        5, "int", "How much lower than the rest of the process the transform threads run "
+        "(Linux nice, 0-19; 0: the same). The reactor thread answers cache hits, pass-through "
+        "and health checks; with the transform threads a little nicer, the kernel runs it "
+        "first when transforms fill every core, so an overload of cold transforms does not "
+        "slow the hits down.", _between(0, 19))
 
 
 @frozen

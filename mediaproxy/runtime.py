@@ -13,6 +13,8 @@ the pool's size, is fixed at start).
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
@@ -42,6 +44,23 @@ __all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "mem
 AUTO_TRANSFORM_MEMORY_CAP = 640 * 1024 * 1024
 #: ... and at most this share of the machine's memory.
 AUTO_TRANSFORM_MEMORY_SHARE = 1 / 8
+
+
+_thread_state = threading.local()
+
+
+def _nicer_thread(niceness: int) -> None:
+    """Lower the calling pool thread's scheduling priority by ``niceness`` (once per thread;
+    Linux schedules threads as tasks, so the reactor thread keeps its priority). Where the
+    platform does not allow it, nothing happens."""
+    if getattr(_thread_state, "niceness", 0) == niceness:
+        return
+    _thread_state.niceness = niceness
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, os.getpid()) + niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 def default_transform_memory(total_memory: int) -> int:
@@ -161,6 +180,7 @@ class Runtime:
             # Counted down (and the reservation given back) in the reactor when the thread is
             # done with it, not when a waiting Deferred gives up: a timed-out transform still
             # occupies its thread and its memory.
+            _nicer_thread(self.config.processing.thread_niceness)
             try:
                 return fn(*args, **kwargs)
             finally:

@@ -32,7 +32,8 @@ from .http.connection import ConnectionLimits
 from .http.streaming import StreamingSite
 from .http.upstream import Upstream
 from .workers import (
-    SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, worker_count,
+    SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, with_backlog,
+    worker_count,
 )
 
 log = Logger(namespace="mediaproxy")
@@ -241,7 +242,7 @@ def build_service(config, reactor, config_path=None, extra_services=(),
             SharedPortService(reactor, endpoint, site).setServiceParent(top)
     else:
         for endpoint in config.server.listen:
-            strports.service(endpoint, site).setServiceParent(top)
+            strports.service(with_backlog(endpoint), site).setServiceParent(top)
     if workers > 1 and not shared_ports:
         WorkerSupervisor(reactor, workers, config_path, config.server.listen).setServiceParent(top)
     if not shared_ports:

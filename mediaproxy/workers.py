@@ -33,6 +33,22 @@ RESTART_DELAY = 1.0
 STOP_GRACE = 5.0
 
 
+#: The listen backlog when an endpoint names none (Twisted's is 50: a burst of new connections
+#: beyond it is dropped by the kernel before the reactor sees it; nginx uses 511, the kernel caps
+#: it at net.core.somaxconn).
+DEFAULT_BACKLOG = 1024
+
+
+def with_backlog(description: str) -> str:
+    """``description`` with ``backlog=DEFAULT_BACKLOG`` added when it is a ``tcp:``/``tcp6:``
+    endpoint that names no backlog."""
+    kind, _, rest = description.partition(":")
+    if kind not in ("tcp", "tcp6") or any(part.startswith("backlog=")
+                                          for part in rest.split(":")):
+        return description
+    return f"{description}:backlog={DEFAULT_BACKLOG}"
+
+
 class UnsupportedEndpoint(ValueError):
     """Only ``tcp:`` endpoints can be shared by several workers."""
 
@@ -44,7 +60,7 @@ def parse_tcp(description: str) -> tuple[str, int, int]:
     if kind not in ("tcp", "tcp6"):
         raise UnsupportedEndpoint(
             f"{description!r}: only tcp: endpoints can be shared by several workers")
-    interface, port, backlog = ("::" if kind == "tcp6" else "0.0.0.0"), None, 50
+    interface, port, backlog = ("::" if kind == "tcp6" else "0.0.0.0"), None, DEFAULT_BACKLOG
     for i, part in enumerate(p for p in rest.split(":") if p):
         key, eq, value = part.partition("=")
         if not eq and i == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -545,3 +546,28 @@ def test_a_full_queue_serves_a_copy_within_stale_if_error_rather_than_a_503(live
         assert counters(running).count("admission.shed", reason="queue_full") == 1
         gate.open.set()
         assert [f.result(30)[0] for f in [first, *waiting]] == [200, 200, 200]
+
+
+def test_transform_threads_run_nicer_than_the_reactor(live_reactor):
+    import threading as _threading
+
+    def nice(tid):
+        return os.getpriority(os.PRIO_PROCESS, tid)
+
+    seen = []
+
+    class Probe:
+        @hookimpl
+        def mediaproxy_transform_steps(self, image_request, spec):
+            def record(image, spec, request):
+                seen.append(nice(_threading.get_native_id()))
+                return image
+            return [TransformStep("probe", record, order=600)]
+
+    base = nice(os.getpid())
+    with start_proxy(files(), plugins=[Probe()],
+                     overrides={"processing": {"thread_niceness": 3}}) as running:
+        assert running.get("/media/a.jpg?w=40")[0] == 200
+    reactor_tid = call_in_reactor(_threading.get_native_id)
+    assert seen == [min(19, base + 3)]
+    assert nice(reactor_tid) == base          # the reactor keeps the process's priority

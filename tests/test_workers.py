@@ -77,3 +77,16 @@ def test_a_port_that_cannot_be_shared_is_a_config_error():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "server.workers" in result.stderr and "unix:" in result.stderr
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("tcp:8080", "tcp:8080:backlog=1024"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+    ("tcp6:port=8080:backlog=64", "tcp6:port=8080:backlog=64"),
+    ("unix:/run/mediaproxy.sock", "unix:/run/mediaproxy.sock"),
+])
+def test_a_tcp_endpoint_listens_with_a_deep_backlog_unless_it_names_one(given, expected):
+    from mediaproxy.workers import parse_tcp, with_backlog
+    assert with_backlog(given) == expected
+    if given.startswith("tcp"):
+        assert parse_tcp(given)[2] == parse_tcp(expected)[2]
