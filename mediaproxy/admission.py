@@ -177,18 +177,29 @@ class MemoryBudget:
         if not self._waiting and self._fits(nbytes):
             self.emit("admission.wait", 0.0, correlation_id)
             return succeed(self._grant(nbytes, now))
-        if len(self._waiting) >= self.queue_limit or self._predicted_wait(nbytes) > \
-                self.queue_timeout:
-            # full in count, or in time: what waits already would outlast queue_timeout, so
-            # this one would only wait to be refused (and, after a burst, a backlog of doomed
-            # waiters would delay the first requests after it)
-            self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full")
-            return fail(Overloaded("transform queue full", self.retry_after(nbytes)))
+        refused = self.refusal(nbytes, correlation_id)
+        if refused is not None:
+            return fail(refused)
         waiter = _Waiter(nbytes, Deferred(lambda d: self._cancelled(waiter)), now,
                          correlation_id)
         waiter.timer = self.reactor.callLater(self.queue_timeout, self._expired, waiter)
         self._waiting.append(waiter)
         return waiter.deferred
+
+    def refusal(self, nbytes: int = 0, correlation_id: str = "") -> Overloaded | None:
+        """The :class:`Overloaded` a request of ``nbytes`` that cannot run at once would get
+        now (None: it may wait): the queue is full in count, or in time (what waits already
+        would outlast ``queue_timeout``, so it would only wait to be refused, and after a
+        burst a backlog of doomed waiters would delay the first requests after it). The
+        pipeline asks it with ``nbytes`` 0 before it fetches and inspects a source, so an
+        overload is shed at the door."""
+        if self._fits(nbytes) and not self._waiting:
+            return None
+        if len(self._waiting) >= self.queue_limit or \
+                self._predicted_wait(nbytes) > self.queue_timeout:
+            self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full")
+            return Overloaded("transform queue full", self.retry_after(nbytes))
+        return None
 
     def _predicted_wait(self, nbytes: int) -> float:
         """Seconds a request of ``nbytes`` arriving now would wait, by the mean hold time

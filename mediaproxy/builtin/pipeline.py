@@ -401,6 +401,13 @@ class ImagePipeline:
         result exists, before the store."""
         rt = self.runtime
         started = time.perf_counter()
+        if stale is None:
+            # shed at the door: when the transform queue is full (in count or in time), do
+            # not fetch and inspect a source only to refuse it after
+            busy = rt.admission.refusal(0, request.correlation_id)
+            if busy is not None:
+                log.info("transform refused before fetching: {why}", why=str(busy))
+                return self._overloaded(busy)
         conditional = image_request
         if stale is not None and (stale.source_etag or stale.source_last_modified):
             conditional = image_request.evolve(validators=_validators(stale))
@@ -474,11 +481,10 @@ class ImagePipeline:
                 return Rejection(e.status, e.error, e.message)
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
         except Overloaded as e:
-            log.warn("transform refused: {why}", why=str(e))
+            log.info("transform refused: {why}", why=str(e))
             if stale is not None:
                 return Stale(stale)   # within stale-if-error: the old copy beats a 503
-            return Rejection(503, "overloaded", "the server is busy; retry shortly",
-                             headers=[("Retry-After", str(e.retry_after))])
+            return self._overloaded(e)
         except CancelledError:
             log.info("every client of {key} went away before it was admitted; not rendered",
                      key=key)
@@ -532,6 +538,11 @@ class ImagePipeline:
                 lambda found: Collapsed(found.entry) if found is not None else None)
 
         return rt.cache.get(resolution_key(image_request, fmt)).addCallback(resolved)
+
+    @staticmethod
+    def _overloaded(e: Overloaded) -> Rejection:
+        return Rejection(503, "overloaded", "the server is busy; retry shortly",
+                         headers=[("Retry-After", str(e.retry_after))])
 
     def _fresh(self, key) -> Deferred:
         """A :class:`Found` for ``key`` when a layer holds it fresh, else None."""
