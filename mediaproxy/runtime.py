@@ -153,6 +153,23 @@ class Runtime:
         self._small += 1
         return self._submit(fn, args, kwargs, None)
 
+    def run_inspection(self, fn: Callable[..., Any], *args) -> Deferred:
+        """Run ``fn(*args)``, a short inspection that decodes nothing (reading a source's
+        header and structure for its estimate), in the reactor's own thread pool (Twisted's,
+        which also resolves host names) rather than the transform pool: it must not wait
+        behind the renders it is about to be admitted among. Counted against
+        ``processing.queue_limit`` like :meth:`run_in_pool`."""
+        if self._small >= self.config.processing.queue_limit:
+            return fail(Overloaded("transform queue full", self.admission.retry_after()))
+        self._small += 1
+
+        def done(result):
+            self._small -= 1
+            return result
+
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn,
+                                 *args).addBoth(done)
+
     def run_admitted(self, nbytes: int, fn: Callable[..., Any], *args,
                      correlation_id: str = "") -> Deferred:
         """Run ``fn(*args)`` in the pool once the memory budget admits ``nbytes`` (its

@@ -439,13 +439,13 @@ class ImagePipeline:
             image_request=image_request, spec=spec) or () for step in (steps or ()))
         store_key = key
         try:
-            # The estimate (header only) in the pool, then a wait for room in the memory
+            # The estimate (nothing decoded) beside the pool, then a wait for room in the memory
             # budget (left when every client has gone), then the render; the reservation is
             # given back when the thread returns. The transform timeout starts once admitted.
             # one request may take at most what the whole process gives all transforms
             if spec.max_transform_bytes > rt.admission.capacity:
                 spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
-            estimated = yield rt.run_in_pool(_estimate, source.body, spec)
+            estimated = yield rt.run_inspection(_estimate, source.body, spec)
             nbytes = estimated.bytes
             if depends_on_source(fmt):
                 # Now the output format is known: its entry may exist under the explicit key.
