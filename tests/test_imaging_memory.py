@@ -178,7 +178,10 @@ def test_the_estimate_decodes_nothing():
 def test_the_attacks_are_a_422_json_before_the_memory_is_taken(live_reactor, path, query,
                                                                  message):
     files = {p: (200, body, "image/gif", []) for p, body in ATTACKS.items()}
-    with start_proxy(origin=ImageOrigin(files)) as running:
+    # the process budget pinned (its default follows the machine's memory), so the budget a
+    # request gets, and the message that names it, is limits.max_transform_bytes
+    with start_proxy(origin=ImageOrigin(files),
+                     overrides={"limits": {"transform_memory": 2 * 1024 * MiB}}) as running:
         for _ in range(2):                     # the refusal is never cached
             answer = running.json(f"{path}?{query}")
             assert answer.status == 422
