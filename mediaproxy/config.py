@@ -314,7 +314,7 @@ class ServerConfig:
         "requests in flight per X-Forwarded-For client); beyond it a request gets 429 "
         "too_many_connections and the connection is closed. 0: no cap.", _at_least(0))
     evict_stalled_after: float = setting(
-        2.0, "float", "When every pass-through backend slot is taken, a download whose client "
+        1.0, "float", "When every pass-through backend slot is taken, a download whose client "
         "has read nothing (its server.response_buffer full, the backend paused) for this many "
         "seconds is closed and its slot goes to the new request instead of a 503.",
         _at_least(0))
@@ -322,6 +322,12 @@ class ServerConfig:
         "mediaproxy", "str", "The Server header of the proxy's own responses (pass-through "
         "responses keep the backend's); empty: none. Carries no version by default.",
         _header_value)
+    slot_wait: float = setting(
+        5.0, "float", "Seconds a pass-through request waits for a backend slot when every one "
+        "(backend.max_concurrent) is taken, looking every 0.1 s (a download ends, or one whose "
+        "client reads nothing is evicted after server.evict_stalled_after), before it gets "
+        "503 backend_busy; at most backend.max_concurrent requests wait. 0: refuse at once.",
+        _at_least(0))
 
 
 @frozen

@@ -17,6 +17,7 @@ import gc
 import json
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from twisted.internet.task import Clock
@@ -550,3 +551,42 @@ def test_client_counter_caps_per_address():
     assert counter.counts == {}
     unlimited = ClientCounter(0)
     assert all(unlimited.acquire("a") for _ in range(5000))
+
+
+def test_a_request_waits_for_a_backend_slot_rather_than_503_at_once():
+    origin = PostOrigin({"/page": (200, PAGE, "text/html", [])})
+    overrides = {"backend": {"max_concurrent": 1}, "server": {"slot_wait": 30}}
+    with start_proxy(origin=origin, overrides=overrides) as proxy, \
+            ThreadPoolExecutor(1) as pool:
+        with _connect(proxy.port) as holder:
+            holder.sendall(b"GET /held HTTP/1.1\r\nHost: shop\r\n\r\n")
+            wait_for(lambda: len(origin.held) == 1, 10, what="the slot taken")
+            waiting = pool.submit(proxy.get, "/page")
+            wait_for(lambda: call_in_reactor(lambda: proxy.runtime.upstream.slot_waiters) == 1,
+                     10, what="the page waiting for the slot")
+            assert origin.hits.get("/page", 0) == 0
+            call_in_reactor(origin.release)       # the slot's download ends: the page gets it
+            page = waiting.result(30)
+            assert (page.status, page.body) == (200, PAGE)
+            got = b""
+            while b"released" not in got:
+                chunk = holder.recv(65536)
+                assert chunk, got
+                got += chunk
+            assert got.startswith(b"HTTP/1.1 200")
+        assert call_in_reactor(lambda: proxy.runtime.upstream.slot_waiters) == 0
+
+
+def test_a_request_that_waited_its_slot_wait_in_vain_gets_503_and_leaves_nothing():
+    origin = PostOrigin({"/page": (200, PAGE, "text/html", [])})
+    overrides = {"backend": {"max_concurrent": 1}, "server": {"slot_wait": 0.3}}
+    with start_proxy(origin=origin, overrides=overrides) as proxy:
+        with _connect(proxy.port) as holder:
+            holder.sendall(b"GET /held HTTP/1.1\r\nHost: shop\r\n\r\n")
+            wait_for(lambda: len(origin.held) == 1, 10, what="the slot taken")
+            page = proxy.json("/page")
+            assert page.status == 503 and page.data["error"] == "backend_busy"
+            assert "retry-after" in page.headers
+            assert origin.hits.get("/page", 0) == 0
+            assert call_in_reactor(lambda: proxy.runtime.upstream.slot_waiters) == 0
+            call_in_reactor(origin.release)

@@ -77,6 +77,8 @@ _log = Logger(namespace="mediaproxy.upstream")
 
 #: Methods retried after a connection error or a 502/503/504 when they carry no body.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+#: Seconds between two looks for a free backend slot while a request waits (``server.slot_wait``).
+SLOT_POLL = 0.1
 
 #: Headers that describe one connection, not the message; never forwarded either way.
 HOP_BY_HOP = frozenset({
@@ -153,6 +155,10 @@ class Upstream:
     response_buffer: int = attrs.field(init=False)
     #: ``server.evict_stalled_after``.
     evict_stalled_after: float = attrs.field(init=False)
+    #: ``server.slot_wait``: how long a request waits for a backend slot when all are taken.
+    slot_wait: float = attrs.field(init=False)
+    #: Requests waiting for a backend slot now (at most ``backend.max_concurrent``).
+    slot_waiters: int = attrs.field(init=False, default=0)
     #: Response bytes queued for slow clients by all exchanges (``server.response_buffer_total``).
     response_budget: BufferBudget = attrs.field(init=False)
     #: Exchanges whose backend is paused by a client that does not read, oldest first, with
@@ -163,7 +169,8 @@ class Upstream:
 
     def __attrs_post_init__(self) -> None:
         self.response_buffer = getattr(self.server, "response_buffer", 256 * 1024)
-        self.evict_stalled_after = getattr(self.server, "evict_stalled_after", 2.0)
+        self.evict_stalled_after = getattr(self.server, "evict_stalled_after", 1.0)
+        self.slot_wait = getattr(self.server, "slot_wait", 0.0)
         self.response_budget = BufferBudget(
             getattr(self.server, "response_buffer_total", 64 * 1024 * 1024))
         if self.pool is None:
@@ -517,15 +524,50 @@ class _Exchange:
         request = self.request
         upstream = self.upstream
         request.notifyFinish().addErrback(self._client_lost)
-        refusal = self.call.admit()
-        if refusal is not None and upstream._evict_stalled():
-            refusal = self.call.admit()
-        if refusal is not None:
-            self.log.warn("{in_flight} backend requests in flight; refusing {method} {path}",
-                          **self._fields(in_flight=refusal.in_flight))
-            self._answer(503, "backend_busy", "The server is busy; retry shortly.",
-                         [(b"Retry-After", b"%d" % refusal.retry_after)])
+        refusal = self._admit()
+        if refusal is not None and upstream.slot_wait > 0 and \
+                upstream.slot_waiters < self.call.policy.limit.limit:
+            # every slot is taken: wait a little for one (a download ends, or one whose client
+            # reads nothing is evicted) rather than refuse at once
+            upstream.slot_waiters += 1
+            self.slot_deadline = self.reactor.seconds() + upstream.slot_wait
+            self.reactor.callLater(SLOT_POLL, self._poll_slot)
             return
+        if refusal is not None:
+            self._busy(refusal)
+            return
+        self._begin()
+
+    def _admit(self):
+        refusal = self.call.admit()
+        if refusal is not None and self.upstream._evict_stalled():
+            refusal = self.call.admit()
+        return refusal
+
+    def _poll_slot(self) -> None:
+        if self.client_gone or self.request.channel is None:
+            self.upstream.slot_waiters -= 1
+            self._settle()
+            return
+        refusal = self._admit()
+        if refusal is None:
+            self.upstream.slot_waiters -= 1
+            self._begin()
+        elif self.reactor.seconds() >= self.slot_deadline:
+            self.upstream.slot_waiters -= 1
+            self._busy(refusal)
+        else:
+            self.reactor.callLater(SLOT_POLL, self._poll_slot)
+
+    def _busy(self, refusal) -> None:
+        self.log.info("{in_flight} backend requests in flight; refusing {method} {path}",
+                      **self._fields(in_flight=refusal.in_flight))
+        self._answer(503, "backend_busy", "The server is busy; retry shortly.",
+                     [(b"Retry-After", b"%d" % refusal.retry_after)])
+
+    def _begin(self) -> None:
+        request = self.request
+        upstream = self.upstream
         self.url = upstream._origin + origin_form(request.uri)
         self.headers = upstream.forward_headers(request, self.info)
         self.body = self._body_producer()
