@@ -102,5 +102,9 @@ def test_a_broken_cache_directory_warns_once_not_on_every_miss(live_reactor, tmp
     lock_warnings = [w for w in warnings if w.startswith("lock file for")]
     # one per failing layer, whichever of its calls (a read or a write) failed first
     layer_warnings = [w for w in warnings if w.startswith("cache layer file failed to ")]
-    assert (len(lock_warnings), len(layer_warnings), len(warnings)) == (1, 1, 2), warnings
+    # The file layer counts every failure itself; whether one also reaches the layered cache
+    # as an exception (its warning) depends on which of its calls fails first and when the
+    # disk pool gets to the writes queued after the answers. Throttled either way: at most one.
+    assert len(lock_warnings) == 1 and len(layer_warnings) <= 1, warnings
+    assert len(warnings) == len(lock_warnings) + len(layer_warnings), warnings
     assert stats["errors"] >= 8                    # every failure is still counted
