@@ -590,3 +590,27 @@ def test_a_request_that_waited_its_slot_wait_in_vain_gets_503_and_leaves_nothing
             assert origin.hits.get("/page", 0) == 0
             assert call_in_reactor(lambda: proxy.runtime.upstream.slot_waiters) == 0
             call_in_reactor(origin.release)
+
+
+@pytest.mark.parametrize("path, status, reason", [
+    ("/media/a.jpg?w=abc", 400, "Bad Request"),
+    ("/media/lying.jpg?w=10", 422, "Unprocessable Entity"),
+    ("/media/a.jpg?w=10", 429, "Too Many Requests"),
+])
+def test_every_status_goes_out_with_its_reason_phrase(path, status, reason):
+    import http.client
+
+    from mediaproxy.testing.images import make_jpeg
+    scans = make_jpeg(64, 48, progressive=True)
+    origin = ImageOrigin({"/media/a.jpg": JPEG, "/media/lying.jpg": scans})
+    overrides = {"limits": {"max_jpeg_scans": 1},
+                 "ratelimit": {"ip_burst": 1, "ip_rate": 0.001, "exempt": []}}
+    with start_proxy(origin=origin, overrides=overrides) as proxy:
+        if status == 429:
+            assert proxy.get("/media/a.jpg?w=11").status == 200   # the one token
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        assert (response.status, response.reason) == (status, reason)

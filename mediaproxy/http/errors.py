@@ -7,6 +7,9 @@ Messages are for clients: never a traceback, a file path or a backend address.
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
+
+from twisted.web import http
 
 CORRELATION_HEADER = b"X-Correlation-ID"
 
@@ -34,3 +37,14 @@ def write_error(request, status: int, error: str, message: str, correlation_id: 
     if request.method != b"HEAD":
         request.write(body)
     request.finish()
+
+
+def reason_phrase(code: int) -> bytes | None:
+    """The reason phrase of ``code`` for the status line where Twisted knows none (it sends
+    ``Unknown Status`` for 422, 429, 431, ...): the one of :class:`http.HTTPStatus`."""
+    if code in http.RESPONSES:
+        return None
+    try:
+        return HTTPStatus(code).phrase.encode("ascii")
+    except ValueError:
+        return None

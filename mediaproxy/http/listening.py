@@ -12,6 +12,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
 
+from .errors import reason_phrase
+
 log = Logger(namespace="mediaproxy")
 
 
@@ -52,6 +54,10 @@ def side_site(resource, server_header: str) -> server.Site:
     ``Server: <server_header>`` (no header when empty), like the main port's own answers."""
 
     class SideRequest(server.Request):
+        def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+            super().setResponseCode(code, message if message is not None
+                                    else reason_phrase(code))
+
         def write(self, data: bytes) -> None:
             if not self.startedWriting:
                 if server_header:

@@ -46,7 +46,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
-from .errors import write_error
+from .errors import reason_phrase, write_error
 from .requestinfo import client_address, correlation_id, is_trusted, peer_address
 
 #: Request body bytes held in memory (consumer not attached or paused) before reading from the
@@ -269,6 +269,9 @@ class StreamingRequest(server.Request):
     _streaming = False
     _processing = False
     _process_at: int | None = None
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        super().setResponseCode(code, message if message is not None else reason_phrase(code))
 
     def _limits(self) -> ConnectionLimits:
         site = getattr(self.channel, "site", None)
