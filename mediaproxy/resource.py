@@ -16,6 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 from .http import requestinfo
 from .http.errors import CORRELATION_HEADER, write_error
 from .http.sendbody import send_body
+from .inflight import method_label
 from .logs import request_log
 from .models import ImageResponse, Rejection
 
@@ -57,6 +58,8 @@ class ProxyResource(Resource):
         except Exception:
             log.failure("a match_request hook raised for {path}", path=info.path)
             match = Rejection(500, "internal_error", "the request could not be handled")
+        self._track(request, info, "passthrough" if match is None else "image",
+                    "" if match is None or isinstance(match, Rejection) else match.route)
         if match is None:
             rt.emit("passthrough", correlation_id=info.correlation_id, method=info.method)
             refused = rt.pm.hook.mediaproxy_check_passthrough(request=info, runtime=rt)
@@ -93,6 +96,23 @@ class ProxyResource(Resource):
         d.addCallback(self._write, request, info, match, log)
         d.addErrback(self._internal_error, request, info, log)
         return NOT_DONE_YET
+
+    def _track(self, request, info, kind: str, route: str) -> None:
+        """Count the request in flight, and send its one ``request`` event when it ends
+        (:mod:`mediaproxy.inflight`)."""
+        rt = self.runtime
+        started = rt.reactor.seconds()
+        rt.inflight.start(kind)
+
+        def ended(result):
+            rt.inflight.end(kind)
+            aborted = result is not None   # notifyFinish fails when the client went away
+            rt.emit("request", rt.reactor.seconds() - started, info.correlation_id,
+                    kind=kind, method=method_label(info.method), status=request.code,
+                    bytes=request.sentLength, cache=getattr(request, "mediaproxy_cache", ""),
+                    route=route, aborted=aborted, path=info.path, client=info.client_ip)
+
+        request.notifyFinish().addBoth(ended)
 
     def _refuse(self, request, info, rejection, image_request, log):
         self.runtime.emit("rejection", correlation_id=info.correlation_id,
@@ -140,6 +160,7 @@ class ProxyResource(Resource):
         if response.last_modified:
             headers.append(("Last-Modified", response.last_modified))
         headers += response.headers
+        request.mediaproxy_cache = response.cache_status
         if rt.config.cache.x_cache_header:
             headers.append(("X-Cache", response.cache_status))
         headers += list(self._extra_headers(image_request, response, info))

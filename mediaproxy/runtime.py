@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
@@ -23,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .admission import MemoryBudget, Overloaded, TooLarge
+from .inflight import InFlight
 from .models import Event, Param
 
 if TYPE_CHECKING:   # the types of the fields, for readers and type checkers only
@@ -129,6 +131,13 @@ class Runtime:
         lambda self: memory_budget(self.config, self.reactor, self.threadpool.max, self.emit),
         takes_self=True))
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
+    #: requests in flight on the main port by route kind (:mod:`mediaproxy.inflight`)
+    inflight: InFlight = attrs.field(factory=InFlight)
+    #: True once a graceful stop has begun: the ports are closed, ``ready`` answers 503, and
+    #: the requests in flight are let finish
+    draining: bool = False
+    #: when this runtime was made (``time.time()``), for the uptime health reports
+    started: float = attrs.field(factory=time.time)
     #: work in the pool not finished yet (small jobs and admitted transforms)
     _queued: int = 0
     #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there

@@ -20,12 +20,12 @@ PACKAGE = ROOT / "mediaproxy"
 PLUGINS = ROOT / "plugins"
 
 #: The rooms below the plugin glue; they never import ``mediaproxy.builtin``.
-PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging")
+PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging", "mediaproxy.monitoring")
 #: What the parts may import from the core: the values, the config schema, logging and the
 #: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
 FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
               "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime",
-              "mediaproxy.admission"}
+              "mediaproxy.admission", "mediaproxy.inflight"}
 #: What a separately packaged plugin may import.
 PUBLIC = {"mediaproxy", "mediaproxy.testing"}
 LONG = 600
