@@ -226,3 +226,13 @@ def mediaproxy_health_indicators(runtime):
 
     Called once at start, reactor thread; ``check`` is called per health probe.
     """
+
+
+@hookspec
+def mediaproxy_metrics_collectors(runtime):
+    """Return a list of prometheus-client collectors (objects with ``collect()``) to register
+    in the runtime's metrics registry, served at ``/metrics``: how a plugin adds series of its
+    own (its names prefixed ``mediaproxy_`` and its labels bounded).
+
+    Called once at start, reactor thread; ``collect`` is called per scrape.
+    """

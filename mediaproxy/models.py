@@ -228,9 +228,16 @@ class ImageResponse:
 
 @frozen
 class HealthStatus:
+    """One health indicator's answer. ``ok`` False with ``critical`` False (an optional
+    dependency down: Redis, a full cache disk) makes the proxy **degraded** (still 200); with
+    ``critical`` True (the proxy cannot serve: the backend unreachable) **unhealthy**.
+    ``data`` holds the indicator's figures for the detailed report (JSON values)."""
+
     name: str
     ok: bool
     detail: str = ""
+    critical: bool = False
+    data: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 @frozen

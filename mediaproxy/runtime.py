@@ -221,6 +221,17 @@ class Runtime:
         else:
             reservation.release()
 
+    def breakers(self) -> dict[str, Any]:
+        """Every circuit breaker of the process by name (a bounded set: ``passthrough``, the
+        pass-through client's, and ``images``, the source fetcher's), for the breaker metrics,
+        readiness and the admin reset."""
+        found = {}
+        for client in (self.upstream, self.fetcher):
+            breaker = getattr(client, "breaker", None)
+            if breaker is not None:
+                found[breaker.name] = breaker
+        return found
+
     def set_params(self, params: dict[str, Param]) -> None:
         self.params = params
         self.param_names = _names(params)

@@ -123,6 +123,13 @@ class CircuitBreaker:
         self._streak += 1
         self._judge(*self._count(failed=True))
 
+    def reset(self) -> None:
+        """Close the breaker now and forget its window (an operator's reset from the admin
+        listener, once the dependency is known to be back)."""
+        self._slots.clear()
+        self._streak = self._probing = self._probe_successes = 0
+        self._set(CLOSED)
+
     def release(self) -> None:
         """The call ended without telling anything about the dependency (cancelled)."""
         if self.state == HALF_OPEN:
