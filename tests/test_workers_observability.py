@@ -152,6 +152,26 @@ def test_every_workers_requests_are_counted_once_and_a_dead_ones_are_kept(proxy)
     assert total(proxy.series(), REQUESTS) == total(after, REQUESTS) + more
 
 
+def test_a_wedged_worker_cannot_hold_the_scrape(proxy):
+    spread(proxy, first_width=300)
+    before = proxy.series()
+    (child,) = workers_of(proxy)
+    child.suspend()   # SIGSTOP: the kernel still accepts on its socket, nothing answers
+    try:
+        during = proxy.series()   # answered after the worker's scrape timeout
+    finally:
+        child.resume()
+    up, unreachable = (("mediaproxy_workers", (("state", s),)) for s in ("up", "unreachable"))
+    errors = ("mediaproxy_workers_scrape_errors_total", ())
+    assert (during[up], during[unreachable]) == (1, 1)
+    assert during[errors] == before[errors] + 1
+    # its counters are the last it reported, its gauges are missing
+    assert total(during, REQUESTS) == total(before, REQUESTS)
+    capacity = ("mediaproxy_transform_memory_bytes", (("state", "capacity"),))
+    assert during[capacity] * 2 == before[capacity]
+    wait_for(lambda: proxy.series()[up] == 2, STARTUP_TIMEOUT, what="worker 1 answering again")
+
+
 def test_a_workers_log_line_comes_out_once_in_the_supervisors_format(proxy):
     _, by_process = spread(proxy, first_width=200)
     cids = {cid for found in by_process.values() for cid in found}
