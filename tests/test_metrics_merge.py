@@ -10,8 +10,11 @@ from hypothesis import given, settings, strategies as st
 
 from mediaproxy.monitoring.merge import merge, monotonic_part, parse, render
 
-#: The families of the generated expositions: name, type, how the oracle merges, label values.
+#: The families of the generated expositions: name, type, how the oracle merges, label values
+#: (a label value of its own merge: a shared layer's size is the largest, not the sum).
 FAMILIES = {
+    "mediaproxy_cache_bytes": ("gauge", {"memory": "sum", "redis": "max", "file": "max"},
+                               ("memory", "redis", "file")),
     "mediaproxy_http_requests": ("counter", "sum", ("image", "passthrough")),
     "mediaproxy_http_requests_in_flight": ("gauge", "sum", ("image", "passthrough")),
     "mediaproxy_reactor_lag_seconds": ("gauge", "max", ("",)),
@@ -40,7 +43,8 @@ def exposition(series: dict) -> str:
             continue
         lines.append(f"# HELP {sample_name(name)} test\n# TYPE {sample_name(name)} {kind}")
         for label, v in sorted(mine.items()):
-            labels = f'{{kind="{label}"}}' if label else ""
+            key = "layer" if name == "mediaproxy_cache_bytes" else "kind"
+            labels = f'{{{key}="{label}"}}' if label else ""
             lines.append(f"{sample_name(name)}{labels} {v!r}")
     return "\n".join(lines) + "\n"
 
@@ -51,12 +55,17 @@ def oracle(workers: list[dict]) -> dict:
         for key, v in series.items():
             found.setdefault(key, []).append(v)
     how = {"sum": sum, "max": max, "min": min}
-    return {(sample_name(name), label): how[FAMILIES[name][1]](vs)
+    def merged(name, label, vs):
+        rule = FAMILIES[name][1]
+        return how[rule[label] if isinstance(rule, dict) else rule](vs)
+
+    return {(sample_name(name), label): merged(name, label, vs)
             for (name, label), vs in found.items()}
 
 
 def read(families) -> dict:
-    return {(s.name, s.labels.get("kind", "")): s.value for f in families for s in f.samples}
+    return {(s.name, s.labels.get("kind", s.labels.get("layer", ""))): s.value
+            for f in families for s in f.samples}
 
 
 @settings(max_examples=150)

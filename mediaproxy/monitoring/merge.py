@@ -8,10 +8,12 @@ How a series is merged depends on what it means:
 
 * counters, histograms (``_bucket``, ``_count``, ``_sum``) and summaries: **summed** (every
   worker's requests counted once);
-* gauges: **summed** (in-flight requests, queue depth, cache bytes of per-process layers,
-  open file descriptors...), except those named in :data:`MAX_GAUGES` (the worst of the
-  processes: reactor lag, breaker state, alert firing, build info) and :data:`MIN_GAUGES`
-  (start times: the oldest process);
+* gauges: **summed** (in-flight requests, queue depth, the memory layer's bytes, open file
+  descriptors...), except those named in :data:`MAX_GAUGES` (the worst of the processes:
+  reactor lag, breaker state, alert firing, build info; and what every process reads from the
+  same shared thing: the cache directory's disk, the sizes of the shared cache layers of
+  :data:`SHARED_LAYERS`, which summed would count the one Redis or directory N times) and
+  :data:`MIN_GAUGES` (start times: the oldest process);
 * ``*_created`` samples (the creation time prometheus-client gives every counter and
   histogram): the **earliest**.
 
@@ -32,20 +34,27 @@ from prometheus_client.parser import text_string_to_metric_families
 MAX_GAUGES = frozenset({
     "mediaproxy_reactor_lag_seconds", "mediaproxy_build_info", "mediaproxy_alert_firing",
     "mediaproxy_breaker_state", "python_info",
+    "mediaproxy_cache_dir_free_bytes", "mediaproxy_cache_dir_used_bytes",
 })
+#: Gauges with a ``layer`` label whose value is the largest for the shared layers of
+#: :data:`SHARED_LAYERS` (every worker sees the same Redis, the same directory) and summed
+#: for the others (each worker's own memory layer).
+LAYER_GAUGES = frozenset({"mediaproxy_cache_bytes", "mediaproxy_cache_items"})
+SHARED_LAYERS = frozenset({"redis", "file"})
 #: Gauges whose merged value is the smallest of the processes' (the oldest start).
 MIN_GAUGES = frozenset({"mediaproxy_start_time_seconds", "process_start_time_seconds"})
 #: Family types whose samples are summed.
 SUMMED_TYPES = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
 
 
-def rule(family_type: str, family_name: str, sample_name: str) -> str:
+def rule(family_type: str, family_name: str, sample_name: str, labels: dict) -> str:
     """How a sample is merged: ``"sum"``, ``"max"`` or ``"min"``."""
     if sample_name.endswith("_created"):
         return "min"
     if family_type in SUMMED_TYPES:
         return "sum"
-    if family_name in MAX_GAUGES:
+    if family_name in MAX_GAUGES or (family_name in LAYER_GAUGES
+                                     and labels.get("layer") in SHARED_LAYERS):
         return "max"
     if family_name in MIN_GAUGES:
         return "min"
@@ -75,8 +84,9 @@ def merge(expositions: Iterable[Iterable[Metric]]) -> list[Metric]:
     out = []
     for name, family in families.items():
         for (sample_name, labels), found in values[name].items():
-            combine = _COMBINE[rule(family.type, name, sample_name)]
-            family.add_sample(sample_name, dict(labels), combine(found))
+            labels = dict(labels)
+            combine = _COMBINE[rule(family.type, name, sample_name, labels)]
+            family.add_sample(sample_name, labels, combine(found))
         out.append(family)
     return out
 
