@@ -146,6 +146,9 @@ def test_every_workers_requests_are_counted_once_and_a_dead_ones_are_kept(proxy)
              STARTUP_TIMEOUT, what="the new worker 1 scraped")
     again = proxy.series()
     assert total(again, REQUESTS) == total(after, REQUESTS)
+    # while the new worker started it was "starting", never a failed scrape
+    errors = ("mediaproxy_workers_scrape_errors_total", ())
+    assert again[errors] == after[errors]
     assert again[("mediaproxy_workers_restarts_total", ())] == after[
         ("mediaproxy_workers_restarts_total", ())] + 1
     more, _ = spread(proxy, first_width=100)

@@ -148,8 +148,14 @@ class WorkerMetrics:
         self.states[index] = "starting"
 
     def ended(self, index: int, restarting: bool = True) -> None:
-        """Worker ``index`` died: keep the counters it last reported."""
-        self.running.pop(index, None)
+        """Worker ``index`` died: keep the counters it last reported, and remove its socket
+        (until its successor listens, it is "starting", not "unreachable")."""
+        path = self.running.pop(index, None)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         self.states.pop(index, None)
         last = self.last.pop(index, None)
         if last:
