@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.logger import Logger
 
+from ..logs import Throttle
 from .merge import merge, monotonic_part, parse
 
 log = Logger(namespace="mediaproxy.workers")
@@ -128,6 +129,8 @@ class WorkerMetrics:
         self.scrape_errors = 0
         self.restarts = 0
         self.states: dict[int, str] = {}
+        self._generation: dict[int, int] = {}    # index -> how many times it was started
+        self._warnings = Throttle(60.0)
 
     def open(self) -> str:
         """Make the private directory of the workers' sockets (mode 0700)."""
@@ -145,6 +148,7 @@ class WorkerMetrics:
 
     def started(self, index: int) -> None:
         self.running[index] = self.socket_path(index)
+        self._generation[index] = self._generation.get(index, 0) + 1
         self.states[index] = "starting"
 
     def ended(self, index: int, restarting: bool = True) -> None:
@@ -189,20 +193,26 @@ class WorkerMetrics:
             # not listening yet (just started): not an error, nothing to count
             return fail(ScrapeError(f"worker {index} is not listening yet"))
         d = fetch_metrics(self.reactor, path, self.timeout, self.limit)
+        generation = self._generation.get(index)
+
+        def same_process():
+            # not a successor started while this scrape was under way
+            return index in self.running and self._generation.get(index) == generation
 
         def answered(text):
             families = parse(text)
-            if index in self.running:
+            if same_process():
                 self.last[index] = monotonic_part(families)
                 self.states[index] = "up"
             return families
 
         def failed(failure):
             self.scrape_errors += 1
-            if index in self.running:
+            if same_process():
                 self.states[index] = "unreachable"
-            log.warn("worker {index}'s metrics could not be had: {why}", index=index,
-                     why=failure.getErrorMessage() or failure.type.__name__)
+            self._warnings.warn(log, ("scrape", index),
+                                "worker {index}'s metrics could not be had: {why}", index=index,
+                                why=failure.getErrorMessage() or failure.type.__name__)
             return failure
 
         return d.addCallback(answered).addErrback(failed)
