@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -133,14 +134,19 @@ class WorkerMetrics:
         self._warnings = Throttle(60.0)
 
     def open(self) -> str:
-        """Make the private directory of the workers' sockets (mode 0700)."""
+        """Make the private directory of the workers' sockets (mode 0700). It is removed by
+        :meth:`close` (the supervisor calls it after the reactor stopped) or, failing that,
+        when the interpreter exits (as ``tempfile.TemporaryDirectory`` does); only a
+        ``kill -9`` of the supervisor leaves it behind."""
         if self.directory is None:
             self.directory = tempfile.mkdtemp(prefix="mediaproxy-workers-")
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self.directory,
+                                             ignore_errors=True)
         return self.directory
 
     def close(self) -> None:
         if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            self._cleanup()
             self.directory = None
 
     def socket_path(self, index: int) -> str:
