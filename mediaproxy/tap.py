@@ -156,7 +156,7 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     cache = LayeredCache([])
     runtime = Runtime(config=config, reactor=reactor, pm=pm, threadpool=pool,
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
-                      params=collect_params(pm, config))
+                      params=collect_params(pm, config), workers=worker_metrics(config, reactor))
     cache.emit = runtime.emit
     # runtime.admission, the transform memory budget, is made with the runtime from config;
     # it bounds the RSS only if a freed image goes back to the system.
@@ -169,6 +169,16 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
         pm.hook.mediaproxy_cache_layers(runtime=runtime)))
     pm.hook.mediaproxy_configure(runtime=runtime)
     return runtime
+
+
+def worker_metrics(config, reactor):
+    """What the supervisor of several workers needs to merge their metrics into its /metrics
+    (nothing without a monitoring listener, nor in a worker, whose config says one worker)."""
+    if worker_count(config) > 1 and config.monitoring.listen:
+        from .monitoring.collect import WorkerMetrics
+
+        return WorkerMetrics(reactor)
+    return None
 
 
 def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
@@ -244,7 +254,8 @@ def build_service(config, reactor, config_path=None, extra_services=(),
         for endpoint in config.server.listen:
             strports.service(with_backlog(endpoint), site).setServiceParent(top)
     if workers > 1 and not shared_ports:
-        WorkerSupervisor(reactor, workers, config_path, config.server.listen).setServiceParent(top)
+        WorkerSupervisor(reactor, workers, config_path, config.server.listen,
+                         metrics=runtime.workers).setServiceParent(top)
     if not shared_ports:
         ReloadOnHangup(runtime, config_path).setServiceParent(top)
     log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "

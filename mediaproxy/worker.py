@@ -1,9 +1,16 @@
 """A worker process started by :class:`mediaproxy.workers.WorkerSupervisor` (not run by hand):
-``python -m mediaproxy.worker --index N [--config FILE] --listen ENDPOINT ...``."""
+``python -m mediaproxy.worker --index N [--config FILE] --listen ENDPOINT ...
+[--metrics-socket PATH]``.
+
+Its log lines go to the supervisor as JSON objects (the supervisor writes them in the configured
+format); with ``--metrics-socket`` its monitoring listener (``/metrics`` of its own registry) is
+on that UNIX socket, in the supervisor's private directory, for the supervisor's scrapes alone.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .config import ConfigError, load_config
@@ -15,12 +22,15 @@ def main(argv=None) -> int:
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--config", default=None)
     parser.add_argument("--listen", action="append", default=[])
+    parser.add_argument("--metrics-socket", default=None)
     args = parser.parse_args(argv)
     die_with_parent()
     # Worker 0 (the supervisor) alone runs the side listeners (metrics, health, admin): the
     # others would only fail to bind the same ports.
-    overrides = {"server": {"workers": 1}, "monitoring": {"listen": ""},
+    overrides = {"server": {"workers": 1}, "monitoring": {"listen": "", "log_format": "json"},
                  "admin": {"token": ""}}
+    if args.metrics_socket:
+        overrides["monitoring"]["listen"] = metrics_endpoint(args.metrics_socket)
     if args.listen:
         overrides["server"]["listen"] = args.listen
     try:
@@ -30,6 +40,18 @@ def main(argv=None) -> int:
         return 2
     from .cli import serve
     return serve(config, shared_ports=True)
+
+
+def metrics_endpoint(path: str) -> str:
+    """The UNIX endpoint string of the private metrics socket at ``path`` (a stale socket of a
+    previous worker with the same index is removed first: the directory is the supervisor's
+    alone)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    escaped = path.replace("\\", "\\\\").replace(":", "\\:")
+    return f"unix:{escaped}:mode=600"
 
 
 if __name__ == "__main__":

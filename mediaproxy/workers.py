@@ -11,6 +11,23 @@ when one dies, and stops them all when it stops. Workers die with it even after 
 Workers share what the shared layers hold: configure ``cache.file.dir`` (one host) or Redis so
 that a result rendered by one worker is a hit for the others, and so that concurrent misses
 across workers are coalesced.
+
+What an operator sees comes out once, from the supervisor:
+
+* **Metrics.** Worker 0 alone runs the monitoring listener. With ``monitoring.listen`` set, each
+  other worker serves its own registry on a UNIX socket in a private directory the supervisor
+  made (mode 0700; ``--metrics-socket`` on its command line), and the supervisor's ``/metrics``
+  fetches them all in parallel at scrape time, each bounded in time, and merges them with its
+  own (:mod:`mediaproxy.monitoring.collect`, :mod:`mediaproxy.monitoring.merge`): counters and
+  histograms summed, gauges summed or the worst/oldest of them. Not prometheus-client's
+  multiprocess mode: the registries are per runtime, the collectors that read live state at
+  scrape time cannot write to its files, and it needs an environment variable before
+  prometheus_client is imported and a directory to clean. A dead worker's last counters are
+  kept, so a restart never makes a total go back.
+* **Logs.** Every worker logs one JSON object per line to its stdout, a pipe to the supervisor
+  (``monitoring.log_format`` is ``json`` for workers), which publishes each line as a
+  twisted.logger event with the worker's fields and ``worker`` (its index)
+  (:mod:`mediaproxy.workerlogs`): its own observers write it once, in the configured format.
 """
 
 from __future__ import annotations
@@ -24,6 +41,8 @@ import sys
 from twisted.application import service
 from twisted.internet import protocol
 from twisted.logger import Logger
+
+from .workerlogs import WorkerOutput
 
 log = Logger(namespace="mediaproxy.workers")
 
@@ -122,28 +141,37 @@ def worker_count(config) -> int:
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
+    """A worker's pipes: its JSON log lines are published in the supervisor's log
+    (:mod:`mediaproxy.workerlogs`), so they come out once, in the configured format."""
+
     def __init__(self, supervisor, index):
         self.supervisor = supervisor
         self.index = index
+        self.output = WorkerOutput(index)
 
     def outReceived(self, data):
-        sys.stdout.write(data.decode(errors="replace"))
-        sys.stdout.flush()
+        self.output.received(1, data)
 
-    errReceived = outReceived
+    def errReceived(self, data):
+        self.output.received(2, data)
 
     def processEnded(self, reason):
+        self.output.closed()
         self.supervisor._ended(self.index, reason)
 
 
 class WorkerSupervisor(service.Service):
     """Starts workers 1..n-1, restarts any that dies, stops them with the daemon."""
 
-    def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...]):
+    def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...],
+                 metrics=None):
         self.reactor = reactor
         self.count = count
         self.config_path = config_path
         self.listen = listen
+        #: a :class:`~mediaproxy.monitoring.collect.WorkerMetrics` when the supervisor serves
+        #: /metrics (monitoring.listen set): told which workers run, it merges their metrics
+        self.metrics = metrics
         self.processes: dict[int, object] = {}
         self.restarts = 0
         self._stopping = False
@@ -155,10 +183,15 @@ class WorkerSupervisor(service.Service):
             args += ["--config", self.config_path]
         for endpoint in self.listen:
             args += ["--listen", endpoint]
+        if self.metrics is not None:
+            args += ["--metrics-socket", self.metrics.socket_path(index)]
         return args
 
     def startService(self):
         super().startService()
+        if self.metrics is not None:
+            self.metrics.open()
+            self.reactor.addSystemEventTrigger("after", "shutdown", self.metrics.close)
         for index in range(1, self.count):
             self._spawn(index)
 
@@ -169,11 +202,15 @@ class WorkerSupervisor(service.Service):
         env["MEDIAPROXY_WORKER_PARENT"] = str(os.getpid())
         self.processes[index] = self.reactor.spawnProcess(
             _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env)
+        if self.metrics is not None:
+            self.metrics.started(index)
         log.info("started worker {index} (pid {pid})", index=index,
                  pid=self.processes[index].pid)
 
     def _ended(self, index: int, reason):
         self.processes.pop(index, None)
+        if self.metrics is not None:
+            self.metrics.ended(index, restarting=not self._stopping)
         if self._stopping:
             if not self.processes and self._stopped is not None and not self._stopped.called:
                 self._stopped.callback(None)

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from itertools import chain
 
-from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..models import HealthStatus
+from ..monitoring.exposition import MetricsResource
 
 
 class HealthResource(Resource):
@@ -48,5 +48,5 @@ class HealthResource(Resource):
 class MonitoringResource(Resource):
     def __init__(self, runtime, registry):
         super().__init__()
-        self.putChild(b"metrics", MetricsResource(registry=registry))
+        self.putChild(b"metrics", MetricsResource(runtime, registry))   # merges the workers'
         self.putChild(b"health", HealthResource(runtime))
