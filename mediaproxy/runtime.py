@@ -37,6 +37,7 @@ if TYPE_CHECKING:   # the types of the fields, for readers and type checkers onl
     from .config import Config
     from .http.fetch import SourceFetcher
     from .http.upstream import Upstream
+    from .monitoring.health import HealthMonitor
 
 
 __all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "memory_budget"]
@@ -138,6 +139,9 @@ class Runtime:
     draining: bool = False
     #: when this runtime was made (``time.time()``), for the uptime health reports
     started: float = attrs.field(factory=time.time)
+    #: the health snapshot (:class:`~mediaproxy.monitoring.health.HealthMonitor`), made by
+    #: the composition with the runtime and started by the health plugin's service
+    health: HealthMonitor | None = None
     #: work in the pool not finished yet (small jobs and admitted transforms)
     _queued: int = 0
     #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there
