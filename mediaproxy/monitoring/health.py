@@ -129,7 +129,8 @@ class HealthMonitor:
     snapshot: HealthSnapshot | None = None
     #: True between :meth:`start` and :meth:`stop`
     running: bool = False
-    _found: list = attrs.field(factory=list)
+    #: the indicators of this run, collected by :meth:`start`
+    found: list = attrs.field(factory=list)
     _loop: LoopingCall | None = None
     _round: Deferred | None = None
     _rounds: int = 0
@@ -138,7 +139,7 @@ class HealthMonitor:
     def start(self) -> None:
         """Collect the indicators and take the first snapshot now, then one every
         ``interval`` seconds (a round never overlaps the next: LoopingCall waits for it)."""
-        self._found = list(self.indicators())
+        self.found = list(self.indicators())
         self.running = True
         self._loop = LoopingCall(self.refresh)
         self._loop.clock = self.reactor
@@ -167,7 +168,7 @@ class HealthMonitor:
         if self._round is not None and not self._round.called:
             return self._round
         started = [self.reactor.seconds()]
-        readings = [self._run(indicator, started[0]) for indicator in self._found]
+        readings = [self._run(indicator, started[0]) for indicator in self.found]
         d = self._round = DeferredList(readings, consumeErrors=True)
         d.addCallback(lambda results: self._publish(
             [value for ok, value in results if ok]))
