@@ -203,7 +203,9 @@ class HealthMonitor:
         snapshot = HealthSnapshot(tuple(readings), self.clock(), self._rounds)
         previous, self.snapshot = self.snapshot, snapshot
         if previous is None or previous.status != snapshot.status:
-            say = log.info if snapshot.status == HEALTHY else log.warn
+            # The first round at start often finds Redis still connecting: said at info; a
+            # change after that at warn (back to healthy at info).
+            say = log.info if previous is None or snapshot.status == HEALTHY else log.warn
             say("health: {status}{failing}", status=snapshot.status,
                 failing="".join(f"; {r.status.name}: {r.status.detail}" for r in readings
                                 if not r.status.ok))
