@@ -30,7 +30,7 @@ from mediaproxy.monitoring.health import (
 from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for
 
 IMAGE = make_image((60, 40))
-FAST = {"health_interval": 0.05, "health_timeout": 2.0,
+FAST = {"health_interval": 0.05, "health_timeout": 2.0, "health_backend_probe": "/",
         "listen": "tcp:0:interface=127.0.0.1", "health_prefix": "/_mp"}
 
 

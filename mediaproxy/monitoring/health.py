@@ -97,6 +97,11 @@ class HealthSnapshot:
         return overall(r.status for r in self.readings)
 
     @property
+    def failing(self) -> tuple[str, ...]:
+        """The names of the indicators that are not ok."""
+        return tuple(r.status.name for r in self.readings if not r.status.ok)
+
+    @property
     def http_status(self) -> int:
         return 503 if self.status == UNHEALTHY else 200
 
@@ -167,8 +172,8 @@ class HealthMonitor:
         """Run one round now; fires with the new snapshot (never fails)."""
         if self._round is not None and not self._round.called:
             return self._round
-        started = [self.reactor.seconds()]
-        readings = [self._run(indicator, started[0]) for indicator in self.found]
+        began = self.reactor.seconds()
+        readings = [self._run(indicator, began) for indicator in self.found]
         d = self._round = DeferredList(readings, consumeErrors=True)
         d.addCallback(lambda results: self._publish(
             [value for ok, value in results if ok]))
@@ -189,8 +194,8 @@ class HealthMonitor:
             elif failure.check(CancelledError):
                 detail = "cancelled"
             else:
+                # not logged each round: the status change is (see _publish)
                 detail = failure.getErrorMessage() or failure.type.__name__
-                log.warn("health indicator {name} failed: {error}", name=name, error=detail)
             return Reading(HealthStatus(name, False, detail), self.reactor.seconds() - began)
 
         d = maybeDeferred(indicator.check)
@@ -202,9 +207,10 @@ class HealthMonitor:
         self._rounds += 1
         snapshot = HealthSnapshot(tuple(readings), self.clock(), self._rounds)
         previous, self.snapshot = self.snapshot, snapshot
-        if previous is None or previous.status != snapshot.status:
-            # The first round at start often finds Redis still connecting: said at info; a
-            # change after that at warn (back to healthy at info).
+        if previous is None or previous.failing != snapshot.failing:
+            # Logged when the set of failing indicators changes, not every round. The first
+            # round at start often finds Redis still connecting: said at info; a change after
+            # that at warn (back to healthy at info).
             say = log.info if previous is None or snapshot.status == HEALTHY else log.warn
             say("health: {status}{failing}", status=snapshot.status,
                 failing="".join(f"; {r.status.name}: {r.status.detail}" for r in readings
