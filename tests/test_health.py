@@ -130,9 +130,11 @@ def test_rounds_come_every_interval_and_never_overlap():
     assert m.snapshot.round == 1
     slow.answer(False)
     assert (m.snapshot.round, m.snapshot.status) == (2, DEGRADED)
-    m.stop()
+    clock.advance(1.0)                 # round 3 starts...
+    m.stop()                           # ...and is cut short: the snapshot stays round 2's
+    assert (slow.calls, slow.cancelled, m.snapshot.round) == (3, 1, 2)
     clock.advance(10)
-    assert slow.calls == 2             # stopped: no more rounds
+    assert slow.calls == 3             # stopped: no more rounds
 
 
 def test_an_indicator_that_raises_is_reported_not_ok_with_its_error():

@@ -204,6 +204,8 @@ class HealthMonitor:
         return d
 
     def _publish(self, readings: list[Reading]) -> HealthSnapshot:
+        if not self.running and self.snapshot is not None:
+            return self.snapshot     # a round cut short by stop(): its "cancelled" is no news
         self._rounds += 1
         snapshot = HealthSnapshot(tuple(readings), self.clock(), self._rounds)
         previous, self.snapshot = self.snapshot, snapshot
