@@ -159,6 +159,21 @@ def _one_of(*choices: str) -> Callable[[Any], None]:
     return check
 
 
+def _health_path(value: str) -> None:
+    if not value.startswith("/") or any(c in value for c in "?# ") or len(value) < 2:
+        raise ValueError(f"{value!r} is not a path (/name, without query)")
+
+
+def _health_prefix(value: str) -> None:
+    if value and (_health_path(value) or value.endswith("/")):
+        raise ValueError(f"{value!r}: a prefix is empty or a path without a trailing /")
+
+
+def _health_probe(value: str) -> None:
+    if value and (not value.startswith("/") or any(c in value for c in "# ")):
+        raise ValueError(f"{value!r} is not a backend path (/...)")
+
+
 def _http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -841,6 +856,35 @@ class MonitoringConfig:
     trace_hooks: bool = setting(
         False, "bool", "Log every hook call with its arguments and result "
         "(MEDIAPROXY_MONITORING__TRACE_HOOKS=1).")
+    health_path: str = setting(
+        "/health", "str", "Path of the detailed health report (JSON: every indicator, overall "
+        "healthy, degraded (200) or unhealthy (503), uptime, version), answered from a "
+        "snapshot refreshed in the background. On the monitoring listener, and under "
+        "health_prefix on the main port.", _health_path)
+    live_path: str = setting(
+        "/health/live", "str", "Path of the liveness probe: 200 whenever the process answers "
+        "at all; it never depends on a dependency (a Kubernetes livenessProbe).", _health_path)
+    ready_path: str = setting(
+        "/health/ready", "str", "Path of the readiness probe: 200 when the process can serve "
+        "(started, transform pool running, no backend circuit breaker open, not draining), "
+        "else 503 naming the reasons (a load balancer's health check, a Kubernetes "
+        "readinessProbe). Redis down or a busy transform queue never make it 503.",
+        _health_path)
+    health_prefix: str = setting(
+        "", "str", "Also answer the three health paths on the main port under this prefix "
+        "(e.g. /_mediaproxy serves /_mediaproxy/health/ready), before routing, rate limits "
+        "and the backend. Empty: health only on the monitoring listener.", _health_prefix)
+    health_interval: float = setting(
+        5.0, "float", "Seconds between two refreshes of the health snapshot that /health "
+        "answers from (the first is taken at start).", _at_least(0.05))
+    health_timeout: float = setting(
+        2.0, "float", "Seconds each health indicator has to answer in a refresh; one that "
+        "does not is reported not ok, 'timed out', and never delays /health.",
+        _at_least(0.01))
+    health_backend_probe: str = setting(
+        "/", "str", "Backend path the health snapshot asks with HEAD to report the backend's "
+        "reachability and latency (critical: an answer of 500 or more, or none, makes the "
+        "proxy unhealthy). Empty: no probe.", _health_probe)
 
 
 @frozen

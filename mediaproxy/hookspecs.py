@@ -224,7 +224,10 @@ def mediaproxy_health_indicators(runtime):
     """Return a list of health indicators: objects with a ``name`` and a ``check()`` that
     returns a :class:`~mediaproxy.models.HealthStatus` or a Deferred firing with one.
 
-    Called once at start, reactor thread; ``check`` is called per health probe.
+    Called once at start, reactor thread; ``check`` is called once per round of the health
+    snapshot (every ``monitoring.health_interval`` seconds, in the background), bounded by
+    ``monitoring.health_timeout`` (no answer by then: reported not ok, "timed out"). Not ok and
+    ``critical``: unhealthy (503 on ``/health``); not ok otherwise: degraded (200).
     """
 
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:   # the types of the fields, for readers and type checkers onl
     from .http.fetch import SourceFetcher
     from .http.upstream import Upstream
     from .monitoring.collect import WorkerMetrics
+    from .monitoring.health import HealthMonitor
 
 
 __all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "memory_budget"]
@@ -143,6 +144,9 @@ class Runtime:
     #: ``monitoring.listen`` set): what it knows of its workers' metrics, merged into its own
     #: at every scrape (:class:`~mediaproxy.monitoring.collect.WorkerMetrics`); else None
     workers: WorkerMetrics | None = None
+    #: the health snapshot (:class:`~mediaproxy.monitoring.health.HealthMonitor`), made by
+    #: the composition with the runtime and started by the health plugin's service
+    health: HealthMonitor | None = None
     #: work in the pool not finished yet (small jobs and admitted transforms)
     _queued: int = 0
     #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there

@@ -31,6 +31,8 @@ from .runtime import Runtime
 from .http.connection import ConnectionLimits
 from .http.streaming import StreamingSite
 from .http.upstream import Upstream
+from .http.monitoring import HealthFirst
+from .monitoring.health import HealthService, monitor_for
 from .workers import (
     SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, with_backlog,
     worker_count,
@@ -158,6 +160,7 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
                       params=collect_params(pm, config), workers=worker_metrics(config, reactor))
     cache.emit = runtime.emit
+    runtime.health = monitor_for(runtime)
     # runtime.admission, the transform memory budget, is made with the runtime from config;
     # it bounds the RSS only if a freed image goes back to the system.
     return_freed_images_to_the_os()
@@ -189,7 +192,7 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
     """
     runtime = build_runtime(config, reactor, extra_plugins=extra_plugins,
                             load_entrypoints=load_entrypoints)
-    site = StreamingSite(ProxyResource(runtime),
+    site = StreamingSite(HealthFirst(ProxyResource(runtime), runtime),
                          limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
     site.timeOut = config.server.client_timeout
@@ -204,6 +207,7 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
         services.append(runtime.purge_feed)
     services += list(chain.from_iterable(
         svcs or () for svcs in runtime.pm.hook.mediaproxy_services(runtime=runtime)))
+    services.append(HealthService(runtime.health))
     return runtime, site, services
 
 

@@ -38,6 +38,11 @@ def _value_strategy(f: attrs.Attribute, owner: str):
         "prefixes": st.lists(st.sampled_from(["/media/", "/static/", "/uploads/a/"]),
                              min_size=1, max_size=3).map(tuple),
         "MonitoringConfig.listen": st.sampled_from(["", "tcp:9108:interface=127.0.0.1"]),
+        "health_path": st.sampled_from(["/health", "/healthz", "/status/health"]),
+        "live_path": st.sampled_from(["/health/live", "/livez"]),
+        "ready_path": st.sampled_from(["/health/ready", "/readyz"]),
+        "health_prefix": st.sampled_from(["", "/_mediaproxy", "/ops"]),
+        "health_backend_probe": st.sampled_from(["", "/", "/healthz/"]),
         "RedisCacheConfig.url": st.sampled_from(["", "redis://127.0.0.1:6379/0"]),
         "max_source_bytes_by_format": st.lists(st.tuples(
             st.sampled_from(cfg.SOURCE_FORMATS), st.integers(1, 2**34)).map(

@@ -157,7 +157,8 @@ def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
     after the built-ins; ``load_entrypoints`` also loads the installed ones. Configuration
     comes from ``overrides`` (a dict shaped like the TOML file,
     ``{"limits": {"max_width": 1000}}``) and ``environ`` (``MEDIAPROXY_*`` variables), nothing
-    else: not the process environment, not a config file.
+    else: not the process environment, not a config file. One default differs from the
+    daemon's: ``monitoring.health_backend_probe`` is off (set it in ``overrides`` to test it).
     """
     from ..config import load_config
     from ..tap import compose
@@ -174,6 +175,10 @@ def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
     data: dict = {}
     if backend_port is not None:
         data["backend"] = {"url": f"http://{LOOPBACK}:{backend_port}"}
+    if "MEDIAPROXY_MONITORING__HEALTH_BACKEND_PROBE" not in (environ or {}):
+        # The health snapshot's backend probe (a HEAD every few seconds) is off unless a test
+        # turns it on: the origin sees only the requests the test makes, and counts them.
+        data["monitoring"] = {"health_backend_probe": ""}
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
 
