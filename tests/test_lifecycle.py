@@ -24,7 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from twisted.internet.testing import MemoryReactorClock
+
 from mediaproxy.cli import main as cli_main
+from mediaproxy.config import load_config
+from mediaproxy.tap import ThreadPoolService, build_service
 
 from .processes import ROOT
 from .redis_server import free_port
@@ -41,6 +45,8 @@ class HeldOrigin:
     def __init__(self):
         self.arrived = threading.Event()
         self.released = threading.Event()
+        self.slow_requests = 0
+        self._counted = threading.Condition()
         origin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +54,9 @@ class HeldOrigin:
 
             def do_GET(self):
                 if self.path == "/slow":
+                    with origin._counted:
+                        origin.slow_requests += 1
+                        origin._counted.notify_all()
                     origin.arrived.set()
                     origin.released.wait(WAIT)
                 body = BODY if self.path == "/slow" else b"fast\n"
@@ -66,6 +75,11 @@ class HeldOrigin:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                        daemon=True)
         self.thread.start()
+
+    def wait_slow(self, n: int) -> bool:
+        """Until ``n`` ``/slow`` requests came in (False after WAIT)."""
+        with self._counted:
+            return self._counted.wait_for(lambda: self.slow_requests >= n, WAIT)
 
     def release(self):
         self.released.set()
@@ -89,6 +103,87 @@ def environment(**settings) -> dict:
     env.update({f"MEDIAPROXY_{k.upper()}": str(v) for k, v in settings.items()})
     return env
 
+
+# -- the stop's order, in process (a MemoryReactorClock: no socket, time advanced by hand) --
+
+def started_tree(**server):
+    config = load_config(environ={}, overrides={"server": {
+        "listen": ["tcp:0:interface=127.0.0.1"], **server}})
+    top = build_service(config, MemoryReactorClock())
+    top.privilegedStartService()
+    top.startService()
+    return top
+
+
+def record_stops(top) -> list[str]:
+    """Which services stop, in order (each real service's stopService, noted then run)."""
+    order = []
+    for svc in top:
+        def noting(svc=svc, stop=svc.stopService):
+            order.append(type(svc).__name__)
+            return stop()
+        svc.stopService = noting
+    return order
+
+
+def test_the_stop_closes_the_ports_then_waits_for_the_requests_then_stops_the_rest():
+    top = started_tree()
+    order = record_stops(top)
+    runtime = top.runtime
+    runtime.inflight.start("image")
+    stopped = top.stopService()
+    # the port closed and readiness says draining; everything else still serves the request
+    assert order == ["ListeningService"] and runtime.draining
+    assert not stopped.called
+    assert all(svc.running for svc in top if svc not in top.ports)
+    runtime.inflight.end("image")
+    assert stopped.called
+    # the rest, last started first: the transform pool last
+    assert order[1:] == [type(svc).__name__ for svc in reversed(list(top))
+                         if svc not in top.ports]
+    assert order[-1] == ThreadPoolService.__name__
+    assert not any(svc.running for svc in top)
+
+
+def test_the_drain_gives_up_after_server_drain_timeout():
+    top = started_tree(drain_timeout=3)
+    top.runtime.inflight.start("passthrough")
+    stopped = top.stopService()
+    clock = top.runtime.reactor
+    clock.advance(2.9)
+    assert not stopped.called
+    clock.advance(0.1)
+    assert stopped.called and not any(svc.running for svc in top)
+    assert top.runtime.inflight.total == 1     # cut, not finished
+
+
+def test_the_supervisor_gives_a_worker_the_drain_timeout_and_a_margin_before_kill():
+    from mediaproxy.workers import STOP_GRACE
+
+    config = load_config(environ={}, overrides={"server": {
+        "listen": ["tcp:0:interface=127.0.0.1"], "workers": 2, "drain_timeout": 7}})
+    top = build_service(config, MemoryReactorClock())
+    supervisor, clock = top.supervisor, top.runtime.reactor
+
+    class StuckWorker:
+        """A worker that never exits: the fault the kill exists for (a real one would have
+        to be made to hang)."""
+        def __init__(self):
+            self.signals = []
+
+        def signalProcess(self, name):
+            self.signals.append(name)
+
+    worker = StuckWorker()
+    supervisor.processes = {1: worker}
+    supervisor.stopService()
+    clock.advance(7 + STOP_GRACE - 0.1)
+    assert worker.signals == ["TERM"]
+    clock.advance(0.1)
+    assert worker.signals == ["TERM", "KILL"]
+
+
+# -- real processes ---------------------------------------------------------------------------
 
 def start_twistd(port: int, **settings) -> subprocess.Popen:
     proc = subprocess.Popen(
@@ -188,6 +283,32 @@ def test_a_request_that_outlives_the_drain_timeout_is_cut_and_the_process_exits_
     assert code == 0, out
     assert ("graceful stop: drain timed out after 1.0 s with 1 request(s) still in flight"
             in out)
+
+
+def test_workers_under_the_supervisor_drain_too(origin):
+    from mediaproxy.testing import wait_for
+
+    from .processes import ProxyProcess
+
+    proxy = ProxyProcess(origin.port, {"MEDIAPROXY_SERVER__WORKERS": "2",
+                                       "MEDIAPROXY_MONITORING__LOG_LEVEL": "info"})
+    try:
+        # both processes answer (a correlation ID starts with a per-process prefix)
+        wait_for(lambda: len({proxy.get("/fast")[1]["x-correlation-id"][:16]
+                              for _ in range(20)}) == 2, 20, what="both workers answering")
+        slow = [send_get(proxy.port, "/slow") for _ in range(4)]
+        assert origin.wait_slow(4)
+        proxy.proc.send_signal(signal.SIGTERM)
+        origin.release()
+        for sock in slow:                    # wherever the kernel sent them, all finish
+            response = read_response(sock)
+            assert (response.status, response.read()) == (200, BODY)
+            sock.close()
+        code, out = finish(proxy.proc)
+    finally:
+        proxy.kill()
+    assert code == 0, out
+    assert out.count("graceful stop: drained in") == 2, out   # the supervisor and worker 1
 
 
 @pytest.fixture
