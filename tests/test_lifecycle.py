@@ -386,3 +386,21 @@ def test_check_config_refuses_an_endpoint_twisted_cannot_parse(key, value, why, 
     assert err[0].startswith(f"configuration error: {dotted}: {value!r} is not a usable "
                              "endpoint: ")
     assert why in err[0]
+
+
+def test_the_systemd_unit_gives_the_drain_its_time():
+    """conf/mediaproxy.service (checked with `systemd-analyze verify` when written) keeps up
+    with the settings: systemd must not SIGKILL a stop that is still draining."""
+    from mediaproxy.workers import STOP_GRACE
+
+    unit = {}
+    for line in (ROOT / "conf" / "mediaproxy.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            unit.setdefault(key, value)
+    drain = load_config(environ={}).server.drain_timeout
+    assert float(unit["TimeoutStopSec"]) > drain + STOP_GRACE
+    assert unit["KillSignal"] == "SIGTERM" and unit["KillMode"] == "mixed"
+    assert unit["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert unit["Restart"] == "on-failure"
+    assert " --nodaemon " in unit["ExecStart"] and " mediaproxy " in unit["ExecStart"]
