@@ -333,7 +333,8 @@ class ServerConfig:
         "finish once the ports are closed and /health/ready answers 503; requests still "
         "running then are cut. Keep it below the orchestrator's grace period (Kubernetes "
         "terminationGracePeriodSeconds, systemd TimeoutStopSec); with server.workers the "
-        "supervisor gives its workers this plus 5 s before it kills them.", _at_least(0))
+        "supervisor gives its workers this plus 5 s before it kills them. A reload (SIGHUP) "
+        "changes it.", _at_least(0))
 
 
 @frozen

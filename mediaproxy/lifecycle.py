@@ -47,14 +47,18 @@ class ProxyService(service.MultiService):
     main ports with :meth:`add_port`, the worker supervisor with :meth:`add_supervisor`.
     ``announce`` (optional) is called once everything started (the "listening" log line)."""
 
-    def __init__(self, runtime, site, drain_timeout: float):
+    def __init__(self, runtime, site):
         super().__init__()
         self.runtime = runtime
         self.site = site
-        self.drain_timeout = drain_timeout
         self.ports: list = []
         self.supervisor = None
         self.announce = None
+
+    @property
+    def drain_timeout(self) -> float:
+        """``server.drain_timeout`` of the configuration in force (a reload changes it)."""
+        return self.runtime.config.server.drain_timeout
 
     def add_port(self, svc) -> None:
         svc.setServiceParent(self)
@@ -92,8 +96,10 @@ class ProxyService(service.MultiService):
     def _stop(self):
         closing = [maybeDeferred(port.stopService) for port in self.ports]
         self.runtime.draining = True
-        workers = (maybeDeferred(self.supervisor.stopService) if self.supervisor is not None
-                   else succeed(None))
+        workers = succeed(None)
+        if self.supervisor is not None:
+            self.supervisor.drain_timeout = self.drain_timeout
+            workers = maybeDeferred(self.supervisor.stopService)
         yield DeferredList(closing, consumeErrors=True)
         yield self.drain()
         yield DeferredList([workers], consumeErrors=True)

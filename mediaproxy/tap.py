@@ -235,7 +235,7 @@ def build_service(config, reactor, config_path=None, extra_services=(),
     the supervisor of the other workers (the ports are then shared with SO_REUSEPORT), then
     the signal handlers."""
     runtime, site, services = compose(config, reactor)
-    top = ProxyService(runtime, site, config.server.drain_timeout)
+    top = ProxyService(runtime, site)
     # The thread pool, the Redis client and the disk pool start before the ports open, so the
     # first requests find them up; they stop last, after the drain.
     for svc in [*services, *extra_services]:
