@@ -79,6 +79,7 @@ class ProxyService(service.MultiService):
             super().privilegedStartService()
         except CannotListen as e:
             log.critical("{line}", line=str(e))
+            sys.excepthook = quiet_listen_failures(sys.excepthook)
             raise
 
     def startService(self):
@@ -135,8 +136,9 @@ class ProxyService(service.MultiService):
             yield done
         except Exception:   # the timeout (CancelledError / TimeoutError)
             log.warn("graceful stop: drain timed out after {timeout} s with {inflight} "
-                     "request(s) still in flight; cutting them", timeout=self.drain_timeout,
-                     inflight=rt.inflight.total)
+                     "request(s) still in flight ({open} connection(s) open); cutting them",
+                     timeout=self.drain_timeout, inflight=rt.inflight.total,
+                     open=len(site.channels))
             return
         log.info("graceful stop: drained in {seconds:.2f} s",
                  seconds=reactor.seconds() - started)
@@ -184,7 +186,8 @@ class StopOnTerm(service.Service):
 def quiet_listen_failures(hook=None):
     """A :data:`sys.excepthook` that prints nothing for :class:`CannotListen` (its one line
     is logged already; the process still exits with status 1) and defers to ``hook`` (the
-    current one) for anything else. ``twistd`` lets the exception reach the interpreter."""
+    current one) for anything else. ``twistd`` lets the exception reach the interpreter;
+    installed only once a bind failed, so building or starting a tree changes nothing global."""
     previous = hook or sys.excepthook
 
     def excepthook(kind, value, tb):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from itertools import chain
 
 from twisted.application import service
@@ -32,7 +31,7 @@ from .runtime import Runtime
 from .http.connection import ConnectionLimits
 from .http.draining import ServingSite
 from .http.listening import ListeningService
-from .lifecycle import ProxyService, StopOnTerm, quiet_listen_failures
+from .lifecycle import ProxyService, StopOnTerm
 from .http.upstream import Upstream
 from .workers import (
     SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, with_backlog,
@@ -269,8 +268,6 @@ def makeService(options) -> service.MultiService:
     from twisted.internet import reactor
 
     config = options["config_obj"]
-    # A listener that cannot bind ends twistd with status 1 and one log line, no traceback.
-    sys.excepthook = quiet_listen_failures(sys.excepthook)
     try:
         return build_service(config, reactor, config_path=options["config"])
     except UnsupportedEndpoint as e:
