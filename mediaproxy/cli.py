@@ -19,16 +19,27 @@ from . import __version__
 from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
 
 
-def serve(config, extra_services=(), shared_ports=False, config_path=None) -> int:
-    """Run the proxy in this process until it is stopped (SIGTERM, SIGINT)."""
+def serve(config, extra_services=(), shared_ports=False, config_path=None,
+          banner: str | None = None) -> int:
+    """Run the proxy in this process until it is stopped (SIGTERM: gracefully, see
+    :mod:`mediaproxy.lifecycle`). Every listener binds before the reactor runs: one that
+    cannot ends the process (status 1, one line naming it). ``banner`` is printed once they
+    all listen."""
     from twisted.internet import reactor
 
+    from .http.listening import CannotListen
     from .logs import begin_logging
     from .tap import build_service
 
     begin_logging(config.monitoring.log_level, config.monitoring.log_format)
     top = build_service(config, reactor, config_path=config_path, extra_services=extra_services,
                         shared_ports=shared_ports)
+    try:
+        top.privilegedStartService()   # binds every listener
+    except CannotListen:
+        return 1                       # its one line is logged
+    if banner:
+        print(banner, flush=True)
     reactor.callWhenRunning(top.startService)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
@@ -52,10 +63,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from twisted.application import strports
     from twisted.web.server import Site
 
     from .demo import DemoOrigin
+    from .http.listening import ListeningService
 
     overrides = {
         "server": {"listen": [f"tcp:{args.port}:interface={args.interface}"]},
@@ -66,12 +77,15 @@ def cmd_demo(args) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    origin = strports.service(f"tcp:{args.origin_port}:interface=127.0.0.1", Site(DemoOrigin()))
-    print(f"demo origin on http://127.0.0.1:{args.origin_port}/ ; proxy on "
-          f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
-          f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover&fmt=webp'",
-          flush=True)
-    return serve(config, [origin])
+    from twisted.internet import reactor
+
+    origin = ListeningService(reactor, f"tcp:{args.origin_port}:interface=127.0.0.1",
+                              Site(DemoOrigin()), "demo origin")
+    banner = (f"demo origin on http://127.0.0.1:{args.origin_port}/ ; proxy on "
+              f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
+              f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover"
+              "&fmt=webp'")
+    return serve(config, [origin], banner=banner)
 
 
 def cmd_check_config(args) -> int:
@@ -83,11 +97,30 @@ def cmd_check_config(args) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    bad = endpoint_errors(config)
+    if bad:
+        for key, endpoint, why in bad:
+            print(f"configuration error: {key}: {endpoint!r} is not a usable endpoint: {why}",
+                  file=sys.stderr)
+        return 2
     # secrets (signing keys, tokens, Redis passwords) are marked in the schema, never printed
     sys.stdout.write(to_toml(redacted(config)))
     for note in config_notes(config):
         print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+def endpoint_errors(config) -> list[tuple[str, str, str]]:
+    """(key, endpoint, why) for each endpoint string of ``config`` that Twisted's parser
+    refuses (server.listen, monitoring.listen, admin.listen): checked without binding."""
+    from .http.listening import endpoint_problem
+
+    endpoints = [("server.listen", e) for e in config.server.listen]
+    if config.monitoring.listen:
+        endpoints.append(("monitoring.listen", config.monitoring.listen))
+    if config.admin.listen:
+        endpoints.append(("admin.listen", config.admin.listen))
+    return [(key, e, why) for key, e in endpoints if (why := endpoint_problem(e)) is not None]
 
 
 def config_notes(config) -> list[str]:
@@ -192,7 +225,10 @@ def cmd_purge(args) -> int:
     if args.admin:
         return _purge_via_admin(args, scope)
     try:
-        config = load_config(args.config)
+        # This process only talks to the shared layers: it never listens (no monitoring
+        # listener, no admin listener; the main ports are never bound outside serve()).
+        config = load_config(args.config, overrides={"monitoring": {"listen": ""},
+                                                     "admin": {"token": ""}})
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
@@ -229,6 +265,7 @@ def _purge_direct(config, scope) -> int:
 
     from .logs import begin_logging
     from .cache.purge import purge_local
+    from .http.listening import ListeningService
     from .tap import compose
 
     begin_logging("warn", config.monitoring.log_format, sys.stderr)
@@ -237,6 +274,8 @@ def _purge_direct(config, scope) -> int:
     @defer.inlineCallbacks
     def main(reactor):
         runtime, _, services = compose(config, reactor)
+        # a plugin's listener is left out as well: this command talks, it does not serve
+        services = [svc for svc in services if not isinstance(svc, ListeningService)]
         for svc in services:
             svc.startService()
         try:

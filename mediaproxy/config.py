@@ -343,6 +343,13 @@ class ServerConfig:
         "client reads nothing is evicted after server.evict_stalled_after), before it gets "
         "503 backend_busy; at most backend.max_concurrent requests wait. 0: refuse at once.",
         _at_least(0))
+    drain_timeout: float = setting(
+        25.0, "float", "Seconds a graceful stop (SIGTERM) waits for the requests in flight to "
+        "finish once the ports are closed and /health/ready answers 503; requests still "
+        "running then are cut. Keep it below the orchestrator's grace period (Kubernetes "
+        "terminationGracePeriodSeconds, systemd TimeoutStopSec); with server.workers the "
+        "supervisor gives its workers this plus 5 s before it kills them. A reload (SIGHUP) "
+        "changes it.", _at_least(0))
 
 
 @frozen

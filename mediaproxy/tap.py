@@ -12,7 +12,7 @@ import os
 import signal
 from itertools import chain
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage, threadpool
@@ -29,7 +29,9 @@ from .resource import ProxyResource
 from .admission import return_freed_images_to_the_os
 from .runtime import Runtime
 from .http.connection import ConnectionLimits
-from .http.streaming import StreamingSite
+from .http.draining import ServingSite
+from .http.listening import ListeningService
+from .lifecycle import ProxyService, StopOnTerm
 from .http.upstream import Upstream
 from .http.monitoring import HealthFirst
 from .monitoring.health import HealthService, monitor_for
@@ -192,8 +194,8 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
     """
     runtime = build_runtime(config, reactor, extra_plugins=extra_plugins,
                             load_entrypoints=load_entrypoints)
-    site = StreamingSite(HealthFirst(ProxyResource(runtime), runtime),
-                         limits=ConnectionLimits.from_config(config.server))
+    site = ServingSite(HealthFirst(ProxyResource(runtime), runtime),
+                       limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
     site.timeOut = config.server.client_timeout
     if not config.monitoring.access_log:
@@ -239,33 +241,41 @@ def reload_config(runtime, path):
 
 
 def build_service(config, reactor, config_path=None, extra_services=(),
-                  shared_ports=False) -> service.MultiService:
-    """The whole daemon as one service: the runtime's services first (thread pool, Redis, disk
-    pool...), then the listening ports, then, with server.workers > 1, the supervisor of the
-    other workers (the ports are then shared with SO_REUSEPORT)."""
+                  shared_ports=False) -> ProxyService:
+    """The whole daemon as one service (:class:`~mediaproxy.lifecycle.ProxyService`: how it
+    binds, drains and stops): the runtime's services first (thread pool, Redis, disk pool,
+    the plugins' side listeners...), then the listening ports, then, with server.workers > 1,
+    the supervisor of the other workers (the ports are then shared with SO_REUSEPORT), then
+    the signal handlers."""
     runtime, site, services = compose(config, reactor)
-    top = service.MultiService()
+    top = ProxyService(runtime, site)
     # The thread pool, the Redis client and the disk pool start before the ports open, so the
-    # first requests find them up.
+    # first requests find them up; they stop last, after the drain.
     for svc in [*services, *extra_services]:
         svc.setServiceParent(top)
     workers = worker_count(config)
-    if workers > 1 or shared_ports:
-        for endpoint in config.server.listen:
+    for endpoint in config.server.listen:
+        if workers > 1 or shared_ports:
             parse_tcp(endpoint)   # fails early, naming the endpoint, if it cannot be shared
-            SharedPortService(reactor, endpoint, site).setServiceParent(top)
-    else:
-        for endpoint in config.server.listen:
-            strports.service(with_backlog(endpoint), site).setServiceParent(top)
+            top.add_port(SharedPortService(reactor, endpoint, site))
+        else:
+            top.add_port(ListeningService(reactor, endpoint, site, "proxy",
+                                          listen_as=with_backlog(endpoint)))
     if workers > 1 and not shared_ports:
-        WorkerSupervisor(reactor, workers, config_path, config.server.listen,
-                         metrics=runtime.workers).setServiceParent(top)
+        supervisor = WorkerSupervisor(reactor, workers, config_path, config.server.listen,
+                                      metrics=runtime.workers)
+        supervisor.drain_timeout = config.server.drain_timeout
+        top.add_supervisor(supervisor)
+    StopOnTerm(reactor).setServiceParent(top)
     if not shared_ports:
         ReloadOnHangup(runtime, config_path).setServiceParent(top)
-    log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "
-             "{backend}", version=__version__, listen=", ".join(config.server.listen),
-             workers=workers if not shared_ports else "1 of several",
-             backend=config.backend.url)
+
+    def announce():
+        log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "
+                 "{backend}", version=__version__, listen=", ".join(config.server.listen),
+                 workers=workers if not shared_ports else "1 of several",
+                 backend=config.backend.url)
+    top.announce = announce
     return top
 
 

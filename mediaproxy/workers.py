@@ -42,13 +42,15 @@ from twisted.application import service
 from twisted.internet import protocol
 from twisted.logger import Logger
 
+from .http.listening import CannotListen, bind_reason
 from .workerlogs import WorkerOutput
 
 log = Logger(namespace="mediaproxy.workers")
 
 #: Seconds before a worker that died is started again.
 RESTART_DELAY = 1.0
-#: Seconds a stopping worker gets before it is killed.
+#: Seconds a stopping worker gets beyond its own drain (server.drain_timeout) before it is
+#: killed: the time to stop its pool and Redis client and exit once drained.
 STOP_GRACE = 5.0
 
 
@@ -116,7 +118,9 @@ def listen_shared(reactor, description: str, factory):
 
 
 class SharedPortService(service.Service):
-    """Listens on a TCP endpoint shared with the other workers."""
+    """Listens on a TCP endpoint shared with the other workers. Binds in
+    ``privilegedStartService`` (or ``startService``), raising
+    :class:`~mediaproxy.http.listening.CannotListen` when it cannot."""
 
     def __init__(self, reactor, description: str, factory):
         self.reactor = reactor
@@ -124,16 +128,29 @@ class SharedPortService(service.Service):
         self.factory = factory
         self.port = None
 
+    def privilegedStartService(self):
+        super().privilegedStartService()
+        self.bind()
+
     def startService(self):
         super().startService()
-        self.port = listen_shared(self.reactor, self.description, self.factory)
+        if self.port is None:
+            self.bind()
+
+    def bind(self) -> None:
+        try:
+            self.port = listen_shared(self.reactor, self.description, self.factory)
+        except OSError as e:
+            raise CannotListen(self.description, "proxy (port shared by the workers)",
+                               bind_reason(e)) from None
         log.info("worker {pid} listening on {address}", pid=os.getpid(),
                  address=self.port.getHost())
 
     def stopService(self):
         super().stopService()
         if self.port is not None:
-            return self.port.stopListening()
+            port, self.port = self.port, None
+            return port.stopListening()
 
 
 def worker_count(config) -> int:
@@ -161,7 +178,11 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
 
 class WorkerSupervisor(service.Service):
-    """Starts workers 1..n-1, restarts any that dies, stops them with the daemon."""
+    """Starts workers 1..n-1, restarts any that dies, stops them with the daemon (SIGTERM:
+    each drains like the supervisor does, then ``drain_timeout`` + STOP_GRACE before KILL)."""
+
+    #: server.drain_timeout, set by the composition (mediaproxy.tap.build_service)
+    drain_timeout = 0.0
 
     def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...],
                  metrics=None):
@@ -234,7 +255,7 @@ class WorkerSupervisor(service.Service):
         def kill():
             for process in list(self.processes.values()):
                 _signal(process, "KILL")
-        timer = self.reactor.callLater(STOP_GRACE, kill)
+        timer = self.reactor.callLater(self.drain_timeout + STOP_GRACE, kill)
         return self._stopped.addBoth(lambda r: timer.cancel() if timer.active() else None)
 
 

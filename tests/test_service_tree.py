@@ -39,7 +39,7 @@ def test_a_worker_builds_the_same_tree_on_a_shared_port_without_the_reload():
         "server": {"listen": ["tcp:0:interface=127.0.0.1"]}})
     single = kinds(build_service(config, MemoryReactorClock()))
     worker = kinds(build_service(config, MemoryReactorClock(), shared_ports=True))
-    assert worker == [("SharedPortService" if k == "StreamServerEndpointService" else k)
+    assert worker == [("SharedPortService" if k == "ListeningService" else k)
                       for k in single if k != "ReloadOnHangup"]
 
 
@@ -66,5 +66,5 @@ def test_the_tree_starts_the_pool_before_the_runtime_and_the_listeners():
     pool = next(i for i, s in enumerate(services) if isinstance(s, ThreadPoolService))
     runtime = next(i for i, s in enumerate(services) if isinstance(s, RuntimeService))
     ports = [i for i, s in enumerate(services)
-             if type(s).__name__ in ("StreamServerEndpointService", SharedPortService.__name__)]
+             if type(s).__name__ in ("ListeningService", SharedPortService.__name__)]
     assert pool < runtime < min(ports)

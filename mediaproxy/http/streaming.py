@@ -41,7 +41,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import datetimeToString, parse_qs
+from twisted.web.http import RESPONSES, datetimeToString, parse_qs
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -271,7 +271,9 @@ class StreamingRequest(server.Request):
     _process_at: int | None = None
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
-        super().setResponseCode(code, message if message is not None else reason_phrase(code))
+        if not message:   # ours, or a backend's empty one: the standard phrase when known
+            message = reason_phrase(code) or (message if code not in RESPONSES else None)
+        super().setResponseCode(code, message)
 
     def _limits(self) -> ConnectionLimits:
         site = getattr(self.channel, "site", None)
