@@ -87,10 +87,12 @@ def _json_observer(stream: IO[str]):
         out = {"time": event.get("log_time"), "level": event.get("log_level", LogLevel.info).name,
                "namespace": event.get("log_namespace"), "message": formatEvent(event)}
         for key, value in event.items():
-            if key.startswith("log_") or key in ("format", "message", "time", "level"):
+            if key.startswith(("log_", "_")) or key in ("format", "message", "time", "level"):
                 continue
             if isinstance(value, (str, int, float, bool)) or value is None:
                 out[key] = value
+        if not out.get("correlation_id", True):
+            del out["correlation_id"]   # a line about no request in particular
         if event.get("log_failure") is not None:
             out["traceback"] = event["log_failure"].getTraceback()
         stream.write(json.dumps(out, default=str) + "\n")
@@ -100,16 +102,65 @@ def _json_observer(stream: IO[str]):
 
 def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None = None):
     """A log observer printing events at ``level`` and above, as text or JSON lines."""
-    stream = stream or sys.stdout
+    stream = stream if stream is not None else sys.stdout
     base = _json_observer(stream) if fmt == "json" else _text_observer(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(base, [predicate])
 
 
 def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """Start global logging for the console script (twistd sets up its own)."""
+    """Start global logging for the console script (under twistd, :func:`twistd_observer`)."""
     globalLogBeginner.beginLoggingTo([observer_for(level, fmt, stream)],
                                      redirectStandardIO=False)
+
+
+# -- under twistd ---------------------------------------------------------------------------
+#
+# twistd builds its log observer (AppLogger) after every option is parsed, from the
+# ServerOptions' ``logger`` entry: the *name* of a zero-argument factory (its own postOptions
+# imports it with namedAny). ``mediaproxy.tap.Options.postOptions`` calls :func:`for_twistd`
+# with the configured level and format and twistd's own --logfile/--nodaemon, and names
+# :func:`twistd_observer`; the factory then makes the same observer as ``mediaproxy run``.
+
+#: The factory's name, as ``twistd --logger`` takes it.
+TWISTD_OBSERVER = "mediaproxy.logs.twistd_observer"
+_twistd: dict = {"level": "info", "fmt": "text", "logfile": "", "nodaemon": False}
+
+
+def for_twistd(level: str, fmt: str, logfile: str | None, nodaemon: bool) -> str:
+    """Remember what :func:`twistd_observer` makes; returns its name for twistd's ``logger``."""
+    _twistd.update(level=level, fmt=fmt, logfile=logfile or "", nodaemon=bool(nodaemon))
+    return TWISTD_OBSERVER
+
+
+def _rotate_on_sigusr1(logfile) -> None:
+    """What twistd does for its own log file: SIGUSR1 (logrotate's postrotate) rotates it,
+    unless something else already handles SIGUSR1."""
+    import signal
+    if not signal.getsignal(signal.SIGUSR1):
+        def rotate(signum, frame):
+            from twisted.internet import reactor
+            reactor.callFromThread(logfile.rotate)
+        signal.signal(signal.SIGUSR1, rotate)
+
+
+def twistd_observer():
+    """The observer twistd installs (its ``--logger``): the configured level and format, to the
+    stream twistd's ``--logfile`` names, as twistd would choose it: ``-`` or no ``--logfile``
+    with ``--nodaemon`` is stdout; otherwise the file (``twistd.log`` by default), rotated by
+    size like twistd's own (:class:`twisted.python.logfile.LogFile`, 1 MB, and on SIGUSR1)."""
+    name, nodaemon = _twistd["logfile"], _twistd["nodaemon"]
+    if name == "-":
+        if not nodaemon:
+            sys.exit("Daemons cannot log to stdout, exiting!")
+        stream = sys.stdout
+    elif nodaemon and not name:
+        stream = sys.stdout
+    else:
+        from twisted.python.logfile import LogFile
+        stream = LogFile.fromFullPath(name or "twistd.log")
+        _rotate_on_sigusr1(stream)
+    return observer_for(_twistd["level"], _twistd["fmt"], stream)
 
 
 def logger(namespace: str) -> RequestLogger:

@@ -534,9 +534,9 @@ class _Fetch:
                           error=getattr(error, "error", result.type.__name__), ms=self._ms(),
                           attempts=self.call.attempts, correlation_id=self.correlation_id)
         else:
-            self.log.info("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
-                          path=self.path, bytes=len(result.body), ms=self._ms(),
-                          correlation_id=self.correlation_id)
+            self.log.debug("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
+                           path=self.path, bytes=len(result.body), ms=self._ms(),
+                           correlation_id=self.correlation_id)
         return result
 
 

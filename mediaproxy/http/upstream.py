@@ -67,6 +67,7 @@ from .connection import BufferBudget
 from ..config import BackendConfig, ServerConfig
 from .endpoints import BackendEndpoints
 from .errors import CORRELATION_HEADER, write_error
+from .pool import QuietConnectionPool
 from ..models import RequestInfo
 from .policy import (
     ANSWERED, CANCELLED, PASSTHROUGH_FAILURES, TIMEOUT, BackendPolicy, failure_kind,
@@ -299,8 +300,8 @@ class _EmptyBody:
         pass
 
 
-class _Pool(HTTPConnectionPool):
-    """The connection pool, never taking back a connection that is already being closed.
+class _Pool(QuietConnectionPool):
+    """The connection pool (quiet: no line per connection), never taking back a connection that is already being closed.
 
     Twisted returns a connection to the pool as soon as its response has been read, even when
     the body's protocol (:class:`_Discard`) has just called ``stopProducing``, which closes the
@@ -657,8 +658,8 @@ class _Exchange:
             return
         self.client_gone = True
         self.call.stop_header_timer()
-        self.log.info("client went away during {method} {path}: {why}",
-                      **self._fields(why=reason.getErrorMessage()))
+        self.log.debug("client went away during {method} {path}: {why}",
+                       **self._fields(why=reason.getErrorMessage()))
         if self.call.cancel_retry():
             self._settle()
         if not self.got_response and self.response_d is not None:
