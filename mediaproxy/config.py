@@ -842,8 +842,8 @@ class MonitoringConfig:
     access_log: bool = setting(
         False, "bool", "Log one line per main-port request (logger mediaproxy.access): "
         "correlation ID, client, method, path, status, body bytes, duration, cache outcome "
-        "and route kind, as text or JSON keys (log_format). Off by default: the web server or "
-        "CDN in front usually keeps the access log.")
+        "and route kind, as text or JSON keys (log_format), whatever log_level says. Off by "
+        "default: the web server or CDN in front usually keeps the access log.")
     listen: str = setting(
         "", "str", "Endpoint of the monitoring listener serving /metrics (Prometheus) and "
         "/health, e.g. tcp:9108:interface=127.0.0.1. Empty: no listener. Kept off the main "

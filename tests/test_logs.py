@@ -77,12 +77,12 @@ def access_event(**fields) -> Event:
     return Event("request", 0.0034, "c0ffee42", {**base, **fields})
 
 
-def formatted(fmt: str, event: Event) -> str:
+def formatted(fmt: str, event: Event, level: str = "info") -> str:
     from mediaproxy.builtin.accesslog import AccessLog
 
     runtime = make_runtime(overrides={"monitoring": {"access_log": True}})
     out = io.StringIO()
-    observer = observer_for("info", fmt, out)
+    observer = observer_for(level, fmt, out)
     globalLogPublisher.addObserver(observer)
     try:
         AccessLog(runtime).mediaproxy_event(event)
@@ -110,6 +110,18 @@ def test_the_json_access_line_has_each_field_as_a_key():
         "path": "/media/a.jpg", "status": 200, "bytes": 5120, "duration": 0.0034,
         "cache": "HIT-MEMORY", "kind": "image", "route": "query", "aborted": False,
     }
+
+
+def test_the_access_line_is_written_whatever_the_level():
+    logs.set_level("warn")
+    try:
+        assert formatted("text", access_event(), level="warn").endswith(" HIT-MEMORY image\n")
+        out = io.StringIO()
+        observer_for("warn", "text", out)({"log_namespace": "mediaproxy.other",
+                                           "log_level": LogLevel.info, "log_format": "x"})
+        assert out.getvalue() == ""
+    finally:
+        logs.set_level("debug")
 
 
 def test_only_request_events_make_access_lines():

@@ -13,15 +13,20 @@ or, in JSON, these as keys (``correlation_id``, ``client``, ``method``, ``path``
 
 Cheap by design: a request sends its ``request`` event anyway; this adds one log event with
 the fields it already carries, and does nothing when the setting is off (read on every event,
-so a configuration reload turns it on or off).
+so a configuration reload turns it on or off). It is written whatever ``monitoring.log_level``
+says: turning it on is asking for it.
 """
 
 from __future__ import annotations
 
-from .. import hookimpl
-from ..logs import logger
+from twisted.logger import Logger
 
-log = logger("mediaproxy.access")
+from .. import hookimpl
+
+#: A plain Logger, not dropped below ``monitoring.log_level``: the operator who turned the
+#: access line on gets it even with ``log_level = "warn"`` (the observers let this namespace
+#: through at info, see :func:`mediaproxy.logs.observer_for`).
+log = Logger(namespace="mediaproxy.access")
 
 #: The text of the access line; the JSON line has each of these fields as a key.
 #: (Fields starting with ``_`` are for the text only: the JSON line leaves them out.)

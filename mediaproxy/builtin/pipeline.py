@@ -311,7 +311,7 @@ class ImagePipeline:
                              lambda: self._produce(key, image_request, request, fmt, log, stale,
                                                    wait=True, on_rendered=rendered),
                              rt.reactor,
-                             max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout))
+                             max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout), log)
 
         def finished(result):
             if not answer.called:
