@@ -22,7 +22,9 @@ from mediaproxy.builtin.ratelimit import Pressure
 from mediaproxy.http.requestinfo import adopted_id
 from mediaproxy.logs import RequestLogger, Throttle, observer_for
 from mediaproxy.models import Event
-from mediaproxy.testing import make_image, make_runtime, start_proxy, wait_for
+from mediaproxy.testing import (
+    call_in_reactor, make_image, make_runtime, start_proxy, wait_for,
+)
 
 PAGE = b"<p>a backend page</p>"
 FILES = {"/media/a.jpg": make_image((200, 100)), "/shop/": (200, PAGE, "text/html", [])}
@@ -203,6 +205,30 @@ def test_request_lines_carry_the_id_in_both_formats():
         RequestLogger("mediaproxy.request", observer=observer_for("info", fmt, out),
                       correlation_id="cid-9").info("served {path}", path="/a")
         assert expect in out.getvalue()
+
+
+class CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+
+
+def test_lines_of_one_reactor_turn_are_flushed_once(live_reactor):
+    out = CountingStream()
+    observer = observer_for("info", "json", out)
+    line = {"log_namespace": "mediaproxy.access", "log_level": LogLevel.info,
+            "log_format": "served", "log_time": 1.0}
+
+    def three_lines():
+        for _ in range(3):
+            observer(dict(line))
+        return out.flushes
+
+    assert call_in_reactor(three_lines) == 0
+    wait_for(lambda: out.flushes == 1, 10, what="the flush at the end of the reactor turn")
+    observer(dict(line))        # not in the reactor's thread: flushed at once
+    assert (out.flushes, len(out.getvalue().splitlines())) == (2, 4)
 
 
 class _TwistdOptions(dict):

@@ -19,14 +19,13 @@ says: turning it on is asking for it.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
-
 from .. import hookimpl
+from ..logs import FastLogger
 
-#: A plain Logger, not dropped below ``monitoring.log_level``: the operator who turned the
-#: access line on gets it even with ``log_level = "warn"`` (the observers let this namespace
-#: through at info, see :func:`mediaproxy.logs.observer_for`).
-log = Logger(namespace="mediaproxy.access")
+#: Not dropped below ``monitoring.log_level``: the operator who turned the access line on gets
+#: it even with ``log_level = "warn"`` (the observers let this namespace through at info, see
+#: :func:`mediaproxy.logs.observer_for`).
+log = FastLogger("mediaproxy.access")
 
 #: The text of the access line; the JSON line has each of these fields as a key.
 #: (Fields starting with ``_`` are for the text only: the JSON line leaves them out.)
