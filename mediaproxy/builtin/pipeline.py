@@ -350,7 +350,9 @@ class ImagePipeline:
                 raise SourceError(404, "source_not_found", "no plugin serves this source")
             source = yield fetching
         except SourceError as e:
-            log.info("source unavailable: {error} ({status})", error=e.error, status=e.status)
+            # a missing original is the client's business (404 in the access line), not news
+            (log.debug if e.status == 404 else log.info)(
+                "source unavailable: {error} ({status})", error=e.error, status=e.status)
             rt.emit("source.error", correlation_id=request.correlation_id, status=e.status)
             if stale is not None and e.status in STALE_IF_ERROR_STATUSES:
                 log.info("serving the stale copy of {key}: the backend failed", key=key)

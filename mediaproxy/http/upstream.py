@@ -65,6 +65,7 @@ from zope.interface import implementer
 from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from .connection import BufferBudget
 from ..config import BackendConfig, ServerConfig
+from ..logs import Throttle
 from .endpoints import BackendEndpoints
 from .errors import CORRELATION_HEADER, write_error
 from .pool import QuietConnectionPool
@@ -75,6 +76,9 @@ from .policy import (
 from .requestinfo import is_trusted
 
 _log = Logger(namespace="mediaproxy.upstream")
+#: A backend that is down fails every request: one warning per kind every 10 s, the rest at
+#: debug (each with its request's correlation ID).
+_warnings = Throttle(10.0)
 
 #: Methods retried after a connection error or a 502/503/504 when they carry no body.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -617,8 +621,10 @@ class _Exchange:
         return self.call.retry_delay(kind, status) if self._may_repeat() else None
 
     def _retry(self, why: str, delay: float) -> None:
-        self.log.info("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
-                      **self._fields(why=why, attempt=self.call.attempts, delay=delay))
+        # debug: a keep-alive connection the backend had just closed is routine, and
+        # retries are counted (the final failure is a warning)
+        self.log.debug("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
+                       **self._fields(why=why, attempt=self.call.attempts, delay=delay))
         self.got_response = False
         self.response_d = None
         self.call.retry_later(delay, self._attempt)
@@ -746,14 +752,16 @@ class _Exchange:
             self._retry(f"{failure.type.__name__}", delay)
             return
         if kind == TIMEOUT:
-            self.log.warn("no response headers from the backend within {timeout} s for "
-                          "{method} {path}",
-                          **self._fields(timeout=self.upstream.backend.header_timeout))
+            _warnings.warn(self.log, ("timeout",),
+                           "no response headers from the backend within {timeout} s for "
+                           "{method} {path}",
+                           **self._fields(timeout=self.upstream.backend.header_timeout))
             self._answer(504, "gateway_timeout", "The backend did not answer in time.")
             return
-        self.log.warn("backend request failed for {method} {path}: {why}",
-                      **self._fields(why=f"{failure.type.__name__}: "
-                                         f"{failure.getErrorMessage()}"))
+        _warnings.warn(self.log, ("failed", failure.type.__name__),
+                       "backend request failed for {method} {path}: {why}",
+                       **self._fields(why=f"{failure.type.__name__}: "
+                                          f"{failure.getErrorMessage()}"))
         self._answer(502, "bad_gateway", "The backend could not be reached.")
 
     def _answer(self, status: int, error: str, message: str, headers=()) -> None:
