@@ -7,6 +7,7 @@ pressure warning that no longer repeats.
 from __future__ import annotations
 
 import io
+import socket
 import json
 import re
 import string
@@ -272,7 +273,26 @@ def test_pressure_flapping_warns_once_a_minute(logged):
         clock.advance(5)
         pressure.update(10, 0, 0)
         clock.advance(5)
-    scaled = [e for e in logged if e.get("log_namespace") == "mediaproxy.ratelimit"]
+    scaled = [e for e in logged if e.get("log_namespace") == "mediaproxy.ratelimit"
+              and e.get("memory") == 0 and e.get("cpu") in (90, 10)]
     assert [e["log_level"] for e in scaled] == [LogLevel.warn] + [LogLevel.debug] * 11 + [
         LogLevel.warn] + [LogLevel.debug] * 7
     assert scaled[12]["suppressed"] == 11
+
+
+def test_a_backend_that_is_down_warns_once_then_at_debug(live_reactor, logged):
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()   # nothing listens there: every connection is refused
+    with start_proxy(backend_port=dead_port, overrides={
+            "backend": {"retries": 0}, "monitoring": {"log_level": "debug"}}) as proxy:
+        # a clock that stands still: all three failures fall within one throttle period
+        proxy.runtime.upstream.warnings = Throttle(10.0, clock=Clock().seconds)
+        statuses = [proxy.get("/page/", headers={"X-Request-ID": f"down-{i}"}).status
+                    for i in range(3)]
+    assert statuses == [502, 502, 502]
+    failed = [(e["log_level"], e["correlation_id"]) for e in logged
+              if str(e.get("log_format", "")).startswith("backend request failed")]
+    assert failed == [(LogLevel.warn, "down-0"), (LogLevel.debug, "down-1"),
+                      (LogLevel.debug, "down-2")]

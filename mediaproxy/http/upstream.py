@@ -76,9 +76,6 @@ from .policy import (
 from .requestinfo import is_trusted
 
 _log = Logger(namespace="mediaproxy.upstream")
-#: A backend that is down fails every request: one warning per kind every 10 s, the rest at
-#: debug (each with its request's correlation ID).
-_warnings = Throttle(10.0)
 
 #: Methods retried after a connection error or a 502/503/504 when they carry no body.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -169,6 +166,9 @@ class Upstream:
     #: Exchanges whose backend is paused by a client that does not read, oldest first, with
     #: the time the pause began (see :meth:`_evict_stalled`).
     stalled: dict = attrs.field(init=False, factory=dict)
+    #: A backend that is down fails every request: one warning per kind of failure every 10 s,
+    #: the rest at debug (each with its request's correlation ID).
+    warnings: Throttle = attrs.field(init=False, factory=lambda: Throttle(10.0))
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
 
@@ -752,16 +752,16 @@ class _Exchange:
             self._retry(f"{failure.type.__name__}", delay)
             return
         if kind == TIMEOUT:
-            _warnings.warn(self.log, ("timeout",),
-                           "no response headers from the backend within {timeout} s for "
-                           "{method} {path}",
-                           **self._fields(timeout=self.upstream.backend.header_timeout))
+            self.upstream.warnings.warn(
+                self.log, ("timeout",), "no response headers from the backend within "
+                "{timeout} s for {method} {path}",
+                **self._fields(timeout=self.upstream.backend.header_timeout))
             self._answer(504, "gateway_timeout", "The backend did not answer in time.")
             return
-        _warnings.warn(self.log, ("failed", failure.type.__name__),
-                       "backend request failed for {method} {path}: {why}",
-                       **self._fields(why=f"{failure.type.__name__}: "
-                                          f"{failure.getErrorMessage()}"))
+        self.upstream.warnings.warn(
+            self.log, ("failed", failure.type.__name__),
+            "backend request failed for {method} {path}: {why}",
+            **self._fields(why=f"{failure.type.__name__}: {failure.getErrorMessage()}"))
         self._answer(502, "bad_gateway", "The backend could not be reached.")
 
     def _answer(self, status: int, error: str, message: str, headers=()) -> None:
