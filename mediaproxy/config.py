@@ -174,6 +174,15 @@ def _health_probe(value: str) -> None:
         raise ValueError(f"{value!r} is not a backend path (/...)")
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_names(value: tuple[str, ...]) -> None:
+    for name in value:
+        if not _TOKEN.match(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+
+
 def _http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -853,9 +862,10 @@ class MonitoringConfig:
     log_format: str = setting("text", "str", "text (one line per event) or json "
                               "(one JSON object per line).", _one_of("text", "json"))
     access_log: bool = setting(
-        False, "bool", "Log one line per request (combined log format) through twisted.logger. "
-        "Off by default: the web server or CDN in front usually keeps the access log, and a "
-        "line per cache hit costs a fifth of the proxy's throughput.")
+        False, "bool", "Log one line per main-port request (logger mediaproxy.access): "
+        "correlation ID, client, method, path, status, body bytes, duration, cache outcome "
+        "and route kind, as text or JSON keys (log_format), whatever log_level says. Off by "
+        "default: the web server or CDN in front usually keeps the access log.")
     listen: str = setting(
         "", "str", "Endpoint of the monitoring listener serving /metrics (Prometheus) and "
         "/health, e.g. tcp:9108:interface=127.0.0.1. Empty: no listener. Kept off the main "
@@ -892,6 +902,13 @@ class MonitoringConfig:
         "/", "str", "Backend path the health snapshot asks with HEAD to report the backend's "
         "reachability and latency (critical: an answer of 500 or more, or none, makes the "
         "proxy unhealthy). Empty: no probe.", _health_probe)
+    request_id_headers: tuple[str, ...] = setting(
+        ["X-Correlation-ID", "X-Request-ID"], "strlist",
+        "Incoming headers whose value becomes the request's correlation ID, in order: the "
+        "first present and well-formed (1 to 128 of A-Z a-z 0-9 . _ : -) wins; with none, the "
+        "proxy makes one. Every log line of the request carries it; the response and the "
+        "backend request carry it as X-Correlation-ID (and in each of these headers the "
+        "client sent).", _header_names)
 
 
 @frozen

@@ -42,6 +42,7 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.admin",
     "mediaproxy.builtin.signing",
     "mediaproxy.builtin.ratelimit",
+    "mediaproxy.builtin.accesslog",
 )
 
 

@@ -51,8 +51,11 @@ class ProxyResource(Resource):
 
     def render(self, request):
         rt = self.runtime
-        info = requestinfo.from_request(request, rt.config.server.trusted_proxies)
+        info = requestinfo.from_request(request, rt.config.server.trusted_proxies,
+                                        rt.config.monitoring.request_id_headers)
         log = request_log(info.correlation_id)
+        # for the connection's own lines (deadlines, buffer limits) about this request
+        request.mediaproxy_correlation_id = info.correlation_id
         try:
             match = rt.pm.hook.mediaproxy_match_request(request=info, runtime=rt)
         except Exception:
@@ -69,6 +72,7 @@ class ProxyResource(Resource):
                 write_error(request, refused.status, refused.error, refused.message,
                             info.correlation_id, refused.parameter, _raw(refused.headers))
                 return NOT_DONE_YET
+            requestinfo.align_id_headers(request, info, rt.config.monitoring.request_id_headers)
             rt.upstream.proxy(request, info, log)
             return NOT_DONE_YET
         if isinstance(match, Rejection):

@@ -250,4 +250,5 @@ class Runtime:
         try:
             self.pm.hook.mediaproxy_event(event=Event(name, value, correlation_id, fields))
         except Exception:
-            self.log.failure("an event hook raised for {event_name}", event_name=name)
+            self.log.failure("an event hook raised for {event_name}", event_name=name,
+                             correlation_id=correlation_id)

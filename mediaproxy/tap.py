@@ -23,7 +23,7 @@ from .cache.purge import PurgeFeed
 from .cache.redis import RedisClient, RedisService
 from .config import ConfigError, load_config
 from .http.fetch import SourceFetcher
-from .logs import set_level
+from .logs import for_twistd, set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
 from .admission import return_freed_images_to_the_os
@@ -71,6 +71,21 @@ class Options(usage.Options):
             self["config_obj"] = load_config(self["config"], overrides=overrides)
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
+        self._log_as_configured()
+
+    def _log_as_configured(self):
+        """Under twistd, make twistd's log observer ours: the configured level and format
+        (``monitoring.log_level``, ``monitoring.log_format``) written where twistd's
+        ``--logfile`` says. twistd builds its observer after every option is parsed, from its
+        ``logger`` option (a factory's name); the operator's own ``--logger`` or ``--syslog``
+        is kept."""
+        parent = getattr(self, "parent", None)
+        if (parent is None or "logger" not in parent or parent["logger"] is not None
+                or parent.get("syslog")):
+            return
+        monitoring = self["config_obj"].monitoring
+        parent["logger"] = for_twistd(monitoring.log_level, monitoring.log_format,
+                                      parent.get("logfile"), parent.get("nodaemon"))
 
 
 class ThreadPoolService(service.Service):
@@ -198,8 +213,7 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
                        limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
     site.timeOut = config.server.client_timeout
-    if not config.monitoring.access_log:
-        site.log = lambda request: None
+    site.log = lambda request: None   # the access line is builtin/accesslog.py's
     set_level(config.monitoring.log_level)
     services = [ThreadPoolService(runtime.threadpool)]
     if runtime.redis is not None:

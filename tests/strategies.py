@@ -60,6 +60,8 @@ def _value_strategy(f: attrs.Attribute, owner: str):
             ["10.1.2.3", "192.168.0.0/16", "fd00::/8"]), max_size=2).map(tuple),
         "allowed_hosts": st.lists(st.sampled_from(
             ["cdn.example.com", "*.example.org"]), max_size=2).map(tuple),
+        "request_id_headers": st.lists(st.sampled_from(
+            ["X-Correlation-ID", "X-Request-ID", "X-Amzn-Trace-Id"]), max_size=3).map(tuple),
     }
     special = special.get(f"{owner}.{f.name}", special.get(f.name, base))
     if check is None:

@@ -11,7 +11,7 @@ import pytest
 
 from mediaproxy.config import BackendConfig, ServerConfig
 from mediaproxy.http.fetch import SourceFetcher
-from mediaproxy.logs import RequestLogger
+from mediaproxy.logs import RequestLogger, set_level
 from mediaproxy.models import SourceError, SourceImage
 from mediaproxy.testing import call_in_reactor
 from mediaproxy.http.upstream import Upstream
@@ -27,6 +27,9 @@ class Fetcher:
         self.events: list[dict] = []
 
     def __call__(self, path: str, cid: str = "cid-fetch", headers=None, timeout: float = 10):
+        # a fetch that went well says so at debug only; a proxy built by an earlier test may
+        # have set the level to info
+        set_level("debug")
         log = RequestLogger("mediaproxy.test", observer=self.events.append, correlation_id=cid)
         return call_in_reactor(self.fetcher.fetch, path, cid, log, headers, timeout=timeout)
 

@@ -143,7 +143,7 @@ class ImagePipeline:
                 cache = rt.config.cache
                 if age <= fresh_for + cache.stale_while_revalidate:
                     rt.emit("cache.stale", correlation_id=request.correlation_id, layer=layer)
-                    log.info("serving a stale copy of {key} and refreshing it", key=key)
+                    log.debug("serving a stale copy of {key} and refreshing it", key=key)
                     self.refresh(key, image_request, request, fmt, entry)
                     return self._from_entry(
                         entry, "STALE", vary,
@@ -167,7 +167,7 @@ class ImagePipeline:
             d = self._coalesced(key, image_request, request, fmt, log, stale)
             return d.addCallback(self._answer, vary, fwd, hit[1] if stale is not None else None)
 
-        return rt.cache.get(key).addCallback(looked_up)
+        return rt.cache.get(key, log).addCallback(looked_up)
 
     def key_for(self, image_request, accept: str | None) -> tuple[str, str | None, bool]:
         """The cache key of ``image_request`` for a client sending ``accept``, with the
@@ -293,7 +293,7 @@ class ImagePipeline:
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
                 # found here: another process's or node's production, reused
                 return Collapsed(entry) if time.time() - entry.created_at <= fresh_for else None
-            found = rt.cache.get(key).addCallback(fresh)
+            found = rt.cache.get(key, log).addCallback(fresh)
             if depends_on_source(fmt):
                 found.addCallback(lambda hit: hit if hit is not None
                                   else self._resolved_elsewhere(image_request, fmt))
@@ -311,7 +311,7 @@ class ImagePipeline:
                              lambda: self._produce(key, image_request, request, fmt, log, stale,
                                                    wait=True, on_rendered=rendered),
                              rt.reactor,
-                             max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout))
+                             max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout), log)
 
         def finished(result):
             if not answer.called:
@@ -350,7 +350,9 @@ class ImagePipeline:
                 raise SourceError(404, "source_not_found", "no plugin serves this source")
             source = yield fetching
         except SourceError as e:
-            log.info("source unavailable: {error} ({status})", error=e.error, status=e.status)
+            # a missing original is the client's business (404 in the access line), not news
+            (log.debug if e.status == 404 else log.info)(
+                "source unavailable: {error} ({status})", error=e.error, status=e.status)
             rt.emit("source.error", correlation_id=request.correlation_id, status=e.status)
             if stale is not None and e.status in STALE_IF_ERROR_STATUSES:
                 log.info("serving the stale copy of {key}: the backend failed", key=key)
@@ -358,12 +360,12 @@ class ImagePipeline:
             return (yield self._placeholder(image_request, fmt, e.status, e.error, e.message))
         if source.not_modified and stale is not None:
             entry = attrs.evolve(stale, created_at=time.time())
-            log.info("{source} not modified at the backend; entry refreshed",
-                     source=image_request.source_path)
+            log.debug("{source} not modified at the backend; entry refreshed",
+                      source=image_request.source_path)
             rt.emit("cache.revalidated", correlation_id=request.correlation_id)
             if on_rendered is not None:
                 on_rendered(entry)
-            yield self._store(key, entry, wait)
+            yield self._store(key, entry, wait, log)
             return entry
         fetched = time.perf_counter()
         spec = transform_spec(image_request, fmt, rt.config)
@@ -427,11 +429,11 @@ class ImagePipeline:
             return Rejection(503, "transform_timeout", "the image took too long to process",
                              headers=[("Retry-After", "5")])
         done = time.perf_counter()
-        log.info("rendered {source} -> {out_format} {width}x{height}, {size} bytes "
-                 "(fetch {fetch_ms:.1f} ms, transform {transform_ms:.1f} ms)",
-                 source=image_request.source_path, out_format=rendered.format,
-                 width=rendered.width, height=rendered.height, size=len(rendered.body),
-                 fetch_ms=(fetched - started) * 1000, transform_ms=busy * 1000)
+        log.debug("rendered {source} -> {out_format} {width}x{height}, {size} bytes "
+                  "(fetch {fetch_ms:.1f} ms, transform {transform_ms:.1f} ms)",
+                  source=image_request.source_path, out_format=rendered.format,
+                  width=rendered.width, height=rendered.height, size=len(rendered.body),
+                  fetch_ms=(fetched - started) * 1000, transform_ms=busy * 1000)
         rt.emit("transform", value=done - fetched, correlation_id=request.correlation_id,
                 format=rendered.format)
         now = time.time()
@@ -441,7 +443,7 @@ class ImagePipeline:
             source_etag=source.etag, source_last_modified=source.last_modified)
         if on_rendered is not None:
             on_rendered(entry)
-        stored = self._store(store_key, entry, wait)
+        stored = self._store(store_key, entry, wait, log)
         if store_key != key:
             self._resolved[resolved] = estimated.format
             if rt.cache.shared:
@@ -489,8 +491,8 @@ class ImagePipeline:
 
         return rt.cache.get(key).addCallback(fresh)
 
-    def _store(self, key, entry, wait: bool) -> Deferred:
-        stored = self.runtime.cache.set(key, entry)
+    def _store(self, key, entry, wait: bool, log=None) -> Deferred:
+        stored = self.runtime.cache.set(key, entry, log=log)
         return stored if wait else succeed(None)
 
     @inlineCallbacks

@@ -45,6 +45,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from .. import hookimpl
+from ..logs import Throttle
 from ..models import Rejection
 
 log = Logger(namespace="mediaproxy.ratelimit")
@@ -117,6 +118,9 @@ class Pressure:
     factor_each: float = 0.5
     factor: float = 1.0
     last: tuple = (0.0, 0.0, 0.0)
+    #: A host whose load hovers around a threshold flips the factor every few samples: one
+    #: warning a minute, the flips in between at debug.
+    warned: Throttle = attrs.field(factory=lambda: Throttle(60.0))
 
     def update(self, cpu: float, memory: float, queue: float) -> float:
         crossed = ((cpu > self.cpu_percent) + (memory > self.memory_percent)
@@ -124,9 +128,9 @@ class Pressure:
         old, self.factor = self.factor, self.factor_each ** crossed
         self.last = (cpu, memory, queue)
         if old != self.factor:
-            log.warn("rate limits scaled by {factor} (cpu {cpu:.0f}%, memory {memory:.0f}%, "
-                     "queue {queue:.0f}%)", factor=self.factor, cpu=cpu, memory=memory,
-                     queue=queue)
+            self.warned.warn(log, "pressure", "rate limits scaled by {factor} (cpu {cpu:.0f}%, "
+                             "memory {memory:.0f}%, queue {queue:.0f}%)", factor=self.factor,
+                             cpu=cpu, memory=memory, queue=queue)
         return self.factor
 
 
@@ -210,6 +214,7 @@ class RateLimiter:
     _exempt: tuple = ()
     _exempt_cache: dict = attrs.field(factory=dict)
     _syncing: bool = False
+    _sync_warned: Throttle = attrs.field(factory=lambda: Throttle(60.0))
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:
@@ -355,8 +360,8 @@ class RateLimiter:
             # Give the counts back: they go out with the next exchange.
             for name, bucket in buckets.items():
                 bucket[_SPENT] += spent[name]
-            log.info("rate-limit exchange with Redis failed: {why}",
-                     why=failure.getErrorMessage())
+            self._sync_warned.warn(log, "sync", "rate-limit exchange with Redis failed: {why}",
+                                   why=failure.getErrorMessage())
 
         def done(result):
             self._syncing = False

@@ -62,10 +62,11 @@ class LayeredCache:
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
     _warned: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
 
-    def _failed(self, failure, layer, op, key):
+    def _failed(self, failure, layer, op, key, log=None):
         # A layer that is down fails every call until it is back: warn once per layer every
-        # WARN_EVERY seconds, the rest at debug (every failure is counted all the same).
-        self._warned.warn(self.log, layer.name,
+        # WARN_EVERY seconds, the rest at debug (every failure is counted all the same). A
+        # request's own logger (``log``) puts its correlation ID on the line.
+        self._warned.warn(log or self.log, layer.name,
                           "cache layer {layer} failed to {op} {key}: {error} (skipped; further "
                           "failures of this layer for {seconds} s are logged at debug)",
                           layer=layer.name, op=op, key=key, error=failure.getErrorMessage(),
@@ -74,10 +75,10 @@ class LayeredCache:
             self.emit("cache.error", layer=layer.name, op=op)
         return None
 
-    def get(self, key: str) -> Deferred:
+    def get(self, key: str, log=None) -> Deferred:
         """Fire with ``(entry, layer_name)`` or ``None``. A first layer that can answer
         synchronously (``get_now``, the memory layer) is asked without a Deferred of its own:
-        the hot path."""
+        the hot path. ``log``: the request's logger, for the lines about failing layers."""
         first = self.layers[0] if self.layers else None
         get_now = getattr(first, "get_now", None)
         if get_now is not None:
@@ -85,26 +86,26 @@ class LayeredCache:
                 entry = get_now(key)
             except Exception as e:
                 from twisted.python.failure import Failure
-                self._failed(Failure(e), first, "get", key)
+                self._failed(Failure(e), first, "get", key, log)
                 entry = None
             if entry is not None:
                 return succeed((entry, first.name))
-            return self._get_from(1, key)
-        return self._get_from(0, key)
+            return self._get_from(1, key, log)
+        return self._get_from(0, key, log)
 
-    def _get_from(self, index: int, key: str) -> Deferred:
+    def _get_from(self, index: int, key: str, log=None) -> Deferred:
         if index >= len(self.layers):
             return succeed(None)
         layer = self.layers[index]
         d = maybeDeferred(layer.get, key)
-        d.addErrback(self._failed, layer, "get", key)
+        d.addErrback(self._failed, layer, "get", key, log)
 
         def answered(entry):
             if entry is None:
-                return self._get_from(index + 1, key)
+                return self._get_from(index + 1, key, log)
             for faster in self.layers[:index]:
                 maybeDeferred(faster.set, key, entry).addErrback(
-                    self._failed, faster, "set", key)
+                    self._failed, faster, "set", key, log)
             return entry, layer.name
 
         return d.addCallback(answered)
@@ -114,15 +115,16 @@ class LayeredCache:
         """Whether any layer is seen by other processes or nodes (Redis, files, ...)."""
         return any(getattr(layer, "shared", True) for layer in self.layers)
 
-    def set(self, key: str, entry: CacheEntry, *, shared_only: bool = False) -> Deferred:
+    def set(self, key: str, entry: CacheEntry, *, shared_only: bool = False,
+            log=None) -> Deferred:
         """Store ``entry`` in every layer (``shared_only``: only in the layers other processes
-        see, for what this process keeps elsewhere)."""
+        see, for what this process keeps elsewhere; ``log``: as for :meth:`get`)."""
         ds = []
         for layer in self.layers:
             if shared_only and not getattr(layer, "shared", True):
                 continue
             d = maybeDeferred(layer.set, key, entry)
-            d.addErrback(self._failed, layer, "set", key)
+            d.addErrback(self._failed, layer, "set", key, log)
             ds.append(d)
         return DeferredList(ds).addCallback(lambda _: None)
 

@@ -149,7 +149,7 @@ def poll(reactor, check: Callable[[], Deferred], interval: float, timeout: float
 
 @inlineCallbacks
 def coalesce(lock: CoalescingLock, key: str, lookup: Callable[[], Deferred],
-             produce: Callable[[], Deferred], reactor, timeout: float):
+             produce: Callable[[], Deferred], reactor, timeout: float, request_log=None):
     """Lead or follow the production of ``key``; fire with its result.
 
     ``lookup()`` fires with the cached result or None; ``produce()`` makes the result, stores
@@ -158,7 +158,8 @@ def coalesce(lock: CoalescingLock, key: str, lookup: Callable[[], Deferred],
     may have stored the result just before releasing. A follower whose leader released
     without storing (failed, or died: the lock is freed by the kernel or by expiry) tries to
     lead in its place, so one of the waiters takes over. After ``timeout`` seconds of waiting
-    a follower stops waiting and produces itself.
+    a follower stops waiting and produces itself. ``request_log``: the logger of the request
+    that asked (its correlation ID on the line when it gives up waiting).
     """
     deadline = reactor.seconds() + timeout
     while True:
@@ -177,7 +178,7 @@ def coalesce(lock: CoalescingLock, key: str, lookup: Callable[[], Deferred],
         if found is not None:
             return found
         if not freed or reactor.seconds() >= deadline:
-            _warnings.warn(log, ("gave-up",),
+            _warnings.warn(request_log or log, ("gave-up",),
                            "gave up waiting {timeout} s for the leader of {key}; producing it "
                            "here", timeout=timeout, key=key)
             return (yield produce())

@@ -241,7 +241,8 @@ class BudgetedChannel(HTTPChannel):
         if self._phase != "body" or not self.requests:
             return
         request = self.requests[-1]
-        _log.info("request body not complete within {seconds} s", seconds=self.limits.body_timeout)
+        _log.info("request body not complete within {seconds} s", seconds=self.limits.body_timeout,
+                  correlation_id=getattr(request, "mediaproxy_correlation_id", ""))
         deadline = getattr(request, "body_deadline_passed", None)
         if deadline is not None:
             deadline()
@@ -262,7 +263,9 @@ class BudgetedChannel(HTTPChannel):
     def _write_deadline(self) -> None:
         _log.info("client {peer} read nothing for {seconds} s; aborting the connection",
                   peer=getattr(self.transport.getPeer(), "host", ""),
-                  seconds=self.limits.write_timeout)
+                  seconds=self.limits.write_timeout,
+                  correlation_id=getattr(self.requests[0] if self.requests else None,
+                                         "mediaproxy_correlation_id", ""))
         self.transport.abortConnection()
 
     def loseConnection(self) -> None:

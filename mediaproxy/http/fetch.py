@@ -438,10 +438,10 @@ class _Fetch:
         self.call.record(kind, status)
         delay = self.call.retry_delay(kind, status)
         if delay is not None:
-            self.log.info("source {path}: {error} on attempt {attempt}; retrying in "
-                          "{delay:.3f} s", path=self.path, error=error.error,
-                          attempt=self.call.attempts, delay=delay,
-                          correlation_id=self.correlation_id)
+            self.log.debug("source {path}: {error} on attempt {attempt}; retrying in "
+                           "{delay:.3f} s", path=self.path, error=error.error,
+                           attempt=self.call.attempts, delay=delay,
+                           correlation_id=self.correlation_id)
             self.call.retry_later(delay, self._attempt)
             return
         self._finish(Failure(error))
@@ -528,15 +528,17 @@ class _Fetch:
     def _log_end(self, result):
         if isinstance(result, Failure):
             error = result.value
-            self.log.info("fetch of source {path} failed: {status} {error} after {attempts} "
-                          "attempt(s) in {ms:.1f} ms", path=self.path,
-                          status=getattr(error, "status", None),
-                          error=getattr(error, "error", result.type.__name__), ms=self._ms(),
-                          attempts=self.call.attempts, correlation_id=self.correlation_id)
+            # a missing original is routine (the access line says 404), trouble is not
+            (self.log.debug if getattr(error, "status", None) == 404 else self.log.info)(
+                "fetch of source {path} failed: {status} {error} after {attempts} "
+                "attempt(s) in {ms:.1f} ms", path=self.path,
+                status=getattr(error, "status", None),
+                error=getattr(error, "error", result.type.__name__), ms=self._ms(),
+                attempts=self.call.attempts, correlation_id=self.correlation_id)
         else:
-            self.log.info("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
-                          path=self.path, bytes=len(result.body), ms=self._ms(),
-                          correlation_id=self.correlation_id)
+            self.log.debug("fetched source {path}: {bytes} bytes in {ms:.1f} ms",
+                           path=self.path, bytes=len(result.body), ms=self._ms(),
+                           correlation_id=self.correlation_id)
         return result
 
 

@@ -2,7 +2,8 @@
 Listening, and failing to: :class:`ListeningService` listens on an endpoint string and
 remembers the port it got (``tcp:0`` in tests), for the main ports and the side listeners
 (monitoring, admin, the demo origin); :func:`side_site` is the side listeners' site, whose
-responses name the server as ``server.server_header`` says (never Twisted's version).
+responses name the server as ``server.server_header`` says (never Twisted's version) and
+whose requests are logged at debug only.
 
 A listener binds in ``privilegedStartService`` (before ``twistd --uid`` drops privileges; or
 in ``startService`` when nothing called that), synchronously, and a failure raises
@@ -26,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from ..logs import logger
 from .errors import reason_phrase
 
 log = Logger(namespace="mediaproxy")
@@ -159,4 +161,18 @@ def side_site(resource, server_header: str) -> server.Site:
 
     site = server.Site(resource)
     site.requestFactory = SideRequest
+    site.log = _debug_line
     return site
+
+
+_side_log = logger("mediaproxy.side")
+
+
+def _debug_line(request) -> None:
+    """A side listener's request goes to debug, not to Twisted's access log at info: a
+    Prometheus scrape every few seconds would otherwise be a good part of the log."""
+    _side_log.debug("{method} {uri} {status} {bytes} B from {client}",
+                    method=request.method.decode("latin-1"),
+                    uri=request.uri.decode("latin-1"), status=request.code,
+                    bytes=request.sentLength,
+                    client=getattr(request.getClientAddress(), "host", "-"))

@@ -22,12 +22,44 @@ _PREFIX = uuid.uuid4().hex[:16]
 _counter = itertools.count(1)
 
 
+#: ``monitoring.request_id_headers``' default.
+ID_HEADERS = ("X-Correlation-ID", "X-Request-ID")
+
+
 def correlation_id(incoming: str | None) -> str:
-    """Keep a well-formed incoming ``X-Correlation-ID``; otherwise make a new one: a random
-    per-process prefix and a counter (unique, and far cheaper than a uuid4 per request)."""
+    """Keep a well-formed incoming ID; otherwise make a new one: a random per-process prefix
+    and a counter (unique, and far cheaper than a uuid4 per request)."""
     if incoming is not None and _CID.match(incoming):
         return incoming
     return f"{_PREFIX}{next(_counter):08x}"
+
+
+@lru_cache(maxsize=16)
+def _raw_names(names: tuple[str, ...]) -> tuple[bytes, ...]:
+    return tuple(name.lower().encode("latin-1") for name in names)
+
+
+def adopted_id(request_headers, names: tuple[str, ...] = ID_HEADERS) -> str | None:
+    """The incoming ID to adopt: the first well-formed value of the headers ``names``, taken in
+    that order (``monitoring.request_id_headers``), each header's values in the order sent;
+    None when there is none."""
+    for name in _raw_names(names):
+        for raw in request_headers.getRawHeaders(name, ()):
+            value = raw.decode("latin-1")
+            if _CID.match(value):
+                return value
+    return None
+
+
+def align_id_headers(request, info: RequestInfo, names: tuple[str, ...] = ID_HEADERS) -> None:
+    """Before a request is forwarded: every ID header of ``names`` the client sent now carries
+    the request's correlation ID, so the backend sees one ID however it reads it (the proxy
+    sets ``X-Correlation-ID`` itself)."""
+    headers = request.requestHeaders
+    value = [info.correlation_id.encode("latin-1")]
+    for name in _raw_names(names):
+        if headers.hasHeader(name):
+            headers.setRawHeaders(name, value)
 
 
 @lru_cache(maxsize=64)
@@ -64,8 +96,10 @@ def peer_address(request) -> str:
     return getattr(peer, "host", "") or ""
 
 
-def from_request(request, trusted_proxies: tuple[str, ...] = ()) -> RequestInfo:
-    """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1)."""
+def from_request(request, trusted_proxies: tuple[str, ...] = (),
+                 id_headers: tuple[str, ...] = ID_HEADERS) -> RequestInfo:
+    """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1); its
+    correlation ID is adopted from ``id_headers`` (:func:`adopted_id`) or made."""
     headers = tuple(
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, values in request.requestHeaders.getAllRawHeaders()
@@ -88,7 +122,6 @@ def from_request(request, trusted_proxies: tuple[str, ...] = ()) -> RequestInfo:
         if proto and proto.decode("latin-1").lower() in ("http", "https"):
             scheme = proto.decode("latin-1").lower()
     host = (request.getHeader(b"host") or b"").decode("latin-1")
-    cid_raw = request.getHeader(b"x-correlation-id")
     return RequestInfo(
         method=request.method.decode("latin-1"),
         path=path.decode("latin-1"),
@@ -98,5 +131,5 @@ def from_request(request, trusted_proxies: tuple[str, ...] = ()) -> RequestInfo:
         peer_ip=peer,
         scheme=scheme,
         host=host,
-        correlation_id=correlation_id(cid_raw.decode("latin-1") if cid_raw is not None else None),
+        correlation_id=correlation_id(adopted_id(request.requestHeaders, id_headers)),
     )

@@ -52,6 +52,8 @@ from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from .pool import QuietConnectionPool
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 BLOCKED_V4 = tuple(ipaddress.IPv4Network(n) for n in (
@@ -269,7 +271,7 @@ def safe_agent(reactor, allow: Iterable[str] = (), hosts: Iterable[str] = (),
     policy = AddressPolicy(allow=tuple(allow), hosts=tuple(hosts))
     factory = FilteringEndpointFactory(reactor, policy, resolver, connect_timeout)
     if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = QuietConnectionPool(reactor, persistent=True)
     agent = Agent.usingEndpointFactory(reactor, factory, pool=pool)
     if max_redirects > 0:
         agent = RedirectAgent(agent, redirectLimit=max_redirects)

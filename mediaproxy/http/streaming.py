@@ -47,7 +47,9 @@ from zope.interface import implementer
 
 from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
 from .errors import reason_phrase, write_error
-from .requestinfo import client_address, correlation_id, is_trusted, peer_address
+from .requestinfo import (
+    adopted_id, client_address, correlation_id, is_trusted, peer_address,
+)
 
 #: Request body bytes held in memory (consumer not attached or paused) before reading from the
 #: client is paused, at least (``server.body_buffer`` when larger).
@@ -239,7 +241,8 @@ class RequestBody:
 
     def _overflow(self) -> None:
         _log.warn("request body buffer over {limit} bytes while the backend is not reading; "
-                  "closing the client connection", limit=self._pause_at + HARD_LIMIT)
+                  "closing the client connection", limit=self._pause_at + HARD_LIMIT,
+                  correlation_id=getattr(self._request, "mediaproxy_correlation_id", ""))
         self.stopProducing()
         transport = self._request.transport
         if transport is not None:
@@ -375,9 +378,8 @@ class StreamingRequest(server.Request):
         if channel is not None:
             channel.persistent = False
         self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        cid = self.getHeader(b"x-correlation-id")
         write_error(self, status, error, message,
-                    correlation_id(cid.decode("latin-1") if cid is not None else None))
+                    correlation_id(adopted_id(self.requestHeaders)))
 
     def _count_client(self) -> bool:
         """Behind a trusted proxy: count this request for its X-Forwarded-For client while it

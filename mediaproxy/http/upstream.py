@@ -65,8 +65,10 @@ from zope.interface import implementer
 from .breaker import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 from .connection import BufferBudget
 from ..config import BackendConfig, ServerConfig
+from ..logs import Throttle
 from .endpoints import BackendEndpoints
 from .errors import CORRELATION_HEADER, write_error
+from .pool import QuietConnectionPool
 from ..models import RequestInfo
 from .policy import (
     ANSWERED, CANCELLED, PASSTHROUGH_FAILURES, TIMEOUT, BackendPolicy, failure_kind,
@@ -164,6 +166,9 @@ class Upstream:
     #: Exchanges whose backend is paused by a client that does not read, oldest first, with
     #: the time the pause began (see :meth:`_evict_stalled`).
     stalled: dict = attrs.field(init=False, factory=dict)
+    #: A backend that is down fails every request: one warning per kind of failure every 10 s,
+    #: the rest at debug (each with its request's correlation ID).
+    warnings: Throttle = attrs.field(init=False, factory=lambda: Throttle(10.0))
     _origin: bytes = attrs.field(init=False)
     _backend_host: bytes = attrs.field(init=False)
 
@@ -299,8 +304,8 @@ class _EmptyBody:
         pass
 
 
-class _Pool(HTTPConnectionPool):
-    """The connection pool, never taking back a connection that is already being closed.
+class _Pool(QuietConnectionPool):
+    """The connection pool (quiet: no line per connection), never taking back a connection that is already being closed.
 
     Twisted returns a connection to the pool as soon as its response has been read, even when
     the body's protocol (:class:`_Discard`) has just called ``stopProducing``, which closes the
@@ -616,8 +621,10 @@ class _Exchange:
         return self.call.retry_delay(kind, status) if self._may_repeat() else None
 
     def _retry(self, why: str, delay: float) -> None:
-        self.log.info("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
-                      **self._fields(why=why, attempt=self.call.attempts, delay=delay))
+        # debug: a keep-alive connection the backend had just closed is routine, and
+        # retries are counted (the final failure is a warning)
+        self.log.debug("{method} {path}: {why} on attempt {attempt}; retrying in {delay:.3f} s",
+                       **self._fields(why=why, attempt=self.call.attempts, delay=delay))
         self.got_response = False
         self.response_d = None
         self.call.retry_later(delay, self._attempt)
@@ -657,8 +664,8 @@ class _Exchange:
             return
         self.client_gone = True
         self.call.stop_header_timer()
-        self.log.info("client went away during {method} {path}: {why}",
-                      **self._fields(why=reason.getErrorMessage()))
+        self.log.debug("client went away during {method} {path}: {why}",
+                       **self._fields(why=reason.getErrorMessage()))
         if self.call.cancel_retry():
             self._settle()
         if not self.got_response and self.response_d is not None:
@@ -745,14 +752,16 @@ class _Exchange:
             self._retry(f"{failure.type.__name__}", delay)
             return
         if kind == TIMEOUT:
-            self.log.warn("no response headers from the backend within {timeout} s for "
-                          "{method} {path}",
-                          **self._fields(timeout=self.upstream.backend.header_timeout))
+            self.upstream.warnings.warn(
+                self.log, ("timeout",), "no response headers from the backend within "
+                "{timeout} s for {method} {path}",
+                **self._fields(timeout=self.upstream.backend.header_timeout))
             self._answer(504, "gateway_timeout", "The backend did not answer in time.")
             return
-        self.log.warn("backend request failed for {method} {path}: {why}",
-                      **self._fields(why=f"{failure.type.__name__}: "
-                                         f"{failure.getErrorMessage()}"))
+        self.upstream.warnings.warn(
+            self.log, ("failed", failure.type.__name__),
+            "backend request failed for {method} {path}: {why}",
+            **self._fields(why=f"{failure.type.__name__}: {failure.getErrorMessage()}"))
         self._answer(502, "bad_gateway", "The backend could not be reached.")
 
     def _answer(self, status: int, error: str, message: str, headers=()) -> None:
