@@ -114,6 +114,7 @@ def test_twistd_json_lines_carry_each_request_id(tmp_path, origin):
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err.decode(errors="replace")   # a graceful stop
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert all(isinstance(line, dict) for line in lines)
     assert lines[-1]["message"] == "Server Shut Down.", err.decode(errors="replace")
