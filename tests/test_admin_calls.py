@@ -84,7 +84,7 @@ def test_performance_and_alerts_views(live_reactor):
         assert perf["image"]["requests"] == 3 and perf["passthrough"]["requests"] == 1
         assert perf["image"]["error_rate"] == 0.0 and perf["image"]["p50"] > 0
         assert perf["passthrough"]["p99"] is None          # 1 request: under min_requests
-        assert perf["cache"] == {"lookups": 3, "hit_ratio": 2 / 3}
+        assert perf["cache"] == {"lookups": 3, "hit_ratio": round(2 / 3, 6)}   # to the µs/ppm
         assert perf["runtime"]["breaker.images.open"] == 0.0
         assert perf["runtime"]["disk.free_ratio"] is None   # no file cache
         assert perf["figures"]["image.requests"] == 3

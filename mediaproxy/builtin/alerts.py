@@ -66,13 +66,22 @@ class AlertsState:
             "reactor.lag", "breaker.images.open", "breaker.passthrough.open",
             "disk.free_ratio", "transform.queue", "inflight.total")}
         rolling["figures"] = now
-        return 200, rolling
+        return 200, _rounded(rolling)
 
     def alerts_view(self, body):
         return 200, {"alerts": self.alerts.as_list(),
                      "firing": [s.rule.name for s in self.alerts.firing()],
                      "interval": self.runtime.config.alerts.interval,
                      "evaluations": self.evaluations}
+
+
+def _rounded(value):
+    """Figures for people: microseconds are enough."""
+    if isinstance(value, float):
+        return round(value, 6)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return value
 
 
 class AlertsService(Service):

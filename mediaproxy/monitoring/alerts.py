@@ -57,7 +57,7 @@ class AlertState:
         return {"name": self.rule.name, "expr": self.rule.expr, "for": self.rule.for_,
                 "severity": self.rule.severity, "remedy": self.rule.remedy,
                 "state": self.state, "value": self.value,
-                "since": self.since, "for_seconds": None if self.since is None
+                "since": self.since, "seconds_in_state": None if self.since is None
                 else round(now - self.since, 3)}
 
 
