@@ -150,3 +150,22 @@ def test_alerts_disabled_adds_nothing(live_reactor):
                 for i in found if i.name == "alerts"] == []
         assert all(not found for found in rt.pm.hook.mediaproxy_admin_views(runtime=rt))
         assert rt.pm.get_plugin("mediaproxy.builtin.alerts.state") is None
+
+
+def test_a_reload_replaces_the_rules(live_reactor, tmp_path):
+    from mediaproxy.tap import reload_config
+
+    path = tmp_path / "mediaproxy.toml"
+    path.write_text('[[alerts.rules]]\nname = "lag"\nexpr = "reactor.lag > 2"\n'
+                    'severity = "critical"\n')
+    with start_proxy(files={}, overrides={"alerts": {"rules": [
+            {"name": "lag", "expr": "reactor.lag > 2", "severity": "critical"},
+            {"name": "slow", "expr": "image.p99 > 1"}]}}) as proxy:
+        rt = proxy.runtime
+        (view,) = [found[("GET", "/admin/alerts")]
+                   for found in rt.pm.hook.mediaproxy_admin_views(runtime=rt) if found]
+        before = call_in_reactor(lambda: view({}))[1]["alerts"]
+        assert [a["name"] for a in before] == ["lag", "slow"]
+        call_in_reactor(reload_config, rt, str(path))
+        status, body = call_in_reactor(lambda: view({}))
+        assert [(a["name"], a["expr"]) for a in body["alerts"]] == [("lag", "reactor.lag > 2")]

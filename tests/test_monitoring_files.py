@@ -97,3 +97,68 @@ def test_every_metric_the_rules_and_dashboard_name_is_exported(live_reactor, tmp
     assert missing == []
     assert {"mediaproxy_alert_firing", "mediaproxy_http_request_duration_seconds",
             "process_resident_memory_bytes"} <= referenced()
+
+
+def _series(name: str, labels: dict, values: str) -> dict:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{inner}}}", "values": values}
+
+
+def test_each_shipped_rule_fires_on_the_series_that_mean_it_and_not_otherwise(tmp_path):
+    # promtool's rule unit tests, on series written by hand: instance "bad" has the trouble,
+    # "good" has none, "quiet" has it with fewer than 20 requests a minute (not judged). The
+    # annotations are left out (they are text for people); the expressions are what is checked.
+    text = RULES.read_text()
+    stripped = tmp_path / "rules.yml"
+    stripped.write_text(re.sub(r"\n        annotations:\n(?:          .*\n)+", "\n", text + "\n"))
+    h = "mediaproxy_http_request_duration_seconds_bucket"
+    r = "mediaproxy_http_requests_total"
+    s = 15   # seconds between samples: "0+10x60" is 40 per minute for 15 minutes
+    series = []
+    for inst, slow, fives, twos in (("bad", 10, 2, 8), ("good", 0, 0, 10), ("quiet", 1, 1, 1)):
+        for kind in ("image", "passthrough"):
+            series += [_series(h, {"instance": inst, "kind": kind, "le": "1"},
+                               f"0+{10 - slow if inst != 'quiet' else 1}x60"),
+                       _series(h, {"instance": inst, "kind": kind, "le": "5"},
+                               f"0+{10 if inst != 'quiet' else 2}x60"),
+                       _series(h, {"instance": inst, "kind": kind, "le": "+Inf"},
+                               f"0+{10 if inst != 'quiet' else 2}x60"),
+                       _series(r, {"instance": inst, "kind": kind, "status": "5xx"},
+                               f"0+{fives}x60"),
+                       _series(r, {"instance": inst, "kind": kind, "status": "2xx"},
+                               f"0+{twos}x60"),
+                       _series(r, {"instance": inst, "kind": kind, "status": "aborted"},
+                               "0+50x60")]   # aborted requests are never judged
+        bad = inst == "bad"
+        miss, hit, stale = {"bad": (8, 1, 1), "good": (1, 8, 1), "quiet": (1, 0, 0)}[inst]
+        series += [
+            _series("mediaproxy_cache_lookups_total", {"instance": inst, "result": "miss"},
+                    f"0+{miss}x60"),
+            _series("mediaproxy_cache_lookups_total", {"instance": inst, "result": "hit"},
+                    f"0+{hit}x60"),
+            _series("mediaproxy_cache_lookups_total", {"instance": inst, "result": "stale"},
+                    f"0+{stale}x60"),
+            _series("mediaproxy_reactor_lag_seconds", {"instance": inst},
+                    "0.9x60" if bad else "0.01x60"),
+            _series("mediaproxy_breaker_state", {"instance": inst, "breaker": "images"},
+                    "2x60" if bad else "1x60"),
+            _series("mediaproxy_breaker_state", {"instance": inst, "breaker": "passthrough"},
+                    "2x60" if bad else "0x60"),
+            _series("mediaproxy_alert_firing",
+                    {"instance": inst, "alert": "cache_disk_low", "severity": "warning"},
+                    "1x60" if bad else "0x60"),
+            _series("mediaproxy_admission_shed_total", {"instance": inst, "reason": "timeout"},
+                    f"0+{30 if bad else 3}x60")]
+    from mediaproxy.config import DEFAULT_ALERT_RULES
+
+    checks = [{"eval_time": "14m", "alertname": rule.name,
+               "exp_alerts": [{"exp_labels": {"instance": "bad", "severity": rule.severity}}]}
+              for rule in DEFAULT_ALERT_RULES]
+    spec = tmp_path / "rules_test.yml"
+    spec.write_text(json.dumps({"rule_files": [str(stripped)], "evaluation_interval": "15s",
+                                "tests": [{"interval": f"{s}s", "input_series": series,
+                                           "alert_rule_test": checks}]}))
+    done = subprocess.run([PROMTOOL, "test", "rules", str(spec)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
