@@ -31,10 +31,14 @@ def test_metrics_count_requests_hits_and_transforms(proxy):
     text = urllib.request.urlopen(monitoring_url(proxy, "/metrics"), timeout=10).read().decode()
     lines = dict(line.rsplit(" ", 1) for line in text.splitlines()
                  if line and not line.startswith("#"))
-    assert float(lines['mediaproxy_requests_total{kind="image"}']) == 3
-    assert float(lines['mediaproxy_requests_total{kind="passthrough"}']) == 1
-    assert float(lines['mediaproxy_cache_hits_total{layer="memory"}']) == 1
-    assert float(lines["mediaproxy_cache_misses_total"]) == 2
+    # the refusal (w=abc) and the 404 placeholder are image requests too; the origin's 404
+    # page for /other a pass-through one
+    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="2xx"}']) == 2
+    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="4xx"}']) == 2
+    assert float(lines['mediaproxy_http_requests_total{kind="passthrough",method="GET",status="4xx"}']) == 1
+    assert float(lines['mediaproxy_http_request_duration_seconds_count{kind="image"}']) == 4
+    assert float(lines['mediaproxy_cache_lookups_total{result="hit"}']) == 1
+    assert float(lines['mediaproxy_cache_lookups_total{result="miss"}']) == 2
     assert float(lines['mediaproxy_source_errors_total{status="404"}']) == 1
     assert float(lines['mediaproxy_transform_seconds_count{format="jpeg"}']) == 1
     assert float(lines['mediaproxy_cache_items{layer="memory"}']) == 1
