@@ -12,7 +12,6 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mediaproxy.config import AlertRule
 from mediaproxy.monitoring.alerts import Alerts
-from mediaproxy.monitoring.lagprobe import LagProbe
 from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for
 
 
@@ -84,24 +83,6 @@ def test_a_reload_keeps_the_state_of_unchanged_rules():
     alerts.replace_rules([SLOW, AlertRule("lag", "reactor.lag > 5")])
     assert [(s.rule.name, s.state) for s in alerts.states] == [("slow", "pending"),
                                                                 ("lag", "inactive")]
-
-
-def test_the_lag_probe_sees_a_late_reactor():
-    clock = Clock()
-    probe = LagProbe(clock, interval=0.25, span=5)
-    probe.start()
-    for _ in range(8):
-        clock.advance(0.25)
-    assert probe.lag() == 0.0
-    clock.advance(1.25)     # the reactor was away 1.25 s: the probe due at +0.25 ran 1 s late
-    assert probe.lag() == 1.0
-    for _ in range(24):     # 6 s of punctual probes: the late one left the span
-        clock.advance(0.25)
-    assert probe.lag() == 0.0
-    clock.advance(0.2)
-    assert probe.lag() == 0.0
-    probe.stop()
-    assert clock.getDelayedCalls() == []
 
 
 # -- a real proxy ------------------------------------------------------------------------------

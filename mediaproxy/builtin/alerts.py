@@ -1,7 +1,8 @@
 """
 Performance figures and alerts (``[alerts]``): the rolling request figures
 (:mod:`mediaproxy.monitoring.rolling`) fed by the ``request`` and ``admission.shed`` events, a
-reactor-lag probe (:mod:`mediaproxy.monitoring.lagprobe`), and the alert rules
+reactor-lag probe of its own (:mod:`mediaproxy.monitoring.lag`: one timed call every 0.25 s; the
+metrics plugin's probe is not reachable without looking it up), and the alert rules
 (:mod:`mediaproxy.monitoring.alerts`) evaluated every ``alerts.interval`` seconds. What it adds:
 
 * ``mediaproxy_alert_firing{alert,severity}`` (1 firing, 0 not) through
@@ -28,7 +29,7 @@ from twisted.internet.task import LoopingCall
 from .. import hookimpl
 from ..models import HealthStatus
 from ..monitoring.alerts import Alerts, current_figures
-from ..monitoring.lagprobe import LagProbe
+from ..monitoring.lag import ReactorLagProbe
 from ..monitoring.rolling import RollingFigures
 
 _STATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -42,7 +43,7 @@ class AlertsState:
         conf = runtime.config.alerts
         self.runtime = runtime
         self.rolling = RollingFigures(runtime.reactor, conf.window, conf.min_requests)
-        self.lag = LagProbe(runtime.reactor)
+        self.lag = ReactorLagProbe(runtime.reactor)
         self.alerts = Alerts(conf.rules, runtime.reactor)
         self.evaluations = 0
 
@@ -101,11 +102,11 @@ class AlertsService(Service):
 
     def startService(self):
         super().startService()
-        self.state.lag.start()
+        self.state.lag.startService()
         self.loop.start(self.interval, now=False)
 
     def stopService(self):
-        self.state.lag.stop()
+        self.state.lag.stopService()
         if self.loop.running:
             self.loop.stop()
         return super().stopService()

@@ -122,11 +122,11 @@ def _shown(value: float | None) -> str:
 def current_figures(runtime, rolling, lag_probe) -> dict[str, float | None]:
     """Every figure of :data:`~mediaproxy.config.ALERT_FIGURES`, now: ``rolling`` (a
     :class:`~mediaproxy.monitoring.rolling.RollingFigures`) gives the request figures,
-    ``lag_probe`` (a :class:`~mediaproxy.monitoring.lagprobe.LagProbe`) ``reactor.lag``; the
+    ``lag_probe`` (a :class:`~mediaproxy.monitoring.lag.ReactorLagProbe`) ``reactor.lag``; the
     runtime the rest. ``disk.free_ratio`` is the lowest free share a cache layer reports
     (the file layer's ``disk_free_percent``), None without one."""
     figures: dict[str, float | None] = rolling.flat()
-    figures["reactor.lag"] = lag_probe.lag()
+    figures["reactor.lag"] = lag_probe.worst()
     breakers = runtime.breakers()
     for name in ("images", "passthrough"):
         breaker = breakers.get(name)
