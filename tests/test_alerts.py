@@ -5,7 +5,6 @@ mediaproxy_alert_firing series."""
 import re
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -13,6 +12,8 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from mediaproxy.config import AlertRule
 from mediaproxy.monitoring.alerts import Alerts
 from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for
+
+from .test_monitoring_files import scrape
 
 
 @pytest.fixture
@@ -96,7 +97,8 @@ RULES = [{"name": "busy_images", "expr": "image.rate > 0.01", "for": 0, "severit
 def test_a_real_proxy_fires_exports_and_reports_its_alerts(live_reactor, logged):
     files = {"/media/a.jpg": (200, make_image((64, 48)), "image/jpeg", [])}
     with start_proxy(origin=ImageOrigin(files), overrides={
-            "alerts": {"interval": 0.1, "min_requests": 3, "rules": RULES}}) as proxy:
+            "alerts": {"interval": 0.1, "min_requests": 3, "rules": RULES},
+            "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}}) as proxy:
         for _ in range(4):
             assert proxy.get("/media/a.jpg?w=32").status == 200
         rt = proxy.runtime
@@ -107,14 +109,10 @@ def test_a_real_proxy_fires_exports_and_reports_its_alerts(live_reactor, logged)
         assert status.detail == "busy_images (critical), warm (warning) firing"
         assert (status.critical, status.data["critical"], status.data["warning"]) == (
             False, ["busy_images"], ["warm"])
-        (collector,) = [c for found in rt.pm.hook.mediaproxy_metrics_collectors(runtime=rt)
-                        for c in found if type(c).__name__ == "AlertsCollector"]
-        registry = CollectorRegistry()
-        registry.register(collector)
+        # the series, in a real scrape of the monitoring listener
         samples = {(s.labels["alert"], s.labels["severity"]): s.value
-                   for family in text_string_to_metric_families(
-                       call_in_reactor(generate_latest, registry).decode())
-                   for s in family.samples}
+                   for family in text_string_to_metric_families(scrape(proxy))
+                   if family.name == "mediaproxy_alert_firing" for s in family.samples}
         assert samples == {("busy_images", "critical"): 1.0, ("slow_images", "warning"): 0.0,
                            ("warm", "warning"): 1.0}
         # the rate depends on how long the proxy has run: the line's shape is what is fixed
