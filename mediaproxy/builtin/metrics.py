@@ -17,7 +17,8 @@ Every series, its labels and what it means: the reference table of docs/operatio
   ``http_request_bytes_total{kind}``;
 * ``cache.hit`` / ``cache.stale`` / ``cache.miss`` (the pipeline's lookup):
   ``cache_lookups_total{result}``; ``cache.read`` / ``cache.write`` (every layer call,
-  :mod:`mediaproxy.cache.layered`): ``cache_operation_seconds{layer,op}``; ``cache.error``:
+  :mod:`mediaproxy.cache.layered`): ``cache_operation_seconds{layer,op}``,
+  ``cache_hits_total{layer}``, ``cache_misses_total{layer}``; ``cache.error``:
   ``cache_errors_total{layer,op}``; ``coalesced``: ``coalesced_waiters_total``;
 * ``backend.response`` / ``backend.retry`` (every backend attempt,
   :mod:`mediaproxy.http.policy`): ``backend_responses_total{purpose,status}``,
@@ -147,6 +148,12 @@ class PrometheusMetrics:
         self.lookups = PCounter(
             "mediaproxy_cache_lookups", "Image cache lookups by result (fresh hit, stale copy "
             "served, miss).", ["result"], registry=r)
+        self.layer_hits = PCounter(
+            "mediaproxy_cache_hits", "Lookups a cache layer answered with an entry.",
+            ["layer"], registry=r)
+        self.layer_misses = PCounter(
+            "mediaproxy_cache_misses", "Lookups a cache layer had no live entry for.",
+            ["layer"], registry=r)
         self.cache_ops = Histogram(
             "mediaproxy_cache_operation_seconds", "Cache layer calls: reads and writes.",
             ["layer", "op"], registry=r, buckets=CACHE_BUCKETS)
@@ -213,6 +220,9 @@ class PrometheusMetrics:
             self._child(self.backend_duration, purpose)
         for name in self.runtime.breakers():
             self._child(self.breaker_opened, name)
+        for layer in getattr(self.runtime.cache, "layers", ()):
+            self._child(self.layer_hits, layer.name)
+            self._child(self.layer_misses, layer.name)
 
     def _watch_breakers(self) -> None:
         """Count every opening, after whatever the breaker already told (its warning)."""
@@ -270,7 +280,13 @@ class PrometheusMetrics:
             return
         f = event.fields
         if name == "cache.read":
-            self._child(self.cache_ops, f.get("layer", ""), "read").observe(event.value)
+            layer = f.get("layer", "")
+            self._child(self.cache_ops, layer, "read").observe(event.value)
+            result = f.get("result")
+            if result == "hit":
+                self._child(self.layer_hits, layer).inc()
+            elif result == "miss":
+                self._child(self.layer_misses, layer).inc()
         elif name in LOOKUP_EVENTS:
             self._child(self.lookups, LOOKUP_EVENTS[name]).inc()
         elif name == "cache.write":

@@ -33,7 +33,7 @@ def _gauge(name: str, doc: str, value: float | None = None, labels=()) -> GaugeM
 class RuntimeCollector:
     """The gauges and layer counters of one runtime (see the metrics reference in
     docs/operations.md): the transform queue and pool, the memory budget, requests in flight,
-    the cache layers' sizes, evictions and per-layer hits and misses, the file cache's disk,
+    the cache layers' sizes and evictions, the file cache's disk,
     the breakers, the reactor lag, the start time and the version.
 
     ``lag`` is a callable giving the reactor lag in seconds (the probe's ``worst``), or None.
@@ -87,12 +87,6 @@ class RuntimeCollector:
     def _cache(self):
         size = _gauge("mediaproxy_cache_bytes", "Bytes held by a cache layer.", labels=["layer"])
         items = _gauge("mediaproxy_cache_items", "Entries in a cache layer.", labels=["layer"])
-        hits = CounterMetricFamily("mediaproxy_cache_hits",
-                                   "Lookups a cache layer answered with an entry.",
-                                   labels=["layer"])
-        misses = CounterMetricFamily("mediaproxy_cache_misses",
-                                     "Lookups a cache layer had no (live) entry for.",
-                                     labels=["layer"])
         evictions = CounterMetricFamily("mediaproxy_cache_evictions",
                                         "Entries a cache layer of this process removed to make "
                                         "room.", labels=["layer"])
@@ -103,15 +97,11 @@ class RuntimeCollector:
             name = layer.name
             size.add_metric([name], stats.get("bytes", 0))
             items.add_metric([name], stats.get("items", 0))
-            if "hits" in stats:
-                hits.add_metric([name], stats["hits"])
-            if "misses" in stats:
-                misses.add_metric([name], stats["misses"])
             # Redis evicts by its own policy, for every node: its evicted_keys is the server's,
             # not this process's (summed over workers it would count N times).
             if "evictions" in stats and not isinstance(layer, RedisLayer):
                 evictions.add_metric([name], stats["evictions"])
-        yield from (size, items, hits, misses, evictions)
+        yield from (size, items, evictions)
         files = find_layer(self.runtime, FileLayer)
         if files is not None:
             yield _gauge("mediaproxy_cache_dir_used_bytes",
