@@ -69,3 +69,35 @@ def test_the_monitoring_listener_names_no_version(proxy):
 def test_the_main_port_reserves_no_path(proxy):
     status, headers, body, _ = proxy.get("/metrics")
     assert status == 404 and b"not found" in body.lower()   # the origin's own 404
+
+
+def test_a_plugins_collector_is_served_with_the_rest(live_reactor):
+    from prometheus_client.core import GaugeMetricFamily
+
+    from mediaproxy import hookimpl
+
+    class Collector:
+        def collect(self):
+            family = GaugeMetricFamily("mediaproxy_example_widgets", "Widgets.")
+            family.add_metric([], 7)
+            yield family
+
+    class Plugin:
+        @hookimpl
+        def mediaproxy_metrics_collectors(self, runtime):
+            return [Collector()]
+
+    with start_proxy({}, plugins=[Plugin()], overrides={
+            "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}}) as running:
+        text = urllib.request.urlopen(monitoring_url(running, "/metrics"),
+                                      timeout=10).read().decode()
+    assert "mediaproxy_example_widgets 7.0" in text.splitlines()
+
+
+def test_the_event_counts_keep_no_path_nor_client(proxy):
+    for n in range(5):
+        proxy.get(f"/page{n}")
+    counters = proxy.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
+    assert counters.count("request", kind="passthrough", status=404) == 5
+    assert not any(name in ("path", "client") for (_, labels) in counters.counts
+                   for name, _ in labels)

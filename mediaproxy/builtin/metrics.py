@@ -60,9 +60,9 @@ disable_created_metrics()
 
 #: The label values of ``admission_shed_total`` (anything else is counted as ``other``).
 SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
-#: Fields of an event never kept as labels, even by :class:`EventCounters`: unbounded (one
-#: value per path or client).
-UNBOUNDED_FIELDS = frozenset({"path", "client"})
+#: Fields of the ``request`` event never kept as labels, even by :class:`EventCounters`:
+#: unbounded (one value per path, client or body size).
+UNBOUNDED_FIELDS = frozenset({"path", "client", "bytes", "bytes_in"})
 #: The status classes of the ``status`` labels (a status outside 100-599 is ``other``).
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 #: ``cache_lookups_total{result}``: the pipeline's events and the result each counts as.
@@ -100,21 +100,28 @@ class EventCounters:
 
     @hookimpl
     def mediaproxy_event(self, event):
+        # Every event of every request comes here: the key is the fields as they come (one
+        # call site gives them in one order), converted and compared only by count().
+        name = event.name
         fields = event.fields
-        if fields:
-            labels = tuple(sorted((k, str(v)) for k, v in fields.items()
-                                  if k not in UNBOUNDED_FIELDS))
+        if name == "request":
+            labels = tuple(item for item in fields.items() if item[0] not in UNBOUNDED_FIELDS)
         else:
-            labels = ()
-        key = (event.name, labels)
-        self.counts[key] += 1
+            labels = tuple(fields.items()) if fields else ()
+        key = (name, labels)
+        try:
+            self.counts[key] += 1
+        except TypeError:   # a plugin's event with a value that cannot be a key
+            key = (name, tuple((k, str(v)) for k, v in labels))
+            self.counts[key] += 1
         self.sums[key] += event.value
 
     def count(self, name: str, **labels) -> int:
-        """How many events named ``name`` carried at least these labels."""
+        """How many events named ``name`` carried at least these labels (compared as
+        strings: ``status=404`` and ``status="404"`` are one)."""
         want = {(k, str(v)) for k, v in labels.items()}
         return sum(n for (ev, lab), n in self.counts.items()
-                   if ev == name and want <= set(lab))
+                   if ev == name and want <= {(k, str(v)) for k, v in lab})
 
 
 class PrometheusMetrics:

@@ -3,9 +3,10 @@ The reactor-lag probe: how late the reactor runs what it was asked to run.
 
 Everything the proxy does on the reactor thread (parsing requests, cache hits, writing
 responses) waits behind whatever holds the reactor; a reactor held for 200 ms delays every
-request by up to 200 ms, whatever the transform pool or the backend do. The probe is a
-:class:`~twisted.internet.task.LoopingCall` every ``interval`` seconds (0.25 by default): each
-call notes how much later than due it ran. :meth:`ReactorLagProbe.worst` is the largest lateness
+request by up to 200 ms, whatever the transform pool or the backend do. The probe is a timed
+call every ``interval`` seconds (0.25 by default; each one schedules the next with
+``callLater``, like a LoopingCall, but its due time is exactly the previous run plus the
+interval, so its lateness is exact): each call notes how much later than due it ran. :meth:`ReactorLagProbe.worst` is the largest lateness
 over the last ``window`` seconds (5 by default), what ``mediaproxy_reactor_lag_seconds``
 exports: a gauge a scrape every 15 s would otherwise miss a one-second stall with.
 
@@ -18,7 +19,6 @@ from collections import deque
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
 
 #: Seconds between two probes.
 DEFAULT_INTERVAL = 0.25
@@ -41,26 +41,27 @@ class ReactorLagProbe(Service):
         self._samples: deque[tuple[float, float]] = deque(
             maxlen=max(1, int(window / interval) + 2))
         self._due: float | None = None
-        self._loop: LoopingCall | None = None
+        self._call = None
 
     def startService(self) -> None:
         super().startService()
-        self._loop = LoopingCall(self._probe)
-        self._loop.clock = self.clock
-        self._due = self.clock.seconds()
-        self._loop.start(self.interval, now=True)
+        self._schedule(self.clock.seconds())
 
     def stopService(self) -> None:
         super().stopService()
-        loop, self._loop = self._loop, None
-        if loop is not None and loop.running:
-            loop.stop()
+        call, self._call = self._call, None
+        self._due = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _schedule(self, now: float) -> None:
+        self._due = now + self.interval
+        self._call = self.clock.callLater(self.interval, self._probe)
 
     def _probe(self) -> None:
         now = self.clock.seconds()
-        late = max(0.0, now - self._due) if self._due is not None else 0.0
-        self._samples.append((now, late))
-        self._due = now + self.interval
+        self._samples.append((now, max(0.0, now - self._due)))
+        self._schedule(now)
 
     def worst(self) -> float:
         """The largest lateness, in seconds, of the probes of the last ``window`` seconds, and of
@@ -70,5 +71,5 @@ class ReactorLagProbe(Service):
         samples = self._samples
         while samples and samples[0][0] < horizon:
             samples.popleft()
-        overdue = now - self._due if self._loop is not None and self._due is not None else 0.0
-        return max(overdue, max((late for _, late in samples), default=0.0))
+        overdue = now - self._due if self._due is not None else 0.0
+        return max(0.0, overdue, max((late for _, late in samples), default=0.0))
