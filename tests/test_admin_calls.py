@@ -102,7 +102,8 @@ class Hello:
     @hookimpl
     def mediaproxy_admin_views(self, runtime):
         return {("GET", "/admin/hello"): lambda body: (200, {"hello": body.get("name", "you")}),
-                ("POST", "/admin/hello"): lambda body: (201, {"got": body})}
+                ("POST", "/admin/hello"): lambda body: (201, {"got": body}),
+                ("GET", "/admin/broken"): lambda body: {"not": "a pair"}}
 
 
 def test_a_plugin_adds_an_admin_call_and_gets_the_body(live_reactor):
@@ -115,6 +116,8 @@ def test_a_plugin_adds_an_admin_call_and_gets_the_body(live_reactor):
             "Content-Type": "application/json"}, raw=b"[1]")
         assert (status, body["message"]) == (400, "the body must be a JSON object")
         assert call(proxy, "DELETE", "/admin/hello", headers=AUTH)[0] == 404
+        status, body = call(proxy, "GET", "/admin/broken", headers=AUTH)
+        assert (status, body["error"]) == (500, "internal_error")
 
 
 class Thief:

@@ -145,7 +145,8 @@ class AdminResource(Resource):
                                       "message": "the admin call failed",
                                       "correlation_id": cid}, finish=True)
 
-        maybeDeferred(view, body).addCallbacks(done, failed)
+        # a view that raises, or answers something else than (status, body), is a 500
+        maybeDeferred(view, body).addCallback(done).addErrback(failed)
         return NOT_DONE_YET
 
     def _body(self, request) -> dict:
