@@ -33,9 +33,10 @@ def test_metrics_count_requests_hits_and_transforms(proxy):
                  if line and not line.startswith("#"))
     # the refusal (w=abc) and the 404 placeholder are image requests too; the origin's 404
     # page for /other a pass-through one
-    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="2xx"}']) == 2
-    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="4xx"}']) == 2
-    assert float(lines['mediaproxy_http_requests_total{kind="passthrough",method="GET",status="4xx"}']) == 1
+    requests = 'mediaproxy_http_requests_total{{kind="{}",method="GET",status="{}"}}'
+    assert float(lines[requests.format("image", "2xx")]) == 2
+    assert float(lines[requests.format("image", "4xx")]) == 2
+    assert float(lines[requests.format("passthrough", "4xx")]) == 1
     assert float(lines['mediaproxy_http_request_duration_seconds_count{kind="image"}']) == 4
     assert float(lines['mediaproxy_cache_lookups_total{result="hit"}']) == 1
     assert float(lines['mediaproxy_cache_lookups_total{result="miss"}']) == 2
