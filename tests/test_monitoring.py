@@ -102,3 +102,18 @@ def test_the_event_counts_keep_no_path_nor_client(proxy):
     assert counters.count("request", kind="passthrough", status=404) == 5
     assert not any(name in ("path", "client") for (_, labels) in counters.counts
                    for name, _ in labels)
+
+
+def test_the_event_counts_stay_bounded_whatever_the_fields():
+    from mediaproxy.builtin.metrics import MAX_EVENT_KEYS, EventCounters
+    from mediaproxy.models import Event
+
+    counters = EventCounters()
+    for n in range(MAX_EVENT_KEYS + 50):
+        counters.mediaproxy_event(Event("passthrough", fields={"method": f"M{n}"}))
+    assert len(counters.counts) == MAX_EVENT_KEYS + 1
+    assert counters.count("passthrough") == MAX_EVENT_KEYS + 50
+    assert counters.count("passthrough", method="M0") == 1
+    fresh = EventCounters()
+    fresh.mediaproxy_event(Event("odd", fields={"items": [1, 2]}))   # not hashable as is
+    assert fresh.count("odd", items="[1, 2]") == 1

@@ -65,6 +65,8 @@ SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
 #: Fields of the ``request`` event never kept as labels, even by :class:`EventCounters`:
 #: unbounded (one value per path, client or body size).
 UNBOUNDED_FIELDS = frozenset({"path", "client", "bytes", "bytes_in"})
+#: Most label sets :class:`EventCounters` keeps; events past it are counted by name alone.
+MAX_EVENT_KEYS = 10_000
 #: The status classes of the ``status`` labels (a status outside 100-599 is ``other``).
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 #: ``cache_lookups_total{result}``: the pipeline's events and the result each counts as.
@@ -95,7 +97,9 @@ def status_class(status) -> str:
 @attrs.define
 class EventCounters:
     """Counts of every event by name and labels (for tests, health and admin views). The
-    unbounded fields (:data:`UNBOUNDED_FIELDS`) are left out, so the counts stay bounded."""
+    request's unbounded fields (:data:`UNBOUNDED_FIELDS`) are left out, and past
+    :data:`MAX_EVENT_KEYS` label sets a new one is counted under its name alone, so the counts
+    stay bounded whatever clients send."""
 
     counts: Counter = attrs.field(factory=Counter)
     sums: Counter = attrs.field(factory=Counter)
@@ -111,11 +115,15 @@ class EventCounters:
         else:
             labels = tuple(fields.items()) if fields else ()
         key = (name, labels)
+        counts = self.counts
         try:
-            self.counts[key] += 1
+            known = key in counts
         except TypeError:   # a plugin's event with a value that cannot be a key
             key = (name, tuple((k, str(v)) for k, v in labels))
-            self.counts[key] += 1
+            known = key in counts
+        if not known and len(counts) >= MAX_EVENT_KEYS:
+            key = (name, ())   # a field a client chooses (a method, a parameter name)
+        counts[key] += 1
         self.sums[key] += event.value
 
     def count(self, name: str, **labels) -> int:
