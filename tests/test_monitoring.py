@@ -117,3 +117,33 @@ def test_the_event_counts_stay_bounded_whatever_the_fields():
     fresh = EventCounters()
     fresh.mediaproxy_event(Event("odd", fields={"items": [1, 2]}))   # not hashable as is
     assert fresh.count("odd", items="[1, 2]") == 1
+
+
+def test_a_failing_or_clashing_plugin_collector_costs_only_its_own_series(live_reactor):
+    from prometheus_client.core import GaugeMetricFamily
+
+    from mediaproxy import hookimpl
+
+    class Broken:
+        def collect(self):
+            raise RuntimeError("broken on purpose")
+
+    class Clashing:
+        def describe(self):
+            return [GaugeMetricFamily("mediaproxy_breaker_state", "taken")]
+
+        def collect(self):
+            return self.describe()
+
+    class Plugin:
+        @hookimpl
+        def mediaproxy_metrics_collectors(self, runtime):
+            return [Broken(), Clashing()]
+
+    with start_proxy({}, plugins=[Plugin()], overrides={
+            "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}}) as running:
+        with urllib.request.urlopen(monitoring_url(running, "/metrics"), timeout=10) as response:
+            assert response.status == 200
+            text = response.read().decode()
+    assert text.count("# TYPE mediaproxy_breaker_state gauge") == 1
+    assert "mediaproxy_http_requests_in_flight" in text

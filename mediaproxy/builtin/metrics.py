@@ -48,6 +48,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from twisted.logger import Logger
 
 from .. import __version__, hookimpl
 from ..http.breaker import OPEN
@@ -59,6 +60,8 @@ from ..monitoring.series import Series
 # No ``*_created`` series beside every counter and histogram: they double the series and
 # Prometheus needs none of them (a process-wide switch of prometheus-client).
 disable_created_metrics()
+
+_log = Logger(namespace="mediaproxy.metrics")
 
 #: The label values of ``admission_shed_total`` (anything else is counted as ``other``).
 SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
@@ -134,13 +137,34 @@ class EventCounters:
                    if ev == name and want <= {(k, str(v)) for k, v in lab})
 
 
+class _Guarded:
+    """A plugin's collector: one that raises is logged and shows nothing, instead of failing
+    the whole scrape."""
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    def describe(self):
+        describe = getattr(self.collector, "describe", None)
+        return describe() if describe is not None else []
+
+    def collect(self):
+        try:
+            return list(self.collector.collect())
+        except Exception:
+            _log.failure("metrics collector {collector!r} failed", collector=self.collector)
+            return []
+
+
 class PrometheusMetrics:
     """Turns events into Prometheus series in a registry of its own (one per runtime), with the
     scrape-time collectors beside them (see the module docstring)."""
 
     def __init__(self, runtime):
         self.runtime = runtime
-        self.registry = r = CollectorRegistry()
+        # auto_describe: a collector without describe() is collected once when registered, so
+        # the registry knows every name, and a plugin's collector cannot take one of ours
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self._children = {}
         self._requests = {}
         self.lag_probe = ReactorLagProbe(runtime.reactor)
@@ -340,7 +364,11 @@ class PrometheusMetrics:
         rt = self.runtime
         for collectors in rt.pm.hook.mediaproxy_metrics_collectors(runtime=rt):
             for collector in collectors or ():
-                self.registry.register(collector)
+                try:
+                    self.registry.register(_Guarded(collector))
+                except ValueError as e:   # a series name already taken
+                    _log.error("metrics collector {collector!r} not registered: {why}",
+                               collector=collector, why=str(e))
 
     @hookimpl
     def mediaproxy_services(self, runtime):
