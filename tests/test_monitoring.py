@@ -33,9 +33,10 @@ def test_metrics_count_requests_hits_and_transforms(proxy):
                  if line and not line.startswith("#"))
     # the refusal (w=abc) and the 404 placeholder are image requests too; the origin's 404
     # page for /other a pass-through one
-    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="2xx"}']) == 2
-    assert float(lines['mediaproxy_http_requests_total{kind="image",method="GET",status="4xx"}']) == 2
-    assert float(lines['mediaproxy_http_requests_total{kind="passthrough",method="GET",status="4xx"}']) == 1
+    requests = 'mediaproxy_http_requests_total{{kind="{}",method="GET",status="{}"}}'
+    assert float(lines[requests.format("image", "2xx")]) == 2
+    assert float(lines[requests.format("image", "4xx")]) == 2
+    assert float(lines[requests.format("passthrough", "4xx")]) == 1
     assert float(lines['mediaproxy_http_request_duration_seconds_count{kind="image"}']) == 4
     assert float(lines['mediaproxy_cache_lookups_total{result="hit"}']) == 1
     assert float(lines['mediaproxy_cache_lookups_total{result="miss"}']) == 2
@@ -101,3 +102,48 @@ def test_the_event_counts_keep_no_path_nor_client(proxy):
     assert counters.count("request", kind="passthrough", status=404) == 5
     assert not any(name in ("path", "client") for (_, labels) in counters.counts
                    for name, _ in labels)
+
+
+def test_the_event_counts_stay_bounded_whatever_the_fields():
+    from mediaproxy.builtin.metrics import MAX_EVENT_KEYS, EventCounters
+    from mediaproxy.models import Event
+
+    counters = EventCounters()
+    for n in range(MAX_EVENT_KEYS + 50):
+        counters.mediaproxy_event(Event("passthrough", fields={"method": f"M{n}"}))
+    assert len(counters.counts) == MAX_EVENT_KEYS + 1
+    assert counters.count("passthrough") == MAX_EVENT_KEYS + 50
+    assert counters.count("passthrough", method="M0") == 1
+    fresh = EventCounters()
+    fresh.mediaproxy_event(Event("odd", fields={"items": [1, 2]}))   # not hashable as is
+    assert fresh.count("odd", items="[1, 2]") == 1
+
+
+def test_a_failing_or_clashing_plugin_collector_costs_only_its_own_series(live_reactor):
+    from prometheus_client.core import GaugeMetricFamily
+
+    from mediaproxy import hookimpl
+
+    class Broken:
+        def collect(self):
+            raise RuntimeError("broken on purpose")
+
+    class Clashing:
+        def describe(self):
+            return [GaugeMetricFamily("mediaproxy_breaker_state", "taken")]
+
+        def collect(self):
+            return self.describe()
+
+    class Plugin:
+        @hookimpl
+        def mediaproxy_metrics_collectors(self, runtime):
+            return [Broken(), Clashing()]
+
+    with start_proxy({}, plugins=[Plugin()], overrides={
+            "monitoring": {"listen": "tcp:0:interface=127.0.0.1"}}) as running:
+        with urllib.request.urlopen(monitoring_url(running, "/metrics"), timeout=10) as response:
+            assert response.status == 200
+            text = response.read().decode()
+    assert text.count("# TYPE mediaproxy_breaker_state gauge") == 1
+    assert "mediaproxy_http_requests_in_flight" in text

@@ -33,7 +33,8 @@ logs); everything else (in flight, queue, pool threads, cache sizes, per-layer h
 evictions, disk, breaker state, lag, start time, version) is read at scrape time, so the hot
 path pays for none of it. On the hot path (a memory hit) the cost is the ``request`` event
 (one dict lookup for its four label children), the ``cache.read`` event and the lookup's
-``cache.hit``: label children are made once and kept, nothing is formatted per request.
+``cache.hit``: label children are made once and kept, nothing is formatted per request, and the
+series these update are plain numbers without a lock (:mod:`mediaproxy.monitoring.series`).
 """
 
 from __future__ import annotations
@@ -47,22 +48,28 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from twisted.logger import Logger
 
 from .. import __version__, hookimpl
 from ..http.breaker import OPEN
 from ..inflight import KINDS
 from ..monitoring.collectors import RuntimeCollector
 from ..monitoring.lag import ReactorLagProbe
+from ..monitoring.series import Series
 
 # No ``*_created`` series beside every counter and histogram: they double the series and
 # Prometheus needs none of them (a process-wide switch of prometheus-client).
 disable_created_metrics()
+
+_log = Logger(namespace="mediaproxy.metrics")
 
 #: The label values of ``admission_shed_total`` (anything else is counted as ``other``).
 SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
 #: Fields of the ``request`` event never kept as labels, even by :class:`EventCounters`:
 #: unbounded (one value per path, client or body size).
 UNBOUNDED_FIELDS = frozenset({"path", "client", "bytes", "bytes_in"})
+#: Most label sets :class:`EventCounters` keeps; events past it are counted by name alone.
+MAX_EVENT_KEYS = 10_000
 #: The status classes of the ``status`` labels (a status outside 100-599 is ``other``).
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 #: ``cache_lookups_total{result}``: the pipeline's events and the result each counts as.
@@ -93,7 +100,9 @@ def status_class(status) -> str:
 @attrs.define
 class EventCounters:
     """Counts of every event by name and labels (for tests, health and admin views). The
-    unbounded fields (:data:`UNBOUNDED_FIELDS`) are left out, so the counts stay bounded."""
+    request's unbounded fields (:data:`UNBOUNDED_FIELDS`) are left out, and past
+    :data:`MAX_EVENT_KEYS` label sets a new one is counted under its name alone, so the counts
+    stay bounded whatever clients send."""
 
     counts: Counter = attrs.field(factory=Counter)
     sums: Counter = attrs.field(factory=Counter)
@@ -109,11 +118,15 @@ class EventCounters:
         else:
             labels = tuple(fields.items()) if fields else ()
         key = (name, labels)
+        counts = self.counts
         try:
-            self.counts[key] += 1
+            known = key in counts
         except TypeError:   # a plugin's event with a value that cannot be a key
             key = (name, tuple((k, str(v)) for k, v in labels))
-            self.counts[key] += 1
+            known = key in counts
+        if not known and len(counts) >= MAX_EVENT_KEYS:
+            key = (name, ())   # a field a client chooses (a method, a parameter name)
+        counts[key] += 1
         self.sums[key] += event.value
 
     def count(self, name: str, **labels) -> int:
@@ -124,46 +137,67 @@ class EventCounters:
                    if ev == name and want <= {(k, str(v)) for k, v in lab})
 
 
+class _Guarded:
+    """A plugin's collector: one that raises is logged and shows nothing, instead of failing
+    the whole scrape."""
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    def describe(self):
+        describe = getattr(self.collector, "describe", None)
+        return describe() if describe is not None else []
+
+    def collect(self):
+        try:
+            return list(self.collector.collect())
+        except Exception:
+            _log.failure("metrics collector {collector!r} failed", collector=self.collector)
+            return []
+
+
 class PrometheusMetrics:
     """Turns events into Prometheus series in a registry of its own (one per runtime), with the
     scrape-time collectors beside them (see the module docstring)."""
 
     def __init__(self, runtime):
         self.runtime = runtime
-        self.registry = r = CollectorRegistry()
+        # auto_describe: a collector without describe() is collected once when registered, so
+        # the registry knows every name, and a plugin's collector cannot take one of ours
+        self.registry = r = CollectorRegistry(auto_describe=True)
         self._children = {}
         self._requests = {}
         self.lag_probe = ReactorLagProbe(runtime.reactor)
         self._plugin_collectors = False
 
+        # The series every request updates: plain numbers, no lock (monitoring/series.py).
+        self.series = hot = Series()
+        r.register(hot)
         # -- requests ------------------------------------------------------------------------
-        self.http_requests = PCounter(
+        self.http_requests = hot.counters(
             "mediaproxy_http_requests", "Main-port requests by route kind, method and status "
-            "class (aborted: the client went away first).", ["kind", "method", "status"],
-            registry=r)
-        self.http_duration = Histogram(
+            "class (aborted: the client went away first).", ["kind", "method", "status"])
+        self.http_duration = hot.histograms(
             "mediaproxy_http_request_duration_seconds",
             "Main-port request durations, from the request seen to its response's end.",
-            ["kind"], registry=r, buckets=REQUEST_BUCKETS)
-        self.http_response_bytes = PCounter(
-            "mediaproxy_http_response_bytes", "Body bytes sent to clients.", ["kind"],
-            registry=r)
-        self.http_request_bytes = PCounter(
+            ["kind"], buckets=REQUEST_BUCKETS)
+        self.http_response_bytes = hot.counters(
+            "mediaproxy_http_response_bytes", "Body bytes sent to clients.", ["kind"])
+        self.http_request_bytes = hot.counters(
             "mediaproxy_http_request_bytes", "Request body bytes received from clients.",
-            ["kind"], registry=r)
+            ["kind"])
         # -- the cache -----------------------------------------------------------------------
-        self.lookups = PCounter(
+        self.lookups = hot.counters(
             "mediaproxy_cache_lookups", "Image cache lookups by result (fresh hit, stale copy "
-            "served, miss).", ["result"], registry=r)
-        self.layer_hits = PCounter(
-            "mediaproxy_cache_hits", "Lookups a cache layer answered with an entry.",
-            ["layer"], registry=r)
-        self.layer_misses = PCounter(
+            "served, miss).", ["result"])
+        self.layer_hits = hot.counters(
+            "mediaproxy_cache_hits", "Lookups a cache layer answered with an entry.", ["layer"])
+        self.layer_misses = hot.counters(
             "mediaproxy_cache_misses", "Lookups a cache layer had no live entry for.",
-            ["layer"], registry=r)
-        self.cache_ops = Histogram(
+            ["layer"])
+        self.cache_ops = hot.histograms(
             "mediaproxy_cache_operation_seconds", "Cache layer calls: reads and writes.",
-            ["layer", "op"], registry=r, buckets=CACHE_BUCKETS)
+            ["layer", "op"], buckets=CACHE_BUCKETS)
         self.cache_errors = PCounter("mediaproxy_cache_errors", "Cache layer failures.",
                                      ["layer", "op"], registry=r)
         self.coalesced = PCounter(
@@ -217,19 +251,19 @@ class PrometheusMetrics:
         """The bounded label values known in advance get their series at 0 from the start (a
         rate over a series that appears with its first event misses that event)."""
         for kind in KINDS:
-            for metric in (self.http_response_bytes, self.http_request_bytes,
+            for family in (self.http_response_bytes, self.http_request_bytes,
                            self.http_duration):
-                self._child(metric, kind)
+                family.child(kind)
         for result in LOOKUP_EVENTS.values():
-            self._child(self.lookups, result)
+            self.lookups.child(result)
         for purpose in PURPOSES:
             self._child(self.backend_retries, purpose)
             self._child(self.backend_duration, purpose)
         for name in self.runtime.breakers():
             self._child(self.breaker_opened, name)
         for layer in getattr(self.runtime.cache, "layers", ()):
-            self._child(self.layer_hits, layer.name)
-            self._child(self.layer_misses, layer.name)
+            self.layer_hits.child(layer.name)
+            self.layer_misses.child(layer.name)
 
     def _watch_breakers(self) -> None:
         """Count every opening, after whatever the breaker already told (its warning)."""
@@ -263,21 +297,17 @@ class PrometheusMetrics:
             if kind not in KINDS:
                 kind = "other"
             status = "aborted" if aborted else status_class(f.get("status"))
-            children = (self._child(self.http_requests, kind, key[1], status),
-                        self._child(self.http_duration, kind),
-                        self._child(self.http_response_bytes, kind),
-                        self._child(self.http_request_bytes, kind))
+            children = (self.http_requests.child(kind, key[1], status),
+                        self.http_duration.child(kind),
+                        self.http_response_bytes.child(kind),
+                        self.http_request_bytes.child(kind))
             if len(self._requests) < 10_000:   # bounded whatever the statuses seen
                 self._requests[key] = children
         count, duration, sent, received = children
-        count.inc()
+        count[0] += 1
         duration.observe(event.value)
-        nbytes = f.get("bytes") or 0
-        if nbytes:
-            sent.inc(nbytes)
-        nbytes = f.get("bytes_in") or 0
-        if nbytes:
-            received.inc(nbytes)
+        sent[0] += f.get("bytes") or 0
+        received[0] += f.get("bytes_in") or 0
 
     @hookimpl
     def mediaproxy_event(self, event):
@@ -288,16 +318,16 @@ class PrometheusMetrics:
         f = event.fields
         if name == "cache.read":
             layer = f.get("layer", "")
-            self._child(self.cache_ops, layer, "read").observe(event.value)
+            self.cache_ops.child(layer, "read").observe(event.value)
             result = f.get("result")
             if result == "hit":
-                self._child(self.layer_hits, layer).inc()
+                self.layer_hits.child(layer)[0] += 1
             elif result == "miss":
-                self._child(self.layer_misses, layer).inc()
+                self.layer_misses.child(layer)[0] += 1
         elif name in LOOKUP_EVENTS:
-            self._child(self.lookups, LOOKUP_EVENTS[name]).inc()
+            self.lookups.child(LOOKUP_EVENTS[name])[0] += 1
         elif name == "cache.write":
-            self._child(self.cache_ops, f.get("layer", ""), "write").observe(event.value)
+            self.cache_ops.child(f.get("layer", ""), "write").observe(event.value)
         elif name == "backend.response":
             purpose = f.get("purpose", "")
             self._child(self.backend_responses, purpose, status_class(f.get("status"))).inc()
@@ -334,7 +364,11 @@ class PrometheusMetrics:
         rt = self.runtime
         for collectors in rt.pm.hook.mediaproxy_metrics_collectors(runtime=rt):
             for collector in collectors or ():
-                self.registry.register(collector)
+                try:
+                    self.registry.register(_Guarded(collector))
+                except ValueError as e:   # a series name already taken
+                    _log.error("metrics collector {collector!r} not registered: {why}",
+                               collector=collector, why=str(e))
 
     @hookimpl
     def mediaproxy_services(self, runtime):

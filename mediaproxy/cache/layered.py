@@ -2,7 +2,8 @@
 The result cache: the :class:`CacheLayer` protocol every layer implements and the layered
 read-through / back-fill composition (the key is :mod:`mediaproxy.cache.keys`).
 
-With ``emit`` set (the runtime's event sender), every layer operation is timed: a read sends
+With ``emit`` set (the runtime's event sender; called as ``emit(name, value=..., **fields)``),
+every layer operation is timed: a read sends
 ``cache.read`` (value: seconds, fields ``layer`` and ``result``: ``hit``, ``miss`` or
 ``error``), a write (a store or a back-fill) ``cache.write`` (value: seconds, field ``layer``),
 a failure ``cache.error`` (fields ``layer`` and ``op``). Times come from ``clock``
@@ -97,10 +98,11 @@ class LayeredCache:
             except Exception as e:
                 self._failed(Failure(e), first, "get", key)
                 if emit is not None:
-                    emit("cache.read", self.clock() - started, layer=first.name, result="error")
+                    emit("cache.read", value=self.clock() - started, layer=first.name,
+                         result="error")
                 return self._get_from(1, key)
             if emit is not None:
-                emit("cache.read", self.clock() - started, layer=first.name,
+                emit("cache.read", value=self.clock() - started, layer=first.name,
                      result="miss" if entry is None else "hit")
             if entry is not None:
                 return succeed((entry, first.name))
@@ -120,9 +122,9 @@ class LayeredCache:
             if op == "read":
                 outcome = ("error" if isinstance(result, Failure)
                            else "miss" if result is None else "hit")
-                emit("cache.read", seconds, layer=layer.name, result=outcome)
+                emit("cache.read", value=seconds, layer=layer.name, result=outcome)
             else:
-                emit("cache.write", seconds, layer=layer.name)
+                emit("cache.write", value=seconds, layer=layer.name)
             return result
 
         return d.addBoth(done)

@@ -224,7 +224,7 @@ class Call:
         self._verdict_pending = False
         policy = self.policy
         if policy.emit is not None and kind != CANCELLED:
-            policy.emit("backend.response", policy.clock.seconds() - self._started,
+            policy.emit("backend.response", value=policy.clock.seconds() - self._started,
                         purpose=policy.purpose, status=status if kind == ANSWERED else None)
         breaker = policy.breaker
         verdict = policy.failures.verdict(kind, status)

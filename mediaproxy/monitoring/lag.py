@@ -6,9 +6,10 @@ responses) waits behind whatever holds the reactor; a reactor held for 200 ms de
 request by up to 200 ms, whatever the transform pool or the backend do. The probe is a timed
 call every ``interval`` seconds (0.25 by default; each one schedules the next with
 ``callLater``, like a LoopingCall, but its due time is exactly the previous run plus the
-interval, so its lateness is exact): each call notes how much later than due it ran. :meth:`ReactorLagProbe.worst` is the largest lateness
-over the last ``window`` seconds (5 by default), what ``mediaproxy_reactor_lag_seconds``
-exports: a gauge a scrape every 15 s would otherwise miss a one-second stall with.
+interval, so its lateness is exact): each call notes how much later than due it ran.
+:meth:`ReactorLagProbe.worst` is the largest lateness over the last ``window`` seconds (5 by
+default), what ``mediaproxy_reactor_lag_seconds`` exports: the worst of a window, so a scrape
+every 15 s still sees a one-second stall that happened between two scrapes (if within 5 s).
 
 It costs one timed call per interval, and keeps ``window / interval`` samples at most.
 """
