@@ -112,16 +112,29 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 
 
 def setting(default: Any, kind: str, help: str, check: Callable[[Any], None] | None = None,
-            secret: str | None = None):
+            secret: str | None = None, item: type | None = None, key: str | None = None):
     """An attrs field for one setting: its default, value kind, help text and extra check.
     ``secret`` marks a value never to be printed (``mediaproxy check-config``, errors):
-    ``"value"`` hides it whole, ``"url"`` hides the password of each URL in it."""
+    ``"value"`` hides it whole, ``"url"`` hides the password of each URL in it.
+
+    Kind ``"tables"`` is a TOML array of tables (``[[alerts.rules]]``): a tuple of ``item``
+    instances, each a frozen class of settings built and checked like a section (its errors
+    name ``alerts.rules[N].expr``). ``key`` is the name in TOML when it differs from the
+    field's (``for``, a Python keyword)."""
     if isinstance(default, list):
         default = tuple(default)
     if secret not in (None, "value", "url"):
         raise ValueError(f"secret must be None, 'value' or 'url', not {secret!r}")
+    if (kind == "tables") != (item is not None):
+        raise ValueError("kind 'tables' and item go together")
     return attrs.field(default=default, metadata={"kind": kind, "help": help, "check": check,
-                                                  "secret": secret})
+                                                  "secret": secret, "item": item,
+                                                  "key": key})
+
+
+def _key(f: attrs.Attribute) -> str:
+    """The setting's name in TOML and in the environment."""
+    return f.metadata.get("key") or f.name
 
 
 def section(cls: type, help: str):
@@ -920,6 +933,134 @@ class PluginsConfig:
         True, "bool", "Load third-party plugins from the 'mediaproxy' entry-point group.")
 
 
+# -- alert rules ([[alerts.rules]]) -----------------------------------------------------------
+
+#: The figures an alert rule may compare (mediaproxy.monitoring computes each). Per route kind
+#: over the rolling window (``alerts.window``): latency percentiles in seconds, requests per
+#: second, the share of 5xx (``error_rate``) and of 4xx (``client_error_rate``) answers; the
+#: rest read at each evaluation. A figure that cannot be known (no requests in the window, no
+#: file cache for ``disk.free_ratio``) leaves its rules inactive.
+ALERT_FIGURES = frozenset(
+    [f"{kind}.{figure}" for kind in ("image", "passthrough")
+     for figure in ("p50", "p95", "p99", "rate", "error_rate", "client_error_rate")]
+    + ["cache.hit_ratio", "reactor.lag", "breaker.images.open", "breaker.passthrough.open",
+       "disk.free_ratio", "shed.rate", "transform.queue", "inflight.total"])
+
+_CONDITION = re.compile(r"^\s*([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+)\s*(>=|<=|==|!=|>|<)\s*"
+                        r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+#: The comparison operators of a rule's ``expr``.
+OPERATORS = (">=", "<=", "==", "!=", ">", "<")
+
+
+def parse_condition(text: str) -> tuple[str, str, float]:
+    """``"image.p99 > 2.5"`` -> ``("image.p99", ">", 2.5)``: one figure of
+    :data:`ALERT_FIGURES`, one operator of :data:`OPERATORS`, one number. Parsed, never
+    evaluated as code; ValueError saying what is wrong."""
+    match = _CONDITION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not FIGURE OP NUMBER (such as image.p99 > 2.5; "
+                         f"OP one of {' '.join(OPERATORS)})")
+    figure, op, number = match.groups()
+    if figure not in ALERT_FIGURES:
+        raise ValueError(f"{text!r} names the unknown figure {figure!r} (known: "
+                         f"{', '.join(sorted(ALERT_FIGURES))})")
+    return figure, op, float(number)
+
+
+def _condition(value: str) -> None:
+    parse_condition(value)
+
+
+def _rule_name(value: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
+        raise ValueError(f"{value!r} is not a rule name (lower-case letters, digits and _, "
+                         f"starting with a letter, at most 63)")
+
+
+def _one_line(value: str) -> None:
+    if "\n" in value or "\r" in value or len(value) > 300:
+        raise ValueError("must be one line of at most 300 characters")
+
+
+def _unique_names(value: tuple) -> None:
+    names = [rule.name for rule in value]
+    doubles = sorted({n for n in names if names.count(n) > 1})
+    if doubles:
+        raise ValueError(f"rule names must be unique: {', '.join(doubles)} repeated")
+    if len(value) > 100:
+        raise ValueError("at most 100 rules")
+
+
+@frozen
+class AlertRule:
+    """One ``[[alerts.rules]]`` table."""
+
+    name: str = setting("", "str", "The rule's name: the alert label of "
+                        "mediaproxy_alert_firing, and the name in logs and /admin/alerts.",
+                        _rule_name)
+    expr: str = setting("", "str", "The condition: FIGURE OP NUMBER, e.g. image.p99 > 2.5 "
+                        "(figures and their meaning: docs/operations.md, Performance figures "
+                        "and alerts).", _condition)
+    for_: float = setting(0.0, "float", "Seconds the condition must hold before the alert "
+                          "fires (pending until then).", _at_least(0), key="for")
+    severity: str = setting("warning", "str", "warning or critical (a critical alert firing "
+                            "makes /health degraded).", _one_of("warning", "critical"))
+    remedy: str = setting("", "str", "One line saying what to change when it fires "
+                          "(logged with the alert).", _one_line)
+
+
+DEFAULT_ALERT_RULES = (
+    AlertRule("image_latency_high", "image.p99 > 2.5", 120.0, "warning",
+              "transforms are slow or queued: raise processing.threads or "
+              "limits.transform_memory, add workers, or put cache.file.dir on a faster disk"),
+    AlertRule("image_errors_high", "image.error_rate > 0.05", 120.0, "critical",
+              "image requests fail with 5xx: look at the source_errors and transform_errors "
+              "series and the backend's health"),
+    AlertRule("passthrough_errors_high", "passthrough.error_rate > 0.05", 120.0, "warning",
+              "the backend answers 5xx or cannot be reached (502/504): check the backend and "
+              "backend.url"),
+    AlertRule("cache_hit_ratio_low", "cache.hit_ratio < 0.5", 600.0, "warning",
+              "most images are rendered again: raise cache.memory.max_bytes, set "
+              "cache.file.dir or Redis, or look for cache-busting query strings"),
+    AlertRule("reactor_lag_high", "reactor.lag > 0.5", 30.0, "critical",
+              "the event loop is blocked or the CPU saturated: lower processing.threads "
+              "or raise processing.thread_niceness, add workers or CPUs"),
+    AlertRule("images_breaker_open", "breaker.images.open == 1", 30.0, "critical",
+              "the backend fails most source fetches: check it; POST /admin/breakers/reset "
+              "once it is back"),
+    AlertRule("passthrough_breaker_open", "breaker.passthrough.open == 1", 30.0, "critical",
+              "the backend cannot be reached: check it and backend.url"),
+    AlertRule("cache_disk_low", "disk.free_ratio < 0.1", 60.0, "warning",
+              "the cache disk is nearly full: free space, or lower cache.file.max_bytes"),
+    AlertRule("transforms_shed", "shed.rate > 1", 60.0, "warning",
+              "transforms are refused (503 overloaded): raise limits.transform_memory, "
+              "processing.threads or processing.queue_limit, or add workers"),
+)
+
+
+@frozen
+class AlertsConfig:
+    enabled: bool = setting(
+        True, "bool", "Compute the rolling performance figures and evaluate the alert rules "
+        "in process (GET /admin/performance, /admin/alerts, mediaproxy_alert_firing, the "
+        "alerts health indicator).")
+    interval: float = setting(
+        5.0, "float", "Seconds between two evaluations of the alert rules.", _between(0.1, 3600))
+    window: float = setting(
+        60.0, "float", "Seconds of requests the rolling figures cover (latency percentiles, "
+        "rates, error and hit ratios): one-second slots, so memory does not grow with "
+        "traffic.", _between(1, 3600))
+    min_requests: int = setting(
+        20, "int", "Requests a route kind needs in the window before its percentiles and "
+        "ratios are judged: with fewer they are unknown and their rules stay inactive (three "
+        "slow requests at night are no alert).", _at_least(1))
+    rules: tuple[AlertRule, ...] = setting(
+        DEFAULT_ALERT_RULES, "tables", "The alert rules, each a [[alerts.rules]] table with "
+        "name, expr, for, severity and remedy. Setting the list replaces the defaults "
+        "(copy the ones to keep from conf/mediaproxy.toml); an empty list: no rules.",
+        _unique_names, item=AlertRule)
+
+
 @frozen
 class Config:
     server: ServerConfig = section(ServerConfig, "Where the proxy listens and whom it trusts.")
@@ -941,6 +1082,8 @@ class Config:
     warmup: WarmupConfig = section(WarmupConfig, "Background re-rendering of popular variants.")
     monitoring: MonitoringConfig = section(MonitoringConfig, "Logs, metrics, health, tracing.")
     plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
+    alerts: AlertsConfig = section(AlertsConfig, "Rolling performance figures and alert "
+                                   "rules evaluated in process.")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -951,11 +1094,13 @@ def _to_dict(obj) -> dict[str, Any]:
     for f in attrs.fields(type(obj)):
         value = getattr(obj, f.name)
         if f.metadata.get("kind") == "section":
-            out[f.name] = _to_dict(value)
+            out[_key(f)] = _to_dict(value)
+        elif f.metadata.get("kind") == "tables":
+            out[_key(f)] = [_to_dict(item) for item in value]
         elif isinstance(value, tuple):
-            out[f.name] = list(value)
+            out[_key(f)] = list(value)
         else:
-            out[f.name] = value
+            out[_key(f)] = value
     return out
 
 
@@ -1019,7 +1164,7 @@ def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, a
 def _build(cls: type, data: Mapping[str, Any], prefix: str):
     if not isinstance(data, Mapping):
         raise ConfigError(prefix.rstrip(".") or "config", f"{data!r} is not a table")
-    fields = {f.name: f for f in attrs.fields(cls)}
+    fields = {_key(f): f for f in attrs.fields(cls)}
     for name in data:
         if name not in fields:
             raise ConfigError(f"{prefix}{name}", "unknown key (see docs/configuration.md)")
@@ -1028,20 +1173,52 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
         key = f"{prefix}{name}"
         kind = f.metadata["kind"]
         if kind == "section":
-            kwargs[name] = _build(f.metadata["cls"], data.get(name, {}), key + ".")
+            kwargs[f.name] = _build(f.metadata["cls"], data.get(name, {}), key + ".")
             continue
         if name not in data:
             continue
+        if kind == "tables":
+            value = _tables(f.metadata["item"], data[name], key)
         try:
-            value = _CONVERT[kind](data[name])
+            if kind != "tables":
+                value = _CONVERT[kind](data[name])
             if f.metadata.get("check"):
                 f.metadata["check"](value)
         except ValueError as e:
             if f.metadata.get("secret"):   # the message may quote the value
                 raise ConfigError(key, "invalid value (not shown: it is a secret)") from None
+            if kind == "tables":
+                raise ConfigError(key, f"{e} (in [[{key}]] in the file, or "
+                                       f"{_env_name(key)})") from None
             raise ConfigError(key, str(e)) from None
-        kwargs[name] = value
+        kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper().replace(".", "__")
+
+
+def _tables(item: type, value: Any, key: str) -> tuple:
+    """A TOML array of tables (or a list of dicts) -> a tuple of ``item``; an error names
+    ``key[N].field`` and where such a list is set."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+        raise ConfigError(key, f"must be an array of tables ([[{key}]] in the file, or "
+                               f"{_env_name(key)}='[{{...}}, ...]' in the environment)")
+    out = []
+    for i, table in enumerate(value):
+        try:
+            for g in attrs.fields(item):   # a key whose default fails its check is required
+                if _key(g) not in table and g.metadata.get("check"):
+                    try:
+                        g.metadata["check"](g.default)
+                    except ValueError:
+                        raise ConfigError(f"{key}[{i}].{_key(g)}", "is required") from None
+            out.append(_build(item, table, f"{key}[{i}]."))
+        except ConfigError as e:
+            raise ConfigError(e.key, f"{str(e)[len(e.key) + 2:]} (table {i + 1} of [[{key}]] "
+                                     f"in the file, or of {_env_name(key)})") from None
+    return tuple(out)
 
 
 def _check_defaults(cls: type = Config, prefix: str = "") -> None:
@@ -1049,6 +1226,10 @@ def _check_defaults(cls: type = Config, prefix: str = "") -> None:
     for key, f in iter_settings(cls):
         if f.metadata.get("check") and f.metadata["kind"] != "section":
             f.metadata["check"](f.default)
+        for item in f.default if f.metadata["kind"] == "tables" else ():
+            for g in attrs.fields(type(item)):
+                if g.metadata.get("check"):
+                    g.metadata["check"](getattr(item, g.name))
 
 
 _check_defaults()
@@ -1150,14 +1331,27 @@ def to_toml(config: Config, comments: bool = False) -> str:
     lines: list[str] = []
 
     def emit(obj, prefix):
-        scalars = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] != "section"]
+        scalars = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] != "section" and
+                   (f.metadata["kind"] != "tables" or not getattr(obj, f.name))]
+        tables = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] == "tables" and
+                  getattr(obj, f.name)]
         subs = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] == "section"]
         for f in scalars:
             if comments:
                 for line in _wrap(f.metadata["help"]):
                     lines.append(f"# {line}")
-            lines.append(f"{f.name} = {_toml_value(getattr(obj, f.name))}")
+            value = getattr(obj, f.name)
+            lines.append(f"{_key(f)} = {_toml_value(() if f.metadata['kind'] == 'tables' else value)}")
             if comments:
+                lines.append("")
+        for f in tables:   # after the scalars: a [[header]] ends the section's own keys
+            if comments:
+                for line in _wrap(f.metadata["help"]):
+                    lines.append(f"# {line}")
+            for item in getattr(obj, f.name):
+                lines.append(f"[[{prefix}{_key(f)}]]")
+                for g in attrs.fields(type(item)):
+                    lines.append(f"{_key(g)} = {_toml_value(getattr(item, g.name))}")
                 lines.append("")
         for f in subs:
             name = f"{prefix}{f.name}"
@@ -1197,7 +1391,14 @@ def to_markdown() -> str:
         value = defaults
         for part in key.split("."):
             value = getattr(value, part)
-        env = ENV_PREFIX + key.upper().replace(".", "__")
+        env = _env_name(key)
         help_text = f.metadata["help"].replace("|", "\\|")
-        out.append(f"| `{key}` | `{_toml_value(value)}` | `{env}` | {help_text} |")
+        if f.metadata["kind"] != "tables":
+            out.append(f"| `{key}` | `{_toml_value(value)}` | `{env}` | {help_text} |")
+            continue
+        out.append(f"| `{key}` | {len(value)} tables (`[[{key}]]` in conf/mediaproxy.toml) "
+                   f"| `{env}` (a TOML array of inline tables) | {help_text} |")
+        for g in attrs.fields(f.metadata["item"]):
+            item_help = g.metadata["help"].replace("|", "\\|")
+            out.append(f"| `{key}[N].{_key(g)}` | `{_toml_value(g.default)}` | | {item_help} |")
     return "\n".join(out).strip() + "\n"

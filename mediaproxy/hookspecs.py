@@ -239,3 +239,18 @@ def mediaproxy_metrics_collectors(runtime):
 
     Called once at start, reactor thread; ``collect`` is called per scrape.
     """
+
+
+# -- admin -------------------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_admin_views(runtime):
+    """Return a dict ``{(method, path): view}`` of calls this plugin adds to the admin
+    listener (``admin.listen``), e.g. ``{("GET", "/admin/alerts"): view}``.
+
+    ``view(body)`` gets the request's JSON object (``{}`` without a body; the query parameters
+    are merged in as strings) and returns ``(status, json_body)`` or a Deferred firing with
+    one. The admin listener checks the token first and serves its own calls before these; a
+    path claimed twice fails at start. Called once when the admin listener is made; views run
+    in the reactor thread and must not block.
+    """

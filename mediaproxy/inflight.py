@@ -11,6 +11,7 @@ went away); ``correlation_id`` is the request's; its fields:
 * ``method``: the method when it is one of :data:`METHODS`, else ``other`` (bounded);
 * ``status``: the status code sent (an int; 200 when the client left before any);
 * ``bytes``: body bytes written to the client;
+* ``bytes_in``: request body bytes received from the client;
 * ``cache``: the image's cache outcome as X-Cache says it (``HIT-MEMORY``, ``MISS``...) or ``""``;
 * ``route``: the image route's name or ``""``;
 * ``aborted``: True when the client went away before the response ended;

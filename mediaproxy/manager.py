@@ -39,6 +39,7 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.cors",
     "mediaproxy.builtin.metrics",
     "mediaproxy.builtin.health",
+    "mediaproxy.builtin.alerts",
     "mediaproxy.builtin.admin",
     "mediaproxy.builtin.signing",
     "mediaproxy.builtin.ratelimit",

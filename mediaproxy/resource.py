@@ -111,10 +111,12 @@ class ProxyResource(Resource):
         def ended(result):
             rt.inflight.end(kind)
             aborted = result is not None   # notifyFinish fails when the client went away
+            body = getattr(request, "body", None)   # a streaming request's RequestBody
             rt.emit("request", rt.reactor.seconds() - started, info.correlation_id,
                     kind=kind, method=method_label(info.method), status=request.code,
                     bytes=request.sentLength, cache=getattr(request, "mediaproxy_cache", ""),
-                    route=route, aborted=aborted, path=info.path, client=info.client_ip)
+                    route=route, aborted=aborted, path=info.path, client=info.client_ip,
+                    bytes_in=body.received if body is not None else 0)
 
         request.notifyFinish().addBoth(ended)
 

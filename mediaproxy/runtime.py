@@ -152,6 +152,14 @@ class Runtime:
     #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there
     _small: int = 0
 
+    def __attrs_post_init__(self) -> None:
+        # The backend clients report every attempt (backend.response, backend.retry: see
+        # mediaproxy.http.policy) as events of this runtime.
+        for client in (self.upstream, self.fetcher):
+            policy = getattr(client, "backend_policy", None)
+            if policy is not None and policy.emit is None:
+                policy.emit = self.emit
+
     @property
     def pool_size(self) -> int:
         return self.threadpool.max

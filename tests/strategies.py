@@ -13,6 +13,9 @@ _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 def _value_strategy(f: attrs.Attribute, owner: str):
     """Values that pass the field's check, by probing candidates against it."""
     kind, check = f.metadata["kind"], f.metadata.get("check")
+    if kind == "tables":   # an array of tables: each item built like a section, names unique
+        return st.lists(_section(f.metadata["item"]), max_size=2).map(lambda items: tuple(
+            attrs.evolve(item, name=f"r{i}_{item.name}") for i, item in enumerate(items)))
     base = {
         "bool": st.booleans(),
         "int": st.integers(min_value=0, max_value=2**40),
@@ -58,6 +61,13 @@ def _value_strategy(f: attrs.Attribute, owner: str):
             ["127.0.0.1", "10.0.0.0/8", "::1"]), max_size=2).map(tuple),
         "allow_networks": st.lists(st.sampled_from(
             ["10.1.2.3", "192.168.0.0/16", "fd00::/8"]), max_size=2).map(tuple),
+        "AlertRule.name": st.sampled_from(["image_slow", "a", "disk_low2"]),
+        "AlertRule.remedy": st.text(st.characters(codec="utf-8", exclude_categories=("Cs",),
+                                                  exclude_characters="\r\n"), max_size=8),
+        "AlertRule.expr": st.tuples(
+            st.sampled_from(sorted(cfg.ALERT_FIGURES)), st.sampled_from(cfg.OPERATORS),
+            st.floats(-1e6, 1e6, allow_nan=False).map(lambda v: round(v, 3)),
+            st.sampled_from(["", " "])).map(lambda t: f"{t[0]}{t[3]}{t[1]}{t[3]}{t[2]!r}"),
         "allowed_hosts": st.lists(st.sampled_from(
             ["cdn.example.com", "*.example.org"]), max_size=2).map(tuple),
         "request_id_headers": st.lists(st.sampled_from(

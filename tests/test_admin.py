@@ -24,8 +24,8 @@ def admin_port(running):
     return svc.port.getHost().port
 
 
-def call(running, method, path, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
+def call(running, method, path, body=None, headers=None, raw=None):
+    data = json.dumps(body).encode() if body is not None else raw
     request = urllib.request.Request(f"http://127.0.0.1:{admin_port(running)}{path}", data=data,
                                      method=method, headers=headers or {})
     try:

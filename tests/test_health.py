@@ -288,7 +288,7 @@ def test_the_detailed_report(live_reactor):
         assert body["uptime"] >= 0 and body["time"].endswith("Z")
         assert body["snapshot"]["taken_at"].endswith("Z") and body["snapshot"]["age"] >= 0
         assert [i["name"] for i in body["indicators"]] == [
-            "backend", "breakers", "transform_pool", "memory"]
+            "alerts", "backend", "breakers", "transform_pool", "memory"]
         assert indicator(body, "backend")["data"]["status"] == 404
         assert indicator(body, "memory")["data"]["transform_budget_bytes"] == \
             running.runtime.admission.capacity

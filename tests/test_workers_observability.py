@@ -22,7 +22,7 @@ from .test_workers import workers_of
 
 #: The series that counts every main-port request, whatever its labels. The metrics lane
 #: renames it: switch to "mediaproxy_http_requests_total" when that lands.
-REQUESTS = "mediaproxy_requests_total"
+REQUESTS = "mediaproxy_http_requests_total"
 
 class Supervisor:
     """``mediaproxy run`` with a TOML config, its log in a file (read while it runs)."""
@@ -42,6 +42,7 @@ url = "http://127.0.0.1:{origin_port}"
 listen = "tcp:{self.monitoring}:interface=127.0.0.1"
 log_level = "info"
 log_format = "json"
+access_log = true
 """)
         self.log = tmp / "out.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
@@ -184,7 +185,7 @@ def test_a_workers_log_line_comes_out_once_in_the_supervisors_format(proxy):
 
     def rendered():
         return [e for e in events() if e.get("correlation_id") in cids
-                and e["message"].startswith("rendered /media/a.jpg")]
+                and e.get("namespace") == "mediaproxy.access" and e.get("path") == "/media/a.jpg"]
 
     wait_for(lambda: {e["correlation_id"] for e in rendered()} == cids, 20,
              what="every request's line in the log")

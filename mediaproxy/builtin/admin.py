@@ -9,6 +9,12 @@ time); the grooveshop call accepts ``x-internal-secret`` instead.
                                               {"tenant": "shop"} | {"all": true}
                                               (or the same as query parameters)
     POST /admin/cache/flush-tenant            grooveshop: {"tenant": "shop"} or ?tenant=shop
+    GET  /admin/breakers                      every circuit breaker and its state
+    POST /admin/breakers/reset                {"breaker": "images"} | {"all": true}
+    GET  /admin/config                        the effective config, secrets redacted
+
+then the calls plugins add with ``mediaproxy_admin_views`` (the alerts plugin's
+``/admin/performance`` and ``/admin/alerts``), each ``(method, path) -> view(body)``.
 
 The main port reserves no path: all of them belong to the backend.
 """
@@ -19,10 +25,12 @@ import hmac
 import json
 from urllib.parse import parse_qsl
 
+from twisted.internet.defer import maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from .. import hookimpl
+from ..config import redacted
 from ..http.listening import ListeningService, side_site
 from ..logs import request_log
 from ..cache.purge import PurgeScope, purge, source_caches
@@ -41,6 +49,7 @@ class AdminResource(Resource):
     def __init__(self, runtime):
         super().__init__()
         self.runtime = runtime
+        self.views = plugin_views(runtime)
 
     def render(self, request):
         cid = correlation_id((request.getHeader(b"x-correlation-id") or b"").decode("latin-1")
@@ -79,8 +88,82 @@ class AdminResource(Resource):
 
             d.addCallbacks(done, failed)
             return NOT_DONE_YET
+        if method == b"GET" and path == "/admin/breakers":
+            return self._json(request, 200, {"breakers": self._breakers()})
+        if method == b"POST" and path == "/admin/breakers/reset":
+            return self._json(request, *self._reset(request, cid, log))
+        if method == b"GET" and path == "/admin/config":
+            return self._json(request, 200, {"config": redacted(self.runtime.config).to_dict()})
+        view = self.views.get((method.decode("latin-1"), path))
+        if view is not None:
+            return self._view(request, view, cid, log)
         return self._json(request, 404, {"error": "not_found", "message": "no such admin call",
                                          "correlation_id": cid})
+
+    def _breakers(self) -> dict:
+        return {name: {"state": b.state, "enabled": b.enabled}
+                for name, b in sorted(self.runtime.breakers().items())}
+
+    def _reset(self, request, cid, log):
+        try:
+            body = self._body(request)
+        except ValueError as e:
+            return 400, {"error": "invalid_request", "message": str(e), "correlation_id": cid}
+        breakers = self.runtime.breakers()
+        if body.get("all") in (True, "1", "true"):
+            names = sorted(breakers)
+        elif isinstance(body.get("breaker"), str) and body["breaker"] in breakers:
+            names = [body["breaker"]]
+        else:
+            given = body.get("breaker")
+            message = (f"no breaker {given!r} (known: {', '.join(sorted(breakers))})"
+                       if given is not None else 'name a breaker ({"breaker": "images"}) or '
+                       'all ({"all": true})')
+            return 400, {"error": "invalid_request", "message": message,
+                         "parameter": "breaker", "correlation_id": cid}
+        for name in names:
+            before = breakers[name].state
+            breakers[name].reset()
+            log.warn("breaker {breaker} reset by an admin call (was {before})", breaker=name,
+                     before=before)
+        return 200, {"reset": names, "breakers": self._breakers(), "correlation_id": cid}
+
+    def _view(self, request, view, cid, log):
+        try:
+            body = self._body(request)
+        except ValueError as e:
+            return self._json(request, 400, {"error": "invalid_request", "message": str(e),
+                                             "correlation_id": cid})
+
+        def done(answer):
+            status, payload = answer
+            self._json(request, status, payload, finish=True)
+
+        def failed(failure):
+            log.failure("admin view {path} failed", failure, path=request.path)
+            self._json(request, 500, {"error": "internal_error",
+                                      "message": "the admin call failed",
+                                      "correlation_id": cid}, finish=True)
+
+        # a view that raises, or answers something else than (status, body), is a 500
+        maybeDeferred(view, body).addCallback(done).addErrback(failed)
+        return NOT_DONE_YET
+
+    def _body(self, request) -> dict:
+        """The query parameters and the JSON object of the body (ValueError: not one)."""
+        data: dict = dict(parse_qsl(request.uri.partition(b"?")[2].decode("latin-1")))
+        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
+        if len(raw) > MAX_BODY:
+            raise ValueError("the request body is too large")
+        if raw.strip():
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise ValueError("the body must be JSON") from None
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            data.update(body)
+        return data
 
     def _authorised(self, request) -> bool:
         conf = self.runtime.config.admin
@@ -94,18 +177,7 @@ class AdminResource(Resource):
         return False
 
     def _scope(self, request, path) -> PurgeScope:
-        data = dict(parse_qsl(request.uri.partition(b"?")[2].decode("latin-1")))
-        raw = request.content.read(MAX_BODY + 1) if request.content is not None else b""
-        if len(raw) > MAX_BODY:
-            raise ValueError("the request body is too large")
-        if raw.strip():
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                raise ValueError("the body must be JSON") from None
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            data.update({k: v for k, v in body.items() if isinstance(v, (str, bool))})
+        data = {k: v for k, v in self._body(request).items() if isinstance(v, (str, bool))}
         tenant = data.get("tenant") or data.get("tenantId")
         if path.endswith("flush-tenant"):
             if not tenant:
@@ -136,6 +208,25 @@ class AdminResource(Resource):
             request.finish()
             return None
         return data
+
+
+#: The admin listener's own calls: a plugin's view may not take one of these.
+OWN_CALLS = frozenset({("GET", "/admin/cache/stats"), ("POST", "/admin/cache/purge"),
+                       ("POST", "/admin/cache/flush-tenant"), ("GET", "/admin/breakers"),
+                       ("POST", "/admin/breakers/reset"), ("GET", "/admin/config")})
+
+
+def plugin_views(runtime) -> dict:
+    """Every plugin's ``mediaproxy_admin_views``, merged; a call claimed twice (or one of the
+    listener's own) is an error at start."""
+    views: dict = {}
+    for found in runtime.pm.hook.mediaproxy_admin_views(runtime=runtime):
+        for (method, path), view in (found or {}).items():
+            call = (method.upper(), path)
+            if call in views or call in OWN_CALLS:
+                raise ValueError(f"the admin call {method} {path} is claimed twice")
+            views[call] = view
+    return views
 
 
 @hookimpl

@@ -253,6 +253,7 @@ class ImagePipeline:
             waiters = self._inflight[key] = []
         else:
             log.debug("waiting for the transform already under way for {key}", key=key)
+            self.runtime.emit("coalesced", correlation_id=request.correlation_id)
         d = Deferred(lambda d: self._gone(key, waiters, d))
         waiters.append(d)
         if not leading:
@@ -291,8 +292,11 @@ class ImagePipeline:
                     return None
                 entry, layer = hit
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
+                if time.time() - entry.created_at > fresh_for:
+                    return None
                 # found here: another process's or node's production, reused
-                return Collapsed(entry) if time.time() - entry.created_at <= fresh_for else None
+                rt.emit("coalesced", correlation_id=request.correlation_id)
+                return Collapsed(entry)
             found = rt.cache.get(key, log).addCallback(fresh)
             if depends_on_source(fmt):
                 found.addCallback(lambda hit: hit if hit is not None

@@ -215,6 +215,10 @@ class RateLimiter:
     _exempt_cache: dict = attrs.field(factory=dict)
     _syncing: bool = False
     _sync_warned: Throttle = attrs.field(factory=lambda: Throttle(60.0))
+    #: decisions taken (every token asked for while enabled), for
+    #: ``mediaproxy_ratelimit_decisions_total{result}``: two ints, nothing per request beyond
+    allowed: int = 0
+    rejected: int = 0
 
     def __attrs_post_init__(self) -> None:
         if self.clock is None:
@@ -285,6 +289,7 @@ class RateLimiter:
                 continue
             wait = table.take(key, now, factor)
             if wait:
+                self.rejected += 1
                 limit = max(1, int(table.burst * factor))
                 return Rejection(
                     429, "rate_limited",
@@ -292,6 +297,7 @@ class RateLimiter:
                     parameter=None,
                     headers=_headers(limit, table.remaining(key), wait, self.wall(),
                                      table.rate * factor))
+        self.allowed += 1
         return None
 
     def take_cheap(self, image_request, request) -> Rejection | None:
@@ -394,6 +400,28 @@ class RateLimiter:
     @hookimpl
     def mediaproxy_services(self, runtime):
         return [RateLimitService(self, runtime)]
+
+    @hookimpl
+    def mediaproxy_metrics_collectors(self, runtime):
+        return [_DecisionsCollector(self)]
+
+
+class _DecisionsCollector:
+    """``mediaproxy_ratelimit_decisions_total{result}``, read from the limiter's two counts
+    at scrape time."""
+
+    def __init__(self, limiter: RateLimiter):
+        self.limiter = limiter
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily("mediaproxy_ratelimit_decisions",
+                                     "Rate-limit decisions: tokens granted and requests refused "
+                                     "(429).", labels=["result"])
+        family.add_metric(["allowed"], self.limiter.allowed)
+        family.add_metric(["rejected"], self.limiter.rejected)
+        yield family
 
 
 class RateLimitService(service.Service):

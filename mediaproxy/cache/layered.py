@@ -1,15 +1,24 @@
 """
 The result cache: the :class:`CacheLayer` protocol every layer implements and the layered
 read-through / back-fill composition (the key is :mod:`mediaproxy.cache.keys`).
+
+With ``emit`` set (the runtime's event sender; called as ``emit(name, value=..., **fields)``),
+every layer operation is timed: a read sends
+``cache.read`` (value: seconds, fields ``layer`` and ``result``: ``hit``, ``miss`` or
+``error``), a write (a store or a back-fill) ``cache.write`` (value: seconds, field ``layer``),
+a failure ``cache.error`` (fields ``layer`` and ``op``). Times come from ``clock``
+(``time.perf_counter``: a monotonic clock, not the wall clock).
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import time
+from typing import Callable, Protocol, runtime_checkable
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..logs import Throttle
 from ..models import CacheEntry
@@ -59,6 +68,7 @@ class LayeredCache:
 
     layers: list = attrs.field(converter=lambda layers: sorted(layers, key=lambda l: l.order))
     emit: object = None
+    clock: Callable[[], float] = time.perf_counter
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
     _warned: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
 
@@ -82,29 +92,56 @@ class LayeredCache:
         first = self.layers[0] if self.layers else None
         get_now = getattr(first, "get_now", None)
         if get_now is not None:
+            emit = self.emit
+            started = self.clock() if emit is not None else 0.0
             try:
                 entry = get_now(key)
             except Exception as e:
-                from twisted.python.failure import Failure
                 self._failed(Failure(e), first, "get", key, log)
-                entry = None
+                if emit is not None:
+                    emit("cache.read", value=self.clock() - started, layer=first.name,
+                         result="error")
+                return self._get_from(1, key, log)
+            if emit is not None:
+                emit("cache.read", value=self.clock() - started, layer=first.name,
+                     result="miss" if entry is None else "hit")
             if entry is not None:
                 return succeed((entry, first.name))
             return self._get_from(1, key, log)
         return self._get_from(0, key, log)
 
+    def _timed(self, d: Deferred, layer, op: str) -> Deferred:
+        """Send ``cache.read`` / ``cache.write`` when ``d`` (a layer's call, started now)
+        fires; its result passes through untouched."""
+        emit = self.emit
+        if emit is None:
+            return d
+        started = self.clock()
+
+        def done(result):
+            seconds = self.clock() - started
+            if op == "read":
+                outcome = ("error" if isinstance(result, Failure)
+                           else "miss" if result is None else "hit")
+                emit("cache.read", value=seconds, layer=layer.name, result=outcome)
+            else:
+                emit("cache.write", value=seconds, layer=layer.name)
+            return result
+
+        return d.addBoth(done)
+
     def _get_from(self, index: int, key: str, log=None) -> Deferred:
         if index >= len(self.layers):
             return succeed(None)
         layer = self.layers[index]
-        d = maybeDeferred(layer.get, key)
+        d = self._timed(maybeDeferred(layer.get, key), layer, "read")
         d.addErrback(self._failed, layer, "get", key, log)
 
         def answered(entry):
             if entry is None:
                 return self._get_from(index + 1, key, log)
             for faster in self.layers[:index]:
-                maybeDeferred(faster.set, key, entry).addErrback(
+                self._timed(maybeDeferred(faster.set, key, entry), faster, "write").addErrback(
                     self._failed, faster, "set", key, log)
             return entry, layer.name
 
@@ -123,7 +160,7 @@ class LayeredCache:
         for layer in self.layers:
             if shared_only and not getattr(layer, "shared", True):
                 continue
-            d = maybeDeferred(layer.set, key, entry)
+            d = self._timed(maybeDeferred(layer.set, key, entry), layer, "write")
             d.addErrback(self._failed, layer, "set", key, log)
             ds.append(d)
         return DeferredList(ds).addCallback(lambda _: None)

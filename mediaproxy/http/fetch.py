@@ -285,7 +285,8 @@ class SourceFetcher:
             self.policy = SourcePolicy(self.max_bytes)
         backend_policy = self.backend_policy = BackendPolicy.from_config(
             self.reactor, self.backend, self.backend.image_breaker, SOURCE_FAILURES,
-            name="images", log=_log, breaker=self.breaker, retry=self.retry, limit=self.limit)
+            name="images", log=_log, breaker=self.breaker, retry=self.retry, limit=self.limit,
+            purpose="source")
         self.breaker = backend_policy.breaker
         self.retry = backend_policy.retry
         self.limit = backend_policy.limit

@@ -38,6 +38,13 @@ connection the backend was closing is one attempt of this budget, not a hidden e
    took, once, and nothing it did not take.
 
 Time comes from the injected clock (the reactor, or ``task.Clock`` in tests).
+
+Events (through ``emit``, the runtime's event sender, which the runtime sets on both clients'
+policies): every attempt that ended with an answer or a failure of the backend sends
+``backend.response`` (value: seconds from the attempt's start to its outcome; fields
+``purpose``, ``source`` or ``passthrough``, and ``status``, the answer's status code or None
+when there was none); an attempt cancelled on our side (the client went away) tells nothing
+about the backend and sends nothing. Every retry sends ``backend.retry`` (field ``purpose``).
 """
 
 from __future__ import annotations
@@ -135,9 +142,10 @@ def _log_changes(log) -> Callable[[str, str, str], None]:
     return on_change
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class BackendPolicy:
-    """One client's policy (see the module docstring): built once, shared by all its calls."""
+    """One client's policy (see the module docstring): built once, shared by all its calls.
+    Only ``emit`` is ever set after it is made (by the runtime, once)."""
 
     clock: Any                  #: ``seconds()`` and ``callLater()``: the reactor, a task.Clock
     breaker: CircuitBreaker
@@ -145,11 +153,16 @@ class BackendPolicy:
     limit: ConcurrencyLimit
     header_timeout: float
     failures: Failures
+    #: what the calls are for, a metric label: ``source`` or ``passthrough``
+    purpose: str = ""
+    #: ``emit(name, value, correlation_id, **fields)``: where attempts are reported, or None
+    emit: Callable[..., None] | None = None
 
     @classmethod
     def from_config(cls, clock, backend, breaker_config, failures: Failures, *, name: str, log,
                     breaker: CircuitBreaker | None = None, retry: RetryPolicy | None = None,
-                    limit: ConcurrencyLimit | None = None) -> "BackendPolicy":
+                    limit: ConcurrencyLimit | None = None,
+                    purpose: str = "") -> "BackendPolicy":
         """From :class:`~mediaproxy.config.BackendConfig` and the
         :class:`~mediaproxy.config.BreakerConfig` of breaker ``name``, whose state changes are
         logged (a warning) to ``log``. A part given is used as it is."""
@@ -159,7 +172,8 @@ class BackendPolicy:
             retry = RetryPolicy.from_config(backend)
         if limit is None:
             limit = ConcurrencyLimit(backend.max_concurrent)
-        return cls(clock, breaker, retry, limit, backend.header_timeout, failures)
+        return cls(clock, breaker, retry, limit, backend.header_timeout, failures,
+                   purpose=purpose)
 
     def call(self) -> "Call":
         """A new call; it holds nothing until :meth:`Call.admit`."""
@@ -177,6 +191,7 @@ class Call:
         self._verdict_pending = False
         self._header_timer = None
         self._backoff_timer = None
+        self._started = 0.0
 
     # -- admission -------------------------------------------------------------------------
 
@@ -196,6 +211,7 @@ class Call:
             return Refusal(CIRCUIT_OPEN, breaker.retry_after(), self.policy.limit.in_flight)
         self._verdict_pending = True
         self.attempts += 1
+        self._started = self.policy.clock.seconds()
         return None
 
     # -- outcome and retries ---------------------------------------------------------------
@@ -206,8 +222,12 @@ class Call:
         if not self._verdict_pending:
             return
         self._verdict_pending = False
-        breaker = self.policy.breaker
-        verdict = self.policy.failures.verdict(kind, status)
+        policy = self.policy
+        if policy.emit is not None and kind != CANCELLED:
+            policy.emit("backend.response", value=policy.clock.seconds() - self._started,
+                        purpose=policy.purpose, status=status if kind == ANSWERED else None)
+        breaker = policy.breaker
+        verdict = policy.failures.verdict(kind, status)
         if verdict is None:
             breaker.release()
         elif verdict:
@@ -228,6 +248,8 @@ class Call:
 
     def retry_later(self, delay: float, then: Callable[[], None]) -> None:
         """Call ``then`` (the next attempt) after ``delay`` seconds."""
+        if self.policy.emit is not None:
+            self.policy.emit("backend.retry", purpose=self.policy.purpose)
         self._backoff_timer = self.policy.clock.callLater(delay, self._backoff_over, then)
 
     def _backoff_over(self, then: Callable[[], None]) -> None:

@@ -193,7 +193,7 @@ class Upstream:
         policy = self.backend_policy = BackendPolicy.from_config(
             self.reactor, self.backend, self.backend.passthrough_breaker, PASSTHROUGH_FAILURES,
             name="passthrough", log=_log, breaker=self.breaker, retry=self.retry,
-            limit=self.limit)
+            limit=self.limit, purpose="passthrough")
         self.breaker, self.retry, self.limit = policy.breaker, policy.retry, policy.limit
 
     def proxy(self, request, info: RequestInfo, log) -> Deferred[None]:
