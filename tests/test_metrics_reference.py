@@ -26,6 +26,10 @@ DOCUMENTED_ELSEWHERE = {
     # exported by the alerts plugin (through mediaproxy_metrics_collectors) only when alerting
     # is on; its own tests check it
     "mediaproxy_alert_firing",
+    # exported only by the supervisor of server.workers > 1 (the collection of its workers'
+    # metrics); tests/test_workers_observability.py reads them
+    "mediaproxy_workers", "mediaproxy_workers_scrape_errors_total",
+    "mediaproxy_workers_restarts_total",
 }
 
 
