@@ -21,9 +21,14 @@ from mediaproxy.testing.reactor import call_in_reactor
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
-#: Documented series a scrape of the proxy below does not show, and why. (None:
-#: mediaproxy_alert_firing comes from the alerts plugin, on by default, so it is scraped too.)
-DOCUMENTED_ELSEWHERE: set = set()
+#: Documented series a scrape of the proxy below does not show, and why. (The alerts plugin is
+#: on by default, so its mediaproxy_alert_firing is scraped too.)
+DOCUMENTED_ELSEWHERE = {
+    # exported only by the supervisor of server.workers > 1 (the collection of its workers'
+    # metrics); tests/test_workers_observability.py reads them
+    "mediaproxy_workers", "mediaproxy_workers_scrape_errors_total",
+    "mediaproxy_workers_restarts_total",
+}
 
 
 class GatedOrigin(ImageOrigin):
