@@ -152,7 +152,10 @@ def _text_observer(stream: IO[str]):
         level = event.get("log_level", LogLevel.info).name
         cid = event.get("correlation_id")
         cid = f" [{cid}]" if cid else ""
-        stream.write(f"{stamp}Z {level:<5} {event.get('log_namespace', '-')}{cid} {text}\n")
+        worker = event.get("worker")   # a worker's line, re-published by the supervisor
+        worker = f" worker={worker}" if worker is not None else ""
+        stream.write(f"{stamp}Z {level:<5} {event.get('log_namespace', '-')}{worker}{cid} "
+                     f"{text}\n")
         flush()
     return observe
 

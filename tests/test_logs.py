@@ -208,6 +208,17 @@ def test_request_lines_carry_the_id_in_both_formats():
         assert expect in out.getvalue()
 
 
+def test_a_workers_text_line_says_which_worker():
+    out = io.StringIO()
+    event = {"log_namespace": "mediaproxy.request", "log_level": LogLevel.info,
+             "log_format": "served", "correlation_id": "cid-7", "log_time": 86400.0}
+    observer_for("info", "text", out)({**event, "worker": 1})
+    observer_for("info", "text", out)(event)
+    assert out.getvalue().splitlines() == [
+        "1970-01-02T00:00:00Z info  mediaproxy.request worker=1 [cid-7] served",
+        "1970-01-02T00:00:00Z info  mediaproxy.request [cid-7] served"]
+
+
 class CountingStream(io.StringIO):
     flushes = 0
 
