@@ -23,9 +23,8 @@ import time
 from collections import Counter
 import sys
 
-from twisted.web.server import Site
 
-from mediaproxy.testing import ImageOrigin, make_image, start_proxy
+from mediaproxy.testing import DroppingSite, ImageOrigin, make_image, start_proxy
 from mediaproxy.testing.reactor import call_in_reactor, reactor_thread
 
 IMAGE = make_image((200, 100))
@@ -113,29 +112,10 @@ def flap():
             print(f"502 for {down:4.1f} s ({seen}): {until_back(proxy)}")
 
 
-class DroppingSite(Site):
-    """A Site that can drop every connection it accepted, as a backend process that dies."""
-
-    def __init__(self, resource):
-        super().__init__(resource)
-        self.live = []
-
-    def buildProtocol(self, addr):
-        protocol = super().buildProtocol(addr)
-        self.live.append(protocol)
-        return protocol
-
-    def drop(self):
-        for protocol in self.live:
-            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-        self.live = []
-
 
 def stop(listening, site):
     d = listening.stopListening()
-    site.drop()
+    site.drop_all()
     return d
 
 

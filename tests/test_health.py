@@ -18,7 +18,6 @@ from contextlib import contextmanager
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.web.server import Site
 
 import mediaproxy
 from mediaproxy import hookimpl
@@ -27,7 +26,9 @@ from mediaproxy.models import HealthStatus
 from mediaproxy.monitoring.health import (
     DEGRADED, HEALTHY, UNHEALTHY, HealthMonitor, overall, readiness,
 )
-from mediaproxy.testing import ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for
+from mediaproxy.testing import (
+    DroppingSite, ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for,
+)
 
 IMAGE = make_image((60, 40))
 FAST = {"health_interval": 0.05, "health_timeout": 2.0, "health_backend_probe": "/",
@@ -232,26 +233,6 @@ def live(running):
     return status
 
 
-class TrackingSite(Site):
-    """An origin's Site that can drop every connection it accepted, as a backend process that
-    dies does (stopListening alone leaves the pooled keep-alive connections answering)."""
-
-    def __init__(self, resource):
-        super().__init__(resource)
-        self.live = []
-
-    def buildProtocol(self, addr):
-        protocol = super().buildProtocol(addr)
-        self.live.append(protocol)
-        return protocol
-
-    def drop_all(self):
-        for protocol in self.live:
-            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-        self.live = []
-
 
 def test_every_health_answer_is_json_and_never_limited_nor_counted_on_the_main_port(
         live_reactor):
@@ -322,7 +303,7 @@ def test_redis_down_is_degraded_with_200_and_ready_stays_200(live_reactor, redis
 def test_a_stopped_backend_is_unhealthy_and_its_open_breaker_unready_until_it_is_back(
         live_reactor):
     origin = ImageOrigin({"/media/a.jpg": IMAGE})
-    site = TrackingSite(origin)
+    site = DroppingSite(origin)
     listening = call_in_reactor(live_reactor.listenTCP, 0, site, interface="127.0.0.1")
     port = listening.getHost().port
     with start_proxy(backend_port=port, overrides={
@@ -354,7 +335,9 @@ def test_a_stopped_backend_is_unhealthy_and_its_open_breaker_unready_until_it_is
             # No client request comes (a balancer sends none to an unready node): the health
             # probe is the breaker's half-open probe, and closes it.
             wait_for(lambda: ask(running, "/health/ready")[0] == 200, 10, what="ready again")
-            assert running.runtime.upstream.breaker.state == "closed"
+            # ready once the breaker is no longer open: half-open while the probe is out
+            wait_for(lambda: running.runtime.upstream.breaker.state == "closed", 10,
+                     what="the probe's success closes the breaker")
             wait_for(lambda: status_of(running) == (200, "healthy"), 10, what="healthy again")
             assert set(origin.hits) == {"/"} and sum(origin.hits.values()) > hits_before
             assert live(running) == 200

@@ -11,11 +11,10 @@ import threading
 
 import pytest
 from hypothesis import given, strategies as st
-from twisted.web.server import NOT_DONE_YET
 
 from mediaproxy.cache.headers import CacheStatus, shorten_cache_control
 from mediaproxy.testing import (
-    ImageOrigin, call_in_reactor, make_image, start_proxy, wait_for,
+    ImageOrigin, make_image, start_proxy, wait_for,
 )
 
 PHOTO = make_image((400, 300))
@@ -177,26 +176,12 @@ def test_a_placeholder_is_never_immutable_whatever_error_cache_control_says(live
 
 # -- a coalesced waiter ------------------------------------------------------------------------
 
-class HeldOrigin(ImageOrigin):
+def HeldOrigin(files):
     """Holds every answer until ``release()``: the first request's transform is still under
     way when the second arrives."""
-
-    def __init__(self, files):
-        super().__init__(files)
-        self.held = []
-
-    def render_GET(self, request):
-        self.record(request)
-        self.held.append(request)
-        return NOT_DONE_YET
-
-    def release(self):
-        def answer():
-            for request in self.held:
-                request.write(self.respond(request))
-                request.finish()
-            self.held.clear()
-        call_in_reactor(answer)
+    origin = ImageOrigin(files)
+    origin.hold()
+    return origin
 
 
 @pytest.mark.parametrize("files, first, waiter", [

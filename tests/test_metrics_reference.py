@@ -13,11 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.web.server import NOT_DONE_YET
 
 from mediaproxy.cache.layered import find_layer
 from mediaproxy.testing import ImageOrigin, make_image, start_proxy, wait_for
-from mediaproxy.testing.reactor import call_in_reactor
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
@@ -31,29 +29,6 @@ DOCUMENTED_ELSEWHERE = {
 }
 
 
-class GatedOrigin(ImageOrigin):
-    """An ImageOrigin that holds the answer for ``gated`` paths until :meth:`release` (so a
-    second request can join the first one's render)."""
-
-    def __init__(self, files, gated):
-        super().__init__(files)
-        self.gated = set(gated)
-        self.held = []
-
-    def render_GET(self, request):
-        if request.path.decode() not in self.gated:
-            return super().render_GET(request)
-        self.record(request)
-        self.held.append(request)
-        return NOT_DONE_YET
-
-    def release(self):
-        def answer():
-            for request in self.held:
-                request.write(self.respond(request))
-                request.finish()
-            self.held = []
-        call_in_reactor(answer)
 
 
 def monitoring_url(running, path="/metrics"):
@@ -81,13 +56,14 @@ IMAGE = make_image((300, 200))
 
 
 def test_every_series_moves_as_the_requests_say(redis_server, tmp_path):
-    origin = GatedOrigin({
+    origin = ImageOrigin({
         "/media/a.jpg": IMAGE,
         "/media/slow.jpg": IMAGE,
         "/media/broken.jpg": (500, b"boom", "text/plain", []),
         "/media/busy.jpg": (503, b"busy", "text/plain", []),
         "/page": (200, b"hello", "text/plain", []),
-    }, gated={"/media/slow.jpg"})
+    })
+    origin.hold("/media/slow.jpg")   # a second request joins the first one's render
     overrides = {
         "monitoring": {"listen": "tcp:0:interface=127.0.0.1"},
         "cache": {"redis": {"url": redis_server.url}, "file": {"dir": str(tmp_path / "files")}},

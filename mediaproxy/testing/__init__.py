@@ -8,8 +8,9 @@ End to end, over real sockets on loopback:
   plugins and settings, in front of an :class:`ImageOrigin` serving the files you give, and
   returns a :class:`RunningProxy` (``get``, ``request``, ``json``, ``url``, ``runtime``,
   ``origin``, ``stop``; a context manager);
-* :class:`ImageOrigin` / :func:`start_origin`: the origin alone; it counts hits and records
-  request headers per path;
+* :class:`ImageOrigin` / :func:`start_origin`: the origin alone; it counts hits, records
+  request headers per path and can hold answers until released; :class:`DroppingSite` serves
+  it and drops every connection at once, as a backend process that dies;
 * :func:`wait_for` polls until something is true.
 
 Images: :func:`make_image` and the specialised makers (:func:`make_jpeg` with an EXIF
@@ -24,7 +25,7 @@ reactor in a daemon thread and :func:`call_in_reactor` calls into it from the te
 from .images import (
     assert_image, decode, make_animated, make_image, make_jpeg, make_png, make_transparent_png,
 )
-from .origin import File, ImageOrigin, start_origin
+from .origin import DroppingSite, File, ImageOrigin, start_origin
 from .proxy import JsonResponse, Response, RunningProxy, start_proxy
 from .reactor import call_in_reactor, reactor_thread, stop_reactor_thread
 from .runtime import make_runtime

@@ -17,7 +17,7 @@ from typing import Any, Union
 
 import attrs
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from .reactor import call_in_reactor, reactor_thread
 
@@ -72,6 +72,10 @@ class ImageOrigin(Resource):
     and ``headers_seen`` (path -> the last request's headers, lower-case name -> values).
 
     Once started, ``port`` is its port and ``url(path)`` its address.
+
+    ``hold(*paths)`` keeps the answers for those paths (every path when none is named) until
+    ``release()``: a request still waiting on the backend when the next one arrives, to test
+    coalescing or a graceful stop. ``held`` lists the requests held now.
     """
 
     isLeaf = True
@@ -82,6 +86,24 @@ class ImageOrigin(Resource):
         self.hits: Counter = Counter()
         self.headers_seen: dict[str, dict[str, list[str]]] = {}
         self.port: int | None = None
+        self.held: list = []
+        self._holding: set[str] | None = set()   # None: every path
+
+    def hold(self, *paths: str) -> None:
+        """Hold the answers for ``paths`` (every path when none is named) until
+        :meth:`release`."""
+        self._holding = set(paths) if paths else None
+
+    def release(self) -> None:
+        """Answer every held request (from any thread) and stop holding."""
+        def answer():
+            self._holding = set()
+            held, self.held = self.held, []
+            for request in held:
+                if not request._disconnected:
+                    request.write(self.respond(request))
+                    request.finish()
+        call_in_reactor(answer)
 
     def url(self, path: str = "/") -> str:
         if self.port is None:
@@ -90,6 +112,10 @@ class ImageOrigin(Resource):
 
     def render_GET(self, request):
         self.record(request)
+        holding = self._holding
+        if holding is None or (holding and request.path.decode("latin-1") in holding):
+            self.held.append(request)
+            return NOT_DONE_YET
         return self.respond(request)
 
     def record(self, request) -> None:
@@ -121,6 +147,29 @@ class ImageOrigin(Resource):
         return file.body
 
     render_HEAD = render_GET
+
+
+class DroppingSite(Site):
+    """A :class:`~twisted.web.server.Site` that can drop every connection it accepted
+    (:meth:`drop_all`), as a backend process that dies does: ``stopListening`` alone leaves
+    the proxy's pooled keep-alive connections answering."""
+
+    def __init__(self, resource, *args, **kwargs):
+        super().__init__(resource, *args, **kwargs)
+        self.live: list = []
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        self.live.append(protocol)
+        return protocol
+
+    def drop_all(self) -> None:
+        """Abort every connection accepted so far (call it in the reactor thread)."""
+        for protocol in self.live:
+            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        self.live = []
 
 
 def start_origin(resource: Any):
