@@ -2,7 +2,8 @@
 # What monitoring costs on the hot path: the shared bench's hot scenario (64 connections, cache
 # hits) with monitoring off (the defaults: no monitoring listener, no access line, warn level)
 # and on (the monitoring listener scraped every second, the access line at info level), twice
-# each, alternating, in one session. docs/performance.md quotes the ratio on/off.
+# each, alternating, in one session (ROUNDS=N for more). docs/performance.md quotes the ratio
+# on/off.
 #
 #   bench/monitoring.sh                 (any option of the shared bench.py may follow)
 set -euo pipefail
@@ -12,7 +13,7 @@ scraper() {   # bounded: at most 600 scrapes, one a second
   for _ in $(seq 600); do curl -fs -o /dev/null "$SCRAPE" || true; sleep 1; done
 }
 run() { echo "##### $1"; shift; "$@"; }
-for round in 1 2; do
+for round in $(seq "${ROUNDS:-2}"); do
   run "monitoring off (round $round)" \
     env BENCH_TARGETS=mediaproxy "$HERE/run.sh" --scenarios hot --no-ceiling --no-floor "$@"
   scraper & pid=$!

@@ -38,7 +38,7 @@ stop_proxy() {
 trap stop_proxy EXIT
 mkdir -p "$RUN"
 stop_proxy
-rm -f "$RUN/twistd.log"
+rm -f "$RUN"/twistd.log*   # twistd rotates every 1 MB and renames every old file at each rotation
 # shellcheck disable=SC2086
 env MEDIAPROXY_BACKEND__URL=http://127.0.0.1:18080 MEDIAPROXY_MONITORING__LOG_LEVEL=warn \
     ${MEDIAPROXY_BENCH_ENV:-} \
