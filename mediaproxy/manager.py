@@ -47,6 +47,26 @@ DEFAULT_PLUGINS = (
 )
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting its changes: ``generation`` goes up at every register and
+    unregister (``set_blocked`` included), so what is derived from the registered plugins (the
+    runtime's list of event handlers) knows when to be derived again."""
+
+    generation = 0
+
+    def register(self, plugin, name=None):
+        try:
+            return super().register(plugin, name)
+        finally:
+            self.generation += 1
+
+    def unregister(self, plugin=None, name=None):
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self.generation += 1
+
+
 def get_plugin_manager(config, load_entrypoints: bool | None = None,
                        extra_plugins=()) -> pluggy.PluginManager:
     """A plugin manager with every spec, the enabled built-ins, the entry-point plugins (unless
@@ -54,7 +74,7 @@ def get_plugin_manager(config, load_entrypoints: bool | None = None,
 
     Ends with ``check_pending()``: a hookimpl whose name matches no spec fails here, at start.
     """
-    pm = pluggy.PluginManager("mediaproxy")
+    pm = PluginManager("mediaproxy")
     pm.add_hookspecs(hookspecs)
     disabled = set(config.plugins.disabled)
     for name in disabled:

@@ -151,6 +151,10 @@ class Runtime:
     _queued: int = 0
     #: small jobs (run_in_pool) among them: what processing.queue_limit bounds there
     _small: int = 0
+    #: the ``mediaproxy_event`` handlers (see :meth:`emit`) and the manager's generation
+    #: they were derived at
+    _events: list | None = None
+    _events_generation: int = -1
 
     def __attrs_post_init__(self) -> None:
         # The backend clients report every attempt (backend.response, backend.retry: see
@@ -254,9 +258,37 @@ class Runtime:
         self.param_names = _names(params)
 
     def emit(self, name: str, value: float = 1.0, correlation_id: str = "", **fields) -> None:
-        """Send an :class:`~mediaproxy.models.Event` to every ``mediaproxy_event`` hook."""
+        """Send an :class:`~mediaproxy.models.Event` to every ``mediaproxy_event`` hook.
+
+        The implementations are called directly, in pluggy's order, from a list derived again
+        whenever a plugin is registered or unregistered (the manager's ``generation``): a
+        request sends several events, and pluggy's general call machinery cost more than the
+        handlers themselves. A hook wrapper among them, or a manager that does not count its
+        changes, takes pluggy's own path."""
+        event = Event(name, value, correlation_id, fields)
         try:
-            self.pm.hook.mediaproxy_event(event=Event(name, value, correlation_id, fields))
+            calls = self._event_calls()
+            if calls is None:
+                self.pm.hook.mediaproxy_event(event=event)
+            else:
+                for function, takes_event in calls:
+                    if takes_event:
+                        function(event)
+                    else:
+                        function()
         except Exception:
             self.log.failure("an event hook raised for {event_name}", event_name=name,
                              correlation_id=correlation_id)
+
+    def _event_calls(self) -> list | None:
+        generation = getattr(self.pm, "generation", None)
+        if generation is None:
+            return None
+        if generation != self._events_generation:
+            impls = self.pm.hook.mediaproxy_event.get_hookimpls()
+            if any(impl.hookwrapper or getattr(impl, "wrapper", False) for impl in impls):
+                calls = None
+            else:
+                calls = [(impl.function, bool(impl.argnames)) for impl in reversed(impls)]
+            self._events_generation, self._events = generation, calls
+        return self._events

@@ -58,3 +58,66 @@ def test_when_idle_fires_once_the_last_request_ends():
 def test_methods_are_a_bounded_label():
     assert method_label("GET") == "GET"
     assert method_label("PROPFIND") == "other"
+
+
+# -- how events reach their handlers (Runtime.emit) ---------------------------------------------
+
+class Wrapper:
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl(wrapper=True)
+    def mediaproxy_event(self, event):
+        self.seen.append(event.name)
+        return (yield)
+
+
+class NoArguments:
+    calls = 0
+
+    @hookimpl
+    def mediaproxy_event(self):
+        NoArguments.calls += 1
+
+
+def test_events_reach_plugins_registered_and_no_longer_those_unregistered():
+    from mediaproxy.testing import make_runtime
+
+    runtime = make_runtime()
+    runtime.emit("warm-up")                    # the handlers' list is derived here
+    recorder = Recorder()
+    runtime.pm.register(recorder)
+    runtime.emit("request", 0.5, "cid-1", kind="image")
+    assert [(e.name, e.value, e.correlation_id, dict(e.fields)) for e in recorder.events] == [
+        ("request", 0.5, "cid-1", {"kind": "image"})]
+    runtime.pm.unregister(recorder)
+    runtime.emit("request", 0.5, "cid-2", kind="image")
+    assert len(recorder.events) == 1
+    # a handler that takes no argument is called without one, as pluggy would
+    runtime.pm.register(NoArguments())
+    runtime.emit("other")
+    assert NoArguments.calls == 1
+
+
+def test_a_hook_wrapper_among_the_handlers_gets_every_event_through_pluggy():
+    from mediaproxy.testing import make_runtime
+
+    runtime = make_runtime()
+    wrapper, recorder = Wrapper(), Recorder()
+    runtime.pm.register(wrapper)
+    runtime.pm.register(recorder)
+    runtime.emit("request", 1.0, "cid-3")
+    assert wrapper.seen == ["request"] and len(recorder.events) == 1
+    assert runtime._event_calls() is None      # pluggy's own path
+
+
+def test_a_raising_handler_never_reaches_the_caller():
+    from mediaproxy.testing import make_runtime
+
+    class Raising:
+        @hookimpl
+        def mediaproxy_event(self, event):
+            raise RuntimeError("broken handler")
+
+    runtime = make_runtime(plugins=[Raising()])
+    runtime.emit("request")                    # does not raise
