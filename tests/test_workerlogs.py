@@ -55,9 +55,9 @@ def through(fmt: str, *lines: bytes, fd: int = 1) -> str:
     return out.getvalue()
 
 
-def test_a_json_line_is_written_once_in_the_supervisors_text_format():
+def test_a_json_line_is_written_once_in_the_supervisors_text_format_naming_its_worker():
     text = through("text", worker_line() + b"\n")
-    assert text == ("2023-11-14T22:13:20Z warn  mediaproxy.pipeline [abc123] "
+    assert text == ("2023-11-14T22:13:20Z warn  mediaproxy.pipeline worker=1 [abc123] "
                     "rendered /media/a.jpg -> webp 10x7\n")
 
 
