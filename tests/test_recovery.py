@@ -17,10 +17,10 @@ from collections import Counter
 
 import pytest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET
 
 from mediaproxy.testing import (
-    ImageOrigin, assert_image, call_in_reactor, make_image, start_proxy, wait_for,
+    DroppingSite, ImageOrigin, assert_image, call_in_reactor, make_image, start_proxy, wait_for,
 )
 
 IMAGE = make_image((80, 40))
@@ -45,27 +45,15 @@ class Dropper(Resource):
         return NOT_DONE_YET
 
 
-class CountingSite(Site):
+class CountingSite(DroppingSite):
     """A Site that counts the connections it accepted, and can drop them all (as a backend
     process that dies) when it stops listening."""
 
-    def __init__(self, resource):
-        super().__init__(resource)
-        self.accepted = 0
-        self.live: list = []
+    accepted = 0
 
     def buildProtocol(self, addr):
         self.accepted += 1
-        protocol = super().buildProtocol(addr)
-        self.live.append(protocol)
-        return protocol
-
-    def drop_all(self) -> None:
-        for protocol in self.live:
-            transport = getattr(getattr(protocol, "_channel", protocol), "transport", None)
-            if transport is not None:
-                transport.abortConnection()
-        self.live = []
+        return super().buildProtocol(addr)
 
 
 @pytest.fixture
