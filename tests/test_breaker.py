@@ -104,6 +104,26 @@ def test_a_released_probe_frees_its_slot():
     assert b.allow()
 
 
+def test_a_reset_closes_it_and_forgets_the_failures_in_a_row():
+    clock = Clock()
+    b, changes = breaker(clock, consecutive_failures=3)
+    b.failure()
+    b.failure()                     # two in a row: one more would open it
+    b.reset()
+    assert b.state == CLOSED and b.allow()
+    b.failure()
+    b.failure()
+    assert b.state == CLOSED        # the streak started again from zero
+    b.failure()
+    assert b.state == OPEN
+    b.reset()                       # an operator's reset of an open breaker
+    assert b.state == CLOSED and b.allow()
+    assert changes == [(CLOSED, OPEN), (OPEN, CLOSED)]
+    b.failure()
+    b.failure()
+    assert b.state == CLOSED
+
+
 def test_disabled_breaker_always_allows():
     b, _ = breaker(Clock(), enabled=False)
     for _ in range(50):
