@@ -12,7 +12,9 @@ key is defined.
 
 Why one module: it is read as one tree, in the order of the TOML file, each key's default, check
 and help side by side; the loader, the environment mapping and the reference generator walk that
-same tree. Cut in pieces, a key's default and its check would live in different files.
+same tree. Cut in pieces, a key's default and its check would live in different files. The
+alert rules (``[[alerts.rules]]``, a list of tables) and their default set stay here for the same
+reason: a rule is a setting, checked at load like any other, and rendered in the same reference.
 """
 
 from __future__ import annotations
