@@ -218,8 +218,10 @@ def hit_prober(port: int, urls: list[str], rate: float, limit: float, stop, out)
 class Sampler(threading.Thread):
     """RSS (sum over the process and its descendants) and CPU seconds every ``interval``."""
 
-    def __init__(self, pid: int, interval: float = 0.5):
+    def __init__(self, pid: int, interval: float = 0.5, scrape=None):
         super().__init__(daemon=True)
+        self.scrape = scrape          # () -> Prometheus text, for the reactor lag
+        self.lags: list[tuple[float, float]] = []   # (monotonic, worst lag of the last 5 s)
         import psutil
         self.psutil = psutil
         self.root = psutil.Process(pid)
@@ -253,9 +255,15 @@ class Sampler(threading.Thread):
         return rss, self._cpu_dead + sum(seen.values())
 
     def run(self) -> None:
+        n = 0
         while not self.stopped.is_set():
             rss, cpu = self.read()
             self.samples.append((time.monotonic(), rss, cpu))
+            if self.scrape is not None and n % 5 == 0:   # the probe keeps the worst of 5 s
+                lag = metric_values(self.scrape(), "mediaproxy_reactor_lag_seconds").get("")
+                if lag is not None:
+                    self.lags.append((time.monotonic(), lag))
+            n += 1
             self.stopped.wait(self.interval)
 
     def between(self, start: float, end: float) -> dict:
@@ -265,7 +273,9 @@ class Sampler(threading.Thread):
         before = [s for s in self.samples if s[0] <= start] or inside[:1]
         first, last = before[-1], inside[-1]
         span = last[0] - first[0]
+        lags = [lag for t, lag in self.lags if start <= t <= end + 5.0]
         return {"peak_rss_mib": round(max(s[1] for s in inside) / MiB, 1),
+                "reactor_lag_max_ms": ms(max(lags)) if lags else None,
                 "cpu_pct": round(100 * (last[2] - first[2]) / span) if span > 0 else None,
                 "cpu_s": round(last[2] - first[2], 2), "samples": len(inside)}
 
@@ -414,6 +424,64 @@ async def recovery(port, urls: ColdUrls, load_end: float, normal: float, interva
     return probes, None
 
 
+def profile(args, pid: int, log, phase: str, seconds: float):
+    """py-spy (``--profile PREFIX``): raw stacks of every thread of the proxy, idle ones too,
+    during the baseline (PREFIX.baseline.raw) and the overload's first half
+    (PREFIX.overload.raw): what the reactor thread does while hits slow down. Summarise with
+    ``--summarise FILE``."""
+    if not args.profile:
+        return None
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        log("no py-spy next to this interpreter (pip install py-spy): no profile")
+        return None
+    seconds = max(1, int(seconds))
+    out = f"{args.profile}.{phase}.raw"
+    log(f"py-spy: {seconds} s of the {phase}'s stacks -> {out}")
+    return subprocess.Popen(
+        [str(spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--threads",
+         "--idle", "--nonblocking", "-f", "raw", "-o", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: the reactor thread's leaf frames that are a socket call: the call itself takes microseconds
+#: on loopback; a sample there is (almost always) the thread waiting to take the GIL back.
+SOCKET_LEAVES = ("untilConcludes (twisted/python/util.py)", "doRead (twisted/internet/tcp.py)",
+                 "accept (socket.py)", "_getsockname (twisted/internet/tcp.py)")
+
+
+def summarise_profile(path: Path) -> list[str]:
+    """Where the reactor thread's samples went (idle in epoll / in a socket call, i.e. waiting
+    for the GIL / running Python), and the transform threads' busiest frames."""
+    reactor: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    frames_top: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)", ")", f) for f in stack.split(";")]
+        n = int(count)
+        thread = frames[0].split(": ", 1)[-1]
+        if thread == "MainThread":
+            leaf = frames[-1]
+            kind = ("idle in epoll" if leaf.startswith("doPoll (")
+                    else "in a socket call (waiting for the GIL)" if leaf in SOCKET_LEAVES
+                    else "running Python")
+            reactor[kind] = reactor.get(kind, 0) + n
+        elif "transform" in thread:
+            threads["transform"] = threads.get("transform", 0) + n
+            key = " <- ".join(reversed(frames[-2:]))
+            frames_top[key] = frames_top.get(key, 0) + n
+    total = sum(reactor.values()) or 1
+    lines = [f"{path}: reactor thread {total} samples"]
+    lines += [f"  {100 * v / total:5.1f} %  {k}" for k, v in sorted(reactor.items(),
+                                                                  key=lambda kv: -kv[1])]
+    busy = threads.get("transform", 0) or 1
+    lines.append(f"  transform threads {busy} samples, busiest frames:")
+    lines += [f"  {100 * v / busy:5.1f} %  {k}" for k, v in sorted(
+        frames_top.items(), key=lambda kv: -kv[1])[:10]]
+    return lines
+
+
 def summarise_cold(answers: list[dict]) -> dict:
     statuses: dict[str, int] = {}
     errors: dict[str, int] = {}
@@ -472,7 +540,7 @@ async def scenario(args, proxy: Proxy, log) -> dict:
     result["solo"] = {"file": PROBE_FILE, "p50_ms": ms(solo_p50), "normal_ms": ms(normal)}
     log(f"solo cold {PROBE_FILE}: p50 {ms(solo_p50)} ms -> normal latency <= {ms(normal)} ms")
 
-    sampler = Sampler(proxy.proc.pid)
+    sampler = Sampler(proxy.proc.pid, scrape=proxy.scrape)
     sampler.start()
     ctx = multiprocessing.get_context("fork")
     stop, out = ctx.Event(), ctx.Queue()
@@ -484,9 +552,12 @@ async def scenario(args, proxy: Proxy, log) -> dict:
     phases: dict[str, tuple[float, float]] = {}
     try:
         # 2. baseline: hits alone
+        spy = profile(args, proxy.proc.pid, log, "baseline", args.baseline)
         t0 = time.monotonic()
         await asyncio.sleep(args.baseline)
         phases["baseline"] = (t0, time.monotonic())
+        if spy is not None:
+            spy.wait(30)
         idle_rss = sampler.between(*phases["baseline"])["peak_rss_mib"]
 
         # 3. calibrate: the sustainable cold rate, closed loop
@@ -511,10 +582,13 @@ async def scenario(args, proxy: Proxy, log) -> dict:
         offered = args.factor * rate
         log(f"overload: {offered:.1f} requests/s of never-seen URLs for {args.seconds:g} s "
             f"(at most {args.max_outstanding} outstanding, {args.timeout:g} s timeout each)")
+        spy = profile(args, proxy.proc.pid, log, "overload", args.seconds / 2)
         t0 = time.monotonic()
         load, not_sent, load_end, pending = await open_loop(
             port, urls, offered, args.seconds, args.max_outstanding, args.timeout)
         phases["overload"] = (t0, load_end)
+        if spy is not None:
+            spy.wait(30)
 
         # 5. recovery (the overload's stragglers finish meanwhile)
         probes, recovered = await recovery(port, urls, load_end, normal, args.probe_interval,
@@ -545,7 +619,8 @@ async def scenario(args, proxy: Proxy, log) -> dict:
                  "ok_per_s": round(over["ok"] / args.seconds, 1),
                  **sampler.between(*phases["overload"])})
     result["overload"] = over
-    result["hits"] = {name: summarise_hits(samples, *phases[name])
+    result["hits"] = {name: {**summarise_hits(samples, *phases[name]), "reactor_lag_max_ms":
+                             sampler.between(*phases[name])["reactor_lag_max_ms"]}
                       for name in ("baseline", "calibrate", "overload", "recovery", "after")}
     result["recovery"] = {
         "seconds": None if recovered is None else round(recovered, 2),
@@ -632,9 +707,10 @@ def report(result: dict, args) -> list[str]:
              "",
              "| requirement | measured | ok |", "|---|---|---|"]
     lines += [f"| {name} | {text} | {'yes' if ok else 'NO'} |" for name, text, ok in checks]
-    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 |", "|---|---|---|---|---|---|"]
+    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 | reactor lag max ms |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {h['n']} | {h['p50_ms']} | {h['p99_ms']} | {h['max_ms']} | "
-              f"{h['not_ok']} |" for name, h in hits.items()]
+              f"{h['not_ok']} | {h['reactor_lag_max_ms']} |" for name, h in hits.items()]
     return lines
 
 
@@ -663,9 +739,17 @@ def main() -> int:
     parser.add_argument("--max-recovery", type=float, default=1.0,
                         help="the 'recovers at once' check: seconds after the load's end")
     parser.add_argument("--json", type=Path, help="write the whole result here")
+    parser.add_argument("--profile", type=Path,
+                        help="py-spy raw stacks of the proxy during the overload, to this file")
     parser.add_argument("--log", type=Path, default=Path("/tmp/mediaproxy-overload.log"),
                         help="the proxy's output")
+    parser.add_argument("--summarise", type=Path, nargs="+", metavar="RAW",
+                        help="summarise py-spy raw files written by --profile; no run")
     args = parser.parse_args()
+    if args.summarise:
+        for path in args.summarise:
+            print("\n".join(summarise_profile(path)))
+        return 0
     settings = dict(s.split("=", 1) for s in args.set)
     code = args.code.resolve()
 
