@@ -458,6 +458,8 @@ def summarise_profile(path: Path) -> list[str]:
     frames_top: dict[str, int] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not count.isdigit():     # py-spy writes a thread with no frames as "name;"
+            continue
         frames = [re.sub(r":\d+\)", ")", f) for f in stack.split(";")]
         n = int(count)
         thread = frames[0].split(": ", 1)[-1]
