@@ -36,6 +36,15 @@ p50/p99/max before, during and after the overload (and the ratios), peak RSS aga
 budget (idle RSS + transform memory capacity + memory cache + source cache, read from the
 proxy's /metrics and /admin/config), and the recovery time. ``--json PATH`` writes everything.
 
+Each requirement is checked (exit status 1 when one fails): every 503/429 has a Retry-After and
+nothing else failed; the accepted p99 is at most ``processing.queue_timeout`` + the
+calibration's p99; the hits' p99 during the overload is at most ``--max-hit-p99-ms`` (50) with
+none failing; the peak RSS is under the budget; a cold request is served within its normal
+latency at most ``--max-recovery`` (1) s after the load's end. ``--profile PREFIX`` records
+py-spy stacks of the baseline and the overload; ``--summarise FILE...`` says where the
+reactor thread's samples went (idle in epoll, in a socket call, i.e. waiting for the GIL, or
+running Python) and the transform threads' busiest frames.
+
 Loopback only; every loop is bounded in count and time; the proxy is stopped at the end.
 """
 
