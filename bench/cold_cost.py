@@ -161,6 +161,44 @@ def pillow_floor(work, quality: int = 80) -> dict[str, float]:
     return {case: statistics.mean(v) for case, v in per.items()}
 
 
+#: leaf frames of a thread waiting, not working (py-spy's idle detection misses some)
+IDLE = ("Condition.wait", "EPollReactor.doPoll (epollreactor.py:227)", "Queue.get")
+
+
+def summarize(profile: Path, top: int = 15) -> None:
+    """The top entries of a py-spy raw profile: CPU samples by function (self and inclusive),
+    by thread kind (the reactor or the pool), startup imports and idle waits left out."""
+    import collections
+    import re
+
+    own, inclusive, threads = collections.Counter(), collections.Counter(), collections.Counter()
+    total = 0
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [re.sub(r" \(([^:]*/)?", " (", f) for f in stack.split(";")[1:]]
+        if not frames or frames[-1].startswith(IDLE) or any("importlib" in f for f in frames):
+            continue
+        kind = "reactor" if "MainThread" in stack.split(";")[0] else "pool"
+        n = int(count)
+        total += n
+        threads[kind] += n
+        own[kind, frames[-1]] += n
+        for frame in set(frames):
+            inclusive[kind, frame] += n
+    print(f"{total} busy samples: " + ", ".join(f"{k} {100 * n / total:.0f} %"
+                                                 for k, n in threads.most_common()))
+    print("self:")
+    for (kind, frame), n in own.most_common(top):
+        print(f"  {100 * n / total:5.1f} %  {kind:7} {frame}")
+    print("inclusive (the reactor's and the pool's entry points left out):")
+    shown = 0
+    for (kind, frame), n in inclusive.most_common():
+        if n >= 0.9 * threads[kind] or shown >= top:
+            continue
+        print(f"  {100 * n / total:5.1f} %  {kind:7} {frame}")
+        shown += 1
+
+
 def parse_cases(text: str | None):
     if not text:
         return COLD_SET
@@ -177,12 +215,12 @@ def main() -> None:
     parser.add_argument("--sizes-per-source", type=int, default=1,
                         help="sizes asked of each never-seen source path (100: like the shared "
                         "bench's load scenario)")
-    parser.add_argument("--profile", help="run this checkout once under py-spy, raw output "
-                        "(folded stacks) to this file, and stop")
+    parser.add_argument("--profile", help="run this checkout (or the first --code) once under "
+                        "py-spy (raw folded stacks to this file), print its top entries, stop")
     args = parser.parse_args()
     cases = parse_cases(args.sources)
     if args.profile:
-        proc, port = start(ROOT, args.profile)
+        proc, port = start(args.code[0] if args.code else ROOT, args.profile)
         try:
             round_(proc, port, urls(10, cases))
             round_(proc, port, urls(args.requests, cases, args.sizes_per_source))
@@ -190,6 +228,7 @@ def main() -> None:
             proc.send_signal(signal.SIGINT)   # py-spy writes its profile and stops the proxy
             proc.wait(120)
         print(f"py-spy profile in {args.profile}")
+        summarize(Path(args.profile))
         return
     codes = [ROOT, *args.code]
     procs = {code: start(code) for code in codes}
