@@ -62,7 +62,9 @@ def start(code: Path, profile: str | None = None):
                 "MEDIAPROXY_SERVER__WORKERS": "1", "PYTHONPATH": str(code)})
     cmd = [sys.executable, "-m", "mediaproxy", "run", "--listen",
            f"tcp:{port}:interface=127.0.0.1"]
-    if profile:
+    if profile and profile.endswith(".pstats"):   # cProfile: the main thread, the reactor
+        cmd = [sys.executable, "-m", "cProfile", "-o", profile, *cmd[1:]]
+    elif profile:
         spy = Path(sys.executable).with_name("py-spy")
         cmd = [str(spy), "record", "--threads", "-r", "200", "-f", "raw", "-o",
                profile, "--", *cmd]
@@ -109,6 +111,14 @@ def check(body: bytes, fmt: str, name: str, box) -> None:
         raise SystemExit(f"{name} {box} {fmt}: got {got_fmt} {got}, want {want}")
 
 
+def reactor_cpu(process) -> float:
+    """CPU seconds of the process's main thread (the reactor's)."""
+    for thread in process.threads():
+        if thread.id == process.pid:
+            return thread.user_time + thread.system_time
+    return 0.0
+
+
 def round_(proc, port: int, work) -> dict[str, list[float]]:
     """CPU ms of the proxy per request, by case (the CPU of each case's block over its count:
     the process's CPU times tick in 10 ms)."""
@@ -123,6 +133,7 @@ def round_(proc, port: int, work) -> dict[str, list[float]]:
         blocks.setdefault(item[0], []).append(item)
     for case, block in blocks.items():
         bodies = []
+        reactor_before = reactor_cpu(process)
         before = process.cpu_times()
         for _, path, fmt, box in block:
             if time.monotonic() > deadline:
@@ -136,6 +147,7 @@ def round_(proc, port: int, work) -> dict[str, list[float]]:
         after = process.cpu_times()
         used = ((after.user - before.user) + (after.system - before.system)) * 1000
         per[case] = [used / len(block)] * len(block)
+        per["reactor " + case] = [(reactor_cpu(process) - reactor_before) * 1000 / len(block)]
         for body, fmt, box in bodies:
             check(body, fmt, case.split(":")[0], box)
     conn.close()
@@ -216,7 +228,9 @@ def main() -> None:
                         help="sizes asked of each never-seen source path (100: like the shared "
                         "bench's load scenario)")
     parser.add_argument("--profile", help="run this checkout (or the first --code) once under "
-                        "py-spy (raw folded stacks to this file), print its top entries, stop")
+                        "py-spy (raw folded stacks to this file; or, for a name ending in "
+                        ".pstats, cProfile of the reactor's thread), print its top entries, "
+                        "stop")
     args = parser.parse_args()
     cases = parse_cases(args.sources)
     if args.profile:
@@ -225,10 +239,18 @@ def main() -> None:
             round_(proc, port, urls(10, cases))
             round_(proc, port, urls(args.requests, cases, args.sizes_per_source))
         finally:
-            proc.send_signal(signal.SIGINT)   # py-spy writes its profile and stops the proxy
+            # py-spy writes its profile on SIGINT; the reactor stops on SIGTERM (and cProfile
+            # writes its own once the proxy's main returns)
+            proc.send_signal(signal.SIGTERM if args.profile.endswith(".pstats")
+                             else signal.SIGINT)
             proc.wait(120)
-        print(f"py-spy profile in {args.profile}")
-        summarize(Path(args.profile))
+        if args.profile.endswith(".pstats"):
+            import pstats
+            pstats.Stats(args.profile).sort_stats("tottime").print_stats(30)
+            pstats.Stats(args.profile).sort_stats("cumulative").print_stats(60)
+        else:
+            print(f"py-spy profile in {args.profile}")
+            summarize(Path(args.profile))
         return
     codes = [ROOT, *args.code]
     procs = {code: start(code) for code in codes}
@@ -263,10 +285,15 @@ def main() -> None:
         print(f"{case:<{width}}{cells}{floor.get(case, float('nan')):>16.2f}")
     cells = ""
     for code in codes:
-        means = [statistics.mean([v for vs in r.values() for v in vs]) for r in rounds[code]]
+        means = [statistics.mean([statistics.mean(r[c]) for c in names]) for r in rounds[code]]
+        cells += f"{min(means):>11.2f} ({statistics.median(means):5.2f})"
+    print(f"{'all (mean)':<{width}}{cells}")
+    cells = ""
+    for code in codes:
+        means = [statistics.mean([r["reactor " + c][0] for c in names]) for r in rounds[code]]
         cells += f"{min(means):>11.2f} ({statistics.median(means):5.2f})"
     all_floor = statistics.mean(floor[c] for c in names for _ in range(1))
-    print(f"{'all (mean)':<{width}}{cells}{all_floor:>16.2f}")
+    print(f"{'of which the reactor':<{width}}{cells}{all_floor:>16.2f} (floor, all)")
 
 
 if __name__ == "__main__":
