@@ -52,8 +52,8 @@ def test_the_default_spec_gives_the_measured_encoder_options(fmt, options):
 def test_the_processing_settings_become_the_spec():
     config = load_config(environ={}, overrides={"processing": {
         "jpeg_progressive": True, "jpeg_optimize": False, "webp_method": 5}})
-    spec = transform_spec(ImageRequest(route="media", source_path="a.jpg", params={}), "jpeg", config)
+    request = ImageRequest(route="media", source_path="a.jpg", params={})
+    spec = transform_spec(request, "jpeg", config)
     assert (spec.progressive, spec.jpeg_optimize, spec.webp_method) == (True, False, 5)
-    default = transform_spec(ImageRequest(route="media", source_path="a.jpg", params={}), "jpeg",
-                             load_config(environ={}, overrides={}))
+    default = transform_spec(request, "jpeg", load_config(environ={}, overrides={}))
     assert (default.progressive, default.jpeg_optimize, default.webp_method) == (False, True, 2)
