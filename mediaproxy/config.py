@@ -638,9 +638,15 @@ class ProcessingConfig:
         _at_least(1))
     default_quality: int = setting(80, "int", "Quality when q= is absent (1-100).",
                                    _between(1, 100))
-    jpeg_progressive: bool = setting(True, "bool", "Encode progressive JPEGs.")
+    jpeg_progressive: bool = setting(
+        False, "bool", "Encode progressive JPEGs. Off by default: at thumbnail sizes libjpeg's "
+        "progressive encoder costs 5-6x the baseline one (0.8 against 0.15 CPU ms for 300x169) "
+        "for 1 % fewer bytes than an optimised baseline file (processing.jpeg_optimize; "
+        "docs/performance.md, the cold path).")
     webp_method: int = setting(
-        4, "int", "WebP encoder effort 0 (fast) to 6 (small).", _between(0, 6))
+        2, "int", "WebP encoder effort 0 (fast) to 6 (small). 2 by measurement: half the CPU "
+        "of 4 (2.2 against 4.9 ms for 300x169) for about 5 % more bytes; 3 and 4 cost the "
+        "same, 6 twice as much (docs/performance.md, the cold path).", _between(0, 6))
     avif_speed: int = setting(
         8, "int", "AVIF encoder speed 0 (slow, small) to 10 (fast). 8 keeps a 300 px AVIF "
         "near the cost of a WebP.", _between(0, 10))
@@ -669,6 +675,10 @@ class ProcessingConfig:
         "and health checks; with the transform threads a little nicer, the kernel runs it "
         "first when transforms fill every core, so an overload of cold transforms does not "
         "slow the hits down.", _between(0, 19))
+    jpeg_optimize: bool = setting(
+        True, "bool", "Optimised Huffman tables for JPEG output: about 5 % fewer bytes for "
+        "0.1 CPU ms more per 300x169 thumbnail (a second pass over the coefficients; the "
+        "pixels are the same).")
 
 
 @frozen

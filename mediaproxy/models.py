@@ -147,8 +147,8 @@ class TransformSpec:
     format: str | None = None
     enlarge: bool = False
     trim: int = 0
-    progressive: bool = True
-    webp_method: int = 4
+    progressive: bool = False
+    webp_method: int = 2
     avif_speed: int = 8
     png_compress_level: int = 6
     reducing_gap: float = 2.0
@@ -174,6 +174,8 @@ class TransformSpec:
     max_output_width: int = 8192
     max_output_height: int = 8192
     max_output_pixels: int = 7680 * 4320
+    #: Optimised Huffman tables for JPEG output (a second pass over the coefficients).
+    jpeg_optimize: bool = True
 
 
 @frozen

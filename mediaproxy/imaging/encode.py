@@ -136,7 +136,8 @@ def _to_palette(image: Image.Image, transparent: bool) -> Image.Image:
 
 def _encoder_options(fmt: str, spec: TransformSpec) -> dict[str, Any]:
     if fmt == "jpeg":
-        return {"quality": spec.quality, "progressive": spec.progressive, "optimize": False}
+        return {"quality": spec.quality, "progressive": spec.progressive,
+                "optimize": spec.jpeg_optimize}
     if fmt == "png":
         return {"compress_level": spec.png_compress_level}
     if fmt == "webp":
