@@ -31,6 +31,7 @@ from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import coalesce
 from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
+from ..memo import Memo
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError
 from ..runtime import Overloaded
 from .transforms import (
@@ -98,6 +99,8 @@ class ImagePipeline:
     _admitting: dict = attrs.field(factory=dict)
     #: (tenant, source path, format token) -> the output format a render of it wrote
     _resolved: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=RESOLVED_LIMIT))
+    #: (id of an ImageRequest, key format) -> (that ImageRequest, its cache key)
+    _keys: Memo = attrs.field(factory=Memo)
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -171,9 +174,25 @@ class ImagePipeline:
 
     def key_for(self, image_request, accept: str | None) -> tuple[str, str | None, bool]:
         """The cache key of ``image_request`` for a client sending ``accept``, with the
-        negotiated format token and whether the answer varies on ``Accept``."""
-        fmt, vary = negotiate_format(image_request.params.get("fmt"), accept)
-        key = cache_key(image_request, self.runtime.params, self._key_format(image_request, fmt))
+        negotiated format token and whether the answer varies on ``Accept``.
+
+        The key is remembered for the very ``image_request`` object (the route's memo gives the
+        same one again for the same URI) and the format the key names: a pure function of those
+        and the registered parameters (:mod:`mediaproxy.memo`)."""
+        requested = image_request.params.get("fmt")
+        if requested == "auto":
+            fmt, vary = negotiate_format(requested, accept)
+        else:
+            fmt, vary = requested, False   # what negotiate_format answers without ``auto``
+        key_format = self._key_format(image_request, fmt)
+        rt = self.runtime
+        table = self._keys.table(rt.params, getattr(rt.pm, "generation", None))
+        memo_key = (id(image_request), key_format)
+        found = table.get(memo_key)
+        if found is not None and found[0] is image_request:
+            return found[1], fmt, vary
+        key = cache_key(image_request, rt.params, key_format)
+        self._keys.put(memo_key, (image_request, key))   # holds it: its id stays its own
         return key, fmt, vary
 
     def _knows(self, image_request, fmt: str | None) -> bool:
