@@ -45,6 +45,10 @@ class Memo:
             self._owners = owners
         return self._data
 
+    def get(self, key, default=None):
+        """What ``key`` maps to in the current table (for a memo without owners)."""
+        return self._data.get(key, default)
+
     def put(self, key, value) -> None:
         data = self._data
         if len(data) >= self.maxsize and key not in data:

@@ -19,7 +19,7 @@ import time
 import attrs
 from cachetools import LRUCache
 from twisted.internet.defer import (
-    CancelledError, Deferred, gatherResults, inlineCallbacks, succeed,
+    CancelledError, Deferred, fail, gatherResults, inlineCallbacks, succeed,
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
@@ -170,7 +170,15 @@ class ImagePipeline:
             d = self._coalesced(key, image_request, request, fmt, log, stale)
             return d.addCallback(self._answer, vary, fwd, hit[1] if stale is not None else None)
 
-        return rt.cache.get(key, log).addCallback(looked_up)
+        found = rt.cache.lookup(key, log)
+        if isinstance(found, Deferred):
+            return found.addCallback(looked_up)
+        # a memory hit: answered now, in a Deferred that has fired (the hook's contract)
+        try:
+            answer = looked_up(found)
+        except Exception:
+            return fail()
+        return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def key_for(self, image_request, accept: str | None) -> tuple[str, str | None, bool]:
         """The cache key of ``image_request`` for a client sending ``accept``, with the

@@ -13,10 +13,14 @@ import uuid
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
+from ..memo import MAX_KEY_CHARS, Memo
 from ..models import RequestInfo
 
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+
+#: raw query -> its decoded pairs (parse_qsl is a pure function of it: :mod:`mediaproxy.memo`)
+_queries = Memo()
 
 _PREFIX = uuid.uuid4().hex[:16]
 _counter = itertools.count(1)
@@ -113,6 +117,11 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
         slash = rest.find(b"/")
         raw_uri = rest[slash:] if slash >= 0 else b"/"
     path, _, query = raw_uri.partition(b"?")
+    pairs = _queries.get(query)
+    if pairs is None:
+        pairs = tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        if len(query) <= MAX_KEY_CHARS:
+            _queries.put(query, pairs)
     peer = peer_address(request)
     trusted = is_trusted(peer, trusted_proxies)
     xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
@@ -125,7 +134,7 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
     return RequestInfo(
         method=request.method.decode("latin-1"),
         path=path.decode("latin-1"),
-        query=parse_qsl(query.decode("latin-1"), keep_blank_values=True),
+        query=pairs,
         headers=headers,
         client_ip=client_address(peer, [v.decode("latin-1") for v in xff], trusted_proxies),
         peer_ip=peer,
