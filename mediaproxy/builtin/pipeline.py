@@ -101,6 +101,8 @@ class ImagePipeline:
     _resolved: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=RESOLVED_LIMIT))
     #: (id of an ImageRequest, key format) -> (that ImageRequest, its cache key)
     _keys: Memo = attrs.field(factory=Memo)
+    #: (layer, vary) -> a fresh hit's X-Cache token and headers (:meth:`_hit_headers`)
+    _hits: Memo = attrs.field(factory=lambda: Memo(64))
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -141,8 +143,11 @@ class ImagePipeline:
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
                 if age <= fresh_for:
                     rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
-                    return self._from_entry(entry, f"HIT-{layer.upper()}", vary,
-                                            CacheStatus(hit=True, detail=layer))
+                    token, headers = self._hit_headers(layer, vary)
+                    return ImageResponse(status=200, body=entry.body,
+                                         content_type=entry.content_type, headers=headers,
+                                         etag=entry.etag, last_modified=entry.last_modified,
+                                         cache_status=token)
                 cache = rt.config.cache
                 if age <= fresh_for + cache.stale_while_revalidate:
                     rt.emit("cache.stale", correlation_id=request.correlation_id, layer=layer)
@@ -539,6 +544,21 @@ class ImagePipeline:
                          rt.config.cache.error_cache_control, rt.config.cache.transient_max_age)),
                      ("X-Placeholder", error)],
             cache_status="MISS")
+
+    def _hit_headers(self, layer: str, vary: bool) -> tuple[str, tuple]:
+        """The X-Cache token and the headers of a fresh hit in ``layer`` (what
+        :meth:`_from_entry` gives it), remembered for the configuration object they were made
+        from: a hit's headers depend on nothing else."""
+        table = self._hits.table(self.runtime.config.cache)
+        found = table.get((layer, vary))
+        if found is None:
+            response = self._from_entry(CacheEntry(body=b"", content_type="", created_at=0.0,
+                                                   etag="", last_modified=None),
+                                        f"HIT-{layer.upper()}", vary,
+                                        CacheStatus(hit=True, detail=layer))
+            found = (response.cache_status, response.headers)
+            self._hits.put((layer, vary), found)
+        return found
 
     def _from_entry(self, entry: CacheEntry, cache_status: str, vary: bool,
                     status: CacheStatus, stale: bool = False) -> ImageResponse:
