@@ -40,9 +40,14 @@ class Memo:
 
     def table(self, *owners) -> dict:
         known = self._owners
-        if len(known) != len(owners) or any(a is not b for a, b in zip(known, owners)):
-            self._data = {}
-            self._owners = owners
+        if len(known) == len(owners):
+            for a, b in zip(known, owners):
+                if a is not b:
+                    break
+            else:
+                return self._data
+        self._data = {}
+        self._owners = owners
         return self._data
 
     def get(self, key, default=None):

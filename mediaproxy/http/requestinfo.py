@@ -100,6 +100,18 @@ def peer_address(request) -> str:
     return getattr(peer, "host", "") or ""
 
 
+def _secure(request) -> bool:
+    """``request.isSecure()``, asked once per connection (it cannot change on one, and
+    Twisted's answer looks the transport's interfaces up each time)."""
+    channel = getattr(request, "channel", None)
+    if channel is None or getattr(request, "_forceSSL", False):
+        return request.isSecure()
+    secure = getattr(channel, "mediaproxy_secure", None)
+    if secure is None:
+        secure = channel.mediaproxy_secure = request.isSecure()
+    return secure
+
+
 def from_request(request, trusted_proxies: tuple[str, ...] = (),
                  id_headers: tuple[str, ...] = ID_HEADERS) -> RequestInfo:
     """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1); its
@@ -125,7 +137,7 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
     peer = peer_address(request)
     trusted = is_trusted(peer, trusted_proxies)
     xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
-    scheme = "https" if request.isSecure() else "http"
+    scheme = "https" if _secure(request) else "http"
     if trusted:
         proto = request.getHeader(b"x-forwarded-proto")
         if proto and proto.decode("latin-1").lower() in ("http", "https"):
