@@ -221,3 +221,70 @@ def test_direct_hook_calls_answer_as_pluggy_does(live_reactor):
         for plugin in [*plugins, wrapper]:
             call_in_reactor(rt.pm.unregister, plugin)
         assert call_in_reactor(rt.call_first, "mediaproxy_check_passthrough", **kw) is None
+
+
+def test_the_route_memo_keeps_uris_up_to_its_bound_exactly(live_reactor):
+    with start_proxy(origin=ImageOrigin(files())) as proxy:
+        base = "/media/uploads/a.jpg"   # 20 characters; "w=40" counts 1 + 2 + 2, "v=..." 1 + n + 2
+        for extra, kept in ((MAX_KEY_CHARS - 28, 1), (MAX_KEY_CHARS - 27, 0)):
+            call_in_reactor(route_memo.clear)
+            assert_image(proxy.get(f"{base}?w=40&v={'x' * extra}").body, (40, 20))
+            assert len(route_memo) == kept
+
+
+class Direct:
+    """An image protocol of a plugin's: answers at once with a value, raises, or fails."""
+
+    def __init__(self, how):
+        self.how = how
+
+    @hookimpl(tryfirst=True)
+    def mediaproxy_handle_image(self, image_request, request, runtime):
+        from twisted.internet.defer import fail
+
+        from mediaproxy.models import ImageResponse
+        if self.how == "value":
+            return ImageResponse(status=200, body=b"direct", content_type="image/png",
+                                 cache_status="MISS")
+        if self.how == "raise":
+            raise RuntimeError("a plugin's bug")
+        return fail(RuntimeError("a plugin's failed Deferred"))
+
+
+@pytest.mark.parametrize("how,status,body", [
+    ("value", 200, b"direct"), ("raise", 500, "internal_error"),
+    ("failed", 500, "internal_error")])
+def test_an_image_protocol_answering_at_once_is_written_or_refused(live_reactor, how, status,
+                                                                     body):
+    with start_proxy(origin=ImageOrigin(files()), plugins=[Direct(how)]) as proxy:
+        response = proxy.get("/media/uploads/a.jpg?w=50")
+        assert response.status == status
+        assert (response.body if status == 200 else error(response)) == body
+
+
+class Defaulted:
+    """An implementation with an argument that has a default: pluggy's own path."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def mediaproxy_check_passthrough(self, request, runtime, extra=None):
+        self.calls += 1
+
+
+def test_an_implementation_with_defaults_goes_through_pluggy(live_reactor):
+    from mediaproxy.models import RequestInfo
+    with start_proxy(origin=ImageOrigin(files())) as proxy:
+        rt = proxy.runtime
+        plugin = Defaulted()
+        call_in_reactor(rt.pm.register, plugin)
+        try:
+            assert call_in_reactor(rt._hook_calls, "mediaproxy_check_passthrough") is None
+            assert call_in_reactor(rt.call_first, "mediaproxy_check_passthrough",
+                                   request=RequestInfo(method="GET", path="/x"),
+                                   runtime=rt) is None
+            assert plugin.calls == 1
+        finally:
+            call_in_reactor(rt.pm.unregister, plugin)
+        assert call_in_reactor(rt._hook_calls, "mediaproxy_check_passthrough") is not None
