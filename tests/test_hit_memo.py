@@ -46,6 +46,7 @@ def test_a_memo_keeps_at_most_its_size_and_drops_the_oldest_first():
     assert dict(memo.table("owner")) == {"b": "B", "c": "C", "d": "D"}
     with pytest.raises(ValueError):
         Memo(0)
+    assert Memo().maxsize == 2048   # the bound docs/performance.md gives
     one = Memo(1)
     one.table()
     one.put("x", 1)
@@ -226,7 +227,8 @@ def test_direct_hook_calls_answer_as_pluggy_does(live_reactor):
 def test_the_route_memo_keeps_uris_up_to_its_bound_exactly(live_reactor):
     with start_proxy(origin=ImageOrigin(files())) as proxy:
         base = "/media/uploads/a.jpg"   # 20 characters; "w=40" counts 1 + 2 + 2, "v=..." 1 + n + 2
-        for extra, kept in ((MAX_KEY_CHARS - 28, 1), (MAX_KEY_CHARS - 27, 0)):
+        # docs/performance.md promises 512 characters: 28 + 484 is kept, 28 + 485 is not
+        for extra, kept in ((484, 1), (485, 0)):
             call_in_reactor(route_memo.clear)
             assert_image(proxy.get(f"{base}?w=40&v={'x' * extra}").body, (40, 20))
             assert len(route_memo) == kept
