@@ -68,6 +68,12 @@ class RequestLogger(FastLogger):
         super().__init__(namespace, source, observer)
         self._fields = fields
 
+    def debug(self, format=None, **kwargs):
+        # asked on every request (the hit path has two): below the level, nothing more is done
+        if _minimum[0] > 0:
+            return
+        self.emit(LogLevel.debug, format, **kwargs)
+
     def emit(self, level, format=None, **kwargs):
         if _PRIORITY.get(level, 4) < _minimum[0]:
             return

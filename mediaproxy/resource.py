@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from email.utils import parsedate_to_datetime
 
-from twisted.internet.defer import CancelledError, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -57,15 +58,14 @@ class ProxyResource(Resource):
         # for the connection's own lines (deadlines, buffer limits) about this request
         request.mediaproxy_correlation_id = info.correlation_id
         try:
-            match = rt.pm.hook.mediaproxy_match_request(request=info, runtime=rt)
+            match = rt.call_first("mediaproxy_match_request", request=info, runtime=rt)
         except Exception:
             log.failure("a match_request hook raised for {path}", path=info.path)
             match = Rejection(500, "internal_error", "the request could not be handled")
-        self._track(request, info, "passthrough" if match is None else "image",
-                    "" if match is None or isinstance(match, Rejection) else match.route)
         if match is None:
+            self._track(request, info, "passthrough", "")
             rt.emit("passthrough", correlation_id=info.correlation_id, method=info.method)
-            refused = rt.pm.hook.mediaproxy_check_passthrough(request=info, runtime=rt)
+            refused = rt.call_first("mediaproxy_check_passthrough", request=info, runtime=rt)
             if refused is not None:
                 log.info("{method} {path} refused: {error}", method=info.method,
                          path=info.path, error=refused.error)
@@ -76,37 +76,57 @@ class ProxyResource(Resource):
             rt.upstream.proxy(request, info, log)
             return NOT_DONE_YET
         if isinstance(match, Rejection):
+            self._track(request, info, "image", "")
             self._refuse(request, info, match, None, log)
             return NOT_DONE_YET
+        waiting = self._track(request, info, "image", match.route)
         rt.emit("image.request", correlation_id=info.correlation_id, route=match.route)
         log.debug("{method} {path} -> image request ({route})", method=info.method,
                   path=info.path, route=match.route)
         # The check chain (validation, signatures, rate limits) runs here, in the core, so a
         # plugin that takes over the image protocol below cannot skip it.
         try:
-            rejection = rt.pm.hook.mediaproxy_check_request(
-                image_request=match, request=info, runtime=rt)
+            rejection = rt.call_first("mediaproxy_check_request", image_request=match,
+                                      request=info, runtime=rt)
         except Exception:
             log.failure("a check_request hook raised for {path}", path=info.path)
             rejection = Rejection(500, "internal_error", "the request could not be handled")
         if rejection is not None:
             self._refuse(request, info, rejection, match, log)
             return NOT_DONE_YET
-        d = maybeDeferred(rt.pm.hook.mediaproxy_handle_image, image_request=match,
-                          request=info, runtime=rt)
+        try:
+            result = rt.call_first("mediaproxy_handle_image", image_request=match,
+                                   request=info, runtime=rt)
+        except Exception:
+            self._internal_error(Failure(), request, info, log)
+            return NOT_DONE_YET
+        if not isinstance(result, Deferred):
+            self._write_now(result, request, info, match, log)
+            return NOT_DONE_YET
+        if result.called and not result.paused:
+            # fired already (the pipeline's memory hit does, before it returns): answered
+            # here, without chaining callbacks
+            outcome = result.result
+            if not isinstance(outcome, Failure):
+                result.result = None   # consumed
+                self._write_now(outcome, request, info, match, log)
+                return NOT_DONE_YET
         # A client that goes away cancels its wait: a transform nobody waits for any more
         # leaves the memory budget's queue instead of holding a place it will not use.
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        d.addCallback(self._write, request, info, match, log)
-        d.addErrback(self._internal_error, request, info, log)
+        waiting.append(result)
+        result.addCallback(self._write, request, info, match, log)
+        result.addErrback(self._internal_error, request, info, log)
         return NOT_DONE_YET
 
-    def _track(self, request, info, kind: str, route: str) -> None:
+    def _track(self, request, info, kind: str, route: str) -> list:
         """Count the request in flight, and send its one ``request`` event when it ends
-        (:mod:`mediaproxy.inflight`)."""
+        (:mod:`mediaproxy.inflight`). Returns a list the caller may put the Deferred of the
+        request's answer in: it is cancelled when the client goes away first (one
+        ``notifyFinish`` per request does both)."""
         rt = self.runtime
         started = rt.reactor.seconds()
         rt.inflight.start(kind)
+        waiting = []
 
         def ended(result):
             rt.inflight.end(kind)
@@ -117,8 +137,12 @@ class ProxyResource(Resource):
                     bytes=request.sentLength, cache=getattr(request, "mediaproxy_cache", ""),
                     route=route, aborted=aborted, path=info.path, client=info.client_ip,
                     bytes_in=body.received if body is not None else 0)
+            if aborted:
+                for d in waiting:
+                    d.cancel()
 
         request.notifyFinish().addBoth(ended)
+        return waiting
 
     def _refuse(self, request, info, rejection, image_request, log):
         self.runtime.emit("rejection", correlation_id=info.correlation_id,
@@ -136,6 +160,12 @@ class ProxyResource(Resource):
             write_error(request, 500, "internal_error", "the image could not be produced",
                         info.correlation_id)
 
+    def _write_now(self, result, request, info, image_request, log):
+        try:
+            self._write(result, request, info, image_request, log)
+        except Exception:
+            self._internal_error(Failure(), request, info, log)
+
     def _write(self, result, request, info, image_request, log):
         if request._disconnected or request.finished:
             return
@@ -146,8 +176,8 @@ class ProxyResource(Resource):
 
     def _extra_headers(self, image_request, response, info):
         rt = self.runtime
-        for headers in rt.pm.hook.mediaproxy_response_headers(
-                image_request=image_request, response=response, request=info, runtime=rt):
+        for headers in rt.call_all("mediaproxy_response_headers", image_request=image_request,
+                                   response=response, request=info, runtime=rt):
             yield from headers or ()
 
     def _write_rejection(self, request, info, rejection, image_request, log):

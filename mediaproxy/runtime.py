@@ -155,6 +155,10 @@ class Runtime:
     #: they were derived at
     _events: list | None = None
     _events_generation: int = -1
+    #: hook name -> the implementations :meth:`call_first` / :meth:`call_all` call directly
+    #: (None: pluggy's own path), derived at ``_hooks_generation``
+    _hooks: dict = attrs.field(factory=dict)
+    _hooks_generation: int = -1
 
     def __attrs_post_init__(self) -> None:
         # The backend clients report every attempt (backend.response, backend.retry: see
@@ -292,3 +296,53 @@ class Runtime:
                 calls = [(impl.function, bool(impl.argnames)) for impl in reversed(impls)]
             self._events_generation, self._events = generation, calls
         return self._events
+
+    def _hook_calls(self, name: str) -> list | None:
+        """``[(function, argnames)]`` of hook ``name`` in pluggy's call order, derived again
+        whenever the manager's ``generation`` changes; None (pluggy's own path) when a hook
+        wrapper or an implementation with default arguments is among them, or the manager does
+        not count its changes."""
+        generation = getattr(self.pm, "generation", None)
+        if generation is None:
+            return None
+        if generation != self._hooks_generation:
+            self._hooks = {}
+            self._hooks_generation = generation
+        try:
+            return self._hooks[name]
+        except KeyError:
+            impls = getattr(self.pm.hook, name).get_hookimpls()
+            if any(impl.hookwrapper or getattr(impl, "wrapper", False)
+                   or getattr(impl, "kwargnames", ()) for impl in impls):
+                calls = None   # a wrapper, or arguments with defaults: pluggy's own path
+            else:
+                calls = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+            self._hooks[name] = calls
+            return calls
+
+    def call_first(self, name: str, **kwargs):
+        """``pm.hook.<name>(**kwargs)`` for a *firstresult* hook, the same calls in the same
+        order (each implementation given the arguments it names; the first result that is not
+        None wins), without pluggy's general machinery: a cache hit asks four hooks, and that
+        machinery cost more than the built-in implementations it called."""
+        calls = self._hook_calls(name)
+        if calls is None:
+            return getattr(self.pm.hook, name)(**kwargs)
+        for function, argnames in calls:
+            result = function(*[kwargs[arg] for arg in argnames])
+            if result is not None:
+                return result
+        return None
+
+    def call_all(self, name: str, **kwargs) -> list:
+        """``pm.hook.<name>(**kwargs)`` for a hook that collects every result: the results
+        that are not None, in pluggy's order (see :meth:`call_first`)."""
+        calls = self._hook_calls(name)
+        if calls is None:
+            return getattr(self.pm.hook, name)(**kwargs)
+        results = []
+        for function, argnames in calls:
+            result = function(*[kwargs[arg] for arg in argnames])
+            if result is not None:
+                results.append(result)
+        return results

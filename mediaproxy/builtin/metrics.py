@@ -114,7 +114,7 @@ class EventCounters:
         name = event.name
         fields = event.fields
         if name == "request":
-            labels = tuple(item for item in fields.items() if item[0] not in UNBOUNDED_FIELDS)
+            labels = tuple([item for item in fields.items() if item[0] not in UNBOUNDED_FIELDS])
         else:
             labels = tuple(fields.items()) if fields else ()
         key = (name, labels)

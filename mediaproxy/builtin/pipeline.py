@@ -19,7 +19,7 @@ import time
 import attrs
 from cachetools import LRUCache
 from twisted.internet.defer import (
-    CancelledError, Deferred, gatherResults, inlineCallbacks, succeed,
+    CancelledError, Deferred, fail, gatherResults, inlineCallbacks, succeed,
 )
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
@@ -31,6 +31,7 @@ from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import coalesce
 from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
+from ..memo import Memo
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError
 from ..runtime import Overloaded
 from .transforms import (
@@ -98,6 +99,10 @@ class ImagePipeline:
     _admitting: dict = attrs.field(factory=dict)
     #: (tenant, source path, format token) -> the output format a render of it wrote
     _resolved: LRUCache = attrs.field(factory=lambda: LRUCache(maxsize=RESOLVED_LIMIT))
+    #: (id of an ImageRequest, key format) -> (that ImageRequest, its cache key)
+    _keys: Memo = attrs.field(factory=Memo)
+    #: (layer, vary) -> a fresh hit's X-Cache token and headers (:meth:`_hit_headers`)
+    _hits: Memo = attrs.field(factory=lambda: Memo(64))
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -138,8 +143,11 @@ class ImagePipeline:
                 fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
                 if age <= fresh_for:
                     rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
-                    return self._from_entry(entry, f"HIT-{layer.upper()}", vary,
-                                            CacheStatus(hit=True, detail=layer))
+                    token, headers = self._hit_headers(layer, vary)
+                    return ImageResponse(status=200, body=entry.body,
+                                         content_type=entry.content_type, headers=headers,
+                                         etag=entry.etag, last_modified=entry.last_modified,
+                                         cache_status=token)
                 cache = rt.config.cache
                 if age <= fresh_for + cache.stale_while_revalidate:
                     rt.emit("cache.stale", correlation_id=request.correlation_id, layer=layer)
@@ -167,13 +175,37 @@ class ImagePipeline:
             d = self._coalesced(key, image_request, request, fmt, log, stale)
             return d.addCallback(self._answer, vary, fwd, hit[1] if stale is not None else None)
 
-        return rt.cache.get(key, log).addCallback(looked_up)
+        found = rt.cache.lookup(key, log)
+        if isinstance(found, Deferred):
+            return found.addCallback(looked_up)
+        # a memory hit: answered now, in a Deferred that has fired (the hook's contract)
+        try:
+            answer = looked_up(found)
+        except Exception:
+            return fail()
+        return answer if isinstance(answer, Deferred) else succeed(answer)
 
     def key_for(self, image_request, accept: str | None) -> tuple[str, str | None, bool]:
         """The cache key of ``image_request`` for a client sending ``accept``, with the
-        negotiated format token and whether the answer varies on ``Accept``."""
-        fmt, vary = negotiate_format(image_request.params.get("fmt"), accept)
-        key = cache_key(image_request, self.runtime.params, self._key_format(image_request, fmt))
+        negotiated format token and whether the answer varies on ``Accept``.
+
+        The key is remembered for the very ``image_request`` object (the route's memo gives the
+        same one again for the same URI) and the format the key names: a pure function of those
+        and the registered parameters (:mod:`mediaproxy.memo`)."""
+        requested = image_request.params.get("fmt")
+        if requested == "auto":
+            fmt, vary = negotiate_format(requested, accept)
+        else:
+            fmt, vary = requested, False   # what negotiate_format answers without ``auto``
+        key_format = self._key_format(image_request, fmt)
+        rt = self.runtime
+        table = self._keys.table(rt.params, getattr(rt.pm, "generation", None))
+        memo_key = (id(image_request), key_format)
+        found = table.get(memo_key)
+        if found is not None and found[0] is image_request:
+            return found[1], fmt, vary
+        key = cache_key(image_request, rt.params, key_format)
+        self._keys.put(memo_key, (image_request, key))   # holds it: its id stays its own
         return key, fmt, vary
 
     def _knows(self, image_request, fmt: str | None) -> bool:
@@ -512,6 +544,21 @@ class ImagePipeline:
                          rt.config.cache.error_cache_control, rt.config.cache.transient_max_age)),
                      ("X-Placeholder", error)],
             cache_status="MISS")
+
+    def _hit_headers(self, layer: str, vary: bool) -> tuple[str, tuple]:
+        """The X-Cache token and the headers of a fresh hit in ``layer`` (what
+        :meth:`_from_entry` gives it), remembered for the configuration object they were made
+        from: a hit's headers depend on nothing else."""
+        table = self._hits.table(self.runtime.config.cache)
+        found = table.get((layer, vary))
+        if found is None:
+            response = self._from_entry(CacheEntry(body=b"", content_type="", created_at=0.0,
+                                                   etag="", last_modified=None),
+                                        f"HIT-{layer.upper()}", vary,
+                                        CacheStatus(hit=True, detail=layer))
+            found = (response.cache_status, response.headers)
+            self._hits.put((layer, vary), found)
+        return found
 
     def _from_entry(self, entry: CacheEntry, cache_status: str, vary: bool,
                     status: CacheStatus, stale: bool = False) -> ImageResponse:

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
+from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
 
 
@@ -71,8 +72,34 @@ def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | Non
     return params, None, present
 
 
+_MISSING = object()
+#: (method, raw path, query pairs) -> what :func:`match` answered, for the configuration,
+#: parameter registry and plugins it was derived with (:mod:`mediaproxy.memo`)
+_memo = Memo()
+
+
 @hookimpl(trylast=True)
 def mediaproxy_match_request(request, runtime):
+    """:func:`match`, remembered by URI: it is a pure function of the method, the raw path,
+    the query, the configuration and the registered parameters."""
+    path, query = request.path, request.query
+    size = len(path)
+    for name, value in query:
+        size += len(name) + len(value) + 2
+    if size > MAX_KEY_CHARS:
+        return match(request, runtime)
+    table = _memo.table(runtime.config, runtime.params, getattr(runtime.pm, "generation", None))
+    key = (request.method, path, query)
+    found = table.get(key, _MISSING)
+    if found is _MISSING:
+        found = match(request, runtime)
+        _memo.put(key, found)
+    return found
+
+
+def match(request, runtime):
+    """The image request ``request`` asks for on the query scheme, a refusal, or None (not an
+    image request: it passes through)."""
     config = runtime.config.routes
     if not config.query_scheme or request.method not in ("GET", "HEAD"):
         return None

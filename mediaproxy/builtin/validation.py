@@ -34,6 +34,7 @@ import attrs
 
 from .. import hookimpl
 from ..imaging import ImageError, fit_geometry
+from ..memo import MAX_KEY_CHARS, Memo
 from ..models import Rejection, TransformStep
 from ..parsing import FITS, FORMATS, POSITIONS
 from .routing import unsafe_path_reason
@@ -141,6 +142,10 @@ class Validator:
     reject_unknown: bool = False
     max_path_length: int = 1024
     _step: TransformStep | None = None
+    #: (route, source path, raw path, query) -> (params, refusal or None): what
+    #: :meth:`check` answered, a pure function of those, the configuration and the registered
+    #: parameters (:mod:`mediaproxy.memo`); emptied on reload
+    _memo: Memo = attrs.field(factory=Memo)
 
     def __attrs_post_init__(self) -> None:
         self.refresh()
@@ -157,9 +162,31 @@ class Validator:
         self._step = TransformStep(
             "output_budget",
             _budget_step(limits.max_width, limits.max_height, limits.max_output_pixels), order=1)
+        self._memo.clear()
 
     @hookimpl(tryfirst=True)
     def mediaproxy_check_request(self, image_request, request, runtime):
+        """:meth:`check`, remembered by URI for the same parsed parameters (the object the
+        route's memo gives again for the same URI; any other object is checked afresh)."""
+        path, query = request.path, request.query
+        size = len(path) + len(image_request.source_path)
+        for name, value in query:
+            size += len(name) + len(value) + 2
+        if size > MAX_KEY_CHARS:
+            return self.check(image_request, request, runtime)
+        table = self._memo.table(runtime.config, runtime.params,
+                                 getattr(runtime.pm, "generation", None))
+        key = (image_request.route, image_request.source_path, path, query)
+        found = table.get(key)
+        if found is not None and found[0] is image_request.params:
+            return found[1]
+        refusal = self.check(image_request, request, runtime)
+        self._memo.put(key, (image_request.params, refusal))
+        return refusal
+
+    def check(self, image_request, request, runtime) -> Rejection | None:
+        """The path, the parameters' types and ranges, and (``validation.unknown_params =
+        "reject"``) the query's names."""
         path = image_request.source_path
         reason = path_refusal(path, self.max_path_length)
         raw = request.path

@@ -73,10 +73,23 @@ def stale_grace(cache_config) -> float:
     return max(cache_config.stale_while_revalidate, cache_config.stale_if_error)
 
 
-@functools.lru_cache(maxsize=8)
 def fresh_ttls(cache_config) -> dict[str, float]:
     """The fresh lifetime of an entry by the built-in layer that answered (do not modify the
-    dict returned: it is shared)."""
+    dict returned: it is shared). Remembered for the last configuration object asked about
+    (every hit asks: hashing the whole frozen section each time cost more than the answer)."""
+    last = _last_ttls
+    if last[0] is cache_config:
+        return last[1]
+    ttls = _fresh_ttls(cache_config)
+    _last_ttls[:] = [cache_config, ttls]
+    return ttls
+
+
+_last_ttls: list = [None, None]
+
+
+@functools.lru_cache(maxsize=8)
+def _fresh_ttls(cache_config) -> dict[str, float]:
     return {"memory": cache_config.memory.ttl, "redis": cache_config.redis.ttl,
             "file": cache_config.file.ttl}
 

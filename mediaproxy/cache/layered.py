@@ -86,9 +86,16 @@ class LayeredCache:
         return None
 
     def get(self, key: str, log=None) -> Deferred:
-        """Fire with ``(entry, layer_name)`` or ``None``. A first layer that can answer
-        synchronously (``get_now``, the memory layer) is asked without a Deferred of its own:
-        the hot path. ``log``: the request's logger, for the lines about failing layers."""
+        """Fire with ``(entry, layer_name)`` or ``None``. ``log``: the request's logger, for the
+        lines about failing layers."""
+        found = self.lookup(key, log)
+        return found if isinstance(found, Deferred) else succeed(found)
+
+    def lookup(self, key: str, log=None):
+        """:meth:`get`'s answer, without a Deferred when a first layer that can answer
+        synchronously (``get_now``, the memory layer) holds ``key``: then ``(entry,
+        layer_name)`` at once (the hot path of a hit); else a Deferred as :meth:`get` gives.
+        The same ``cache.read`` events either way."""
         first = self.layers[0] if self.layers else None
         get_now = getattr(first, "get_now", None)
         if get_now is not None:
@@ -106,7 +113,7 @@ class LayeredCache:
                 emit("cache.read", value=self.clock() - started, layer=first.name,
                      result="miss" if entry is None else "hit")
             if entry is not None:
-                return succeed((entry, first.name))
+                return entry, first.name
             return self._get_from(1, key, log)
         return self._get_from(0, key, log)
 

@@ -13,10 +13,14 @@ import uuid
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
+from ..memo import MAX_KEY_CHARS, Memo
 from ..models import RequestInfo
 
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+
+#: raw query -> its decoded pairs (parse_qsl is a pure function of it: :mod:`mediaproxy.memo`)
+_queries = Memo()
 
 _PREFIX = uuid.uuid4().hex[:16]
 _counter = itertools.count(1)
@@ -96,6 +100,18 @@ def peer_address(request) -> str:
     return getattr(peer, "host", "") or ""
 
 
+def _secure(request) -> bool:
+    """``request.isSecure()``, asked once per connection (it cannot change on one, and
+    Twisted's answer looks the transport's interfaces up each time)."""
+    channel = getattr(request, "channel", None)
+    if channel is None or getattr(request, "_forceSSL", False):
+        return request.isSecure()
+    secure = getattr(channel, "mediaproxy_secure", None)
+    if secure is None:
+        secure = channel.mediaproxy_secure = request.isSecure()
+    return secure
+
+
 def from_request(request, trusted_proxies: tuple[str, ...] = (),
                  id_headers: tuple[str, ...] = ID_HEADERS) -> RequestInfo:
     """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1); its
@@ -113,10 +129,15 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
         slash = rest.find(b"/")
         raw_uri = rest[slash:] if slash >= 0 else b"/"
     path, _, query = raw_uri.partition(b"?")
+    pairs = _queries.get(query)
+    if pairs is None:
+        pairs = tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        if len(query) <= MAX_KEY_CHARS:
+            _queries.put(query, pairs)
     peer = peer_address(request)
     trusted = is_trusted(peer, trusted_proxies)
     xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
-    scheme = "https" if request.isSecure() else "http"
+    scheme = "https" if _secure(request) else "http"
     if trusted:
         proto = request.getHeader(b"x-forwarded-proto")
         if proto and proto.decode("latin-1").lower() in ("http", "https"):
@@ -125,7 +146,7 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
     return RequestInfo(
         method=request.method.decode("latin-1"),
         path=path.decode("latin-1"),
-        query=parse_qsl(query.decode("latin-1"), keep_blank_values=True),
+        query=pairs,
         headers=headers,
         client_ip=client_address(peer, [v.decode("latin-1") for v in xff], trusted_proxies),
         peer_ip=peer,
