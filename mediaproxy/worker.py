@@ -1,6 +1,9 @@
 """A worker process started by :class:`mediaproxy.workers.WorkerSupervisor` (not run by hand):
-``python -m mediaproxy.worker --index N [--config FILE] --listen ENDPOINT ...
+``python -m mediaproxy.worker --index N --of COUNT [--config FILE] --listen ENDPOINT ...
 [--metrics-socket PATH]``.
+
+It runs its share of the host's budgets, the same as the supervisor's
+(:func:`mediaproxy.workerbudget.per_worker` of COUNT workers).
 
 Its log lines go to the supervisor as JSON objects (the supervisor writes them in the configured
 format); with ``--metrics-socket`` its monitoring listener (``/metrics`` of its own registry) is
@@ -20,6 +23,7 @@ from .workers import die_with_parent
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="mediaproxy.worker")
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--of", type=int, default=1, help="how many workers share the host")
     parser.add_argument("--config", default=None)
     parser.add_argument("--listen", action="append", default=[])
     parser.add_argument("--metrics-socket", default=None)
@@ -39,7 +43,8 @@ def main(argv=None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     from .cli import serve
-    return serve(config, shared_ports=True)
+    from .workerbudget import per_worker
+    return serve(per_worker(config, args.of), shared_ports=True)
 
 
 def metrics_endpoint(path: str) -> str:

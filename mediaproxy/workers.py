@@ -100,10 +100,20 @@ def parse_tcp(description: str) -> tuple[str, int, int]:
     return interface, port, backlog
 
 
-def listen_shared(reactor, description: str, factory):
-    """Listen on a TCP endpoint with SO_REUSEPORT, so other workers can listen on it too."""
+def listen_shared(reactor, description: str, factory, first: bool = False):
+    """Listen on a TCP endpoint with SO_REUSEPORT, so other workers can listen on it too.
+
+    ``first`` (the supervisor, before it starts any worker): the port must be free. Without
+    that check a second proxy started by mistake on a port a running one holds would join
+    its SO_REUSEPORT group (the kernel allows it to any process of the same user) and
+    silently take half of its connections; it fails instead, "address already in use", as
+    one process does."""
     interface, port, backlog = parse_tcp(description)
     family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    if first:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is fine
+            probe.bind((interface, port))
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -122,10 +132,12 @@ class SharedPortService(service.Service):
     ``privilegedStartService`` (or ``startService``), raising
     :class:`~mediaproxy.http.listening.CannotListen` when it cannot."""
 
-    def __init__(self, reactor, description: str, factory):
+    def __init__(self, reactor, description: str, factory, first: bool = False):
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        #: the supervisor's: the port must be free (see :func:`listen_shared`)
+        self.first = first
         self.port = None
 
     def privilegedStartService(self):
@@ -139,10 +151,10 @@ class SharedPortService(service.Service):
 
     def bind(self) -> None:
         try:
-            self.port = listen_shared(self.reactor, self.description, self.factory)
+            self.port = listen_shared(self.reactor, self.description, self.factory,
+                                      first=self.first)
         except OSError as e:
-            raise CannotListen(self.description, "proxy (port shared by the workers)",
-                               bind_reason(e)) from None
+            raise CannotListen(self.description, "proxy", bind_reason(e)) from None
         log.info("worker {pid} listening on {address}", pid=os.getpid(),
                  address=self.port.getHost())
 
@@ -153,8 +165,63 @@ class SharedPortService(service.Service):
             return port.stopListening()
 
 
-def worker_count(config) -> int:
-    return config.server.workers or os.cpu_count() or 1
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a container's cpuset, taskset),
+    else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def shared_endpoint_problem(description: str) -> str | None:
+    """Why ``description`` cannot be shared by several workers, or None when it can."""
+    try:
+        _, port, _ = parse_tcp(description)
+    except (UnsupportedEndpoint, ValueError) as e:
+        return str(e)
+    if port == 0:
+        return f"{description!r} asks for any free port: each worker would get its own"
+    return None
+
+
+def resolve_workers(config, cores: int | None = None,
+                    total_memory: int | None = None) -> tuple[int, str]:
+    """``(count, why)``: how many worker processes ``config`` runs. An integer
+    ``server.workers`` is taken as it is (an endpoint that cannot be shared is then an error,
+    raised when the ports are made). ``auto`` is one per core (``cores``, the affinity's by
+    default) unless several would not be safe or useful, and then one, ``why`` saying the
+    reason (empty when nothing was cut):
+
+    * one core: a second process would only compete for it;
+    * the kernel has no ``SO_REUSEPORT``, or a ``server.listen`` endpoint cannot be shared
+      (``unix:``, an inherited ``systemd:`` descriptor, port 0);
+    * the host's transform memory budget split N ways would leave a worker less than
+      :data:`~mediaproxy.workerbudget.MIN_WORKER_TRANSFORM_MEMORY`: each would refuse
+      (422 over_memory_budget) photos one process renders, so fewer workers are used.
+    """
+    from .workerbudget import MIN_WORKER_TRANSFORM_MEMORY, host_transform_memory
+
+    wanted = config.server.workers
+    if wanted != "auto":
+        return int(wanted), ""
+    cores = cpu_cores() if cores is None else cores
+    if cores <= 1:
+        return 1, "one CPU core"
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return 1, "this system has no SO_REUSEPORT"
+    for endpoint in config.server.listen:
+        why = shared_endpoint_problem(endpoint)
+        if why is not None:
+            return 1, f"server.listen {endpoint!r} cannot be shared by several processes " \
+                      f"({why})"
+    budget = host_transform_memory(config, cores, total_memory)
+    fits = max(1, budget // MIN_WORKER_TRANSFORM_MEMORY)
+    if fits < cores:
+        return fits, (f"the transform memory budget ({budget} bytes) gives each of at most "
+                      f"{fits} worker(s) the {MIN_WORKER_TRANSFORM_MEMORY} bytes a large "
+                      "photo needs")
+    return cores, ""
 
 
 class _WorkerProtocol(protocol.ProcessProtocol):
@@ -185,9 +252,12 @@ class WorkerSupervisor(service.Service):
     drain_timeout = 0.0
 
     def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...],
-                 metrics=None):
+                 metrics=None, env=None):
         self.reactor = reactor
         self.count = count
+        #: environment variables given to the workers on top of this process's (the
+        #: settings the command line overrode, e.g. ``mediaproxy demo``'s backend)
+        self.env = dict(env or {})
         self.config_path = config_path
         self.listen = listen
         #: a :class:`~mediaproxy.monitoring.collect.WorkerMetrics` when the supervisor serves
@@ -199,7 +269,8 @@ class WorkerSupervisor(service.Service):
         self._stopped = None
 
     def argv(self, index: int) -> list[str]:
-        args = [sys.executable, "-m", "mediaproxy.worker", "--index", str(index)]
+        args = [sys.executable, "-m", "mediaproxy.worker", "--index", str(index),
+                "--of", str(self.count)]
         if self.config_path:
             args += ["--config", self.config_path]
         for endpoint in self.listen:
@@ -220,6 +291,7 @@ class WorkerSupervisor(service.Service):
         if self._stopping:
             return
         env = dict(os.environ)
+        env.update(self.env)
         env["MEDIAPROXY_WORKER_PARENT"] = str(os.getpid())
         self.processes[index] = self.reactor.spawnProcess(
             _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env)
