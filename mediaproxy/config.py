@@ -398,6 +398,18 @@ class ServerConfig:
         "terminationGracePeriodSeconds, systemd TimeoutStopSec); with server.workers the "
         "supervisor gives its workers this plus 5 s before it kills them. A reload (SIGHUP) "
         "changes it.", _at_least(0))
+    max_worker_requests: int = setting(
+        0, "int", "Requests a worker serves before it is recycled: it stops accepting, "
+        "finishes its requests (server.drain_timeout) and exits while the supervisor starts "
+        "its replacement at once (the others keep serving). Checked every second, so a worker "
+        "may serve a second's worth more. Worker 0, the supervisor, and a single process are "
+        "never recycled (a warning is logged once). 0: never.", _at_least(0))
+    max_worker_rss: int = setting(
+        0, "int", "Resident memory in bytes (accepts 1GiB) above which a worker is recycled as "
+        "with server.max_worker_requests, checked every second. 0: never, the default: the "
+        "budgets bound a worker's memory by design, so this only guards against a leak; set "
+        "it well above a worker's share of the budgets (the startup log names them) plus about "
+        "200 MiB for the interpreter, or workers would be recycled in a loop.", _at_least(0))
 
 
 @frozen

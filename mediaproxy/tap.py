@@ -32,9 +32,11 @@ from .http.connection import ConnectionLimits
 from .http.draining import ServingSite
 from .http.listening import ListeningService
 from .lifecycle import ProxyService, StopOnTerm
+from .recycling import Recycler
 from .http.upstream import Upstream
 from .http.monitoring import HealthFirst
 from .monitoring.health import HealthService, monitor_for
+from .hostlayer import HostDirectory, needs_host_layer, with_host_layer
 from .workerbudget import per_worker, shares
 from .workers import (
     SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, resolve_workers,
@@ -265,7 +267,7 @@ def reload_config(runtime, path, workers: int = 1):
 
 
 def build_service(config, reactor, config_path=None, extra_services=(),
-                  shared_ports=False, worker_env=None) -> ProxyService:
+                  shared_ports=False, worker_env=None, recycle=None) -> ProxyService:
     """The whole daemon as one service (:class:`~mediaproxy.lifecycle.ProxyService`: how it
     binds, drains and stops): the runtime's services first (thread pool, Redis, disk pool,
     the plugins' side listeners...), then the listening ports, then, with several workers
@@ -275,13 +277,21 @@ def build_service(config, reactor, config_path=None, extra_services=(),
     ``shared_ports``: this is one of several workers (its config already its share). Else
     this process is worker 0: the per-process budgets of ``config`` are divided among the
     workers (:func:`~mediaproxy.workerbudget.per_worker`), and ``worker_env`` (environment
-    variables) is given to the other workers on top of this process's environment."""
-    workers = 1
+    variables) is given to the other workers on top of this process's environment.
+    ``recycle(reason)``: what a worker does when it is over server.max_worker_requests or
+    server.max_worker_rss (:mod:`mediaproxy.recycling`); None: only a warning."""
+    workers, host_layer = 1, None
     if not shared_ports:
         workers, why = resolve_workers(config)
         if why:
             log.info("server.workers = auto: {workers} worker(s), not one per core: {why}",
                      workers=workers, why=why)
+        if workers > 1 and needs_host_layer(config):
+            host_layer = HostDirectory()
+            config = with_host_layer(config, host_layer.path)
+            log.info("no cache.file.dir nor Redis: the workers share results and coalesce "
+                     "misses through the host layer in {path} (at most {limit} bytes)",
+                     path=host_layer.path, limit=config.cache.file.max_bytes)
         config = per_worker(config, workers)
         if workers > 1:
             log.info("{workers} workers, the per-process budgets divided among them; each "
@@ -302,9 +312,11 @@ def build_service(config, reactor, config_path=None, extra_services=(),
                                           listen_as=with_backlog(endpoint)))
     if workers > 1 and not shared_ports:
         supervisor = WorkerSupervisor(reactor, workers, config_path, config.server.listen,
-                                      metrics=runtime.workers, env=worker_env)
+                                      metrics=runtime.workers, env=worker_env,
+                                      host_layer=host_layer)
         supervisor.drain_timeout = config.server.drain_timeout
         top.add_supervisor(supervisor)
+    Recycler(runtime, recycle).setServiceParent(top)
     StopOnTerm(reactor).setServiceParent(top)
     if not shared_ports:
         ReloadOnHangup(runtime, config_path, workers).setServiceParent(top)

@@ -1,6 +1,6 @@
 """A worker process started by :class:`mediaproxy.workers.WorkerSupervisor` (not run by hand):
 ``python -m mediaproxy.worker --index N --of COUNT [--config FILE] --listen ENDPOINT ...
-[--metrics-socket PATH]``.
+[--metrics-socket PATH] [--host-layer DIR]``.
 
 It runs its share of the host's budgets, the same as the supervisor's
 (:func:`mediaproxy.workerbudget.per_worker` of COUNT workers).
@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--listen", action="append", default=[])
     parser.add_argument("--metrics-socket", default=None)
+    parser.add_argument("--host-layer", default=None,
+                        help="the supervisor's host layer directory (mediaproxy.hostlayer)")
     args = parser.parse_args(argv)
     die_with_parent()
     # Worker 0 (the supervisor) alone runs the side listeners (metrics, health, admin): the
@@ -43,8 +45,25 @@ def main(argv=None) -> int:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
     from .cli import serve
+    from .hostlayer import with_host_layer
     from .workerbudget import per_worker
-    return serve(per_worker(config, args.of), shared_ports=True)
+    if args.host_layer:
+        config = with_host_layer(config, args.host_layer)
+    return serve(per_worker(config, args.of), shared_ports=True, recycle=recycle)
+
+
+def recycle(reason: str) -> None:
+    """Being recycled (:mod:`mediaproxy.recycling`): tell the supervisor, which starts the
+    replacement at once, then stop gracefully, as on SIGTERM (drain, exit)."""
+    from twisted.internet import reactor
+
+    from .workers import CONTROL_FD
+
+    try:
+        os.write(CONTROL_FD, f"recycle {reason}\n".encode("ascii"))
+    except OSError:   # no supervisor listening (run by hand): stop all the same
+        pass
+    reactor.stop()
 
 
 def metrics_endpoint(path: str) -> str:

@@ -43,6 +43,7 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 
 from .http.listening import CannotListen, bind_reason
+from .recycling import REASONS
 from .workerlogs import WorkerOutput
 
 log = Logger(namespace="mediaproxy.workers")
@@ -162,7 +163,21 @@ class SharedPortService(service.Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
+            accept_pending(port)
             return port.stopListening()
+
+
+def accept_pending(port) -> None:
+    """Accept the connections waiting in ``port``'s accept queue, right before it closes.
+    A SO_REUSEPORT socket's queue is its own: the kernel resets what is still in it at close
+    (unless net.ipv4.tcp_migrate_req=1, Linux 5.14+, hands them to another worker), so a
+    worker that stops (recycled, or stopped with the others) would drop clients the kernel had
+    already given it. Accepted here, they are served during the drain; what arrives between
+    this and the close (the same reactor turn) is all that can still be reset."""
+    try:
+        port.doRead()
+    except Exception:   # nothing to accept, or the port already closing: close it anyway
+        log.failure("accepting the last connections of {port} failed", port=port)
 
 
 def cpu_cores() -> int:
@@ -224,14 +239,36 @@ def resolve_workers(config, cores: int | None = None,
     return cores, ""
 
 
+#: The worker's descriptor of its control pipe to the supervisor (a worker writes
+#: ``recycle REASON`` lines to it: :mod:`mediaproxy.recycling`).
+CONTROL_FD = 3
+#: The longest line the supervisor reads from a control pipe; more is ignored.
+CONTROL_LINE = 64
+
+
 class _WorkerProtocol(protocol.ProcessProtocol):
     """A worker's pipes: its JSON log lines are published in the supervisor's log
-    (:mod:`mediaproxy.workerlogs`), so they come out once, in the configured format."""
+    (:mod:`mediaproxy.workerlogs`), so they come out once, in the configured format; its
+    control pipe (:data:`CONTROL_FD`) says when it is being recycled."""
 
     def __init__(self, supervisor, index):
         self.supervisor = supervisor
         self.index = index
         self.output = WorkerOutput(index)
+        #: set once the worker said it is being recycled: its end is expected
+        self.retiring = False
+        self._control = b""
+
+    def childDataReceived(self, childFD, data):
+        if childFD != CONTROL_FD:
+            return super().childDataReceived(childFD, data)
+        self._control = (self._control + data)[-CONTROL_LINE:]
+        while b"\n" in self._control:
+            line, _, self._control = self._control.partition(b"\n")
+            command, _, reason = line.decode("ascii", "replace").partition(" ")
+            if command == "recycle" and reason in REASONS and not self.retiring:
+                self.retiring = True
+                self.supervisor._recycling(self, reason)
 
     def outReceived(self, data):
         self.output.received(1, data)
@@ -241,7 +278,7 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def processEnded(self, reason):
         self.output.closed()
-        self.supervisor._ended(self.index, reason)
+        self.supervisor._ended(self, reason)
 
 
 class WorkerSupervisor(service.Service):
@@ -252,19 +289,26 @@ class WorkerSupervisor(service.Service):
     drain_timeout = 0.0
 
     def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...],
-                 metrics=None, env=None):
+                 metrics=None, env=None, host_layer=None):
         self.reactor = reactor
         self.count = count
         #: environment variables given to the workers on top of this process's (the
         #: settings the command line overrode, e.g. ``mediaproxy demo``'s backend)
         self.env = dict(env or {})
+        #: the :class:`~mediaproxy.hostlayer.HostDirectory` every worker shares (None when a
+        #: file layer or Redis is configured); removed once the reactor stopped
+        self.host_layer = host_layer
         self.config_path = config_path
         self.listen = listen
         #: a :class:`~mediaproxy.monitoring.collect.WorkerMetrics` when the supervisor serves
         #: /metrics (monitoring.listen set): told which workers run, it merges their metrics
         self.metrics = metrics
         self.processes: dict[int, object] = {}
+        #: workers being recycled (draining), by pid: their places already taken
+        self.retiring: dict[int, object] = {}
         self.restarts = 0
+        #: workers recycled, by reason (server.max_worker_requests, server.max_worker_rss)
+        self.recycles = dict.fromkeys(REASONS, 0)
         self._stopping = False
         self._stopped = None
 
@@ -277,6 +321,8 @@ class WorkerSupervisor(service.Service):
             args += ["--listen", endpoint]
         if self.metrics is not None:
             args += ["--metrics-socket", self.metrics.socket_path(index)]
+        if self.host_layer is not None:
+            args += ["--host-layer", self.host_layer.path]
         return args
 
     def startService(self):
@@ -284,6 +330,8 @@ class WorkerSupervisor(service.Service):
         if self.metrics is not None:
             self.metrics.open()
             self.reactor.addSystemEventTrigger("after", "shutdown", self.metrics.close)
+        if self.host_layer is not None:
+            self.reactor.addSystemEventTrigger("after", "shutdown", self.host_layer.close)
         for index in range(1, self.count):
             self._spawn(index)
 
@@ -294,38 +342,69 @@ class WorkerSupervisor(service.Service):
         env.update(self.env)
         env["MEDIAPROXY_WORKER_PARENT"] = str(os.getpid())
         self.processes[index] = self.reactor.spawnProcess(
-            _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env)
+            _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env,
+            childFDs={0: "w", 1: "r", 2: "r", CONTROL_FD: "r"})
         if self.metrics is not None:
             self.metrics.started(index)
         log.info("started worker {index} (pid {pid})", index=index,
                  pid=self.processes[index].pid)
 
-    def _ended(self, index: int, reason):
+    def _recycling(self, proto, reason: str) -> None:
+        """Worker ``proto.index`` is being recycled (it drains, then exits): its place goes to
+        a new worker at once, so as many keep accepting."""
+        index = proto.index
+        process = self.processes.pop(index, None)
+        if process is None:
+            return
+        self.retiring[process.pid] = process
+        self.recycles[reason] += 1
+        if self.metrics is not None:
+            # its last counters are kept; its socket path goes to the new worker
+            self.metrics.ended(index, restarting=False)
+            self.metrics.recycled(reason)
+        log.info("worker {index} (pid {pid}) is being recycled (server.max_worker_{reason}); "
+                 "starting its replacement", index=index, pid=process.pid, reason=reason)
+        self._spawn(index)
+
+    def _ended(self, proto, reason):
+        index = proto.index
+        if proto.retiring:
+            self.retiring = {pid: p for pid, p in self.retiring.items()
+                             if p is not proto.transport}
+            if self._stopping:
+                self._maybe_stopped()
+            return
         self.processes.pop(index, None)
         if self.metrics is not None:
             self.metrics.ended(index, restarting=not self._stopping)
         if self._stopping:
-            if not self.processes and self._stopped is not None and not self._stopped.called:
-                self._stopped.callback(None)
+            self._maybe_stopped()
             return
         self.restarts += 1
         log.warn("worker {index} ended ({why}); starting it again in {delay} s", index=index,
                  why=reason.getErrorMessage(), delay=RESTART_DELAY)
         self.reactor.callLater(RESTART_DELAY, self._spawn, index)
 
+    def _alive(self) -> list:
+        return [*self.processes.values(), *self.retiring.values()]
+
+    def _maybe_stopped(self) -> None:
+        if not self._alive() and self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
     def stopService(self):
         super().stopService()
         from twisted.internet.defer import Deferred, succeed
 
         self._stopping = True
-        if not self.processes:
+        if not self._alive():
             return succeed(None)
         self._stopped = Deferred()
-        for process in list(self.processes.values()):
+        for process in self._alive():
             _signal(process, "TERM")
 
         def kill():
-            for process in list(self.processes.values()):
+            for process in self._alive():
                 _signal(process, "KILL")
         timer = self.reactor.callLater(self.drain_timeout + STOP_GRACE, kill)
         return self._stopped.addBoth(lambda r: timer.cancel() if timer.active() else None)

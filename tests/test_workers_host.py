@@ -1,0 +1,214 @@
+"""Several workers of one host without Redis nor cache.file.dir (real ``mediaproxy run``,
+server.workers=2, loopback): concurrent misses for one new URL spread over both workers are
+one fetch and one transform (the host layer: mediaproxy.hostlayer), a worker over
+server.max_worker_requests is recycled while requests keep succeeding, and a second proxy
+cannot join the port a running one holds."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from mediaproxy.monitoring.merge import parse
+from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
+
+from .processes import ROOT, STARTUP_TIMEOUT
+from .redis_server import free_port
+from .test_workers import workers_of
+
+
+class Supervisor:
+    """``mediaproxy run`` with a TOML config (two workers, a monitoring listener, nothing
+    shared configured), its JSON log in a file."""
+
+    def __init__(self, tmp, origin_port, server_extra=""):
+        self.port, self.monitoring = free_port(), free_port()
+        config = tmp / "mediaproxy.toml"
+        config.write_text(f"""
+[server]
+listen = ["tcp:{self.port}:interface=127.0.0.1"]
+workers = 2
+{server_extra}
+
+[backend]
+url = "http://127.0.0.1:{origin_port}"
+
+[monitoring]
+listen = "tcp:{self.monitoring}:interface=127.0.0.1"
+log_level = "info"
+log_format = "json"
+""")
+        self.log = tmp / "out.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
+        env["PYTHONPATH"] = str(ROOT)
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mediaproxy", "run", "--config", str(config)],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.answers(self.port) and self.answers(self.monitoring),
+                 STARTUP_TIMEOUT, what="the supervisor listening")
+
+    def answers(self, port):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"proxy exited: {self.log.read_text()[-2000:]}")
+        try:
+            self.request(port, "/health")
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def request(port, path):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)   # a new connection
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+        finally:
+            conn.close()
+
+    def get(self, path):
+        return self.request(self.port, path)
+
+    def series(self) -> dict:
+        status, _, body = self.request(self.monitoring, "/metrics")
+        assert status == 200
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in parse(body.decode()) for s in f.samples}
+
+    def log_lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()
+                if line.startswith("{")]
+
+    def both_answering(self, path_of):
+        """Wait until both processes answer (correlation IDs start with a per-process
+        prefix); ``path_of(i)`` is the i-th request's path."""
+        sent = []
+
+        def two():
+            status, headers, _ = self.get(path_of(len(sent)))
+            sent.append(headers["x-correlation-id"][:16])
+            assert status == 200
+            return len(set(sent[-12:])) == 2
+        wait_for(two, STARTUP_TIMEOUT, what="both processes answering")
+        return len(sent)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def total(series, name):
+    return sum(v for (n, _), v in series.items() if n == name)
+
+
+TRANSFORMS = "mediaproxy_transform_seconds_count"
+
+
+def test_concurrent_misses_over_both_workers_are_one_fetch_and_one_transform(
+        live_reactor, tmp_path):
+    origin = ImageOrigin({"/media/warm.jpg": make_image((200, 100)),
+                          "/media/new.jpg": make_image((640, 480))})
+    start_origin(origin)
+    proxy = Supervisor(tmp_path, origin.port)
+    try:
+        proxy.both_answering(lambda i: f"/media/warm.jpg?w={10 + i}")
+        before = total(proxy.series(), TRANSFORMS)
+        origin.hold("/media/new.jpg")
+        results, errors = [], []
+
+        def fetch():
+            try:
+                results.append(proxy.get("/media/new.jpg?w=120"))
+            except Exception as e:   # surfaced by the assertion below
+                errors.append(e)
+        threads = [threading.Thread(target=fetch) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        # the first fetch reached the origin; the other requests are waiting for it (in
+        # their worker, or on the host layer's lock file in the other)
+        wait_for(lambda: origin.hits["/media/new.jpg"] == 1, 20, what="the first fetch")
+        origin.release()
+        for thread in threads:
+            thread.join(60)
+        assert errors == [] and len(results) == 16
+        assert {status for status, _, _ in results} == {200}
+        # spread over both workers, yet the origin was asked once and one transform ran
+        assert len({headers["x-correlation-id"][:16] for _, headers, _ in results}) == 2
+        assert origin.hits["/media/new.jpg"] == 1
+        assert total(proxy.series(), TRANSFORMS) - before == 1
+        # a worker's result is the other's hit: every later request is a hit in both
+        caches = {proxy.get("/media/new.jpg?w=120")[1]["x-cache"] for _ in range(12)}
+        assert caches <= {"HIT-MEMORY", "HIT-FILE"}
+        assert total(proxy.series(), TRANSFORMS) - before == 1
+        host_dirs = [line["path"] for line in proxy.log_lines() if "host layer" in
+                     line.get("message", "") and "path" in line]
+        assert len(host_dirs) == 1 and os.path.isdir(host_dirs[0])
+        assert oct(os.stat(host_dirs[0]).st_mode & 0o777) == "0o700"
+    finally:
+        proxy.stop()
+    assert not os.path.exists(host_dirs[0])   # removed when the supervisor stopped
+
+
+RECYCLES = "mediaproxy_worker_recycles_total"
+
+
+def test_a_worker_over_max_worker_requests_is_recycled_while_requests_succeed(
+        live_reactor, tmp_path):
+    origin = ImageOrigin({"/media/a.jpg": make_image((200, 100))})
+    start_origin(origin)
+    proxy = Supervisor(tmp_path, origin.port, "max_worker_requests = 10")
+    try:
+        proxy.both_answering(lambda i: f"/media/a.jpg?w={10 + i % 3}")
+        (first,) = workers_of(proxy)
+        statuses = []
+
+        def recycled():
+            for i in range(10):   # new connections, spread over the workers
+                statuses.append(proxy.get(f"/media/a.jpg?w={10 + i % 3}")[0])
+            return proxy.series()[(RECYCLES, (("reason", "requests"),))] >= 1
+        wait_for(recycled, 30, what="a recycle")
+        # the replacement took worker 1's place while requests kept being answered
+        wait_for(lambda: [w.pid for w in workers_of(proxy)] not in ([], [first.pid]), 20,
+                 what="a new worker 1")
+        for i in range(24):
+            statuses.append(proxy.get(f"/media/a.jpg?w={10 + i % 3}")[0])
+        assert set(statuses) == {200}
+        after = proxy.series()
+        assert after[(RECYCLES, (("reason", "rss"),))] == 0
+        assert after[("mediaproxy_workers_restarts_total", ())] == 0   # not a crash
+        # worker 0, the supervisor, is over the limit too: never recycled, said once
+        warnings = [line for line in proxy.log_lines() if "is not recycled" in
+                    line.get("message", "") and "worker" not in line]
+        assert len(warnings) == 1
+    finally:
+        proxy.stop()
+
+
+def test_a_second_proxy_cannot_join_the_port_a_running_one_holds(live_reactor, tmp_path):
+    origin = ImageOrigin({"/media/a.jpg": make_image((200, 100))})
+    start_origin(origin)
+    proxy = Supervisor(tmp_path, origin.port)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
+        env.update(PYTHONPATH=str(ROOT), MEDIAPROXY_SERVER__WORKERS="2")
+        endpoint = f"tcp:{proxy.port}:interface=127.0.0.1"
+        second = subprocess.run([sys.executable, "-m", "mediaproxy", "run", "--listen",
+                                 endpoint], env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 1
+        assert [line for line in (second.stdout + second.stderr).splitlines()
+                if "cannot listen" in line][0].endswith(
+            f"proxy: cannot listen on {endpoint}: address already in use")
+    finally:
+        proxy.stop()
