@@ -20,13 +20,13 @@ from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
 
 
 def serve(config, extra_services=(), shared_ports=False, config_path=None,
-          banner: str | None = None, worker_env=None, recycle=None) -> int:
+          banner: str | None = None, worker_env=None, recycle=None, exchange=None) -> int:
     """Run the proxy in this process until it is stopped (SIGTERM: gracefully, see
     :mod:`mediaproxy.lifecycle`). Every listener binds before the reactor runs: one that
     cannot ends the process (status 1, one line naming it). ``banner`` is printed once they
     all listen. ``worker_env``: environment variables for the other workers (the settings
     the command line overrode that a worker, reading only the file and the environment,
-    would not see). ``recycle``: see :func:`~mediaproxy.tap.build_service`."""
+    would not see). ``recycle``, ``exchange``: see :func:`~mediaproxy.tap.build_service`."""
     from twisted.internet import reactor
 
     from .http.listening import CannotListen
@@ -35,7 +35,8 @@ def serve(config, extra_services=(), shared_ports=False, config_path=None,
 
     begin_logging(config.monitoring.log_level, config.monitoring.log_format)
     top = build_service(config, reactor, config_path=config_path, extra_services=extra_services,
-                        shared_ports=shared_ports, worker_env=worker_env, recycle=recycle)
+                        shared_ports=shared_ports, worker_env=worker_env, recycle=recycle,
+                        exchange=exchange)
     try:
         top.privilegedStartService()   # binds every listener
     except CannotListen:

@@ -33,6 +33,7 @@ from .http.draining import ServingSite
 from .http.listening import ListeningService
 from .lifecycle import ProxyService, StopOnTerm
 from .recycling import Recycler
+from .workercontrol import Ledger
 from .http.upstream import Upstream
 from .http.monitoring import HealthFirst
 from .monitoring.health import HealthService, monitor_for
@@ -267,7 +268,8 @@ def reload_config(runtime, path, workers: int = 1):
 
 
 def build_service(config, reactor, config_path=None, extra_services=(),
-                  shared_ports=False, worker_env=None, recycle=None) -> ProxyService:
+                  shared_ports=False, worker_env=None, recycle=None,
+                  exchange=None) -> ProxyService:
     """The whole daemon as one service (:class:`~mediaproxy.lifecycle.ProxyService`: how it
     binds, drains and stops): the runtime's services first (thread pool, Redis, disk pool,
     the plugins' side listeners...), then the listening ports, then, with several workers
@@ -279,7 +281,9 @@ def build_service(config, reactor, config_path=None, extra_services=(),
     workers (:func:`~mediaproxy.workerbudget.per_worker`), and ``worker_env`` (environment
     variables) is given to the other workers on top of this process's environment.
     ``recycle(reason)``: what a worker does when it is over server.max_worker_requests or
-    server.max_worker_rss (:mod:`mediaproxy.recycling`); None: only a warning."""
+    server.max_worker_rss (:mod:`mediaproxy.recycling`); None: only a warning.
+    ``exchange``: a worker's rate-limit exchange with its supervisor
+    (:mod:`mediaproxy.workercontrol`); worker 0 of several makes the host's ledger itself."""
     workers, host_layer = 1, None
     if not shared_ports:
         workers, why = resolve_workers(config)
@@ -298,6 +302,10 @@ def build_service(config, reactor, config_path=None, extra_services=(),
                      "has {shares}", workers=workers,
                      shares=", ".join(f"{k}={v}" for k, v in shares(config).items()))
     runtime, site, services = compose(config, reactor, workers=workers)
+    ledger = None
+    if workers > 1:
+        ledger = exchange = Ledger(reactor.seconds)
+    runtime.exchange = exchange
     top = ProxyService(runtime, site)
     # The thread pool, the Redis client and the disk pool start before the ports open, so the
     # first requests find them up; they stop last, after the drain.
@@ -313,7 +321,7 @@ def build_service(config, reactor, config_path=None, extra_services=(),
     if workers > 1 and not shared_ports:
         supervisor = WorkerSupervisor(reactor, workers, config_path, config.server.listen,
                                       metrics=runtime.workers, env=worker_env,
-                                      host_layer=host_layer)
+                                      host_layer=host_layer, ledger=ledger)
         supervisor.drain_timeout = config.server.drain_timeout
         top.add_supervisor(supervisor)
     Recycler(runtime, recycle).setServiceParent(top)

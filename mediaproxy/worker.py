@@ -44,26 +44,26 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
+    from twisted.internet import reactor
+
     from .cli import serve
     from .hostlayer import with_host_layer
     from .workerbudget import per_worker
+    from .workercontrol import worker_end
+
     if args.host_layer:
         config = with_host_layer(config, args.host_layer)
-    return serve(per_worker(config, args.of), shared_ports=True, recycle=recycle)
+    channel = worker_end(reactor)
 
+    def recycle(reason: str) -> None:
+        """Being recycled (:mod:`mediaproxy.recycling`): tell the supervisor, which starts
+        the replacement at once, then stop gracefully, as on SIGTERM (drain, exit)."""
+        if channel is not None:
+            channel.recycle(reason)
+        reactor.stop()
 
-def recycle(reason: str) -> None:
-    """Being recycled (:mod:`mediaproxy.recycling`): tell the supervisor, which starts the
-    replacement at once, then stop gracefully, as on SIGTERM (drain, exit)."""
-    from twisted.internet import reactor
-
-    from .workers import CONTROL_FD
-
-    try:
-        os.write(CONTROL_FD, f"recycle {reason}\n".encode("ascii"))
-    except OSError:   # no supervisor listening (run by hand): stop all the same
-        pass
-    reactor.stop()
+    return serve(per_worker(config, args.of), shared_ports=True, recycle=recycle,
+                 exchange=channel)
 
 
 def metrics_endpoint(path: str) -> str:

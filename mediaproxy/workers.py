@@ -44,6 +44,7 @@ from twisted.logger import Logger
 
 from .http.listening import CannotListen, bind_reason
 from .recycling import REASONS
+from .workercontrol import CONTROL_FD, Ledger, SupervisorEnd, adopt
 from .workerlogs import WorkerOutput
 
 log = Logger(namespace="mediaproxy.workers")
@@ -239,17 +240,10 @@ def resolve_workers(config, cores: int | None = None,
     return cores, ""
 
 
-#: The worker's descriptor of its control pipe to the supervisor (a worker writes
-#: ``recycle REASON`` lines to it: :mod:`mediaproxy.recycling`).
-CONTROL_FD = 3
-#: The longest line the supervisor reads from a control pipe; more is ignored.
-CONTROL_LINE = 64
-
-
 class _WorkerProtocol(protocol.ProcessProtocol):
     """A worker's pipes: its JSON log lines are published in the supervisor's log
-    (:mod:`mediaproxy.workerlogs`), so they come out once, in the configured format; its
-    control pipe (:data:`CONTROL_FD`) says when it is being recycled."""
+    (:mod:`mediaproxy.workerlogs`), so they come out once, in the configured format. Its
+    control channel (:mod:`mediaproxy.workercontrol`) says when it is being recycled."""
 
     def __init__(self, supervisor, index):
         self.supervisor = supervisor
@@ -257,18 +251,12 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.output = WorkerOutput(index)
         #: set once the worker said it is being recycled: its end is expected
         self.retiring = False
-        self._control = b""
 
-    def childDataReceived(self, childFD, data):
-        if childFD != CONTROL_FD:
-            return super().childDataReceived(childFD, data)
-        self._control = (self._control + data)[-CONTROL_LINE:]
-        while b"\n" in self._control:
-            line, _, self._control = self._control.partition(b"\n")
-            command, _, reason = line.decode("ascii", "replace").partition(" ")
-            if command == "recycle" and reason in REASONS and not self.retiring:
-                self.retiring = True
-                self.supervisor._recycling(self, reason)
+    def recycle(self, reason: str) -> None:
+        """The worker said (over its control channel) it is being recycled."""
+        if reason in REASONS and not self.retiring:
+            self.retiring = True
+            self.supervisor._recycling(self, reason)
 
     def outReceived(self, data):
         self.output.received(1, data)
@@ -289,7 +277,7 @@ class WorkerSupervisor(service.Service):
     drain_timeout = 0.0
 
     def __init__(self, reactor, count: int, config_path: str | None, listen: tuple[str, ...],
-                 metrics=None, env=None, host_layer=None):
+                 metrics=None, env=None, host_layer=None, ledger=None):
         self.reactor = reactor
         self.count = count
         #: environment variables given to the workers on top of this process's (the
@@ -298,6 +286,9 @@ class WorkerSupervisor(service.Service):
         #: the :class:`~mediaproxy.hostlayer.HostDirectory` every worker shares (None when a
         #: file layer or Redis is configured); removed once the reactor stopped
         self.host_layer = host_layer
+        #: the rate-limit exchange of the host (:class:`~mediaproxy.workercontrol.Ledger`),
+        #: answered over each worker's control channel
+        self.ledger = ledger if ledger is not None else Ledger(reactor.seconds)
         self.config_path = config_path
         self.listen = listen
         #: a :class:`~mediaproxy.monitoring.collect.WorkerMetrics` when the supervisor serves
@@ -341,9 +332,18 @@ class WorkerSupervisor(service.Service):
         env = dict(os.environ)
         env.update(self.env)
         env["MEDIAPROXY_WORKER_PARENT"] = str(os.getpid())
-        self.processes[index] = self.reactor.spawnProcess(
-            _WorkerProtocol(self, index), sys.executable, self.argv(index), env=env,
-            childFDs={0: "w", 1: "r", 2: "r", CONTROL_FD: "r"})
+        proto = _WorkerProtocol(self, index)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.processes[index] = self.reactor.spawnProcess(
+                proto, sys.executable, self.argv(index), env=env,
+                childFDs={0: "w", 1: "r", 2: "r", CONTROL_FD: theirs.fileno()})
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        adopt(self.reactor, ours, SupervisorEnd(self.ledger, proto.recycle))
         if self.metrics is not None:
             self.metrics.started(index)
         log.info("started worker {index} (pid {pid})", index=index,
