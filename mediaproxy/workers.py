@@ -164,21 +164,37 @@ class SharedPortService(service.Service):
         super().stopService()
         if self.port is not None:
             port, self.port = self.port, None
-            accept_pending(port)
-            return port.stopListening()
+            accepted = accept_pending(port)
+            closed = port.stopListening()
+            if not accepted:
+                return closed
+            # their requests are read before the drain starts, which closes idle connections
+            from twisted.internet.defer import DeferredList
+            from twisted.internet.task import deferLater
+            return DeferredList([closed, deferLater(self.reactor, ACCEPT_GRACE, lambda: None)],
+                                consumeErrors=True)
 
 
-def accept_pending(port) -> None:
-    """Accept the connections waiting in ``port``'s accept queue, right before it closes.
-    A SO_REUSEPORT socket's queue is its own: the kernel resets what is still in it at close
-    (unless net.ipv4.tcp_migrate_req=1, Linux 5.14+, hands them to another worker), so a
-    worker that stops (recycled, or stopped with the others) would drop clients the kernel had
-    already given it. Accepted here, they are served during the drain; what arrives between
-    this and the close (the same reactor turn) is all that can still be reset."""
+#: Seconds a closing shared port's last accepted connections get for their request to arrive
+#: before the drain starts (the drain closes connections that have sent nothing).
+ACCEPT_GRACE = 0.2
+
+
+def accept_pending(port) -> int:
+    """Accept the connections waiting in ``port``'s accept queue, right before it closes;
+    returns how many. A SO_REUSEPORT socket's queue is its own: the kernel resets what is
+    still in it at close (unless net.ipv4.tcp_migrate_req=1, Linux 5.14+, hands them to
+    another worker), so a worker that stops (recycled, or stopped with the others) would drop
+    clients the kernel had already given it. Accepted here, they are served during the drain
+    (:data:`ACCEPT_GRACE`); what arrives between this and the close (the same reactor turn) is
+    all that can still be reset."""
+    factory = getattr(port, "factory", None)
+    before = len(getattr(factory, "channels", ()))
     try:
         port.doRead()
     except Exception:   # nothing to accept, or the port already closing: close it anyway
         log.failure("accepting the last connections of {port} failed", port=port)
+    return max(0, len(getattr(factory, "channels", ())) - before)
 
 
 def cpu_cores() -> int:

@@ -171,3 +171,43 @@ def test_worker_0_is_never_recycled_and_says_so_once():
     clock.advance(CHECK_INTERVAL)
     assert r.reason == "requests" and not r.loop.running
     r.stopService()
+
+
+# -- a closing shared port ----------------------------------------------------------------------
+
+def test_a_closing_shared_port_serves_the_connections_waiting_in_its_accept_queue(
+        live_reactor):
+    """What a recycled worker does with the connections the kernel already queued for it:
+    accepted and served, not reset with the socket (a real SO_REUSEPORT socket on loopback;
+    the reactor is kept from accepting them by pausing the port's reads, as a busy worker's
+    would be late)."""
+    from twisted.web.server import Site
+    from twisted.web.static import Data
+
+    from mediaproxy.workers import SharedPortService
+
+    from .redis_server import free_port
+
+    port = free_port()
+    page = Data(b"served", "text/plain")
+    page.isLeaf = True
+    svc = SharedPortService(live_reactor, f"tcp:{port}:interface=127.0.0.1", Site(page))
+
+    def listen_without_accepting():
+        svc.bind()
+        svc.port.stopReading()
+    call_in_reactor(listen_without_accepting)
+    clients = []
+    for _ in range(3):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        clients.append(c)
+    call_in_reactor(svc.stopService)
+    answers = []
+    for c in clients:
+        with c:
+            data = b""
+            while chunk := c.recv(65536):
+                data += chunk
+            answers.append((data.split(b"\r\n", 1)[0], data.rsplit(b"\r\n\r\n", 1)[-1]))
+    assert answers == [(b"HTTP/1.0 200 OK", b"served")] * 3
