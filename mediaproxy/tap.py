@@ -131,11 +131,12 @@ class ReloadOnHangup(service.Service):
 
     name = "mediaproxy-reload"
 
-    def __init__(self, runtime: Runtime, config_path, workers: int = 1):
+    def __init__(self, runtime: Runtime, config_path, adjust=None):
         self.runtime = runtime
         self.config_path = config_path
-        #: the worker processes the budgets are divided among (a reload divides them again)
-        self.workers = workers
+        #: what makes a configuration this process's (several workers: the host layer, the
+        #: share of the budgets), applied to the re-read one too
+        self.adjust = adjust
         self._previous = None
 
     def startService(self):
@@ -145,7 +146,7 @@ class ReloadOnHangup(service.Service):
             self._previous = signal.signal(
                 signal.SIGHUP,
                 lambda *_: reactor.callFromThread(reload_config, self.runtime, self.config_path,
-                                                  self.workers))
+                                                  self.adjust))
 
     def stopService(self):
         super().stopService()
@@ -251,15 +252,17 @@ def collect_params(pm, config) -> dict:
     return params
 
 
-def reload_config(runtime, path, workers: int = 1):
-    """SIGHUP: re-read the file and environment (each budget divided among ``workers``
-    processes again: :func:`~mediaproxy.workerbudget.per_worker`) and tell the plugins."""
+def reload_config(runtime, path, adjust=None):
+    """SIGHUP: re-read the file and environment, made this process's by ``adjust`` (with
+    several workers: the host layer and the share of the budgets, as at start), and tell the
+    plugins."""
     try:
         new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}})
     except ConfigError as e:
         log.error("configuration reload refused: {error}", error=str(e))
         return
-    new = per_worker(new, workers)
+    if adjust is not None:
+        new = adjust(new)
     old, runtime.config = runtime.config, new
     runtime.set_params(collect_params(runtime.pm, new))
     runtime.fetcher.set_limits(new.limits)
@@ -292,11 +295,18 @@ def build_service(config, reactor, config_path=None, extra_services=(),
                      workers=workers, why=why)
         if workers > 1 and needs_host_layer(config):
             host_layer = HostDirectory()
-            config = with_host_layer(config, host_layer.path)
+
+    def adjust(c):
+        """``c`` as this process runs it (at start, and again at a reload)."""
+        if host_layer is not None:
+            c = with_host_layer(c, host_layer.path)
+        return per_worker(c, workers)
+    if not shared_ports:
+        config = adjust(config)
+        if host_layer is not None:
             log.info("no cache.file.dir nor Redis: the workers share results and coalesce "
                      "misses through the host layer in {path} (at most {limit} bytes)",
                      path=host_layer.path, limit=config.cache.file.max_bytes)
-        config = per_worker(config, workers)
         if workers > 1:
             log.info("{workers} workers, the per-process budgets divided among them; each "
                      "has {shares}", workers=workers,
@@ -327,7 +337,7 @@ def build_service(config, reactor, config_path=None, extra_services=(),
     Recycler(runtime, recycle).setServiceParent(top)
     StopOnTerm(reactor).setServiceParent(top)
     if not shared_ports:
-        ReloadOnHangup(runtime, config_path, workers).setServiceParent(top)
+        ReloadOnHangup(runtime, config_path, adjust).setServiceParent(top)
 
     def announce():
         log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "

@@ -118,3 +118,28 @@ def test_the_automatic_transform_budget_is_divided_and_minimums_are_kept():
     assert two.server.body_buffer_total == 64 * 1024  # its minimum, not half of it
     off = per_worker(config(cache={"source": {"memory_bytes": 0}}), 2, total_memory=16 * GiB)
     assert off.cache.source.memory_bytes == 0
+
+
+def test_worker_0_runs_its_share_with_the_host_layer_and_a_reload_keeps_both(monkeypatch):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mediaproxy.tap import ReloadOnHangup, build_service, reload_config
+
+    for name in [n for n in __import__("os").environ if n.startswith("MEDIAPROXY_")]:
+        monkeypatch.delenv(name)
+    c = load_config(environ={}, overrides={
+        "server": {"listen": ["tcp:0:interface=127.0.0.1"], "workers": 2},
+        "cache": {"memory": {"max_bytes": 100 * MiB}}})
+    top = build_service(c, MemoryReactorClock())
+    host = top.supervisor.host_layer
+    try:
+        runtime = top.runtime
+        assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
+                runtime.config.cache.file.max_bytes) == (50 * MiB, host.path, 100 * MiB)
+        assert runtime.exchange is top.supervisor.ledger
+        reload = next(svc for svc in top if isinstance(svc, ReloadOnHangup))
+        reload_config(runtime, None, reload.adjust)     # the defaults now: 128 MiB
+        assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
+                runtime.config.cache.file.max_bytes) == (64 * MiB, host.path, 128 * MiB)
+    finally:
+        host.close()
