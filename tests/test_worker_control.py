@@ -211,3 +211,28 @@ def test_a_closing_shared_port_serves_the_connections_waiting_in_its_accept_queu
                 data += chunk
             answers.append((data.split(b"\r\n", 1)[0], data.rsplit(b"\r\n\r\n", 1)[-1]))
     assert answers == [(b"HTTP/1.0 200 OK", b"served")] * 3
+
+
+def test_an_idle_bucket_learns_what_the_others_spent_every_idle_every_exchange():
+    """The host exchange runs every 0.5 s: a bucket that spent nothing since the last one
+    goes out only every idle_every-th exchange (sending every known bucket each time costs
+    the reactor time in proportion to every client ever seen), and learns all at once."""
+    clock = Clock()
+    ledger = Ledger(clock.seconds)
+    a, b = (worker_limiter(clock, ledger, 0.001, 100) for _ in range(2))
+    a.idle_every = 3
+    image = ImageRequest(route="query", source_path="/media/a.jpg", tenant="public")
+    request = RequestInfo(method="GET", path="/media/a.jpg", client_ip="198.51.100.7",
+                          peer_ip="198.51.100.7")
+    a.take_cheap(image, request)
+    b.take_cheap(image, request)
+    a.sync()                      # exchange 0: a's 1 sent, its first total seen
+    b.sync()
+    for _ in range(10):
+        b.take_cheap(image, request)
+    b.sync()                      # b's 10 more in the ledger
+    a.sync()                      # exchange 1: a spent nothing, not sent
+    a.sync()                      # exchange 2: still not
+    assert a.tables["ip"].remaining("198.51.100.7") == 99
+    a.sync()                      # exchange 3: idle ones go too, a learns b's 1 + 10
+    assert a.tables["ip"].remaining("198.51.100.7") == 100 - 1 - 11

@@ -228,6 +228,10 @@ class RateLimiter:
     _exempt: tuple = ()
     _exempt_cache: dict = attrs.field(factory=dict)
     _syncing: bool = False
+    #: buckets that spent nothing since the last exchange go out with every idle_every-th
+    #: one (the host exchange is frequent: it sends those at ratelimit.sync_interval)
+    idle_every: int = 1
+    _exchanges: int = 0
     _sync_warned: Throttle = attrs.field(factory=lambda: Throttle(60.0))
     #: decisions taken (every token asked for while enabled), for
     #: ``mediaproxy_ratelimit_decisions_total{result}``: two ints, nothing per request beyond
@@ -357,10 +361,14 @@ class RateLimiter:
         spent: dict[str, int] = {}
         buckets: dict[str, list] = {}
         floors: dict[str, float] = {}
+        # a bucket that spent nothing since the last exchange only learns what the others
+        # spent: every idle_every-th exchange (it learns all of it as soon as it spends)
+        idle_too = self._exchanges % self.idle_every == 0
+        self._exchanges += 1
         for kind, table in self.tables.items():
             floor = -(table.burst + table.rate * DEBT_SECONDS)
             for key, bucket in table.state.items():
-                if bucket[_SPENT] or bucket[_SEEN] >= 0:
+                if bucket[_SPENT] or (idle_too and bucket[_SEEN] >= 0):
                     name = f"{kind}:{key}"
                     spent[name] = bucket[_SPENT]
                     buckets[name] = bucket
@@ -471,6 +479,7 @@ class RateLimitService(service.Service):
                 # the workers of this host, through their supervisor: often, it is local
                 limiter.sync_backend = self.runtime.exchange
                 interval = min(interval, HOST_SYNC_INTERVAL)
+                limiter.idle_every = max(1, round(config.sync_interval / interval))
         if limiter.sync_backend is not None and interval > 0:
             self._loop(limiter.sync, interval, reactor)
 
