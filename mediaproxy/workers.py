@@ -8,9 +8,13 @@ the others (``python -m mediaproxy.worker``, same config file and environment), 
 when one dies, and stops them all when it stops. Workers die with it even after a ``kill -9``
 (``PR_SET_PDEATHSIG`` on Linux).
 
-Workers share what the shared layers hold: configure ``cache.file.dir`` (one host) or Redis so
-that a result rendered by one worker is a hit for the others, and so that concurrent misses
-across workers are coalesced.
+How many: :func:`resolve_workers` (``server.workers``, ``auto`` by default: one per core where
+that is safe). Each runs its share of the host's budgets (:mod:`mediaproxy.workerbudget`).
+Workers share what the shared layers hold, so that a result rendered by one worker is a hit for
+the others and concurrent misses across workers are coalesced: ``cache.file.dir`` or Redis when
+configured, else the supervisor's private host layer (:mod:`mediaproxy.hostlayer`). Each worker
+has a private channel to the supervisor (:mod:`mediaproxy.workercontrol`: the rate-limit
+exchange, the recycling message, :mod:`mediaproxy.recycling`).
 
 What an operator sees comes out once, from the supervisor:
 
