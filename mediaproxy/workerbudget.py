@@ -51,7 +51,7 @@ def host_transform_memory(config, workers: int, total_memory: int | None = None)
         return config.limits.transform_memory
     total = _total_memory() if total_memory is None else total_memory
     return max(1, min(int(total * AUTO_TRANSFORM_MEMORY_SHARE),
-                      AUTO_TRANSFORM_MEMORY_CAP * max(1, workers)))
+                      AUTO_TRANSFORM_MEMORY_CAP * workers))
 
 
 def per_worker(config, workers: int, total_memory: int | None = None):

@@ -143,3 +143,16 @@ def test_worker_0_runs_its_share_with_the_host_layer_and_a_reload_keeps_both(mon
                 runtime.config.cache.file.max_bytes) == (64 * MiB, host.path, 128 * MiB)
     finally:
         host.close()
+
+
+def test_auto_gives_each_worker_at_least_256_mib_of_transform_memory():
+    eight_gib = config()                          # automatic: an eighth of 8 GiB, 1 GiB
+    assert resolve_workers(eight_gib, cores=8, total_memory=8 * GiB)[0] == 4
+    assert resolve_workers(config(limits={"transform_memory": 512 * MiB}), cores=4)[0] == 2
+    assert resolve_workers(config(limits={"transform_memory": 512 * MiB - 1}), cores=4)[0] == 1
+
+
+def test_a_tiny_machine_or_budget_still_has_a_budget_of_at_least_one_byte():
+    assert host_transform_memory(config(), 1, total_memory=7) == 1     # an eighth is 0
+    # a 1-byte budget split in two stays 1 byte: 0 would mean "automatic"
+    assert per_worker(config(limits={"transform_memory": 1}), 2).limits.transform_memory == 1

@@ -9,12 +9,13 @@ import types
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 
 from mediaproxy.builtin.ratelimit import RateLimiter
 from mediaproxy.config import load_config
 from mediaproxy.inflight import InFlight
 from mediaproxy.models import ImageRequest, RequestInfo
-from mediaproxy.recycling import CHECK_INTERVAL, Recycler, over_limit
+from mediaproxy.recycling import Recycler, over_limit
 from mediaproxy.testing import call_in_reactor, wait_for
 from mediaproxy.workercontrol import HOST_SYNC_INTERVAL, Ledger, SupervisorEnd, WorkerEnd, adopt
 
@@ -153,24 +154,52 @@ def recycler(recycle, **values):
 def test_a_worker_is_recycled_once_at_the_first_check_past_its_limit():
     calls = []
     r, runtime, clock = recycler(calls.append, max_worker_requests=3)
-    r.startService()
     for _ in range(3):
         runtime.inflight.start("image")
-    assert calls == []                                # not looked at yet
-    clock.advance(CHECK_INTERVAL)
-    assert calls == ["requests"] and not r.loop.running
-    clock.advance(10 * CHECK_INTERVAL)
+    with capturedLogs() as events:
+        r.startService()
+        assert calls == []                            # not looked at when it starts
+        clock.advance(0.999)
+        assert calls == []                            # nor before a second
+        clock.advance(0.001)
+        assert calls == ["requests"] and not r.loop.running
+        clock.advance(10.0)
     assert calls == ["requests"]
+    assert [(e["reason"], e["limit"]) for e in events if "reason" in e] == [("requests", 3)]
     r.stopService()
+
+
+def test_an_rss_recycle_names_the_rss_limit():
+    calls = []
+    r, runtime, clock = recycler(calls.append, max_worker_rss=1000)
+    r.rss = lambda: 1001
+    with capturedLogs() as events:
+        r.check()                                     # also without the loop started
+    assert calls == ["rss"]
+    assert [(e["reason"], e["limit"]) for e in events if "reason" in e] == [("rss", 1000)]
 
 
 def test_worker_0_is_never_recycled_and_says_so_once():
     r, runtime, clock = recycler(None, max_worker_requests=1)
     r.startService()
     runtime.inflight.start("image")
-    clock.advance(CHECK_INTERVAL)
+    with capturedLogs() as events:
+        clock.advance(1.0)
+        clock.advance(5.0)
     assert r.reason == "requests" and not r.loop.running
+    assert [e["log_level"].name for e in events if "reason" in e] == ["warn"]
     r.stopService()
+
+
+def test_a_stopped_recycler_looks_no_more():
+    calls = []
+    r, runtime, clock = recycler(calls.append, max_worker_requests=1)
+    r.startService()
+    r.stopService()
+    assert not r.loop.running
+    runtime.inflight.start("image")
+    clock.advance(5.0)
+    assert calls == []
 
 
 # -- a closing shared port ----------------------------------------------------------------------
