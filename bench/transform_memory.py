@@ -94,6 +94,8 @@ def main() -> None:
                "MEDIAPROXY_PROCESSING__THREADS": str(args.threads),
                "MEDIAPROXY_LIMITS__TRANSFORM_MEMORY": args.memory,
                "MEDIAPROXY_RATELIMIT__ENABLED": "false",
+               # one process: its RSS is what this measures (auto would run one per core)
+               "MEDIAPROXY_SERVER__WORKERS": "1",
                "MEDIAPROXY_MONITORING__LOG_LEVEL": "warn"}
         origin = subprocess.Popen([sys.executable, "-m", "http.server", str(origin_port),
                                    "--bind", "127.0.0.1", "--directory", tmp],

@@ -20,11 +20,13 @@ from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
 
 
 def serve(config, extra_services=(), shared_ports=False, config_path=None,
-          banner: str | None = None) -> int:
+          banner: str | None = None, worker_env=None, recycle=None, exchange=None) -> int:
     """Run the proxy in this process until it is stopped (SIGTERM: gracefully, see
     :mod:`mediaproxy.lifecycle`). Every listener binds before the reactor runs: one that
     cannot ends the process (status 1, one line naming it). ``banner`` is printed once they
-    all listen."""
+    all listen. ``worker_env``: environment variables for the other workers (the settings
+    the command line overrode that a worker, reading only the file and the environment,
+    would not see). ``recycle``, ``exchange``: see :func:`~mediaproxy.tap.build_service`."""
     from twisted.internet import reactor
 
     from .http.listening import CannotListen
@@ -33,7 +35,8 @@ def serve(config, extra_services=(), shared_ports=False, config_path=None,
 
     begin_logging(config.monitoring.log_level, config.monitoring.log_format)
     top = build_service(config, reactor, config_path=config_path, extra_services=extra_services,
-                        shared_ports=shared_ports)
+                        shared_ports=shared_ports, worker_env=worker_env, recycle=recycle,
+                        exchange=exchange)
     try:
         top.privilegedStartService()   # binds every listener
     except CannotListen:
@@ -85,7 +88,9 @@ def cmd_demo(args) -> int:
               f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
               f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover"
               "&fmt=webp'")
-    return serve(config, [origin], banner=banner)
+    # the other workers (server.workers, auto by default) serve the same demo origin
+    return serve(config, [origin], banner=banner,
+                 worker_env={"MEDIAPROXY_BACKEND__URL": overrides["backend"]["url"]})
 
 
 def cmd_check_config(args) -> int:

@@ -295,6 +295,24 @@ SOURCE_FORMATS = ("jpeg", "png", "webp", "gif", "avif", "heif", "tiff", "bmp")
 
 # -- the schema -------------------------------------------------------------------------------
 
+def _to_workers(value: Any) -> int | str:
+    """``server.workers``: "auto" or an integer (checked by :func:`_workers`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _to_int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither an integer nor \"auto\"") from None
+
+
+def _workers(value: int | str) -> None:
+    if value != "auto" and value < 1:
+        raise ValueError(f"{value!r} is below the minimum 1 (\"auto\": one per CPU core)")
+
+
+_CONVERT["workers"] = _to_workers
+
+
 @frozen
 class ServerConfig:
     listen: tuple[str, ...] = setting(
@@ -302,10 +320,16 @@ class ServerConfig:
         "Endpoints the proxy listens on (Twisted endpoint strings: tcp:8080, "
         "tcp:8080:interface=127.0.0.1, unix:/run/mediaproxy.sock, systemd:domain=INET:index=0). "
         "--listen on the command line replaces this list.", _endpoints)
-    workers: int = setting(
-        1, "int", "Worker processes, each a whole proxy with its own thread pool and memory "
-        "cache, sharing the tcp: listen endpoints (SO_REUSEPORT). 0: one per CPU core. With "
-        "more than one, set cache.file.dir (or Redis) so workers share results.", _at_least(0))
+    workers: int | str = setting(
+        "auto", "workers", "Worker processes, each a whole proxy with its own reactor, thread "
+        "pool and memory cache, sharing the tcp: listen endpoints (SO_REUSEPORT): an integer "
+        "(1: one process) or auto, one per CPU core this process may run on. auto is one "
+        "process, logged once with the reason, where several would not be safe or useful: "
+        "one core, a listen endpoint that cannot be shared (unix:, systemd:, port 0), or a "
+        "transform memory budget too small to split. The per-process budgets "
+        "(cache.memory.max_bytes, cache.source.memory_bytes, limits.transform_memory, "
+        "server.body_buffer_total, server.response_buffer_total) are divided among the "
+        "workers, never multiplied (docs/operations.md, Several workers).", _workers)
     trusted_proxies: tuple[str, ...] = setting(
         [], "strlist",
         "Peers (IPs or CIDR networks) whose X-Forwarded-For is believed and appended to. From any "
@@ -374,6 +398,18 @@ class ServerConfig:
         "terminationGracePeriodSeconds, systemd TimeoutStopSec); with server.workers the "
         "supervisor gives its workers this plus 5 s before it kills them. A reload (SIGHUP) "
         "changes it.", _at_least(0))
+    max_worker_requests: int = setting(
+        0, "int", "Requests a worker serves before it is recycled: it stops accepting, "
+        "finishes its requests (server.drain_timeout) and exits while the supervisor starts "
+        "its replacement at once (the others keep serving). Checked every second, so a worker "
+        "may serve a second's worth more. Worker 0, the supervisor, and a single process are "
+        "never recycled (a warning is logged once). 0: never.", _at_least(0))
+    max_worker_rss: int = setting(
+        0, "int", "Resident memory in bytes (accepts 1GiB) above which a worker is recycled as "
+        "with server.max_worker_requests, checked every second. 0: never, the default: the "
+        "budgets bound a worker's memory by design, so this only guards against a leak; set "
+        "it well above a worker's share of the budgets (the startup log names them) plus about "
+        "200 MiB for the interpreter, or workers would be recycled in a loop.", _at_least(0))
 
 
 @frozen

@@ -40,6 +40,8 @@ class InFlight:
 
     counts: dict = attrs.field(factory=lambda: dict.fromkeys(KINDS, 0))
     _idle: list = attrs.field(factory=list)
+    #: requests started since the process began (server.max_worker_requests reads it)
+    started: int = 0
 
     @property
     def total(self) -> int:
@@ -47,6 +49,7 @@ class InFlight:
 
     def start(self, kind: str) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        self.started += 1
 
     def end(self, kind: str) -> None:
         self.counts[kind] -= 1

@@ -144,6 +144,10 @@ class Runtime:
     #: ``monitoring.listen`` set): what it knows of its workers' metrics, merged into its own
     #: at every scrape (:class:`~mediaproxy.monitoring.collect.WorkerMetrics`); else None
     workers: WorkerMetrics | None = None
+    #: with several workers on the host: the rate-limit exchange among them (``exchange(
+    #: {key: spent})`` -> Deferred of ``{key: total}``, :mod:`mediaproxy.workercontrol`), set
+    #: by the composition; else None
+    exchange: Any = None
     #: the health snapshot (:class:`~mediaproxy.monitoring.health.HealthMonitor`), made by
     #: the composition with the runtime and started by the health plugin's service
     health: HealthMonitor | None = None

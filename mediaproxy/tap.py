@@ -32,12 +32,16 @@ from .http.connection import ConnectionLimits
 from .http.draining import ServingSite
 from .http.listening import ListeningService
 from .lifecycle import ProxyService, StopOnTerm
+from .recycling import Recycler
+from .workercontrol import Ledger
 from .http.upstream import Upstream
 from .http.monitoring import HealthFirst
 from .monitoring.health import HealthService, monitor_for
+from .hostlayer import HostDirectory, needs_host_layer, with_host_layer
+from .workerbudget import per_worker, shares
 from .workers import (
-    SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, with_backlog,
-    worker_count,
+    SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, resolve_workers,
+    with_backlog,
 )
 
 log = Logger(namespace="mediaproxy")
@@ -127,9 +131,12 @@ class ReloadOnHangup(service.Service):
 
     name = "mediaproxy-reload"
 
-    def __init__(self, runtime: Runtime, config_path):
+    def __init__(self, runtime: Runtime, config_path, adjust=None):
         self.runtime = runtime
         self.config_path = config_path
+        #: what makes a configuration this process's (several workers: the host layer, the
+        #: share of the budgets), applied to the re-read one too
+        self.adjust = adjust
         self._previous = None
 
     def startService(self):
@@ -138,7 +145,8 @@ class ReloadOnHangup(service.Service):
             reactor = self.runtime.reactor
             self._previous = signal.signal(
                 signal.SIGHUP,
-                lambda *_: reactor.callFromThread(reload_config, self.runtime, self.config_path))
+                lambda *_: reactor.callFromThread(reload_config, self.runtime, self.config_path,
+                                                  self.adjust))
 
     def stopService(self):
         super().stopService()
@@ -151,7 +159,8 @@ def pool_size(config) -> int:
     return config.processing.threads or os.cpu_count() or 2
 
 
-def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> Runtime:
+def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None,
+                  workers: int = 1) -> Runtime:
     """The runtime for ``config`` on ``reactor``, complete, with every plugin configured.
 
     In order: the plugin manager (built-ins, entry points, ``extra_plugins``), the transform
@@ -159,6 +168,7 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     the parameter registry, the layered cache with the layers ``mediaproxy_cache_layers``
     gives, and only then ``mediaproxy_configure``. Nothing is started: the services of
     :func:`compose` do that. (The runtime makes its transform memory budget from ``config``.)
+    ``workers`` is how many worker processes this one supervises (1: none).
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
                             extra_plugins=extra_plugins)
@@ -175,7 +185,8 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     cache = LayeredCache([])
     runtime = Runtime(config=config, reactor=reactor, pm=pm, threadpool=pool,
                       upstream=upstream, fetcher=fetcher, cache=cache, redis=redis,
-                      params=collect_params(pm, config), workers=worker_metrics(config, reactor))
+                      params=collect_params(pm, config),
+                      workers=worker_metrics(config, reactor, workers))
     cache.emit = runtime.emit
     runtime.health = monitor_for(runtime)
     # runtime.admission, the transform memory budget, is made with the runtime from config;
@@ -191,24 +202,25 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None) -> R
     return runtime
 
 
-def worker_metrics(config, reactor):
-    """What the supervisor of several workers needs to merge their metrics into its /metrics
-    (nothing without a monitoring listener, nor in a worker, whose config says one worker)."""
-    if worker_count(config) > 1 and config.monitoring.listen:
+def worker_metrics(config, reactor, workers: int = 1):
+    """What the supervisor of ``workers`` processes needs to merge their metrics into its
+    /metrics (nothing without a monitoring listener, nor in a worker, nor with one process)."""
+    if workers > 1 and config.monitoring.listen:
         from .monitoring.collect import WorkerMetrics
 
         return WorkerMetrics(reactor)
     return None
 
 
-def compose(config, reactor, extra_plugins=(), load_entrypoints=None):
-    """Build the runtime, the site and the services for ``config`` on ``reactor``.
+def compose(config, reactor, extra_plugins=(), load_entrypoints=None, workers: int = 1):
+    """Build the runtime, the site and the services for ``config`` on ``reactor``
+    (``workers``: how many worker processes this one supervises; 1, the default, none).
 
     Returns ``(runtime, site, services)``; the caller listens with ``site`` and starts the
     services in order (the thread pool and Redis first, the plugins' services last).
     """
     runtime = build_runtime(config, reactor, extra_plugins=extra_plugins,
-                            load_entrypoints=load_entrypoints)
+                            load_entrypoints=load_entrypoints, workers=workers)
     site = ServingSite(HealthFirst(ProxyResource(runtime), runtime),
                        limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
@@ -240,13 +252,17 @@ def collect_params(pm, config) -> dict:
     return params
 
 
-def reload_config(runtime, path):
-    """SIGHUP: re-read the file and environment and tell the plugins."""
+def reload_config(runtime, path, adjust=None):
+    """SIGHUP: re-read the file and environment, made this process's by ``adjust`` (with
+    several workers: the host layer and the share of the budgets, as at start), and tell the
+    plugins."""
     try:
         new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}})
     except ConfigError as e:
         log.error("configuration reload refused: {error}", error=str(e))
         return
+    if adjust is not None:
+        new = adjust(new)
     old, runtime.config = runtime.config, new
     runtime.set_params(collect_params(runtime.pm, new))
     runtime.fetcher.set_limits(new.limits)
@@ -255,34 +271,73 @@ def reload_config(runtime, path):
 
 
 def build_service(config, reactor, config_path=None, extra_services=(),
-                  shared_ports=False) -> ProxyService:
+                  shared_ports=False, worker_env=None, recycle=None,
+                  exchange=None) -> ProxyService:
     """The whole daemon as one service (:class:`~mediaproxy.lifecycle.ProxyService`: how it
     binds, drains and stops): the runtime's services first (thread pool, Redis, disk pool,
-    the plugins' side listeners...), then the listening ports, then, with server.workers > 1,
-    the supervisor of the other workers (the ports are then shared with SO_REUSEPORT), then
-    the signal handlers."""
-    runtime, site, services = compose(config, reactor)
+    the plugins' side listeners...), then the listening ports, then, with several workers
+    (server.workers, :func:`~mediaproxy.workers.resolve_workers`), the supervisor of the
+    other workers (the ports are then shared with SO_REUSEPORT), then the signal handlers.
+
+    ``shared_ports``: this is one of several workers (its config already its share). Else
+    this process is worker 0: the per-process budgets of ``config`` are divided among the
+    workers (:func:`~mediaproxy.workerbudget.per_worker`), and ``worker_env`` (environment
+    variables) is given to the other workers on top of this process's environment.
+    ``recycle(reason)``: what a worker does when it is over server.max_worker_requests or
+    server.max_worker_rss (:mod:`mediaproxy.recycling`); None: only a warning.
+    ``exchange``: a worker's rate-limit exchange with its supervisor
+    (:mod:`mediaproxy.workercontrol`); worker 0 of several makes the host's ledger itself."""
+    workers, host_layer = 1, None
+    if not shared_ports:
+        workers, why = resolve_workers(config)
+        if why:
+            log.info("server.workers = auto: {workers} worker(s), not one per core: {why}",
+                     workers=workers, why=why)
+        if workers > 1 and needs_host_layer(config):
+            host_layer = HostDirectory()
+
+    def adjust(c):
+        """``c`` as this process runs it (at start, and again at a reload)."""
+        if host_layer is not None:
+            c = with_host_layer(c, host_layer.path)
+        return per_worker(c, workers)
+    if not shared_ports:
+        config = adjust(config)
+        if host_layer is not None:
+            log.info("no cache.file.dir nor Redis: the workers share results and coalesce "
+                     "misses through the host layer in {path} (at most {limit} bytes)",
+                     path=host_layer.path, limit=config.cache.file.max_bytes)
+        if workers > 1:
+            log.info("{workers} workers, the per-process budgets divided among them; each "
+                     "has {shares}", workers=workers,
+                     shares=", ".join(f"{k}={v}" for k, v in shares(config).items()))
+    runtime, site, services = compose(config, reactor, workers=workers)
+    ledger = None
+    if workers > 1:
+        ledger = exchange = Ledger(reactor.seconds)
+    runtime.exchange = exchange
     top = ProxyService(runtime, site)
     # The thread pool, the Redis client and the disk pool start before the ports open, so the
     # first requests find them up; they stop last, after the drain.
     for svc in [*services, *extra_services]:
         svc.setServiceParent(top)
-    workers = worker_count(config)
     for endpoint in config.server.listen:
         if workers > 1 or shared_ports:
             parse_tcp(endpoint)   # fails early, naming the endpoint, if it cannot be shared
-            top.add_port(SharedPortService(reactor, endpoint, site))
+            top.add_port(SharedPortService(reactor, endpoint, site, first=not shared_ports))
         else:
             top.add_port(ListeningService(reactor, endpoint, site, "proxy",
                                           listen_as=with_backlog(endpoint)))
     if workers > 1 and not shared_ports:
         supervisor = WorkerSupervisor(reactor, workers, config_path, config.server.listen,
-                                      metrics=runtime.workers)
+                                      metrics=runtime.workers, env=worker_env,
+                                      host_layer=host_layer, ledger=ledger)
         supervisor.drain_timeout = config.server.drain_timeout
         top.add_supervisor(supervisor)
+    Recycler(runtime, recycle).setServiceParent(top)
     StopOnTerm(reactor).setServiceParent(top)
     if not shared_ports:
-        ReloadOnHangup(runtime, config_path).setServiceParent(top)
+        ReloadOnHangup(runtime, config_path, adjust).setServiceParent(top)
 
     def announce():
         log.info("mediaproxy {version} listening on {listen} ({workers} worker(s)), backend "

@@ -23,6 +23,7 @@ def _value_strategy(f: attrs.Attribute, owner: str):
             lambda v: round(v, 3)),
         "str": _text,
         "strlist": st.lists(_text, max_size=4).map(tuple),
+        "workers": st.one_of(st.just("auto"), st.integers(min_value=0, max_value=64)),
     }[kind]
     special = {
         "ServerConfig.listen": st.lists(st.integers(1, 65535).map(lambda p: f"tcp:{p}"), min_size=1,

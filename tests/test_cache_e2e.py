@@ -153,7 +153,10 @@ def test_stampede_two_nodes_with_redis(origin, redis_server, tmp_path):
 
 
 def test_a_leader_killed_mid_render_leaves_no_waiter_hanging(origin, tmp_path):
-    env = {"MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / "cache")}
+    # one process each: the kill -9 must hit the process that renders (a worker of a killed
+    # supervisor is stopped gracefully, and would finish the render)
+    env = {"MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / "cache"),
+           "MEDIAPROXY_SERVER__WORKERS": "1"}
     leader, follower = ProxyProcess(origin.port, env), ProxyProcess(origin.port, env)
     try:
         origin.delay = 1.5

@@ -26,7 +26,8 @@ def test_warm_then_purge_through_shared_layers(live_reactor, redis_server, tmp_p
     port = start_origin(origin).getHost().port
     env = {"MEDIAPROXY_CACHE__REDIS__URL": redis_server.url,
            "MEDIAPROXY_CACHE__FILE__DIR": str(tmp_path / "cache")}
-    proxy = ProxyProcess(port, env)
+    # one process: the test reads its memory layer (HIT-MEMORY) after the warm-up
+    proxy = ProxyProcess(port, {**env, "MEDIAPROXY_SERVER__WORKERS": "1"})
     try:
         wait_for(lambda: proxy.get("/media/uploads/a.jpg?w=5")[0] == 200, 20, what="proxy up")
         urls = tmp_path / "urls.txt"

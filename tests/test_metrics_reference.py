@@ -25,7 +25,7 @@ DOCUMENTED_ELSEWHERE = {
     # exported only by the supervisor of server.workers > 1 (the collection of its workers'
     # metrics); tests/test_workers_observability.py reads them
     "mediaproxy_workers", "mediaproxy_workers_scrape_errors_total",
-    "mediaproxy_workers_restarts_total",
+    "mediaproxy_workers_restarts_total", "mediaproxy_worker_recycles_total",
 }
 
 

@@ -501,16 +501,26 @@ def test_a_single_token_spent_elsewhere_is_taken_out():
     assert rl.tables["ip"].remaining("203.0.113.7") == 7
 
 
-def test_what_others_spent_never_takes_a_bucket_below_zero():
+def test_what_others_spent_takes_a_bucket_into_a_bounded_debt():
+    # A debt, not forgiven: under a sustained overload every node's (worker's) bucket is
+    # empty when the others' spending arrives; clamped at zero, each would grant the rate.
     shared = {}
-    rl = limiter(ip_rate=0.001, ip_burst=10)
+    rl = limiter(ip_rate=1.0, ip_burst=10)
     rl.sync_backend = Recording(shared)
-    granted(rl.take_cheap, 2, image(), client())
+    granted(rl.take_cheap, 2, image(), client())          # 8 left
     rl.sync()
+    shared["ip:203.0.113.7"] += 17
+    rl.sync()
+    assert rl.tables["ip"].state["203.0.113.7"][0] == -9.0    # 8 - 17
     shared["ip:203.0.113.7"] += 500
     rl.sync()
-    assert rl.tables["ip"].state["203.0.113.7"][0] == 0.0
+    # one burst and DEBT_SECONDS of refill deep at most: -(10 + 1.0 x 60)
+    assert rl.tables["ip"].state["203.0.113.7"][0] == -70.0
     assert rl.take_cheap(image(), client()).status == 429
+    rl.clock.advance(70.0)                                     # back to 0: still nothing
+    assert rl.take_cheap(image(), client()).status == 429
+    rl.clock.advance(1.0)
+    assert rl.take_cheap(image(), client()) is None
 
 
 def test_an_untouched_bucket_is_not_sent():

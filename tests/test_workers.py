@@ -60,8 +60,10 @@ def test_two_workers_share_the_port_and_a_dead_one_is_replaced(origin_port, tmp_
                              for c in children), 20, what="workers stopped")
 
 
-def test_workers_stop_with_the_supervisor_even_after_kill_9(origin_port):
-    proxy = ProxyProcess(origin_port, {"MEDIAPROXY_SERVER__WORKERS": "2"})
+def test_workers_stop_with_the_supervisor_even_after_kill_9(origin_port, tmp_path):
+    # a kill -9 leaves the supervisor's private directories behind: in tmp_path
+    proxy = ProxyProcess(origin_port, {"MEDIAPROXY_SERVER__WORKERS": "2",
+                                       "TMPDIR": str(tmp_path)})
     wait_for(lambda: len(workers_of(proxy)) == 1, 20, what="worker 1 started")
     (child,) = workers_of(proxy)
     proxy.kill()

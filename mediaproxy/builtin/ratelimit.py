@@ -25,8 +25,16 @@ A refusal is a 429 with ``Retry-After``, ``RateLimit-Limit``, ``RateLimit-Remain
 **Across nodes**: every ``sync_interval`` the tokens each bucket spent locally are added to a
 counter in Redis (one EVAL per exchange, whatever the number of keys) and the counters' new
 totals come back; what the other nodes spent since the last exchange is taken out of the local
-bucket. Requests never wait on Redis; without Redis each node limits alone. A node learns a
-key's usage by other nodes from its second exchange of that key on.
+bucket, which may go into debt (at most one burst and :data:`DEBT_SECONDS` of refill deep):
+under a sustained overload every node's bucket is empty when the others' spending arrives, and
+forgiving it would let each node grant the whole rate. Requests never wait on Redis; without Redis each node limits alone. A
+node learns a key's usage by other nodes from its second exchange of that key on.
+
+**Across the workers of a host** (``server.workers`` > 1) without Redis: the same exchange,
+every :data:`~mediaproxy.workercontrol.HOST_SYNC_INTERVAL` seconds (or a shorter
+``sync_interval``), with the supervisor's ledger over each worker's private channel
+(``runtime.exchange``, :mod:`mediaproxy.workercontrol`), so one client whose connections the
+kernel spreads over the workers gets the configured rate, not N times it.
 
 A bucket costs a dict entry; at most ``ratelimit.max_keys`` are kept, full (idle) ones are
 dropped first.
@@ -47,10 +55,16 @@ from twisted.logger import Logger
 from .. import hookimpl
 from ..logs import Throttle
 from ..models import Rejection
+from ..workercontrol import HOST_SYNC_INTERVAL
 
 log = Logger(namespace="mediaproxy.ratelimit")
 
 PLUGIN_NAME = "mediaproxy.builtin.ratelimit.instance"
+
+#: How deep in debt what the other nodes (or workers) spent may take a bucket, in seconds of
+#: its refill beyond one burst: deep enough for any exchange interval, bounded against a
+#: counter gone wrong.
+DEBT_SECONDS = 60.0
 
 # A bucket is a list for speed: [tokens, last update, spent since the last exchange,
 # last total seen in Redis (or -1)].
@@ -214,6 +228,10 @@ class RateLimiter:
     _exempt: tuple = ()
     _exempt_cache: dict = attrs.field(factory=dict)
     _syncing: bool = False
+    #: buckets that spent nothing since the last exchange go out with every idle_every-th
+    #: one (the host exchange is frequent: it sends those at ratelimit.sync_interval)
+    idle_every: int = 1
+    _exchanges: int = 0
     _sync_warned: Throttle = attrs.field(factory=lambda: Throttle(60.0))
     #: decisions taken (every token asked for while enabled), for
     #: ``mediaproxy_ratelimit_decisions_total{result}``: two ints, nothing per request beyond
@@ -342,12 +360,19 @@ class RateLimiter:
             return succeed(None)
         spent: dict[str, int] = {}
         buckets: dict[str, list] = {}
+        floors: dict[str, float] = {}
+        # a bucket that spent nothing since the last exchange only learns what the others
+        # spent: every idle_every-th exchange (it learns all of it as soon as it spends)
+        idle_too = self._exchanges % self.idle_every == 0
+        self._exchanges += 1
         for kind, table in self.tables.items():
+            floor = -(table.burst + table.rate * DEBT_SECONDS)
             for key, bucket in table.state.items():
-                if bucket[_SPENT] or bucket[_SEEN] >= 0:
+                if bucket[_SPENT] or (idle_too and bucket[_SEEN] >= 0):
                     name = f"{kind}:{key}"
                     spent[name] = bucket[_SPENT]
                     buckets[name] = bucket
+                    floors[name] = floor
                     bucket[_SPENT] = 0
         if not spent:
             return succeed(None)
@@ -359,7 +384,8 @@ class RateLimiter:
                 if bucket[_SEEN] >= 0:
                     others = total - bucket[_SEEN] - spent[name]
                     if others > 0:
-                        bucket[_TOKENS] = max(0.0, bucket[_TOKENS] - others)
+                        # a debt, bounded (see the module docstring)
+                        bucket[_TOKENS] = max(floors[name], bucket[_TOKENS] - others)
                 bucket[_SEEN] = total
 
         def failed(failure):
@@ -442,14 +468,20 @@ class RateLimitService(service.Service):
             limiter.sampler = psutil_sampler(self.runtime)
         self._loop(limiter.sample, config.sample_interval, reactor)
         self._loop(limiter.sweep, 60.0, reactor)
-        if config.sync_interval > 0 and limiter.sync_backend is None:
+        interval = config.sync_interval
+        if interval > 0 and limiter.sync_backend is None:
             client = self.runtime.redis
             if client is not None:
-                ttl = max(60.0, 4 * config.sync_interval)
+                ttl = max(60.0, 4 * interval)
                 limiter.sync_backend = RedisBucketSync(
                     client, self.runtime.config.cache.redis.key_prefix, ttl)
-        if limiter.sync_backend is not None and config.sync_interval > 0:
-            self._loop(limiter.sync, config.sync_interval, reactor)
+            elif getattr(self.runtime, "exchange", None) is not None:
+                # the workers of this host, through their supervisor: often, it is local
+                limiter.sync_backend = self.runtime.exchange
+                interval = min(interval, HOST_SYNC_INTERVAL)
+                limiter.idle_every = max(1, round(config.sync_interval / interval))
+        if limiter.sync_backend is not None and interval > 0:
+            self._loop(limiter.sync, interval, reactor)
 
     def _loop(self, fn, interval: float, reactor) -> None:
         loop = task.LoopingCall(fn)

@@ -129,6 +129,8 @@ class WorkerMetrics:
         self.retired: list[Metric] = []           # the last counters of workers that died
         self.scrape_errors = 0
         self.restarts = 0
+        #: workers recycled, by reason (mediaproxy.recycling.REASONS)
+        self.recycles = {"requests": 0, "rss": 0}
         self.states: dict[int, str] = {}
         self._generation: dict[int, int] = {}    # index -> how many times it was started
         self._warnings = Throttle(60.0)
@@ -172,6 +174,10 @@ class WorkerMetrics:
             self.retired = merge([self.retired, last])
         if restarting:
             self.restarts += 1
+
+    def recycled(self, reason: str) -> None:
+        """A worker is being recycled for ``reason`` (``requests`` or ``rss``)."""
+        self.recycles[reason] = self.recycles.get(reason, 0) + 1
 
     def scrape(self) -> Deferred:
         """Every running worker's families (a list of lists), fetched in parallel: for a worker
@@ -241,7 +247,13 @@ class WorkerMetrics:
         restarts = CounterMetricFamily(
             "mediaproxy_workers_restarts", "Workers that died and were started again.")
         restarts.add_metric([], self.restarts)
-        return [states, errors, restarts]
+        recycles = CounterMetricFamily(
+            "mediaproxy_worker_recycles", "Workers recycled (replaced by a new one after "
+            "finishing their requests), by reason: requests (server.max_worker_requests), rss "
+            "(server.max_worker_rss).", labels=["reason"])
+        for reason, n in sorted(self.recycles.items()):
+            recycles.add_metric([reason], n)
+        return [states, errors, restarts, recycles]
 
 
 def merged(own: Iterable[Metric], others: Iterable[Iterable[Metric]]) -> list[Metric]:

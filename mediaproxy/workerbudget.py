@@ -1,0 +1,93 @@
+"""
+Each worker's share of the host's budgets (``server.workers`` > 1): the one place that turns
+the configuration an operator wrote for the host into the one a worker runs with.
+
+Every worker is a whole proxy with its own memory, so a per-process byte budget taken as it is
+would be spent N times over: N workers with ``cache.memory.max_bytes = 128MiB`` hold up to
+N x 128 MiB. :func:`per_worker` divides each such budget by N instead, so the host's total
+stays what the operator configured (and what the automatic transform budget derives from the
+machine's memory):
+
+* ``cache.memory.max_bytes`` (the memory layer), ``cache.source.memory_bytes`` (originals kept
+  after a fetch);
+* ``limits.transform_memory``, the transform memory budget (0, automatic: the machine's share,
+  :func:`host_transform_memory`); the decoded-image cache is carved out of it, so it is
+  divided too;
+* ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
+  uploads and slow readers), not below their minimums.
+
+Not divided: ``ratelimit.max_keys`` (each worker sees every client, SO_REUSEPORT spreads one
+client's connections over all of them, so each must be able to hold every active bucket; a
+bucket is about a hundred bytes), per-request and per-item limits, and everything shared
+(the file layer, Redis).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: auto uses no more workers than give each this much transform memory: below it a worker
+#: would refuse (422 over_memory_budget) a photo that one process renders. By the estimates
+#: (mediaproxy.imaging.estimate_bytes) a 24 MP JPEG resized to 1920 px takes 76 MiB as JPEG or
+#: PNG and 123 MiB as WebP: 256 MiB renders two such at once.
+MIN_WORKER_TRANSFORM_MEMORY = 256 * 1024 * 1024
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
+
+
+def host_transform_memory(config, workers: int, total_memory: int | None = None) -> int:
+    """The transform memory budget of the whole host: ``limits.transform_memory`` when set;
+    else, automatic, the machine's share (:data:`~mediaproxy.runtime.AUTO_TRANSFORM_MEMORY_SHARE`
+    of ``total_memory``) with the per-process cap (:data:`~mediaproxy.runtime.
+    AUTO_TRANSFORM_MEMORY_CAP`, which keeps one process under 1 GiB of RSS) applying to each of
+    ``workers`` processes."""
+    from .runtime import AUTO_TRANSFORM_MEMORY_CAP, AUTO_TRANSFORM_MEMORY_SHARE
+
+    if config.limits.transform_memory:
+        return config.limits.transform_memory
+    total = _total_memory() if total_memory is None else total_memory
+    return max(1, min(int(total * AUTO_TRANSFORM_MEMORY_SHARE),
+                      AUTO_TRANSFORM_MEMORY_CAP * workers))
+
+
+def per_worker(config, workers: int, total_memory: int | None = None):
+    """``config`` as one of ``workers`` worker processes runs it: every per-process byte
+    budget divided by ``workers`` (see the module docstring). One worker: ``config`` itself."""
+    if workers <= 1:
+        return config
+
+    def share(value: int, low: int = 0) -> int:
+        return max(low, value // workers)
+
+    server, cache, limits = config.server, config.cache, config.limits
+    transform = max(1, host_transform_memory(config, workers, total_memory) // workers)
+    return attrs.evolve(
+        config,
+        server=attrs.evolve(
+            server, body_buffer_total=share(server.body_buffer_total, 64 * 1024),
+            response_buffer_total=share(server.response_buffer_total)),
+        cache=attrs.evolve(
+            cache, memory=attrs.evolve(cache.memory, max_bytes=share(cache.memory.max_bytes)),
+            source=attrs.evolve(cache.source,
+                                memory_bytes=share(cache.source.memory_bytes))),
+        limits=attrs.evolve(limits, transform_memory=transform))
+
+
+#: The settings :func:`per_worker` changes, in the order the startup log names them.
+DIVIDED = ("cache.memory.max_bytes", "cache.source.memory_bytes", "limits.transform_memory",
+           "server.body_buffer_total", "server.response_buffer_total")
+
+
+def shares(config) -> dict[str, int]:
+    """The values of :data:`DIVIDED` in ``config`` (for the startup log)."""
+    out = {}
+    for key in DIVIDED:
+        value = config
+        for part in key.split("."):
+            value = getattr(value, part)
+        out[key] = value
+    return out

@@ -1,0 +1,158 @@
+"""How many workers ``server.workers`` runs (auto: one per core where that is safe) and each
+worker's share of the host's per-process budgets (mediaproxy.workerbudget), exactly."""
+
+import pytest
+
+from mediaproxy.config import ConfigError, load_config
+from mediaproxy.runtime import AUTO_TRANSFORM_MEMORY_CAP
+from mediaproxy.workerbudget import (
+    MIN_WORKER_TRANSFORM_MEMORY, host_transform_memory, per_worker, shares,
+)
+from mediaproxy.workers import resolve_workers
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def config(**sections):
+    data = {"server": {"listen": ["tcp:8080"]}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return load_config(environ={}, overrides=data)
+
+
+def test_auto_is_the_default_and_an_integer_or_auto_is_accepted():
+    assert load_config(environ={}).server.workers == "auto"
+    assert load_config(environ={"MEDIAPROXY_SERVER__WORKERS": "AUTO"}).server.workers == "auto"
+    assert load_config(environ={"MEDIAPROXY_SERVER__WORKERS": "3"}).server.workers == 3
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0", "server.workers: 0 is below the minimum 1 (\"auto\": one per CPU core)"),
+    ("many", "server.workers: 'many' is neither an integer nor \"auto\""),
+])
+def test_a_bad_worker_count_names_the_key(value, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(environ={"MEDIAPROXY_SERVER__WORKERS": value})
+    assert (e.value.key, str(e.value)) == ("server.workers", message)
+
+
+def test_auto_is_one_per_core():
+    assert resolve_workers(config(), cores=4, total_memory=64 * GiB) == (4, "")
+
+
+def test_an_integer_is_taken_as_it_is_even_on_one_core():
+    assert resolve_workers(config(server={"workers": 3}), cores=1) == (3, "")
+
+
+def test_auto_on_one_core_is_one_process():
+    assert resolve_workers(config(), cores=1, total_memory=64 * GiB) == (1, "one CPU core")
+
+
+@pytest.mark.parametrize("endpoint, why", [
+    ("unix:/run/mp.sock", "'unix:/run/mp.sock': only tcp: endpoints can be shared by several "
+                          "workers"),
+    ("systemd:domain=INET:index=0", "'systemd:domain=INET:index=0': only tcp: endpoints can be "
+                                    "shared by several workers"),
+    ("tcp:0:interface=127.0.0.1", "'tcp:0:interface=127.0.0.1' asks for any free port: each "
+                                  "worker would get its own"),
+])
+def test_auto_with_an_endpoint_that_cannot_be_shared_is_one_process(endpoint, why):
+    got = resolve_workers(config(server={"listen": ["tcp:8080", endpoint]}), cores=4,
+                          total_memory=64 * GiB)
+    assert got == (1, f"server.listen {endpoint!r} cannot be shared by several processes "
+                      f"({why})")
+
+
+def test_auto_uses_only_as_many_workers_as_the_transform_budget_can_feed():
+    # 3 x MIN exactly: three workers fit, not four
+    small = config(limits={"transform_memory": 3 * MIN_WORKER_TRANSFORM_MEMORY})
+    assert resolve_workers(small, cores=4) == (
+        3, f"the transform memory budget ({3 * MIN_WORKER_TRANSFORM_MEMORY} bytes) gives each "
+           f"of at most 3 worker(s) the {MIN_WORKER_TRANSFORM_MEMORY} bytes a large photo needs")
+    four = config(limits={"transform_memory": 4 * MIN_WORKER_TRANSFORM_MEMORY})
+    assert resolve_workers(four, cores=4) == (4, "")
+    tiny = config(limits={"transform_memory": MIN_WORKER_TRANSFORM_MEMORY - 1})
+    assert resolve_workers(tiny, cores=4)[0] == 1
+
+
+def test_the_automatic_host_budget_is_the_machines_share_capped_per_process():
+    auto = config()
+    assert host_transform_memory(auto, 1, total_memory=16 * GiB) == AUTO_TRANSFORM_MEMORY_CAP
+    # the cap is per process: two processes, twice the cap, below an eighth of 16 GiB
+    assert host_transform_memory(auto, 2, total_memory=16 * GiB) == 2 * AUTO_TRANSFORM_MEMORY_CAP
+    assert host_transform_memory(auto, 4, total_memory=16 * GiB) == 2 * GiB   # an eighth
+    assert host_transform_memory(auto, 2, total_memory=8 * GiB) == GiB
+    fixed = config(limits={"transform_memory": 900 * MiB})
+    assert host_transform_memory(fixed, 4, total_memory=16 * GiB) == 900 * MiB
+
+
+def test_one_worker_keeps_the_config_as_it_is():
+    c = config()
+    assert per_worker(c, 1, total_memory=16 * GiB) is c
+
+
+def test_each_worker_gets_its_share_of_every_per_process_budget():
+    c = config(cache={"memory": {"max_bytes": 100 * MiB}, "source": {"memory_bytes": 30 * MiB}},
+               limits={"transform_memory": 900 * MiB},
+               server={"body_buffer_total": 64 * MiB, "response_buffer_total": 10 * MiB + 1})
+    three = per_worker(c, 3, total_memory=16 * GiB)
+    assert shares(three) == {
+        "cache.memory.max_bytes": 100 * MiB // 3,
+        "cache.source.memory_bytes": 10 * MiB,
+        "limits.transform_memory": 300 * MiB,
+        "server.body_buffer_total": 64 * MiB // 3,
+        "server.response_buffer_total": (10 * MiB + 1) // 3,
+    }
+    # what is not a per-process byte budget stays as it is
+    assert (three.ratelimit.max_keys, three.cache.memory.max_item_bytes,
+            three.server.body_buffer, three.server.workers) == \
+        (c.ratelimit.max_keys, c.cache.memory.max_item_bytes, c.server.body_buffer,
+         c.server.workers)
+
+
+def test_the_automatic_transform_budget_is_divided_and_minimums_are_kept():
+    c = config(server={"body_buffer_total": 64 * 1024})
+    two = per_worker(c, 2, total_memory=8 * GiB)
+    assert two.limits.transform_memory == 512 * MiB  # 1 GiB (an eighth of 8) in two
+    assert two.server.body_buffer_total == 64 * 1024  # its minimum, not half of it
+    off = per_worker(config(cache={"source": {"memory_bytes": 0}}), 2, total_memory=16 * GiB)
+    assert off.cache.source.memory_bytes == 0
+
+
+def test_worker_0_runs_its_share_with_the_host_layer_and_a_reload_keeps_both(monkeypatch):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mediaproxy.tap import ReloadOnHangup, build_service, reload_config
+
+    for name in [n for n in __import__("os").environ if n.startswith("MEDIAPROXY_")]:
+        monkeypatch.delenv(name)
+    c = load_config(environ={}, overrides={
+        "server": {"listen": ["tcp:0:interface=127.0.0.1"], "workers": 2},
+        "cache": {"memory": {"max_bytes": 100 * MiB}}})
+    top = build_service(c, MemoryReactorClock())
+    host = top.supervisor.host_layer
+    try:
+        runtime = top.runtime
+        assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
+                runtime.config.cache.file.max_bytes) == (50 * MiB, host.path, 100 * MiB)
+        assert runtime.exchange is top.supervisor.ledger
+        reload = next(svc for svc in top if isinstance(svc, ReloadOnHangup))
+        reload_config(runtime, None, reload.adjust)     # the defaults now: 128 MiB
+        assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
+                runtime.config.cache.file.max_bytes) == (64 * MiB, host.path, 128 * MiB)
+    finally:
+        host.close()
+
+
+def test_auto_gives_each_worker_at_least_256_mib_of_transform_memory():
+    eight_gib = config()                          # automatic: an eighth of 8 GiB, 1 GiB
+    assert resolve_workers(eight_gib, cores=8, total_memory=8 * GiB)[0] == 4
+    assert resolve_workers(config(limits={"transform_memory": 512 * MiB}), cores=4)[0] == 2
+    assert resolve_workers(config(limits={"transform_memory": 512 * MiB - 1}), cores=4)[0] == 1
+
+
+def test_a_tiny_machine_or_budget_still_has_a_budget_of_at_least_one_byte():
+    assert host_transform_memory(config(), 1, total_memory=7) == 1     # an eighth is 0
+    # a 1-byte budget split in two stays 1 byte: 0 would mean "automatic"
+    assert per_worker(config(limits={"transform_memory": 1}), 2).limits.transform_memory == 1
