@@ -458,8 +458,9 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
         events = counters(running)
         assert events.count("admission.shed", reason="queue_full") == 1
         assert events.count("admission.wait") == 4    # hot, a, b, c
-        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full") == 1
-        assert metric(running, "mediaproxy_admission_wait_seconds_count") == 4
+        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full",
+                      priority="live") == 1
+        assert metric(running, "mediaproxy_admission_wait_seconds_count", priority="live") == 4
         health = call_in_reactor(lambda: [
             indicator.check() for group in running.runtime.pm.hook.mediaproxy_health_indicators(
                 runtime=running.runtime) for indicator in group

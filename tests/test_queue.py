@@ -401,7 +401,14 @@ def fill_the_queue(pool, running, gate):
     futures += [pool.submit(running.get, f"/media/{n}.jpg?w=50") for n in ("e", "f")]
     wait_for(lambda: call_in_reactor(lambda: running.runtime.admission.waiting) == 2, 30,
              "e.jpg and f.jpg waiting")
+    assert metric(running, "mediaproxy_queue_depth", priority="live") == 2
+    assert metric(running, "mediaproxy_queue_depth", priority="background") == 0
     return futures
+
+
+def metric(running, name, **labels):
+    registry = running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus").registry
+    return call_in_reactor(registry.get_sample_value, name, labels)
 
 
 def test_a_shed_request_is_offered_the_nearest_cached_variant_else_a_503(live_reactor):
@@ -437,6 +444,9 @@ def test_a_shed_request_is_offered_the_nearest_cached_variant_else_a_503(live_re
         counts = running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.counters")
         assert counts.count("admission.nearest") == 2
         assert counts.count("admission.shed", reason="queue_full", priority="live") == 3
+        assert metric(running, "mediaproxy_nearest_offers_total") == 2
+        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full",
+                      priority="live") == 3
 
         # the warm-up does not render the shed request ...
         from mediaproxy.builtin.warmup import WarmUp
@@ -490,6 +500,10 @@ def test_a_new_source_gets_its_prerender_variants_from_one_backend_fetch(live_re
         assert running.origin.hits["/media/p.jpg"] == 1
         running.get("/media/p.jpg?w=60")                   # the source is not new any more
         assert job_outcomes(running) == {("prerender", "done"): 2}
+        assert metric(running, "mediaproxy_jobs_total", kind="prerender", outcome="done") == 2
+        assert metric(running, "mediaproxy_admission_wait_seconds_count",
+                      priority="background") == 2
+        assert metric(running, "mediaproxy_jobs_queue", state="running") == 0
 
 
 def test_warm_up_urls_are_rendered_at_start_through_the_request_checks(live_reactor):
