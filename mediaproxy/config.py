@@ -681,7 +681,7 @@ class ProcessingConfig:
         4, "int", "Live transforms waiting from which the cheapest (by estimated size, which "
         "grows with the source's pixels) is admitted first instead of the first to arrive; a "
         "waiter's cost halves every quarter of queue_timeout it has waited, so an expensive "
-        "one is not starved (see docs/performance.md, \"The job queue\").", _at_least(1))
+        "one is not starved (see docs/performance.md, section The job queue).", _at_least(1))
     offer_nearest: bool = setting(
         True, "bool", "When a live transform is shed (queue full or queue_timeout passed), "
         "answer with the nearest variant of the same source already in the cache (same "
