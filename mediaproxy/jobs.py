@@ -20,8 +20,9 @@ What it guarantees:
 * **Retries with exponential backoff**: a failed job is tried again after ``retry_backoff`` x
   2^(attempt - 1) seconds (at most ``retry_backoff_max``), ``retries`` times, unless it failed
   with :class:`Permanent`. Then ``failed``.
-* **Stopping drops what waits**: :meth:`stop` cancels the queued, waiting and running jobs
-  (outcome ``dropped``); nothing runs after it.
+* **Runs while started**: jobs submitted before :meth:`startService` wait for it;
+  :meth:`stopService` cancels the queued, waiting and running jobs (outcome ``dropped``), and
+  drops any submitted after it.
 
 Events (``emit``): ``job`` once per job with its ``kind`` and ``outcome`` (``done``,
 ``failed``, ``timeout``, ``dropped``), value: seconds from submission to the outcome;
@@ -84,6 +85,8 @@ class JobQueue(Service):
     _jobs: dict = attrs.field(factory=dict)
     _queued: deque = attrs.field(factory=deque)
     _active: int = 0
+    #: jobs run only between :meth:`startService` and :meth:`stopService` (queued before)
+    _started: bool = False
     _stopped: bool = False
 
     def __attrs_post_init__(self):
@@ -130,7 +133,7 @@ class JobQueue(Service):
 
     def startService(self):
         Service.startService(self)
-        self._stopped = False
+        self._started, self._stopped = True, False
         self._next()
 
     def stopService(self):
@@ -145,7 +148,8 @@ class JobQueue(Service):
     # -- running -------------------------------------------------------------------------------
 
     def _next(self) -> None:
-        while not self._stopped and self._queued and self._active < self.concurrency:
+        while self._started and not self._stopped and self._queued and \
+                self._active < self.concurrency:
             self._start(self._queued.popleft())
 
     def _start(self, job: Job) -> None:
@@ -153,10 +157,10 @@ class JobQueue(Service):
         job.attempts += 1
         d = maybeDeferred(job.work)
         job.running = d
-        timed_out = []
+        state = {"timed_out": False}
 
         def expired():
-            timed_out.append(True)
+            state["timed_out"] = True
             d.cancel()
 
         deadline = self.reactor.callLater(self.timeout, expired)
@@ -168,7 +172,7 @@ class JobQueue(Service):
                 return None   # dropped meanwhile: already accounted for
             job.running = None
             self._active -= 1
-            if timed_out:
+            if state["timed_out"]:
                 log.info("background job {kind} {key} passed its {timeout} s",
                          kind=job.kind, key=job.key, timeout=self.timeout)
                 self._end(job, "timeout")

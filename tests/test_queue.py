@@ -205,11 +205,21 @@ def test_background_holds_at_most_half_the_bytes_and_more_is_refused_at_once():
     second = budget.reserve(201, priority=BACKGROUND)
     assert granted(second) is None                       # 300 + 201 > 500
     assert granted(budget.reserve(200, priority=BACKGROUND)) is None   # behind the second
+    granted(budget.reserve(10)).release()                # the queue is looked at again:
+    assert granted(second) is None                       # the head still does not fit
+    assert budget.background_reserved == 300
     one.release()
     assert granted(second) is not None
     assert budget.background_reserved == 401 and budget.background_active == 2
     live = granted(budget.reserve(599))                  # the rest is live work's
     assert live is not None and budget.reserved == 1000
+
+
+def test_background_may_hold_exactly_its_share():
+    budget, clock, events = make_budget(capacity=1000, slots=4)
+    granted(budget.reserve(300, priority=BACKGROUND))
+    assert granted(budget.reserve(200, priority=BACKGROUND)) is not None
+    assert budget.background_reserved == 500
 
 
 def test_with_one_thread_background_work_runs_only_when_nothing_else_does():
@@ -246,6 +256,119 @@ def test_a_full_background_queue_refuses_but_live_requests_still_wait():
         "background", "live"]
 
 
+def test_a_negative_estimate_reserves_nothing():
+    budget, clock, _ = make_budget(capacity=100, slots=2)
+    r = granted(budget.reserve(-5))
+    assert r.nbytes == 0 and budget.reserved == 0
+
+
+@pytest.mark.parametrize("capacity, slots, queue_limit", [(0, 1, 0), (1, 0, 0), (1, 1, -1)])
+def test_a_budget_without_capacity_slots_or_with_a_negative_queue_is_refused(
+        capacity, slots, queue_limit):
+    with pytest.raises(ValueError):
+        MemoryBudget(capacity=capacity, slots=slots, queue_limit=queue_limit,
+                     queue_timeout=1.0, reactor=Clock())
+
+
+def test_the_smallest_budget_is_one_byte_one_slot_no_queue():
+    budget = MemoryBudget(capacity=1, slots=1, queue_limit=0, queue_timeout=1.0,
+                          reactor=Clock())
+    assert budget.background_capacity == 1 and budget.cost_half_life == 0.25
+    assert make_budget(capacity=3)[0].background_capacity == 1
+
+
+def test_the_job_queue_defaults_are_the_jobs_settings():
+    from mediaproxy.config import JobsConfig
+
+    conf = JobsConfig()
+    jobs = JobQueue(reactor=Clock())
+    assert (jobs.queue_limit, jobs.concurrency, jobs.timeout, jobs.retries,
+            jobs.retry_backoff, jobs.retry_backoff_max) == (
+        conf.queue_limit, conf.concurrency, conf.timeout, conf.retries, conf.retry_backoff,
+        conf.retry_backoff_max)
+    made = JobQueue.from_config(conf, Clock(), None)
+    assert (made.queue_limit, made.retry_backoff_max) == (conf.queue_limit,
+                                                          conf.retry_backoff_max)
+
+
+def test_no_aging_with_a_half_life_of_zero():
+    budget, clock, _ = make_budget(slots=1, cheap_first_after=1, queue_timeout=1000.0)
+    budget.cost_half_life = 0
+    held = granted(budget.reserve(10))
+    big = budget.reserve(10, "big", cost=800)
+    clock.advance(100)
+    small = budget.reserve(10, "small", cost=799)
+    held.release()
+    assert granted(small) is not None and granted(big) is None
+
+
+def test_the_wait_is_predicted_from_the_eighth_hold_on():
+    budget, clock, _ = make_budget(capacity=100, slots=1, queue_limit=50, queue_timeout=3.0)
+    for holds in range(1, 9):
+        r = granted(budget.reserve(10))
+        clock.advance(1.0)
+        r.release()
+        assert budget._predicted_wait(10) == (1.0 if holds == 8 else 0.0)
+
+
+def test_jobs_submitted_before_the_queue_starts_wait_for_it():
+    clock = Clock()
+    jobs = JobQueue(reactor=clock)
+    ran = []
+    jobs.submit("url", "k", lambda: ran.append(1))
+    assert ran == [] and jobs.depth == 1
+    jobs.startService()
+    assert ran == [1] and jobs.depth == 0
+
+
+def test_the_wait_reported_is_the_time_waited():
+    budget, clock, events = make_budget(slots=1)
+    clock.advance(5)
+    held = granted(budget.reserve(10))
+    waiting = budget.reserve(10, "w")
+    clock.advance(2)
+    held.release()
+    assert granted(waiting) is not None
+    assert [value for value, _ in events.named("admission.wait")] == [0.0, 2.0]
+
+
+def test_the_predicted_wait_counts_bytes_and_waiters_per_thread():
+    budget, clock, _ = make_budget(capacity=100, slots=2, queue_limit=50, queue_timeout=30.0)
+    for _ in range(8):                     # eight holds of one second: the mean is 1 s
+        r = granted(budget.reserve(10))
+        clock.advance(1.0)
+        r.release()
+    assert budget.mean_hold == 1.0
+    assert budget._predicted_wait(300) == 3.0            # three capacities' worth of bytes
+    running = [granted(budget.reserve(50)) for _ in range(2)]
+    for _ in range(3):
+        budget.reserve(0)
+    assert budget._predicted_wait(0) == 2.0              # (3 waiting + itself) / 2 threads
+    assert all(r is not None for r in running)
+
+
+def test_an_overload_asks_for_at_least_a_second():
+    assert Overloaded().retry_after == 1
+    assert Overloaded("busy", 0).retry_after == 1
+    assert Overloaded("busy", 7.9).retry_after == 7
+
+
+def test_aging_with_a_half_life_under_a_second():
+    budget, clock, _ = make_budget(slots=1, queue_timeout=2.0, cheap_first_after=2)
+    held = granted(budget.reserve(10))
+    big = budget.reserve(10, "big", cost=800)
+    clock.advance(1.5)                # 800 / 2 ** (1.5 / 0.5) = 100
+    small = budget.reserve(10, "small", cost=150)
+    held.release()
+    assert granted(big) is not None and granted(small) is None
+
+
+def test_retry_after_without_arguments_counts_no_bytes_of_its_own():
+    budget, clock, _ = make_budget(capacity=1, slots=2)
+    budget.mean_hold = 59.0
+    assert budget.retry_after() == 59
+
+
 # -- the background job queue on a Clock --------------------------------------------------------
 
 def job_queue(**kw):
@@ -280,6 +403,7 @@ def test_a_failing_job_is_retried_with_exponential_backoff_then_succeeds():
     assert attempts == [0.0, 1.0, 3.0] and result == ["made"]
     assert [value for value, _ in events.named("job.retry")] == [1.0, 2.0]
     assert outcomes(events) == [("warmup", "done")]
+    assert [value for value, _ in events.named("job")] == [3.0]    # submitted at 0
     assert "k" not in jobs and jobs.depth == 0
 
 
@@ -341,9 +465,11 @@ def test_stopping_drops_queued_waiting_and_running_jobs():
     cancelled = []
     jobs.submit("warmup", "running", lambda: Deferred(lambda d: cancelled.append(True)))
     jobs.submit("warmup", "queued", lambda: succeed(None))
+    jobs.submit("url", "queued-too", lambda: succeed(None))
     jobs.stopService()
     assert cancelled == [True] and jobs.depth == 0 and jobs.active == 0
-    assert outcomes(events) == [("warmup", "dropped"), ("warmup", "dropped")]
+    assert outcomes(events) == [("warmup", "dropped"), ("warmup", "dropped"),
+                                ("url", "dropped")]
     late = []
     jobs.submit("warmup", "late", lambda: succeed("x")).addCallback(late.append)
     assert late == [None]
