@@ -1,37 +1,53 @@
 """
-The transform memory budget: admits work into the transform pool by its estimated bytes.
+The transform memory budget: admits work into the transform pool by its estimated bytes, in
+priority order (the one place of ordering of the transform queue).
 
 Every transform declares, before it starts, an upper bound of the bytes it will allocate
 (``imaging.estimate_bytes``: header only, no decode). :class:`MemoryBudget` admits it only
 while the sum of the admitted estimates fits the process's capacity and a thread is free for
-it; otherwise the request waits in a bounded FIFO queue, for at most ``queue_timeout``
-seconds, and is refused with :class:`Overloaded` (503 with an honest ``Retry-After``) when the
-queue is full or the wait too long. So the memory the transforms hold is known and bounded
-before any pixel is decoded, whatever the mix of requests.
+it; otherwise the request waits in a bounded queue, for at most ``queue_timeout`` seconds, and
+is refused with :class:`Overloaded` (503 with an honest ``Retry-After``) when the queue is full
+or the wait too long. So the memory the transforms hold is known and bounded before any pixel
+is decoded, whatever the mix of requests.
 
-What it guarantees:
+Two classes of work (:class:`Priority`): ``LIVE`` (a client waits) and ``BACKGROUND`` (warm-up,
+pre-rendering, revalidation: :mod:`mediaproxy.jobs`). The ordering:
+
+* **Live before background**: a background waiter is admitted only when no live request waits.
+* **Background never displaces live work**: a background reservation is granted only while it
+  leaves a thread free (background holds at most ``slots - 1`` reservations; with one thread,
+  only when nothing else runs) and at most :data:`BACKGROUND_SHARE` of the capacity in bytes.
+  A live request arriving while background work runs finds that thread and that memory.
+  (An admitted background render is not stopped: it runs to its end, a few hundred ms.)
+* **Within live, FIFO while the queue is short**: in arrival order; one that does not fit yet
+  blocks those behind it (a big image is not starved by a stream of small ones).
+* **Cheap first when it is long**: once ``cheap_first_after`` or more live requests wait, the
+  one of least *effective cost* goes first (``cost``: the estimate's bytes unless the caller
+  gives one; it grows with the source's pixels). Aging keeps an expensive one from starving:
+  its effective cost halves every ``cost_half_life`` seconds it has waited (a quarter of
+  ``queue_timeout`` by default), and it is shed at ``queue_timeout`` anyway. Ties go to the
+  earlier arrival. The chosen one blocks the others while it does not fit, as in FIFO.
+
+What it guarantees, whatever the priorities:
 
 * **Never over capacity**: the reserved bytes never exceed ``capacity``; a request whose
-  estimate alone exceeds it can never run and is refused at once (:class:`TooLarge`), rather
-  than blocking the queue forever.
+  estimate alone exceeds it (for background work: its share of it) can never run and is
+  refused at once (:class:`TooLarge`), rather than blocking the queue forever.
 * **No more running than threads**: at most ``slots`` reservations are held at once (the pool's
   size), so an admitted transform runs at once and holds its reservation only while it
   computes, never while it waits for a thread nor while its client reads the response.
-* **FIFO**: waiters are admitted in arrival order; one that does not fit yet blocks those
-  behind it (a big image is not starved by a stream of small ones).
-* **Bounded queue and wait**: ``queue_limit`` waiters at most; a waiter is refused after
-  ``queue_timeout`` seconds. A waiter whose Deferred is cancelled (its client went away) leaves
-  the queue at once.
+* **Bounded queue and wait**: ``queue_limit`` waiters at most per class; a waiter is refused
+  after ``queue_timeout`` seconds. A waiter whose Deferred is cancelled (its client went away,
+  its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
+  the live queue (a client now waits for that render).
 * **Released when the work really ends**: :meth:`Reservation.release` is called when the pool
   thread returns, not when a caller's deadline gives up on it: a timed-out transform still
   holds its memory until its thread stops.
 
-The ordering lives in one place (:meth:`MemoryBudget._pump` over ``_waiting``), so a priority
-queue (live before background, cheap before expensive) can replace the FIFO later.
-
 Events (through ``emit``, as ``mediaproxy_event``): ``admission.wait`` (value: seconds waited,
-for every admission), ``admission.shed`` (``reason``: ``queue_full``, ``timeout`` or
-``too_large``) and ``admission.cancel`` (a waiter's client went away).
+for every admission; ``priority``), ``admission.shed`` (``reason``: ``queue_full``,
+``timeout`` or ``too_large``; ``priority``) and ``admission.cancel`` (a waiter's client went
+away). ``priority`` is ``live`` or ``background``.
 
 Core room: imports nothing of mediaproxy, runs on the reactor thread only (the pool thread
 hands its release back with ``callFromThread``).
@@ -44,6 +60,7 @@ import ctypes.util
 import math
 import sys
 from collections import deque
+from enum import IntEnum
 from typing import Any, Callable
 
 import attrs
@@ -57,6 +74,25 @@ HOLD_WEIGHT = 0.2
 MAX_RETRY_AFTER = 60
 #: Reservations released before the predicted wait sheds new waiters.
 HOLDS_BEFORE_PREDICTING = 8
+#: Most of the capacity (in bytes) background reservations may hold together.
+BACKGROUND_SHARE = 0.5
+#: Live waiters from which the cheapest goes first (``processing.cheap_first_after``).
+CHEAP_FIRST_AFTER = 4
+
+
+class Priority(IntEnum):
+    """The classes of transform work, most urgent first."""
+
+    LIVE = 0
+    BACKGROUND = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+LIVE = Priority.LIVE
+BACKGROUND = Priority.BACKGROUND
 #: Allocations from this size up are mapped and unmapped on their own (see
 #: :func:`return_freed_images_to_the_os`); Pillow allocates images in blocks of up to 16 MiB.
 MMAP_THRESHOLD = 4 * 1024 * 1024
@@ -109,6 +145,7 @@ class Reservation:
     nbytes: int
     granted_at: float
     released: bool = False
+    priority: Priority = Priority.LIVE
 
     def release(self) -> None:
         if not self.released:
@@ -122,6 +159,8 @@ class _Waiter:
     deferred: Deferred
     since: float
     correlation_id: str
+    priority: Priority = LIVE
+    cost: float = 0.0
     timer: Any = None
 
 
@@ -133,7 +172,7 @@ class MemoryBudget:
     capacity: int
     #: reservations held at once at most (the pool's threads)
     slots: int
-    #: waiters at most; more are refused at once
+    #: waiters at most (per priority); more are refused at once
     queue_limit: int
     #: seconds a waiter waits at most
     queue_timeout: float
@@ -141,126 +180,220 @@ class MemoryBudget:
     reactor: Any
     #: ``emit(name, value, correlation_id, **labels)``: the runtime's event sender
     emit: Callable[..., None] = lambda *a, **kw: None
+    #: live waiters from which the cheapest goes first (below: arrival order)
+    cheap_first_after: int = CHEAP_FIRST_AFTER
+    #: seconds of waiting that halve a live waiter's effective cost (None: queue_timeout / 4)
+    cost_half_life: float | None = None
     #: bytes reserved now
     reserved: int = 0
     #: reservations held now
     active: int = 0
+    #: bytes and reservations held now by background work
+    background_reserved: int = 0
+    background_active: int = 0
     #: moving average of how long a reservation is held (seconds), for Retry-After
     mean_hold: float = INITIAL_HOLD
     #: reservations released so far (the mean hold time is a measure once there are a few)
     holds: int = 0
-    _waiting: deque = attrs.field(factory=deque)
+    #: the waiters of each priority, in arrival order
+    _live: deque = attrs.field(factory=deque)
+    _background: deque = attrs.field(factory=deque)
 
     def __attrs_post_init__(self):
         if self.capacity < 1 or self.slots < 1 or self.queue_limit < 0:
             raise ValueError("capacity and slots must be positive, queue_limit not negative")
+        if self.cost_half_life is None:
+            self.cost_half_life = self.queue_timeout / 4
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for admission."""
-        return len(self._waiting)
+        """Requests waiting for admission (every priority)."""
+        return len(self._live) + len(self._background)
+
+    def waiting_by_priority(self) -> dict[str, int]:
+        return {"live": len(self._live), "background": len(self._background)}
 
     @property
     def waiting_bytes(self) -> int:
-        return sum(w.nbytes for w in self._waiting)
+        """Bytes the live waiters ask for (what a new live request waits behind)."""
+        return sum(w.nbytes for w in self._live)
 
-    def reserve(self, nbytes: int, correlation_id: str = "") -> Deferred:
-        """A Deferred that fires with a :class:`Reservation` of ``nbytes`` once it fits (at
-        once when nobody waits and it fits now), or fails with :class:`TooLarge` (at once) or
-        :class:`Overloaded` (queue full: at once; waited ``queue_timeout``: then). Cancelling
-        it while it waits takes it out of the queue."""
+    @property
+    def background_capacity(self) -> int:
+        """Bytes background reservations may hold together (:data:`BACKGROUND_SHARE`)."""
+        return max(1, int(self.capacity * BACKGROUND_SHARE))
+
+    def reserve(self, nbytes: int, correlation_id: str = "", *, priority: Priority = LIVE,
+                cost: float | None = None) -> Deferred:
+        """A Deferred that fires with a :class:`Reservation` of ``nbytes`` once it fits and its
+        turn has come (at once when nothing of its priority or above waits and it fits now), or
+        fails with :class:`TooLarge` (at once) or :class:`Overloaded` (queue full: at once;
+        waited ``queue_timeout``: then). Cancelling it while it waits takes it out of the
+        queue. ``cost`` orders live waiters when the queue is long (default: ``nbytes``)."""
         nbytes = max(0, int(nbytes))
+        priority = Priority(priority)
         now = self.reactor.seconds()
-        if nbytes > self.capacity:
-            self.emit("admission.shed", correlation_id=correlation_id, reason="too_large")
-            return fail(TooLarge(nbytes, self.capacity))
-        if not self._waiting and self._fits(nbytes):
-            self.emit("admission.wait", 0.0, correlation_id)
-            return succeed(self._grant(nbytes, now))
-        refused = self.refusal(nbytes, correlation_id)
+        limit = self.capacity if priority == LIVE else self.background_capacity
+        if nbytes > limit:
+            self.emit("admission.shed", correlation_id=correlation_id, reason="too_large",
+                      priority=priority.label)
+            return fail(TooLarge(nbytes, limit))
+        if self._may_start(nbytes, priority):
+            self.emit("admission.wait", 0.0, correlation_id, priority=priority.label)
+            return succeed(self._grant(nbytes, now, priority))
+        refused = self.refusal(nbytes, correlation_id, priority=priority)
         if refused is not None:
             return fail(refused)
         waiter = _Waiter(nbytes, Deferred(lambda d: self._cancelled(waiter)), now,
-                         correlation_id)
+                         correlation_id, priority, float(nbytes if cost is None else cost))
         waiter.timer = self.reactor.callLater(self.queue_timeout, self._expired, waiter)
-        self._waiting.append(waiter)
+        self._queue(priority).append(waiter)
         return waiter.deferred
 
-    def refusal(self, nbytes: int = 0, correlation_id: str = "") -> Overloaded | None:
+    def refusal(self, nbytes: int = 0, correlation_id: str = "", *,
+                priority: Priority = LIVE) -> Overloaded | None:
         """The :class:`Overloaded` a request of ``nbytes`` that cannot run at once would get
-        now (None: it may wait): the queue is full in count, or in time (what waits already
-        would outlast ``queue_timeout``, so it would only wait to be refused, and after a
-        burst a backlog of doomed waiters would delay the first requests after it). The
+        now (None: it may wait): its queue is full in count, or (live only) in time (what waits
+        already would outlast ``queue_timeout``, so it would only wait to be refused, and after
+        a burst a backlog of doomed waiters would delay the first requests after it). The
         pipeline asks it with ``nbytes`` 0 before it fetches and inspects a source, so an
         overload is shed at the door."""
-        if self._fits(nbytes) and not self._waiting:
+        priority = Priority(priority)
+        if self._may_start(nbytes, priority):
             return None
-        if len(self._waiting) >= self.queue_limit or \
-                self._predicted_wait(nbytes) > self.queue_timeout:
-            self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full")
+        queue = self._queue(priority)
+        if len(queue) >= self.queue_limit or (
+                priority == LIVE and self._predicted_wait(nbytes) > self.queue_timeout):
+            self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full",
+                      priority=priority.label)
             return Overloaded("transform queue full", self.retry_after(nbytes))
         return None
 
+    def promote(self, deferred: Deferred) -> bool:
+        """Move the background waiter of ``deferred`` to the live queue (a client now waits
+        for it), keeping its arrival time; whether it was waiting there."""
+        for waiter in self._background:
+            if waiter.deferred is deferred:
+                self._background.remove(waiter)
+                waiter.priority = LIVE
+                self._live.append(waiter)
+                self._pump()
+                return True
+        return False
+
     def _predicted_wait(self, nbytes: int) -> float:
-        """Seconds a request of ``nbytes`` arriving now would wait, by the mean hold time
+        """Seconds a live request of ``nbytes`` arriving now would wait, by the mean hold time
         (0 until :data:`HOLDS_BEFORE_PREDICTING` reservations have been seen: the first
         guess of the hold time is not a measure)."""
         if self.holds < HOLDS_BEFORE_PREDICTING:
             return 0.0
         turnovers = (self.waiting_bytes + nbytes) / self.capacity
-        return self.mean_hold * max(turnovers, (self.waiting + 1) / self.slots)
+        return self.mean_hold * max(turnovers, (len(self._live) + 1) / self.slots)
 
     def retry_after(self, nbytes: int = 0) -> int:
         """Whole seconds until a request of ``nbytes`` arriving now could plausibly be
         admitted: the admitted work turns over about once per mean hold time, and the bytes
         already waiting (plus its own) need that many capacities' worth of turnovers."""
         turnovers = 1.0 + (self.waiting_bytes + nbytes) / self.capacity
-        seconds = self.mean_hold * max(turnovers, (self.waiting + 1) / self.slots)
+        seconds = self.mean_hold * max(turnovers, (len(self._live) + 1) / self.slots)
         return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
 
-    # -- the ordering: FIFO (the one place a priority queue would change) ----------------------
+    # -- the ordering (the one place of it) ---------------------------------------------------
+
+    def _queue(self, priority: Priority) -> deque:
+        return self._live if priority == LIVE else self._background
 
     def _fits(self, nbytes: int) -> bool:
         return self.active < self.slots and self.reserved + nbytes <= self.capacity
 
+    def _fits_background(self, nbytes: int) -> bool:
+        """Room for background work that leaves a thread (and most of the memory) to live
+        work: with one thread, only when nothing at all runs."""
+        if not self._fits(nbytes) or                 self.background_reserved + nbytes > self.background_capacity:
+            return False
+        if self.slots == 1:
+            return self.active == 0
+        return self.active < self.slots - 1
+
+    def _may_start(self, nbytes: int, priority: Priority) -> bool:
+        """Whether a new request may be granted at once: nothing of its class or above waits
+        (it would go before them) and it fits."""
+        if self._live:
+            return False
+        if priority == LIVE:
+            return self._fits(nbytes)
+        return not self._background and self._fits_background(nbytes)
+
+    def effective_cost(self, waiter: _Waiter, now: float) -> float:
+        """A live waiter's cost, halved for every ``cost_half_life`` seconds it has waited."""
+        half_life = self.cost_half_life
+        if half_life <= 0:
+            return waiter.cost
+        return waiter.cost * 0.5 ** ((now - waiter.since) / half_life)
+
+    def _next_live(self, now: float) -> _Waiter:
+        """The live waiter whose turn it is: the first to arrive while fewer than
+        ``cheap_first_after`` wait, else the cheapest by effective cost (earlier on ties)."""
+        if len(self._live) < self.cheap_first_after:
+            return self._live[0]
+        return min(self._live, key=lambda w: self.effective_cost(w, now))
+
     def _pump(self) -> None:
-        """Admit waiters from the head while they fit."""
+        """Admit live waiters in turn while they fit, then background ones when no live one
+        waits; the one whose turn it is and does not fit blocks the rest of its class."""
         now = self.reactor.seconds()
-        while self._waiting and self._fits(self._waiting[0].nbytes):
-            waiter = self._waiting.popleft()
-            waiter.timer.cancel()
-            self.emit("admission.wait", now - waiter.since, waiter.correlation_id)
-            waiter.deferred.callback(self._grant(waiter.nbytes, now))
+        while self._live:
+            waiter = self._next_live(now)
+            if not self._fits(waiter.nbytes):
+                return   # live work waits: no background work may start either
+            self._live.remove(waiter)
+            self._admit(waiter, now)
+        while self._background and self._fits_background(self._background[0].nbytes):
+            self._admit(self._background.popleft(), now)
+
+    def _admit(self, waiter: _Waiter, now: float) -> None:
+        waiter.timer.cancel()
+        self.emit("admission.wait", now - waiter.since, waiter.correlation_id,
+                  priority=waiter.priority.label)
+        waiter.deferred.callback(self._grant(waiter.nbytes, now, waiter.priority))
 
     # -- bookkeeping --------------------------------------------------------------------------
 
-    def _grant(self, nbytes: int, now: float) -> Reservation:
+    def _grant(self, nbytes: int, now: float, priority: Priority = LIVE) -> Reservation:
         self.reserved += nbytes
         self.active += 1
-        return Reservation(self, nbytes, now)
+        if priority != LIVE:
+            self.background_reserved += nbytes
+            self.background_active += 1
+        return Reservation(self, nbytes, now, priority=priority)
 
     def _release(self, reservation: Reservation) -> None:
         self.reserved -= reservation.nbytes
         self.active -= 1
+        if reservation.priority != LIVE:
+            self.background_reserved -= reservation.nbytes
+            self.background_active -= 1
         held = self.reactor.seconds() - reservation.granted_at
         self.mean_hold += HOLD_WEIGHT * (held - self.mean_hold)
         self.holds += 1
         self._pump()
 
     def _leave(self, waiter: _Waiter) -> None:
-        self._waiting.remove(waiter)
+        self._queue(waiter.priority).remove(waiter)
         if waiter.timer.active():
             waiter.timer.cancel()
         self._pump()   # the head may have left: those behind it may fit now
 
     def _expired(self, waiter: _Waiter) -> None:
         self._leave(waiter)
-        self.emit("admission.shed", correlation_id=waiter.correlation_id, reason="timeout")
+        self.emit("admission.shed", correlation_id=waiter.correlation_id, reason="timeout",
+                  priority=waiter.priority.label)
         waiter.deferred.errback(Overloaded(
             f"no room for the transform within {self.queue_timeout:g} s",
             self.retry_after()))
 
     def _cancelled(self, waiter: _Waiter) -> None:
-        if waiter in self._waiting:
+        if waiter in self._queue(waiter.priority):
             self._leave(waiter)
-            self.emit("admission.cancel", correlation_id=waiter.correlation_id)
+            self.emit("admission.cancel", correlation_id=waiter.correlation_id,
+                      priority=waiter.priority.label)

@@ -166,6 +166,14 @@ def _between(low: float, high: float) -> Callable[[Any], None]:
     return check
 
 
+def _prerender_list(value) -> None:
+    if len(value) > 16:
+        raise ValueError(f"{len(value)} queries; at most 16")
+    for query in value:
+        if query.startswith("?") or "/" in query or not query.strip():
+            raise ValueError(f"{query!r} is not a query string like w=300&fmt=webp")
+
+
 def _one_of(*choices: str) -> Callable[[Any], None]:
     def check(value):
         if value not in choices:
@@ -716,6 +724,17 @@ class ProcessingConfig:
         "0.1 CPU ms more per 300x169 thumbnail (a second pass over the coefficients; the "
         "pixels are the same).")
 
+    cheap_first_after: int = setting(
+        4, "int", "Live transforms waiting from which the cheapest (by estimated size, which "
+        "grows with the source's pixels) is admitted first instead of the first to arrive; a "
+        "waiter's cost halves every quarter of queue_timeout it has waited, so an expensive "
+        "one is not starved (see docs/performance.md, section The job queue).", _at_least(1))
+    offer_nearest: bool = setting(
+        True, "bool", "When a live transform is shed (queue full or queue_timeout passed), "
+        "answer with the nearest variant of the same source already in the cache (same "
+        "format preferred, then the nearest width; X-Cache: NEAREST, Content-Location naming "
+        "it, a short Cache-Control) instead of 503; false: always 503.")
+
 
 @frozen
 class LimitsConfig:
@@ -914,6 +933,37 @@ class WarmupConfig:
         "requested variants, one at a time (0: off).", _at_least(0))
     top: int = setting(100, "int", "How many of the most requested variants a warm-up renders.",
                        _at_least(1))
+    urls: tuple[str, ...] = setting(
+        [], "strlist", "Image URLs (path and query, as a client asks: /media/a.jpg?w=300) "
+        "rendered as background jobs at start and, with interval > 0, at every warm-up when "
+        "missing or stale. Each goes through the checks of a request (routes, validation, "
+        "signatures); one refused is logged and skipped.")
+    prerender: tuple[str, ...] = setting(
+        [], "strlist", "Query strings (w=300&h=300&fit=cover&fmt=webp) rendered as background "
+        "jobs for every source this process fetches for the first time, so the sizes a page "
+        "will ask for next are ready. At most 16.", _prerender_list)
+
+
+@frozen
+class JobsConfig:
+    queue_limit: int = setting(
+        1000, "int", "Background jobs (warm-up, pre-render, stale-while-revalidate refreshes) "
+        "queued at most; more are dropped (counted as dropped).", _at_least(1))
+    concurrency: int = setting(
+        1, "int", "Background jobs running at once. Each also waits for room in the "
+        "transform memory budget behind every live request, and never takes the last thread.",
+        _at_least(1))
+    timeout: float = setting(
+        60.0, "float", "Seconds a background job may take, waits included; then it is "
+        "stopped (outcome timeout, not retried).", _at_least(0.1))
+    retries: int = setting(
+        3, "int", "Times a failed background job (the queue was busy, the backend failed) is "
+        "tried again.", _at_least(0))
+    retry_backoff: float = setting(
+        1.0, "float", "Seconds before the first retry; each next one waits twice as long.",
+        _at_least(0))
+    retry_backoff_max: float = setting(
+        60.0, "float", "Longest wait before a retry.", _at_least(0))
 
 
 @frozen
@@ -1128,6 +1178,8 @@ class Config:
     cors: CorsConfig = section(CorsConfig, "CORS headers of image responses.")
     admin: AdminConfig = section(AdminConfig, "The admin listener (purge, stats).")
     warmup: WarmupConfig = section(WarmupConfig, "Background re-rendering of popular variants.")
+    jobs: JobsConfig = section(JobsConfig, "The background job queue (warm-up, pre-render, "
+                               "refreshes): behind every live request.")
     monitoring: MonitoringConfig = section(MonitoringConfig, "Logs, metrics, health, tracing.")
     plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
     alerts: AlertsConfig = section(AlertsConfig, "Rolling performance figures and alert "

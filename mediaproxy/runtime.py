@@ -23,8 +23,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from .admission import MemoryBudget, Overloaded, TooLarge
+from .admission import LIVE, MemoryBudget, Overloaded, Priority, TooLarge
 from .inflight import InFlight
+from .jobs import JobQueue
 from .models import Event, Param
 
 if TYPE_CHECKING:   # the types of the fields, for readers and type checkers only
@@ -93,7 +94,7 @@ def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
     return MemoryBudget(capacity=capacity, slots=max(1, slots),
                         queue_limit=config.processing.queue_limit,
                         queue_timeout=config.processing.queue_timeout, reactor=reactor,
-                        emit=emit)
+                        emit=emit, cheap_first_after=config.processing.cheap_first_after)
 
 
 def _names(params: dict[str, Param]) -> frozenset[str]:
@@ -131,6 +132,12 @@ class Runtime:
     #: estimated bytes, at most one per thread; used by :meth:`run_admitted`
     admission: MemoryBudget = attrs.field(default=attrs.Factory(
         lambda self: memory_budget(self.config, self.reactor, self.threadpool.max, self.emit),
+        takes_self=True))
+    #: the background job queue (:mod:`mediaproxy.jobs`: warm-up, pre-render, refreshes),
+    #: behind every live request; started and stopped by the service tree (the pipeline's
+    #: services)
+    jobs: JobQueue = attrs.field(default=attrs.Factory(
+        lambda self: JobQueue.from_config(self.config.jobs, self.reactor, self.emit),
         takes_self=True))
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
     #: requests in flight on the main port by route kind (:mod:`mediaproxy.inflight`)
@@ -209,13 +216,16 @@ class Runtime:
                                  *args).addBoth(done)
 
     def run_admitted(self, nbytes: int, fn: Callable[..., Any], *args,
-                     correlation_id: str = "") -> Deferred:
+                     correlation_id: str = "", priority: Priority = LIVE,
+                     cost: float | None = None) -> Deferred:
         """Run ``fn(*args)`` in the pool once the memory budget admits ``nbytes`` (its
-        estimate): :meth:`~mediaproxy.admission.MemoryBudget.reserve`, then
+        estimate) in its ``priority`` class and by its ``cost``:
+        :meth:`~mediaproxy.admission.MemoryBudget.reserve`, then
         :meth:`run_reserved`. Fails with :class:`~mediaproxy.admission.TooLarge` at once when
         the estimate exceeds the whole budget, with :class:`Overloaded` when the budget's queue
         is full or the wait exceeds ``processing.queue_timeout``."""
-        return self.admission.reserve(nbytes, correlation_id).addCallback(
+        return self.admission.reserve(nbytes, correlation_id, priority=priority,
+                                      cost=cost).addCallback(
             lambda reservation: self.run_reserved(reservation, fn, *args))
 
     def run_reserved(self, reservation, fn: Callable[..., Any], *args) -> Deferred:

@@ -71,6 +71,8 @@ def _value_strategy(f: attrs.Attribute, owner: str):
             st.sampled_from(["", " "])).map(lambda t: f"{t[0]}{t[3]}{t[1]}{t[3]}{t[2]!r}"),
         "allowed_hosts": st.lists(st.sampled_from(
             ["cdn.example.com", "*.example.org"]), max_size=2).map(tuple),
+        "prerender": st.lists(st.sampled_from(
+            ["w=300", "w=300&h=300&fit=cover&fmt=webp", "h=120&q=70"]), max_size=3).map(tuple),
         "request_id_headers": st.lists(st.sampled_from(
             ["X-Correlation-ID", "X-Request-ID", "X-Amzn-Trace-Id"]), max_size=3).map(tuple),
     }

@@ -88,7 +88,7 @@ def test_a_reservation_that_fits_is_granted_at_once_and_given_back():
     r.release()
     r.release()   # idempotent
     assert (b.reserved, b.active) == (0, 0)
-    assert events.seen == [("admission.wait", 0.0, "c1", {})]
+    assert events.seen == [("admission.wait", 0.0, "c1", {"priority": "live"})]
 
 
 def test_waiters_are_admitted_in_arrival_order_and_a_big_head_blocks_small_ones():
@@ -186,7 +186,7 @@ def test_a_cancelled_waiter_leaves_the_queue_and_its_timer_is_stopped():
     d.cancel()
     assert outcome(d) == ("failed", CancelledError)
     assert b.waiting == 0 and clock.getDelayedCalls() == []
-    assert events.seen[-1] == ("admission.cancel", 1.0, "gone", {})
+    assert events.seen[-1] == ("admission.cancel", 1.0, "gone", {"priority": "live"})
     # its place is free again
     assert outcome(b.reserve(10))[0] == "waiting"
     held.release()
@@ -224,8 +224,9 @@ def test_the_runtime_builds_its_budget_from_the_settings_and_the_machine():
 # -- the budget against an oracle ---------------------------------------------------------------
 
 class Oracle:
-    """The rules written out plainly: a list in arrival order, the head admitted while it fits
-    (bytes and count), refusals decided by size and queue length."""
+    """The rules written out plainly: a list in arrival order, the one whose turn it is (the
+    head, or the cheapest once four wait) admitted while it fits (bytes and count), refusals
+    decided by size and queue length."""
 
     def __init__(self, capacity, slots, limit, timeout):
         self.capacity, self.slots, self.limit, self.timeout = capacity, slots, limit, timeout
@@ -234,11 +235,25 @@ class Oracle:
         self.state = {}        # ident -> granted | too_large | overloaded | cancelled | waiting
         self.now = 0.0
 
+    def turn(self):
+        """Arrival order while fewer than 4 wait; else the least bytes / 2 ** (seconds waited
+        / (timeout / 4)), the earliest arrival on ties."""
+        if len(self.queue) < 4:
+            return self.queue[0]
+        half_life = self.timeout / 4
+        best = None
+        for w in self.queue:
+            cost = w[1] / 2 ** ((self.now - (w[2] - self.timeout)) / half_life)
+            if best is None or cost < best[0]:
+                best = (cost, w)
+        return best[1]
+
     def admit(self):
         while self.queue:
-            ident, n, _ = self.queue[0]
+            w = self.turn()
+            ident, n, _ = w
             if len(self.held) < self.slots and sum(self.held.values()) + n <= self.capacity:
-                self.queue.pop(0)
+                self.queue.remove(w)
                 self.held[ident] = n
                 self.state[ident] = "granted"
             else:
@@ -285,7 +300,7 @@ ADVANCES = (0.5, 1.0, 2.0, 3.0)
 
 
 @settings(max_examples=300, deadline=None)
-@given(operations, st.integers(1, 4), st.integers(0, 4))
+@given(operations, st.integers(1, 4), st.integers(0, 6))
 def test_the_budget_agrees_with_the_oracle_and_never_exceeds_its_capacity(ops, slots, limit):
     capacity, timeout = 100, 2.5
     b, clock, _ = budget(capacity=capacity, slots=slots, queue_limit=limit,
@@ -443,8 +458,9 @@ def test_over_the_budget_transforms_wait_then_are_served_and_past_the_queue_get_
         events = counters(running)
         assert events.count("admission.shed", reason="queue_full") == 1
         assert events.count("admission.wait") == 4    # hot, a, b, c
-        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full") == 1
-        assert metric(running, "mediaproxy_admission_wait_seconds_count") == 4
+        assert metric(running, "mediaproxy_admission_shed_total", reason="queue_full",
+                      priority="live") == 1
+        assert metric(running, "mediaproxy_admission_wait_seconds_count", priority="live") == 4
         health = call_in_reactor(lambda: [
             indicator.check() for group in running.runtime.pm.hook.mediaproxy_health_indicators(
                 runtime=running.runtime) for indicator in group

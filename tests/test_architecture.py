@@ -25,7 +25,8 @@ PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging", "mediaprox
 #: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
 FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
               "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime",
-              "mediaproxy.admission", "mediaproxy.inflight", "mediaproxy.memo"}
+              "mediaproxy.admission", "mediaproxy.inflight", "mediaproxy.memo",
+              "mediaproxy.jobs"}
 #: What a separately packaged plugin may import.
 PUBLIC = {"mediaproxy", "mediaproxy.testing"}
 LONG = 600

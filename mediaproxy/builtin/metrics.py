@@ -25,8 +25,11 @@ Every series, its labels and what it means: the reference table of docs/operatio
   ``backend_request_duration_seconds{purpose}``, ``backend_retries_total{purpose}``;
 * ``rejection``, ``source.error``, ``transform``, ``transform.error``, ``admission.*``:
   ``rejections_total{error}``, ``source_errors_total{status}``, ``transform_seconds{format}``,
-  ``transform_errors_total{error}``, ``admission_wait_seconds``,
-  ``admission_shed_total{reason}``, ``admission_cancelled_total``.
+  ``transform_errors_total{error}``, ``admission_wait_seconds{priority}``,
+  ``admission_shed_total{reason,priority}``, ``admission_cancelled_total``;
+* ``admission.nearest``, ``job``, ``job.retry`` (the job queue, :mod:`mediaproxy.jobs`):
+  ``nearest_offers_total``, ``jobs_total{kind,outcome}``, ``job_retries_total{kind}``; the
+  queues' depths (``queue_depth{priority}``, ``jobs_queue{state}``) are read at scrape time.
 
 Breaker openings are counted from each breaker's ``on_change`` (chained after the warning it
 logs); everything else (in flight, queue, pool threads, cache sizes, per-layer hits, misses and
@@ -45,6 +48,7 @@ import attrs
 from prometheus_client import (
     CollectorRegistry, Counter as PCounter, Histogram, disable_created_metrics,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -53,6 +57,7 @@ from twisted.logger import Logger
 from .. import __version__, hookimpl
 from ..http.breaker import OPEN
 from ..inflight import KINDS
+from ..jobs import KINDS as JOB_KINDS, OUTCOMES as JOB_OUTCOMES
 from ..monitoring.collectors import RuntimeCollector
 from ..monitoring.lag import ReactorLagProbe
 from ..monitoring.series import Series
@@ -65,6 +70,8 @@ _log = Logger(namespace="mediaproxy.metrics")
 
 #: The label values of ``admission_shed_total`` (anything else is counted as ``other``).
 SHED_REASONS = frozenset({"queue_full", "timeout", "too_large"})
+#: The ``priority`` labels of the admission series (anything else is ``other``).
+PRIORITIES = ("live", "background")
 #: Fields of the ``request`` event never kept as labels, even by :class:`EventCounters`:
 #: unbounded (one value per path, client or body size).
 UNBOUNDED_FIELDS = frozenset({"path", "client", "bytes", "bytes_in"})
@@ -156,6 +163,36 @@ class _Guarded:
             return []
 
 
+def _priority(fields) -> str:
+    priority = fields.get("priority", "live")
+    return priority if priority in PRIORITIES else "other"
+
+
+class QueueCollector:
+    """The queues' depths, read at scrape time: transforms waiting for the memory budget by
+    priority, and the background jobs queued and running."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def describe(self):
+        return list(self.collect())
+
+    def collect(self):
+        rt = self.runtime
+        depth = GaugeMetricFamily("mediaproxy_queue_depth", "Transforms waiting for room in "
+                                  "the memory budget, by priority.", labels=["priority"])
+        for priority, count in rt.admission.waiting_by_priority().items():
+            depth.add_metric([priority], count)
+        yield depth
+        jobs = GaugeMetricFamily("mediaproxy_jobs_queue", "Background jobs waiting to start "
+                                 "(queued, or waiting to retry) and running.",
+                                 labels=["state"])
+        jobs.add_metric(["queued"], rt.jobs.depth)
+        jobs.add_metric(["running"], rt.jobs.active)
+        yield jobs
+
+
 class PrometheusMetrics:
     """Turns events into Prometheus series in a registry of its own (one per runtime), with the
     scrape-time collectors beside them (see the module docstring)."""
@@ -230,11 +267,21 @@ class PrometheusMetrics:
                                          registry=r)
         self.admission_waits = Histogram(
             "mediaproxy_admission_wait_seconds",
-            "Time a transform waited for room in the memory budget.", registry=r,
+            "Time a transform waited for room in the memory budget, by priority.",
+            ["priority"], registry=r,
             buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
         self.admission_sheds = PCounter(
             "mediaproxy_admission_shed", "Transforms refused by the memory budget.",
-            ["reason"], registry=r)
+            ["reason", "priority"], registry=r)
+        self.nearest_offers = PCounter(
+            "mediaproxy_nearest_offers", "Shed requests answered with the nearest cached "
+            "variant of their source instead of 503.", registry=r)
+        self.jobs = PCounter("mediaproxy_jobs", "Background jobs by kind and outcome.",
+                             ["kind", "outcome"], registry=r)
+        self.job_retries = PCounter("mediaproxy_job_retries",
+                                    "Background job attempts repeated after a failure.",
+                                    ["kind"], registry=r)
+        r.register(QueueCollector(runtime))
         self.admission_cancels = PCounter(
             "mediaproxy_admission_cancelled",
             "Transforms that left the memory budget's queue: every client went away.",
@@ -261,6 +308,12 @@ class PrometheusMetrics:
             self._child(self.backend_duration, purpose)
         for name in self.runtime.breakers():
             self._child(self.breaker_opened, name)
+        for priority in PRIORITIES:
+            self._child(self.admission_waits, priority)
+        for kind in JOB_KINDS:
+            self._child(self.job_retries, kind)
+            for outcome in JOB_OUTCOMES:
+                self._child(self.jobs, kind, outcome)
         for layer in getattr(self.runtime.cache, "layers", ()):
             self.layer_hits.child(layer.name)
             self.layer_misses.child(layer.name)
@@ -347,11 +400,20 @@ class PrometheusMetrics:
         elif name == "transform.error":
             self._child(self.transform_errors, f.get("error", "")).inc()
         elif name == "admission.wait":
-            self.admission_waits.observe(event.value)
+            self._child(self.admission_waits, _priority(f)).observe(event.value)
         elif name == "admission.shed":
             reason = f.get("reason", "")
-            self._child(self.admission_sheds,
-                        reason if reason in SHED_REASONS else "other").inc()
+            self._child(self.admission_sheds, reason if reason in SHED_REASONS else "other",
+                        _priority(f)).inc()
+        elif name == "admission.nearest":
+            self.nearest_offers.inc()
+        elif name == "job":
+            kind, outcome = f.get("kind", ""), f.get("outcome", "")
+            self._child(self.jobs, kind if kind in JOB_KINDS else "other",
+                        outcome if outcome in JOB_OUTCOMES else "other").inc()
+        elif name == "job.retry":
+            kind = f.get("kind", "")
+            self._child(self.job_retries, kind if kind in JOB_KINDS else "other").inc()
         elif name == "admission.cancel":
             self.admission_cancels.inc()
 

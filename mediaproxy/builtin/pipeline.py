@@ -25,6 +25,7 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
+from ..admission import BACKGROUND, LIVE
 from ..cache.keys import cache_key, fresh_ttls, resolution_key
 from ..cache.coalescing import coalescing_lock
 from ..cache.headers import CacheStatus, shorten_cache_control
@@ -38,52 +39,23 @@ from .transforms import (
     _estimate, _too_large, _validators, depends_on_source, http_date, render_and_tag,
     transform_spec,
 )
-from .warmup import warmup_service
+from .popularity import Popularity
+from .results import (
+    STALE_IF_ERROR_STATUSES, Collapsed, Found, Stale, collapsed, job_result as _job_result,
+    overloaded,
+)
+from .variants import Nearest, VariantIndex
+from .warmup import warmup_services
 
 #: Seconds a request waits for another process's or node's leader before producing itself.
 DEFAULT_LOCK_WAIT = 30.0
 
 
-@attrs.frozen
-class Stale:
-    """A production that failed, answered with the stale copy it was refreshing."""
-
-    entry: CacheEntry
-
-
-@attrs.frozen
-class Found:
-    """A production that found, once the source was known, the result already stored under the
-    key of the format it resolves to (``fmt=auto`` or no ``fmt`` answered as an explicit
-    format was before): a hit in ``layer``."""
-
-    entry: CacheEntry
-    layer: str
-
-
-@attrs.frozen
-class Collapsed:
-    """The result of another request's production, as a waiter gets it (Cache-Status
-    ``collapsed``): a waiter of :meth:`ImagePipeline._coalesced` in this process, or a request
-    whose lock lookup found what another process or node had just stored."""
-
-    result: object
-
-
-def collapsed(result):
-    return result if isinstance(result, Collapsed) else Collapsed(result)
-
-
-#: Source failures that justify serving a stale copy (the backend is down or slow, not the
-#: image gone: a 404 is an answer, and the placeholder says so).
-STALE_IF_ERROR_STATUSES = (500, 502, 503, 504)
 #: How many (source, format token) -> output format answers the pipeline remembers.
 RESOLVED_LIMIT = 10_000
 #: The content type of the entry that records what a format token resolved to for a source
 #: (:func:`~mediaproxy.cache.keys.resolution_key`): the body is the format's name.
 RESOLUTION_TYPE = "application/vnd.mediaproxy.resolved-format"
-#: How many variants the access counts remember (for the periodic warm-up).
-POPULAR_LIMIT = 10_000
 
 
 @attrs.define
@@ -93,8 +65,8 @@ class ImagePipeline:
     #: the cross-process / cross-node lock (None: in-process coalescing only)
     _lock: object = attrs.field(
         default=attrs.Factory(lambda self: coalescing_lock(self.runtime), takes_self=True))
-    #: key -> [count, image_request, fmt]: what the warm-up re-renders first
-    popular: dict = attrs.field(factory=dict)
+    #: the access counts: what the warm-up re-renders first
+    popular: Popularity = attrs.field(factory=Popularity)
     #: key -> the Deferred of a production waiting for room in the memory budget
     _admitting: dict = attrs.field(factory=dict)
     #: (tenant, source path, format token) -> the output format a render of it wrote
@@ -103,6 +75,12 @@ class ImagePipeline:
     _keys: Memo = attrs.field(factory=Memo)
     #: (layer, vary) -> a fresh hit's X-Cache token and headers (:meth:`_hit_headers`)
     _hits: Memo = attrs.field(factory=lambda: Memo(64))
+
+    #: the variants stored per source, for the nearest-variant offer of a shed request
+    variants: VariantIndex = attrs.field(factory=VariantIndex)
+    #: called with (image_request, request) when a source is fetched for the first time by
+    #: this process (the warm-up's pre-render; None: nothing to do)
+    on_new_source: object = None
 
     @hookimpl(trylast=True)
     def mediaproxy_handle_image(self, image_request, request, runtime):
@@ -133,7 +111,7 @@ class ImagePipeline:
         """:meth:`handle` once the key is known."""
         rt = self.runtime
         log = request_log(request.correlation_id, "mediaproxy.pipeline")
-        self._count(key, image_request, fmt)
+        self.popular.count(key, image_request, fmt)
 
         def looked_up(hit):
             stale = None
@@ -225,6 +203,11 @@ class ImagePipeline:
         reused = isinstance(result, Collapsed)
         if reused:
             result = result.result
+        if isinstance(result, Nearest):
+            response = self._from_entry(result.entry, "NEAREST", vary,
+                                        CacheStatus(hit=True, detail="nearest"), stale=True)
+            return attrs.evolve(response, headers=(*response.headers,
+                                                   ("Content-Location", result.location)))
         if isinstance(result, Found):
             return self._from_entry(result.entry, f"HIT-{result.layer.upper()}", vary,
                                     CacheStatus(hit=True, collapsed=reused,
@@ -248,34 +231,38 @@ class ImagePipeline:
                                                      ("Cache-Status", status.header(name))))
         return result
 
-    def _count(self, key, image_request, fmt) -> None:
-        seen = self.popular.get(key)
-        if seen is not None:
-            seen[0] += 1
-            return
-        if len(self.popular) >= POPULAR_LIMIT:
-            # forget the least requested half; the popular ones keep their counts
-            keep = sorted(self.popular.items(), key=lambda item: -item[1][0])[
-                :POPULAR_LIMIT // 2]
-            self.popular = dict(keep)
-        self.popular[key] = [1, image_request, fmt]
-
     def most_requested(self, count: int):
-        """The ``count`` most requested variants: (key, image_request, fmt), busiest first."""
-        ranked = sorted(self.popular.items(), key=lambda item: -item[1][0])[:count]
-        return [(key, seen[1], seen[2]) for key, seen in ranked]
+        """The ``count`` most requested variants: (key, image_request, fmt), busiest first,
+        each key as it is stored now: a token only the source decides (no fmt, fmt=auto)
+        resolved to the format a render of it wrote."""
+        return [(cache_key(image_request, self.runtime.params,
+                           self._key_format(image_request, fmt))
+                 if depends_on_source(fmt) else key, image_request, fmt)
+                for key, image_request, fmt in self.popular.ranked(count)]
 
     def refresh(self, key, image_request, request, fmt, stale) -> Deferred:
         """Make a fresh copy of ``key`` in the background (revalidating against the backend's
-        validators of the stale copy); a refresh already under way is not repeated."""
+        validators of the stale copy), as a job of the background queue; a refresh already
+        under way is not repeated."""
         if key in self._inflight:
             return succeed(None)
-        log = request_log(request.correlation_id, "mediaproxy.pipeline")
-        d = self._coalesced(key, image_request, request, fmt, log, stale)
-        d.addErrback(lambda f: log.failure("background refresh of {key} failed", f, key=key))
-        return d
+        return self.background("refresh", key, image_request, request, fmt, stale)
 
-    def _coalesced(self, key, image_request, request, fmt, log, stale=None) -> Deferred:
+    def background(self, kind, key, image_request, request, fmt, stale=None) -> Deferred:
+        """Render ``key`` as a background job (``kind``: warmup, url, prerender, refresh) of
+        :attr:`runtime.jobs <mediaproxy.runtime.Runtime.jobs>`, reserving with BACKGROUND
+        priority: behind every live request. A busy queue or a failing backend is retried
+        with backoff; a refused or missing source is not."""
+        log = request_log(request.correlation_id, "mediaproxy.pipeline")
+
+        def work():
+            return self._coalesced(key, image_request, request, fmt, log, stale,
+                                   priority=BACKGROUND).addCallback(_job_result)
+
+        return self.runtime.jobs.submit(kind, key, work)
+
+    def _coalesced(self, key, image_request, request, fmt, log, stale=None,
+                   priority=LIVE) -> Deferred:
         """One production per key; every caller gets a Deferred of its own. Cancelling one
         (its client went away) drops that caller only; when no caller is left while the
         production still waits for room in the memory budget, it leaves the budget's queue."""
@@ -286,6 +273,9 @@ class ImagePipeline:
         else:
             log.debug("waiting for the transform already under way for {key}", key=key)
             self.runtime.emit("coalesced", correlation_id=request.correlation_id)
+            if priority == LIVE and key in self._admitting:
+                # a client now waits for a background render: it moves to the live queue
+                self.runtime.admission.promote(self._admitting[key])
         d = Deferred(lambda d: self._gone(key, waiters, d))
         waiters.append(d)
         if not leading:
@@ -300,7 +290,7 @@ class ImagePipeline:
                 waiter.callback(result)
             return None
 
-        self._lead(key, image_request, request, fmt, log, stale).addBoth(release)
+        self._lead(key, image_request, request, fmt, log, stale, priority).addBoth(release)
         return d
 
     def _gone(self, key, waiters, d) -> None:
@@ -312,11 +302,12 @@ class ImagePipeline:
                 del self._inflight[key]   # a new request for the key starts afresh
             self._admitting.pop(key).cancel()
 
-    def _lead(self, key, image_request, request, fmt, log, stale) -> Deferred:
+    def _lead(self, key, image_request, request, fmt, log, stale, priority=LIVE) -> Deferred:
         rt = self.runtime
         lock = self._lock
         if lock is None:
-            return self._produce(key, image_request, request, fmt, log, stale, wait=False)
+            return self._produce(key, image_request, request, fmt, log, stale, wait=False,
+                                 priority=priority)
 
         def lookup():
             def fresh(hit):
@@ -345,7 +336,8 @@ class ImagePipeline:
 
         coalesced = coalesce(lock, key, lookup,
                              lambda: self._produce(key, image_request, request, fmt, log, stale,
-                                                   wait=True, on_rendered=rendered),
+                                                   wait=True, on_rendered=rendered,
+                                                   priority=priority),
                              rt.reactor,
                              max(DEFAULT_LOCK_WAIT, rt.config.limits.transform_timeout), log)
 
@@ -361,7 +353,7 @@ class ImagePipeline:
 
     @inlineCallbacks
     def _produce(self, key, image_request, request, fmt, log, stale=None, wait=False,
-                 on_rendered=None):
+                 on_rendered=None, priority=LIVE):
         """Fetch, transform and store one result. ``stale`` is the copy being refreshed: its
         validators make the fetch conditional, and it is the answer if the backend fails.
         ``wait``: fire only once the result is stored (followers in other processes read it
@@ -372,10 +364,10 @@ class ImagePipeline:
         if stale is None:
             # shed at the door: when the transform queue is full (in count or in time), do
             # not fetch and inspect a source only to refuse it after
-            busy = rt.admission.refusal(0, request.correlation_id)
+            busy = rt.admission.refusal(0, request.correlation_id, priority=priority)
             if busy is not None:
                 log.info("transform refused before fetching: {why}", why=str(busy))
-                return self._overloaded(busy)
+                return (yield self._shed(key, image_request, request, fmt, busy, priority))
         conditional = image_request
         if stale is not None and (stale.source_etag or stale.source_last_modified):
             conditional = image_request.evolve(validators=_validators(stale))
@@ -385,6 +377,8 @@ class ImagePipeline:
             if fetching is None:
                 raise SourceError(404, "source_not_found", "no plugin serves this source")
             source = yield fetching
+            if self.on_new_source is not None and not source.not_modified:
+                self.on_new_source(image_request, request)
         except SourceError as e:
             # a missing original is the client's business (404 in the access line), not news
             (log.debug if e.status == 404 else log.info)(
@@ -428,7 +422,8 @@ class ImagePipeline:
                     if found is not None:
                         self._resolved[resolved] = estimated.format
                         return found
-            admitting = rt.admission.reserve(nbytes, request.correlation_id)
+            admitting = rt.admission.reserve(nbytes, request.correlation_id,
+                                             priority=priority, cost=nbytes)
             self._admitting[key] = admitting
             try:
                 reservation = yield admitting.addErrback(_too_large)
@@ -454,7 +449,7 @@ class ImagePipeline:
             log.info("transform refused: {why}", why=str(e))
             if stale is not None:
                 return Stale(stale)   # within stale-if-error: the old copy beats a 503
-            return self._overloaded(e)
+            return (yield self._shed(key, image_request, request, fmt, e, priority))
         except CancelledError:
             log.info("every client of {key} went away before it was admitted; not rendered",
                      key=key)
@@ -480,6 +475,7 @@ class ImagePipeline:
         if on_rendered is not None:
             on_rendered(entry)
         stored = self._store(store_key, entry, wait, log)
+        self.variants.add(image_request, request, store_key, rendered.width, rendered.format)
         if store_key != key:
             self._resolved[resolved] = estimated.format
             if rt.cache.shared:
@@ -509,10 +505,24 @@ class ImagePipeline:
 
         return rt.cache.get(resolution_key(image_request, fmt)).addCallback(resolved)
 
-    @staticmethod
-    def _overloaded(e: Overloaded) -> Rejection:
-        return Rejection(503, "overloaded", "the server is busy; retry shortly",
-                         headers=[("Retry-After", str(e.retry_after))])
+    def _shed(self, key, image_request, request, fmt, e: Overloaded, priority) -> Deferred:
+        """What a request the budget shed gets: for a live one, the nearest variant of its
+        source in the cache (``processing.offer_nearest``), else 503 with Retry-After. A shed
+        request is forgotten by the access counts: the warm-up renders it again only once it
+        is asked for again."""
+        self.popular.forget(key)
+        rt = self.runtime
+        if priority != LIVE or not rt.config.processing.offer_nearest:
+            return succeed(overloaded(e))
+
+        def offered(nearest):
+            if nearest is None:
+                return overloaded(e)
+            rt.emit("admission.nearest", correlation_id=request.correlation_id)
+            return nearest
+
+        return self.variants.nearest(rt.cache, image_request, request, fmt, key).addCallback(
+            offered)
 
     def _fresh(self, key) -> Deferred:
         """A :class:`Found` for ``key`` when a layer holds it fresh, else None."""
@@ -577,11 +587,10 @@ class ImagePipeline:
                              headers=headers, etag=entry.etag, last_modified=entry.last_modified,
                              cache_status=cache_status)
 
-
     @hookimpl
     def mediaproxy_services(self, runtime):
-        timer = warmup_service(runtime, self)
-        return [timer] if timer is not None else []
+        """The background job queue and the warming (:func:`.warmup.warmup_services`)."""
+        return warmup_services(runtime, self)
 
 
 @hookimpl
