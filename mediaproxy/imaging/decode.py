@@ -279,11 +279,16 @@ def _draft_size(size: tuple[int, int], need: tuple[int, int] | None) -> tuple[in
     """The size Pillow's JPEG ``draft(mode, need)`` gives a ``size`` image (its own rule:
     the largest of 1/8, 1/4, 1/2 that keeps both sides at least ``need``), without asking it
     (a second ``draft`` call is ignored)."""
-    if need is None:
-        return size
-    ratio = min(size[0] // need[0], size[1] // need[1])
-    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
+    scale = _draft_scale(size, need)
     return -(-size[0] // scale), -(-size[1] // scale)
+
+
+def _draft_scale(size: tuple[int, int], need: tuple[int, int] | None) -> int:
+    """The denominator (1, 2, 4 or 8) of the scale :func:`_draft_size` decodes at."""
+    if need is None:
+        return 1
+    ratio = min(size[0] // need[0], size[1] // need[1])
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
 
 
 def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: TransformSpec,
