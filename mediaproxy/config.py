@@ -669,6 +669,14 @@ class ProcessingConfig:
         "and health checks; with the transform threads a little nicer, the kernel runs it "
         "first when transforms fill every core, so an overload of cold transforms does not "
         "slow the hits down.", _between(0, 19))
+    decoded_cache_bytes: int = setting(
+        0, "int", "Bytes of decoded source images kept for the next sizes of the same source "
+        "(decode once, render many: a srcset's sizes decode a JPEG once or twice instead of "
+        "once each; accepts 64MiB). They are taken out of the transform memory budget "
+        "(limits.transform_memory), so transforms and this cache together stay within it. "
+        "0: automatic, a quarter of the transform memory budget; a larger value is lowered "
+        "to half of it; negative: off (see docs/performance.md, \"Decode once, render "
+        "many\").")
 
 
 @frozen

@@ -24,6 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from .admission import MemoryBudget, Overloaded, TooLarge
+from .imaging.decoded import DecodedCache, capacity as decoded_capacity
 from .inflight import InFlight
 from .models import Event, Param
 
@@ -77,12 +78,9 @@ def default_transform_memory(total_memory: int) -> int:
                       AUTO_TRANSFORM_MEMORY_CAP))
 
 
-def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
-                  total_memory: int | None = None) -> MemoryBudget:
-    """The transform memory budget ``config`` asks for: ``limits.transform_memory`` bytes (0:
-    :func:`default_transform_memory` of ``total_memory``, the machine's by default), ``slots``
-    transforms at once, ``processing.queue_limit`` waiters for ``processing.queue_timeout``
-    seconds at most."""
+def transform_memory(config, total_memory: int | None = None) -> int:
+    """The bytes all transforms may hold: ``limits.transform_memory`` (0:
+    :func:`default_transform_memory` of ``total_memory``, the machine's by default)."""
     capacity = config.limits.transform_memory
     if not capacity:
         if total_memory is None:
@@ -90,6 +88,24 @@ def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
 
             total_memory = psutil.virtual_memory().total
         capacity = default_transform_memory(total_memory)
+    return capacity
+
+
+def decoded_cache(config, total_memory: int | None = None) -> DecodedCache:
+    """The decoded-image cache (:mod:`mediaproxy.imaging.decoded`): its bytes
+    (``processing.decoded_cache_bytes``) come out of :func:`transform_memory`."""
+    return DecodedCache(decoded_capacity(config.processing.decoded_cache_bytes,
+                                         transform_memory(config, total_memory)))
+
+
+def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
+                  total_memory: int | None = None) -> MemoryBudget:
+    """The transform memory budget ``config`` asks for: :func:`transform_memory` less the
+    decoded-image cache's bytes (:func:`decoded_cache`: the two together stay within it),
+    ``slots`` transforms at once, ``processing.queue_limit`` waiters for
+    ``processing.queue_timeout`` seconds at most."""
+    total = transform_memory(config, total_memory)
+    capacity = total - decoded_capacity(config.processing.decoded_cache_bytes, total)
     return MemoryBudget(capacity=capacity, slots=max(1, slots),
                         queue_limit=config.processing.queue_limit,
                         queue_timeout=config.processing.queue_timeout, reactor=reactor,
@@ -132,6 +148,10 @@ class Runtime:
     admission: MemoryBudget = attrs.field(default=attrs.Factory(
         lambda self: memory_budget(self.config, self.reactor, self.threadpool.max, self.emit),
         takes_self=True))
+    #: decoded sources kept for their next sizes (:mod:`mediaproxy.imaging.decoded`), shared
+    #: by the pool's threads; its bytes are taken out of :attr:`admission`'s capacity
+    decoded: DecodedCache = attrs.field(default=attrs.Factory(
+        lambda self: decoded_cache(self.config), takes_self=True))
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
     #: requests in flight on the main port by route kind (:mod:`mediaproxy.inflight`)
     inflight: InFlight = attrs.field(factory=InFlight)

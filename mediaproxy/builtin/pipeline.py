@@ -404,7 +404,7 @@ class ImagePipeline:
                 if self._admitting.get(key) is admitting:
                     del self._admitting[key]
             d = rt.run_reserved(reservation, render_and_tag, source.body, spec, steps,
-                                image_request)
+                                image_request, rt.decoded)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
         except imaging.TransformTimeout:

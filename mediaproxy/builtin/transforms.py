@@ -65,10 +65,12 @@ def _too_large(failure):
                                    "all transforms together.")
 
 
-def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request):
-    """Runs in the thread pool: transform, then hash the output for its ETag."""
+def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request, decoded=None):
+    """Runs in the thread pool: transform, then hash the output for its ETag. ``decoded``
+    is the runtime's decoded-image cache (:mod:`mediaproxy.imaging.decoded`): the sizes of
+    one source decode it once."""
     started = time.perf_counter()
-    rendered = imaging.render(data, spec, steps, image_request)
+    rendered = imaging.render(data, spec, steps, image_request, cache=decoded)
     return rendered, strong_etag(rendered.body), time.perf_counter() - started
 
 
