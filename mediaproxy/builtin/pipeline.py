@@ -383,7 +383,7 @@ class ImagePipeline:
             # one request may take at most what the whole process gives all transforms
             if spec.max_transform_bytes > rt.admission.capacity:
                 spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
-            estimated = yield rt.run_inspection(_estimate, source.body, spec)
+            estimated = yield rt.run_inspection(_estimate, source.body, spec, rt.decoded)
             nbytes = estimated.bytes
             if depends_on_source(fmt):
                 # Now the output format is known: its entry may exist under the explicit key.

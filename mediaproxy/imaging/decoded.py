@@ -59,6 +59,23 @@ AUTO_SHARE = 1 / 4
 MAX_SHARE = 1 / 2
 
 
+#: A large source's first decode is this many shrink-on-load steps finer than its render
+#: needs (at most full size), so that the larger sizes asked next reuse it; measured on the
+#: srcset of a 12 MP JPEG (docs/performance.md, "Decode once, render many"): one step takes
+#: most of the gain of two at a third of the cost for a lone thumbnail.
+FIRST_DECODE_FINER = 1
+#: ... when the source has at least this many pixels: a JPEG's decode costs about its
+#: source's pixels whatever the scale (the entropy decoding), so decoding a small source
+#: again is cheap, and a lone thumbnail of it should not pay for a larger decode.
+LARGE_SOURCE_PIXELS = 8_000_000
+
+
+def first_decode_finer(pixels: int) -> int:
+    """The steps finer a first decode of a ``pixels`` source goes (:data:`FIRST_DECODE_FINER`
+    from :data:`LARGE_SOURCE_PIXELS` on, else 0)."""
+    return FIRST_DECODE_FINER if pixels >= LARGE_SOURCE_PIXELS else 0
+
+
 def capacity(setting: int, transform_memory: int) -> int:
     """The decoded cache's bytes for ``processing.decoded_cache_bytes = setting`` and a
     transform memory budget of ``transform_memory`` bytes: 0 is :data:`AUTO_SHARE` of the
@@ -154,6 +171,13 @@ class DecodedCache:
                 return found[1]
             self.misses += 1
             return None
+
+    def find(self, data: bytes) -> Decoded | None:
+        """The entry of ``data`` at whatever scale, not counted as a lookup."""
+        with self._lock:
+            found = self._entries.get(self.key(data))
+        return found[1] if found is not None and (found[0] is data or found[0] == data) \
+            else None
 
     def put(self, data: bytes, decoded: Decoded) -> bool:
         """Keep ``decoded`` as ``data``'s entry (replacing the one there), then evict the

@@ -23,10 +23,10 @@ from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
 from .crop import _cover_origin, _trim_box
 from .decode import (
     _ORIENT, ImageInfo, _check_canvas, _check_jpeg_scans, _check_jpeg_size, _check_limits,
-    _check_memory, _check_output, _work, _check_spec, _decoding, _draft, _draft_scale,
-    _draft_target, _open, _orientation, _read_info,
+    _check_memory, _check_output, _work, _check_spec, _decode_scale, _decoding, _draft,
+    _open, _orientation, _read_info,
 )
-from .decoded import Decoded, DecodedCache
+from .decoded import Decoded, DecodedCache, first_decode_finer
 from .encode import _duration, _encode
 from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
@@ -58,7 +58,7 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
     with _open(data, deadline) as source:
-        info, fmt, work = _inspect(data, source, spec)
+        info, fmt, work = _inspect(data, source, spec, cache)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
@@ -86,15 +86,17 @@ class Estimate:
     format: str
 
 
-def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> Estimate:
+def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False,
+             cache: DecodedCache | None = None) -> Estimate:
     """The :class:`Estimate` of rendering ``data`` under ``spec``, from the header and the
     file's structure: cheap, nothing is decoded. Raises :class:`ImageError` for what
     :func:`render` refuses before decoding (not an image, over the frame, pixel or scan
     budgets); with ``enforce``, also :class:`OverMemoryBudget` when the bytes are over
-    ``spec.max_transform_bytes``."""
+    ``spec.max_transform_bytes``. With an enabled ``cache``, a still's decode is counted
+    at the finer scale of a source's first decode (:func:`.decoded.first_decode_finer`)."""
     _check_spec(spec)
     with _open(data) as source:
-        _, fmt, work = _inspect(data, source, spec)
+        _, fmt, work = _inspect(data, source, spec, cache)
     if enforce:
         _check_memory(work, spec)
     return Estimate(work.bytes(), fmt)
@@ -107,8 +109,8 @@ def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -
     return estimate(data, spec, enforce=enforce).bytes
 
 
-def _inspect(data: bytes, source: ImageFile.ImageFile,
-             spec: TransformSpec) -> tuple[ImageInfo, str, Work]:
+def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
+             cache: DecodedCache | None = None) -> tuple[ImageInfo, str, Work]:
     """The header checks, the output format and the work ahead, before decoding."""
     info = _read_info(source)
     _check_limits(info, spec)
@@ -118,7 +120,8 @@ def _inspect(data: bytes, source: ImageFile.ImageFile,
     if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
         fmt = output_format(info.format, info.has_alpha, spec.animated_format)
     animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
-    work = _work(data, source, info, spec, fmt, animated)
+    finer = first_decode_finer(info.pixels) if cache is not None and cache.enabled else 0
+    work = _work(data, source, info, spec, fmt, animated, finer)
     _check_output(work.canvas, spec)
     return info, fmt, work
 
@@ -128,11 +131,12 @@ def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
     """A still through the decoded cache: the entry of ``data`` when its scale is fine
     enough for this render's own shrink-on-load scale (reduced to that scale), else a decode
     that becomes the entry; then the pipeline's work on a copy-on-write view of it."""
-    scale = _draft_scale(source.size, _draft_target(source, pipeline.spec))
+    scale = _decode_scale(source, pipeline.spec)
     with cache.exclusive(data, pipeline.deadline):
         entry = cache.get(data, scale)
-        if entry is None:
-            entry = _decode(source, info, pipeline, scale)
+        if entry is None:          # a new source is decoded finer, for its next sizes
+            finer = first_decode_finer(info.pixels) if cache.find(data) is None else 0
+            entry = _decode(source, info, pipeline, _decode_scale(source, pipeline.spec, finer))
             cache.put(data, entry)
     pipeline.deadline.check("after decoding")
     image = entry.at(scale)
@@ -143,10 +147,13 @@ def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
 
 def _decode(source: ImageFile.ImageFile, info: ImageInfo, pipeline: _Pipeline,
             scale: int) -> Decoded:
-    """Decode ``source`` at this render's shrink-on-load scale (``1 / scale``), upright and
-    in a working mode, as a plain image that owns its pixels (no file object, no deadline)."""
-    if not _draft(source, pipeline.spec):
-        scale = 1
+    """Decode ``source`` at ``1 / scale`` (JPEG shrink-on-load), upright and in a working
+    mode, as a plain image that owns its pixels (no file object, no deadline)."""
+    if scale > 1:
+        stored = source.size
+        source.draft(source.mode, (stored[0] // scale, stored[1] // scale))
+        if source.size == stored:
+            scale = 1
     with _decoding():
         source.load()
     image, icc = pipeline.prepare(source, _orientation(source))
