@@ -154,6 +154,9 @@ def test_a_large_source_is_first_decoded_one_step_finer_and_counted_so():
 
 def test_the_capacity_comes_out_of_the_transform_budget():
     assert capacity(0, 1000) == 250
+    assert capacity(0, 4 * decoded_module.AUTO_CAP) == decoded_module.AUTO_CAP
+    assert capacity(0, 4 * decoded_module.AUTO_CAP + 4) == decoded_module.AUTO_CAP
+    assert capacity(0, 4 * decoded_module.AUTO_CAP - 4) == decoded_module.AUTO_CAP - 1
     assert capacity(-1, 1000) == 0
     assert capacity(1, 1000) == 1
     assert capacity(500, 1000) == 500

@@ -52,8 +52,12 @@ from PIL import Image
 from .budget import Deadline
 from .errors import TransformTimeout
 
-#: ``processing.decoded_cache_bytes = 0`` (auto): this share of the transform memory budget.
+#: ``processing.decoded_cache_bytes = 0`` (auto): this share of the transform memory budget,
 AUTO_SHARE = 1 / 4
+#: ... at most this many bytes: the sources of a few pages rendered at once (a 12 MP JPEG's
+#: entry at 1/2 scale takes 14 MiB), while the largest single transform keeps most of the
+#: budget (576 of the automatic 640 MiB).
+AUTO_CAP = 64 * 1024 * 1024
 #: A configured size is at most this share of the transform memory budget: the rest admits
 #: transforms.
 MAX_SHARE = 1 / 2
@@ -79,12 +83,12 @@ def first_decode_finer(pixels: int) -> int:
 def capacity(setting: int, transform_memory: int) -> int:
     """The decoded cache's bytes for ``processing.decoded_cache_bytes = setting`` and a
     transform memory budget of ``transform_memory`` bytes: 0 is :data:`AUTO_SHARE` of the
-    budget, a negative value turns the cache off (0 bytes), a positive one is taken as is but
-    at most :data:`MAX_SHARE` of the budget."""
+    budget, at most :data:`AUTO_CAP`; a negative value turns the cache off (0 bytes), a
+    positive one is taken as is but at most :data:`MAX_SHARE` of the budget."""
     if setting < 0:
         return 0
     if setting == 0:
-        return int(transform_memory * AUTO_SHARE)
+        return min(int(transform_memory * AUTO_SHARE), AUTO_CAP)
     return min(setting, int(transform_memory * MAX_SHARE))
 
 
