@@ -26,11 +26,10 @@ from PIL import Image, ImageChops, ImageDraw
 from mediaproxy.imaging import decoded as decoded_module
 from mediaproxy.imaging import estimate, render
 from mediaproxy.imaging.budget import Deadline
-from mediaproxy.imaging.decoded import (
-    Decoded, DecodedCache, capacity, first_decode_finer, image_bytes,
-)
+from mediaproxy.imaging.decoded import Decoded, DecodedCache, first_decode_finer, image_bytes
 from mediaproxy.imaging.errors import TransformTimeout
 from mediaproxy.models import TransformSpec, TransformStep
+from mediaproxy.runtime import DECODED_CACHE_CAP, decoded_cache_bytes as capacity
 from mediaproxy.testing import ImageOrigin, assert_image, start_proxy, wait_for
 from mediaproxy.testing.images import (
     adobe_rgb_profile, cmyk_profile, decode, encode, make_animated, make_jpeg,
@@ -154,9 +153,9 @@ def test_a_large_source_is_first_decoded_one_step_finer_and_counted_so():
 
 def test_the_capacity_comes_out_of_the_transform_budget():
     assert capacity(0, 1000) == 250
-    assert capacity(0, 4 * decoded_module.AUTO_CAP) == decoded_module.AUTO_CAP
-    assert capacity(0, 4 * decoded_module.AUTO_CAP + 4) == decoded_module.AUTO_CAP
-    assert capacity(0, 4 * decoded_module.AUTO_CAP - 4) == decoded_module.AUTO_CAP - 1
+    assert capacity(0, 4 * DECODED_CACHE_CAP) == DECODED_CACHE_CAP
+    assert capacity(0, 4 * DECODED_CACHE_CAP + 4) == DECODED_CACHE_CAP
+    assert capacity(0, 4 * DECODED_CACHE_CAP - 4) == DECODED_CACHE_CAP - 1
     assert capacity(-1, 1000) == 0
     assert capacity(1, 1000) == 1
     assert capacity(500, 1000) == 500

@@ -5,6 +5,7 @@ the reactor (no event per lookup)."""
 from __future__ import annotations
 
 from .. import hookimpl
+from ..imaging.decoded import DecodedCache
 
 
 @hookimpl
@@ -23,7 +24,7 @@ class DecodedCacheCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        cache = self.runtime.decoded
+        cache = self.runtime.decoded or DecodedCache(0)
         lookups = CounterMetricFamily(
             "mediaproxy_decoded_cache_lookups", "Decoded-image cache lookups of still renders: "
             "hit (no decode) or miss (the source was decoded).", labels=["result"])

@@ -21,11 +21,12 @@ request's (``is``, else ``==``, a ``memcmp``): two sources never share an entry,
 their hashes. The bytes an entry holds count towards its size.
 
 Memory: the cache's capacity is carved out of the transform memory budget (the runtime
-lowers the admission capacity by it, see :func:`capacity`), so transforms at their
-estimates plus the cache never exceed ``limits.transform_memory``. An entry larger than
-the capacity is not stored; storing evicts the least recently used entries until the
-total fits. A render that reuses an entry allocates at most what its own fresh decode was
-admitted for (the reduced copy stands for the decoded image; no orientation or mode copy).
+lowers the admission capacity by it: :func:`mediaproxy.runtime.decoded_cache_capacity`), so
+transforms at their estimates plus the cache never exceed ``limits.transform_memory``. An
+entry larger than the capacity is not stored; storing evicts the least recently used entries
+until the total fits. A render that reuses an entry allocates at most what its own fresh
+decode was admitted for (the reduced copy stands for the decoded image; no orientation or
+mode copy).
 
 Entries are immutable: every Pillow operation the pipeline applies returns a new image, and
 the pipeline copies a shared image before handing it to a plugin step or the encoder (both
@@ -52,17 +53,6 @@ from PIL import Image
 from .budget import Deadline
 from .errors import TransformTimeout
 
-#: ``processing.decoded_cache_bytes = 0`` (auto): this share of the transform memory budget,
-AUTO_SHARE = 1 / 4
-#: ... at most this many bytes: the sources of a few pages rendered at once (a 12 MP JPEG's
-#: entry at 1/2 scale takes 14 MiB), while the largest single transform keeps most of the
-#: budget (576 of the automatic 640 MiB).
-AUTO_CAP = 64 * 1024 * 1024
-#: A configured size is at most this share of the transform memory budget: the rest admits
-#: transforms.
-MAX_SHARE = 1 / 2
-
-
 #: A large source's first decode is this many shrink-on-load steps finer than its render
 #: needs (at most full size), so that the larger sizes asked next reuse it; measured on the
 #: srcset of a 12 MP JPEG (docs/performance.md, "Decode once, render many"): one step takes
@@ -78,18 +68,6 @@ def first_decode_finer(pixels: int) -> int:
     """The steps finer a first decode of a ``pixels`` source goes (:data:`FIRST_DECODE_FINER`
     from :data:`LARGE_SOURCE_PIXELS` on, else 0)."""
     return FIRST_DECODE_FINER if pixels >= LARGE_SOURCE_PIXELS else 0
-
-
-def capacity(setting: int, transform_memory: int) -> int:
-    """The decoded cache's bytes for ``processing.decoded_cache_bytes = setting`` and a
-    transform memory budget of ``transform_memory`` bytes: 0 is :data:`AUTO_SHARE` of the
-    budget, at most :data:`AUTO_CAP`; a negative value turns the cache off (0 bytes), a
-    positive one is taken as is but at most :data:`MAX_SHARE` of the budget."""
-    if setting < 0:
-        return 0
-    if setting == 0:
-        return min(int(transform_memory * AUTO_SHARE), AUTO_CAP)
-    return min(setting, int(transform_memory * MAX_SHARE))
 
 
 def image_bytes(image: Image.Image) -> int:
