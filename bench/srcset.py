@@ -12,10 +12,12 @@ a free port in front of the shared bench's nginx origin (127.0.0.1:18080); thumb
 shared bench's (127.0.0.1:18090, ``/unsafe/fit-in/WxH/127.0.0.1:18080/...``). Every round and
 every target gets its own never-seen path (``/media/uploads/b/<nonce>/photo_4000.jpg``), the
 targets in turns (the order alternates between rounds). Per srcset: the wall milliseconds of
-the eight requests and, for a proxy, its process's CPU milliseconds (user + system from
-/proc: much less disturbed by the rest of a shared machine than the wall clock) and the
-origin fetches of the path (nginx's access log). Every output's size is checked (+-1 px).
-The medians are reported, and the ratios to thumbor's wall time and to the first ``--code``.
+the eight requests, the CPU milliseconds of the target's processes (user + system from /proc,
+thumbor's parent and workers included: much less disturbed by the rest of a shared machine
+than the wall clock; thumbor's also counts whatever else asks it meanwhile) and the origin
+fetches of the path (nginx's access log). Every output's size is checked (+-1 px). The
+medians are reported, and the medians of the rounds' ratios to thumbor and to the first
+``--code`` (paired: a round disturbed by the rest of the machine disturbs both).
 Loopback only; every loop is bounded (rounds x targets x 8 requests, 120 s timeouts).
 """
 
@@ -86,9 +88,22 @@ def origin_fetches(offset: int, needle: str) -> int | None:
         return None
 
 
-def srcset(host: str, port: int, path_of, pid: int | None) -> dict:
+def thumbor_pids() -> list[int]:
+    """The shared bench's thumbor processes (its parent and workers), read from /proc."""
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(part.endswith("bin/thumbor") for part in (p.info["cmdline"] or ()))
+            and str(THUMBOR[1]) in (p.info["cmdline"] or ())]
+
+
+def cpu_seconds(processes) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+
+def srcset(host: str, port: int, path_of, pids: list[int]) -> dict:
     """One srcset on a fresh connection (opened before the clock starts, as a browser's is):
-    wall ms, CPU ms of ``pid``, origin fetches."""
+    wall ms, CPU ms of the ``pids``, origin fetches."""
     import psutil
 
     nonce = f"d{uuid.uuid4().hex[:12]}"
@@ -96,8 +111,8 @@ def srcset(host: str, port: int, path_of, pid: int | None) -> dict:
     offset = ORIGIN_LOG.stat().st_size if ORIGIN_LOG.exists() else 0
     conn = http.client.HTTPConnection(host, port, timeout=120)
     conn.connect()
-    process = psutil.Process(pid) if pid else None
-    cpu = process.cpu_times() if process else None
+    processes = [psutil.Process(pid) for pid in pids]
+    cpu = cpu_seconds(processes)
     started = time.perf_counter()
     bodies = []
     for box in BOXES:
@@ -105,10 +120,7 @@ def srcset(host: str, port: int, path_of, pid: int | None) -> dict:
         response = conn.getresponse()
         bodies.append((box, response.status, response.read()))
     wall = time.perf_counter() - started
-    used = None
-    if process:
-        after = process.cpu_times()
-        used = (after.user - cpu.user) + (after.system - cpu.system)
+    used = cpu_seconds(processes) - cpu if processes else None
     conn.close()
     for box, status, body in bodies:
         assert status == 200, (box, status, body[:200])
@@ -137,17 +149,17 @@ def main() -> None:
     args = parser.parse_args()
     codes = [ROOT, *args.code]
     procs = {code: start(code) for code in codes}
-    targets = [(str(code), "127.0.0.1", port, proxy_path, proc.pid)
+    targets = [(str(code), "127.0.0.1", port, proxy_path, [proc.pid])
                for code, (proc, port) in procs.items()]
     if not args.no_thumbor:
-        targets.append(("thumbor", *THUMBOR, thumbor_path, None))
+        targets.append(("thumbor", *THUMBOR, thumbor_path, thumbor_pids()))
     results: dict[str, list[dict]] = {name: [] for name, *_ in targets}
     try:
-        for name, host, port, path_of, pid in targets:      # imports, pools, connections
-            srcset(host, port, path_of, pid)
+        for name, host, port, path_of, pids in targets:     # imports, pools, connections
+            srcset(host, port, path_of, pids)
         for n in range(args.rounds):
-            for name, host, port, path_of, pid in (targets if n % 2 == 0 else targets[::-1]):
-                results[name].append(srcset(host, port, path_of, pid))
+            for name, host, port, path_of, pids in (targets if n % 2 == 0 else targets[::-1]):
+                results[name].append(srcset(host, port, path_of, pids))
     finally:
         for proc, _ in procs.values():
             proc.terminate()
@@ -162,17 +174,24 @@ def main() -> None:
         fetches = sorted({r["fetches"] for r in rows}, key=str)
         medians[name] = (wall, cpu)
         print(f"  {name}: wall {wall:.0f} ms (min {min(r['wall'] for r in rows):.0f})"
-              + (f", proxy CPU {cpu:.0f} ms (min {min(cpus):.0f})" if cpu is not None else "")
+              + (f", CPU {cpu:.0f} ms (min {min(cpus):.0f})" if cpu is not None else "")
               + f", origin fetches per srcset {fetches}")
+    def paired(a: str, b: str, what: str) -> float:
+        """The median of the rounds' ratios (each round measures both: a round disturbed
+        by the rest of the machine disturbs both)."""
+        return statistics.median(x[what] / y[what] for x, y in zip(results[a], results[b]))
+
     if "thumbor" in medians:
         for name in results:
             if name != "thumbor":
-                print(f"  wall ratio {name} / thumbor: "
-                      f"{medians[name][0] / medians['thumbor'][0]:.2f}")
+                print(f"  ratio {name} / thumbor: wall {paired(name, 'thumbor', 'wall'):.2f}"
+                      f" (of the medians {medians[name][0] / medians['thumbor'][0]:.2f})"
+                      + (f", CPU {paired(name, 'thumbor', 'cpu'):.2f}"
+                         if medians["thumbor"][1] else ""))
     if len(codes) > 1:
         a, b = str(codes[0]), str(codes[1])
-        print(f"  after / before ({a} / {b}): wall {medians[a][0] / medians[b][0]:.2f}, "
-              f"CPU {medians[a][1] / medians[b][1]:.2f}")
+        print(f"  after / before ({a} / {b}): wall {paired(a, b, 'wall'):.2f}, "
+              f"CPU {paired(a, b, 'cpu'):.2f} (medians of the rounds' ratios)")
 
 
 if __name__ == "__main__":
