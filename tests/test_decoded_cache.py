@@ -26,7 +26,9 @@ from PIL import Image, ImageChops, ImageDraw
 from mediaproxy.imaging import decoded as decoded_module
 from mediaproxy.imaging import estimate, render
 from mediaproxy.imaging.budget import Deadline
-from mediaproxy.imaging.decoded import Decoded, DecodedCache, first_decode_finer, image_bytes
+from mediaproxy.imaging.decoded import (
+    Decoded, DecodedCache, _remaining, first_decode_finer, image_bytes,
+)
 from mediaproxy.imaging.errors import TransformTimeout
 from mediaproxy.models import TransformSpec, TransformStep
 from mediaproxy.runtime import DECODED_CACHE_CAP, decoded_cache_bytes as capacity
@@ -132,8 +134,7 @@ def test_animations_are_not_cached():
 
 
 def test_a_large_source_is_first_decoded_one_step_finer_and_counted_so():
-    assert first_decode_finer(decoded_module.LARGE_SOURCE_PIXELS) == 1
-    assert first_decode_finer(decoded_module.LARGE_SOURCE_PIXELS - 1) == 0
+    assert first_decode_finer(8_000_000) == 1 and first_decode_finer(7_999_999) == 0
     large = make_jpeg(4000, 2000)                  # 8 MP exactly
     small = make_jpeg(3999, 2000)
     box, cache = spec((400, 200), fmt="jpeg"), DecodedCache(1 << 30)
@@ -171,6 +172,25 @@ def test_the_capacity_comes_out_of_the_transform_budget():
         assert runtime.decoded.enabled is (cache > 0)
 
 
+def test_an_entry_gives_its_pixels_at_its_scale_or_reduced_to_a_coarser_one():
+    entry = Decoded(Image.new("RGB", (101, 75)), None, 2, (202, 150))
+    assert entry.at(2) is entry.image
+    assert entry.at(4).size == (51, 38) and entry.at(16).size == (13, 10)
+
+
+def test_an_empty_or_negative_capacity_is_off_and_one_byte_is_on():
+    assert (DecodedCache(-5).capacity, DecodedCache(-5).enabled) == (0, False)
+    assert (DecodedCache(0).enabled, DecodedCache(1).enabled) == (False, True)
+    fresh = DecodedCache(10)
+    assert (fresh.hits, fresh.misses, fresh.evictions, fresh.bytes, len(fresh)) == (0,) * 5
+
+
+def test_the_wait_lasts_until_the_deadline_or_for_ever_without_one():
+    assert _remaining(None) == -1 and _remaining(Deadline(None)) == -1
+    assert _remaining(Deadline(5.0, lambda: 3.0)) == 2.0
+    assert _remaining(Deadline(5.0, lambda: 6.0)) == 0.0
+
+
 def test_an_entry_larger_than_the_capacity_is_not_kept():
     image = Image.new("L", (10, 10))
     data = b"x" * 20
@@ -204,6 +224,7 @@ def test_the_bytes_never_pass_the_capacity_and_the_lru_agrees_with_an_oracle(lim
     sources = [bytes([n]) * (n + 1) for n in range(6)]
     cache = DecodedCache(limit)
     oracle: OrderedDict[int, tuple[int, int]] = OrderedDict()     # source -> (bytes, scale)
+    evictions = 0
     for op, n, side, mode, scale in ops:
         data = sources[n]
         if op == "put":
@@ -215,6 +236,7 @@ def test_the_bytes_never_pass_the_capacity_and_the_lru_agrees_with_an_oracle(lim
                 oracle[n] = (size, scale)
                 while sum(b for b, _ in oracle.values()) > limit:
                     oracle.popitem(last=False)
+                    evictions += 1
         else:
             found = cache.get(data, 8)
             assert (found is not None) is (n in oracle)
@@ -222,6 +244,7 @@ def test_the_bytes_never_pass_the_capacity_and_the_lru_agrees_with_an_oracle(lim
                 oracle.move_to_end(n)
         assert cache.bytes <= limit
         assert cache.bytes == sum(b for b, _ in oracle.values())
+        assert cache.evictions == evictions
         assert [cache.find(sources[k]).scale for k in oracle] == [s for _, s in oracle.values()]
         assert len(cache) == len(oracle)
 
@@ -280,7 +303,13 @@ def test_the_wait_for_another_decode_ends_at_the_deadline():
         waiter = threading.Thread(target=wait)
         waiter.start()
         waiter.join(30)
-    assert len(failures) == 1 and cache._flights == {}
+        assert len(failures) == 1
+        # in this thread too: a wait that gives up leaves the holder's lock in place
+        with pytest.raises(TransformTimeout):
+            with cache.exclusive(data, passed):
+                pass
+        assert cache._flights[cache.key(data)].users == 1
+    assert cache._flights == {}
     with cache.exclusive(data, passed):            # free: taken at once, deadline or not
         pass
 

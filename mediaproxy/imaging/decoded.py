@@ -181,11 +181,6 @@ class DecodedCache:
                 self.evictions += 1
         return True
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes = 0
-
     @contextlib.contextmanager
     def exclusive(self, data: bytes, deadline: Deadline | None = None) -> Iterator[None]:
         """Hold ``data``'s lock: one thread at a time looks up and decodes one source, the
