@@ -734,6 +734,14 @@ class ProcessingConfig:
         "answer with the nearest variant of the same source already in the cache (same "
         "format preferred, then the nearest width; X-Cache: NEAREST, Content-Location naming "
         "it, a short Cache-Control) instead of 503; false: always 503.")
+    decoded_cache_bytes: int = setting(
+        0, "int", "Bytes of decoded source images kept for the next sizes of the same source "
+        "(decode once, render many: a srcset's sizes decode a JPEG once or twice instead of "
+        "once each; accepts 64MiB). They are taken out of the transform memory budget "
+        "(limits.transform_memory), so transforms and this cache together stay within it. "
+        "0: automatic, a quarter of the transform memory budget and at most 64 MiB; a "
+        "larger value is lowered to half of it; negative: off (see docs/performance.md, \"Decode once, render "
+        "many\").")
 
 
 @frozen

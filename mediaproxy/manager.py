@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.rediscache",
     "mediaproxy.builtin.filecache",
     "mediaproxy.builtin.pipeline",
+    "mediaproxy.builtin.decoded",
     "mediaproxy.builtin.cors",
     "mediaproxy.builtin.metrics",
     "mediaproxy.builtin.health",

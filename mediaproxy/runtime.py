@@ -38,11 +38,13 @@ if TYPE_CHECKING:   # the types of the fields, for readers and type checkers onl
     from .config import Config
     from .http.fetch import SourceFetcher
     from .http.upstream import Upstream
+    from .imaging.decoded import DecodedCache
     from .monitoring.collect import WorkerMetrics
     from .monitoring.health import HealthMonitor
 
 
-__all__ = ["Overloaded", "Runtime", "TooLarge", "default_transform_memory", "memory_budget"]
+__all__ = ["Overloaded", "Runtime", "TooLarge", "decoded_cache_capacity",
+           "default_transform_memory", "memory_budget"]
 
 #: The automatic transform memory budget is at most this many bytes (see
 #: :func:`default_transform_memory` and docs/performance.md, "The transform memory budget").
@@ -78,12 +80,9 @@ def default_transform_memory(total_memory: int) -> int:
                       AUTO_TRANSFORM_MEMORY_CAP))
 
 
-def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
-                  total_memory: int | None = None) -> MemoryBudget:
-    """The transform memory budget ``config`` asks for: ``limits.transform_memory`` bytes (0:
-    :func:`default_transform_memory` of ``total_memory``, the machine's by default), ``slots``
-    transforms at once, ``processing.queue_limit`` waiters for ``processing.queue_timeout``
-    seconds at most."""
+def transform_memory(config, total_memory: int | None = None) -> int:
+    """The bytes all transforms may hold: ``limits.transform_memory`` (0:
+    :func:`default_transform_memory` of ``total_memory``, the machine's by default)."""
     capacity = config.limits.transform_memory
     if not capacity:
         if total_memory is None:
@@ -91,6 +90,48 @@ def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
 
             total_memory = psutil.virtual_memory().total
         capacity = default_transform_memory(total_memory)
+    return capacity
+
+
+#: ``processing.decoded_cache_bytes = 0`` (auto): this share of the transform memory budget,
+DECODED_CACHE_SHARE = 1 / 4
+#: ... at most this many bytes: the sources of a few pages rendered at once (a 12 MP JPEG's
+#: entry at 1/2 scale takes 14 MiB), while the largest single transform keeps most of the
+#: budget (576 of the automatic 640 MiB).
+DECODED_CACHE_CAP = 64 * 1024 * 1024
+#: A configured size is at most this share of the transform memory budget: the rest admits
+#: transforms.
+DECODED_CACHE_MAX_SHARE = 1 / 2
+
+
+def decoded_cache_bytes(setting: int, budget: int) -> int:
+    """The decoded-image cache's bytes (:mod:`mediaproxy.imaging.decoded`) for
+    ``processing.decoded_cache_bytes = setting`` and a transform memory budget of ``budget``
+    bytes: 0 is :data:`DECODED_CACHE_SHARE` of the budget, at most :data:`DECODED_CACHE_CAP`;
+    a negative value turns the cache off (0 bytes); a positive one is taken as is but at most
+    :data:`DECODED_CACHE_MAX_SHARE` of the budget."""
+    if setting < 0:
+        return 0
+    if setting == 0:
+        return min(int(budget * DECODED_CACHE_SHARE), DECODED_CACHE_CAP)
+    return min(setting, int(budget * DECODED_CACHE_MAX_SHARE))
+
+
+def decoded_cache_capacity(config, total_memory: int | None = None) -> int:
+    """:func:`decoded_cache_bytes` of ``config``: taken out of :func:`transform_memory` (the
+    composition makes the cache, :attr:`Runtime.decoded`, with it)."""
+    return decoded_cache_bytes(config.processing.decoded_cache_bytes,
+                               transform_memory(config, total_memory))
+
+
+def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
+                  total_memory: int | None = None) -> MemoryBudget:
+    """The transform memory budget ``config`` asks for: :func:`transform_memory` less the
+    decoded-image cache's bytes (:func:`decoded_cache_bytes`: the two stay within it),
+    ``slots`` transforms at once, ``processing.queue_limit`` waiters for
+    ``processing.queue_timeout`` seconds at most."""
+    total = transform_memory(config, total_memory)
+    capacity = total - decoded_cache_bytes(config.processing.decoded_cache_bytes, total)
     return MemoryBudget(capacity=capacity, slots=max(1, slots),
                         queue_limit=config.processing.queue_limit,
                         queue_timeout=config.processing.queue_timeout, reactor=reactor,
@@ -139,6 +180,10 @@ class Runtime:
     jobs: JobQueue = attrs.field(default=attrs.Factory(
         lambda self: JobQueue.from_config(self.config.jobs, self.reactor, self.emit),
         takes_self=True))
+    #: decoded sources kept for their next sizes (:mod:`mediaproxy.imaging.decoded`), shared
+    #: by the pool's threads; its bytes (:func:`decoded_cache_capacity`) are taken out of
+    #: :attr:`admission`'s capacity. Made by the composition; None: no cache
+    decoded: DecodedCache | None = None
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy"))
     #: requests in flight on the main port by route kind (:mod:`mediaproxy.inflight`)
     inflight: InFlight = attrs.field(factory=InFlight)

@@ -27,7 +27,8 @@ from .logs import for_twistd, set_level
 from .manager import get_plugin_manager
 from .resource import ProxyResource
 from .admission import return_freed_images_to_the_os
-from .runtime import Runtime
+from .runtime import Runtime, decoded_cache_capacity
+from .imaging.decoded import DecodedCache
 from .http.connection import ConnectionLimits
 from .http.draining import ServingSite
 from .http.listening import ListeningService
@@ -189,6 +190,8 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None,
                       workers=worker_metrics(config, reactor, workers))
     cache.emit = runtime.emit
     runtime.health = monitor_for(runtime)
+    # decoded sources for the next sizes: its bytes come out of runtime.admission's capacity
+    runtime.decoded = DecodedCache(decoded_cache_capacity(config))
     # runtime.admission, the transform memory budget, is made with the runtime from config;
     # it bounds the RSS only if a freed image goes back to the system.
     return_freed_images_to_the_os()

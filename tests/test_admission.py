@@ -214,9 +214,11 @@ def test_the_runtime_builds_its_budget_from_the_settings_and_the_machine():
 
     auto = make_runtime({"processing": {"threads": 3, "queue_limit": 7, "queue_timeout": 2.5}})
     b = auto.admission
-    assert (b.capacity, b.slots, b.queue_limit, b.queue_timeout) == (
+    # the decoded-image cache's quarter comes out of the budget (tests/test_decoded_cache.py)
+    assert (b.capacity + auto.decoded.capacity, b.slots, b.queue_limit, b.queue_timeout) == (
         default_transform_memory(psutil.virtual_memory().total), 3, 7, 2.5)
-    assert make_runtime({"limits": {"transform_memory": "1MiB"}}).admission.capacity == MiB
+    assert make_runtime({"limits": {"transform_memory": "1MiB"}}).admission.capacity == (
+        MiB - MiB // 4)
     # on glibc (the Linux the proxy runs on) freed images go back to the system
     assert return_freed_images_to_the_os() is True
 
@@ -390,7 +392,9 @@ def gated_proxy(gate, **processing_and_limits):
     """A proxy with ``gate`` and a tiny budget; the gate is opened before it stops, whatever
     the test did (a closed gate would hold the pool's threads at shutdown)."""
     limits = {"transform_memory": 20_000_000}
-    processing = {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0}
+    # the budget's arithmetic exactly: no decoded-image cache taken out of it
+    processing = {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0,
+                  "decoded_cache_bytes": -1}
     for key, value in processing_and_limits.items():
         (limits if key in ("transform_memory", "transform_timeout") else processing)[key] = value
     running = start_proxy(files(), plugins=[gate], overrides={

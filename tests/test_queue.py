@@ -507,9 +507,11 @@ def sources():
 def gated(gate, **processing):
     """A proxy whose budget (40,000,000 bytes) admits two 100 px renders at a time (about
     16.8 MB each; background work, up to half of it, one); the gate is opened before it
-    stops, whatever the test did."""
+    stops, whatever the test did. No decoded-image cache: its share would come out of the
+    budget, and the arithmetic above is exact."""
     running = start_proxy(sources(), plugins=[gate], overrides={
-        "processing": {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0, **processing},
+        "processing": {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0,
+                       "decoded_cache_bytes": -1, **processing},
         "limits": {"transform_memory": 40_000_000},
         "cache": {"x_cache_header": True}})
     try:

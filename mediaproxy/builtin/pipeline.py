@@ -409,7 +409,7 @@ class ImagePipeline:
             # one request may take at most what the whole process gives all transforms
             if spec.max_transform_bytes > rt.admission.capacity:
                 spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
-            estimated = yield rt.run_inspection(_estimate, source.body, spec)
+            estimated = yield rt.run_inspection(_estimate, source.body, spec, rt.decoded)
             nbytes = estimated.bytes
             if depends_on_source(fmt):
                 # Now the output format is known: its entry may exist under the explicit key.
@@ -431,7 +431,7 @@ class ImagePipeline:
                 if self._admitting.get(key) is admitting:
                     del self._admitting[key]
             d = rt.run_reserved(reservation, render_and_tag, source.body, spec, steps,
-                                image_request)
+                                image_request, rt.decoded)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
         except imaging.TransformTimeout:

@@ -42,13 +42,14 @@ def strong_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-def _estimate(data: bytes, spec: TransformSpec) -> imaging.Estimate:
+def _estimate(data: bytes, spec: TransformSpec, decoded=None) -> imaging.Estimate:
     """Runs in the thread pool, nothing decoded: the bytes a render of ``data`` allocates at
     its peak, for the memory budget, and the format it will write
     (:func:`mediaproxy.imaging.estimate`); over the request's budget it raises
     :class:`~mediaproxy.imaging.OverMemoryBudget` (a 422 JSON), before any of that memory is
-    taken."""
-    return imaging.estimate(data, spec, enforce=True)
+    taken. ``decoded``: the runtime's decoded-image cache (a large source's first decode is
+    finer with it: counted here)."""
+    return imaging.estimate(data, spec, enforce=True, cache=decoded)
 
 
 def depends_on_source(fmt: str | None) -> bool:
@@ -65,10 +66,12 @@ def _too_large(failure):
                                    "all transforms together.")
 
 
-def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request):
-    """Runs in the thread pool: transform, then hash the output for its ETag."""
+def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request, decoded=None):
+    """Runs in the thread pool: transform, then hash the output for its ETag. ``decoded``
+    is the runtime's decoded-image cache (:mod:`mediaproxy.imaging.decoded`): the sizes of
+    one source decode it once."""
     started = time.perf_counter()
-    rendered = imaging.render(data, spec, steps, image_request)
+    rendered = imaging.render(data, spec, steps, image_request, cache=decoded)
     return rendered, strong_etag(rendered.body), time.perf_counter() - started
 
 

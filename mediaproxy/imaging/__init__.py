@@ -3,7 +3,9 @@ Decode, transform and encode images with Pillow: pure functions, bytes in, bytes
 
 Everything here runs in the transform thread pool. Nothing touches the reactor, the plugin
 manager or a logger, and there is no module state besides an LRU cache of placeholders, so
-any number of threads may call :func:`render` at once.
+any number of threads may call :func:`render` at once. The one shared object a render may be
+given is a :class:`~.decoded.DecodedCache` (``cache=``): decoded sources kept, under a lock,
+for the next sizes of the same source (:mod:`.decoded`).
 
 The package's modules, each with one job: :mod:`.errors` (:class:`ImageError` and its
 kinds), :mod:`.formats` (format tables, :func:`output_format`), :mod:`.decode` (the decode
@@ -31,6 +33,9 @@ The pipeline of :func:`render`
    small enough: the decoded image is never smaller than the scaled source times
    ``spec.reducing_gap``, so quality matches a full decode followed by ``reduce``. Truncated
    or corrupt data is an error (``LOAD_TRUNCATED_IMAGES`` is never set): 422 ``corrupt_image``.
+   With a decoded cache, a still is decoded once for many sizes: the cache's pixels are used
+   at this render's scale (reduced from a finer decode), and a large source's first decode is
+   one scale step finer, for the larger sizes that follow (:mod:`.decoded`).
 4. **Orient** by the EXIF Orientation tag (all eight values, the same table as
    ``ImageOps.exif_transpose``), and bring the pixels to 8-bit L, LA, RGB or RGBA
    (16-bit samples are divided by 256; palette transparency becomes alpha).

@@ -275,25 +275,33 @@ def _draft(source: ImageFile.ImageFile, spec: TransformSpec) -> bool:
     return source.size != before
 
 
-def _draft_size(size: tuple[int, int], need: tuple[int, int] | None) -> tuple[int, int]:
-    """The size Pillow's JPEG ``draft(mode, need)`` gives a ``size`` image (its own rule:
-    the largest of 1/8, 1/4, 1/2 that keeps both sides at least ``need``), without asking it
-    (a second ``draft`` call is ignored)."""
+def _decode_scale(source: ImageFile.ImageFile, spec: TransformSpec, finer: int = 0) -> int:
+    """The denominator (1, 2, 4 or 8) of the scale a render of ``source`` decodes at: its
+    shrink-on-load scale (:func:`_draft_target`), or ``finer`` steps finer (a first decode
+    kept for the next, larger sizes of the source: :mod:`.decoded`)."""
+    return max(1, _draft_scale(source.size, _draft_target(source, spec)) >> finer)
+
+
+def _draft_scale(size: tuple[int, int], need: tuple[int, int] | None) -> int:
+    """The denominator (1, 2, 4 or 8) of the scale Pillow's JPEG ``draft(mode, need)``
+    decodes a ``size`` image at (its own rule: the largest of 1/8, 1/4, 1/2 that keeps both
+    sides at least ``need``), without asking it (a second ``draft`` call is ignored)."""
     if need is None:
-        return size
+        return 1
     ratio = min(size[0] // need[0], size[1] // need[1])
-    scale = next(s for s in (8, 4, 2, 1) if ratio >= s)
-    return -(-size[0] // scale), -(-size[1] // scale)
+    return next(s for s in (8, 4, 2, 1) if ratio >= s)
 
 
 def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: TransformSpec,
-          fmt: str, animated: bool) -> Work:
+          fmt: str, animated: bool, finer: int = 0) -> Work:
     """What the render of ``source`` will hold (:class:`~.budget.Work`), from the header and
-    the file's structure (a GIF's frame extents), without decoding."""
+    the file's structure (a GIF's frame extents), without decoding; with ``finer``, a still
+    decoded that many shrink-on-load steps finer (:func:`_decode_scale`)."""
     canvas = canvas_size(data, info.format, info.width, info.height)
     decoded = canvas
     if not animated:
-        stored = _draft_size(source.size, _draft_target(source, spec))
+        scale = _decode_scale(source, spec, finer)
+        stored = (-(-source.size[0] // scale), -(-source.size[1] // scale))
         decoded = stored[::-1] if info.orientation in _SWAPS_AXES and info.format != "tiff" \
             else stored
     geometry = fit_geometry(*canvas, spec)

@@ -23,9 +23,10 @@ from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
 from .crop import _cover_origin, _trim_box
 from .decode import (
     _ORIENT, ImageInfo, _check_canvas, _check_jpeg_scans, _check_jpeg_size, _check_limits,
-    _check_memory, _check_output, _work, _check_spec, _decoding, _draft,
+    _check_memory, _check_output, _work, _check_spec, _decode_scale, _decoding, _draft,
     _open, _orientation, _read_info,
 )
+from .decoded import Decoded, DecodedCache, first_decode_finer
 from .encode import _duration, _encode
 from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
@@ -38,7 +39,8 @@ _LANCZOS = Image.Resampling.LANCZOS
 
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
-           request: Any = None, *, clock: Callable[[], float] | None = None) -> Rendered:
+           request: Any = None, *, clock: Callable[[], float] | None = None,
+           cache: DecodedCache | None = None) -> Rendered:
     """Decode ``data``, transform it as ``spec`` says and encode the result.
 
     ``steps`` (from plugins) run by ascending ``order`` around the built-in resize (order
@@ -48,18 +50,24 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     ``clock()`` time, :func:`time.monotonic` by default) has passed, checked between phases,
     frames and decode chunks (see :mod:`.budget`); :class:`OverMemoryBudget` when
     :func:`estimate_bytes` is over ``spec.max_transform_bytes``, before decoding.
+
+    With a ``cache`` (:mod:`.decoded`), a still reuses the decoded pixels of ``data`` kept
+    there when they are fine enough, and leaves its own decode there otherwise.
     """
     _check_spec(spec)
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
     with _open(data, deadline) as source:
-        info, fmt, work = _inspect(data, source, spec)
+        info, fmt, work = _inspect(data, source, spec, cache)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
         pipeline.work = work
         if work.frames > 1:
             return _render_animation(source, info, fmt, pipeline)
+        if cache is not None and cache.enabled and info.frames == 1:
+            image = _render_cached(data, source, info, pipeline, cache)
+            return _encode([image], fmt, spec, deadline=deadline)
         if _draft(source, spec):       # the layout is still decided on the source's size
             pipeline.source_size = (info.width, info.height)
         with _decoding():
@@ -78,15 +86,17 @@ class Estimate:
     format: str
 
 
-def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> Estimate:
+def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False,
+             cache: DecodedCache | None = None) -> Estimate:
     """The :class:`Estimate` of rendering ``data`` under ``spec``, from the header and the
     file's structure: cheap, nothing is decoded. Raises :class:`ImageError` for what
     :func:`render` refuses before decoding (not an image, over the frame, pixel or scan
     budgets); with ``enforce``, also :class:`OverMemoryBudget` when the bytes are over
-    ``spec.max_transform_bytes``."""
+    ``spec.max_transform_bytes``. With an enabled ``cache``, a still's decode is counted
+    at the finer scale of a source's first decode (:func:`.decoded.first_decode_finer`)."""
     _check_spec(spec)
     with _open(data) as source:
-        _, fmt, work = _inspect(data, source, spec)
+        _, fmt, work = _inspect(data, source, spec, cache)
     if enforce:
         _check_memory(work, spec)
     return Estimate(work.bytes(), fmt)
@@ -99,8 +109,8 @@ def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -
     return estimate(data, spec, enforce=enforce).bytes
 
 
-def _inspect(data: bytes, source: ImageFile.ImageFile,
-             spec: TransformSpec) -> tuple[ImageInfo, str, Work]:
+def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
+             cache: DecodedCache | None = None) -> tuple[ImageInfo, str, Work]:
     """The header checks, the output format and the work ahead, before decoding."""
     info = _read_info(source)
     _check_limits(info, spec)
@@ -110,9 +120,46 @@ def _inspect(data: bytes, source: ImageFile.ImageFile,
     if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
         fmt = output_format(info.format, info.has_alpha, spec.animated_format)
     animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
-    work = _work(data, source, info, spec, fmt, animated)
+    finer = first_decode_finer(info.pixels) if cache is not None and cache.enabled else 0
+    work = _work(data, source, info, spec, fmt, animated, finer)
     _check_output(work.canvas, spec)
     return info, fmt, work
+
+
+def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
+                   pipeline: _Pipeline, cache: DecodedCache) -> Image.Image:
+    """A still through the decoded cache: the entry of ``data`` when its scale is fine
+    enough for this render's own shrink-on-load scale (reduced to that scale), else a decode
+    that becomes the entry; then the pipeline's work on a copy-on-write view of it."""
+    scale = _decode_scale(source, pipeline.spec)
+    with cache.exclusive(data, pipeline.deadline):
+        entry = cache.get(data, scale)
+        if entry is None:          # a new source is decoded finer, for its next sizes
+            finer = first_decode_finer(info.pixels) if cache.find(data) is None else 0
+            entry = _decode(source, info, pipeline, _decode_scale(source, pipeline.spec, finer))
+            cache.put(data, entry)
+    pipeline.deadline.check("after decoding")
+    image = entry.at(scale)
+    if scale > 1:                      # the layout is still decided on the source's size
+        pipeline.source_size = (info.width, info.height)
+    return pipeline.finish(image, entry.icc, shared=entry.image)
+
+
+def _decode(source: ImageFile.ImageFile, info: ImageInfo, pipeline: _Pipeline,
+            scale: int) -> Decoded:
+    """Decode ``source`` at ``1 / scale`` (JPEG shrink-on-load), upright and in a working
+    mode, as a plain image that owns its pixels (no file object, no deadline)."""
+    if scale > 1:
+        stored = source.size
+        source.draft(source.mode, (stored[0] // scale, stored[1] // scale))
+        if source.size == stored:
+            scale = 1
+    with _decoding():
+        source.load()
+    image, icc = pipeline.prepare(source, _orientation(source))
+    if image is source:                # the decoder's object holds the file: keep its pixels
+        image = source._new(source.im)
+    return Decoded(image, icc, scale, (info.width, info.height))
 
 
 def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
@@ -159,12 +206,27 @@ class _Pipeline:
                    deadline=deadline or Deadline(None))
 
     def run(self, frame: Image.Image, orientation: int) -> Image.Image:
+        image, icc = self.prepare(frame, orientation)
+        return self.finish(image, icc)
+
+    def prepare(self, frame: Image.Image, orientation: int) -> tuple[Image.Image, bytes | None]:
+        """The decoded ``frame`` upright and in a working mode, and its colour profile: what
+        the decoded cache keeps (:mod:`.decoded`)."""
         icc = frame.info.get("icc_profile")
         image = _working_mode(frame)
         if orientation in _ORIENT:
             image = image.transpose(_ORIENT[orientation])
+        return image, icc
+
+    def finish(self, image: Image.Image, icc: bytes | None,
+               shared: Image.Image | None = None) -> Image.Image:
+        """Steps, resize, sRGB, pad, steps. ``shared`` is an image other threads may hold
+        (a decoded cache entry): Pillow's operations leave it alone, and it is copied before
+        a plugin step or the encoder gets it (either may change an image object)."""
         decoded = image.size
         if self.before:
+            if image is shared:
+                image = image.copy()
             image = self._apply(self.before, _to_srgb(image, icc))
             icc = None
         image = _working_mode(image)
@@ -172,6 +234,8 @@ class _Pipeline:
         plan = self._plan(image, decoded)
         image = _to_srgb(plan.scale(image, self.spec), icc)
         image = plan.pad(image, self.spec)
+        if image is shared:
+            image = image.copy()
         return self._apply(self.after, image)
 
     def _plan(self, image: Image.Image, decoded: tuple[int, int]) -> _Plan:
