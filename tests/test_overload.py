@@ -58,9 +58,11 @@ def sources():
 @contextlib.contextmanager
 def small_proxy(held):
     """One transform thread, two waiting at most, a budget of one render at a time; the held
-    renders are let go before the proxy stops, whatever the test did."""
+    renders are let go before the proxy stops, whatever the test did. No decoded-image cache:
+    its share would come out of the budget, which fits exactly one render."""
     running = start_proxy(sources(), plugins=[held], overrides={
-        "processing": {"threads": 1, "queue_limit": 2, "queue_timeout": 30.0},
+        "processing": {"threads": 1, "queue_limit": 2, "queue_timeout": 30.0,
+                       "decoded_cache_bytes": -1},
         "limits": {"transform_memory": 20_000_000},
         "cache": {"x_cache_header": True}})
     try:
