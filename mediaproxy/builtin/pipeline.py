@@ -139,6 +139,12 @@ class ImagePipeline:
                     stale = entry
             rt.emit("cache.miss", correlation_id=request.correlation_id)
             if key not in self._inflight:
+                if stale is None:   # shed at the door: before the lock, the token, the fetch
+                    busy = rt.admission.refusal(0, request.correlation_id)
+                    if busy is not None:
+                        log.info("transform refused before fetching: {why}", why=str(busy))
+                        return self._shed(key, image_request, request, fmt, busy,
+                                          LIVE).addCallback(self._answer, vary)
                 # The expensive token: only a request that will start a transform pays it
                 # (one joining a transform under way does not, nor gets another client's 429).
                 refused = rt.pm.hook.mediaproxy_admit_transform(
@@ -310,17 +316,13 @@ class ImagePipeline:
                                  priority=priority)
 
         def lookup():
-            def fresh(hit):
-                if hit is None:
-                    return None
-                entry, layer = hit
-                fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
-                if time.time() - entry.created_at > fresh_for:
+            def reused(found):
+                if found is None:
                     return None
                 # found here: another process's or node's production, reused
                 rt.emit("coalesced", correlation_id=request.correlation_id)
-                return Collapsed(entry)
-            found = rt.cache.get(key, log).addCallback(fresh)
+                return Collapsed(found.entry)
+            found = self._fresh(key, log).addCallback(reused)
             if depends_on_source(fmt):
                 found.addCallback(lambda hit: hit if hit is not None
                                   else self._resolved_elsewhere(image_request, fmt))
@@ -524,7 +526,7 @@ class ImagePipeline:
         return self.variants.nearest(rt.cache, image_request, request, fmt, key).addCallback(
             offered)
 
-    def _fresh(self, key) -> Deferred:
+    def _fresh(self, key, log=None) -> Deferred:
         """A :class:`Found` for ``key`` when a layer holds it fresh, else None."""
         rt = self.runtime
 
@@ -535,7 +537,7 @@ class ImagePipeline:
             fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
             return Found(entry, layer) if time.time() - entry.created_at <= fresh_for else None
 
-        return rt.cache.get(key).addCallback(fresh)
+        return rt.cache.get(key, log).addCallback(fresh)
 
     def _store(self, key, entry, wait: bool, log=None) -> Deferred:
         stored = self.runtime.cache.set(key, entry, log=log)
