@@ -34,6 +34,7 @@ buffering behaviour.
 from __future__ import annotations
 
 import io
+import time
 from collections import deque
 from functools import lru_cache
 from typing import Any
@@ -41,8 +42,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.http import RESPONSES, datetimeToString, parse_qs
+from twisted.web import resource, server
+from twisted.web.http import RESPONSES, datetimeToString, parse_qs, unquote
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -72,6 +73,24 @@ _log = Logger()
 
 def _ignore(*args: Any) -> None:
     return None
+
+
+_date = [-1, b""]   # [the second, its Date header]
+
+
+def http_date(now: float | None = None) -> bytes:
+    """The ``Date`` header of ``now`` (default: the wall clock's now), as Twisted's
+    ``datetimeToString`` gives it, formatted once a second."""
+    second = int(time.time() if now is None else now)
+    if second != _date[0]:
+        _date[1] = datetimeToString(second)
+        _date[0] = second
+    return _date[1]
+
+
+@lru_cache(maxsize=16)
+def _server_value(value: str) -> bytes:
+    return value.encode("ascii")
 
 
 @lru_cache(maxsize=256)
@@ -301,7 +320,7 @@ class StreamingRequest(server.Request):
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         if not message:   # ours, or a backend's empty one: the standard phrase when known
-            message = reason_phrase(code) or (message if code not in RESPONSES else None)
+            message = None if code in RESPONSES else reason_phrase(code) or message
         super().setResponseCode(code, message)
 
     def _limits(self) -> ConnectionLimits:
@@ -393,11 +412,36 @@ class StreamingRequest(server.Request):
         if refusal is None and not self._count_client():
             refusal = _TOO_MANY
         if refusal is None:
-            super().process()
+            self._process()
             return
         self.site = channel.site
         self.setHeader(b"Date", datetimeToString())
         self._answer_and_close(*refusal)
+
+    def _process(self) -> None:
+        """Twisted's ``server.Request.process``, but with the ``Server`` header this proxy
+        sends set once (not Twisted's, replaced when the response starts) and the ``Date``
+        header made once a second (:func:`http_date`), not formatted per request."""
+        self.site = self.channel.site
+        headers = self.responseHeaders
+        value = self._limits().server_header
+        if value:
+            headers.setRawHeaders(b"Server", [_server_value(value)])
+        headers.setRawHeaders(b"Date", [http_date()])
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resrc = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _answer_and_close(self, status: int, error: str, message: str) -> None:
         channel = self.channel
