@@ -145,7 +145,11 @@ class ProxyResource(Resource):
                 for d in waiting:
                     d.cancel()
 
-        request.notifyFinish().addBoth(ended)
+        when_done = getattr(request, "when_done", None)
+        if when_done is not None:
+            when_done(ended)
+        else:   # a request of another kind (a test's)
+            request.notifyFinish().addBoth(ended)
         return waiting
 
     def _refuse(self, request, info, rejection, image_request, log):

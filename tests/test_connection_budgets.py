@@ -707,3 +707,39 @@ def test_date_header_is_made_once_a_second_and_right():
     assert http_date(1_000_000_001.0) == b"Sun, 09 Sep 2001 01:46:41 GMT"
     assert http_date(999_999_999.5) == b"Sun, 09 Sep 2001 01:46:39 GMT"   # a clock set back
 
+
+
+def test_when_done_is_called_once_at_the_end_or_at_the_loss():
+    from twisted.internet.error import ConnectionLost
+    from twisted.logger import globalLogPublisher
+    from twisted.python.failure import Failure
+
+    clock = Clock()
+    held = _Held()
+    site = StreamingSite(held, limits=ConnectionLimits(), reactor=clock)
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    seen, failures = [], []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        channel.dataReceived(_GET)
+        request = held.waiting.pop()
+        request.when_done(lambda result: 1 / 0)      # raising: logged, the next still called
+        request.when_done(seen.append)
+        finished = request.notifyFinish()
+        request.write(b"ok")
+        request.finish()
+        assert seen == [None] and finished.called
+        channel.dataReceived(_GET)                   # the next request: the client goes away
+        request = held.waiting.pop()
+        request.when_done(seen.append)
+        channel.connectionLost(Failure(ConnectionLost()))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(seen) == 2 and seen[1].check(ConnectionLost)
+    assert [f.type for f in failures] == [ZeroDivisionError]

@@ -289,7 +289,8 @@ class BudgetedChannel(HTTPChannel):
 
     def lineReceived(self, line: bytes) -> None:
         # Pipelined requests are fed from the channel's buffer here, not via dataReceived.
-        self._request_started()
+        if self._phase == "idle":
+            self._request_started()
         super().lineReceived(line)
 
     def _header_deadline(self) -> None:

@@ -293,6 +293,29 @@ class RequestBody:
             abort()
 
 
+class _Ended:
+    """What Twisted's ``Request`` calls for each of its ``notifications`` (the Deferreds of
+    ``notifyFinish``): ``callback(None)`` when the response ended, ``errback(reason)`` when the
+    connection was lost first. Calls one function instead (:meth:`StreamingRequest.when_done`)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call):
+        self.call = call
+
+    def callback(self, result) -> None:
+        self._run(result)
+
+    def errback(self, reason) -> None:
+        self._run(reason)
+
+    def _run(self, result) -> None:
+        try:
+            self.call(result)
+        except Exception:   # logged, as a Deferred's unhandled error would be; the others run
+            _log.failure("a request's end callback raised")
+
+
 _TOO_MANY = (429, "too_many_connections", "Too many concurrent connections from this client.")
 
 
@@ -495,6 +518,12 @@ class StreamingRequest(server.Request):
             return
         self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         body._lost(Failure(RequestBodyTimeout("request body deadline passed")))
+
+    def when_done(self, call) -> None:
+        """Call ``call(None)`` when the response has ended, or ``call(failure)`` when the
+        connection is lost first: ``notifyFinish().addBoth(call)`` without a Deferred and its
+        callback chain per request (what ``call`` raises is logged)."""
+        self.notifications.append(_Ended(call))
 
     def add_head(self, lines: bytes) -> None:
         """Add ready header lines to the response: ``lines`` is ``b"Name: value\\r\\n"`` lines
