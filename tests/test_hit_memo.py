@@ -224,6 +224,35 @@ def test_direct_hook_calls_answer_as_pluggy_does(live_reactor):
         assert call_in_reactor(rt.call_first, "mediaproxy_check_passthrough", **kw) is None
 
 
+class Reordered:
+    """Names some of the spec's arguments, in another order: given exactly those."""
+
+    @hookimpl
+    def mediaproxy_response_headers(self, request, image_request):
+        return [("X-Path", request.path), ("X-Image", repr(image_request))]
+
+
+def test_an_implementation_naming_some_arguments_in_another_order_gets_them(live_reactor):
+    from mediaproxy.models import RequestInfo
+    with start_proxy(origin=ImageOrigin(files())) as proxy:
+        rt = proxy.runtime
+        plugin = Reordered()
+        call_in_reactor(rt.pm.register, plugin)
+        try:
+            kw = {"image_request": "IMG", "response": None,
+                  "request": RequestInfo(method="GET", path="/p"), "runtime": rt}
+            direct = call_in_reactor(rt.call_all, "mediaproxy_response_headers", **kw)
+            assert direct == call_in_reactor(
+                lambda: rt.pm.hook.mediaproxy_response_headers(**kw))
+            assert [("X-Path", "/p"), ("X-Image", "'IMG'")] in direct
+            # and a real response carries them, with the built-in CORS headers (all arguments)
+            response = proxy.get("/media/uploads/a.jpg?w=40")
+            assert response.headers["x-path"] == "/media/uploads/a.jpg"
+            assert response.headers["access-control-allow-origin"] == "*"
+        finally:
+            call_in_reactor(rt.pm.unregister, plugin)
+
+
 def test_the_route_memo_keeps_uris_up_to_its_bound_exactly(live_reactor):
     with start_proxy(origin=ImageOrigin(files())) as proxy:
         base = "/media/uploads/a.jpg"   # 20 characters; "w=40" counts 1 + 2 + 2, "v=..." 1 + n + 2
