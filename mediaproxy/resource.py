@@ -17,7 +17,7 @@ from twisted.web.server import NOT_DONE_YET
 from .http import requestinfo
 from .http.errors import CORRELATION_HEADER, write_error
 from .http.sendbody import send_body
-from .http.streaming import head_lines
+from .http.head import head_lines
 from .inflight import method_label
 from .logs import request_log
 from .memo import Memo

@@ -699,7 +699,7 @@ def test_every_status_goes_out_with_its_reason_phrase(path, status, reason):
 def test_date_header_is_made_once_a_second_and_right():
     from twisted.web.http import datetimeToString
 
-    from mediaproxy.http.streaming import http_date
+    from mediaproxy.http.head import http_date
 
     first = http_date(1_000_000_000.0)
     assert first == datetimeToString(1_000_000_000) == b"Sun, 09 Sep 2001 01:46:40 GMT"

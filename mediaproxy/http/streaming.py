@@ -34,9 +34,7 @@ buffering behaviour.
 from __future__ import annotations
 
 import io
-import time
 from collections import deque
-from functools import lru_cache
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -44,12 +42,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.http import RESPONSES, datetimeToString, parse_qs, unquote
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
 from .errors import reason_phrase, write_error
+from .head import http_date, server_value
 from .requestinfo import (
     adopted_id, client_address, correlation_id, is_trusted, peer_address,
 )
@@ -75,44 +73,6 @@ def _ignore(*args: Any) -> None:
     return None
 
 
-_date = [-1, b""]   # [the second, its Date header]
-
-
-def http_date(now: float | None = None) -> bytes:
-    """The ``Date`` header of ``now`` (default: the wall clock's now), as Twisted's
-    ``datetimeToString`` gives it, formatted once a second."""
-    second = int(time.time() if now is None else now)
-    if second != _date[0]:
-        _date[1] = datetimeToString(second)
-        _date[0] = second
-    return _date[1]
-
-
-@lru_cache(maxsize=16)
-def _server_value(value: str) -> bytes:
-    return value.encode("ascii")
-
-
-@lru_cache(maxsize=256)
-def _canonical(name: str) -> bytes:
-    """The name as Twisted writes it (``X-Correlation-Id``, ``ETag``), CR and LF removed."""
-    headers = Headers()
-    headers.addRawHeader(name.encode("latin-1"), b"")
-    return next(iter(headers.getAllRawHeaders()))[0]
-
-
-def head_lines(pairs) -> bytes:
-    """``(name, value)`` string pairs as the ready header lines of
-    :meth:`StreamingRequest.add_head`: names as Twisted writes them, latin-1, and CR/LF inside
-    a name or value replaced by a space as ``addRawHeader`` does (a value is never a way to
-    add a header)."""
-    out = []
-    for name, value in pairs:
-        value = value.encode("latin-1")
-        if b"\r" in value or b"\n" in value:
-            value = b" ".join(value.splitlines())
-        out += (_canonical(name), b": ", value, b"\r\n")
-    return b"".join(out)
 
 
 @implementer(IBodyProducer)
@@ -444,12 +404,12 @@ class StreamingRequest(server.Request):
     def _process(self) -> None:
         """Twisted's ``server.Request.process``, but with the ``Server`` header this proxy
         sends set once (not Twisted's, replaced when the response starts) and the ``Date``
-        header made once a second (:func:`http_date`), not formatted per request."""
+        header made once a second (:func:`~mediaproxy.http.head.http_date`), not formatted per request."""
         self.site = self.channel.site
         headers = self.responseHeaders
         value = self._limits().server_header
         if value:
-            headers.setRawHeaders(b"Server", [_server_value(value)])
+            headers.setRawHeaders(b"Server", [server_value(value)])
         headers.setRawHeaders(b"Date", [http_date()])
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
@@ -527,7 +487,7 @@ class StreamingRequest(server.Request):
 
     def add_head(self, lines: bytes) -> None:
         """Add ready header lines to the response: ``lines`` is ``b"Name: value\\r\\n"`` lines
-        (:func:`head_lines` makes them: canonical names, no CR or LF inside), written as they
+        (:func:`~mediaproxy.http.head.head_lines` makes them: canonical names, no CR or LF inside), written as they
         are after the headers of ``responseHeaders``. An image response carries some fifteen
         headers, and fifteen checked ``addRawHeader`` calls cost more than the rest of a
         hit's answer; its block is made once per response shape instead. ``Content-Length``
