@@ -10,18 +10,11 @@ from typing import Any, Callable, Mapping
 import attrs
 from attrs import frozen
 
+from .memo import Pairs
+
 
 def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
-
-
-class Pairs(tuple):
-    """A tuple of ``(str, str)`` pairs already in the form the models keep: their converter
-    takes it as it is. The hot path (a request's headers and query, a cache hit's headers)
-    builds its pairs once in this form instead of having them re-made on every construction.
-    Equal to, and hashed as, the plain tuple of the same pairs."""
-
-    __slots__ = ()
 
 
 def _pairs(items) -> tuple[tuple[str, str], ...]:

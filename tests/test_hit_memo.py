@@ -319,3 +319,18 @@ def test_an_implementation_with_defaults_goes_through_pluggy(live_reactor):
         finally:
             call_in_reactor(rt.pm.unregister, plugin)
         assert call_in_reactor(rt._hook_calls, "mediaproxy_check_passthrough") is not None
+
+
+def test_pairs_are_kept_as_they_are_and_anything_else_is_converted():
+    from mediaproxy.memo import Pairs
+    from mediaproxy.models import ImageResponse, RequestInfo
+
+    ready = Pairs([("accept", "image/webp")])
+    info = RequestInfo(method="GET", path="/a", headers=ready, query=[("w", 40), ("h", "2")])
+    assert info.headers is ready                            # not re-made
+    assert info.query == (("w", "40"), ("h", "2"))          # converted: strings, a tuple
+    assert type(info.query) is Pairs and hash(info.query) == hash((("w", "40"), ("h", "2")))
+    assert RequestInfo(method="GET", path="/a", headers=(("accept", "image/webp"),),
+                       query=(("w", "40"), ("h", "2"))) == info   # equal to plain tuples
+    response = ImageResponse(status=200, body=b"", content_type="image/png", headers=ready)
+    assert response.headers is ready and response.headers == (("accept", "image/webp"),)

@@ -13,8 +13,8 @@ import uuid
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
-from ..memo import MAX_KEY_CHARS, Memo
-from ..models import Pairs, RequestInfo
+from ..memo import MAX_KEY_CHARS, Memo, Pairs
+from ..models import RequestInfo
 
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
