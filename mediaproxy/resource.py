@@ -125,8 +125,8 @@ class ProxyResource(Resource):
     def _track(self, request, info, kind: str, route: str) -> list:
         """Count the request in flight, and send its one ``request`` event when it ends
         (:mod:`mediaproxy.inflight`). Returns a list the caller may put the Deferred of the
-        request's answer in: it is cancelled when the client goes away first (one
-        ``notifyFinish`` per request does both)."""
+        request's answer in: it is cancelled when the client goes away first (one end
+        callback per request does both: ``StreamingRequest.when_done``, else ``notifyFinish``)."""
         rt = self.runtime
         started = rt.reactor.seconds()
         rt.inflight.start(kind)

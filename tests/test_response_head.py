@@ -30,7 +30,8 @@ def twisted_writes(pairs) -> bytes:
 values = st.text(alphabet=st.characters(min_codepoint=1, max_codepoint=255), max_size=30)
 
 
-@given(st.lists(st.tuples(st.sampled_from(NAMES), values), max_size=8, unique_by=lambda p: p[0].lower()))
+@given(st.lists(st.tuples(st.sampled_from(NAMES), values), max_size=8,
+                unique_by=lambda pair: pair[0].lower()))
 def test_the_lines_are_what_twisted_writes(pairs):
     # one value per name (any case): Twisted groups a repeated name's values
     assert head_lines(pairs) == twisted_writes(pairs)

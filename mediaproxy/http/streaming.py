@@ -404,7 +404,8 @@ class StreamingRequest(server.Request):
     def _process(self) -> None:
         """Twisted's ``server.Request.process``, but with the ``Server`` header this proxy
         sends set once (not Twisted's, replaced when the response starts) and the ``Date``
-        header made once a second (:func:`~mediaproxy.http.head.http_date`), not formatted per request."""
+        header made once a second (:func:`~mediaproxy.http.head.http_date`), not formatted per
+        request."""
         self.site = self.channel.site
         headers = self.responseHeaders
         value = self._limits().server_header
@@ -486,12 +487,13 @@ class StreamingRequest(server.Request):
         self.notifications.append(_Ended(call))
 
     def add_head(self, lines: bytes) -> None:
-        """Add ready header lines to the response: ``lines`` is ``b"Name: value\\r\\n"`` lines
-        (:func:`~mediaproxy.http.head.head_lines` makes them: canonical names, no CR or LF inside), written as they
-        are after the headers of ``responseHeaders``. An image response carries some fifteen
-        headers, and fifteen checked ``addRawHeader`` calls cost more than the rest of a
-        hit's answer; its block is made once per response shape instead. ``Content-Length``
-        must not be among them (Twisted reads it from ``responseHeaders``)."""
+        """Add ready header lines to the response: ``b"Name: value\\r\\n"`` lines
+        (:func:`~mediaproxy.http.head.head_lines` makes them: canonical names, no CR or LF
+        inside), written as they are after the headers of ``responseHeaders``. An image
+        response carries some fifteen headers, and fifteen checked ``addRawHeader`` calls cost
+        more than the rest of a hit's answer; its block is made once per response shape
+        instead. ``Content-Length`` must not be among them (Twisted reads it from
+        ``responseHeaders``)."""
         if self.startedWriting:
             raise RuntimeError("add_head after the response started")
         self._head += lines
