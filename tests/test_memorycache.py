@@ -80,6 +80,22 @@ def test_an_entry_of_exactly_the_budget_is_kept_alone():
     assert result(layer.get("c")) is None and result(layer.get("b")) is not None
 
 
+def test_the_defaults_and_the_stats_are_as_documented():
+    import pytest
+
+    layer = MemoryLayer(max_bytes=1000)
+    assert (layer.ttl, layer.max_item_bytes, layer.name, layer.order, layer.shared) == \
+        (86400.0, 8 * 1024 * 1024, "memory", 10, False)
+    result(layer.set("a", entry(b"x" * 10)))
+    result(layer.get("a"))
+    result(layer.get("b"))
+    assert layer.stats() == {"hits": 1, "misses": 1, "evictions": 0, "errors": 0,
+                             "bytes": 266, "items": 1, "max_bytes": 1000}
+    for state in ("entries", "bytes"):   # the internal state is never given from outside
+        with pytest.raises(TypeError):
+            MemoryLayer(max_bytes=1000, **{state: {}})
+
+
 def test_an_entry_larger_than_the_item_limit_is_not_kept():
     layer = MemoryLayer(max_bytes=10_000, max_item_bytes=1000)
     result(layer.set("big", entry(b"x" * 500)))

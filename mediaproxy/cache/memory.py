@@ -71,12 +71,10 @@ class MemoryLayer:
                 self.evictions += 1
         return succeed(None)
 
-    def _drop(self, key) -> bool:
+    def _drop(self, key) -> None:
         found = self._entries.pop(key, None)
-        if found is None:
-            return False
-        self._bytes -= found[1]
-        return True
+        if found is not None:
+            self._bytes -= found[1]
 
     def delete(self, key):
         self._drop(key)
