@@ -66,3 +66,14 @@ class Memo:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class Pairs(tuple):
+    """A tuple of ``(str, str)`` pairs already in the form the values of
+    :mod:`mediaproxy.models` keep (their converter takes it as it is): the hit path builds a
+    request's headers and query, and a hit's headers, once in this form instead of having every
+    pair re-made on each construction. Equal to, and hashed as, the plain tuple of the same
+    pairs."""
+
+    __slots__ = ()
+

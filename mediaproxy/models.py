@@ -10,13 +10,17 @@ from typing import Any, Callable, Mapping
 import attrs
 from attrs import frozen
 
+from .memo import Pairs
+
 
 def _freeze(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
 def _pairs(items) -> tuple[tuple[str, str], ...]:
-    return tuple((str(k), str(v)) for k, v in (items or ()))
+    if items.__class__ is Pairs:
+        return items
+    return Pairs((str(k), str(v)) for k, v in (items or ()))
 
 
 @frozen

@@ -17,8 +17,10 @@ from twisted.web.server import NOT_DONE_YET
 from .http import requestinfo
 from .http.errors import CORRELATION_HEADER, write_error
 from .http.sendbody import send_body
+from .http.head import head_lines
 from .inflight import method_label
 from .logs import request_log
+from .memo import Memo
 from .models import ImageResponse, Rejection
 
 
@@ -49,6 +51,8 @@ class ProxyResource(Resource):
     def __init__(self, runtime):
         super().__init__()
         self.runtime = runtime
+        #: the header pairs of an image response -> their ready lines (:meth:`_write_image`)
+        self._heads = Memo(256)
 
     def render(self, request):
         rt = self.runtime
@@ -121,8 +125,8 @@ class ProxyResource(Resource):
     def _track(self, request, info, kind: str, route: str) -> list:
         """Count the request in flight, and send its one ``request`` event when it ends
         (:mod:`mediaproxy.inflight`). Returns a list the caller may put the Deferred of the
-        request's answer in: it is cancelled when the client goes away first (one
-        ``notifyFinish`` per request does both)."""
+        request's answer in: it is cancelled when the client goes away first (one end
+        callback per request does both: ``StreamingRequest.when_done``, else ``notifyFinish``)."""
         rt = self.runtime
         started = rt.reactor.seconds()
         rt.inflight.start(kind)
@@ -141,7 +145,11 @@ class ProxyResource(Resource):
                 for d in waiting:
                     d.cancel()
 
-        request.notifyFinish().addBoth(ended)
+        when_done = getattr(request, "when_done", None)
+        if when_done is not None:
+            when_done(ended)
+        else:   # a request of another kind (a test's)
+            request.notifyFinish().addBoth(ended)
         return waiting
 
     def _refuse(self, request, info, rejection, image_request, log):
@@ -199,17 +207,29 @@ class ProxyResource(Resource):
         request.mediaproxy_cache = response.cache_status
         if rt.config.cache.x_cache_header:
             headers.append(("X-Cache", response.cache_status))
-        headers += list(self._extra_headers(image_request, response, info))
+        headers += self._extra_headers(image_request, response, info)
         body = response.body
         if status == 200 and self._not_modified(info, response):
             status, body = 304, b""
             headers = [(n, v) for n, v in headers if n.lower() not in ("content-type",)]
         request.setResponseCode(status)
-        for name, value in headers:
-            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-        request.setHeader(CORRELATION_HEADER, info.correlation_id.encode())
+        # The block of these headers is made once per distinct set (a popular image's hits
+        # all carry the same): a pure function of the pairs.
+        key = tuple(headers)
+        block = self._heads.get(key)
+        if block is None:
+            block = head_lines(headers)
+            self._heads.put(key, block)
+        add_head = getattr(request, "add_head", None)
+        if add_head is not None:
+            add_head(block + b"X-Correlation-Id: " + info.correlation_id.encode() + b"\r\n")
+        else:   # a request of another kind (a test's): through its responseHeaders
+            for name, value in headers:
+                request.responseHeaders.addRawHeader(name.encode("latin-1"),
+                                                     value.encode("latin-1"))
+            request.setHeader(CORRELATION_HEADER, info.correlation_id.encode())
         if status != 304:
-            request.setHeader(b"Content-Length", str(len(response.body)).encode())
+            request.setHeader(b"Content-Length", b"%d" % len(response.body))
         log.debug("{status} {content_type} {size} bytes ({cache})", status=status,
                   content_type=response.content_type, size=len(body), cache=response.cache_status)
         send_body(request, body if request.method != b"HEAD" else b"")

@@ -211,8 +211,9 @@ class Runtime:
     #: they were derived at
     _events: list | None = None
     _events_generation: int = -1
-    #: hook name -> the implementations :meth:`call_first` / :meth:`call_all` call directly
-    #: (None: pluggy's own path), derived at ``_hooks_generation``
+    #: hook name -> (the spec's argument names, the implementations :meth:`call_first` /
+    #: :meth:`call_all` call directly with the arguments each names, None for all of the
+    #: spec's) or None (pluggy's own path), derived at ``_hooks_generation``
     _hooks: dict = attrs.field(factory=dict)
     _hooks_generation: int = -1
 
@@ -357,7 +358,8 @@ class Runtime:
         return self._events
 
     def _hook_calls(self, name: str) -> list | None:
-        """``[(function, argnames)]`` of hook ``name`` in pluggy's call order, derived again
+        """``(spec argnames, [(function, argnames)])`` of hook ``name`` in pluggy's call order
+        (``argnames`` None: the spec's, in its order), derived again
         whenever the manager's ``generation`` changes; None (pluggy's own path) when a hook
         wrapper or an implementation with default arguments is among them, or the manager does
         not count its changes."""
@@ -370,12 +372,19 @@ class Runtime:
         try:
             return self._hooks[name]
         except KeyError:
-            impls = getattr(self.pm.hook, name).get_hookimpls()
-            if any(impl.hookwrapper or getattr(impl, "wrapper", False)
-                   or getattr(impl, "kwargnames", ()) for impl in impls):
+            caller = getattr(self.pm.hook, name)
+            impls = caller.get_hookimpls()
+            spec = getattr(getattr(caller, "spec", None), "argnames", None)
+            if spec is None or any(impl.hookwrapper or getattr(impl, "wrapper", False)
+                                   or getattr(impl, "kwargnames", ()) for impl in impls):
                 calls = None   # a wrapper, or arguments with defaults: pluggy's own path
             else:
-                calls = [(impl.function, tuple(impl.argnames)) for impl in reversed(impls)]
+                # an implementation naming every argument of the spec, in its order (every
+                # built-in one), is given one argument list made once per call
+                spec = tuple(spec)
+                calls = (spec, [(impl.function,
+                                 None if tuple(impl.argnames) == spec else tuple(impl.argnames))
+                                for impl in reversed(impls)])
             self._hooks[name] = calls
             return calls
 
@@ -387,8 +396,15 @@ class Runtime:
         calls = self._hook_calls(name)
         if calls is None:
             return getattr(self.pm.hook, name)(**kwargs)
-        for function, argnames in calls:
-            result = function(*[kwargs[arg] for arg in argnames])
+        spec, impls = calls
+        full = None
+        for function, argnames in impls:
+            if argnames is None:
+                if full is None:
+                    full = [kwargs[arg] for arg in spec]
+                result = function(*full)
+            else:
+                result = function(*[kwargs[arg] for arg in argnames])
             if result is not None:
                 return result
         return None
@@ -399,9 +415,16 @@ class Runtime:
         calls = self._hook_calls(name)
         if calls is None:
             return getattr(self.pm.hook, name)(**kwargs)
+        spec, impls = calls
+        full = None
         results = []
-        for function, argnames in calls:
-            result = function(*[kwargs[arg] for arg in argnames])
+        for function, argnames in impls:
+            if argnames is None:
+                if full is None:
+                    full = [kwargs[arg] for arg in spec]
+                result = function(*full)
+            else:
+                result = function(*[kwargs[arg] for arg in argnames])
             if result is not None:
                 results.append(result)
         return results

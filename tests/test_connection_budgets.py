@@ -526,6 +526,86 @@ def test_body_deadline_on_a_clock():
     assert site.body_budget.used == 0
 
 
+class _Held(Resource):
+    """Answers nothing until the test finishes the request (a long transform)."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def render(self, request):
+        self.waiting.append(request)
+        return NOT_DONE_YET
+
+
+_GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def test_header_deadline_of_a_later_request_counts_from_its_own_first_byte():
+    # One timer per connection checks the deadline when it fires: a second request's headers
+    # get their whole header_timeout from their first byte, not the first request's.
+    clock = Clock()
+    site, channel, transport = _channel(clock, header_timeout=10)
+    channel.dataReceived(_GET)                  # t=0: answered at once
+    assert _response(transport.value())[0] == 200
+    transport.clear()
+    clock.advance(6)
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHo")   # t=6: due at t=16
+    clock.advance(4)                            # t=10: the first request's time, not this one's
+    assert transport.value() == b"" and not transport.disconnecting
+    clock.advance(5.75)                         # t=15.75
+    assert transport.value() == b"" and not transport.disconnecting
+    clock.advance(0.25)                         # t=16
+    status, headers, body = _response(transport.value())
+    assert status == 408 and json.loads(body)["error"] == "request_timeout"
+    assert transport.disconnecting
+
+
+def test_many_requests_on_one_connection_schedule_no_timer_per_request():
+    scheduled = []
+
+    class CountingClock(Clock):
+        def callLater(self, delay, *args, **kw):
+            scheduled.append(delay)
+            return super().callLater(delay, *args, **kw)
+
+    clock = CountingClock()
+    site, channel, transport = _channel(clock, header_timeout=10)
+    for _ in range(200):
+        channel.dataReceived(_GET)
+        clock.advance(0.01)
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 200
+    # the idle timeout's and the header deadline's timers, once each (2 s < both periods)
+    assert len(scheduled) == 2
+    assert len([c for c in clock.getDelayedCalls() if c.active()]) == 2
+    clock.advance(10)           # the header timer fires with no request under way: nothing
+    assert not transport.disconnecting
+    channel.connectionLost(None)
+    assert [c for c in clock.getDelayedCalls() if c.active()] == []
+
+
+def test_idle_timeout_after_a_response_and_never_while_one_is_handled():
+    clock = Clock()
+    held = _Held()
+    site = StreamingSite(held, limits=ConnectionLimits(), reactor=clock, timeout=30)
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(_GET)
+    clock.advance(100)          # handled for longer than the idle timeout: not timed out
+    assert not transport.disconnecting
+    request = held.waiting.pop()
+    request.write(b"ok")
+    request.finish()
+    assert _response(transport.value())[0] == 200
+    clock.advance(29.75)        # idle from the end of the response
+    assert not transport.disconnecting
+    clock.advance(0.25)
+    assert transport.disconnecting
+
+
 def test_buffer_budget_wakes_waiting_bodies_once_there_is_room():
     budget = BufferBudget(100)
     woken = []
@@ -614,3 +694,52 @@ def test_every_status_goes_out_with_its_reason_phrase(path, status, reason):
         response.read()
         conn.close()
         assert (response.status, response.reason) == (status, reason)
+
+
+def test_date_header_is_made_once_a_second_and_right():
+    from twisted.web.http import datetimeToString
+
+    from mediaproxy.http.head import http_date
+
+    first = http_date(1_000_000_000.0)
+    assert first == datetimeToString(1_000_000_000) == b"Sun, 09 Sep 2001 01:46:40 GMT"
+    assert http_date(1_000_000_000.999) is first          # the same second: not made again
+    assert http_date(1_000_000_001.0) == b"Sun, 09 Sep 2001 01:46:41 GMT"
+    assert http_date(999_999_999.5) == b"Sun, 09 Sep 2001 01:46:39 GMT"   # a clock set back
+
+
+
+def test_when_done_is_called_once_at_the_end_or_at_the_loss():
+    from twisted.internet.error import ConnectionLost
+    from twisted.logger import globalLogPublisher
+    from twisted.python.failure import Failure
+
+    clock = Clock()
+    held = _Held()
+    site = StreamingSite(held, limits=ConnectionLimits(), reactor=clock)
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    seen, failures = [], []
+
+    def observe(event):
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        channel.dataReceived(_GET)
+        request = held.waiting.pop()
+        request.when_done(lambda result: 1 / 0)      # raising: logged, the next still called
+        request.when_done(seen.append)
+        finished = request.notifyFinish()
+        request.write(b"ok")
+        request.finish()
+        assert seen == [None] and finished.called
+        channel.dataReceived(_GET)                   # the next request: the client goes away
+        request = held.waiting.pop()
+        request.when_done(seen.append)
+        channel.connectionLost(Failure(ConnectionLost()))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert len(seen) == 2 and seen[1].check(ConnectionLost)
+    assert [f.type for f in failures] == [ZeroDivisionError]

@@ -224,6 +224,35 @@ def test_direct_hook_calls_answer_as_pluggy_does(live_reactor):
         assert call_in_reactor(rt.call_first, "mediaproxy_check_passthrough", **kw) is None
 
 
+class Reordered:
+    """Names some of the spec's arguments, in another order: given exactly those."""
+
+    @hookimpl
+    def mediaproxy_response_headers(self, request, image_request):
+        return [("X-Path", request.path), ("X-Image", repr(image_request))]
+
+
+def test_an_implementation_naming_some_arguments_in_another_order_gets_them(live_reactor):
+    from mediaproxy.models import RequestInfo
+    with start_proxy(origin=ImageOrigin(files())) as proxy:
+        rt = proxy.runtime
+        plugin = Reordered()
+        call_in_reactor(rt.pm.register, plugin)
+        try:
+            kw = {"image_request": "IMG", "response": None,
+                  "request": RequestInfo(method="GET", path="/p"), "runtime": rt}
+            direct = call_in_reactor(rt.call_all, "mediaproxy_response_headers", **kw)
+            assert direct == call_in_reactor(
+                lambda: rt.pm.hook.mediaproxy_response_headers(**kw))
+            assert [("X-Path", "/p"), ("X-Image", "'IMG'")] in direct
+            # and a real response carries them, with the built-in CORS headers (all arguments)
+            response = proxy.get("/media/uploads/a.jpg?w=40")
+            assert response.headers["x-path"] == "/media/uploads/a.jpg"
+            assert response.headers["access-control-allow-origin"] == "*"
+        finally:
+            call_in_reactor(rt.pm.unregister, plugin)
+
+
 def test_the_route_memo_keeps_uris_up_to_its_bound_exactly(live_reactor):
     with start_proxy(origin=ImageOrigin(files())) as proxy:
         base = "/media/uploads/a.jpg"   # 20 characters; "w=40" counts 1 + 2 + 2, "v=..." 1 + n + 2
@@ -290,3 +319,18 @@ def test_an_implementation_with_defaults_goes_through_pluggy(live_reactor):
         finally:
             call_in_reactor(rt.pm.unregister, plugin)
         assert call_in_reactor(rt._hook_calls, "mediaproxy_check_passthrough") is not None
+
+
+def test_pairs_are_kept_as_they_are_and_anything_else_is_converted():
+    from mediaproxy.memo import Pairs
+    from mediaproxy.models import ImageResponse, RequestInfo
+
+    ready = Pairs([("accept", "image/webp")])
+    info = RequestInfo(method="GET", path="/a", headers=ready, query=[("w", 40), ("h", "2")])
+    assert info.headers is ready                            # not re-made
+    assert info.query == (("w", "40"), ("h", "2"))          # converted: strings, a tuple
+    assert type(info.query) is Pairs and hash(info.query) == hash((("w", "40"), ("h", "2")))
+    assert RequestInfo(method="GET", path="/a", headers=(("accept", "image/webp"),),
+                       query=(("w", "40"), ("h", "2"))) == info   # equal to plain tuples
+    response = ImageResponse(status=200, body=b"", content_type="image/png", headers=ready)
+    assert response.headers is ready and response.headers == (("accept", "image/webp"),)

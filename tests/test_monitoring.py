@@ -136,6 +136,20 @@ def test_the_event_counts_stay_bounded_whatever_the_fields():
     assert fresh.count("odd", items="[1, 2]") == 1
 
 
+def test_the_event_counts_count_and_sum_each_label_set():
+    from mediaproxy.builtin.metrics import EventCounters
+    from mediaproxy.models import Event
+
+    counters = EventCounters()
+    for value in (0.5, 0.25, 1.0):
+        counters.mediaproxy_event(Event("cache.read", value, fields={"layer": "memory"}))
+    counters.mediaproxy_event(Event("cache.read", 2.0, fields={"layer": "redis"}))
+    key = ("cache.read", (("layer", "memory"),))
+    assert (counters.counts[key], counters.sums[key]) == (3, 1.75)
+    assert counters.count("cache.read") == 4 and counters.count("cache.read", layer="redis") == 1
+    assert counters.count("cache.write") == 0
+
+
 def test_a_failing_or_clashing_plugin_collector_costs_only_its_own_series(live_reactor):
     from prometheus_client.core import GaugeMetricFamily
 

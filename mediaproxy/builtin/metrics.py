@@ -111,8 +111,18 @@ class EventCounters:
     :data:`MAX_EVENT_KEYS` label sets a new one is counted under its name alone, so the counts
     stay bounded whatever clients send."""
 
-    counts: Counter = attrs.field(factory=Counter)
-    sums: Counter = attrs.field(factory=Counter)
+    #: (name, labels) -> [count, sum of the values]: one dict lookup an event (a hit sends four)
+    _cells: dict = attrs.field(factory=dict)
+
+    @property
+    def counts(self) -> Counter:
+        """How many events by (name, labels)."""
+        return Counter({key: cell[0] for key, cell in self._cells.items()})
+
+    @property
+    def sums(self) -> Counter:
+        """The sum of the events' values by (name, labels)."""
+        return Counter({key: cell[1] for key, cell in self._cells.items()})
 
     @hookimpl
     def mediaproxy_event(self, event):
@@ -125,22 +135,26 @@ class EventCounters:
         else:
             labels = tuple(fields.items()) if fields else ()
         key = (name, labels)
-        counts = self.counts
+        cells = self._cells
         try:
-            known = key in counts
+            cell = cells.get(key)
         except TypeError:   # a plugin's event with a value that cannot be a key
             key = (name, tuple((k, str(v)) for k, v in labels))
-            known = key in counts
-        if not known and len(counts) >= MAX_EVENT_KEYS:
-            key = (name, ())   # a field a client chooses (a method, a parameter name)
-        counts[key] += 1
-        self.sums[key] += event.value
+            cell = cells.get(key)
+        if cell is None:
+            if len(cells) >= MAX_EVENT_KEYS:
+                key = (name, ())   # a field a client chooses (a method, a parameter name)
+                cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = [0, 0.0]
+        cell[0] += 1
+        cell[1] += event.value
 
     def count(self, name: str, **labels) -> int:
         """How many events named ``name`` carried at least these labels (compared as
         strings: ``status=404`` and ``status="404"`` are one)."""
         want = {(k, str(v)) for k, v in labels.items()}
-        return sum(n for (ev, lab), n in self.counts.items()
+        return sum(cell[0] for (ev, lab), cell in self._cells.items()
                    if ev == name and want <= {(k, str(v)) for k, v in lab})
 
 

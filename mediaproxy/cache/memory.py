@@ -1,14 +1,20 @@
 """
-The memory layer: a per-process LRU bounded in **bytes** of image data (cachetools), with a TTL.
+The memory layer: a per-process LRU bounded in **bytes** of image data, with a TTL.
 Reads and writes are in-memory and fire their Deferreds synchronously.
+
+An entry keeps the time it expires (stored at plus ``ttl``, on ``clock``): a read past it is a
+miss and gives the entry's bytes back. Nothing else walks the entries for expiry (cachetools'
+TLRUCache did, on every read and write: a memory hit's largest cost after the HTTP work); an
+expired entry nobody reads is dropped as the least recently used when room is needed, so the
+byte bound holds either way.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 
 import attrs
-from cachetools import TLRUCache
 from twisted.internet.defer import succeed
 
 from ..models import CacheEntry
@@ -33,56 +39,58 @@ class MemoryLayer:
     hits: int = 0
     misses: int = 0
     evictions: int = 0
-    _cache: TLRUCache = attrs.field(init=False)
-
-    def __attrs_post_init__(self):
-        layer = self
-
-        class _Cache(TLRUCache):
-            def popitem(self):
-                item = super().popitem()
-                layer.evictions += 1
-                return item
-
-        ttl = self.ttl
-        self._cache = _Cache(maxsize=max(self.max_bytes, 1), ttu=lambda k, v, now: now + ttl,
-                             timer=self.clock, getsizeof=_entry_size)
+    #: key -> (expires at, size, entry), least recently used first
+    _entries: OrderedDict = attrs.field(init=False, factory=OrderedDict)
+    _bytes: int = attrs.field(init=False, default=0)
 
     def get_now(self, key):
         """The entry or None, synchronously (the layered cache's fast path)."""
-        entry = self._cache.get(key)
-        if entry is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return entry
+        found = self._entries.get(key)
+        if found is not None:
+            if self.clock() < found[0]:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return found[2]
+            del self._entries[key]   # expired
+            self._bytes -= found[1]
+        self.misses += 1
+        return None
 
     def get(self, key):
         return succeed(self.get_now(key))
 
     def set(self, key, entry):
+        self._drop(key)   # never leave an older value behind under this key
         size = _entry_size(entry)
         if size <= min(self.max_item_bytes, self.max_bytes):
-            self._cache[key] = entry
-        else:  # too large to keep: never leave an older value behind under this key
-            self._cache.pop(key, None)
+            self._entries[key] = (self.clock() + self.ttl, size, entry)
+            self._bytes += size
+            while self._bytes > self.max_bytes:   # the new entry fits alone: never itself
+                _, (_, dropped, _) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+                self.evictions += 1
         return succeed(None)
 
+    def _drop(self, key) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self._bytes -= found[1]
+
     def delete(self, key):
-        self._cache.pop(key, None)
+        self._drop(key)
         return succeed(None)
 
     def purge(self, prefix: str):
-        doomed = [key for key in list(self._cache.keys()) if key.startswith(prefix)]
+        doomed = [key for key in self._entries if key.startswith(prefix)]
         for key in doomed:
-            self._cache.pop(key, None)
+            self._drop(key)
         return succeed(len(doomed))
 
     @property
     def current_bytes(self) -> int:
-        return int(self._cache.currsize)
+        return self._bytes
 
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "evictions": self.evictions,
-                "errors": 0, "bytes": self.current_bytes, "items": len(self._cache),
+                "errors": 0, "bytes": self.current_bytes, "items": len(self._entries),
                 "max_bytes": self.max_bytes}

@@ -22,7 +22,12 @@ request and closed. A peer in ``server.trusted_proxies`` (a CDN, a balancer) is 
 connection; its requests are counted per ``X-Forwarded-For`` client while in flight instead.
 
 Every timer is the reactor's (``callLater`` of the site: a ``task.Clock`` in unit tests) and is
-cancelled when its phase ends or the connection goes away.
+cancelled when the connection goes away. The header deadline and Twisted's idle timeout come
+round on every request of a keep-alive connection, so their timers are not made and cancelled
+per request: the header deadline is a time its one timer checks when it fires (set again for
+the rest when a later request's headers are under way then), and the idle timer is kept while
+a request is handled and does nothing if it fires then. Body, write and drain timers are
+cancelled when their phase ends.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any, Callable
 import attrs
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 
 from .errors import error_body
 from .requestinfo import correlation_id, is_trusted
@@ -145,6 +151,14 @@ class BudgetedChannel(HTTPChannel):
     _write_timer = None
     _drain_timer = None
     _gone = False
+    _header_due = 0.0        # when the headers being received must be complete
+    _idle_paused = False     # Twisted's idle timeout is off while a request is handled
+    _peer = None
+    _host = None
+    _seconds = None          # the clock of callLater (None: timers are set eagerly)
+    #: ready header lines the response being started adds after its ``Headers`` (see
+    #: :meth:`StreamingRequest.add_head <mediaproxy.http.streaming.StreamingRequest.add_head>`)
+    head_lines: bytes = b""
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -153,8 +167,11 @@ class BudgetedChannel(HTTPChannel):
     # -- the connection --------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # The clock callLater schedules on (the reactor; a task.Clock in tests), for the
+        # deadlines checked when they fire instead of rescheduled per request.
+        self._seconds = getattr(getattr(self.callLater, "__self__", None), "seconds", None)
         super().connectionMade()
-        host = getattr(self.transport.getPeer(), "host", "") or ""
+        host = getattr(self.getPeer(), "host", "") or ""
         clients = getattr(self.site, "clients", None)
         if clients is None or not host or is_trusted(host, self.limits.trusted_proxies):
             return
@@ -174,6 +191,41 @@ class BudgetedChannel(HTTPChannel):
             self._client = None
         super().connectionLost(reason)
 
+    def getPeer(self):
+        # Asked by every request (Twisted's Request.__init__, our client address): it cannot
+        # change on a connection, and the transport makes a new address object each time.
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = super().getPeer()
+        return peer
+
+    def getHost(self):
+        host = self._host   # as getPeer: the transport asks the socket (a system call) each time
+        if host is None:
+            host = self._host = super().getHost()
+        return host
+
+    def setTimeout(self, period):
+        """Twisted's idle timeout (``server.client_timeout``) is turned off while a request is
+        handled and on again after it: a cancelled timer and a new ``callLater`` per request.
+        Turned off, the pending timer is kept instead, and does nothing if it fires while a
+        request is handled (:meth:`timeoutConnection`); turned on, it is reset to the full
+        period (moving a timer later is free in Twisted). When the connection is gone it is
+        cancelled as before."""
+        self._idle_paused = False
+        if period is None and not self._gone:
+            call = getattr(self, "_TimeoutMixin__timeoutCall", None)
+            if call is not None and call.active():
+                previous, self.timeOut = self.timeOut, None
+                self._idle_paused = True
+                return previous
+        return super().setTimeout(period)
+
+    def timeoutConnection(self) -> None:
+        if self._idle_paused:   # the kept timer fired while a request was handled: no timeout
+            return
+        super().timeoutConnection()
+
     def _later(self, name: str, delay: float, call: Callable[[], None]) -> None:
         if getattr(self, name) is None and not self._gone:
             setattr(self, name, self.callLater(delay, self._fire, name, call))
@@ -188,12 +240,47 @@ class BudgetedChannel(HTTPChannel):
         if timer is not None and timer.active():
             timer.cancel()
 
+    def writeHeaders(self, version, code, reason, headers) -> None:
+        # Twisted's own writes the block as a sequence of four pieces a header, each checked
+        # and buffered apart: one joined block is the same bytes for a fraction of the work
+        # (an image response carries some fifteen headers).
+        extra, self.head_lines = self.head_lines, b""
+        if not isinstance(headers, Headers):   # a list of pairs (not from our requests)
+            pairs = [tuple(line.split(b": ", 1)) for line in extra.split(b"\r\n") if line]
+            super().writeHeaders(version, code, reason, [*headers, *pairs])
+            return
+        block = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                block += (name, b": ", value, b"\r\n")
+        block += (extra, b"\r\n")
+        self.transport.write(b"".join(block))
+
     # -- header deadline -------------------------------------------------------------------
 
     def _request_started(self) -> None:
         if self._phase == "idle":
             self._phase = "headers"
-            self._later("_header_timer", self.limits.header_timeout, self._header_deadline)
+            timeout = self.limits.header_timeout
+            seconds = self._seconds
+            if seconds is None:
+                self._later("_header_timer", timeout, self._header_deadline)
+                return
+            # The deadline is a time; one timer checks it when it fires and is set again for
+            # the rest if a later request's headers are being received then: not a callLater
+            # and a cancel per request.
+            self._header_due = seconds() + timeout
+            if self._header_timer is None:
+                self._later("_header_timer", timeout, self._header_check)
+
+    def _header_check(self) -> None:
+        if self._phase != "headers":
+            return
+        left = self._header_due - self._seconds()
+        if left > 1e-6:
+            self._later("_header_timer", left, self._header_check)
+        else:
+            self._header_deadline()
 
     def dataReceived(self, data: bytes) -> None:
         if data and not self._handlingRequest:
@@ -202,7 +289,8 @@ class BudgetedChannel(HTTPChannel):
 
     def lineReceived(self, line: bytes) -> None:
         # Pipelined requests are fed from the channel's buffer here, not via dataReceived.
-        self._request_started()
+        if self._phase == "idle":
+            self._request_started()
         super().lineReceived(line)
 
     def _header_deadline(self) -> None:
@@ -221,7 +309,9 @@ class BudgetedChannel(HTTPChannel):
     # -- body deadline ---------------------------------------------------------------------
 
     def allHeadersReceived(self) -> None:
-        self._cancel("_header_timer")
+        if self._seconds is None:
+            self._cancel("_header_timer")
+        # else the timer stays: it checks the phase when it fires (_header_check)
         self._phase = "body"
         if self.length != 0:
             self._later("_body_timer", self.limits.body_timeout, self._body_deadline)

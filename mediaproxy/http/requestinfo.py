@@ -13,7 +13,7 @@ import uuid
 from functools import lru_cache
 from urllib.parse import parse_qsl
 
-from ..memo import MAX_KEY_CHARS, Memo
+from ..memo import MAX_KEY_CHARS, Memo, Pairs
 from ..models import RequestInfo
 
 _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -21,6 +21,10 @@ _CID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 #: raw query -> its decoded pairs (parse_qsl is a pure function of it: :mod:`mediaproxy.memo`)
 _queries = Memo()
+
+#: raw header name -> its lower-case text (the names clients send are a small set; bounded)
+_header_names: dict[bytes, str] = {}
+MAX_HEADER_NAMES = 256
 
 _PREFIX = uuid.uuid4().hex[:16]
 _counter = itertools.count(1)
@@ -116,11 +120,17 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
                  id_headers: tuple[str, ...] = ID_HEADERS) -> RequestInfo:
     """Build the RequestInfo of a twisted.web ``request`` (headers decoded as latin-1); its
     correlation ID is adopted from ``id_headers`` (:func:`adopted_id`) or made."""
-    headers = tuple(
-        (name.decode("latin-1").lower(), value.decode("latin-1"))
-        for name, values in request.requestHeaders.getAllRawHeaders()
-        for value in values
-    )
+    names = _header_names
+    headers = []
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        lower = names.get(name)
+        if lower is None:
+            lower = name.decode("latin-1").lower()
+            if len(names) < MAX_HEADER_NAMES:
+                names[name] = lower
+        for value in values:
+            headers.append((lower, value.decode("latin-1")))
+    headers = Pairs(headers)
     raw_uri = request.uri
     # An absolute-form target (GET http://host/x HTTP/1.1) keeps only its path; a path that
     # merely contains :// (/media/http://x/a.jpg) is an origin-form target like any other.
@@ -131,14 +141,16 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
     path, _, query = raw_uri.partition(b"?")
     pairs = _queries.get(query)
     if pairs is None:
-        pairs = tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+        pairs = Pairs(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
         if len(query) <= MAX_KEY_CHARS:
             _queries.put(query, pairs)
     peer = peer_address(request)
     trusted = is_trusted(peer, trusted_proxies)
-    xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
     scheme = "https" if _secure(request) else "http"
+    client = peer
     if trusted:
+        xff = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        client = client_address(peer, [v.decode("latin-1") for v in xff], trusted_proxies)
         proto = request.getHeader(b"x-forwarded-proto")
         if proto and proto.decode("latin-1").lower() in ("http", "https"):
             scheme = proto.decode("latin-1").lower()
@@ -148,7 +160,7 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
         path=path.decode("latin-1"),
         query=pairs,
         headers=headers,
-        client_ip=client_address(peer, [v.decode("latin-1") for v in xff], trusted_proxies),
+        client_ip=client,
         peer_ip=peer,
         scheme=scheme,
         host=host,

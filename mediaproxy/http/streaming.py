@@ -40,13 +40,14 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.http import RESPONSES, datetimeToString, parse_qs
+from twisted.web import resource, server
+from twisted.web.http import RESPONSES, datetimeToString, parse_qs, unquote
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from .connection import BudgetedChannel, BufferBudget, ClientCounter, ConnectionLimits
 from .errors import reason_phrase, write_error
+from .head import http_date, server_value
 from .requestinfo import (
     adopted_id, client_address, correlation_id, is_trusted, peer_address,
 )
@@ -70,6 +71,8 @@ _log = Logger()
 
 def _ignore(*args: Any) -> None:
     return None
+
+
 
 
 @implementer(IBodyProducer)
@@ -250,6 +253,29 @@ class RequestBody:
             abort()
 
 
+class _Ended:
+    """What Twisted's ``Request`` calls for each of its ``notifications`` (the Deferreds of
+    ``notifyFinish``): ``callback(None)`` when the response ended, ``errback(reason)`` when the
+    connection was lost first. Calls one function instead (:meth:`StreamingRequest.when_done`)."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call):
+        self.call = call
+
+    def callback(self, result) -> None:
+        self._run(result)
+
+    def errback(self, reason) -> None:
+        self._run(reason)
+
+    def _run(self, result) -> None:
+        try:
+            self.call(result)
+        except Exception:   # logged, as a Deferred's unhandled error would be; the others run
+            _log.failure("a request's end callback raised")
+
+
 _TOO_MANY = (429, "too_many_connections", "Too many concurrent connections from this client.")
 
 
@@ -269,13 +295,15 @@ class StreamingRequest(server.Request):
 
     body: RequestBody | None = None
     body_timed_out = False
+    #: ready header lines written after ``responseHeaders``' own (:meth:`add_head`)
+    _head: bytes = b""
     _streaming = False
     _processing = False
     _process_at: int | None = None
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         if not message:   # ours, or a backend's empty one: the standard phrase when known
-            message = reason_phrase(code) or (message if code not in RESPONSES else None)
+            message = None if code in RESPONSES else reason_phrase(code) or message
         super().setResponseCode(code, message)
 
     def _limits(self) -> ConnectionLimits:
@@ -367,11 +395,37 @@ class StreamingRequest(server.Request):
         if refusal is None and not self._count_client():
             refusal = _TOO_MANY
         if refusal is None:
-            super().process()
+            self._process()
             return
         self.site = channel.site
         self.setHeader(b"Date", datetimeToString())
         self._answer_and_close(*refusal)
+
+    def _process(self) -> None:
+        """Twisted's ``server.Request.process``, but with the ``Server`` header this proxy
+        sends set once (not Twisted's, replaced when the response starts) and the ``Date``
+        header made once a second (:func:`~mediaproxy.http.head.http_date`), not formatted per
+        request."""
+        self.site = self.channel.site
+        headers = self.responseHeaders
+        value = self._limits().server_header
+        if value:
+            headers.setRawHeaders(b"Server", [server_value(value)])
+        headers.setRawHeaders(b"Date", [http_date()])
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resrc = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(resrc):
+                encoder = resrc.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(resrc)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def _answer_and_close(self, status: int, error: str, message: str) -> None:
         channel = self.channel
@@ -426,16 +480,53 @@ class StreamingRequest(server.Request):
         self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
         body._lost(Failure(RequestBodyTimeout("request body deadline passed")))
 
+    def when_done(self, call) -> None:
+        """Call ``call(None)`` when the response has ended, or ``call(failure)`` when the
+        connection is lost first: ``notifyFinish().addBoth(call)`` without a Deferred and its
+        callback chain per request (what ``call`` raises is logged)."""
+        self.notifications.append(_Ended(call))
+
+    def add_head(self, lines: bytes) -> None:
+        """Add ready header lines to the response: ``b"Name: value\\r\\n"`` lines
+        (:func:`~mediaproxy.http.head.head_lines` makes them: canonical names, no CR or LF
+        inside), written as they are after the headers of ``responseHeaders``. An image
+        response carries some fifteen headers, and fifteen checked ``addRawHeader`` calls cost
+        more than the rest of a hit's answer; its block is made once per response shape
+        instead. ``Content-Length`` must not be among them (Twisted reads it from
+        ``responseHeaders``)."""
+        if self.startedWriting:
+            raise RuntimeError("add_head after the response started")
+        self._head += lines
+
     def write(self, data: bytes) -> None:
-        if not self.startedWriting:
-            self._set_server_header()
-        if (not self.startedWriting and self._streaming and self.body is not None
-                and self.body.receiving and self.channel is not None):
+        if self.startedWriting:
+            super().write(data)
+            return
+        self._set_server_header()
+        channel = self.channel
+        if (self._streaming and self.body is not None and self.body.receiving
+                and channel is not None):
             # The response starts before the client sent all of its body: this connection
             # ends with this response (see _abandon_body), so say so.
-            self.channel.persistent = False
+            channel.persistent = False
             self.responseHeaders.setRawHeaders(b"Connection", [b"close"])
-        super().write(data)
+        head = self._head
+        if head:
+            self._head = b""
+            if b"\r\nContent-Type: " in b"\r\n" + head:
+                self.defaultContentType = None   # it has one: Twisted adds none
+            if isinstance(channel, BudgetedChannel):
+                channel.head_lines = head
+            else:   # another channel (a test's): through responseHeaders
+                for line in head.split(b"\r\n"):
+                    if line:
+                        name, value = line.split(b": ", 1)
+                        self.responseHeaders.addRawHeader(name, value)
+        try:
+            super().write(data)
+        finally:
+            if head and isinstance(channel, BudgetedChannel):
+                channel.head_lines = b""
 
     def _set_server_header(self) -> None:
         """Our own responses say ``server.server_header``, not Twisted's name and version (a
