@@ -142,7 +142,7 @@ class ImagePipeline:
                 if stale is None:   # shed at the door: before the lock, the token, the fetch
                     busy = rt.admission.refusal(0, request.correlation_id)
                     if busy is not None:
-                        log.info("transform refused before fetching: {why}", why=str(busy))
+                        log.debug("transform refused before fetching: {why}", why=str(busy))
                         return self._shed(key, image_request, request, fmt, busy,
                                           LIVE).addCallback(self._answer, vary)
                 # The expensive token: only a request that will start a transform pays it
@@ -368,7 +368,7 @@ class ImagePipeline:
             # not fetch and inspect a source only to refuse it after
             busy = rt.admission.refusal(0, request.correlation_id, priority=priority)
             if busy is not None:
-                log.info("transform refused before fetching: {why}", why=str(busy))
+                log.debug("transform refused before fetching: {why}", why=str(busy))
                 return (yield self._shed(key, image_request, request, fmt, busy, priority))
         conditional = image_request
         if stale is not None and (stale.source_etag or stale.source_last_modified):
