@@ -707,7 +707,7 @@ class ProcessingConfig:
 
     # admission
     queue_timeout: float = setting(
-        3.0, "float", "Seconds a transform may wait for room in the transform memory budget "
+        1.0, "float", "Seconds a transform may wait for room in the transform memory budget "
         "(limits.transform_memory) before the client gets 503 overloaded with a Retry-After; "
         "at most queue_limit transforms wait, and a transform whose predicted wait (what waits "
         "before it, by the mean time a transform takes) is longer is refused at once. Short, "
