@@ -739,7 +739,7 @@ class ProcessingConfig:
         "(decode once, render many: a srcset's sizes decode a JPEG once or twice instead of "
         "once each; accepts 64MiB). They are taken out of the transform memory budget "
         "(limits.transform_memory), so transforms and this cache together stay within it. "
-        "0: automatic, a quarter of the transform memory budget and at most 64 MiB; a "
+        "0: automatic, a quarter of the transform memory budget and at most 24 MiB; a "
         "larger value is lowered to half of it; negative: off (see docs/performance.md, \"Decode once, render "
         "many\").")
 

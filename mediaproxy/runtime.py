@@ -95,10 +95,12 @@ def transform_memory(config, total_memory: int | None = None) -> int:
 
 #: ``processing.decoded_cache_bytes = 0`` (auto): this share of the transform memory budget,
 DECODED_CACHE_SHARE = 1 / 4
-#: ... at most this many bytes: the sources of a few pages rendered at once (a 12 MP JPEG's
-#: entry at 1/2 scale takes 14 MiB), while the largest single transform keeps most of the
-#: budget (576 of the automatic 640 MiB).
-DECODED_CACHE_CAP = 64 * 1024 * 1024
+#: ... at most this many bytes: the srcset of one 12 MP JPEG (its entries at 1/4 and 1/2
+#: scale take 5 and 14 MiB) with room to spare, while the largest single transform keeps
+#: almost the whole budget (616 of the automatic 640 MiB). Small, because a process keeps it
+#: whatever the traffic: under a cold load of new sources it only holds decodes nobody reuses
+#: (64 MiB a process doubled the proxy's peak RSS in the shared bench's load scenario).
+DECODED_CACHE_CAP = 24 * 1024 * 1024
 #: A configured size is at most this share of the transform memory budget: the rest admits
 #: transforms.
 DECODED_CACHE_MAX_SHARE = 1 / 2
