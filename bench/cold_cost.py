@@ -26,15 +26,14 @@ import http.client
 import io
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 from PIL import Image
+from proxyproc import free_port, proxy_env, run_command, start as start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = ("127.0.0.1", 18080)
@@ -48,37 +47,17 @@ PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
 ROUND_LIMIT = 300.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(code: Path, profile: str | None = None):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
-    env.update({"MEDIAPROXY_BACKEND__URL": f"http://{ORIGIN[0]}:{ORIGIN[1]}",
-                "MEDIAPROXY_MONITORING__LOG_LEVEL": "warn",
-                "MEDIAPROXY_SERVER__WORKERS": "1", "PYTHONPATH": str(code)})
-    cmd = [sys.executable, "-m", "mediaproxy", "run", "--listen",
-           f"tcp:{port}:interface=127.0.0.1"]
+    env = proxy_env(code, f"{ORIGIN[0]}:{ORIGIN[1]}")
+    cmd = run_command(port)
     if profile and profile.endswith(".pstats"):   # cProfile: the main thread, the reactor
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, *cmd[1:]]
     elif profile:
         spy = Path(sys.executable).with_name("py-spy")
         cmd = [str(spy), "record", "--threads", "-r", "200", "-f", "raw", "-o",
                profile, "--", *cmd]
-    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{code}: the proxy did not start")
+    return start_process(cmd, code, env, port)
 
 
 def urls(count: int, cases, sizes: int = 1) -> list[tuple[str, str, str, tuple[int, int]]]:

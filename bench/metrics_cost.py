@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mediaproxy.testing import ImageOrigin, make_image, start_origin  # noqa: E402
+from proxyproc import free_port, proxy_env, run_command, start as start_process  # noqa: E402
 
 PATH = "/media/a.jpg?w=64"
 
@@ -75,30 +75,10 @@ def events_cost(code: Path) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(code: Path, backend_port: int):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
-    env.update({"MEDIAPROXY_BACKEND__URL": f"http://127.0.0.1:{backend_port}",
-                "MEDIAPROXY_MONITORING__LOG_LEVEL": "warn",
-                "MEDIAPROXY_SERVER__WORKERS": "1", "PYTHONPATH": str(code)})
-    proc = subprocess.Popen([sys.executable, "-m", "mediaproxy", "run", "--listen",
-                             f"tcp:{port}:interface=127.0.0.1"], cwd=code, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{code}: the proxy did not start")
+    env = proxy_env(code, f"127.0.0.1:{backend_port}")
+    return start_process(run_command(port), code, env, port)
 
 
 def round_(proc, port: int, count: int) -> tuple[float, float]:

@@ -26,16 +26,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 from PIL import Image
+from proxyproc import free_port, proxy_env, run_command, start as start_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ORIGIN = "127.0.0.1:18080"
@@ -47,31 +45,10 @@ BOXES = [(320, 240), (480, 360), (640, 480), (800, 600), (960, 720), (1120, 840)
          (1440, 1080)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(code: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
-    env.update({"MEDIAPROXY_BACKEND__URL": f"http://{ORIGIN}",
-                "MEDIAPROXY_MONITORING__LOG_LEVEL": "warn",
-                "MEDIAPROXY_MONITORING__ACCESS_LOG": "false",
-                "MEDIAPROXY_SERVER__WORKERS": "1", "PYTHONPATH": str(code)})
-    proc = subprocess.Popen([sys.executable, "-m", "mediaproxy", "run", "--listen",
-                             f"tcp:{port}:interface=127.0.0.1"], cwd=code, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"{code}: the proxy did not start")
+    env = proxy_env(code, ORIGIN, MONITORING__ACCESS_LOG="false")
+    return start_process(run_command(port), code, env, port)
 
 
 def fit_in(box: tuple[int, int]) -> tuple[int, int]:

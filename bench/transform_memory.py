@@ -31,12 +31,7 @@ from pathlib import Path
 
 import psutil
 from PIL import Image
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from proxyproc import free_port
 
 
 def source(width: int, height: int) -> bytes:

@@ -398,18 +398,7 @@ class Runtime:
         calls = self._hook_calls(name)
         if calls is None:
             return getattr(self.pm.hook, name)(**kwargs)
-        spec, impls = calls
-        full = None
-        for function, argnames in impls:
-            if argnames is None:
-                if full is None:
-                    full = [kwargs[arg] for arg in spec]
-                result = function(*full)
-            else:
-                result = function(*[kwargs[arg] for arg in argnames])
-            if result is not None:
-                return result
-        return None
+        return next(_results(calls, kwargs), None)
 
     def call_all(self, name: str, **kwargs) -> list:
         """``pm.hook.<name>(**kwargs)`` for a hook that collects every result: the results
@@ -417,16 +406,22 @@ class Runtime:
         calls = self._hook_calls(name)
         if calls is None:
             return getattr(self.pm.hook, name)(**kwargs)
-        spec, impls = calls
-        full = None
-        results = []
-        for function, argnames in impls:
-            if argnames is None:
-                if full is None:
-                    full = [kwargs[arg] for arg in spec]
-                result = function(*full)
-            else:
-                result = function(*[kwargs[arg] for arg in argnames])
-            if result is not None:
-                results.append(result)
-        return results
+        return list(_results(calls, kwargs))
+
+
+def _results(calls, kwargs):
+    """The results that are not None of the implementations in ``calls`` (the spec's argument
+    names and the (function, argument names) of each implementation, in pluggy's order),
+    each given the arguments it names: what :meth:`Runtime.call_first` and
+    :meth:`Runtime.call_all` take the first of, or all."""
+    spec, impls = calls
+    full = None
+    for function, argnames in impls:
+        if argnames is None:
+            if full is None:
+                full = [kwargs[arg] for arg in spec]
+            result = function(*full)
+        else:
+            result = function(*[kwargs[arg] for arg in argnames])
+        if result is not None:
+            yield result

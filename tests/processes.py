@@ -73,3 +73,19 @@ class ProxyProcess:
         if self.proc.poll() is None:
             return ""
         return (self.proc.stdout.read() or b"").decode(errors="replace")[-3000:]
+
+
+def terminate(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` gracefully (SIGTERM, 20 s), else kill it."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def total(series, name):
+    """The sum of every sample of ``name`` in ``series`` ((name, labels) -> value)."""
+    return sum(v for (n, _), v in series.items() if n == name)

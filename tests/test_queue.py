@@ -17,14 +17,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.threadpool import ThreadPool
 
-from mediaproxy import TransformStep, hookimpl
 from mediaproxy.admission import BACKGROUND, LIVE, MemoryBudget, Overloaded, TooLarge
 from mediaproxy.jobs import JobQueue, Permanent
 from mediaproxy.testing import call_in_reactor, decode, make_image, start_proxy, wait_for
+from .test_admission import Gate
 
 
 class Events:
@@ -476,27 +476,6 @@ def test_stopping_drops_queued_waiting_and_running_jobs():
 
 
 # -- end to end -----------------------------------------------------------------------------------
-
-class Gate:
-    """Holds every render of ``w=50`` in its thread until opened."""
-
-    def __init__(self):
-        self.open = threading.Event()
-        self.entered = 0
-        self.lock = threading.Lock()
-
-    def wait(self, image, spec, request):
-        with self.lock:
-            self.entered += 1
-        self.open.wait(30)
-        return image
-
-    @hookimpl
-    def mediaproxy_transform_steps(self, image_request, spec):
-        if image_request.params.get("w") == 50:
-            return [TransformStep("gate", self.wait, order=600)]
-        return None
-
 
 def sources():
     return {f"/media/{n}.jpg": make_image((100, 100), colour=(40 * i, 80, 160))

@@ -20,7 +20,7 @@ import pytest
 from mediaproxy.monitoring.merge import parse
 from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
 
-from .processes import ROOT, STARTUP_TIMEOUT
+from .processes import ROOT, STARTUP_TIMEOUT, terminate, total
 from .redis_server import free_port
 from .test_workers import workers_of
 from mediaproxy.workercontrol import HOST_SYNC_INTERVAL
@@ -110,17 +110,7 @@ log_format = "json"
         return len(sent)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def total(series, name):
-    return sum(v for (n, _), v in series.items() if n == name)
+        terminate(self.proc)
 
 
 TRANSFORMS = "mediaproxy_transform_seconds_count"

@@ -16,7 +16,7 @@ import pytest
 from mediaproxy.monitoring.merge import parse
 from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
 
-from .processes import ROOT, STARTUP_TIMEOUT
+from .processes import ROOT, STARTUP_TIMEOUT, terminate, total
 from .redis_server import free_port
 from .test_workers import workers_of
 
@@ -85,17 +85,7 @@ access_log = true
                 for f in parse(body.decode()) for s in f.samples}
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def total(series, name):
-    return sum(v for (n, _), v in series.items() if n == name)
+        terminate(self.proc)
 
 
 @pytest.fixture(scope="module")
