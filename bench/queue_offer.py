@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +29,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from PIL import Image
 from proxyproc import free_port
-
-
-def source(width: int, height: int) -> bytes:
-    base = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    noise = Image.effect_noise((width // 4, height // 4), 40).resize((width, height))
-    image = Image.merge("RGB", (base.getchannel(0), noise, base.getchannel(0)))
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=85)
-    return out.getvalue()
+from transform_memory import source, wait_listening   # the same photo-like source
 
 
 def get(url: str, timeout: float = 60) -> tuple[int, str]:
@@ -54,16 +43,6 @@ def get(url: str, timeout: float = 60) -> tuple[int, str]:
         return e.code, ""
     except OSError:
         return 0, ""
-
-
-def wait_listening(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def run(args, tmp: str, offer: bool) -> None:
