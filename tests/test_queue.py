@@ -483,7 +483,7 @@ def sources():
 
 
 @contextlib.contextmanager
-def gated(gate, **processing):
+def gated(gate, ratelimit=None, **processing):
     """A proxy whose budget (40,000,000 bytes) admits two 100 px renders at a time (about
     16.8 MB each; background work, up to half of it, one); the gate is opened before it
     stops, whatever the test did. No decoded-image cache: its share would come out of the
@@ -492,7 +492,7 @@ def gated(gate, **processing):
         "processing": {"threads": 2, "queue_limit": 2, "queue_timeout": 30.0,
                        "decoded_cache_bytes": -1, **processing},
         "limits": {"transform_memory": 40_000_000},
-        "cache": {"x_cache_header": True}})
+        "cache": {"x_cache_header": True}, "ratelimit": ratelimit or {}})
     try:
         yield running
     finally:
@@ -516,6 +516,27 @@ def fill_the_queue(pool, running, gate):
 def metric(running, name, **labels):
     registry = running.runtime.pm.get_plugin("mediaproxy.builtin.metrics.prometheus").registry
     return call_in_reactor(registry.get_sample_value, name, labels)
+
+
+def test_a_request_shed_at_the_door_spends_no_transform_token_and_fetches_nothing(
+        live_reactor):
+    """A miss refused because the queue is full is refused before the coalescing lock, the
+    client's transform token and the fetch: under an overload most requests are refused, and
+    a refusal must neither cost much nor spend the client's transform budget."""
+    gate = Gate()
+    limits = {"exempt": [], "ip_transform_rate": 0.001, "ip_transform_burst": 5}
+    with ThreadPoolExecutor(4) as pool, gated(gate, ratelimit=limits) as running:
+        waiting = fill_the_queue(pool, running, gate)      # four renders: four tokens
+        for _ in range(3):
+            status, _, body, _ = running.get("/media/d.jpg?w=50")
+            assert (status, json.loads(body)["error"]) == (503, "overloaded")
+        assert running.origin.hits.get("/media/d.jpg", 0) == 0
+        gate.open.set()
+        assert [f.result(30)[0] for f in waiting] == [200] * 4
+        # the fifth token is still there for d.jpg; the next transform is refused
+        assert running.get("/media/d.jpg?w=50")[0] == 200
+        assert running.origin.hits["/media/d.jpg"] == 1
+        assert running.get("/media/a.jpg?w=50")[0] == 429
 
 
 def test_a_shed_request_is_offered_the_nearest_cached_variant_else_a_503(live_reactor):
