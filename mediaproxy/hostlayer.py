@@ -5,7 +5,7 @@ when nothing shared is configured (no ``cache.file.dir``, no Redis).
 Each worker has its own memory layer, and SO_REUSEPORT spreads one page's requests over all of
 them: without a shared layer every worker would fetch and render the same image once, and
 concurrent misses for one key in two workers would both fetch and transform. So the
-supervisor makes a private directory (``$TMPDIR/mediaproxy-host-XXXXXXXX``, mode 0700: no
+supervisor makes a private directory (``$TMPDIR/mediaproxy-host-<random>``, mode 0700: no
 other user of the host can read it) and every worker, the supervisor included, runs the
 ordinary file layer (:mod:`mediaproxy.cache.files`) in it:
 

@@ -4,88 +4,28 @@ every worker's log line comes out once, in the supervisor's format, with its cor
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from mediaproxy.monitoring.merge import parse
 from mediaproxy.testing import ImageOrigin, make_image, start_origin, wait_for
 
-from .processes import ROOT, STARTUP_TIMEOUT, terminate, total
-from .redis_server import free_port
+from .processes import STARTUP_TIMEOUT, total
 from .test_workers import workers_of
+from .test_workers_host import Supervisor as HostSupervisor
 
-#: The series that counts every main-port request, whatever its labels. The metrics lane
-#: renames it: switch to "mediaproxy_http_requests_total" when that lands.
+#: The series that counts every main-port request, whatever its labels.
 REQUESTS = "mediaproxy_http_requests_total"
 
-class Supervisor:
-    """``mediaproxy run`` with a TOML config, its log in a file (read while it runs)."""
+
+class Supervisor(HostSupervisor):
+    """``mediaproxy run`` with a TOML config (two workers, a monitoring listener, the access
+    log on), its log in a file (read while it runs); ready once worker 1 runs."""
 
     def __init__(self, tmp, origin_port):
-        self.port, self.monitoring = free_port(), free_port()
-        config = tmp / "mediaproxy.toml"
-        config.write_text(f"""
-[server]
-listen = ["tcp:{self.port}:interface=127.0.0.1"]
-workers = 2
-
-[backend]
-url = "http://127.0.0.1:{origin_port}"
-
-[monitoring]
-listen = "tcp:{self.monitoring}:interface=127.0.0.1"
-log_level = "info"
-log_format = "json"
-access_log = true
-""")
-        self.log = tmp / "out.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
-        env["PYTHONPATH"] = str(ROOT)
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mediaproxy", "run", "--config", str(config)],
-                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.answers(self.port) and self.answers(self.monitoring),
-                 STARTUP_TIMEOUT, what="the supervisor listening")
+        super().__init__(tmp, origin_port, extra="access_log = true")
         wait_for(lambda: len(workers_of(self)) == 1, STARTUP_TIMEOUT, what="worker 1 started")
-
-    def answers(self, port):
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"proxy exited: {self.log.read_text()[-2000:]}")
-        try:
-            self.request(port, "/health")
-            return True
-        except OSError:
-            return False
-
-    @staticmethod
-    def request(port, path):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)   # a new connection
-        try:
-            conn.request("GET", path)
-            response = conn.getresponse()
-            body = response.read()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, body
-        finally:
-            conn.close()
-
-    def get(self, path):
-        return self.request(self.port, path)
-
-    def series(self) -> dict:
-        status, _, body = self.request(self.monitoring, "/metrics")
-        assert status == 200
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in parse(body.decode()) for s in f.samples}
-
-    def stop(self):
-        terminate(self.proc)
 
 
 @pytest.fixture(scope="module")
