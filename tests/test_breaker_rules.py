@@ -349,22 +349,42 @@ def test_a_closed_breaker_starts_afresh():
     assert b.state == OPEN
 
 
-def test_a_failed_probe_reopens_for_the_full_time_from_that_failure():
+def test_a_failed_probe_reopens_until_the_end_of_the_clocks_period():
     b, clock, changes = make(open_for=5, probes=2)
     open_it(b)
     clock.advance(5)
     assert b.allow() and b.allow()
     b.success()
     clock.advance(2)
-    b.failure()                            # at t=7: open again until t=12
-    assert b.state == OPEN and b.retry_after() == 5
-    clock.advance(4.99)
+    b.failure()                            # at t=7: open again until t=10, the period's end
+    assert b.state == OPEN and b.retry_after() == 3
+    clock.advance(2.99)
     assert not b.allow()
     clock.advance(0.01)
     assert b.allow() and b.state == HALF_OPEN
     assert b.allow() and not b.allow()     # both probe places free again
     assert changes == [("rules", CLOSED, OPEN), ("rules", OPEN, HALF_OPEN),
                        ("rules", HALF_OPEN, OPEN), ("rules", OPEN, HALF_OPEN)]
+
+
+def test_breakers_opened_at_different_moments_of_a_period_probe_together():
+    """One breaker per worker process: opened at different moments of one open_for period of
+    the (wall) clock, they all let their probe through when it ends, so a backend that came
+    back is used by every worker at once, not by one while another stays open."""
+    clock = Clock()
+    first = CircuitBreaker(clock, "a", open_for=1.0, consecutive_failures=1)
+    second = CircuitBreaker(clock, "b", open_for=1.0, consecutive_failures=1)
+    clock.advance(10.05)
+    first.failure()
+    clock.advance(0.9)                     # t=10.95
+    second.failure()
+    assert first.state == second.state == OPEN
+    assert (first.retry_after(), second.retry_after()) == (1, 1)
+    clock.advance(0.0499)                  # t=10.9999
+    assert not first.allow() and not second.allow()
+    clock.advance(0.0001)                  # t=11.0: the period's end
+    assert first.allow() and second.allow()
+    assert first.state == second.state == HALF_OPEN
 
 
 def test_the_success_count_restarts_with_each_half_open():
@@ -463,7 +483,7 @@ def test_from_config_takes_every_setting():
     assert b.state == CLOSED
     b.failure()                            # 3 of 3 failed
     assert b.state == OPEN and seen == [("images", CLOSED, OPEN)]
-    assert b.retry_after() == 7
+    assert b.retry_after() == 5              # opened at t=2: the 7 s period ends at t=7
     clock.advance(7)
     assert b.allow() and not b.allow()     # one probe
     disabled = CircuitBreaker.from_config(clock, "x", BreakerConfig(enabled=False,

@@ -13,10 +13,14 @@ traffic):
   ``failure_ratio`` of them failed (a backend failing one call in two). Only a failure is
   judged: a success never opens it, so failures from before a recovery cannot trip it once the
   backend answers again.
-* **open**: :meth:`~CircuitBreaker.allow` says no, at once, for ``open_for`` seconds.
+* **open**: :meth:`~CircuitBreaker.allow` says no, at once, until the end of the clock's
+  current ``open_for`` period (at most ``open_for`` seconds: opened at 10.3 s with periods of
+  1 s, it probes at 11.0). On the wall clock every breaker of a host ends its periods at the
+  same moments, so the workers (a breaker each) probe together: a backend that came back is
+  used by all of them at once, not by one while another stays open for up to a second more.
 * **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
   close it (with the default of one probe: the first success closes it at once), one failure
-  opens it again for another ``open_for``.
+  opens it again until the end of that period.
 
 So after the backend comes back, calls go through again within ``open_for`` seconds (the time
 until the next probe) plus one call: with the defaults (window 5 s, open 1 s, one probe) about
@@ -33,6 +37,7 @@ I/O or schedules calls, so a breaker costs a few attribute reads per call.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Callable
 
@@ -60,6 +65,7 @@ class CircuitBreaker:
     _slots: dict = attrs.field(factory=dict)   # second -> [calls, failures]
     _streak: int = 0                           # failures in a row while closed
     _opened_at: float = 0.0
+    _probe_at: float = 0.0
     _probing: int = 0
     _probe_successes: int = 0
 
@@ -79,7 +85,7 @@ class CircuitBreaker:
         if not self.enabled or self.state == CLOSED:
             return True
         if self.state == OPEN:
-            if self.clock.seconds() - self._opened_at < self.open_for:
+            if self.clock.seconds() < self._probe_at:
                 return False
             self._set(HALF_OPEN)
             self._probing = self._probe_successes = 0
@@ -92,7 +98,7 @@ class CircuitBreaker:
         """Whole seconds until the breaker will let a probe through (at least 1)."""
         if self.state != OPEN:
             return 1
-        left = self.open_for - (self.clock.seconds() - self._opened_at)
+        left = self._probe_at - self.clock.seconds()
         return max(1, int(left + 0.999))
 
     # -- reporting -------------------------------------------------------------------------
@@ -162,7 +168,12 @@ class CircuitBreaker:
             self._open()
 
     def _open(self) -> None:
-        self._opened_at = self.clock.seconds()
+        self._opened_at = now = self.clock.seconds()
+        # The next probe at the end of this open_for period of the clock, not open_for after
+        # now: the breakers of the workers of a host (one each) then probe together and a
+        # recovered backend is used by all of them at once, not by one while another stays
+        # open for up to open_for more.
+        self._probe_at = (math.floor(now / self.open_for) + 1) * self.open_for
         self._slots.clear()
         self._streak = 0
         self._set(OPEN)
