@@ -434,10 +434,11 @@ class BreakerConfig:
         "slots). Short, so failures from before the backend recovered are soon forgotten.",
         _at_least(1))
     open_for: float = setting(
-        1.0, "float", "Seconds the breaker stays open at most (every call refused at once) "
-        "before it lets probe calls through (half-open): until the end of the clock's current "
-        "period of this length, so the breakers of every worker probe at the same moment. "
-        "Service comes back at most this long after the backend does.", _at_least(0.01))
+        1.0, "float", "About how long the breaker stays open (every call refused at once) "
+        "before it lets probe calls through (half-open): until the end of the clock's first "
+        "period of this length that ends at least half of it away (0.5 to 1.5 times it), so "
+        "the breakers of every worker probe at the same moment. Service comes back at most "
+        "1.5 times this long after the backend does.", _at_least(0.01))
     probes: int = setting(
         1, "int", "Probe calls let through at once while half-open; that many successes in a "
         "row close the breaker, one failure opens it again.", _at_least(1))

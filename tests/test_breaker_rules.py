@@ -376,15 +376,36 @@ def test_breakers_opened_at_different_moments_of_a_period_probe_together():
     second = CircuitBreaker(clock, "b", open_for=1.0, consecutive_failures=1)
     clock.advance(10.05)
     first.failure()
-    clock.advance(0.9)                     # t=10.95
+    clock.advance(0.4)                     # t=10.45
     second.failure()
     assert first.state == second.state == OPEN
     assert (first.retry_after(), second.retry_after()) == (1, 1)
-    clock.advance(0.0499)                  # t=10.9999
+    clock.advance(0.5499)                  # t=10.9999
     assert not first.allow() and not second.allow()
     clock.advance(0.0001)                  # t=11.0: the period's end
     assert first.allow() and second.allow()
     assert first.state == second.state == HALF_OPEN
+
+
+def test_a_breaker_opened_late_in_a_period_stays_open_at_least_half_of_open_for():
+    """The probe comes at the end of the first period ending more than half of open_for
+    away: never a moment after opening."""
+    clock = Clock()
+    early = CircuitBreaker(clock, "early", open_for=1.0, consecutive_failures=1)
+    late = CircuitBreaker(clock, "late", open_for=1.0, consecutive_failures=1)
+    clock.advance(10.4)
+    early.failure()                        # 0.6 s before the period's end: probes at 11
+    clock.advance(0.2)
+    late.failure()                         # 0.4 s before it: probes at 12
+    clock.advance(0.3999)                  # t=10.9999
+    assert not early.allow() and not late.allow()
+    clock.advance(0.0001)                  # t=11.0
+    assert early.allow() and not late.allow()
+    assert late.retry_after() == 1
+    clock.advance(0.9999)
+    assert not late.allow()
+    clock.advance(0.0001)                  # t=12.0
+    assert late.allow()
 
 
 def test_the_success_count_restarts_with_each_half_open():

@@ -13,14 +13,15 @@ traffic):
   ``failure_ratio`` of them failed (a backend failing one call in two). Only a failure is
   judged: a success never opens it, so failures from before a recovery cannot trip it once the
   backend answers again.
-* **open**: :meth:`~CircuitBreaker.allow` says no, at once, until the end of the clock's
-  current ``open_for`` period (at most ``open_for`` seconds: opened at 10.3 s with periods of
-  1 s, it probes at 11.0). On the wall clock every breaker of a host ends its periods at the
-  same moments, so the workers (a breaker each) probe together: a backend that came back is
-  used by all of them at once, not by one while another stays open for up to a second more.
+* **open**: :meth:`~CircuitBreaker.allow` says no, at once, until the end of a period of
+  ``open_for`` seconds of the clock, the first that ends at least half of ``open_for`` away
+  (between 0.5 and 1.5 ``open_for``: opened at 10.3 s with periods of 1 s, it probes at 11.0;
+  at 10.6, at 12.0). On the wall clock every breaker of a host ends its periods at the same
+  moments, so the workers (a breaker each) probe together: a backend that came back is used
+  by all of them at once, not by one while another stays open for up to a second more.
 * **half-open**: up to ``probes`` calls go through at a time; ``probes`` successes in a row
   close it (with the default of one probe: the first success closes it at once), one failure
-  opens it again until the end of that period.
+  opens it again until the end of a period.
 
 So after the backend comes back, calls go through again within ``open_for`` seconds (the time
 until the next probe) plus one call: with the defaults (window 5 s, open 1 s, one probe) about
@@ -169,11 +170,13 @@ class CircuitBreaker:
 
     def _open(self) -> None:
         self._opened_at = now = self.clock.seconds()
-        # The next probe at the end of this open_for period of the clock, not open_for after
-        # now: the breakers of the workers of a host (one each) then probe together and a
-        # recovered backend is used by all of them at once, not by one while another stays
-        # open for up to open_for more.
-        self._probe_at = (math.floor(now / self.open_for) + 1) * self.open_for
+        # The next probe at the end of a period of open_for seconds of the clock (the first
+        # that ends at least half of open_for from now), not open_for after now: the breakers
+        # of the workers of a host (one each) then probe together and a recovered backend is
+        # used by all of them at once, not by one while another stays open for up to
+        # open_for more.
+        self._probe_at = (math.floor((now + self.open_for / 2) / self.open_for) + 1) \
+            * self.open_for
         self._slots.clear()
         self._streak = 0
         self._set(OPEN)
