@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the same proxy start, origin and request as the one-client measure
 from metrics_cost import PATH, ROOT, round_, start  # noqa: E402
+from proxyproc import stop  # noqa: E402
 
 from mediaproxy.testing import ImageOrigin, make_image, start_origin  # noqa: E402
 
@@ -78,9 +79,7 @@ def main() -> None:
             print(f"CPU per request {codes[0]} / {codes[1]}: best {min(ours) / min(theirs):.2f}, "
                   f"per round {rounds}")
     finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(10)
+        stop(*(proc for proc, _ in procs))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mediaproxy.testing import ImageOrigin, make_image, start_origin  # noqa: E402
-from proxyproc import free_port, proxy_env, run_command, start as start_process  # noqa: E402
+from proxyproc import free_port, proxy_env, run_command, start as start_process, stop  # noqa: E402
 
 PATH = "/media/a.jpg?w=64"
 
@@ -141,9 +141,7 @@ def main() -> None:
             print(f"CPU per hit ratio {codes[0]} / {codes[1]}: "
                   f"{cpu[codes[0]] / cpu[codes[1]]:.3f}")
     finally:
-        for proc, _ in procs:
-            proc.terminate()
-            proc.wait(10)
+        stop(*(proc for proc, _ in procs))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,14 @@ def start(cmd: list[str], code: Path, env: dict[str, str], port: int,
             time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"{code}: the proxy did not start")
+
+
+def stop(*procs: subprocess.Popen, grace: float = 15.0) -> None:
+    """Terminate ``procs``; kill any still running after ``grace`` seconds."""
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

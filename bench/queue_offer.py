@@ -29,7 +29,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from proxyproc import free_port
+from proxyproc import free_port, stop
 from transform_memory import source, wait_listening   # the same photo-like source
 
 
@@ -99,12 +99,7 @@ def run(args, tmp: str, offer: bool) -> None:
         print(f"  answers {dict(sorted(answers.items()))} in {elapsed:.1f} s; "
               f"hits meanwhile {dict(hits)}")
     finally:
-        for p in (proxy, origin):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(proxy, origin)
 
 
 def main() -> None:

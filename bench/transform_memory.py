@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 from PIL import Image
-from proxyproc import free_port
+from proxyproc import free_port, stop
 
 
 def source(width: int, height: int) -> bytes:
@@ -138,12 +138,7 @@ def main() -> None:
             print(f"  RSS idle {idle / mib:.0f} MiB, peak {peak[0] / mib:.0f} MiB; "
                   f"answers {dict(statuses)} in {elapsed:.1f} s; hits meanwhile {dict(hits)}")
         finally:
-            for p in (proxy, origin):
-                p.terminate()
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop(proxy, origin)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
 from ..admission import BACKGROUND, LIVE
-from ..cache.keys import cache_key, fresh_ttls, resolution_key
+from ..cache.keys import cache_key, fresh_ttls, is_fresh, resolution_key
 from ..cache.coalescing import coalescing_lock
 from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import coalesce
@@ -531,11 +531,9 @@ class ImagePipeline:
         rt = self.runtime
 
         def fresh(hit):
-            if hit is None:
+            if hit is None or not is_fresh(*hit, rt.config.cache):
                 return None
-            entry, layer = hit
-            fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
-            return Found(entry, layer) if time.time() - entry.created_at <= fresh_for else None
+            return Found(*hit)
 
         return rt.cache.get(key, log).addCallback(fresh)
 

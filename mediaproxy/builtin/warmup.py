@@ -21,7 +21,6 @@ services (:meth:`ImagePipeline.mediaproxy_services`); this module is the warming
 
 from __future__ import annotations
 
-import time
 from urllib.parse import parse_qsl, urlsplit
 
 from cachetools import LRUCache
@@ -30,7 +29,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.logger import Logger
 
-from ..cache.keys import fresh_ttls
+from ..cache.keys import is_fresh
 from ..models import ImageRequest, RequestInfo
 
 log = Logger(namespace="mediaproxy.warmup")
@@ -117,9 +116,7 @@ class WarmUp:
         def judged(hit):
             if hit is None:
                 return None
-            entry, layer = hit
-            fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
-            return False if time.time() - entry.created_at <= fresh_for else entry
+            return False if is_fresh(*hit, rt.config.cache) else hit[0]
 
         return rt.cache.get(key).addCallback(judged)
 

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import posixpath
 import re
+import time
 from typing import Mapping
 
 from ..models import ImageRequest, Param
@@ -86,6 +87,13 @@ def fresh_ttls(cache_config) -> dict[str, float]:
 
 
 _last_ttls: list = [None, None]
+
+
+def is_fresh(entry, layer: str, cache_config, now: float | None = None) -> bool:
+    """Whether ``entry``, answered by ``layer``, is still within its fresh lifetime
+    (:func:`fresh_ttls`; a layer without one keeps its entries fresh)."""
+    age = (time.time() if now is None else now) - entry.created_at
+    return age <= fresh_ttls(cache_config).get(layer, float("inf"))
 
 
 @functools.lru_cache(maxsize=8)
