@@ -20,7 +20,10 @@ Which fences are what, by their info string (the word after the backticks):
   into a temporary directory and certificates are made there, so the check needs no root.
 * ``ini``/``systemd``: a unit file: sections and ``Key=Value`` lines.
 
-And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting.
+And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting, and
+every metric it names (a ``mediaproxy_`` name ending in ``_total``, ``_seconds``, ``_bytes``,
+or followed by a label selector) a series of docs/operations.md's table, which
+tests/test_metrics_reference.py checks against a real scrape.
 """
 
 from __future__ import annotations
@@ -38,9 +41,14 @@ import pytest
 from mediaproxy.config import Config, ConfigError, config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
+OPERATIONS = ROOT / "docs" / "operations.md"
 PYPROJECT_TABLES = {"project", "build-system", "tool", "dependency-groups"}
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 ENV_NAME = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)\b")
+#: A metric named in a page: a ``mediaproxy_`` name with a series' suffix, or a label selector.
+METRIC = re.compile(r"\b(mediaproxy_[a-z0-9_]+?(?:_total|_seconds|_bytes)?)(_bucket|_sum|_count)?"
+                    r"(?=\{|\b)")
+SERIES_ROW = re.compile(r"^\| `(mediaproxy_[a-z0-9_]+)` \|", re.M)
 
 
 def pages() -> list[Path]:
@@ -221,6 +229,15 @@ def problems(page: Path, tmp: Path) -> list[str]:
         if why:
             found.append(f"{block.where()}: ```{block.language} block: {why}")
     text = page.read_text(encoding="utf-8")
+    series = set(SERIES_ROW.findall(OPERATIONS.read_text(encoding="utf-8")))
+    for match in METRIC.finditer(text):
+        name, suffix = match.groups()
+        looks_like_series = (suffix or name.endswith(("_total", "_seconds", "_bytes"))
+                             or text.startswith("{", match.end()))
+        if looks_like_series and name not in series:
+            line = text.count("\n", 0, match.start()) + 1
+            found.append(f"{page.relative_to(ROOT)}:{line}: {match.group(0)}: no such series in "
+                         "docs/operations.md (Every series)")
     for match in ENV_NAME.finditer(text):
         why = setting_for(match.group(1))
         if why:
@@ -288,6 +305,24 @@ def test_environment_names_must_name_a_setting():
     assert setting_for("CACHE__REDIS__URI") == "no key 'cache.redis.uri'"
     assert setting_for("NOPE__X") == "no key 'nope'"
     assert setting_for("CACHE__REDIS") == "'cache.redis' is a section, not a setting"
+
+
+def test_metric_names_must_be_series(tmp_path, monkeypatch):
+    page = write_page(tmp_path, "`mediaproxy_cache_lookups_total{result=\"hit\"}`, "
+                                "`mediaproxy_http_request_duration_seconds_bucket`,\n"
+                                "`mediaproxy_cache_hit_total`, `mediaproxy_breaker_sate{x}`, "
+                                "`mediaproxy_configure` (a hook)\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert problems(page, tmp_path) == [
+        "page.md:2: mediaproxy_cache_hit_total: no such series in docs/operations.md (Every "
+        "series)",
+        "page.md:2: mediaproxy_breaker_sate: no such series in docs/operations.md (Every series)"]
+
+
+def test_the_shipped_unit_file_is_a_unit():
+    unit = (ROOT / "conf" / "mediaproxy.service").read_text()
+    assert check_unit(Block(ROOT, 1, "ini", (), unit)) is None
+    assert "twistd --nodaemon" in unit
 
 
 def test_unit_files_and_nginx_blocks_are_checked(tmp_path):
