@@ -18,7 +18,8 @@ Which fences are what, by their info string (the word after the backticks):
   braces are checked). A block with ``server``/``upstream``/``map`` at its top level is an
   ``http {}`` body, anything else a ``server {}`` body; absolute paths under /var and /run move
   into a temporary directory and certificates are made there, so the check needs no root.
-* ``ini``/``systemd``: a unit file: sections and ``Key=Value`` lines.
+* ``systemd``, or ``ini`` with a systemd section (``[Service]``...): a unit file or drop-in:
+  sections and ``Key=Value`` lines. Other INI files (setup.cfg) are not checked.
 
 And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting, and
 every metric it names (a ``mediaproxy_`` name ending in ``_total``, ``_seconds``, ``_bytes``,
@@ -127,6 +128,16 @@ def setting_for(env_suffix: str) -> str | None:
     return f"{'.'.join(path)!r} is a section, not a setting"
 
 
+SYSTEMD_SECTIONS = {"[Unit]", "[Service]", "[Install]", "[Socket]", "[Timer]", "[Journal]",
+                    "[Path]", "[Mount]"}
+
+
+def is_unit(block: Block) -> bool:
+    """An ``ini`` block is a systemd file when it has a systemd section (setup.cfg and other
+    INI files are not checked)."""
+    return any(line.strip() in SYSTEMD_SECTIONS for line in block.text.splitlines())
+
+
 def check_unit(block: Block) -> str | None:
     section = None
     for number, line in enumerate(block.text.splitlines(), 1):
@@ -218,7 +229,7 @@ def problems(page: Path, tmp: Path) -> list[str]:
     for n, block in enumerate(fenced_blocks(page)):
         if block.language == "toml":
             why = check_toml(block)
-        elif block.language in ("ini", "systemd"):
+        elif block.language == "systemd" or (block.language == "ini" and is_unit(block)):
             why = check_unit(block)
         elif block.language == "nginx":
             work = tmp / f"nginx-{n}"
@@ -332,6 +343,8 @@ def test_unit_files_and_nginx_blocks_are_checked(tmp_path):
         "line 1 is outside any [Section]")
     assert check_unit(Block(tmp_path, 1, "ini", (), "[Service]\nnonsense\n")) == (
         "line 2 is not Key=Value: 'nonsense'")
+    assert is_unit(Block(tmp_path, 1, "ini", (), good))
+    assert not is_unit(Block(tmp_path, 1, "ini", (), "[options]\ninstall_requires =\n    x>=1\n"))
     assert check_nginx(Block(tmp_path, 1, "nginx", (), "location / {\n"), tmp_path) == (
         "its braces do not balance")
     if NGINX is not None:
