@@ -22,7 +22,8 @@ Which fences are what, by their info string (the word after the backticks):
   sections and ``Key=Value`` lines. Other INI files (setup.cfg) are not checked.
 
 And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting, and
-every metric it names (a ``mediaproxy_`` name ending in ``_total``, ``_seconds``, ``_bytes``,
+every ``MEDIAPROXY_A__B=value`` of a shell command or a unit's ``Environment=`` loads through the
+environment; and every metric it names (a ``mediaproxy_`` name ending in ``_total``, ``_seconds``, ``_bytes``,
 or followed by a label selector) a series of docs/operations.md's table, which
 tests/test_metrics_reference.py checks against a real scrape.
 """
@@ -39,7 +40,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from mediaproxy.config import Config, ConfigError, config_from_dict
+from mediaproxy.config import Config, ConfigError, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -49,6 +50,9 @@ ENV_NAME = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)\b")
 #: A metric named in a page: a ``mediaproxy_`` name with a series' suffix, or a label selector.
 METRIC = re.compile(r"\b(mediaproxy_[a-z0-9_]+?(?:_total|_seconds|_bytes)?)(_bucket|_sum|_count)?"
                     r"(?=\{|\b)")
+#: An assignment in a shell command or a unit's Environment= line: MEDIAPROXY_A__B=value.
+ENV_ASSIGNMENT = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)=('[^']*'|\"[^\"]*\"|[^\s;'\"]+)")
+SHELL_LANGUAGES = {"sh", "bash", "shell", "console", "ini", "systemd", "dockerfile"}
 SERIES_ROW = re.compile(r"^\| `(mediaproxy_[a-z0-9_]+)` \|", re.M)
 
 
@@ -111,6 +115,23 @@ def check_toml(block: Block) -> str | None:
     except ConfigError as e:
         return f"the configuration loader refuses it: {e}"
     return None
+
+
+def check_assignments(block: Block) -> list[str]:
+    """Each ``MEDIAPROXY_...=value`` of a shell or unit block, loaded alone through the
+    environment (a value naming a shell variable, ``$TOKEN``, is left out)."""
+    out = []
+    for match in ENV_ASSIGNMENT.finditer(block.text):
+        name, value = f"MEDIAPROXY_{match.group(1)}", match.group(2)
+        if value[:1] in "'\"":
+            value = value[1:-1]
+        if "$" in value or setting_for(match.group(1)):
+            continue    # a shell variable; an unknown name is reported by the page's scan
+        try:
+            load_config(environ={name: value})
+        except ConfigError as e:
+            out.append(f"{name}={value}: {e}")
+    return out
 
 
 def setting_for(env_suffix: str) -> str | None:
@@ -239,6 +260,9 @@ def problems(page: Path, tmp: Path) -> list[str]:
             why = None
         if why:
             found.append(f"{block.where()}: ```{block.language} block: {why}")
+        if block.language in SHELL_LANGUAGES:
+            found += [f"{block.where()}: ```{block.language} block: {why}"
+                      for why in check_assignments(block)]
     text = page.read_text(encoding="utf-8")
     series = set(SERIES_ROW.findall(OPERATIONS.read_text(encoding="utf-8")))
     for match in METRIC.finditer(text):
@@ -308,6 +332,16 @@ def test_a_fragment_loads_over_the_defaults_and_other_toml_files_are_only_parsed
     assert check_toml(Block(tmp_path, 1, "toml", (), "[anything]\nx = 1\n")) == (
         "the configuration loader refuses it: anything: unknown key (see docs/configuration.md)")
     assert check_toml(Block(tmp_path, 1, "toml", (), "x = \n")).startswith("not valid TOML: ")
+
+
+def test_environment_assignments_in_commands_are_loaded(tmp_path):
+    block = Block(tmp_path, 1, "sh", (), "MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=64MiB \\\n"
+                  "MEDIAPROXY_SERVER__WORKERS='0' MEDIAPROXY_ADMIN__TOKEN=$TOKEN twistd -n mediaproxy\n"
+                  "Environment=MEDIAPROXY_CORS__MAX_AGE=soon\n")
+    assert check_assignments(block) == [
+        "MEDIAPROXY_SERVER__WORKERS=0: server.workers: 0 is below the minimum 1 (\"auto\": one "
+        "per CPU core)",
+        "MEDIAPROXY_CORS__MAX_AGE=soon: cors.max_age: 'soon' is not an integer"]
 
 
 def test_environment_names_must_name_a_setting():
