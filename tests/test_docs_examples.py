@@ -236,8 +236,8 @@ def check_nginx(block: Block, tmp: Path) -> str | None:
         return None     # nginx is not installed here: the braces are what can be checked
     conf = tmp / "nginx.conf"
     conf.write_text(nginx_conf(block, tmp))
-    result = subprocess.run([NGINX, "-t", "-q", "-p", str(tmp), "-c", str(conf)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([NGINX, "-t", "-q", "-p", str(tmp), "-e", str(tmp / "error.log"),
+                             "-c", str(conf)], capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         return f"nginx -t refuses it: {result.stderr.strip()}"
     return None
