@@ -23,8 +23,8 @@ Which fences are what, by their info string (the word after the backticks):
 
 And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting, and
 every ``MEDIAPROXY_A__B=value`` of a shell command or a unit's ``Environment=`` loads through the
-environment; and every metric it names (a ``mediaproxy_`` name ending in ``_total``, ``_seconds``, ``_bytes``,
-or followed by a label selector) a series of docs/operations.md's table, which
+environment; and every metric it names (a ``mediaproxy_`` name ending in ``_total``,
+``_seconds``, ``_bytes``, or followed by a label selector) a series of docs/operations.md's table, which
 tests/test_metrics_reference.py checks against a real scrape.
 """
 
@@ -51,7 +51,8 @@ ENV_NAME = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)\b")
 METRIC = re.compile(r"\b(mediaproxy_[a-z0-9_]+?(?:_total|_seconds|_bytes)?)(_bucket|_sum|_count)?"
                     r"(?=\{|\b)")
 #: An assignment in a shell command or a unit's Environment= line: MEDIAPROXY_A__B=value.
-ENV_ASSIGNMENT = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)=('[^']*'|\"[^\"]*\"|[^\s;'\"]+)")
+ENV_ASSIGNMENT = re.compile(r"\bMEDIAPROXY_([A-Z0-9_]+__[A-Z0-9_]+)="
+                            r"('[^']*'|\"[^\"]*\"|[^\s;'\"]+)")
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console", "ini", "systemd", "dockerfile"}
 SERIES_ROW = re.compile(r"^\| `(mediaproxy_[a-z0-9_]+)` \|", re.M)
 
@@ -313,8 +314,8 @@ def write_page(tmp_path: Path, text: str) -> Path:
 
 def test_a_bad_key_is_reported_with_the_page_and_the_line_of_its_block(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    page = write_page(tmp_path, "# t\n\n```toml\n[cache]\nttl = 3\n```\n\n"
-                                "1. a list item\n\n   ```toml\n   [server]\n   workers = 0\n   ```\n")
+    page = write_page(tmp_path, "# t\n\n```toml\n[cache]\nttl = 3\n```\n\n1. a list item\n\n"
+                                "   ```toml\n   [server]\n   workers = 0\n   ```\n")
     assert problems(page, tmp_path) == [
         "page.md:3: ```toml block: the configuration loader refuses it: cache.ttl: unknown key "
         "(see docs/configuration.md)",
@@ -336,7 +337,7 @@ def test_a_fragment_loads_over_the_defaults_and_other_toml_files_are_only_parsed
 
 def test_environment_assignments_in_commands_are_loaded(tmp_path):
     block = Block(tmp_path, 1, "sh", (), "MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=64MiB \\\n"
-                  "MEDIAPROXY_SERVER__WORKERS='0' MEDIAPROXY_ADMIN__TOKEN=$TOKEN twistd -n mediaproxy\n"
+                  "MEDIAPROXY_SERVER__WORKERS='0' MEDIAPROXY_ADMIN__TOKEN=$TOKEN twistd\n"
                   "Environment=MEDIAPROXY_CORS__MAX_AGE=soon\n")
     assert check_assignments(block) == [
         "MEDIAPROXY_SERVER__WORKERS=0: server.workers: 0 is below the minimum 1 (\"auto\": one "
