@@ -21,11 +21,11 @@ Which fences are what, by their info string (the word after the backticks):
 * ``systemd``, or ``ini`` with a systemd section (``[Service]``...): a unit file or drop-in:
   sections and ``Key=Value`` lines. Other INI files (setup.cfg) are not checked.
 
-And every ``MEDIAPROXY_SECTION__KEY`` environment variable a page names must be a setting, and
-every ``MEDIAPROXY_A__B=value`` of a shell command or a unit's ``Environment=`` loads through the
-environment; and every metric it names (a ``mediaproxy_`` name ending in ``_total``,
-``_seconds``, ``_bytes``, or followed by a label selector) a series of docs/operations.md's table, which
-tests/test_metrics_reference.py checks against a real scrape.
+And in the whole page: every ``MEDIAPROXY_SECTION__KEY`` environment variable it names must be
+a setting; every ``MEDIAPROXY_A__B=value`` of a shell command or a unit's ``Environment=`` line
+must load through the environment; every metric it names (a ``mediaproxy_`` name ending in
+``_total``, ``_seconds`` or ``_bytes``, or followed by a label selector) must be a series of
+docs/operations.md's table, which tests/test_metrics_reference.py checks against a real scrape.
 """
 
 from __future__ import annotations
