@@ -106,6 +106,18 @@ def test_purge_one_source_a_tenant_and_everything(proxy):
     assert proxy.get("/media/uploads/b.jpg?w=60")[1]["x-cache"] == "MISS"
 
 
+def test_the_flush_tenant_call_grooveshops_django_makes_works_unchanged(proxy):
+    """grooveshop's Django (tenant/media_flush.py) posts {"tenantSchema": schema} with
+    x-internal-secret and only looks at the status (docs/migration-grooveshop.md)."""
+    assert proxy.get("/media/shop/uploads/c.jpg?w=50")[1]["x-cache"] == "MISS"
+    assert proxy.get("/media/uploads/a.jpg?w=50")[1]["x-cache"] == "MISS"
+    status, body = call(proxy, "POST", "/admin/cache/flush-tenant", {"tenantSchema": "shop"},
+                        {"x-internal-secret": "grooveshop", "Content-Type": "application/json"})
+    assert status == 200 and body["tenant"] == "shop" and body["purged"]["memory"] == 1
+    assert proxy.get("/media/shop/uploads/c.jpg?w=50")[1]["x-cache"] == "MISS"
+    assert proxy.get("/media/uploads/a.jpg?w=50")[1]["x-cache"] == "HIT-MEMORY"
+
+
 @pytest.mark.parametrize("body", [{}, {"tenant": "Bad-Tenant"}, {"source": "relative.jpg"},
                                   {"source": "/media/../etc/passwd"}])
 def test_bad_purge_requests_are_400(proxy, body):

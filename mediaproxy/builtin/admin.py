@@ -8,7 +8,8 @@ time); the grooveshop call accepts ``x-internal-secret`` instead.
     POST /admin/cache/purge                   {"source": "/media/uploads/a.jpg"} |
                                               {"tenant": "shop"} | {"all": true}
                                               (or the same as query parameters)
-    POST /admin/cache/flush-tenant            grooveshop: {"tenant": "shop"} or ?tenant=shop
+    POST /admin/cache/flush-tenant            grooveshop: {"tenantSchema": "shop"} (what its
+                                              Django sends), {"tenant": "shop"} or ?tenant=shop
     GET  /admin/breakers                      every circuit breaker and its state
     POST /admin/breakers/reset                {"breaker": "images"} | {"all": true}
     GET  /admin/config                        the effective config, secrets redacted
@@ -178,7 +179,8 @@ class AdminResource(Resource):
 
     def _scope(self, request, path) -> PurgeScope:
         data = {k: v for k, v in self._body(request).items() if isinstance(v, (str, bool))}
-        tenant = data.get("tenant") or data.get("tenantId")
+        # grooveshop's Django sends {"tenantSchema": ...} (tenant/media_flush.py)
+        tenant = data.get("tenant") or data.get("tenantSchema") or data.get("tenantId")
         if path.endswith("flush-tenant"):
             if not tenant:
                 raise ValueError("tenant is required")
