@@ -86,7 +86,7 @@ def test_explicit_parameters_override_the_preset_where_allowed(proxy):
 
 
 def test_a_preset_that_denies_overrides_refuses_them(proxy):
-    refused = error_of(proxy.get("/media/uploads/locked.jpg?preset=locked&q=50"))
+    refused = error_of(proxy.get("/media/uploads/locked.jpg?w=5&preset=locked&q=50"))
     assert refused == {"status": 400, "error": "preset_override", "parameter": "q",
                        "message": "the preset 'locked' may not be overridden: drop 'q' "
                                   "(routes.preset_overrides, presets.locked.overrides)"}
@@ -98,7 +98,8 @@ def test_a_preset_that_denies_overrides_refuses_them(proxy):
 
 @pytest.mark.parametrize("query, named", [
     ("preset=nope", "'nope'"), ("preset=", "''"), ("preset=Thumb", "'Thumb'"),
-    ("preset=" + "x" * 100, "'" + "x" * 80 + "...'"),
+    ("preset=" + "x" * 80, "'" + "x" * 80 + "'"),             # quoted whole up to 80
+    ("preset=" + "x" * 81, "'" + "x" * 80 + "...'"),
 ])
 def test_an_unknown_preset_is_a_400_naming_it(proxy, query, named):
     assert error_of(proxy.get(f"/media/uploads/unknown.jpg?{query}&w=10")) == {
