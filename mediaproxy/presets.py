@@ -111,24 +111,23 @@ def resolved(config, registry) -> dict[str, ResolvedPreset]:
     return found
 
 
-def expand(params: dict, present: frozenset, registry, config):
+def expand(params: dict, present: set, registry, config):
     """The parameters a request asks for once its preset (if any) is applied: ``(params,
     None)`` or ``(None, rejection)``.
 
     ``params`` are the request's parsed parameters (defaults where absent, the preset's name
-    as sent under ``preset``), ``present`` the names of those it gave explicitly. The result
-    has no ``preset`` entry: a preset request and its explicit equivalent are equal."""
-    routes = config.routes
-    explicit = sorted(present - {PRESET_PARAM})
-    params = dict(params)
+    as sent under ``preset``; a dict of the caller's own, changed in place), ``present`` the
+    names of those it gave explicitly. The result has no ``preset`` entry: a preset request and
+    its explicit equivalent are equal."""
     name = params.pop(PRESET_PARAM, None)   # what it stands for enters the key, not its name
     if PRESET_PARAM not in present:
-        if routes.presets_only and explicit:
+        if present and config.routes.presets_only:
             return None, Rejection(
                 400, "preset_required", "routes.presets_only is set: a transform must name a "
-                f"preset (?preset=NAME), not parameters such as {explicit[0]!r}",
+                f"preset (?preset=NAME), not parameters such as {min(present)!r}",
                 parameter=PRESET_PARAM)
         return params, None
+    explicit = sorted(present - {PRESET_PARAM})
     preset = resolved(config, registry).get(name)
     if preset is None:
         quoted = name if len(name) <= _MAX_QUOTED else name[:_MAX_QUOTED] + "..."

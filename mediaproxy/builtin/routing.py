@@ -55,9 +55,9 @@ def unsafe_path_reason(path: str) -> str | None:
     return None
 
 
-def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, frozenset]:
+def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, set]:
     """Read every registered parameter from ``query``: (params, rejection, present), present
-    the names of the parameters the query gave (empty, hence false, when none)."""
+    the set of the names of the parameters the query gave (empty, hence false, when none)."""
     params = {}
     present = set()
     for name, param in registry.items():
@@ -72,9 +72,8 @@ def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | Non
         try:
             params[name] = param.parse(raw)
         except ValueError as e:
-            return (params, Rejection(400, "invalid_parameter", str(e), parameter=name),
-                    frozenset(present))
-    return params, None, frozenset(present)
+            return params, Rejection(400, "invalid_parameter", str(e), parameter=name), present
+    return params, None, present
 
 
 _MISSING = object()
