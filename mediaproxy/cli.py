@@ -63,6 +63,9 @@ def cmd_run(args) -> int:
     except UnsupportedEndpoint as e:
         print(f"configuration error: server.workers: {e}", file=sys.stderr)
         return 2
+    except ConfigError as e:   # found building the runtime: a [presets.NAME] value
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args) -> int:
@@ -99,6 +102,10 @@ def cmd_check_config(args) -> int:
         return 0
     try:
         config = load_config(args.config)
+        if config.presets:   # each value parsed by its parameter's parser, as at start
+            from .tap import check_presets
+
+            check_presets(config)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2

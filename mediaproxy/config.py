@@ -519,6 +519,18 @@ class RoutesConfig:
         [".jpg", ".jpeg", ".png", ".webp", ".gif", ".avif", ".tif", ".tiff", ".bmp", ".svg"],
         "strlist", "File extensions (lower case) the query scheme treats as images. A media "
         "path with another extension, or without transform parameters, passes through.")
+    presets_only: bool = setting(
+        False, "bool", "Every transform on the query scheme must name a preset "
+        "(?preset=NAME, a [presets.NAME] table): a request with transform parameters and no "
+        "preset is refused (400 preset_required), so unsigned URLs can ask for a known set of "
+        "variants only. The compat routes cannot name a preset: turn them off "
+        "(routes.compat = false) or sign them (signing.keys) where that matters.")
+    preset_overrides: str = setting(
+        "auto", "str", "Whether a request naming a preset may also carry explicit transform "
+        "parameters, which then win over the preset's values: allow, deny (400 "
+        "preset_override) or auto (allow, except with routes.presets_only). A preset's own "
+        "overrides key (allow or deny) decides for that preset.",
+        _one_of("auto", "allow", "deny"))
 
 
 @frozen
@@ -1169,6 +1181,96 @@ class AlertsConfig:
         _unique_names, item=AlertRule)
 
 
+# -- presets ([presets.NAME]) --------------------------------------------------------------
+
+#: A preset's name: lower case, so the environment can name it
+#: (``MEDIAPROXY_PRESETS__THUMB__W``); ``-`` is allowed but only settable from the file.
+PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_PRESET_KEY = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+#: Bounds on what the presets may hold (the table stays small enough to print and to check).
+MAX_PRESETS = 256
+MAX_PRESET_VALUES = 32
+_MAX_PRESET_TEXT = 256
+#: The key of a preset table that is no transform parameter.
+PRESET_OVERRIDES_KEY = "overrides"
+
+
+@frozen
+class Preset:
+    """One ``[presets.NAME]`` table: a named transform. ``values`` are the (parameter
+    spelling, value) pairs as written, in file order; they are checked against the parameter
+    registry (the same parsers as the query) when the proxy builds it, see
+    :mod:`mediaproxy.presets`. ``overrides``: ``inherit`` (routes.preset_overrides decides),
+    ``allow`` or ``deny``."""
+
+    name: str
+    values: tuple[tuple[str, str | int | bool], ...] = ()
+    overrides: str = "inherit"
+
+
+def preset_key(name: str, spelling: str) -> str:
+    """The dotted key of one value of a preset (``presets.thumb.w``)."""
+    return f"presets.{name}.{spelling}"
+
+
+def preset_where(name: str, spelling: str) -> str:
+    """Where such a value is set: ``[presets.thumb] w in the file, or
+    MEDIAPROXY_PRESETS__THUMB__W``, for error messages."""
+    return (f"[presets.{name}] {spelling} in the file, or "
+            f"{_env_name(preset_key(name, spelling))}")
+
+
+def _preset_value(value: Any) -> str | int | bool:
+    if isinstance(value, bool) or isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        _to_str(value)
+        if len(value) > _MAX_PRESET_TEXT:
+            raise ValueError(f"longer than {_MAX_PRESET_TEXT} characters")
+        return value
+    raise ValueError(f"{value!r} is not a string, a whole number or a boolean")
+
+
+def _presets(value: Any, key: str) -> tuple[Preset, ...]:
+    """``{name: {spelling: value, ...}, ...}`` -> Presets sorted by name; the shape checked
+    here, each value against its parameter when the registry is known."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table of tables ([presets.NAME] in the file, or "
+                               "MEDIAPROXY_PRESETS__NAME__PARAM in the environment)")
+    if len(value) > MAX_PRESETS:
+        raise ConfigError(key, f"{len(value)} presets; at most {MAX_PRESETS}")
+    out = []
+    for name, table in value.items():
+        if not isinstance(name, str) or not PRESET_NAME.match(name):
+            raise ConfigError(f"{key}.{name}", "is not a preset name (lower-case letters, "
+                                               "digits, _ and -, at most 64, starting with a "
+                                               "letter or digit)")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{key}.{name}", f"must be a table ([presets.{name}] in the file, "
+                                               f"or {_env_name(key + '.' + name)}__PARAM)")
+        values, overrides = [], "inherit"
+        for spelling, raw in table.items():
+            where = preset_where(name, spelling)
+            if not isinstance(spelling, str) or not _PRESET_KEY.match(spelling):
+                raise ConfigError(preset_key(name, str(spelling)),
+                                  f"is not a parameter name ({where})")
+            if spelling == PRESET_OVERRIDES_KEY:
+                if raw not in ("inherit", "allow", "deny"):
+                    raise ConfigError(preset_key(name, spelling),
+                                      f"{raw!r} is not one of inherit, allow, deny ({where})")
+                overrides = raw
+                continue
+            try:
+                values.append((spelling, _preset_value(raw)))
+            except ValueError as e:
+                raise ConfigError(preset_key(name, spelling), f"{e} ({where})") from None
+        if len(values) > MAX_PRESET_VALUES:
+            raise ConfigError(f"{key}.{name}", f"{len(values)} values; at most "
+                                               f"{MAX_PRESET_VALUES}")
+        out.append(Preset(name, tuple(values), overrides))
+    return tuple(sorted(out, key=lambda preset: preset.name))
+
+
 @frozen
 class Config:
     server: ServerConfig = section(ServerConfig, "Where the proxy listens and whom it trusts.")
@@ -1194,6 +1296,14 @@ class Config:
     plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
     alerts: AlertsConfig = section(AlertsConfig, "Rolling performance figures and alert "
                                    "rules evaluated in process.")
+    presets: tuple[Preset, ...] = setting(
+        [], "presets", "Named transforms, each a [presets.NAME] table of query parameters "
+        "(w = 300, h = 300, fit = \"cover\", fmt = \"auto\", any parameter a plugin "
+        "registered, by name or alias), asked for as ?preset=NAME on the query scheme; the "
+        "cache key is that of the same parameters written out. Each value is checked as the "
+        "query parameter would be when the proxy starts (and by check-config). The key "
+        "overrides (inherit, allow, deny) overrides routes.preset_overrides for the preset. "
+        "From the environment: MEDIAPROXY_PRESETS__THUMB__W=300.")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -1207,6 +1317,10 @@ def _to_dict(obj) -> dict[str, Any]:
             out[_key(f)] = _to_dict(value)
         elif f.metadata.get("kind") == "tables":
             out[_key(f)] = [_to_dict(item) for item in value]
+        elif f.metadata.get("kind") == "presets":
+            out[_key(f)] = {preset.name: {**dict(preset.values),
+                                          PRESET_OVERRIDES_KEY: preset.overrides}
+                            for preset in value}
         elif isinstance(value, tuple):
             out[_key(f)] = list(value)
         else:
@@ -1286,6 +1400,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
             kwargs[f.name] = _build(f.metadata["cls"], data.get(name, {}), key + ".")
             continue
         if name not in data:
+            continue
+        if kind == "presets":
+            kwargs[f.name] = _presets(data[name], key)
             continue
         if kind == "tables":
             value = _tables(f.metadata["item"], data[name], key)
@@ -1441,7 +1558,8 @@ def to_toml(config: Config, comments: bool = False) -> str:
     lines: list[str] = []
 
     def emit(obj, prefix):
-        scalars = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] != "section" and
+        scalars = [f for f in attrs.fields(type(obj))
+                   if f.metadata["kind"] not in ("section", "presets") and
                    (f.metadata["kind"] != "tables" or not getattr(obj, f.name))]
         tables = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] == "tables" and
                   getattr(obj, f.name)]
@@ -1471,6 +1589,23 @@ def to_toml(config: Config, comments: bool = False) -> str:
                 lines.append(f"# {f.metadata['help']}")
             lines.append(f"[{name}]")
             emit(getattr(obj, f.name), name + ".")
+        for f in attrs.fields(type(obj)):
+            if f.metadata["kind"] == "presets":
+                emit_presets(f, getattr(obj, f.name), prefix)
+
+    def emit_presets(f, presets, prefix):
+        if lines and lines[-1] != "":
+            lines.append("")
+        if comments:
+            lines.extend(f"# {line}" for line in _wrap(f.metadata["help"]))
+            if not presets:
+                lines.extend(["# For example:", f"# [{prefix}{_key(f)}.thumb]",
+                              '# w = 300', '# h = 300', '# fit = "cover"', '# fmt = "auto"'])
+        for preset in presets:
+            lines.append(f"[{prefix}{_key(f)}.{preset.name}]")
+            lines.extend(f"{spelling} = {_toml_value(value)}" for spelling, value in preset.values)
+            lines.append(f"{PRESET_OVERRIDES_KEY} = {_toml_value(preset.overrides)}")
+            lines.append("")
 
     emit(config, "")
     return "\n".join(lines).rstrip() + "\n"
@@ -1503,6 +1638,18 @@ def to_markdown() -> str:
             value = getattr(value, part)
         env = _env_name(key)
         help_text = f.metadata["help"].replace("|", "\\|")
+        if f.metadata["kind"] == "presets":
+            out.append(f"\n### `{key}`\n\n{help_text}\n")
+            out.append("| key | default | environment | meaning |\n|---|---|---|---|")
+            out.append(f"| `{key}.NAME.PARAM` | none | `{_env_name(key)}__NAME__PARAM` | A "
+                       f"value of the preset NAME: any transform parameter (w, h, fit, pos, "
+                       f"bg, q, fmt, enlarge, trim, or a plugin's), by name or alias, checked "
+                       f"as the query parameter is. |")
+            out.append(f"| `{key}.NAME.{PRESET_OVERRIDES_KEY}` | `\"inherit\"` | "
+                       f"`{_env_name(key)}__NAME__{PRESET_OVERRIDES_KEY.upper()}` | Whether "
+                       f"explicit parameters may override this preset's values: inherit "
+                       f"(routes.preset_overrides decides), allow or deny. |")
+            continue
         if f.metadata["kind"] != "tables":
             out.append(f"| `{key}` | `{_toml_value(value)}` | `{env}` | {help_text} |")
             continue

@@ -17,7 +17,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage, threadpool
 
-from . import __version__
+from . import __version__, presets
 from .cache.layered import LayeredCache
 from .cache.purge import PurgeFeed
 from .cache.redis import RedisClient, RedisService
@@ -74,6 +74,7 @@ class Options(usage.Options):
         overrides = {"server": {"listen": list(self["listen"])}} if self["listen"] else None
         try:
             self["config_obj"] = load_config(self["config"], overrides=overrides)
+            check_presets(self["config_obj"])
         except ConfigError as e:
             raise usage.UsageError(f"configuration error: {e}") from None
         self._log_as_configured()
@@ -252,7 +253,15 @@ def collect_params(pm, config) -> dict:
             if taken:
                 raise ConfigError("plugins", f"parameter {taken[0]!r} is registered twice")
             params[param.name] = param
+    presets.resolve(config, params)   # every [presets.NAME] value parses, or ConfigError
     return params
+
+
+def check_presets(config) -> None:
+    """Parse every ``[presets.NAME]`` value with the parameter registry the proxy would build
+    (its plugins loaded), before anything starts; ConfigError naming the first bad one."""
+    if config.presets:
+        collect_params(get_plugin_manager(config), config)
 
 
 def reload_config(runtime, path, adjust=None):
@@ -261,13 +270,14 @@ def reload_config(runtime, path, adjust=None):
     plugins."""
     try:
         new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}})
+        if adjust is not None:
+            new = adjust(new)
+        params = collect_params(runtime.pm, new)   # checks the presets: refused before use
     except ConfigError as e:
         log.error("configuration reload refused: {error}", error=str(e))
         return
-    if adjust is not None:
-        new = adjust(new)
     old, runtime.config = runtime.config, new
-    runtime.set_params(collect_params(runtime.pm, new))
+    runtime.set_params(params)
     runtime.fetcher.set_limits(new.limits)
     runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)
     log.info("configuration reloaded")

@@ -16,6 +16,16 @@ def _value_strategy(f: attrs.Attribute, owner: str):
     if kind == "tables":   # an array of tables: each item built like a section, names unique
         return st.lists(_section(f.metadata["item"]), max_size=2).map(lambda items: tuple(
             attrs.evolve(item, name=f"r{i}_{item.name}") for i, item in enumerate(items)))
+    if kind == "presets":   # {name: values}: the shape the schema checks (values as written)
+        value = st.one_of(st.integers(0, 10**6), st.booleans(), st.sampled_from(
+            ["cover", "webp", "ffffff80", "300", ""]))
+        return st.dictionaries(
+            st.from_regex(cfg.PRESET_NAME, fullmatch=True).filter(lambda n: len(n) <= 12),
+            st.tuples(st.dictionaries(st.sampled_from(["w", "h", "fit", "q", "bg", "width"]),
+                                      value, max_size=4),
+                      st.sampled_from(["inherit", "allow", "deny"])), max_size=3).map(
+            lambda presets: tuple(cfg.Preset(name, tuple(values.items()), overrides)
+                                  for name, (values, overrides) in sorted(presets.items())))
     base = {
         "bool": st.booleans(),
         "int": st.integers(min_value=0, max_value=2**40),

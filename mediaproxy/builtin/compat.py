@@ -30,6 +30,7 @@ from __future__ import annotations
 from .. import hookimpl
 from ..cache.keys import normalise_path
 from ..models import ImageRequest, Rejection
+from ..presets import PRESET_PARAM
 from ..parsing import parse_colour, parse_fit, parse_int, parse_position
 from ..cache.keys import TENANT
 from .routing import decode_path
@@ -149,8 +150,9 @@ def mediaproxy_match_request(request, runtime):
         return None
     result = parse_compat(request.path, routes.compat_prefix, runtime.config)
     if isinstance(result, ImageRequest):
-        # Parameters registered by plugins keep their defaults on this route.
+        # Parameters registered by plugins keep their defaults on this route (a preset is
+        # the query scheme's: it names parameters, it is none itself).
         defaults = {name: p.default for name, p in runtime.params.items()
-                    if name not in result.params}
+                    if name not in result.params and name != PRESET_PARAM}
         result = result.evolve(params={**defaults, **result.params})
     return result

@@ -2,7 +2,8 @@
 The built-in transform parameters and their canonical values.
 
 Query names: ``w`` ``h`` ``fit`` ``pos`` ``bg`` ``q`` ``fmt`` ``enlarge`` ``trim`` (with the long
-aliases ``width`` ``height`` ``position`` ``background`` ``quality`` ``format``). Each parser
+aliases ``width`` ``height`` ``position`` ``background`` ``quality`` ``format``) and ``preset``
+(a named set of them, :mod:`mediaproxy.presets`). Each parser
 accepts the spellings users send and returns one canonical value (:mod:`mediaproxy.parsing`), so
 equivalent URLs build equal cache keys.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from .. import hookimpl
 from ..models import Param
+from ..presets import PRESET_PARAM
 from ..parsing import (  # noqa: F401 (FITS, POSITIONS, FORMATS: re-exported)
     FITS, FORMATS, POSITIONS, colour_key, parse_bool, parse_choice, parse_colour, parse_fit,
     parse_int, parse_position,
@@ -42,7 +44,15 @@ def builtin_params(config) -> list[Param]:
               help="1 allows upscaling beyond the source size."),
         Param("trim", lambda raw: parse_int(raw, 0, 100, "trim"), 0, key=str,
               help="Trim a uniform border, threshold 1-100 (0: off)."),
+        # Expanded by the query scheme into the preset's values (mediaproxy.presets), which
+        # are what enters the key; registered so it is an image request and is signed.
+        Param(PRESET_PARAM, _preset_name, None, key=lambda value: None,
+              help="A named transform: the parameters of [presets.NAME] in the config."),
     ]
+
+
+def _preset_name(raw: str) -> str:
+    return raw   # looked up (unknown_preset) when expanded, where the presets are known
 
 
 @hookimpl

@@ -5,7 +5,9 @@ The query scheme: transforms asked for with query parameters on the backend's ow
 A GET or HEAD on a configured prefix, with an image extension and at least one registered
 parameter, is an image request; anything else passes through untouched (a media path without
 transform parameters, a ``?v=123`` cache buster alone, a POST). Unknown parameters are ignored
-and stay out of the cache key.
+and stay out of the cache key. ``?preset=NAME`` stands for the parameters of ``[presets.NAME]``
+(:mod:`mediaproxy.presets`), expanded here so a preset and its explicit equivalent are one
+request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
+from ..presets import PRESET_PARAM, expand
 
 
 def decode_path(raw: str) -> str:
@@ -52,10 +55,11 @@ def unsafe_path_reason(path: str) -> str | None:
     return None
 
 
-def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, bool]:
-    """Read every registered parameter from ``query``: (params, rejection, any_present)."""
+def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | None, set]:
+    """Read every registered parameter from ``query``: (params, rejection, present), present
+    the set of the names of the parameters the query gave (empty, hence false, when none)."""
     params = {}
-    present = False
+    present = set()
     for name, param in registry.items():
         raw = None
         for spelling in (name, *param.aliases):
@@ -64,7 +68,7 @@ def parse_params(query: dict[str, str], registry) -> tuple[dict, Rejection | Non
         if raw is None:
             params[name] = param.default
             continue
-        present = True
+        present.add(name)
         try:
             params[name] = param.parse(raw)
         except ValueError as e:
@@ -118,8 +122,12 @@ def match(request, runtime):
     reason = unsafe_path_reason(path)
     if reason:
         return Rejection(400, "invalid_path", reason, parameter="path")
-    params, rejection, _ = parse_params(query, runtime.params)
+    params, rejection, present = parse_params(query, runtime.params)
     if rejection is not None:
         return rejection
+    if PRESET_PARAM in runtime.params:
+        params, rejection = expand(params, present, runtime.params, runtime.config)
+        if rejection is not None:
+            return rejection
     path = normalise_path(path)
     return ImageRequest(route="query", source_path=path, params=params, tenant=tenant_of(path))
