@@ -183,6 +183,9 @@ class TransformSpec:
     #: A large downscale in two strips, the second on a helper thread when it is free
     #: (:mod:`mediaproxy.imaging.strips`).
     parallel_resize: bool = False
+    #: The filter of a large output's resize (``lanczos`` or ``bicubic``; smaller outputs
+    #: always take LANCZOS): :data:`mediaproxy.imaging.rendering.LARGE_OUTPUT_PIXELS`.
+    large_resample: str = "lanczos"
 
 
 @frozen

@@ -129,3 +129,25 @@ def test_a_render_with_parallel_resize_has_the_geometry_and_nearly_the_pixels_of
     with Image.open(io.BytesIO(one.body)) as a, Image.open(io.BytesIO(two.body)) as b:
         assert a.size == b.size == (1100, 825)
         assert largest_difference(a.convert("RGB"), b.convert("RGB")) <= 2
+
+
+def test_the_helper_runs_at_least_as_nice_as_the_thread_that_handed_it_a_strip():
+    """The transform pool's threads are nicer than the reactor's (processing.thread_niceness):
+    the helper must not resample at a higher priority than they do."""
+    import os
+    import threading
+
+    image, done = photo_like(), []
+
+    def pool_thread():
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + 3)
+        strips.resize(image, (1000, 750), LANCZOS, (0, 0, 1200, 900), 2.0, parallel=True)
+        done.append(os.getpriority(os.PRIO_PROCESS, tid))
+
+    thread = threading.Thread(target=pool_thread)
+    thread.start()
+    thread.join(60)
+    helpers = list(strips._pool()._threads)
+    assert len(done) == 1 and len(helpers) == 1
+    assert os.getpriority(os.PRIO_PROCESS, helpers[0].native_id) >= done[0]

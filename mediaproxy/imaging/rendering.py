@@ -37,6 +37,11 @@ from .geometry import _gravity_offset, fit_geometry
 RESIZE_ORDER = 500
 
 _LANCZOS = Image.Resampling.LANCZOS
+#: Outputs of at least this many pixels resize with ``spec.large_resample`` (bicubic by
+#: default: measured, after the encoder, as LANCZOS within 0.02 dB: docs/performance.md,
+#: "Decode once, render many"), smaller ones with LANCZOS.
+LARGE_OUTPUT_PIXELS = 250_000
+_LARGE_FILTERS = {"lanczos": _LANCZOS, "bicubic": Image.Resampling.BICUBIC}
 
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
@@ -335,8 +340,9 @@ class _Plan:
         return cls(trim, scaled, canvas, offset)
 
     def scale(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
-        """Crop and resize ``image`` (LANCZOS, reducing by whole factors first; a large one
-        in two strips with ``spec.parallel_resize``: :mod:`.strips`)."""
+        """Crop and resize ``image`` (LANCZOS, or ``spec.large_resample`` for a large output;
+        reducing by whole factors first; a large one in two strips with
+        ``spec.parallel_resize``: :mod:`.strips`)."""
         left, top, right, bottom = self.region
         if self.size == (right - left, bottom - top) and all(
                 float(v).is_integer() for v in self.region):
@@ -344,7 +350,9 @@ class _Plan:
                 return image
             return image.crop(tuple(int(v) for v in self.region))
         gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
-        return strips.resize(image, self.size, _LANCZOS, self.region, gap,
+        large = self.size[0] * self.size[1] >= LARGE_OUTPUT_PIXELS
+        resample = _LARGE_FILTERS[spec.large_resample] if large else _LANCZOS
+        return strips.resize(image, self.size, resample, self.region, gap,
                              spec.parallel_resize)
 
     def pad(self, image: Image.Image, spec: TransformSpec) -> Image.Image:

@@ -3,20 +3,20 @@ resized from its share of the input, the second on a helper thread when it is fr
 
 Pillow's resample runs on one thread (it releases the GIL while it works, so two threads do
 run it in parallel), and it is half the CPU of a render whose output is large: a srcset's
-1440x1080 from a 2000x1500 shrink-on-load decode takes 50 ms of LANCZOS on one core against
-10 ms of JPEG encoding. A request served alone on an otherwise idle machine (the larger sizes
-of one page's ``srcset``, asked for one after another) waits for that resize while another
-core idles; cut in two, it waits for about half of it.
+1440x1080 from a 2000x1500 shrink-on-load decode takes 50 ms of LANCZOS (40 of bicubic)
+on one core against 10 ms of JPEG encoding. A request served alone on an otherwise idle
+machine (the larger sizes of one page's ``srcset``, asked for one after another) waits for
+that resize while another core idles; cut in two, it waits for about half of it.
 
 The strips: each is ``image.resize((width, rows), filter, box=...)`` with the box's vertical
 extent the strip's rows times the whole resize's scale. Pillow's filter support is clipped to
 the whole input, not to the box, so a strip's edge rows read the input rows beyond its box as
-the whole resize does. The result is a LANCZOS resize of the same geometry (the size is
-exact), not always the same bytes as one ``resize`` call: the filter centres' floating-point
-arithmetic may differ in the last bits, and Pillow picks the order of its two passes by their
-cost for each call, and the intermediate pass clips its overshoot to 0..255. On photographs
-the pixels are within 2 levels of one call's; on pixel noise single pixels differ by tens of
-levels (tests/test_imaging_strips.py). A cuttable resize is always cut the same way, whether
+the whole resize does. The result is a resize with the same filter and geometry (the size
+is exact), not always the same bytes as one ``resize`` call: the filter centres'
+floating-point arithmetic may differ in the last bits, and Pillow picks the order of its
+two passes by their cost for each call, and the intermediate pass clips its overshoot to
+0..255. On photographs the pixels are within 2 levels of one call's; on pixel noise single
+pixels differ by tens of levels (tests/test_imaging_strips.py). A cuttable resize is always cut the same way, whether
 the helper is free or not (busy: the calling thread resizes both strips), so one source and
 spec always give the same bytes (one ETag), whatever the load.
 
@@ -44,8 +44,8 @@ MIN_STRIP_PIXELS = 250_000
 #: reducing gap usually reduces first, and the rows read twice at a cut (the filter's support,
 #: 3 x scale on each side for LANCZOS) are bounded by :data:`CUT_ROWS`.
 MAX_STRIP_SCALE = 4.0
-#: Input rows a cut adds to the horizontal passes: LANCZOS's support (3 x scale) on both sides
-#: of it, at :data:`MAX_STRIP_SCALE`, rounded up.
+#: Input rows a cut adds to the horizontal passes: LANCZOS's support (3 x scale; bicubic's is
+#: 2 x scale) on both sides of it, at :data:`MAX_STRIP_SCALE`, rounded up.
 CUT_ROWS = 2 * 3 * int(MAX_STRIP_SCALE) + 2
 
 _lock = threading.Lock()
@@ -110,7 +110,7 @@ def resize(image: Image.Image, size: tuple[int, int], resample: int,
             wait([future])               # an error here: the helper's strip still ends first
     bottom = future.result() if future is not None else \
         image.resize(bottom_size, resample, box=bottom_box)
-    out = Image.new(image.mode, size)
+    out = Image.new(image.mode, size, None)         # no fill: both strips cover it
     out.paste(top, (0, 0))
     out.paste(bottom, (0, cut))
     return out
