@@ -151,3 +151,24 @@ def test_the_helper_runs_at_least_as_nice_as_the_thread_that_handed_it_a_strip()
     helpers = list(strips._pool()._threads)
     assert len(done) == 1 and len(helpers) == 1
     assert os.getpriority(os.PRIO_PROCESS, helpers[0].native_id) >= done[0]
+
+
+def test_a_forked_child_gets_a_helper_of_its_own():
+    """The parent's helper thread does not exist in a fork: a child that resized through it
+    would wait for ever. (The proxy's workers are exec'd, not forked; a plugin may fork.)"""
+    import os
+    import signal
+
+    image = photo_like()
+    strips.resize(image, (1000, 750), LANCZOS, (0, 0, 1200, 900), 2.0, parallel=True)
+    pid = os.fork()
+    if pid == 0:                                           # the child: 0 if the strips end
+        signal.alarm(60)
+        try:
+            out = strips.resize(image, (1000, 750), LANCZOS, (0, 0, 1200, 900), 2.0,
+                                parallel=True)
+            os._exit(0 if out.size == (1000, 750) else 2)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -54,6 +54,17 @@ _helper: ThreadPoolExecutor | None = None
 _free = threading.Semaphore(1)
 
 
+def _forget_helper() -> None:
+    """In a forked child: the parent's helper thread does not exist there; make a new one
+    at first use (the workers are started with exec, not fork; a plugin or test may fork)."""
+    global _helper, _free
+    _helper, _free = None, threading.Semaphore(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
 def _pool() -> ThreadPoolExecutor:
     """The process's helper thread (made at first use)."""
     global _helper
