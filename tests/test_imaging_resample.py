@@ -12,7 +12,7 @@ import math
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from mediaproxy.imaging import render
+from mediaproxy.imaging import InvalidTransform, render
 from mediaproxy.imaging.rendering import LARGE_OUTPUT_PIXELS
 from mediaproxy.models import TransformSpec
 
@@ -71,3 +71,8 @@ def test_after_the_encoder_bicubic_is_as_close_to_a_full_lanczos_reference_as_la
     assert bicubic.size == lanczos.size == (1100, 825)
     assert psnr(bicubic, reference) >= psnr(lanczos, reference) - 0.1
     assert psnr(bicubic, reference) > 35
+
+
+def test_an_unknown_large_resample_is_refused_before_decoding():
+    with pytest.raises(InvalidTransform, match="Unknown large_resample 'box'"):
+        render(png(photo_like((600, 600))), TransformSpec(width=300, large_resample="box"))

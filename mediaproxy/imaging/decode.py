@@ -239,6 +239,10 @@ def _arithmetic_coded(data: bytes) -> bool:
     return False
 
 
+#: The filters ``spec.large_resample`` may name (:mod:`.rendering` maps them to Pillow's).
+LARGE_RESAMPLE_FILTERS = ("bicubic", "lanczos")
+
+
 def _check_spec(spec: TransformSpec) -> None:
     if spec.fit not in FITS:
         raise InvalidTransform(f"Unknown fit {spec.fit!r}; use one of {', '.join(FITS)}.")
@@ -247,6 +251,9 @@ def _check_spec(spec: TransformSpec) -> None:
             f"Unknown position {spec.position!r}; use one of {', '.join(POSITIONS)}.")
     if spec.width < 0 or spec.height < 0:
         raise InvalidTransform("Width and height cannot be negative.")
+    if spec.large_resample not in LARGE_RESAMPLE_FILTERS:
+        raise InvalidTransform(f"Unknown large_resample {spec.large_resample!r}; use one of "
+                               f"{', '.join(LARGE_RESAMPLE_FILTERS)}.")
 
 
 def _draft_target(source: ImageFile.ImageFile, spec: TransformSpec) -> tuple[int, int] | None:
