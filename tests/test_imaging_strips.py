@@ -96,6 +96,28 @@ def test_the_bytes_are_the_same_whether_the_helper_is_free_or_busy():
     assert busy.tobytes() == free.tobytes()
 
 
+def test_a_strip_the_helper_has_not_started_is_taken_back_with_the_same_bytes():
+    """The helper is free (its semaphore) but its thread is still on other work when the
+    first strip is done, as on a machine whose cores are all taken: the render does not wait
+    for it, resizes the second strip itself, and the bytes are the same."""
+    import threading
+
+    image = photo_like()
+    free = strips.resize(image, (1000, 750), LANCZOS, (0, 0, 1200, 900), 2.0, parallel=True)
+    release = threading.Event()
+    blocker = strips._pool().submit(release.wait, 60)     # the helper thread is occupied
+    try:
+        taken_back = strips.resize(image, (1000, 750), LANCZOS, (0, 0, 1200, 900), 2.0,
+                                   parallel=True)
+        assert not blocker.done()                          # it never ran the strip
+    finally:
+        release.set()
+    assert blocker.result(60) is True
+    assert taken_back.tobytes() == free.tobytes()
+    assert strips._free.acquire(timeout=10)                # the cancelled strip freed it
+    strips._free.release()
+
+
 def test_without_parallel_or_below_the_threshold_it_is_one_pillow_resize():
     image = photo_like()
     for size, parallel in (((1000, 750), False), ((400, 300), True)):

@@ -17,8 +17,10 @@ floating-point arithmetic may differ in the last bits, and Pillow picks the orde
 two passes by their cost for each call, and the intermediate pass clips its overshoot to
 0..255. On photographs the pixels are within 2 levels of one call's; on pixel noise single
 pixels differ by tens of levels (tests/test_imaging_strips.py). A cuttable resize is always cut the same way, whether
-the helper is free or not (busy: the calling thread resizes both strips), so one source and
-spec always give the same bytes (one ETag), whatever the load.
+the helper is free or not (busy: the calling thread resizes both strips; free but not yet
+started on the second strip when the first is done, as on a machine whose cores are all
+taken: the calling thread takes it back), so one source and spec always give the same bytes
+(one ETag), whatever the load, and a render never waits for a helper that has not started.
 
 Bounded: one helper thread per process, taken without waiting. The threads that resample at
 once are at most the transform pool's plus one, and a render's CPU is the same (the strips'
@@ -105,20 +107,23 @@ def resize(image: Image.Image, size: tuple[int, int], resample: int,
     top_box = (box[0], box[1], box[2], middle)
     bottom_box = (box[0], middle, box[2], box[3])
     bottom_size = (width, height - cut)
-    future: Future | None = None
-    if _free.acquire(blocking=False):
+    free, future = _free, None
+    if free.acquire(blocking=False):
         try:
             future = _pool().submit(_strip, image, bottom_size, resample, bottom_box,
                                     _niceness())
         except BaseException:
-            _free.release()
+            free.release()
             raise
-        future.add_done_callback(lambda _: _free.release())
+        future.add_done_callback(lambda _: free.release())
     try:
         top = image.resize((width, cut), resample, box=top_box)
-    finally:
-        if future is not None:
-            wait([future])               # an error here: the helper's strip still ends first
+    except BaseException:
+        if future is not None and not future.cancel():
+            wait([future])               # the helper's strip ends before the error goes up
+        raise
+    if future is not None and future.cancel():
+        future = None                    # not started yet (a loaded machine): take it back
     bottom = future.result() if future is not None else \
         image.resize(bottom_size, resample, box=bottom_box)
     out = Image.new(image.mode, size, None)         # no fill: both strips cover it
