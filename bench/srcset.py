@@ -6,6 +6,7 @@ and thumbor for the ratio.
 
     .venv/bin/python bench/srcset.py --code /tmp/main72              # after / before / thumbor
     .venv/bin/python bench/srcset.py --code /tmp/main72 --rounds 9
+    .venv/bin/python bench/srcset.py --code /tmp/main72 --set PROCESSING__THREAD_NICENESS=0
 
 Each proxy is a ``mediaproxy run`` process (default settings, one worker, access log off) on
 a free port in front of the shared bench's nginx origin (127.0.0.1:18080); thumbor is the
@@ -45,9 +46,9 @@ BOXES = [(320, 240), (480, 360), (640, 480), (800, 600), (960, 720), (1120, 840)
          (1440, 1080)]
 
 
-def start(code: Path) -> tuple[subprocess.Popen, int]:
+def start(code: Path, settings: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    env = proxy_env(code, ORIGIN, MONITORING__ACCESS_LOG="false")
+    env = proxy_env(code, ORIGIN, MONITORING__ACCESS_LOG="false", **settings)
     return start_process(run_command(port), code, env, port)
 
 
@@ -123,9 +124,14 @@ def main() -> None:
                         help="another checkout to measure (the 'before'); repeatable")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-thumbor", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                        help="a setting of every proxy, e.g. PROCESSING__THREAD_NICENESS=0 "
+                             "(on a machine loaded by other work, nice transform threads "
+                             "wait behind it while thumbor's do not); repeatable")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     codes = [ROOT, *args.code]
-    procs = {code: start(code) for code in codes}
+    procs = {code: start(code, settings) for code in codes}
     targets = [(str(code), "127.0.0.1", port, proxy_path, [proc.pid])
                for code, (proc, port) in procs.items()]
     if not args.no_thumbor:

@@ -180,6 +180,12 @@ class TransformSpec:
     max_output_pixels: int = 7680 * 4320
     #: Optimised Huffman tables for JPEG output (a second pass over the coefficients).
     jpeg_optimize: bool = True
+    #: A large downscale in two strips, the second on a helper thread when it is free
+    #: (:mod:`mediaproxy.imaging.strips`).
+    parallel_resize: bool = False
+    #: The filter of a large output's resize (``lanczos`` or ``bicubic``; smaller outputs
+    #: always take LANCZOS): :data:`mediaproxy.imaging.rendering.LARGE_OUTPUT_PIXELS`.
+    large_resample: str = "lanczos"
 
 
 @frozen

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ from mediaproxy.imaging.budget import Deadline
 from mediaproxy.imaging.decoded import (
     Decoded, DecodedCache, _remaining, first_decode_finer, image_bytes,
 )
-from mediaproxy.imaging.errors import TransformTimeout
+from mediaproxy.imaging.errors import TooManyScans, TransformTimeout
 from mediaproxy.models import TransformSpec, TransformStep
 from mediaproxy.runtime import DECODED_CACHE_CAP, decoded_cache_bytes as capacity
 from mediaproxy.testing import ImageOrigin, assert_image, start_proxy, wait_for
@@ -148,6 +149,29 @@ def test_a_large_source_is_first_decoded_one_step_finer_and_counted_so():
     # a source seen before decodes at the scale it needs (1/2 here), not finer
     render(large, spec((1200, 600), fmt="jpeg"), cache=cache)
     assert cache.find(large).scale == 2 and cache.misses == 3
+
+
+def test_an_entry_keeps_the_scan_counts_and_a_render_of_its_source_uses_them():
+    """The JPEG scan walk (a few ms over a large file's entropy-coded data) is made once per
+    source held: a render of a source held checks the entry's counts, not the file again.
+    Shown with an entry whose counts say too many scans: the render refuses, though the file
+    has one scan; a source not held is walked."""
+    data, cache = SOURCES["jpeg"], DecodedCache(1 << 30)
+    render(data, spec((300, 200), fmt="jpeg"), cache=cache)
+    entry = cache.find(data)
+    assert entry.scans == (1, 9)                   # one scan; APP0, DQT x2, SOF, DHT x4, SOS
+    too_many = attrs.evolve(entry, scans=(101, 9))  # over max_jpeg_scans (100)
+    cache.put(data, too_many)
+    with pytest.raises(TooManyScans):
+        render(data, spec((300, 200), fmt="jpeg"), cache=cache)
+    with pytest.raises(TooManyScans):
+        estimate(data, spec((300, 200), fmt="jpeg"), cache=cache)
+    assert render(data, spec((300, 200), fmt="jpeg"), cache=DecodedCache(1 << 30)).body
+    cache.put(data, attrs.evolve(entry, scans=(100, 9)))            # at the limit: served
+    assert render(data, spec((300, 200), fmt="jpeg"), cache=cache).body
+    png = SOURCES["png"]
+    render(png, spec((300, 200)), cache=cache)
+    assert cache.find(png).scans is None           # not a JPEG: nothing to count
 
 
 # -- capacity and the bound -----------------------------------------------------------------

@@ -34,6 +34,7 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         max_jpeg_scans=limits.max_jpeg_scans, max_transform_bytes=limits.max_transform_bytes,
         max_output_width=limits.max_width, max_output_height=limits.max_height,
         max_output_pixels=limits.max_output_pixels, jpeg_optimize=proc.jpeg_optimize,
+        parallel_resize=proc.parallel_resize, large_resample=proc.large_resample,
         deadline=time.monotonic() + limits.transform_timeout,
     )
 

@@ -96,6 +96,9 @@ _ENCODER = {"jpeg": 8, "png": 8, "tiff": 12, "webp": 28, "avif": 56, "gif": 48}
 _ANIMATION_FRAME = {"gif": 2, "png": 4, "webp": 1}
 #: Rows (and columns) a resampling pass may read beyond its box: the filter's support.
 _SUPPORT = 8
+#: Input rows a cut of a resize into strips reads twice (:data:`.strips.CUT_ROWS`, written
+#: out here so that the budget does not import the resizing).
+_CUT_ROWS = 26
 #: Codec state, tables and the interpreter's pages touched by any render.
 _FIXED = 16 * 1024 * 1024
 
@@ -122,6 +125,8 @@ class Work:
     #: size it is resized to (``contain``: inside the output; ``None``: the output)
     box: tuple[int, int] | None = None
     target: tuple[int, int] | None = None
+    #: the strips a large resize may be cut in (:mod:`.strips`; 1: not cut)
+    strips: int = 1
 
     def bytes(self) -> int:
         """An upper bound of the bytes the render allocates at its peak (see docs/imaging.md).
@@ -131,7 +136,9 @@ class Work:
         decoded image and a working copy: Pillow's reduced copy (when it first shrinks by a
         whole factor, as Pillow computes it), the horizontal pass (the target width x the rows
         the vertical pass reads) and the result; then the encode:
-        the output, one conversion for the format and the encoder's buffers. An animation:
+        the output, one conversion for the format and the encoder's buffers (a resize cut in
+        strips reads a few rows twice at each cut, and pastes its strips onto the output: at
+        most the horizontal pass and the result already counted, for a downscale). An animation:
         the decoder's three canvases (current, previous, disposal), every output frame held
         until the encode and one converted copy of each, plus one frame's work.
         """
@@ -143,7 +150,7 @@ class Work:
         convert = decoded * (1 + copies)
         gap = self.reducing_gap
         (bw, bh), (tw, th) = self.box or self.decoded, self.target or self.output
-        rows, reduced = bh + _SUPPORT, 0
+        rows, reduced = bh + _SUPPORT + _CUT_ROWS * (max(1, self.strips) - 1), 0
         if gap >= 1:                 # Pillow's resize: reduce by whole factors, then resample
             fx, fy = max(1, int(bw / tw / gap)), max(1, int(bh / th / gap))
             if fx > 1 or fy > 1:

@@ -203,21 +203,26 @@ def _check_jpeg_size(data: bytes, info: ImageInfo) -> None:
 _SEGMENTS_BESIDES_SCANS = 1024
 
 
-def _check_jpeg_scans(data: bytes, info: ImageInfo, spec: TransformSpec) -> None:
+def _check_jpeg_scans(data: bytes, info: ImageInfo, spec: TransformSpec,
+                      known: tuple[int, int] | None = None) -> tuple[int, int] | None:
     """Refuse a JPEG with more than ``spec.max_jpeg_scans`` scans before decoding it: each
     scan walks every block of the image, so the decode's CPU is blocks x scans, whatever the
     file's size (see :mod:`.scans`). The marker segments are bounded as well: their walk is
-    Python work per segment."""
+    Python work per segment. ``known``: the counts of these very bytes from an earlier walk
+    (the decoded cache keeps them: the walk over a 2 MB file's entropy-coded data is a few
+    ms, twice per render); returns the counts (``None`` for other formats)."""
     if info.format != "jpeg":
-        return
+        return None
     max_segments = _SEGMENTS_BESIDES_SCANS + 2 * spec.max_jpeg_scans
-    scans, segments = count_jpeg_scans(data, spec.max_jpeg_scans, max_segments)
+    scans, segments = known if known is not None else \
+        count_jpeg_scans(data, spec.max_jpeg_scans, max_segments)
     if scans > spec.max_jpeg_scans:
         raise TooManyScans(f"The JPEG has more than {spec.max_jpeg_scans} scans; decoding "
                            f"it would cost too much.")
     if segments > max_segments:
         raise TooManyScans(f"The JPEG has more than {max_segments} marker segments.",
                            error="too_many_segments")
+    return scans, segments
 
 
 def _arithmetic_coded(data: bytes) -> bool:
@@ -234,6 +239,10 @@ def _arithmetic_coded(data: bytes) -> bool:
     return False
 
 
+#: The filters ``spec.large_resample`` may name (:mod:`.rendering` maps them to Pillow's).
+LARGE_RESAMPLE_FILTERS = ("bicubic", "lanczos")
+
+
 def _check_spec(spec: TransformSpec) -> None:
     if spec.fit not in FITS:
         raise InvalidTransform(f"Unknown fit {spec.fit!r}; use one of {', '.join(FITS)}.")
@@ -242,6 +251,9 @@ def _check_spec(spec: TransformSpec) -> None:
             f"Unknown position {spec.position!r}; use one of {', '.join(POSITIONS)}.")
     if spec.width < 0 or spec.height < 0:
         raise InvalidTransform("Width and height cannot be negative.")
+    if spec.large_resample not in LARGE_RESAMPLE_FILTERS:
+        raise InvalidTransform(f"Unknown large_resample {spec.large_resample!r}; use one of "
+                               f"{', '.join(LARGE_RESAMPLE_FILTERS)}.")
 
 
 def _draft_target(source: ImageFile.ImageFile, spec: TransformSpec) -> tuple[int, int] | None:
@@ -313,7 +325,7 @@ def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: Trans
     return Work(canvas=canvas, decoded=decoded, frames=info.frames if animated else 1,
                 output=output, fmt=fmt, box=box, target=target,
                 conversions=_conversions(source, info, animated),
-                reducing_gap=spec.reducing_gap)
+                reducing_gap=spec.reducing_gap, strips=2 if spec.parallel_resize else 1)
 
 
 def _conversions(source: ImageFile.ImageFile, info: ImageInfo, animated: bool) -> int:

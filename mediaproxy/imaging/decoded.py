@@ -84,13 +84,15 @@ class Decoded:
     ``image`` is upright and in a working mode (8-bit L, LA, RGB, RGBA, or CMYK), decoded at
     ``1 / scale`` (1, 2, 4 or 8: JPEG shrink-on-load; 1 for other formats); ``icc`` is the
     source's embedded colour profile (the sRGB conversion is left to the pipeline); ``size``
-    the source's size as displayed.
+    the source's size as displayed; ``scans`` a JPEG's scan and marker-segment counts (the
+    decode guard's walk, made once per source: a render of a source held here reuses them).
     """
 
     image: Image.Image
     icc: bytes | None
     scale: int
     size: tuple[int, int]
+    scans: tuple[int, int] | None = None
 
     def at(self, scale: int) -> Image.Image:
         """The pixels at ``1 / scale`` (``scale`` a multiple of this entry's): the image

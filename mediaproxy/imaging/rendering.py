@@ -27,6 +27,7 @@ from .decode import (
     _open, _orientation, _read_info,
 )
 from .decoded import Decoded, DecodedCache, first_decode_finer
+from . import strips
 from .encode import _duration, _encode
 from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
@@ -36,6 +37,11 @@ from .geometry import _gravity_offset, fit_geometry
 RESIZE_ORDER = 500
 
 _LANCZOS = Image.Resampling.LANCZOS
+#: Outputs of at least this many pixels resize with ``spec.large_resample`` (bicubic by
+#: default: measured, after the encoder, as LANCZOS within 0.02 dB: docs/performance.md,
+#: "Decode once, render many"), smaller ones with LANCZOS.
+LARGE_OUTPUT_PIXELS = 250_000
+_LARGE_FILTERS = {"lanczos": _LANCZOS, "bicubic": Image.Resampling.BICUBIC}
 
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
@@ -58,7 +64,7 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
     with _open(data, deadline) as source:
-        info, fmt, work = _inspect(data, source, spec, cache)
+        info, fmt, work, scans = _inspect(data, source, spec, cache)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
@@ -66,7 +72,7 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
         if work.frames > 1:
             return _render_animation(source, info, fmt, pipeline)
         if cache is not None and cache.enabled and info.frames == 1:
-            image = _render_cached(data, source, info, pipeline, cache)
+            image = _render_cached(data, source, info, pipeline, cache, scans)
             return _encode([image], fmt, spec, deadline=deadline)
         if _draft(source, spec):       # the layout is still decided on the source's size
             pipeline.source_size = (info.width, info.height)
@@ -96,7 +102,7 @@ def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False,
     at the finer scale of a source's first decode (:func:`.decoded.first_decode_finer`)."""
     _check_spec(spec)
     with _open(data) as source:
-        _, fmt, work = _inspect(data, source, spec, cache)
+        _, fmt, work, _ = _inspect(data, source, spec, cache)
     if enforce:
         _check_memory(work, spec)
     return Estimate(work.bytes(), fmt)
@@ -110,12 +116,16 @@ def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -
 
 
 def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
-             cache: DecodedCache | None = None) -> tuple[ImageInfo, str, Work]:
-    """The header checks, the output format and the work ahead, before decoding."""
+             cache: DecodedCache | None = None
+             ) -> tuple[ImageInfo, str, Work, tuple[int, int] | None]:
+    """The header checks, the output format, the work ahead and a JPEG's scan and segment
+    counts, before decoding (the counts of a source the decoded cache holds are its entry's:
+    the walk is not made again)."""
     info = _read_info(source)
     _check_limits(info, spec)
     _check_jpeg_size(data, info)
-    _check_jpeg_scans(data, info, spec)
+    held = cache.find(data) if cache is not None and cache.enabled else None
+    scans = _check_jpeg_scans(data, info, spec, held.scans if held is not None else None)
     fmt = output_format(info.format, info.has_alpha, spec.format)
     if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
         fmt = output_format(info.format, info.has_alpha, spec.animated_format)
@@ -123,11 +133,12 @@ def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
     finer = first_decode_finer(info.pixels) if cache is not None and cache.enabled else 0
     work = _work(data, source, info, spec, fmt, animated, finer)
     _check_output(work.canvas, spec)
-    return info, fmt, work
+    return info, fmt, work, scans
 
 
 def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
-                   pipeline: _Pipeline, cache: DecodedCache) -> Image.Image:
+                   pipeline: _Pipeline, cache: DecodedCache,
+                   scans: tuple[int, int] | None = None) -> Image.Image:
     """A still through the decoded cache: the entry of ``data`` when its scale is fine
     enough for this render's own shrink-on-load scale (reduced to that scale), else a decode
     that becomes the entry; then the pipeline's work on a copy-on-write view of it."""
@@ -136,7 +147,8 @@ def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
         entry = cache.get(data, scale)
         if entry is None:          # a new source is decoded finer, for its next sizes
             finer = first_decode_finer(info.pixels) if cache.find(data) is None else 0
-            entry = _decode(source, info, pipeline, _decode_scale(source, pipeline.spec, finer))
+            entry = _decode(source, info, pipeline, _decode_scale(source, pipeline.spec, finer),
+                            scans)
             cache.put(data, entry)
     pipeline.deadline.check("after decoding")
     image = entry.at(scale)
@@ -146,7 +158,7 @@ def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
 
 
 def _decode(source: ImageFile.ImageFile, info: ImageInfo, pipeline: _Pipeline,
-            scale: int) -> Decoded:
+            scale: int, scans: tuple[int, int] | None = None) -> Decoded:
     """Decode ``source`` at ``1 / scale`` (JPEG shrink-on-load), upright and in a working
     mode, as a plain image that owns its pixels (no file object, no deadline)."""
     if scale > 1:
@@ -159,7 +171,7 @@ def _decode(source: ImageFile.ImageFile, info: ImageInfo, pipeline: _Pipeline,
     image, icc = pipeline.prepare(source, _orientation(source))
     if image is source:                # the decoder's object holds the file: keep its pixels
         image = source._new(source.im)
-    return Decoded(image, icc, scale, (info.width, info.height))
+    return Decoded(image, icc, scale, (info.width, info.height), scans)
 
 
 def _render_animation(source: ImageFile.ImageFile, info: ImageInfo, fmt: str,
@@ -328,7 +340,9 @@ class _Plan:
         return cls(trim, scaled, canvas, offset)
 
     def scale(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
-        """Crop and resize ``image`` (LANCZOS, reducing by whole factors first)."""
+        """Crop and resize ``image`` (LANCZOS, or ``spec.large_resample`` for a large output;
+        reducing by whole factors first; a large one in two strips with
+        ``spec.parallel_resize``: :mod:`.strips`)."""
         left, top, right, bottom = self.region
         if self.size == (right - left, bottom - top) and all(
                 float(v).is_integer() for v in self.region):
@@ -336,7 +350,10 @@ class _Plan:
                 return image
             return image.crop(tuple(int(v) for v in self.region))
         gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
-        return image.resize(self.size, _LANCZOS, box=self.region, reducing_gap=gap)
+        large = self.size[0] * self.size[1] >= LARGE_OUTPUT_PIXELS
+        resample = _LARGE_FILTERS[spec.large_resample] if large else _LANCZOS
+        return strips.resize(image, self.size, resample, self.region, gap,
+                             spec.parallel_resize)
 
     def pad(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
         """Place ``image`` on a ``canvas`` of ``spec.background`` (``contain``)."""
