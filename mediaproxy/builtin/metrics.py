@@ -154,7 +154,7 @@ class EventCounters:
         try:
             cell = cells.get(key)
         except TypeError:   # a plugin's event with a value that cannot be a key
-            key = (name, kept, tuple(str(v) for v in key[2]))
+            key = (name, key[1], tuple(str(v) for v in key[2]))
             cell = cells.get(key)
         if cell is None:
             if len(cells) >= MAX_EVENT_KEYS:
