@@ -150,44 +150,6 @@ def test_the_event_counts_count_and_sum_each_label_set():
     assert counters.count("cache.write") == 0
 
 
-def test_the_event_counts_keep_what_each_shape_of_event_carries():
-    """The kept fields are worked out once per (name, field names) shape: a request's unbounded
-    fields out whatever their place, every field of any other event kept (even one named
-    ``path``), one kept field, none, and shapes past MAX_EVENT_SHAPES counted the same."""
-    from mediaproxy.builtin import metrics
-    from mediaproxy.builtin.metrics import EventCounters
-    from mediaproxy.models import Event
-
-    counters = EventCounters()
-    counters.mediaproxy_event(Event("request", 0.5, fields={
-        "path": "/a", "kind": "image", "client": "1.2.3.4", "status": 200, "bytes": 10,
-        "bytes_in": 0}))
-    counters.mediaproxy_event(Event("request", 0.25, fields={
-        "path": "/b", "kind": "image", "client": "5.6.7.8", "status": 200, "bytes": 99,
-        "bytes_in": 7}))
-    counters.mediaproxy_event(Event("request", fields={"path": "/c", "kind": "passthrough"}))
-    counters.mediaproxy_event(Event("request", fields={"path": "/d", "client": "x"}))
-    counters.mediaproxy_event(Event("warmup", fields={"path": "/e", "route": "media"}))
-    counters.mediaproxy_event(Event("tick"))
-    assert counters.counts == {
-        ("request", (("kind", "image"), ("status", 200))): 2,
-        ("request", (("kind", "passthrough"),)): 1,
-        ("request", ()): 1,
-        ("warmup", (("path", "/e"), ("route", "media"))): 1,
-        ("tick", ()): 1}
-    assert counters.sums[("request", (("kind", "image"), ("status", 200)))] == 0.75
-    assert counters.count("request", status="200") == 2
-    assert counters.count("warmup", path="/e") == 1
-
-    many = EventCounters()
-    for n in range(metrics.MAX_EVENT_SHAPES + 5):
-        many.mediaproxy_event(Event("request", fields={"kind": "image", f"f{n}": n}))
-    assert len(many._shapes) == metrics.MAX_EVENT_SHAPES
-    assert many.count("request", kind="image") == metrics.MAX_EVENT_SHAPES + 5
-    last = metrics.MAX_EVENT_SHAPES + 4
-    assert many.count("request", **{f"f{last}": last}) == 1
-
-
 def test_an_event_made_through_its_slots_is_the_event():
     from mediaproxy.models import Event, make_event
 

@@ -43,7 +43,6 @@ series these update are plain numbers without a lock (:mod:`mediaproxy.monitorin
 from __future__ import annotations
 
 from collections import Counter
-from operator import itemgetter
 
 import attrs
 from prometheus_client import (
@@ -78,9 +77,6 @@ PRIORITIES = ("live", "background")
 UNBOUNDED_FIELDS = frozenset({"path", "client", "bytes", "bytes_in"})
 #: Most label sets :class:`EventCounters` keeps; events past it are counted by name alone.
 MAX_EVENT_KEYS = 10_000
-#: Most event shapes (name and field names) whose kept fields :class:`EventCounters`
-#: remembers; past it a new shape's are worked out on each event (same counts).
-MAX_EVENT_SHAPES = 1_000
 #: The status classes of the ``status`` labels (a status outside 100-599 is ``other``).
 STATUS_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 #: ``cache_lookups_total{result}``: the pipeline's events and the result each counts as.
@@ -115,50 +111,39 @@ class EventCounters:
     :data:`MAX_EVENT_KEYS` label sets a new one is counted under its name alone, so the counts
     stay bounded whatever clients send."""
 
-    #: (name, kept field names, their values) -> [count, sum of the values]: one dict lookup
-    #: an event (a hit sends four)
+    #: (name, labels) -> [count, sum of the values]: one dict lookup an event (a hit sends four)
     _cells: dict = attrs.field(factory=dict)
-    #: (name, field names in the order given) -> (kept names, a picker of their values): an
-    #: event's shape is its call site's, so the fields to keep are worked out once per shape
-    _shapes: dict = attrs.field(factory=dict)
 
     @property
     def counts(self) -> Counter:
         """How many events by (name, labels)."""
-        return Counter({_labelled(key): cell[0] for key, cell in self._cells.items()})
+        return Counter({key: cell[0] for key, cell in self._cells.items()})
 
     @property
     def sums(self) -> Counter:
         """The sum of the events' values by (name, labels)."""
-        return Counter({_labelled(key): cell[1] for key, cell in self._cells.items()})
+        return Counter({key: cell[1] for key, cell in self._cells.items()})
 
     @hookimpl
     def mediaproxy_event(self, event):
-        # Every event of every request comes here: the key is the kept fields' values as they
-        # come (one call site gives them in one order), picked at C speed by the shape's
-        # itemgetter; converted to (name, value) pairs only by counts, sums and count().
+        # Every event of every request comes here: the key is the fields as they come (one
+        # call site gives them in one order), converted and compared only by count().
         name = event.name
         fields = event.fields
-        if fields:
-            shape = (name, tuple(fields))
-            known = self._shapes.get(shape)
-            if known is None:
-                known = _shape(name, shape[1])
-                if len(self._shapes) < MAX_EVENT_SHAPES:
-                    self._shapes[shape] = known
-            kept, pick = known
-            key = (name, kept, pick(tuple(fields.values())))
+        if name == "request":
+            labels = tuple([item for item in fields.items() if item[0] not in UNBOUNDED_FIELDS])
         else:
-            key = (name, (), ())
+            labels = tuple(fields.items()) if fields else ()
+        key = (name, labels)
         cells = self._cells
         try:
             cell = cells.get(key)
         except TypeError:   # a plugin's event with a value that cannot be a key
-            key = (name, key[1], tuple(str(v) for v in key[2]))
+            key = (name, tuple((k, str(v)) for k, v in labels))
             cell = cells.get(key)
         if cell is None:
             if len(cells) >= MAX_EVENT_KEYS:
-                key = (name, (), ())   # a field a client chooses (a method, a parameter name)
+                key = (name, ())   # a field a client chooses (a method, a parameter name)
                 cell = cells.get(key)
             if cell is None:
                 cell = cells[key] = [0, 0.0]
@@ -169,39 +154,8 @@ class EventCounters:
         """How many events named ``name`` carried at least these labels (compared as
         strings: ``status=404`` and ``status="404"`` are one)."""
         want = {(k, str(v)) for k, v in labels.items()}
-        return sum(cell[0] for (ev, names, values), cell in self._cells.items()
-                   if ev == name and want <= {(k, str(v)) for k, v in zip(names, values)})
-
-
-def _labelled(key: tuple) -> tuple:
-    """An :class:`EventCounters` key as (name, ((field, value), ...))."""
-    name, names, values = key
-    return name, tuple(zip(names, values))
-
-
-def _shape(name: str, names: tuple) -> tuple:
-    """(the field names :class:`EventCounters` keeps of an event ``name`` whose fields are
-    ``names``, in that order; a function of the tuple of the fields' values giving the kept
-    ones'): all of them, except a ``request`` event's :data:`UNBOUNDED_FIELDS`."""
-    keep = [i for i, field in enumerate(names)
-            if name != "request" or field not in UNBOUNDED_FIELDS]
-    kept = tuple(names[i] for i in keep)
-    if len(keep) == len(names):
-        return kept, _same
-    if not keep:
-        return kept, _nothing
-    if len(keep) == 1:
-        only = keep[0]
-        return kept, lambda values: (values[only],)
-    return kept, itemgetter(*keep)
-
-
-def _same(values: tuple) -> tuple:
-    return values
-
-
-def _nothing(values: tuple) -> tuple:
-    return ()
+        return sum(cell[0] for (ev, lab), cell in self._cells.items()
+                   if ev == name and want <= {(k, str(v)) for k, v in lab})
 
 
 class _Guarded:
