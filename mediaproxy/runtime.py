@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from .admission import LIVE, MemoryBudget, Overloaded, Priority, TooLarge
 from .inflight import InFlight
 from .jobs import JobQueue
-from .models import Event, Param
+from .models import Param, make_event
 
 if TYPE_CHECKING:   # the types of the fields, for readers and type checkers only
     import pluggy
@@ -331,7 +331,7 @@ class Runtime:
         request sends several events, and pluggy's general call machinery cost more than the
         handlers themselves. A hook wrapper among them, or a manager that does not count its
         changes, takes pluggy's own path."""
-        event = Event(name, value, correlation_id, fields)
+        event = make_event(name, value, correlation_id, fields)
         try:
             calls = self._event_calls()
             if calls is None:
@@ -398,7 +398,19 @@ class Runtime:
         calls = self._hook_calls(name)
         if calls is None:
             return getattr(self.pm.hook, name)(**kwargs)
-        return next(_results(calls, kwargs), None)
+        # _results' loop, without a generator per call (three calls a hit)
+        spec, impls = calls
+        full = None
+        for function, argnames in impls:
+            if argnames is None:
+                if full is None:
+                    full = [kwargs[arg] for arg in spec]
+                result = function(*full)
+            else:
+                result = function(*[kwargs[arg] for arg in argnames])
+            if result is not None:
+                return result
+        return None
 
     def call_all(self, name: str, **kwargs) -> list:
         """``pm.hook.<name>(**kwargs)`` for a hook that collects every result: the results

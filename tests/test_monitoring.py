@@ -150,6 +150,16 @@ def test_the_event_counts_count_and_sum_each_label_set():
     assert counters.count("cache.write") == 0
 
 
+def test_an_event_made_through_its_slots_is_the_event():
+    from mediaproxy.models import Event, make_event
+
+    fields = {"layer": "memory"}
+    made = make_event("cache.read", 0.5, "cid", fields)
+    assert made == Event("cache.read", 0.5, "cid", fields)
+    assert type(made) is Event and made.fields is fields
+    assert (made.name, made.value, made.correlation_id) == ("cache.read", 0.5, "cid")
+
+
 def test_a_failing_or_clashing_plugin_collector_costs_only_its_own_series(live_reactor):
     from prometheus_client.core import GaugeMetricFamily
 
