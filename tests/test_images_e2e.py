@@ -103,6 +103,10 @@ def test_cors_and_resource_policy(live_reactor):
         _, h, _, _ = running.get("/media/uploads/a.jpg?w=50",
                                  headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in h
+        assert "access-control-max-age" not in h and "Origin" in h["vary"]
+        # an <img> tag sends no Origin: its answer still varies by Origin for shared caches
+        _, h, _, _ = running.get("/media/uploads/a.jpg?w=50")
+        assert "access-control-allow-origin" not in h and "Origin" in h["vary"]
     finally:
         running.stop()
 

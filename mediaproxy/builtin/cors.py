@@ -13,10 +13,14 @@ def cors_headers(config, origin: str | None) -> list[tuple[str, str]]:
     if allowed:
         if "*" in allowed:
             headers.append(("Access-Control-Allow-Origin", "*"))
-        elif origin and origin in allowed:
-            headers.append(("Access-Control-Allow-Origin", origin))
+        else:
+            # The answer depends on Origin whatever it is, absent included: a shared cache that
+            # kept an answer without the header (an <img> tag's) must not give it to a fetch()
+            # from a listed origin, which the browser would then refuse.
+            if origin and origin in allowed:
+                headers.append(("Access-Control-Allow-Origin", origin))
             headers.append(("Vary", "Origin"))
-        if headers:
+        if headers and headers[0][0] == "Access-Control-Allow-Origin":
             headers.append(("Access-Control-Allow-Methods", ", ".join(config.allow_methods)))
             headers.append(("Access-Control-Max-Age", str(config.max_age)))
             headers.append(("Access-Control-Expose-Headers",
