@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import weakref
 from typing import IO
 
 from twisted.logger import (
@@ -31,8 +32,11 @@ _minimum = [0]
 
 def set_level(level: str) -> None:
     """Drop events below ``level`` at the source (cheaper than filtering in an observer, and
-    it applies under twistd, whose observers print everything)."""
+    it applies under twistd, whose observers print everything), and make the observers made by
+    :func:`observer_for` print from ``level`` on: at start and at a reload (SIGHUP)."""
     _minimum[0] = _PRIORITY[_LEVELS[level]]
+    for observer in list(_observers):
+        observer.minimum = _minimum[0]
 
 
 class FastLogger(Logger):
@@ -218,7 +222,13 @@ def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None 
     at info and above), as text or JSON lines."""
     stream = stream if stream is not None else sys.stdout
     base = _json_observer(stream) if fmt == "json" else _text_observer(stream)
-    return _LevelFilter(base, _PRIORITY[_LEVELS[level]])
+    observer = _LevelFilter(base, _PRIORITY[_LEVELS[level]])
+    _observers.add(observer)
+    return observer
+
+
+#: The observers :func:`set_level` keeps at the configured level (weakly: one a test drops goes).
+_observers: "weakref.WeakSet[_LevelFilter]" = weakref.WeakSet()
 
 
 def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:

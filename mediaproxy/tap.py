@@ -277,6 +277,7 @@ def reload_config(runtime, path, adjust=None):
         log.error("configuration reload refused: {error}", error=str(e))
         return
     old, runtime.config = runtime.config, new
+    set_level(new.monitoring.log_level)
     runtime.set_params(params)
     runtime.fetcher.set_limits(new.limits)
     runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)

@@ -127,6 +127,34 @@ def test_the_access_line_is_written_whatever_the_level():
         logs.set_level("debug")
 
 
+def test_a_reload_applies_the_new_log_level(live_reactor, tmp_path):
+    from twisted.logger import Logger
+
+    from mediaproxy.tap import reload_config
+
+    path = tmp_path / "mediaproxy.toml"
+    path.write_text('[monitoring]\nlog_level = "error"\n')
+    out = io.StringIO()
+    printed = observer_for("info", "text", out)     # as twistd's observer: the level at start
+    plain, dropping = Logger("mediaproxy.test-level"), logs.logger("mediaproxy.test-level")
+    globalLogPublisher.addObserver(printed)
+    logs.set_level("info")
+    try:
+        with start_proxy(files={}) as proxy:
+            plain.info("plain before")
+            dropping.info("dropping before")
+            call_in_reactor(reload_config, proxy.runtime, str(path))
+            plain.info("plain after")               # filtered by the observer
+            dropping.info("dropping after")         # dropped at the source
+            plain.error("plain error after")
+    finally:
+        globalLogPublisher.removeObserver(printed)
+        logs.set_level("debug")
+    mine = [line.split("mediaproxy.test-level ", 1)[1] for line in out.getvalue().splitlines()
+            if "mediaproxy.test-level" in line]
+    assert mine == ["plain before", "dropping before", "plain error after"]
+
+
 def test_only_request_events_make_access_lines():
     assert formatted("text", Event("cache.hit", 1.0, "c0ffee42", {"layer": "memory"})) == ""
 
