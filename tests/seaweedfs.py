@@ -9,6 +9,7 @@ pre-stop wait).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -82,9 +83,28 @@ class SeaweedFS:
         """Freeze the store (SIGSTOP): connections hang, as with a store that stopped
         answering."""
         self.process.send_signal(signal.SIGSTOP)
+        self._wait_state("T", "stopped")
+
+    def _wait_state(self, wanted: str, what: str) -> None:
+        """Wait (5 s at most) until every thread of the store is in (``wanted == "T"``) or
+        out of the stopped state: a signal is delivered asynchronously."""
+        tasks = Path(f"/proc/{self.process.pid}/task")
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            states = []
+            for task in tasks.iterdir():
+                try:
+                    states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+                except OSError:
+                    continue        # a thread that just ended
+            if states and all((state == "T") == (wanted == "T") for state in states):
+                return
+            time.sleep(0.01)
+        raise RuntimeError(f"weed server not {what} after 5 s")
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+        self._wait_state("R", "running again")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -95,6 +115,15 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (Linux), so a killed run leaves no
+    store behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _answers(port: int) -> bool:
@@ -123,7 +152,8 @@ def start_seaweedfs(directory: Path) -> SeaweedFS:
             f"-filer.localSocket={directory / 'filer.sock'}"]
     log = open(directory / "weed.log", "wb")
     process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True)
+                               stdin=subprocess.DEVNULL, start_new_session=True,
+                               preexec_fn=_die_with_parent)
     store = SeaweedFS(process, s3, directory)
     deadline = time.monotonic() + START_TIMEOUT
     while not _answers(s3):
