@@ -12,9 +12,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import attrs
 import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
@@ -393,3 +395,23 @@ def test_an_endpoint_without_a_bucket_fails_at_start(live_reactor):
         start_proxy(files={PHOTO: JPEG}, plugins=[S3Plugin(settings_from(
             {"endpoint": "http://127.0.0.1:1"}))])
     assert raised.value.key == "s3.bucket"
+
+
+def test_a_result_over_max_item_bytes_is_not_stored_and_replaces_the_older(seaweedfs,
+                                                                           live_reactor):
+    settings = s3_settings(seaweedfs)
+    client = call_in_reactor(lambda: S3Client(
+        settings.endpoint, settings.bucket, settings.region, settings.access_key,
+        settings.secret_key, live_reactor))
+    layer = S3Layer(client, ttl=100.0, prefix=settings.prefix, max_item_bytes=1000)
+    fits = CacheEntry(b"x" * 1000, "image/png", created_at=time.time(), etag='"a"',
+                      last_modified="")
+    try:
+        call_in_reactor(lambda: layer.set("public:src:v", fits))
+        assert call_in_reactor(lambda: layer.get("public:src:v")) == fits
+        bigger = attrs.evolve(fits, body=b"y" * 1001)
+        call_in_reactor(lambda: layer.set("public:src:v", bigger))
+        assert call_in_reactor(lambda: layer.get("public:src:v")) is None
+        assert (layer.stores, layer.too_large) == (1, 1)
+    finally:
+        call_in_reactor(client.close)

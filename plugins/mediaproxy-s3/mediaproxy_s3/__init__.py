@@ -17,9 +17,7 @@ import os
 
 from twisted.application import service
 
-from mediaproxy import hookimpl
-from mediaproxy.cache.layered import find_layer
-from mediaproxy.config import ConfigError
+from mediaproxy import ConfigError, find_layer, hookimpl
 
 from .client import S3Client, StoreError, StoreUnavailable
 from .layer import S3Layer

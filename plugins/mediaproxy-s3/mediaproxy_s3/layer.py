@@ -31,8 +31,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from mediaproxy.cache import entrycodec
-from mediaproxy.models import CacheEntry
+from mediaproxy import CacheEntry, CorruptEntry, decode_entry, encode_entry
 
 from .client import S3Client
 
@@ -99,7 +98,7 @@ class S3Layer:
             self.expired += 1
             self.misses += 1
             return None
-        d = self._run(entrycodec.decode, answer.body)
+        d = self._run(decode_entry, answer.body)
         d.addCallbacks(self._hit, self._corrupt, errbackArgs=(key,))
         return d
 
@@ -108,7 +107,7 @@ class S3Layer:
         return entry
 
     def _corrupt(self, failure, key: str):
-        failure.trap(entrycodec.CorruptEntry)
+        failure.trap(CorruptEntry)
         self.corrupt += 1
         self.misses += 1
         log.warn("discarding corrupt S3 object for {key}: {error}", key=key,
@@ -125,7 +124,7 @@ class S3Layer:
             return self.delete(key)      # never leave an older result in place of this one
         if self.clock() >= expires:
             return self.delete(key)
-        d = self._run(entrycodec.encode, entry, len(entry.body))
+        d = self._run(encode_entry, entry, len(entry.body))
         d.addCallback(self._store, key, entry, expires)
         d.addErrback(self._failed)
         return d

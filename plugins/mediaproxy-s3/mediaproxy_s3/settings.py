@@ -21,7 +21,7 @@ from typing import Mapping
 
 from attrs import frozen
 
-from mediaproxy.config import ConfigError, _build, setting
+from mediaproxy import ConfigError, build_settings, setting
 
 ENV_PREFIX = "MEDIAPROXY_S3_"
 FILE_VARIABLE = "MEDIAPROXY_S3_CONFIG"
@@ -103,4 +103,4 @@ def load_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
 
 def settings_from(data: Mapping) -> S3Settings:
     """Checked settings from an ``[s3]`` table (a dict)."""
-    return _build(S3Settings, data, "s3.")
+    return build_settings(S3Settings, data, "s3.")
