@@ -21,6 +21,7 @@ import pytest
 from twisted.internet import task
 from twisted.python.failure import Failure
 
+from mediaproxy.cache.keys import source_prefix
 from mediaproxy.cache.layered import find_layer
 from mediaproxy.config import ConfigError
 from mediaproxy.models import CacheEntry
@@ -137,6 +138,23 @@ def test_the_original_kept_in_the_store_serves_a_new_size_without_the_backend(se
         assert proxy.origin.hits[PHOTO] == 1
         assert proxy.runtime.pm.get_plugin(
             "mediaproxy.builtin.sourcecache.memory").disk_hits == 1
+
+
+def test_with_a_file_layer_an_original_from_the_store_is_kept_on_disk_too(seaweedfs, tmp_path):
+    settings = s3_settings(seaweedfs)
+    with s3_proxy(seaweedfs, settings=settings) as first:
+        assert first.get(f"{PHOTO}?w=100&fmt=webp").status == 200
+        stored(first, 2)
+    with s3_proxy(seaweedfs, settings=settings,
+                  overrides={"cache": {"file": {"dir": str(tmp_path)}}}) as other:
+        answer = other.get(f"{PHOTO}?w=64&fmt=png")
+        assert answer.status == 200 and answer.headers["x-cache"] == "MISS"
+        assert other.origin.hits[PHOTO] == 0
+        disk = find_layer(other.runtime, "file")
+        key = source_prefix("public", PHOTO) + "source"
+        kept = wait_for(lambda: call_in_reactor(lambda: disk.get(key)), 10,
+                        what="the original back-filled into the file layer")
+        assert kept.body == JPEG
 
 
 # -- two processes ----------------------------------------------------------------------------

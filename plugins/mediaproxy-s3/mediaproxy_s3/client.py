@@ -117,7 +117,10 @@ class S3Client:
         self.endpoint = self.endpoint.rstrip("/")
         self._pool = HTTPConnectionPool(self.reactor, persistent=True)
         self._pool.maxPersistentPerHost = self.max_connections
-        self._pool.retryAutomatically = False   # a failure is the breaker's to count
+        # A pooled connection the store closed while idle fails the next request on it before
+        # any answer: Twisted retries such an idempotent request once on a new connection
+        # (else every idle period would cost a spurious failure, counted by the breaker).
+        self._pool.retryAutomatically = True
         agent = Agent(self.reactor, connectTimeout=self.connect_timeout, pool=self._pool)
         self._http = HTTPClient(agent)
         self._auth = S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3",

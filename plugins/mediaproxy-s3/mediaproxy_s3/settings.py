@@ -9,8 +9,8 @@ a plugin's settings yet, so they come from (later wins):
 2. one environment variable per key, ``MEDIAPROXY_S3_<KEY>`` (``MEDIAPROXY_S3_ENDPOINT``): one
    underscore after ``S3``, so the core's ``MEDIAPROXY_SECTION__KEY`` parser leaves them alone.
 
-Nothing is read until the proxy builds its cache layers (and again on SIGHUP it is not: a
-changed store needs a restart, like ``cache.redis.url``).
+They are read once, when the proxy builds its cache layers; a SIGHUP does not read them again
+(a changed store needs a restart, like ``cache.redis.url``).
 """
 
 from __future__ import annotations
