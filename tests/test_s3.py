@@ -28,7 +28,7 @@ from mediaproxy.models import CacheEntry
 from mediaproxy.testing import ImageOrigin, assert_image, make_image, start_proxy, wait_for
 from mediaproxy.testing.reactor import call_in_reactor
 from mediaproxy_s3 import S3Client, S3Plugin, StoreUnavailable, load_settings, settings_from
-from mediaproxy_s3.client import TooLarge
+from mediaproxy_s3.client import WAITING_PER_CONNECTION, StoreBusy, StoreError, TooLarge
 from mediaproxy_s3.layer import S3Layer, parse_listing
 from tests.seaweedfs import BUCKET, start_seaweedfs
 from tests.test_admin import AUTH, TOKEN, call
@@ -302,6 +302,27 @@ def test_the_breaker_opens_after_consecutive_failures_and_retries_after(live_rea
     big = client._failed(Failure(TooLarge("big")))  # an object too large: no store failure
     assert big.check(TooLarge)
     assert client.healthy and client.failures == 4
+
+
+def test_calls_past_the_waiting_bound_fail_at_once_and_are_not_store_failures():
+    clock = task.Clock()
+    client = S3Client("http://127.0.0.1:1", "b", "us-east-1", "k", "s", clock,
+                      max_connections=2, timeout=1.0, failures_to_open=100)
+    for _ in range(2):
+        client._slots.acquire()                   # both connections busy
+    waiting = [client.request("GET", "k") for _ in range(2 * WAITING_PER_CONNECTION)]
+    assert not any(d.called for d in waiting)
+    busy = []
+    client.request("GET", "k").addErrback(busy.append)
+    assert busy[0].check(StoreBusy) and client.failures == 0
+    clock.advance(0.999)
+    assert not any(d.called for d in waiting)
+    clock.advance(0.001)                          # the deadline covers the wait for a slot
+    failed = []
+    for d in waiting:
+        d.addErrback(failed.append)
+    assert len(failed) == 2 * WAITING_PER_CONNECTION
+    assert all(f.check(StoreError) for f in failed) and client.failures == len(failed)
 
 
 # -- TTL --------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Bounded by design:
 * every operation (connect, request, whole body) has a deadline: ``timeout`` (the Deferred is
   cancelled, which aborts the connection);
 * a body is read only up to ``max_bytes`` (a larger one aborts the connection);
-* ``max_connections`` persistent connections at most;
+* at most ``max_connections`` requests in flight (so as many connections), and at most
+  ``WAITING_PER_CONNECTION`` times as many waiting for one; past that a call fails at once
+  (:class:`StoreBusy`: the layer is skipped for that request, the breaker does not count it);
 * a breaker: after ``failures_to_open`` consecutive failures every call fails at once
   (:class:`StoreUnavailable`) for ``retry_after`` seconds, so a store that is down costs the
   requests nothing but a skipped layer. A 404 or any other answer from a working store is not
@@ -34,7 +36,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, inlineCallbacks, maybeDeferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
@@ -51,6 +53,14 @@ class StoreUnavailable(StoreError):
 
 class TooLarge(Exception):
     """The object is larger than the client reads."""
+
+
+class StoreBusy(Exception):
+    """Too many calls already wait for a connection: not tried (nor counted as a failure)."""
+
+
+#: Calls that may wait for a free connection, per connection.
+WAITING_PER_CONNECTION = 4
 
 
 @attrs.frozen
@@ -112,6 +122,7 @@ class S3Client:
     _pool: Any = None
     _http: Any = None
     _auth: Any = None
+    _slots: Any = None
 
     def __attrs_post_init__(self):
         self.endpoint = self.endpoint.rstrip("/")
@@ -123,6 +134,7 @@ class S3Client:
         self._pool.retryAutomatically = True
         agent = Agent(self.reactor, connectTimeout=self.connect_timeout, pool=self._pool)
         self._http = HTTPClient(agent)
+        self._slots = DeferredSemaphore(self.max_connections)
         self._auth = S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3",
                                  self.region)
 
@@ -137,8 +149,8 @@ class S3Client:
         return result
 
     def _failed(self, failure):
-        if failure.check(TooLarge):
-            return failure          # the store works: the object is just not ours to read
+        if failure.check(TooLarge, StoreBusy):
+            return failure          # the store works: the object is not ours, or we are busy
         self.failures += 1
         if self.failures >= self.failures_to_open:
             self.open_until = self.reactor.seconds() + self.retry_after
@@ -168,9 +180,15 @@ class S3Client:
         404, else fail with :class:`StoreError` (counted by the breaker)."""
         if not self.healthy:
             return maybeDeferred(self._refuse)
-        d = self._send(method, self.url(key, query), dict(headers or {}), body, max_bytes, ok)
-        d.addTimeout(self.timeout, self.reactor)
+        if len(self._slots.waiting) >= WAITING_PER_CONNECTION * self.max_connections:
+            return maybeDeferred(self._busy).addErrback(self._failed)
+        d = self._slots.run(self._send, method, self.url(key, query), dict(headers or {}),
+                            body, max_bytes, ok)
+        d.addTimeout(self.timeout, self.reactor)     # the wait for a connection included
         return d.addCallbacks(self._succeeded, self._failed)
+
+    def _busy(self):
+        raise StoreBusy(f"{len(self._slots.waiting)} calls wait for a connection already")
 
     def _refuse(self):
         raise StoreUnavailable(f"the store failed {self.failures} times in a row; skipped "

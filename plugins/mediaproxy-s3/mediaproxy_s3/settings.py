@@ -67,8 +67,9 @@ class S3Settings:
                                      "store.", _positive)
     max_item_bytes: int = setting(16 * 1024 * 1024, "int", "Larger results are not stored, "
                                   "and a larger object is not read.", _positive)
-    max_connections: int = setting(16, "int", "Persistent connections kept to the store.",
-                                   _positive)
+    max_connections: int = setting(16, "int", "Requests in flight to the store (and "
+                                   "connections) at most; four times as many may wait for "
+                                   "one, more are not tried.", _positive)
     failures_to_open: int = setting(3, "int", "Consecutive failed operations after which the "
                                     "store is skipped (every call fails at once) ...",
                                     _positive)
