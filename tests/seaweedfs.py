@@ -9,7 +9,6 @@ pre-stop wait).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -117,15 +116,6 @@ class SeaweedFS:
                 self.process.wait(10)
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies (Linux), so a killed run leaves no
-    store behind."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _answers(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
@@ -150,10 +140,12 @@ def start_seaweedfs(directory: Path) -> SeaweedFS:
             "-s3.port.lance=0", f"-metricsPort={metrics}", "-volume.preStopSeconds=0",
             "-master.volumeSizeLimitMB=64", "-volume.max=4",
             f"-filer.localSocket={directory / 'filer.sock'}"]
-    log = open(directory / "weed.log", "wb")
-    process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, start_new_session=True,
-                               preexec_fn=_die_with_parent)
+    setpriv = shutil.which("setpriv")     # util-linux: weed is killed if the tests die
+    if setpriv is not None:
+        args = [setpriv, "--pdeathsig", "KILL", *args]
+    with open(directory / "weed.log", "wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
     store = SeaweedFS(process, s3, directory)
     deadline = time.monotonic() + START_TIMEOUT
     while not _answers(s3):

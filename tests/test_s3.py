@@ -18,6 +18,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from mediaproxy_s3 import S3Client, S3Plugin, StoreUnavailable, load_settings, settings_from
+from mediaproxy_s3.client import WAITING_PER_CONNECTION, StoreBusy, StoreError, TooLarge
+from mediaproxy_s3.layer import S3Layer, parse_listing
 from twisted.internet import task
 from twisted.python.failure import Failure
 
@@ -27,9 +30,6 @@ from mediaproxy.config import ConfigError
 from mediaproxy.models import CacheEntry
 from mediaproxy.testing import ImageOrigin, assert_image, make_image, start_proxy, wait_for
 from mediaproxy.testing.reactor import call_in_reactor
-from mediaproxy_s3 import S3Client, S3Plugin, StoreUnavailable, load_settings, settings_from
-from mediaproxy_s3.client import WAITING_PER_CONNECTION, StoreBusy, StoreError, TooLarge
-from mediaproxy_s3.layer import S3Layer, parse_listing
 from tests.seaweedfs import BUCKET, start_seaweedfs
 from tests.test_admin import AUTH, TOKEN, call
 
@@ -65,11 +65,11 @@ def ready(store, reactor, timeout: float = 60.0) -> None:
         try:
             call_in_reactor(lambda: good.request("PUT", ok=(200, 409)))     # CreateBucket
             call_in_reactor(lambda: good.put("ready", b"1", {}))
-        except Exception:
+        except (StoreError, TimeoutError):
             return False
         try:
             call_in_reactor(lambda: bad.put("ready", b"1", {}))
-        except Exception as e:
+        except StoreError as e:
             return "403" in str(e)
         return False
 
@@ -277,15 +277,15 @@ def test_the_breaker_opens_after_consecutive_failures_and_retries_after(live_rea
                       failures_to_open=3, retry_after=5.0)
     refused = Failure(ConnectionRefusedError())
     for expected in (1, 2):
-        with pytest.raises(Exception):
+        with pytest.raises(StoreError):
             client._failed(refused)
         assert client.failures == expected and client.healthy
     client._succeeded(None)                       # a success starts the count again
     for _ in range(2):
-        with pytest.raises(Exception):
+        with pytest.raises(StoreError):
             client._failed(refused)
     assert client.healthy
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError):
         client._failed(refused)
     assert not client.healthy
     failure = []
@@ -295,7 +295,7 @@ def test_the_breaker_opens_after_consecutive_failures_and_retries_after(live_rea
     assert not client.healthy
     clock.advance(0.001)
     assert client.healthy
-    with pytest.raises(Exception):                # the next failure opens it again at once
+    with pytest.raises(StoreError):                # the next failure opens it again at once
         client._failed(refused)
     assert not client.healthy
     clock.advance(5.0)

@@ -26,8 +26,8 @@ Bounded by design:
 
 from __future__ import annotations
 
-import hashlib
 import base64
+import hashlib
 from typing import Any
 from urllib.parse import quote, urlencode
 

@@ -23,7 +23,8 @@ shared by every node (``order`` 40: read after memory, Redis and the local file 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from xml.etree import ElementTree
 
 import attrs

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Mapping
+from collections.abc import Mapping
 
 from attrs import frozen
 
