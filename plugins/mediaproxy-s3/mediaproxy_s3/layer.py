@@ -157,7 +157,11 @@ class S3Layer:
         count, token = 0, None
         while True:
             page = yield self.client.list_page(prefix, token)
-            keys, token = yield self._run(parse_listing, page.body)
+            # a page of 1000 keys is ~200 KB of XML: parsed in the pool, off the reactor
+            keys, token = yield (deferToThreadPool(self.reactor, self.threadpool,
+                                                   parse_listing, page.body)
+                                 if self.threadpool is not None
+                                 else maybeDeferred(parse_listing, page.body))
             if keys:
                 yield self.client.delete_many(keys)
                 count += len(keys)
