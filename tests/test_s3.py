@@ -225,7 +225,7 @@ def test_disabled_by_name_the_installed_plugin_has_no_effect(seaweedfs, monkeypa
 # -- failures ---------------------------------------------------------------------------------
 
 def test_a_frozen_store_costs_the_clients_nothing_but_the_layer(seaweedfs):
-    settings = s3_settings(seaweedfs, timeout=0.5, failures_to_open=2, retry_after=1.0)
+    settings = s3_settings(seaweedfs, timeout=0.3, failures_to_open=2, retry_after=0.5)
     with s3_proxy(seaweedfs, settings=settings) as proxy:
         layer = s3_layer(proxy)
         assert proxy.get(f"{PHOTO}?w=100&fmt=jpeg").headers["x-cache"] == "MISS"
