@@ -69,6 +69,7 @@ class SeaweedFS:
     process: subprocess.Popen
     s3_port: int
     directory: Path
+    ports: tuple = ()
 
     @property
     def endpoint(self) -> str:
@@ -115,6 +116,10 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        for port in self.ports:     # weed's Unix sockets, named by port, outlive a kill
+            for pattern in (f"seaweedfs-*-{port}.sock", f"seaweedfs-*-grpc-{port + 10000}.sock"):
+                for sock in Path("/tmp").glob(pattern):
+                    sock.unlink(missing_ok=True)
 
 
 def _answers(port: int) -> bool:
@@ -148,7 +153,7 @@ def start_seaweedfs(directory: Path) -> SeaweedFS:
     with open(directory / "weed.log", "wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    store = SeaweedFS(process, s3, directory)
+    store = SeaweedFS(process, s3, directory, (master, volume, filer, s3))
     deadline = time.monotonic() + START_TIMEOUT
     while not _answers(s3):
         if process.poll() is not None or time.monotonic() > deadline:
