@@ -103,6 +103,16 @@ def s3_layer(proxy) -> S3Layer:
     return find_layer(proxy.runtime, S3Layer)
 
 
+def health_of(proxy) -> tuple[bool, str]:
+    """The S3 health indicator's (ok, detail); it is never critical."""
+    rt = proxy.runtime
+    (indicator,) = [i for found in rt.pm.hook.mediaproxy_health_indicators(runtime=rt)
+                    for i in found if i.name == "s3"]
+    status = call_in_reactor(indicator.check)
+    assert status.critical is False
+    return status.ok, status.detail
+
+
 def stored(proxy, count: int) -> None:
     """Wait until the store holds ``count`` writes of this proxy (they finish after the
     response)."""
@@ -125,6 +135,7 @@ def test_a_render_is_served_from_the_store_once_memory_forgot_it(seaweedfs):
         assert proxy.origin.hits[PHOTO] == 1
         stats = s3_layer(proxy).stats()
         assert (stats["hits"], stats["stores"], stats["errors"]) == (1, 2, 0)  # result + original
+        assert health_of(proxy) == (True, "reachable")
 
 
 def test_the_original_kept_in_the_store_serves_a_new_size_without_the_backend(seaweedfs):
@@ -252,8 +263,8 @@ def test_a_frozen_store_costs_the_clients_nothing_but_the_layer(seaweedfs):
 
 def test_a_store_that_is_not_there_or_refuses_us_is_skipped(seaweedfs, unused_port):
     for settings in (settings_from({"endpoint": f"http://127.0.0.1:{unused_port}",
-                                    "bucket": BUCKET}),
-                     s3_settings(seaweedfs, secret_key="wrong-secret")):
+                                    "bucket": BUCKET, "retry_after": 600.0}),
+                     s3_settings(seaweedfs, secret_key="wrong-secret", retry_after=600.0)):
         with s3_proxy(seaweedfs, settings=settings) as proxy:
             for _ in range(2):
                 forget_memory(proxy)
@@ -261,6 +272,8 @@ def test_a_store_that_is_not_there_or_refuses_us_is_skipped(seaweedfs, unused_po
                 assert answer.status == 200 and answer.headers["x-cache"] == "MISS"
             stats = s3_layer(proxy).stats()
             assert stats["hits"] == 0 and stats["stores"] == 0 and stats["errors"] > 0
+            ok, detail = health_of(proxy)      # degraded (not critical), saying why
+            assert not ok and detail.startswith("the store failed ")   # 3 reads at least
 
 
 @pytest.fixture

@@ -17,13 +17,13 @@ import os
 
 from twisted.application import service
 
-from mediaproxy import ConfigError, find_layer, hookimpl
+from mediaproxy import ConfigError, HealthStatus, find_layer, hookimpl
 
 from .client import S3Client, StoreError, StoreUnavailable
 from .layer import S3Layer
 from .settings import S3Settings, load_settings, settings_from
 
-__all__ = ["S3Plugin", "S3Layer", "S3Client", "S3Settings", "StoreError", "StoreUnavailable",
+__all__ = ["S3Plugin", "S3Health", "S3Layer", "S3Client", "S3Settings", "StoreError", "StoreUnavailable",
            "load_settings", "settings_from", "plugin"]
 
 
@@ -38,6 +38,31 @@ class S3Service(service.Service):
     def stopService(self):
         super().stopService()
         return self.layer.client.close()
+
+
+class S3Health:
+    """Health indicator: a signed HEAD of the bucket. Not critical: the store is a cache
+    layer, so a store that is down makes the proxy degraded (``/health`` still 200), not
+    unhealthy."""
+
+    name = "s3"
+
+    def __init__(self, layer: S3Layer):
+        self.layer = layer
+
+    def check(self):
+        client = self.layer.client
+        data = {"endpoint": client.endpoint, "bucket": client.bucket}
+
+        def up(answer):
+            if answer.status == 404:
+                return HealthStatus(self.name, False, f"no bucket {client.bucket!r}", data=data)
+            return HealthStatus(self.name, True, "reachable", data=data)
+
+        def down(failure):
+            return HealthStatus(self.name, False, failure.getErrorMessage(), data=data)
+
+        return client.request("HEAD").addCallbacks(up, down)
 
 
 class S3Plugin:
@@ -70,6 +95,11 @@ class S3Plugin:
     def mediaproxy_cache_layers(self, runtime):
         layer = self.layer_for(runtime)
         return [layer] if layer is not None else []
+
+    @hookimpl
+    def mediaproxy_health_indicators(self, runtime):
+        layer = find_layer(runtime, S3Layer)
+        return [S3Health(layer)] if layer is not None else []
 
     @hookimpl
     def mediaproxy_services(self, runtime):
