@@ -22,15 +22,27 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("mediaproxy")
 
 #: Loaded on first use (they bring in Twisted's HTTP client): the SSRF-safe agent factories.
+#: Then what a plugin shipping a cache layer with settings of its own needs (the S3 plugin):
+#: the layer protocol and lookup, the checksummed entry record every shared layer stores, and
+#: the settings machinery (``setting`` fields in a frozen class, checked and converted like the
+#: core's sections by ``build_settings(cls, table, "section.")``, errors as ``ConfigError``).
+#: A value ``module:attr`` names an attribute of another name.
 _LAZY = {"safe_agent": "mediaproxy.http.ssrf", "agent_for": "mediaproxy.http.ssrf",
-         "AddressPolicy": "mediaproxy.http.ssrf", "BlockedAddress": "mediaproxy.http.ssrf"}
+         "AddressPolicy": "mediaproxy.http.ssrf", "BlockedAddress": "mediaproxy.http.ssrf",
+         "CacheLayer": "mediaproxy.cache.layered", "find_layer": "mediaproxy.cache.layered",
+         "encode_entry": "mediaproxy.cache.entrycodec:encode",
+         "decode_entry": "mediaproxy.cache.entrycodec:decode",
+         "CorruptEntry": "mediaproxy.cache.entrycodec",
+         "ConfigError": "mediaproxy.config", "setting": "mediaproxy.config",
+         "build_settings": "mediaproxy.config:_build"}
 
 
 def __getattr__(name):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        module, _, attr = _LAZY[name].partition(":")
+        return getattr(importlib.import_module(module), attr or name)
     raise AttributeError(f"module 'mediaproxy' has no attribute {name!r}")
 
 
@@ -40,4 +52,6 @@ __all__ = [
     "SourceError", "SourceImage", "TransformSpec", "TransformStep",
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
+    "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
+    "ConfigError", "setting", "build_settings",
 ]

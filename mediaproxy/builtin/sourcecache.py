@@ -27,7 +27,7 @@ from cachetools import TLRUCache
 from twisted.internet.defer import Deferred, fail, succeed
 
 from .. import hookimpl
-from ..cache.layered import find_layer
+from ..cache.layered import LayeredCache
 from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
 
@@ -59,6 +59,7 @@ class SourceCache:
     _negative: TLRUCache = attrs.field(init=False)
     _inflight: dict = attrs.field(factory=dict)
     _negative_answer: object = None   # the Deferred of the last negative hit, for record_fetch
+    _source_layers: list | None = None  # [the LayeredCache of the layers keeping originals]
 
     def __attrs_post_init__(self):
         ttl = self.ttl
@@ -98,22 +99,35 @@ class SourceCache:
             d = Deferred()
             waiters.append(d)
             return d
-        disk = find_layer(self.runtime, "file")
+        disk = self._stores()
         if disk is None:
             return None
         return self._through_disk(disk, image_request, request, runtime)
 
+    def _stores(self):
+        """The layers that keep originals, as one :class:`LayeredCache` (read in order, a
+        hit back-filling the faster ones): the file layer, and any layer that says it keeps
+        them (``keeps_sources = True``: the S3 plugin's shared store); None without any.
+        Found once (the layers are fixed at start)."""
+        if self._source_layers is None:
+            layers = [layer for layer in getattr(getattr(self.runtime, "cache", None),
+                                                  "layers", ())
+                      if layer.name == "file" or getattr(layer, "keeps_sources", False)]
+            self._source_layers = [LayeredCache(layers)] if layers else []
+        return self._source_layers[0] if self._source_layers else None
+
     def _through_disk(self, disk, image_request, request, runtime) -> Deferred:
-        """With a file layer: originals live there too (survive restarts, shared by the
-        processes of a host). Read it; on a miss, fetch with the other fetch plugins and keep
-        the original on disk."""
+        """With a file layer (or a shared store): originals live there too (survive
+        restarts, shared by the processes of a host, or by the nodes). Read it; on a miss,
+        fetch with the other fetch plugins and keep the original there."""
         key = source_key(image_request)
         max_age = self.runtime.config.cache.source.file_ttl
 
-        def found(entry):
+        def found(hit):
+            entry, layer = hit if hit is not None else (None, None)
             if entry is not None and time.time() - entry.created_at <= max_age:
                 self.disk_hits += 1
-                runtime.emit("source.hit", correlation_id=request.correlation_id, layer="file")
+                runtime.emit("source.hit", correlation_id=request.correlation_id, layer=layer)
                 return SourceImage(entry.body, entry.content_type, entry.source_etag,
                                    entry.source_last_modified)
             others = runtime.pm.subset_hook_caller("mediaproxy_fetch_source",
@@ -135,7 +149,7 @@ class SourceCache:
             return source
 
         d = disk.get(key)
-        d.addErrback(lambda f: None)   # a broken disk layer is a miss
+        d.addErrback(lambda f: None)   # a broken layer is a miss (LayeredCache skips it)
         return d.addCallback(found)
 
     @hookimpl(wrapper=True, specname="mediaproxy_fetch_source")
