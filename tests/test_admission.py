@@ -168,6 +168,16 @@ def test_the_door_lets_in_one_request_per_free_thread_before_counting_the_queue(
     assert b.approaching == 3
 
 
+def test_only_as_many_as_the_free_threads_pass_the_door_without_a_predicted_wait():
+    b, clock, events = budget(capacity=100, slots=2, queue_limit=50, queue_timeout=0.4)
+    for _ in range(8):                     # eight transforms of one second each: a measure
+        _, r = outcome(b.reserve(10))
+        clock.advance(1.0)
+        r.release()
+    # two free threads: two tickets; a third would wait half a hold, past the 0.4 s timeout
+    assert [door_outcome(b)[0] for _ in range(3)] == ["ticket", "ticket", "refused"]
+
+
 def test_the_door_counts_tickets_in_the_predicted_wait():
     b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=3.0)
     for _ in range(8):                     # eight transforms of one second each: a measure

@@ -174,6 +174,15 @@ def test_requests_still_fetching_count_at_the_door_so_a_burst_fetches_only_what_
         assert len(fetched) == 3 and all(running.origin.hits[p] == 1 for p in fetched)
 
 
+def test_a_ticket_is_given_back_when_the_source_is_missing(live_reactor):
+    held = HeldRenders()
+    with small_proxy(held) as running:
+        status, headers, _, _ = running.get("/media/missing.jpg?w=48")
+        assert (status, headers["content-type"]) == (404, "image/jpeg")   # the placeholder
+        assert call_in_reactor(lambda: running.runtime.admission.approaching) == 0
+        assert running.origin.hits["/media/missing.jpg"] == 1
+
+
 def answer_first(origin):
     """Answer the oldest request the origin holds (in the reactor)."""
     request = origin.held.pop(0)
