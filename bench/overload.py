@@ -31,7 +31,9 @@ loopback ports too (to read the budget and the shed counters), then:
 
 All along a sampler thread reads the proxy's RSS (the process and its children, psutil) and
 CPU every 0.5 s. The report: statuses of the overload's cold requests (200 / 503 / 429 / other,
-and how many 503/429 had a Retry-After), the accepted ones' p50/p99 latency, hit latency
+and how many 503/429 had a Retry-After), the accepted ones' p50/p99 latency, the sources
+fetched for them and how many of those were not served (fetched, then shed or timed out:
+wasted work, read from the proxy's ``mediaproxy_backend_responses_total``), hit latency
 p50/p99/max before, during and after the overload (and the ratios), peak RSS against the
 budget (idle RSS + transform memory capacity + memory cache + source cache, read from the
 proxy's /metrics and /admin/config), and the recovery time. ``--json PATH`` writes everything.
@@ -359,6 +361,13 @@ class Proxy:
                 pass
 
 
+def source_fetches(proxy: Proxy) -> int:
+    """Source fetches the proxy made so far (answered or not): every worker's
+    ``mediaproxy_backend_responses_total{purpose="source"}``."""
+    counts = metric_values(proxy.scrape(), "mediaproxy_backend_responses_total")
+    return int(sum(v for labels, v in counts.items() if 'purpose="source"' in labels))
+
+
 def metric_values(text: str, name: str) -> dict[str, float]:
     """``{labels: value}`` of one series in a Prometheus scrape, summed over equal labels."""
     out: dict[str, float] = {}
@@ -594,6 +603,7 @@ async def scenario(args, proxy: Proxy, log) -> dict:
         log(f"overload: {offered:.1f} requests/s of never-seen URLs for {args.seconds:g} s "
             f"(at most {args.max_outstanding} outstanding, {args.timeout:g} s timeout each)")
         spy = profile(args, proxy.proc.pid, log, "overload", args.seconds / 2)
+        fetched_before = source_fetches(proxy)
         t0 = time.monotonic()
         load, not_sent, load_end, pending = await open_loop(
             port, urls, offered, args.seconds, args.max_outstanding, args.timeout)
@@ -606,6 +616,8 @@ async def scenario(args, proxy: Proxy, log) -> dict:
                                            args.recovery, args.timeout)
         if pending:
             await asyncio.wait(pending, timeout=args.timeout + 5)
+        # every source fetched for the overload's requests (and the recovery's few probes)
+        fetched = source_fetches(proxy) - fetched_before - len(probes)
         phases["recovery"] = (load_end, time.monotonic())
         t0 = time.monotonic()
         await asyncio.sleep(args.after)
@@ -627,6 +639,8 @@ async def scenario(args, proxy: Proxy, log) -> dict:
                  "not_sent_client_limit": not_sent, "still_out_at_end": sum(
                      1 for t in pending if not t.done()),
                  "shed_per_s": round(over["shed"] / args.seconds, 1),
+                 "sources_fetched": fetched,
+                 "fetched_not_served": fetched - over["ok"],
                  "ok_per_s": round(over["ok"] / args.seconds, 1),
                  **sampler.between(*phases["overload"])})
     result["overload"] = over
@@ -714,7 +728,10 @@ def report(result: dict, args) -> list[str]:
              f"proxy workers={bud['workers']} threads={bud['threads']} "
              f"queue_limit={bud['queue_limit']} queue_timeout={bud['queue_timeout']}",
              f"statuses {over['statuses']}; errors {over['errors']}; not sent (client limit) "
-             f"{over['not_sent_client_limit']}; proxy CPU {over.get('cpu_pct')} % during",
+             f"{over['not_sent_client_limit']}; proxy CPU {over.get('cpu_pct')} % during "
+             f"({over.get('cpu_s')} s: {ratio(1000 * (over.get('cpu_s') or 0), over['sent'])} "
+             f"ms a request); sources fetched {over['sources_fetched']}, of which not served "
+             f"{over['fetched_not_served']} (fetched, then shed or timed out)",
              "",
              "| requirement | measured | ok |", "|---|---|---|"]
     lines += [f"| {name} | {text} | {'yes' if ok else 'NO'} |" for name, text, ok in checks]

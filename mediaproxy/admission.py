@@ -36,6 +36,15 @@ What it guarantees, whatever the priorities:
 * **No more running than threads**: at most ``slots`` reservations are held at once (the pool's
   size), so an admitted transform runs at once and holds its reservation only while it
   computes, never while it waits for a thread nor while its client reads the response.
+* **Counted from the door**: a live request the door lets in (:meth:`MemoryBudget.door`, asked
+  before its source is fetched and inspected) holds a :class:`Ticket` until it reserves or
+  gives up, and the door counts those tickets as if they waited already (they will be in the
+  queue before anyone arriving after them): in count against ``queue_limit``, in the predicted
+  wait against ``queue_timeout``, and against the free threads. Without it, every request
+  arriving while the first ones fetch found the queue empty, a 4x overload put hundreds of
+  fetches and inspections in flight only for most to be shed (or to wait their
+  ``queue_timeout``) once inspected, and the accepted requests' latency was that pile-up, not
+  the queue's budget.
 * **Bounded queue and wait**: ``queue_limit`` waiters at most per class; a waiter is refused
   after ``queue_timeout`` seconds. A waiter whose Deferred is cancelled (its client went away,
   its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
@@ -154,6 +163,27 @@ class Reservation:
 
 
 @attrs.define(eq=False)
+class Ticket:
+    """A live request let in by :meth:`MemoryBudget.door`, on its way to :meth:`reserve
+    <MemoryBudget.reserve>` (fetching and inspecting its source): counted ahead of later
+    arrivals until :meth:`leave` (idempotent; call it before reserving, and whatever else ends
+    the request). A background request's ticket counts nothing."""
+
+    budget: MemoryBudget
+    counted: bool = True
+
+    def leave(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.budget.approaching -= 1
+
+    def passing(self, result):
+        """:meth:`leave`, as a callback that passes ``result`` on."""
+        self.leave()
+        return result
+
+
+@attrs.define(eq=False)
 class _Waiter:
     nbytes: int
     deferred: Deferred
@@ -195,6 +225,8 @@ class MemoryBudget:
     mean_hold: float = INITIAL_HOLD
     #: reservations released so far (the mean hold time is a measure once there are a few)
     holds: int = 0
+    #: live requests let in by the door and not yet reserved (their :class:`Ticket`)
+    approaching: int = 0
     #: the waiters of each priority, in arrival order
     _live: deque = attrs.field(factory=deque)
     _background: deque = attrs.field(factory=deque)
@@ -241,7 +273,7 @@ class MemoryBudget:
         if self._may_start(nbytes, priority):
             self.emit("admission.wait", 0.0, correlation_id, priority=priority.label)
             return succeed(self._grant(nbytes, now, priority))
-        refused = self.refusal(nbytes, correlation_id, priority=priority)
+        refused = self._refusal(nbytes, correlation_id, priority, 0)
         if refused is not None:
             return fail(refused)
         waiter = _Waiter(nbytes, Deferred(lambda d: self._cancelled(waiter)), now,
@@ -252,21 +284,50 @@ class MemoryBudget:
 
     def refusal(self, nbytes: int = 0, correlation_id: str = "", *,
                 priority: Priority = LIVE) -> Overloaded | None:
-        """The :class:`Overloaded` a request of ``nbytes`` that cannot run at once would get
-        now (None: it may wait): its queue is full in count, or (live only) in time (what waits
-        already would outlast ``queue_timeout``, so it would only wait to be refused, and after
-        a burst a backlog of doomed waiters would delay the first requests after it). The
-        pipeline asks it with ``nbytes`` 0 before it fetches and inspects a source, so an
-        overload is shed at the door."""
+        """The :class:`Overloaded` a request of ``nbytes`` arriving now would get (None: it may
+        go on): its queue is full in count, or (live only) in time (what waits already would
+        outlast ``queue_timeout``, so it would only wait to be refused, and after a burst a
+        backlog of doomed waiters would delay the first requests after it). Live requests
+        holding a :class:`Ticket` count as waiting already. The pipeline asks it with
+        ``nbytes`` 0 before it looks for a coalescing lock, so an overload is shed at the
+        door; :meth:`door` is the same question, answered with a ticket."""
         priority = Priority(priority)
-        if self._may_start(nbytes, priority):
+        return self._refusal(nbytes, correlation_id, priority,
+                             self.approaching if priority == LIVE else 0)
+
+    def door(self, correlation_id: str = "", priority: Priority = LIVE,
+             stale: Any = None) -> Ticket | Overloaded:
+        """Asked before a source is fetched and inspected: the :class:`Overloaded` of
+        :meth:`refusal`, else a :class:`Ticket` that counts this request ahead of later
+        arrivals until it reserves (or gives up): the requests fetching at once are bounded by
+        what the queue can take in time, not by how fast they arrive. A request with a
+        ``stale`` copy to fall back on (a refresh: not None) is never shed here and counts
+        nothing."""
+        priority = Priority(priority)
+        if stale is not None:
+            return Ticket(self, counted=False)
+        refused = self.refusal(0, correlation_id, priority=priority)
+        if refused is not None:
+            return refused
+        if priority != LIVE:
+            return Ticket(self, counted=False)
+        self.approaching += 1
+        return Ticket(self)
+
+    def _refusal(self, nbytes: int, correlation_id: str, priority: Priority,
+                 ahead: int) -> Overloaded | None:
+        """:meth:`refusal` with ``ahead`` more live requests on their way (the tickets): the
+        first of them take the free threads, the rest count as waiting."""
+        free = max(0, self.slots - self.active)
+        if self._may_start(nbytes, priority) and ahead < free:
             return None
+        ahead = max(0, ahead - free)
         queue = self._queue(priority)
-        if len(queue) >= self.queue_limit or (
-                priority == LIVE and self._predicted_wait(nbytes) > self.queue_timeout):
+        if len(queue) + ahead >= self.queue_limit or (
+                priority == LIVE and self._predicted_wait(nbytes, ahead) > self.queue_timeout):
             self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full",
                       priority=priority.label)
-            return Overloaded("transform queue full", self.retry_after(nbytes))
+            return Overloaded("transform queue full", self.retry_after(nbytes, ahead))
         return None
 
     def promote(self, deferred: Deferred) -> bool:
@@ -281,21 +342,23 @@ class MemoryBudget:
                 return True
         return False
 
-    def _predicted_wait(self, nbytes: int) -> float:
-        """Seconds a live request of ``nbytes`` arriving now would wait, by the mean hold time
-        (0 until :data:`HOLDS_BEFORE_PREDICTING` reservations have been seen: the first
-        guess of the hold time is not a measure)."""
+    def _predicted_wait(self, nbytes: int, ahead: int = 0) -> float:
+        """Seconds a live request of ``nbytes`` arriving now would wait, by the mean hold time,
+        behind the live waiters and ``ahead`` requests on their way to the queue (0 until
+        :data:`HOLDS_BEFORE_PREDICTING` reservations have been seen: the first guess of the
+        hold time is not a measure)."""
         if self.holds < HOLDS_BEFORE_PREDICTING:
             return 0.0
         turnovers = (self.waiting_bytes + nbytes) / self.capacity
-        return self.mean_hold * max(turnovers, (len(self._live) + 1) / self.slots)
+        return self.mean_hold * max(turnovers, (len(self._live) + ahead + 1) / self.slots)
 
-    def retry_after(self, nbytes: int = 0) -> int:
+    def retry_after(self, nbytes: int = 0, ahead: int = 0) -> int:
         """Whole seconds until a request of ``nbytes`` arriving now could plausibly be
         admitted: the admitted work turns over about once per mean hold time, and the bytes
-        already waiting (plus its own) need that many capacities' worth of turnovers."""
+        already waiting (plus its own) need that many capacities' worth of turnovers; the
+        live waiters and ``ahead`` (on their way to the queue) go first."""
         turnovers = 1.0 + (self.waiting_bytes + nbytes) / self.capacity
-        seconds = self.mean_hold * max(turnovers, (len(self._live) + 1) / self.slots)
+        seconds = self.mean_hold * max(turnovers, (len(self._live) + ahead + 1) / self.slots)
         return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
 
     # -- the ordering (the one place of it) ---------------------------------------------------

@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 
 from mediaproxy import TransformStep, hookimpl
-from mediaproxy.admission import MemoryBudget, Overloaded, TooLarge
+from mediaproxy.admission import BACKGROUND, MemoryBudget, Overloaded, TooLarge
 from mediaproxy.runtime import default_transform_memory
 from mediaproxy.testing import call_in_reactor, decode, make_image, start_proxy, wait_for
 
@@ -135,6 +135,83 @@ def test_a_full_queue_refuses_at_once_with_an_honest_retry_after():
     assert refused[0].retry_after == 3
     assert events.names()[-1] == ("admission.shed", "queue_full")
     assert b.waiting == 2
+
+
+# -- the door: tickets of the requests let in and still fetching -------------------------------
+
+def door_outcome(b, correlation_id="", **kw):
+    got = b.door(correlation_id, **kw)
+    return "refused" if isinstance(got, Overloaded) else "ticket", got
+
+
+def test_the_door_counts_the_requests_let_in_as_waiting_already():
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=2)
+    first = door_outcome(b, "a")
+    # one thread: the first takes it; the next two are the queue's two places
+    assert [first[0], door_outcome(b, "b")[0], door_outcome(b, "c")[0]] == ["ticket"] * 3
+    assert b.approaching == 3 and b.waiting == 0
+    kind, refused = door_outcome(b, "d")
+    assert kind == "refused" and refused.retry_after == 3   # 1 s a hold x (2 ahead + itself) / 1
+    assert events.seen[-1] == ("admission.shed", 1.0, "d",
+                               {"reason": "queue_full", "priority": "live"})
+    assert b.refusal(0, "e") is not None          # the plain question counts them too
+    first[1].leave()
+    first[1].leave()                              # idempotent
+    assert b.approaching == 2
+    assert door_outcome(b, "f")[0] == "ticket"
+
+
+def test_the_door_lets_in_one_request_per_free_thread_before_counting_the_queue():
+    b, clock, events = budget(capacity=100, slots=2, queue_limit=1)
+    assert [door_outcome(b)[0] for _ in range(3)] == ["ticket", "ticket", "ticket"]
+    assert door_outcome(b)[0] == "refused"
+    assert b.approaching == 3
+
+
+def test_only_as_many_as_the_free_threads_pass_the_door_without_a_predicted_wait():
+    b, clock, events = budget(capacity=100, slots=2, queue_limit=50, queue_timeout=0.4)
+    for _ in range(8):                     # eight transforms of one second each: a measure
+        _, r = outcome(b.reserve(10))
+        clock.advance(1.0)
+        r.release()
+    # two free threads: two tickets; a third would wait half a hold, past the 0.4 s timeout
+    assert [door_outcome(b)[0] for _ in range(3)] == ["ticket", "ticket", "refused"]
+
+
+def test_the_door_counts_tickets_in_the_predicted_wait():
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=3.0)
+    for _ in range(8):                     # eight transforms of one second each: a measure
+        _, r = outcome(b.reserve(10))
+        clock.advance(1.0)
+        r.release()
+    _, running = outcome(b.reserve(10, "run"))
+    # waits of 1, 2 and 3 holds: let in; a fourth would wait 4 s, past the queue timeout
+    assert [door_outcome(b)[0] for _ in range(3)] == ["ticket"] * 3
+    kind, refused = door_outcome(b)
+    assert kind == "refused" and refused.retry_after == 4
+    assert b.approaching == 3
+
+
+def test_a_request_that_reaches_its_reservation_is_not_held_behind_those_still_fetching():
+    b, clock, _ = budget(capacity=100, slots=1, queue_limit=5)
+    mine, other = b.door(), b.door()
+    mine.leave()                                   # inspected: it reserves now
+    assert outcome(b.reserve(10))[0] == "granted"  # the other one's ticket does not stop it
+    assert b.approaching == 1
+    assert other.passing("result") == "result" and b.approaching == 0
+
+
+def test_background_and_refresh_tickets_count_nothing_and_a_refresh_is_never_shed():
+    b, clock, _ = budget(capacity=100, slots=1, queue_limit=1)
+    outcome(b.reserve(10))
+    outcome(b.reserve(10))                          # the queue's one place taken
+    assert door_outcome(b)[0] == "refused"
+    kind, ticket = door_outcome(b, stale=object())  # has a copy to answer with
+    assert kind == "ticket" and b.approaching == 0
+    ticket.leave()
+    assert b.approaching == 0
+    assert door_outcome(b, priority=BACKGROUND)[0] == "ticket"   # its own queue is empty
+    assert b.approaching == 0
 
 
 def test_retry_after_follows_the_measured_hold_time():

@@ -128,3 +128,63 @@ def test_a_burst_past_the_queue_is_shed_with_retry_after_while_hits_stay_and_ser
         assert (status, headers["x-cache"]) == (200, "MISS")
         assert decode(body).size == (48, 48)
         assert held.entered == 5
+
+
+def test_requests_still_fetching_count_at_the_door_so_a_burst_fetches_only_what_can_run(
+        live_reactor):
+    """The origin holds every answer, so the burst's first requests are still fetching when
+    the rest arrive: with one thread and two places in the queue, three are let in (one per
+    free thread, then the queue's two places) and the other five are shed at the door with
+    Retry-After, never fetched; the three are served once the origin answers."""
+    held = HeldRenders()
+    with ThreadPoolExecutor(len(BURST)) as pool, small_proxy(held) as running:
+        status, headers, _, _ = running.get(HIT)
+        assert (status, headers["x-cache"]) == (200, "MISS")
+        running.origin.hold()
+        futures = [pool.submit(running.get, path) for path in BURST]
+        wait_for(lambda: len(running.origin.held) == 3 and sum(f.done() for f in futures) == 5,
+                 30, "three fetching, five shed")
+        shed_futures = [f for f in futures if f.done()]
+        shed = [f.result() for f in shed_futures]
+        admission = running.runtime.admission
+        assert call_in_reactor(lambda: admission.approaching) == 3
+        # behind the two of the three that will wait for the thread
+        retry_after = str(call_in_reactor(admission.retry_after, 0, 2))
+        for status, headers, body, _ in shed:
+            answer = json.loads(body)
+            assert (status, answer["error"], answer["status"]) == (503, "overloaded", 503)
+            assert headers["retry-after"] == retry_after
+            assert answer["correlation_id"] == headers["x-correlation-id"]
+        status, headers, _, _ = running.get(HIT)      # the cached image meanwhile
+        assert (status, headers["x-cache"]) == (200, "HIT-MEMORY")
+
+        # the origin answers one at a time (three inspections at once would pass the
+        # inspection limit, processing.queue_limit, a shed of its own)
+        held.open.set()
+        for left in (2, 1, 0):
+            call_in_reactor(answer_first, running.origin)
+            wait_for(lambda: call_in_reactor(lambda: admission.approaching) == left, 30,
+                     "one reserved")
+        running.origin.release()
+        served = [f.result(30) for f in futures if f not in shed_futures]
+        for status, headers, body, _ in served:
+            assert (status, headers["x-cache"]) == (200, "MISS")
+            assert decode(body).size == (48, 48)
+        fetched = [path for path in running.origin.hits if path.startswith("/media/burst")]
+        assert len(fetched) == 3 and all(running.origin.hits[p] == 1 for p in fetched)
+
+
+def test_a_ticket_is_given_back_when_the_source_is_missing(live_reactor):
+    held = HeldRenders()
+    with small_proxy(held) as running:
+        status, headers, _, _ = running.get("/media/missing.jpg?w=48")
+        assert (status, headers["content-type"]) == (404, "image/jpeg")   # the placeholder
+        assert call_in_reactor(lambda: running.runtime.admission.approaching) == 0
+        assert running.origin.hits["/media/missing.jpg"] == 1
+
+
+def answer_first(origin):
+    """Answer the oldest request the origin holds (in the reactor)."""
+    request = origin.held.pop(0)
+    request.write(origin.respond(request))
+    request.finish()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from mediaproxy.monitoring import collect
 from mediaproxy.monitoring.collect import WorkerMetrics
 from mediaproxy.monitoring.merge import merge
 from mediaproxy.testing import call_in_reactor
@@ -102,4 +104,26 @@ def test_a_dead_workers_counters_are_kept_and_a_bad_answer_is_counted(live_react
     finally:
         for port in ports:
             call_in_reactor(port.stopListening)
+        metrics.close()
+
+
+def test_a_workers_text_is_parsed_beside_the_reactor_not_in_it(live_reactor, monkeypatch):
+    """The supervisor is also worker 0: milliseconds of parsing in its reactor would hold the
+    requests it serves. The real parser runs; only the thread it runs in is noted."""
+    threads = []
+
+    def noted(text, parse=collect.parse):
+        threads.append(threading.get_ident())
+        return parse(text)
+
+    monkeypatch.setattr(collect, "parse", noted)
+    metrics = WorkerMetrics(live_reactor, timeout=5)
+    port = serve(live_reactor, metrics, 1, Exposition(worker_registry(4)))
+    try:
+        found = scrape(metrics)
+        assert (found[IMAGE], found[QUEUE], state(found, "up")) == (4, 3, 2)
+        assert len(threads) == 1
+        assert threads[0] != call_in_reactor(threading.get_ident)
+    finally:
+        call_in_reactor(port.stopListening)
         metrics.close()

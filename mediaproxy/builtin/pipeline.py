@@ -353,23 +353,24 @@ class ImagePipeline:
         coalesced.addBoth(finished)
         return answer
 
-    @inlineCallbacks
     def _produce(self, key, image_request, request, fmt, log, stale=None, wait=False,
-                 on_rendered=None, priority=LIVE):
+                 on_rendered=None, priority=LIVE) -> Deferred:
         """Fetch, transform and store one result. ``stale`` is the copy being refreshed: its
         validators make the fetch conditional, and it is the answer if the backend fails.
         ``wait``: fire only once the result is stored (followers in other processes read it
         from the shared layers right after); ``on_rendered(entry)`` is called as soon as the
-        result exists, before the store."""
-        rt = self.runtime
-        started = time.perf_counter()
-        if stale is None:
-            # shed at the door: when the transform queue is full (in count or in time), do
-            # not fetch and inspect a source only to refuse it after
-            busy = rt.admission.refusal(0, request.correlation_id, priority=priority)
-            if busy is not None:
-                log.debug("transform refused before fetching: {why}", why=str(busy))
-                return (yield self._shed(key, image_request, request, fmt, busy, priority))
+        result exists, before the store. Shed at the admission's door before any fetch."""
+        ticket = self.runtime.admission.door(request.correlation_id, priority, stale)
+        if isinstance(ticket, Overloaded):
+            log.debug("transform refused before fetching: {why}", why=str(ticket))
+            return self._shed(key, image_request, request, fmt, ticket, priority)
+        return self._fetch_and_render(key, image_request, request, fmt, log, stale, wait,
+                                      on_rendered, priority, ticket).addBoth(ticket.passing)
+
+    @inlineCallbacks
+    def _fetch_and_render(self, key, image_request, request, fmt, log, stale, wait,
+                          on_rendered, priority, ticket):
+        rt, started = self.runtime, time.perf_counter()
         conditional = image_request
         if stale is not None and (stale.source_etag or stale.source_last_modified):
             conditional = image_request.evolve(validators=_validators(stale))
@@ -424,6 +425,7 @@ class ImagePipeline:
                     if found is not None:
                         self._resolved[resolved] = estimated.format
                         return found
+            ticket.leave()   # counted in the queue (or running) from here
             admitting = rt.admission.reserve(nbytes, request.correlation_id,
                                              priority=priority, cost=nbytes)
             self._admitting[key] = admitting

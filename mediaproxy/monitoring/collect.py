@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import Metric
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from ..logs import Throttle
@@ -212,7 +213,12 @@ class WorkerMetrics:
             return index in self.running and self._generation.get(index) == generation
 
         def answered(text):
-            families = parse(text)
+            # parsed beside the reactor (a worker's text is tens of KiB: milliseconds of pure
+            # Python the reactor, also a serving worker, would otherwise hold its clients for)
+            return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), parse,
+                                     text).addCallback(parsed)
+
+        def parsed(families):
             if same_process():
                 self.last[index] = monotonic_part(families)
                 self.states[index] = "up"

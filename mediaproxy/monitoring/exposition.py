@@ -12,12 +12,18 @@ prometheus_client is first imported plus a directory that must be cleaned betwee
 
 The answer is asynchronous (``NOT_DONE_YET``): the workers are asked in parallel, each bounded
 in time, so a wedged worker makes a scrape at most
-:data:`~mediaproxy.monitoring.collect.SCRAPE_TIMEOUT` seconds slower, never hang.
+:data:`~mediaproxy.monitoring.collect.SCRAPE_TIMEOUT` seconds slower, never hang. Parsing the
+workers' text and merging it (pure functions, :mod:`~mediaproxy.monitoring.merge`: about 15 ms
+of CPU for two workers) run in the reactor's thread pool, not in the reactor: there they held
+the supervisor's reactor, which is also worker 0 and serves requests, for the whole merge (the
+hits it had in hand waited; under load that was 100 ms and more); in a thread they share the
+GIL in slices of the switch interval (``bench/overload.py``, docs/performance.md "Overload").
 """
 
 from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -50,9 +56,15 @@ class MetricsResource(Resource):
 
         def answer(others):
             if gone:
-                return
-            request.write(render(merge([parse(own.decode("utf-8")), *others])))
-            request.finish()
+                return None
+            reactor = self.runtime.reactor
+            return deferToThreadPool(reactor, reactor.getThreadPool(), merged_text, own,
+                                     others).addCallback(write)
+
+        def write(text):
+            if not gone:
+                request.write(text)
+                request.finish()
 
         def failed(failure):
             log.failure("merging the workers' metrics failed", failure)
@@ -62,3 +74,9 @@ class MetricsResource(Resource):
 
         workers.scrape().addCallback(answer).addErrback(failed)
         return NOT_DONE_YET
+
+
+def merged_text(own: bytes, others: list) -> bytes:
+    """This process's exposition ``own`` merged with the workers' families ``others``, as
+    text (pure: run in a pool thread)."""
+    return render(merge([parse(own.decode("utf-8")), *others]))
