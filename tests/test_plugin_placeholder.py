@@ -4,6 +4,7 @@ origin, real images; disabled by name among them), run here in a fresh interpret
 the installed copy, never the source tree."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,7 @@ def test_the_installed_placeholder_plugin_passes_its_own_tests(tmp_path):
     environ["PYTHONPATH"] = os.pathsep.join([str(target), str(ROOT)])
     # the tests are copied out of the source tree: the package they import is the installed one
     tests = tmp_path / "tests"
-    tests.mkdir()
-    for source in (PLUGIN / "tests").glob("test_*.py"):
-        (tests / source.name).write_text(source.read_text())
+    shutil.copytree(PLUGIN / "tests", tests, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                           "--rootdir", str(tmp_path), "-c", os.devnull, str(tests)],
                          cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=240)
