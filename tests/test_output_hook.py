@@ -34,7 +34,7 @@ class Describe:
         return Output("describe", describe, spec=small)
 
 
-FILES = {"/media/a.jpg": make_image((400, 300)),
+FILES = {"/media/a.jpg": make_image((400, 300)), "/media/b.jpg": make_image((300, 200)),
          "/media/anim.gif": make_animated("GIF", count=3, size=(60, 40))}
 
 
@@ -84,3 +84,13 @@ def test_the_budget_is_estimated_on_the_outputs_spec():
                      plugins=[Describe(tiny=False)]) as running:
         status, _, data = running.json("/media/big.jpg?describe=1")
         assert (status, data["error"]) == (422, "over_memory_budget")
+
+
+def test_an_output_is_never_offered_as_a_variant_of_its_source(proxy):
+    """A shed request is offered the nearest cached size of its source: never a plugin's
+    output (text here), only images."""
+    variants = proxy.runtime.pm.get_plugin("mediaproxy.builtin.pipeline.instance").variants
+    proxy.get("/media/b.jpg?describe=1&w=100")
+    assert variants._sources.get(("public", "/media/b.jpg")) is None
+    proxy.get("/media/b.jpg?w=100")
+    assert len(variants._sources[("public", "/media/b.jpg")]) == 1

@@ -128,5 +128,5 @@ def lqip(image: Image.Image, spec) -> Rendered:
     if fmt == "png":
         small.save(out, "PNG", optimize=True)
     else:
-        small.save(out, fmt.upper(), quality=quality)
+        small.save(out, fmt.upper(), quality=quality, optimize=fmt == "jpeg")
     return Rendered(out.getvalue(), f"image/{fmt}", fmt, small.width, small.height)

@@ -62,6 +62,7 @@ def test_blurhash_as_text_then_a_hit_without_the_backend_or_a_render(proxy):
     fetched = proxy.origin.hits["/media/a.jpg"]
     status, headers, again, _ = proxy.get(path)
     assert (status, headers["x-cache"], again) == (200, "HIT-MEMORY", body)
+    assert headers["vary"] == "Accept"
     assert proxy.origin.hits["/media/a.jpg"] == fetched
 
 
