@@ -92,14 +92,16 @@ def _render_output(data: bytes, spec: TransformSpec, steps: Sequence[TransformSt
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
     with _open(data, deadline) as source:
-        info, _, work = _inspect(data, source, spec, cache)
+        # ``rest``: what _inspect hands on to _render_cached besides (a JPEG's scan counts
+        # where they are counted once per source); nothing the output path reads itself
+        info, _, work, *rest = _inspect(data, source, spec, cache)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
         box = fit_geometry(info.width, info.height, full)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
         pipeline.work = work
         if cache is not None and cache.enabled and info.frames == 1:
-            image = _render_cached(data, source, info, pipeline, cache)
+            image = _render_cached(data, source, info, pipeline, cache, *rest)
         else:
             if _draft(source, spec):
                 pipeline.source_size = (info.width, info.height)
