@@ -10,8 +10,8 @@ Everything else is internal and may move.
 import pluggy
 
 from .models import (
-    CacheEntry, Event, HealthStatus, ImageRequest, ImageResponse, Param, Rejection, Rendered,
-    RequestInfo, SourceError, SourceImage, TransformSpec, TransformStep,
+    CacheEntry, Event, HealthStatus, ImageRequest, ImageResponse, Output, Param, Rejection,
+    Rendered, RequestInfo, SourceError, SourceImage, TransformSpec, TransformStep,
 )
 from .parsing import parse_bool, parse_choice, parse_colour, parse_int
 from .runtime import Overloaded, Runtime
@@ -48,7 +48,8 @@ def __getattr__(name):
 
 __all__ = [
     "__version__", "hookimpl", "CacheEntry", "Event", "HealthStatus", "ImageRequest",
-    "ImageResponse", "Overloaded", "Param", "Rejection", "Rendered", "RequestInfo", "Runtime",
+    "ImageResponse", "Output", "Overloaded", "Param", "Rejection", "Rendered", "RequestInfo",
+    "Runtime",
     "SourceError", "SourceImage", "TransformSpec", "TransformStep",
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",

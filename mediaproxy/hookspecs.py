@@ -183,6 +183,20 @@ def mediaproxy_transform_steps(image_request, spec):
     """
 
 
+@hookspec(firstresult=True)
+def mediaproxy_output(image_request, spec):
+    """Return an :class:`~mediaproxy.models.Output` to answer ``image_request`` with something
+    other than the encoded image (a placeholder hash, a colour, a tiny preview), or ``None``.
+
+    Asked by the pipeline on a cache miss, after :func:`mediaproxy_transform_steps`, with the
+    request's :class:`~mediaproxy.models.TransformSpec`. The output's ``encode`` runs in the
+    transform thread pool under the memory budget, estimated on the output's ``spec`` (its
+    own, smaller one, when it gives one). What makes the answer differ must already be in the
+    cache key: a parameter of the plugin's (:func:`mediaproxy_params`). *firstresult*,
+    synchronous, reactor thread.
+    """
+
+
 # -- responses ---------------------------------------------------------------------------------
 
 @hookspec(firstresult=True)

@@ -200,6 +200,25 @@ class TransformStep:
 
 
 @frozen
+class Output:
+    """Something a render makes instead of the encoded image, answered by a plugin's
+    ``mediaproxy_output`` (a placeholder hash, a dominant colour, a tiny preview).
+
+    ``encode(image, spec, request, size) -> Rendered`` runs in the transform thread pool on the
+    final still (decoded, oriented, steps and resize done; an animation's first frame), with
+    the same purity rules as a :class:`TransformStep`; ``size`` is the (width, height) the
+    request would have been answered with without this output (its layout box: the geometry of
+    the full-size variant, trim aside). ``spec``, when set, is the spec the image is rendered
+    and budgeted with instead of the request's (a tiny one: the source is then decoded at its
+    shrink-on-load scale and a decoded copy at hand is reused); it must keep the request's
+    ``format`` (the cache key's format resolution relies on it). ``name`` labels the render."""
+
+    name: str
+    encode: Callable[..., "Rendered"]
+    spec: "TransformSpec | None" = None
+
+
+@frozen
 class Rendered:
     """The output of a transform."""
 

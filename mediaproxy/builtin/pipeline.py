@@ -49,8 +49,6 @@ from .warmup import warmup_services
 
 #: Seconds a request waits for another process's or node's leader before producing itself.
 DEFAULT_LOCK_WAIT = 30.0
-
-
 #: How many (source, format token) -> output format answers the pipeline remembers.
 RESOLVED_LIMIT = 10_000
 #: The content type of the entry that records what a format token resolved to for a source
@@ -402,17 +400,17 @@ class ImagePipeline:
             return entry
         fetched = time.perf_counter()
         spec = transform_spec(image_request, fmt, rt.config)
+        spec = attrs.evolve(spec, max_transform_bytes=min(   # at most what all transforms get
+            spec.max_transform_bytes, rt.admission.capacity))
         steps = tuple(step for steps in rt.pm.hook.mediaproxy_transform_steps(
             image_request=image_request, spec=spec) or () for step in (steps or ()))
+        output = rt.pm.hook.mediaproxy_output(image_request=image_request, spec=spec)
+        budgeted = output.spec if output is not None and output.spec is not None else spec
         store_key = key
         try:
-            # The estimate (nothing decoded) beside the pool, then a wait for room in the memory
-            # budget (left when every client has gone), then the render; the reservation is
-            # given back when the thread returns. The transform timeout starts once admitted.
-            # one request may take at most what the whole process gives all transforms
-            if spec.max_transform_bytes > rt.admission.capacity:
-                spec = attrs.evolve(spec, max_transform_bytes=rt.admission.capacity)
-            estimated = yield rt.run_inspection(_estimate, source.body, spec, rt.decoded)
+            # The estimate (of a plugin's output spec where it has one) beside the pool, a wait
+            # for room in the memory budget, the render; the timeout starts once admitted.
+            estimated = yield rt.run_inspection(_estimate, source.body, budgeted, rt.decoded)
             nbytes = estimated.bytes
             if depends_on_source(fmt):
                 # Now the output format is known: its entry may exist under the explicit key.
@@ -435,7 +433,7 @@ class ImagePipeline:
                 if self._admitting.get(key) is admitting:
                     del self._admitting[key]
             d = rt.run_reserved(reservation, render_and_tag, source.body, spec, steps,
-                                image_request, rt.decoded)
+                                image_request, rt.decoded, output)
             d.addTimeout(rt.config.limits.transform_timeout, rt.reactor)
             rendered, etag, busy = yield d
         except imaging.TransformTimeout:
@@ -479,7 +477,8 @@ class ImagePipeline:
         if on_rendered is not None:
             on_rendered(entry)
         stored = self._store(store_key, entry, wait, log)
-        self.variants.add(image_request, request, store_key, rendered.width, rendered.format)
+        if output is None:   # a plugin's output is no variant to offer a shed request
+            self.variants.add(image_request, request, store_key, rendered.width, rendered.format)
         if store_key != key:
             self._resolved[resolved] = estimated.format
             if rt.cache.shared:

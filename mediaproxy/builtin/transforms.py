@@ -67,12 +67,13 @@ def _too_large(failure):
                                    "all transforms together.")
 
 
-def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request, decoded=None):
+def render_and_tag(data: bytes, spec: TransformSpec, steps, image_request, decoded=None,
+                   output=None):
     """Runs in the thread pool: transform, then hash the output for its ETag. ``decoded``
     is the runtime's decoded-image cache (:mod:`mediaproxy.imaging.decoded`): the sizes of
-    one source decode it once."""
+    one source decode it once. ``output``: a plugin's :class:`~mediaproxy.models.Output`."""
     started = time.perf_counter()
-    rendered = imaging.render(data, spec, steps, image_request, cache=decoded)
+    rendered = imaging.render(data, spec, steps, image_request, cache=decoded, output=output)
     return rendered, strong_etag(rendered.body), time.perf_counter() - started
 
 

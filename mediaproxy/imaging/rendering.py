@@ -16,7 +16,7 @@ import attrs
 from attrs import frozen
 from PIL import Image, ImageFile
 
-from mediaproxy.models import Rendered, TransformSpec, TransformStep
+from mediaproxy.models import Output, Rendered, TransformSpec, TransformStep
 
 from .budget import Deadline, Work
 from .colour import _canvas_mode, _colour, _to_srgb, _working_mode
@@ -46,7 +46,7 @@ _LARGE_FILTERS = {"lanczos": _LANCZOS, "bicubic": Image.Resampling.BICUBIC}
 
 def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = (),
            request: Any = None, *, clock: Callable[[], float] | None = None,
-           cache: DecodedCache | None = None) -> Rendered:
+           cache: DecodedCache | None = None, output: Output | None = None) -> Rendered:
     """Decode ``data``, transform it as ``spec`` says and encode the result.
 
     ``steps`` (from plugins) run by ascending ``order`` around the built-in resize (order
@@ -59,7 +59,13 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
 
     With a ``cache`` (:mod:`.decoded`), a still reuses the decoded pixels of ``data`` kept
     there when they are fine enough, and leaves its own decode there otherwise.
+
+    With an ``output`` (a plugin's :class:`~mediaproxy.models.Output`), the still (an
+    animation's first frame) is rendered under ``output.spec`` when it has one and handed to
+    ``output.encode`` instead of the built-in encoder.
     """
+    if output is not None:
+        return _render_output(data, spec, steps, request, clock, cache, output)
     _check_spec(spec)
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
@@ -80,6 +86,34 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
             source.load()
         image = pipeline.run(source, _orientation(source))
         return _encode([image], fmt, spec, deadline=deadline)
+
+
+def _render_output(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep],
+                   request: Any, clock: Callable[[], float] | None,
+                   cache: DecodedCache | None, output: Output) -> Rendered:
+    """:func:`render` for a plugin's output: one still under the output's spec, the layout
+    box of the request's own spec, then ``output.encode``."""
+    full, spec = spec, output.spec or spec
+    _check_spec(spec)
+    deadline = Deadline(spec.deadline, clock)
+    deadline.check("before decoding")
+    with _open(data, deadline) as source:
+        info, _, work, scans = _inspect(data, source, spec, cache)
+        _check_memory(work, spec)
+        _check_canvas(work, info, spec)
+        box = fit_geometry(info.width, info.height, full)
+        pipeline = _Pipeline.build(spec, steps, request, deadline)
+        pipeline.work = work
+        if cache is not None and cache.enabled and info.frames == 1:
+            image = _render_cached(data, source, info, pipeline, cache, scans)
+        else:
+            if _draft(source, spec):
+                pipeline.source_size = (info.width, info.height)
+            with _decoding():
+                source.load()
+            image = pipeline.run(source, _orientation(source))
+        deadline.check("before the output")
+        return output.encode(image, spec, request, (box.width, box.height))
 
 
 @frozen

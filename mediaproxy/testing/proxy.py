@@ -99,8 +99,10 @@ class RunningProxy:
 
         rt = self.runtime
         raw, _, query = path.partition("?")
+        headers = [("accept", accept)] if accept is not None else []   # routes may read it
         match = rt.pm.hook.mediaproxy_match_request(
-            request=RequestInfo(method="GET", path=raw, query=parse_qsl(query)), runtime=rt)
+            request=RequestInfo(method="GET", path=raw, query=parse_qsl(query),
+                                headers=headers), runtime=rt)
         pipeline = rt.pm.get_plugin("mediaproxy.builtin.pipeline.instance")
         if pipeline is not None:     # the key it looks up (it knows what sources resolve to)
             return call_in_reactor(lambda: pipeline.key_for(match, accept))[0]
