@@ -7,31 +7,38 @@ parameter parsers and the SSRF-safe HTTP agent for fetching anything that is not
 Everything else is internal and may move.
 """
 
-import pluggy
-
-from .models import (
-    CacheEntry, Event, HealthStatus, ImageRequest, ImageResponse, Param, Rejection, Rendered,
-    RequestInfo, SourceError, SourceImage, TransformSpec, TransformStep,
-)
-from .parsing import parse_bool, parse_choice, parse_colour, parse_int
-from .runtime import Overloaded, Runtime
-
 __version__ = "0.1.0"
 
-#: Mark a function or method as a mediaproxy hook implementation.
-hookimpl = pluggy.HookimplMarker("mediaproxy")
-
-#: Loaded on first use (they bring in Twisted's HTTP client): the SSRF-safe agent factories.
-_LAZY = {"safe_agent": "mediaproxy.http.ssrf", "agent_for": "mediaproxy.http.ssrf",
-         "AddressPolicy": "mediaproxy.http.ssrf", "BlockedAddress": "mediaproxy.http.ssrf"}
+#: Every public name is loaded on first use, so that importing a pure part of the package
+#: (:mod:`mediaproxy.urlsign`, :mod:`mediaproxy.django`) loads neither Twisted nor Pillow.
+#: ``hookimpl`` (the pluggy marker), the frozen values, the parsers, the typed runtime, and the
+#: SSRF-safe agent factories (they bring in Twisted's HTTP client).
+_LAZY = {
+    **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
+                     "Param", "Rejection", "Rendered", "RequestInfo", "SourceError",
+                     "SourceImage", "TransformSpec", "TransformStep"), "mediaproxy.models"),
+    **dict.fromkeys(("parse_bool", "parse_choice", "parse_colour", "parse_int"),
+                    "mediaproxy.parsing"),
+    **dict.fromkeys(("Overloaded", "Runtime"), "mediaproxy.runtime"),
+    **dict.fromkeys(("safe_agent", "agent_for", "AddressPolicy", "BlockedAddress"),
+                    "mediaproxy.http.ssrf"),
+}
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name == "hookimpl":
+        import pluggy
+
+        #: Mark a function or method as a mediaproxy hook implementation.
+        value = pluggy.HookimplMarker("mediaproxy")
+    elif name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mediaproxy' has no attribute {name!r}")
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'mediaproxy' has no attribute {name!r}")
+    globals()[name] = value   # once: later lookups are plain attribute reads
+    return value
 
 
 __all__ = [
