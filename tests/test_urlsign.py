@@ -104,7 +104,8 @@ print(heavy)
 """
 
 
-@pytest.mark.parametrize("module", ["mediaproxy", "mediaproxy.urlsign"])
+@pytest.mark.parametrize("module", ["mediaproxy", "mediaproxy.urlsign", "mediaproxy.django",
+                                    "mediaproxy.django.templatetags.mediaproxy"])
 def test_importing_the_pure_parts_loads_neither_twisted_nor_pillow(module):
     out = subprocess.run([sys.executable, "-c", PURE_IMPORT.format(module=module)],
                          capture_output=True, text=True, check=True, timeout=60)
