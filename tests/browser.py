@@ -11,6 +11,8 @@ updates, sync or first-run work, so what it fetches is what the page asks for.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
@@ -23,6 +25,9 @@ CHROMIUM_ARGS = ("--no-sandbox", "--headless", "--disable-gpu",
 def browser():
     from playwright.sync_api import sync_playwright
 
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM}: "
+                    "apt-get install chromium (.ci/run does)")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                               args=list(CHROMIUM_ARGS), timeout=60_000)

@@ -75,6 +75,15 @@ def test_signing_replaces_an_old_signature_and_expiry_and_refuses_a_bad_path():
         urlsign.sign_url("/m/%ff.jpg?w=1", KEY)
 
 
+def test_the_options_are_keyword_only():
+    # a positional third argument would be taken for the wrong option (known for expires, the
+    # key for the base): refused
+    with pytest.raises(TypeError):
+        urlsign.sign_url("/m/a.jpg?w=1", KEY, None)
+    with pytest.raises(TypeError):
+        urlsign.build_url("/m/a.jpg", {"w": 1}, "https://img.example")
+
+
 def test_decode_path_is_strict():
     assert urlsign.decode_path("/a%20b%C3%A9") == "/a bé"
     assert urlsign.decode_path("/plain") == "/plain"
