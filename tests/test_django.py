@@ -14,10 +14,12 @@ the originals exactly).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 from html.parser import HTMLParser
+from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
@@ -31,6 +33,7 @@ from django.template import Context, Template  # noqa: E402
 from django.test import override_settings  # noqa: E402
 
 from mediaproxy.django import image_url, picture, source_path, srcset  # noqa: E402
+from mediaproxy.django.builder import Settings  # noqa: E402
 from mediaproxy.testing import assert_image, start_proxy  # noqa: E402
 from tests.django_project.gallery.models import Photo  # noqa: E402
 
@@ -106,9 +109,22 @@ def test_the_srcset_tag_writes_one_candidate_per_width():
     assert srcset(photo().image, [300]) == "/media/uploads/landscape.jpg?w=300 300w"
     with pytest.raises(TypeError, match="widths=, not w="):
         srcset(photo().image, "1", w=2)
-    for bad in ("", "0", "1,x", "-5", "2.5"):
+    assert srcset(photo().image, 1) == "/media/uploads/landscape.jpg?w=1 1w"   # the least
+    assert render('{% mediaproxy_srcset "/m/a.jpg" 300 %}') == "/m/a.jpg?w=300 300w"
+    for bad in ("", "0", "1,x", "-5", "2.5", None, [0]):
         with pytest.raises(ValueError):
             srcset(photo().image, bad)
+
+
+def test_the_options_are_keyword_only_and_the_settings_frozen():
+    with pytest.raises(TypeError):
+        image_url(photo().image, "thumb")
+    with pytest.raises(TypeError):
+        srcset(photo().image, [1], "thumb")
+    with pytest.raises(TypeError):
+        picture(photo().image, [1], "50vw")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().url = "https://elsewhere.example"
 
 
 def test_the_picture_tag_writes_avif_and_webp_sources_and_an_img_fallback():
@@ -149,6 +165,9 @@ def test_bad_settings_and_sources_are_clear_errors():
     with override_settings(MEDIAPROXY={"PRESETS": "thumb"}):
         with pytest.raises(ImproperlyConfigured, match="PRESETS"):
             image_url(photo().image)
+    # anything with a url is a file (a storage's own file class may have no name)
+    assert source_path(SimpleNamespace(url="https://s3.example/media/x%20y.jpg")) == \
+        "/media/x%20y.jpg"
     with pytest.raises(ValueError, match="no file"):
         source_path(Photo().image)
     with pytest.raises(ValueError, match="empty"):

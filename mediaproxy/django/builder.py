@@ -139,7 +139,7 @@ def _parameters(conf: Settings, preset: str | None, params: dict) -> dict:
 
 def _widths(widths) -> list[int]:
     items = widths.split(",") if isinstance(widths, str) else widths
-    if isinstance(items, (int, float)) or not isinstance(items, Iterable):
+    if not isinstance(items, Iterable):   # one width: {% mediaproxy_srcset img 300 %}
         items = [items]
     out = []
     for item in items:
