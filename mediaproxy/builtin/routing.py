@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 
+from ..urlsign import decode_path  # noqa: F401 (compat and signing take it from here)
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
-from ..urlsign import decode_path  # noqa: F401 (compat and signing take it from here)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
