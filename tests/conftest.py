@@ -2,8 +2,9 @@ import pytest
 
 from mediaproxy.testing import reactor_thread
 
-# redis_server / redis_servers: real redis-server processes on free ports.
-pytest_plugins = ("tests.redis_server",)
+# redis_server / redis_servers: real redis-server processes on free ports; django_site: the
+# Django test project served for real; browser: Debian's chromium driven by Playwright.
+pytest_plugins = ("tests.redis_server", "tests.django_project.serve", "tests.browser")
 
 
 # -- pass-through and fetch tests: a real reactor and real origins --------------------------

@@ -13,27 +13,13 @@ request.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
 
+from ..urlsign import decode_path  # noqa: F401 (compat and signing take it from here)
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
 from ..presets import PRESET_PARAM, expand
-
-
-def decode_path(raw: str) -> str:
-    """Percent-decode a request path once, strictly (UTF-8). Raises ValueError."""
-    if "%" in raw:
-        for i, ch in enumerate(raw):
-            if ch == "%" and not _is_hex_pair(raw[i + 1:i + 3]):
-                raise ValueError("malformed percent-encoding in the path")
-    data = unquote(raw, encoding="utf-8", errors="strict")
-    return data
-
-
-def _is_hex_pair(text: str) -> bool:
-    return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

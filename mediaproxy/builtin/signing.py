@@ -2,27 +2,14 @@
 Signed URLs: an HMAC-SHA256 over a canonical form of the request, carried as the ``sig`` query
 parameter on every route (the query scheme and the compat routes alike).
 
-The canonical form (version ``MP1``) is four lines joined by ``\\n``::
+The canonical form, the signature and the URL signing live in :mod:`mediaproxy.urlsign` (pure,
+standard library only), the one implementation the proxy and the applications building URLs
+(:mod:`mediaproxy.django`) share; its docstring describes the form. This module adds what only
+the proxy knows: each route's path decoding (once for the query scheme, up to three times for
+the compat routes), the registered parameter names (the signed ones), and the verification.
 
-    MP1
-    <the path after the decoding the route does, re-quoted: quote(path, safe="/")>
-    <the known query parameters as sent, sorted: quote(name)=quote(value) joined by "&">
-    <the value of ``expires``, or nothing>
-
-* the **path** is decoded the way the route decodes it (once for the query scheme, up to three
-  times for the compat routes), so what is signed is what is fetched, however the client spelt
-  it; quoting it again makes the line unambiguous;
-* the **known parameters** are those some plugin registered (by name or alias), each pair as
-  sent, repeats included, sorted by name then value: adding, repeating or changing any of them
-  breaks the signature, while unknown parameters (ignored by the routes, ``?v=123`` cache
-  busters) are not signed;
-* ``sig`` is taken out **by exact parameter name** from the parsed pairs, never by editing the
-  URL text; more than one ``sig`` is refused;
-* ``expires`` (Unix seconds, optional) is signed; past it the URL is refused.
-
-The signature is ``base64url(HMAC-SHA256(key, canonical))`` without padding (43 characters),
-compared in constant time (:func:`hmac.compare_digest`) with the signature of every configured
-key (``signing.keys``; the first one signs, all verify, for rotation).
+A signature is compared in constant time (:func:`hmac.compare_digest`) with the signature of
+every configured key (``signing.keys``; the first one signs, all verify, for rotation).
 
 With at least one key configured every image request must carry a valid signature unless its
 route is listed in ``signing.exempt_routes``: there is no "unsafe" path segment or other back
@@ -34,63 +21,42 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import attrs
 
-from .. import hookimpl
+from .. import hookimpl, urlsign
 from ..models import Rejection, RequestInfo
+from ..urlsign import (  # noqa: F401 (the names this module always offered)
+    EXPIRES_PARAM, MAX_EXPIRES_DIGITS as _MAX_EXPIRES_DIGITS, SIG_PARAM, VERSION, SigningError,
+    signature,
+)
 from .compat import decode_repeatedly
 from .routing import decode_path
 
-SIG_PARAM = "sig"
-EXPIRES_PARAM = "expires"
-VERSION = "MP1"
-_MAX_EXPIRES_DIGITS = 12
 
-
-class SigningError(ValueError):
-    """A URL that cannot be signed or verified (its path does not decode)."""
+def _decoder(route: str):
+    return decode_repeatedly if route == "compat" else decode_path
 
 
 def decoded_path(route: str, raw_path: str) -> str:
     """The path as ``route`` decodes it. Raises :class:`SigningError`."""
     try:
-        return decode_repeatedly(raw_path) if route == "compat" else decode_path(raw_path)
+        return _decoder(route)(raw_path)
     except (ValueError, UnicodeDecodeError):
         raise SigningError("the path is not valid percent-encoded UTF-8") from None
 
 
 def canonical(route: str, raw_path: str, query, known: frozenset[str],
               expires: str | None) -> bytes:
-    """The canonical form of a request (see the module docstring)."""
-    pairs = sorted((name, value) for name, value in query if name in known)
-    return "\n".join((
-        VERSION,
-        quote(decoded_path(route, raw_path), safe="/"),
-        "&".join(f"{quote(n, safe='')}={quote(v, safe='')}" for n, v in pairs),
-        expires or "",
-    )).encode("utf-8", "surrogatepass")
-
-
-def signature(key: bytes, message: bytes) -> str:
-    digest = hmac.new(key, message, hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    """The canonical form of a request on ``route`` (:func:`mediaproxy.urlsign.canonical`)."""
+    return urlsign.canonical(decoded_path(route, raw_path), query, known, expires)
 
 
 def sign_url(url: str, route: str, known: frozenset[str], key: str,
              expires: int | None = None) -> str:
     """``url`` (a path with query, or an absolute URL) with ``sig`` (and ``expires``) added;
     an existing ``sig`` is replaced, every other parameter kept in order."""
-    parts = urlsplit(url)
-    query = [(n, v) for n, v in parse_qsl(parts.query, keep_blank_values=True)
-             if n not in (SIG_PARAM, EXPIRES_PARAM)]
-    if expires is not None:
-        query.append((EXPIRES_PARAM, str(int(expires))))
-    message = canonical(route, parts.path, query, known,
-                        str(int(expires)) if expires is not None else None)
-    query.append((SIG_PARAM, signature(key.encode("utf-8"), message)))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+    return urlsign.sign_url(url, key, known=known, expires=expires, decode=_decoder(route))
 
 
 @attrs.define(eq=False)
