@@ -1169,6 +1169,28 @@ class AlertsConfig:
         _unique_names, item=AlertRule)
 
 
+def _thumbor_prefix(value: str) -> None:
+    if not re.fullmatch(r"/[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*", value):
+        raise ValueError(f"{value!r} is not a path prefix such as /thumbor (no trailing slash)")
+
+
+@frozen
+class ThumborConfig:
+    enabled: bool = setting(
+        True, "bool", "Serve thumbor's URL grammar under thumbor.prefix "
+        "(/thumbor/<signature>/300x200/smart/media/uploads/a.jpg; docs/thumbor.md).")
+    prefix: str = setting(
+        "/thumbor", "str", "The path prefix of thumbor URLs; what follows it is what thumbor "
+        "itself would receive (its signature covers the part after /<signature>/).",
+        _thumbor_prefix)
+    security_key: str = setting(
+        "", "str", "thumbor's SECURITY_KEY: the HMAC-SHA1 key of signed thumbor URLs. Empty: "
+        "no signed thumbor URL is accepted. Never printed.", secret="value")
+    allow_unsafe: bool = setting(
+        False, "bool", "Accept thumbor URLs starting with /unsafe/ (thumbor's "
+        "ALLOW_UNSAFE_URL): anyone may then ask for any size of any image.")
+
+
 @frozen
 class Config:
     server: ServerConfig = section(ServerConfig, "Where the proxy listens and whom it trusts.")
@@ -1194,6 +1216,8 @@ class Config:
     plugins: PluginsConfig = section(PluginsConfig, "Which plugins are loaded.")
     alerts: AlertsConfig = section(AlertsConfig, "Rolling performance figures and alert "
                                    "rules evaluated in process.")
+    thumbor: ThumborConfig = section(ThumborConfig, "The thumbor-compatible endpoint "
+                                     "(docs/thumbor.md).")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -180,6 +180,21 @@ class TransformSpec:
     max_output_pixels: int = 7680 * 4320
     #: Optimised Huffman tables for JPEG output (a second pass over the coefficients).
     jpeg_optimize: bool = True
+    #: A manual crop (left, top, right, bottom) in source pixels, taken before the fit (and
+    #: within the trim box); ``None``: none. A box left empty by the source's edges is ignored.
+    crop: tuple[int, int, int, int] | None = None
+    #: Mirror the output: ``""``, ``"h"`` (left-right), ``"v"`` (top-bottom) or ``"hv"``.
+    flip: str = ""
+    #: The axes whose size is the source's own (thumbor's ``orig``): ``""``, ``"w"``, ``"h"``.
+    orig: str = ""
+    #: Turn the box a quarter when its orientation differs from the source's (thumbor's
+    #: ``adaptive-fit-in``).
+    adaptive: bool = False
+    #: Without ``enlarge``, shrink each side of a ``cover``/``contain``/``fill`` box to the
+    #: source's separately (thumbor's ``no_upscale()``) instead of keeping the box's shape.
+    clamp: bool = False
+    #: Largest output in bytes (0: no limit): the quality is lowered until the body fits.
+    max_bytes: int = 0
 
 
 @frozen

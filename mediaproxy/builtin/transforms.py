@@ -35,6 +35,9 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         max_output_width=limits.max_width, max_output_height=limits.max_height,
         max_output_pixels=limits.max_output_pixels, jpeg_optimize=proc.jpeg_optimize,
         deadline=time.monotonic() + limits.transform_timeout,
+        crop=p.get("crop"), flip=p.get("flip") or "", orig=p.get("orig") or "",
+        adaptive=bool(p.get("adaptive")), clamp=bool(p.get("clamp")),
+        max_bytes=p.get("max_bytes") or 0,
     )
 
 
