@@ -322,3 +322,17 @@ def test_bad_prefixes_are_refused(prefix):
     with pytest.raises(ConfigError) as info:
         load_config(environ={"MEDIAPROXY_THUMBOR__PREFIX": prefix})
     assert info.value.key == "thumbor.prefix"
+
+
+def test_answers_are_remembered_per_configuration():
+    strict = make_runtime()
+    path = "/thumbor/unsafe/300x200/media/uploads/a.jpg"
+    request = RequestInfo(method="GET", path=path)
+    first = thumbor.mediaproxy_match_request(request, RUNTIME)
+    assert thumbor.mediaproxy_match_request(request, RUNTIME) is first     # remembered
+    refused = thumbor.mediaproxy_match_request(request, strict)
+    assert (refused.status, refused.error) == (400, "unsafe_not_allowed")
+    assert thumbor.mediaproxy_match_request(request, RUNTIME) == first
+    long = "/thumbor/unsafe/300x200/media/uploads/" + "a" * 600 + ".jpg"
+    assert thumbor.mediaproxy_match_request(RequestInfo(method="GET", path=long),
+                                            RUNTIME).params["w"] == 300
