@@ -101,7 +101,7 @@ def effect_params(config) -> list[Param]:
         Param("max_bytes", lambda raw: parse_int(raw, 0, 1_000_000_000, "max_bytes"), 0,
               key=_unless(0), help="Lower the quality until the output is at most this many "
                                    "bytes (JPEG, WebP, AVIF; 0: no limit)."),
-        Param("grey", parse_bool, False, key=_unless(False), aliases=("grayscale",),
+        Param("grey", parse_bool, False, key=_unless(False),
               help="1 makes the output greyscale."),
         Param("brightness", lambda raw: parse_signed(raw, -100, 100, "brightness"), 0,
               key=_unless(0), help="-100 to 100 (0: unchanged)."),
