@@ -1169,6 +1169,14 @@ class AlertsConfig:
         _unique_names, item=AlertRule)
 
 
+def _host_ports(value: tuple[str, ...]) -> None:
+    for item in value:
+        host, colon, port = item.partition(":")
+        if (not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host)
+                or colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise ValueError(f"{item!r} is not a lower-case host name with an optional :port")
+
+
 def _thumbor_prefix(value: str) -> None:
     if not re.fullmatch(r"/[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*", value):
         raise ValueError(f"{value!r} is not a path prefix such as /thumbor (no trailing slash)")
@@ -1189,6 +1197,12 @@ class ThumborConfig:
     allow_unsafe: bool = setting(
         False, "bool", "Accept thumbor URLs starting with /unsafe/ (thumbor's "
         "ALLOW_UNSAFE_URL): anyone may then ask for any size of any image.")
+    allowed_hosts: tuple[str, ...] = setting(
+        [], "strlist", "Hosts whose images thumbor URLs may name as their image "
+        "(cdn.example.com/a.jpg or https://cdn.example.com/a.jpg): exact lower-case names, "
+        "with :port for a port other than 80 and 443. Fetched through the SSRF guard "
+        "([ssrf]: private addresses refused, ssrf.allowed_hosts applies too). Empty: the "
+        "image is always a path on the backend.", _host_ports)
 
 
 @frozen

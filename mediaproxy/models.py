@@ -74,6 +74,11 @@ class ImageRequest:
     failure_status: int | None = None
     #: conditional request headers for the source fetch (revalidating a stale copy)
     validators: tuple[tuple[str, str], ...] = ()
+    #: ``scheme://host[:port]`` of a source that is not on the backend (an allow-listed
+    #: remote host, fetched through the SSRF guard by the plugin that set it); ``""``: the
+    #: backend. ``source_path`` then starts with ``/host[:port]``, so no backend path shares
+    #: its cache entries, and the host enters the cache key.
+    source_origin: str = ""
 
     def evolve(self, **changes) -> "ImageRequest":
         return attrs.evolve(self, **changes)

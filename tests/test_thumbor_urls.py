@@ -313,7 +313,7 @@ def test_security_key_from_the_environment_is_never_printed(tmp_path, capsys, mo
     assert "thumbor-secret-2" not in out + err
     assert tomllib.loads(out)["thumbor"] == {"enabled": True, "prefix": "/img",
                                              "security_key": "<redacted>",
-                                             "allow_unsafe": False}
+                                             "allow_unsafe": False, "allowed_hosts": []}
 
 
 @pytest.mark.parametrize("prefix", ["thumbor", "/thumbor/", "/a b", "/", ""])
@@ -336,3 +336,85 @@ def test_answers_are_remembered_per_configuration():
     long = "/thumbor/unsafe/300x200/media/uploads/" + "a" * 600 + ".jpg"
     assert thumbor.mediaproxy_match_request(RequestInfo(method="GET", path=long),
                                             RUNTIME).params["w"] == 300
+
+
+CDN = make_runtime({"thumbor": {"allow_unsafe": True,
+                                "allowed_hosts": ["cdn.example.com", "127.0.0.1:8081"]}})
+
+
+@pytest.mark.parametrize("image, origin, source", [
+    ("cdn.example.com/a.jpg", "http://cdn.example.com", "/cdn.example.com/a.jpg"),
+    ("http://cdn.example.com/a.jpg", "http://cdn.example.com", "/cdn.example.com/a.jpg"),
+    ("https://cdn.example.com/a.jpg", "https://cdn.example.com", "/cdn.example.com/a.jpg"),
+    ("https://cdn.example.com:443/x/a.jpg", "https://cdn.example.com",
+     "/cdn.example.com/x/a.jpg"),
+    ("http://CDN.example.com:80/a.jpg", "http://cdn.example.com", "/cdn.example.com/a.jpg"),
+    ("127.0.0.1:8081/media/a.jpg", "http://127.0.0.1:8081", "/127.0.0.1:8081/media/a.jpg"),
+    # not an allowed host: a path on the backend (the validator's prefixes decide: 404)
+    ("cdn.example.com:8080/a.jpg", "", "/cdn.example.com:8080/a.jpg"),
+    ("127.0.0.1/media/a.jpg", "", "/127.0.0.1/media/a.jpg"),
+    ("evil.com/a.jpg", "", "/evil.com/a.jpg"),
+    ("user@cdn.example.com/a.jpg", "", "/user@cdn.example.com/a.jpg"),
+    ("media/uploads/a.jpg", "", "/media/uploads/a.jpg"),
+])
+def test_allowed_hosts(image, origin, source):
+    result = thumbor.mediaproxy_match_request(
+        RequestInfo(method="GET", path=f"/thumbor/unsafe/300x200/{image}"), CDN)
+    assert (result.source_origin, result.source_path) == (origin, source)
+
+
+@pytest.mark.parametrize("image", [
+    "http://evil.com/a.jpg", "https://cdn.example.com.evil.com/a.jpg", "//cdn.example.com/a.jpg",
+    "ftp://cdn.example.com/a.jpg", "cdn.example.com/../a.jpg",
+])
+def test_other_hosts_are_refused(image):
+    result = thumbor.mediaproxy_match_request(
+        RequestInfo(method="GET", path=f"/thumbor/unsafe/300x200/{image}"), CDN)
+    assert (result.status, result.error, result.parameter) == (400, "invalid_path", "path")
+
+
+def test_a_remote_source_never_shares_a_backend_entry():
+    from mediaproxy.cache.keys import cache_key
+
+    def request(image):
+        return thumbor.mediaproxy_match_request(
+            RequestInfo(method="GET", path=f"/thumbor/unsafe/300x200/{image}"), CDN)
+    remote = request("127.0.0.1:8081/media/a.jpg")
+    https = request("https://127.0.0.1:8081/media/a.jpg")
+    backend = ImageRequest(route="thumbor", source_path="/127.0.0.1:8081/media/a.jpg",
+                           params=remote.params)
+    keys = {cache_key(r, CDN.params, None) for r in (remote, https, backend)}
+    assert len(keys) == 3
+
+
+def test_remote_hosts_go_through_the_ssrf_guard(live_reactor):
+    from mediaproxy.testing import ImageOrigin, call_in_reactor, start_origin
+
+    remote = ImageOrigin({"/media/b.jpg": JPEG})
+    listening = start_origin(remote)
+    host = f"127.0.0.1:{listening.getHost().port}"
+    path = f"/thumbor/unsafe/300x200/{host}/media/b.jpg"
+    try:
+        thumbor_config = {"allow_unsafe": True, "allowed_hosts": [host]}
+        # loopback is refused by the address filter: nothing is connected to
+        with start_proxy(files=FILES, overrides={"thumbor": thumbor_config}) as proxy:
+            refused = proxy.get(path)       # the placeholder, with the honest status
+            assert (refused.status, refused.headers["x-placeholder"]) == (
+                502, "backend_unavailable")
+            assert remote.hits["/media/b.jpg"] == 0
+        allow = {"thumbor": thumbor_config, "ssrf": {"allow_networks": ["127.0.0.1/32"]}}
+        with start_proxy(files=FILES, overrides=allow) as proxy:
+            assert_image(proxy.get(path), (300, 200), "JPEG")
+            assert_image(proxy.get(path), (300, 200), "JPEG")     # from the cache
+            assert remote.hits["/media/b.jpg"] == 1
+            assert sum(proxy.origin.hits.values()) == 0
+        # a host the SSRF guard does not list is refused too
+        listed = {**allow, "ssrf": {"allow_networks": ["127.0.0.1/32"],
+                                    "allowed_hosts": ["images.example.com"]}}
+        with start_proxy(files=FILES, overrides=listed) as proxy:
+            refused = proxy.get(path)
+            assert (refused.status, refused.headers["x-placeholder"]) == (
+                502, "backend_unavailable")
+            assert remote.hits["/media/b.jpg"] == 1
+    finally:
+        call_in_reactor(listening.stopListening)

@@ -11,7 +11,9 @@ The grammar is libthumbor's own regular expression (``libthumbor.url.Url``, whic
 base64 of HMAC-SHA1, keyed by ``thumbor.security_key``, over the raw path after
 ``/<signature>/``; ``unsafe`` is accepted only with ``thumbor.allow_unsafe``. Both refusals
 are 400, as in thumbor. The image part is a path on the configured backend without its leading
-slash; a URL with a scheme is refused (400): never an arbitrary host.
+slash, or a host of ``thumbor.allowed_hosts`` with its path (``cdn.example.com/a.jpg``,
+``https://cdn.example.com/a.jpg``), fetched here through the SSRF guard
+(:func:`fetcher_for`); any other URL is refused (400): never an arbitrary host.
 
 Everything maps onto the registered transform parameters (the query scheme's and
 :mod:`.effects`'), so a thumbor URL and the equivalent query URL share one cache entry:
@@ -36,8 +38,11 @@ import hashlib
 import hmac
 import re
 
+import attrs
+
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
+from ..logs import request_log
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
 from .routing import decode_path, unsafe_path_reason
@@ -148,10 +153,10 @@ def parse_thumbor(path: str, config, defaults: dict, filters: dict) -> ImageRequ
     if groups["debug"] or groups["meta"]:
         return _bad("unsupported", "thumbor's debug and meta modes are not supported", "path")
     image = groups["image"]
-    if "://" in image or image.startswith("//"):
+    origin, source = remote_source(image, thumbor.allowed_hosts)
+    if not origin and ("://" in image or image.startswith("//")):
         return _bad("invalid_path", "the image must be a path on the backend "
-                    "(media/uploads/a.jpg), not a URL", "path")
-    source = "/" + image
+                    "(media/uploads/a.jpg) or on a host of thumbor.allowed_hosts", "path")
     reason = unsafe_path_reason(source)
     if reason:
         return _bad("invalid_path", reason, "path")
@@ -199,8 +204,68 @@ def parse_thumbor(path: str, config, defaults: dict, filters: dict) -> ImageRequ
     if crop[2] > crop[0] and crop[3] > crop[1]:
         params["crop"] = crop
     source = normalise_path(source)
+    if origin:
+        host = origin.partition("://")[2]
+        return ImageRequest(route="thumbor", source_path=f"/{host}{source}", params=params,
+                            source_origin=origin)
     return ImageRequest(route="thumbor", source_path=source, params=params,
                         tenant=tenant_of(source))
+
+
+_REMOTE = re.compile(r"(?:(?P<scheme>https?)://)?(?P<host>[^/?#@\\]+)(?P<path>/.*)", re.S)
+
+
+def remote_source(image: str, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """(``scheme://host[:port]``, path) when ``image`` names a host of ``allowed``
+    (``host/path``, ``http://host/path``, ``https://host/path``: thumbor's HTTP loader
+    reads ``host/path`` over http), else ("", the image as a backend path)."""
+    match = _REMOTE.match(image) if allowed else None
+    if match:
+        scheme = match["scheme"] or "http"
+        host = match["host"].lower()
+        default = ":443" if scheme == "https" else ":80"
+        if host.endswith(default):
+            host = host[:-len(default)]
+        if host in allowed:
+            return f"{scheme}://{host}", match["path"]
+    return "", "/" + image
+
+
+#: the fetchers of remote hosts, for one configuration: [config, agent, {origin: fetcher}]
+_remote_fetchers: list = [None, None, {}]
+
+
+def fetcher_for(origin: str, runtime):
+    """A :class:`~mediaproxy.http.fetch.SourceFetcher` of ``origin`` (the backend's timeouts,
+    retries, breaker settings and source limits) over the SSRF-safe agent of ``[ssrf]``; one
+    per allowed origin, made again when the configuration changes."""
+    from ..http.fetch import SourceFetcher, SourcePolicy
+    from ..http.ssrf import agent_for
+
+    config = runtime.config
+    if _remote_fetchers[0] is not config:
+        _remote_fetchers[:] = [config, agent_for(runtime), {}]
+    fetchers = _remote_fetchers[2]
+    fetcher = fetchers.get(origin)
+    if fetcher is None:
+        backend = attrs.evolve(config.backend, url=origin)
+        fetcher = fetchers[origin] = SourceFetcher(
+            runtime.reactor, backend, config.limits.max_source_bytes, _remote_fetchers[1],
+            policy=SourcePolicy.from_limits(config.limits))
+    return fetcher
+
+
+@hookimpl
+def mediaproxy_fetch_source(image_request, request, runtime):
+    """The sources of allow-listed hosts (``source_origin`` set by this route)."""
+    origin = image_request.source_origin
+    if not origin or image_request.route != "thumbor":
+        return None
+    host = origin.partition("://")[2]
+    path = image_request.source_path[len(host) + 1:]
+    cid = request.correlation_id
+    return fetcher_for(origin, runtime).fetch(path, cid, request_log(cid, "mediaproxy.fetch"),
+                                              headers=dict(image_request.validators) or None)
 
 
 #: (configuration, plugin manager generation) -> the filters by name
