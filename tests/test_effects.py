@@ -128,7 +128,9 @@ def test_rotate_turns_counter_clockwise():
     # counter-clockwise: the left half (red) goes to the bottom
     assert image.size == (20, 40)
     assert image.getpixel((0, 39)) == RED and image.getpixel((0, 0)) == BLUE
-    assert apply_effects(Image.new("RGB", (40, 20)), rotate=180).size == (40, 20)
+    turned = apply_effects(Image.open(io.BytesIO(halves((40, 20)))).convert("RGB"), rotate=180)
+    assert turned.size == (40, 20)
+    assert turned.getpixel((0, 0)) == BLUE and turned.getpixel((39, 0)) == RED
     assert apply_effects(Image.new("RGB", (40, 20)), rotate=270).size == (20, 40)
 
 
@@ -157,6 +159,24 @@ def test_brightness_and_contrast(v, brightness, contrast):
     result = apply_effects(rgba, brightness=brightness, contrast=contrast)
     expected = oracle(v, brightness, contrast)
     assert result.getpixel((0, 0)) == (expected, expected, expected, 77)
+
+
+@pytest.mark.parametrize("brightness, contrast", [
+    (30, 0), (-30, 0), (0, 37), (0, -63), (-45, 63), (12, -80), (100, 0), (0, 100)])
+def test_curves_on_every_value(brightness, contrast):
+    ramp = Image.new("L", (256, 1))
+    ramp.putdata(range(256))
+    for mode in ("L", "RGB"):
+        result = apply_effects(ramp.convert(mode), brightness=brightness, contrast=contrast)
+        values = [result.getpixel((x, 0)) for x in range(256)]
+        values = [p if mode == "L" else p[0] for p in values]
+        assert values == [oracle(v, brightness, contrast) for v in range(256)], mode
+
+
+def test_no_effect_asked_leaves_the_image():
+    image = Image.new("RGB", (4, 4), RED)
+    assert apply_effects(image) is image
+    assert apply_effects(image, rotate=0, blur=0, brightness=0, contrast=0) is image
 
 
 def test_blur_softens_an_edge_only():
