@@ -1285,6 +1285,42 @@ def _presets(value: Any, key: str) -> tuple[Preset, ...]:
     return tuple(sorted(out, key=lambda preset: preset.name))
 
 
+def _host_ports(value: tuple[str, ...]) -> None:
+    for item in value:
+        host, colon, port = item.partition(":")
+        if (not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host)
+                or colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise ValueError(f"{item!r} is not a lower-case host name with an optional :port")
+
+
+def _thumbor_prefix(value: str) -> None:
+    if not re.fullmatch(r"/[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*", value):
+        raise ValueError(f"{value!r} is not a path prefix such as /thumbor (no trailing slash)")
+
+
+@frozen
+class ThumborConfig:
+    enabled: bool = setting(
+        True, "bool", "Serve thumbor's URL grammar under thumbor.prefix "
+        "(/thumbor/<signature>/300x200/smart/media/uploads/a.jpg; docs/thumbor.md).")
+    prefix: str = setting(
+        "/thumbor", "str", "The path prefix of thumbor URLs; what follows it is what thumbor "
+        "itself would receive (its signature covers the part after /<signature>/).",
+        _thumbor_prefix)
+    security_key: str = setting(
+        "", "str", "thumbor's SECURITY_KEY: the HMAC-SHA1 key of signed thumbor URLs. Empty: "
+        "no signed thumbor URL is accepted. Never printed.", secret="value")
+    allow_unsafe: bool = setting(
+        False, "bool", "Accept thumbor URLs starting with /unsafe/ (thumbor's "
+        "ALLOW_UNSAFE_URL): anyone may then ask for any size of any image.")
+    allowed_hosts: tuple[str, ...] = setting(
+        [], "strlist", "Hosts whose images thumbor URLs may name as their image "
+        "(cdn.example.com/a.jpg or https://cdn.example.com/a.jpg): exact lower-case names, "
+        "with :port for a port other than 80 and 443. Fetched through the SSRF guard "
+        "([ssrf]: private addresses refused, ssrf.allowed_hosts applies too). Empty: the "
+        "image is always a path on the backend.", _host_ports)
+
+
 @frozen
 class Config:
     server: ServerConfig = section(ServerConfig, "Where the proxy listens and whom it trusts.")
@@ -1318,6 +1354,10 @@ class Config:
         "query parameter would be when the proxy starts (and by check-config). The key "
         "overrides (inherit, allow, deny) overrides routes.preset_overrides for the preset. "
         "From the environment: MEDIAPROXY_PRESETS__THUMB__W=300.")
+
+
+    thumbor: ThumborConfig = section(ThumborConfig, "The thumbor-compatible endpoint "
+                                     "(docs/thumbor.md).")
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)

@@ -268,3 +268,21 @@ def mediaproxy_admin_views(runtime):
     path claimed twice fails at start. Called once when the admin listener is made; views run
     in the reactor thread and must not block.
     """
+
+
+# -- thumbor endpoint --------------------------------------------------------------------------
+
+@hookspec
+def mediaproxy_thumbor_filters(config):
+    """Return a dict ``{name: apply}`` of filters this plugin adds to the thumbor endpoint
+    (``/thumbor/.../filters:name(a,b)/...``; docs/thumbor.md), for instance ``watermark``.
+
+    ``apply(args, params)`` gets the filter's arguments as a tuple of strings (percent-decoded,
+    split on commas) and the request's parameters as a mutable dict (every registered
+    :class:`~mediaproxy.models.Param` by name, canonical values), and sets the parameters the
+    filter means (register them with :func:`mediaproxy_params`, so they enter the cache key).
+    It raises ``ValueError`` with a message for the client when the arguments are invalid
+    (a 400 naming the filter). Called when the configuration is loaded or reloaded; ``apply``
+    runs in the reactor thread and must be cheap. A built-in filter of the same name is
+    replaced; filters nobody provides are ignored, as thumbor ignores them.
+    """

@@ -29,6 +29,8 @@ DEFAULT_PLUGINS = (
     "mediaproxy.builtin.params",
     "mediaproxy.builtin.routing",
     "mediaproxy.builtin.compat",
+    "mediaproxy.builtin.effects",
+    "mediaproxy.builtin.thumbor",
     "mediaproxy.builtin.validation",
     "mediaproxy.builtin.source",
     "mediaproxy.builtin.sourcecache",

@@ -74,6 +74,11 @@ class ImageRequest:
     failure_status: int | None = None
     #: conditional request headers for the source fetch (revalidating a stale copy)
     validators: tuple[tuple[str, str], ...] = ()
+    #: ``scheme://host[:port]`` of a source that is not on the backend (an allow-listed
+    #: remote host, fetched through the SSRF guard by the plugin that set it); ``""``: the
+    #: backend. ``source_path`` then starts with ``/host[:port]``, so no backend path shares
+    #: its cache entries, and the host enters the cache key.
+    source_origin: str = ""
 
     def evolve(self, **changes) -> "ImageRequest":
         return attrs.evolve(self, **changes)
@@ -186,6 +191,21 @@ class TransformSpec:
     #: The filter of a large output's resize (``lanczos`` or ``bicubic``; smaller outputs
     #: always take LANCZOS): :data:`mediaproxy.imaging.rendering.LARGE_OUTPUT_PIXELS`.
     large_resample: str = "lanczos"
+    #: A manual crop (left, top, right, bottom) in source pixels, taken before the fit (and
+    #: within the trim box); ``None``: none. A box left empty by the source's edges is ignored.
+    crop: tuple[int, int, int, int] | None = None
+    #: Mirror the output: ``""``, ``"h"`` (left-right), ``"v"`` (top-bottom) or ``"hv"``.
+    flip: str = ""
+    #: The axes whose size is the source's own (thumbor's ``orig``): ``""``, ``"w"``, ``"h"``.
+    orig: str = ""
+    #: Turn the box a quarter when its orientation differs from the source's (thumbor's
+    #: ``adaptive-fit-in``).
+    adaptive: bool = False
+    #: Without ``enlarge``, shrink each side of a ``cover``/``contain``/``fill`` box to the
+    #: source's separately (thumbor's ``no_upscale()``) instead of keeping the box's shape.
+    clamp: bool = False
+    #: Largest output in bytes (0: no limit): the quality is lowered until the body fits.
+    max_bytes: int = 0
 
 
 @frozen

@@ -85,6 +85,7 @@ def _value_strategy(f: attrs.Attribute, owner: str):
             ["w=300", "w=300&h=300&fit=cover&fmt=webp", "h=120&q=70"]), max_size=3).map(tuple),
         "request_id_headers": st.lists(st.sampled_from(
             ["X-Correlation-ID", "X-Request-ID", "X-Amzn-Trace-Id"]), max_size=3).map(tuple),
+        "ThumborConfig.prefix": st.sampled_from(["/thumbor", "/t", "/img/thumbor"]),
     }
     special = special.get(f"{owner}.{f.name}", special.get(f.name, base))
     if check is None:

@@ -108,7 +108,7 @@ def test_every_setting_that_sounds_secret_is_marked_or_explained():
             assert field.metadata.get("secret") or key in NOT_SECRET, key
     marked = sorted(key for key, f in iter_settings() if f.metadata.get("secret"))
     assert marked == ["admin.internal_secret", "admin.token", "cache.redis.shards",
-                      "cache.redis.url", "signing.keys"]
+                      "cache.redis.url", "signing.keys", "thumbor.security_key"]
 
 
 @pytest.mark.parametrize("url, shown", [

@@ -104,7 +104,13 @@ def test_canonical_params_tenant_and_enlarge():
     assert result.failure_status == 200
     assert dict(result.params) == {"w": 300, "h": 0, "fit": "inside", "pos": "north",
                                    "bg": (255, 255, 255, 255), "q": 75, "fmt": "jpeg",
-                                   "enlarge": True, "trim": 5}
+                                   "enlarge": True, "trim": 5, **EFFECTS_OFF}
+
+
+#: mediaproxy.builtin.effects's parameters, at their defaults on this route
+EFFECTS_OFF = {"crop": None, "flip": "", "orig": "", "adaptive": False, "clamp": False,
+               "max_bytes": 0, "grey": False, "brightness": 0, "contrast": 0, "blur": 0,
+               "rotate": 0}
 
 
 def test_svg_from_a_raster_source_gives_png():

@@ -32,7 +32,13 @@ def test_transform_parameters_make_an_image_request_with_canonical_values():
     assert result.source_path == "/media/uploads/a.jpg"
     assert dict(result.params) == {"w": 300, "h": 200, "fit": "cover", "pos": "centre",
                                    "bg": (255, 255, 255, 255), "q": 75, "fmt": "jpeg",
-                                   "enlarge": True, "trim": 0}
+                                   "enlarge": True, "trim": 0, **EFFECTS_OFF}
+
+
+#: mediaproxy.builtin.effects's parameters at their defaults (tests/test_effects.py)
+EFFECTS_OFF = {"crop": None, "flip": "", "orig": "", "adaptive": False, "clamp": False,
+               "max_bytes": 0, "grey": False, "brightness": 0, "contrast": 0, "blur": 0,
+               "rotate": 0}
 
 
 def test_defaults_when_absent():

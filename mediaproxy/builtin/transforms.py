@@ -36,6 +36,9 @@ def transform_spec(image_request, fmt: str | None, config) -> TransformSpec:
         max_output_pixels=limits.max_output_pixels, jpeg_optimize=proc.jpeg_optimize,
         parallel_resize=proc.parallel_resize, large_resample=proc.large_resample,
         deadline=time.monotonic() + limits.transform_timeout,
+        crop=p.get("crop"), flip=p.get("flip") or "", orig=p.get("orig") or "",
+        adaptive=bool(p.get("adaptive")), clamp=bool(p.get("clamp")),
+        max_bytes=p.get("max_bytes") or 0,
     )
 
 

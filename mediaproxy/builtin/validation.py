@@ -195,7 +195,7 @@ class Validator:
             reason = "the path contains an encoded separator"
         if reason:
             return Rejection(400, "invalid_path", reason, parameter="path")
-        if not path.startswith(self.prefixes):
+        if not path.startswith(self.prefixes) and not image_request.source_origin:
             return Rejection(404, "not_found", "no image route serves this path",
                              parameter="path")
         rejection = param_refusal(image_request.params, runtime.config.limits)

@@ -33,6 +33,8 @@ def normalise_path(path: str) -> str:
 def key_parts(request: ImageRequest, params: Mapping[str, Param], fmt: str | None) -> list[str]:
     """The readable parts the key is hashed from (useful in logs and tests)."""
     parts = [f"v{KEY_VERSION}", normalise_path(request.source_path)]
+    if request.source_origin:
+        parts.append(f"origin={request.source_origin}")
     for name in sorted(params):
         param = params[name]
         value = request.params.get(name, param.default)

@@ -260,8 +260,9 @@ def _draft_target(source: ImageFile.ImageFile, spec: TransformSpec) -> tuple[int
     """The size to ask the JPEG decoder for (DCT scaling by 1/2, 1/4 or 1/8) while keeping at
     least ``draft_gap`` times the pixels the output needs, in stored (not oriented) axes;
     ``None``: decode at full size. Never enlarges; skipped when trimming (the content's size
-    is unknown until decoded)."""
-    if source.format not in ("JPEG", "MPO") or spec.trim or not (spec.width or spec.height):
+    is unknown until decoded) and for a manual crop (its box, not the source, is resized)."""
+    if (source.format not in ("JPEG", "MPO") or spec.trim or spec.crop
+            or not (spec.width or spec.height)):
         return None
     orientation = _orientation(source, header_only=True)
     width, height = source.size

@@ -49,10 +49,29 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
     buffer = io.BytesIO()
     frames[0].save(buffer, _PILLOW_FORMAT[fmt], **options)
     body = buffer.getvalue()
+    if spec.max_bytes and len(body) > spec.max_bytes and "quality" in options:
+        body = _fit_bytes(frames, fmt, options, body, spec.max_bytes, deadline)
     if fmt == "webp" and len(frames) > 1 and frames[0].mode == "RGBA":
         body = _webp_alpha_flag(body)
     return Rendered(body=body, content_type=CONTENT_TYPES[fmt], format=fmt,
                     width=width, height=height, frames=len(frames))
+
+
+def _fit_bytes(frames: list[Image.Image], fmt: str, options: dict[str, Any], body: bytes,
+               max_bytes: int, deadline: Deadline) -> bytes:
+    """Encode again at three quarters of the quality each time until the body is at most
+    ``max_bytes``; below quality 10 the first body stays (thumbor's ``max_bytes`` filter,
+    the same steps: a handful of encodes at most)."""
+    quality = options["quality"]
+    while True:
+        quality = int(quality * 0.75)
+        if quality < 10:
+            return body
+        deadline.check("encoding to fit max_bytes")
+        buffer = io.BytesIO()
+        frames[0].save(buffer, _PILLOW_FORMAT[fmt], **{**options, "quality": quality})
+        if buffer.tell() <= max_bytes:
+            return buffer.getvalue()
 
 
 class _Checked:

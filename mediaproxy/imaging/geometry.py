@@ -39,6 +39,10 @@ def fit_geometry(source_width: int, source_height: int, spec: TransformSpec) -> 
     """The output geometry of a ``source_width`` x ``source_height`` image under ``spec``
     (``width``, ``height``, ``fit``, ``enlarge``); see :mod:`mediaproxy.imaging` for the rules."""
     sw, sh, w, h = source_width, source_height, spec.width, spec.height
+    if spec.orig:
+        w, h = (sw if "w" in spec.orig else w), (sh if "h" in spec.orig else h)
+    if spec.adaptive and w and h and (sw < sh) != (w < h) and sw != sh and w != h:
+        w, h = h, w
     if not w and not h:
         return Geometry(sw, sh, sw, sh)
     if not w or not h:
@@ -48,7 +52,12 @@ def fit_geometry(source_width: int, source_height: int, spec: TransformSpec) -> 
     elif spec.fit == "outside":
         size = _outside(sw, sh, w, h, spec.enlarge)
     else:
-        box = (w, h) if spec.enlarge else _shrink_box(sw, sh, w, h)
+        if spec.enlarge:
+            box = (w, h)
+        elif spec.clamp:
+            box = (min(w, sw), min(h, sh))
+        else:
+            box = _shrink_box(sw, sh, w, h)
         if spec.fit == "cover":
             return Geometry(*box, *_outside(sw, sh, *box, enlarge=True))
         if spec.fit == "contain":

@@ -279,7 +279,7 @@ class _Pipeline:
         self.deadline.check("resizing")
         plan = self._plan(image, decoded)
         image = _to_srgb(plan.scale(image, self.spec), icc)
-        image = plan.pad(image, self.spec)
+        image = _flip(plan.pad(image, self.spec), self.spec.flip)
         if image is shared:
             image = image.copy()
         return self._apply(self.after, image)
@@ -332,6 +332,32 @@ class _Pipeline:
         return image
 
 
+def _within(box: tuple[int, int, int, int], crop: tuple[int, int, int, int],
+            size: tuple[int, int], logical: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` narrowed to the manual ``crop`` (in ``logical`` source pixels, for an image of
+    ``size`` pixels), clamped to the image; ``box`` itself when nothing of the crop is left
+    (thumbor ignores such a crop too)."""
+    kx, ky = size[0] / logical[0], size[1] / logical[1]
+    left = max(box[0], min(size[0], round(crop[0] * kx)))
+    top = max(box[1], min(size[1], round(crop[1] * ky)))
+    right = min(box[2], round(crop[2] * kx))
+    bottom = min(box[3], round(crop[3] * ky))
+    if left >= right or top >= bottom:
+        return box
+    return (left, top, right, bottom)
+
+
+_FLIPS = {"h": (Image.Transpose.FLIP_LEFT_RIGHT,), "v": (Image.Transpose.FLIP_TOP_BOTTOM,),
+          "hv": (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM)}
+
+
+def _flip(image: Image.Image, flip: str) -> Image.Image:
+    """``image`` mirrored left-right (``h``), top-bottom (``v``) or both (``hv``)."""
+    for method in _FLIPS.get(flip, ()):
+        image = image.transpose(method)
+    return image
+
+
 @frozen
 class _Plan:
     """The built-in resize for one input size.
@@ -345,6 +371,8 @@ class _Plan:
     size: tuple[int, int]
     canvas: tuple[int, int]
     offset: tuple[int, int] = (0, 0)
+    #: a manual crop's box: resampling reads nothing outside it (no bleed into the edges)
+    within: tuple[int, int, int, int] | None = None
 
     @classmethod
     def decide(cls, image: Image.Image, spec: TransformSpec,
@@ -355,6 +383,10 @@ class _Plan:
         whole = (0, 0, *image.size)
         logical = logical or image.size
         trim = _trim_box(image, spec.trim) or whole
+        within = None
+        if spec.crop:
+            trim = _within(trim, spec.crop, image.size, logical)
+            within = trim if trim != whole else None
         if trim == whole:
             trimmed = logical
         else:
@@ -369,24 +401,29 @@ class _Plan:
             kx, ky = (trim[2] - trim[0]) / scaled[0], (trim[3] - trim[1]) / scaled[1]
             region = (trim[0] + x * kx, trim[1] + y * ky,
                       trim[0] + (x + canvas[0]) * kx, trim[1] + (y + canvas[1]) * ky)
-            return cls(region, canvas, canvas)
+            return cls(region, canvas, canvas, within=within)
         offset = _gravity_offset(canvas[0] - scaled[0], canvas[1] - scaled[1], spec.position)
-        return cls(trim, scaled, canvas, offset)
+        return cls(trim, scaled, canvas, offset, within)
 
     def scale(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
         """Crop and resize ``image`` (LANCZOS, or ``spec.large_resample`` for a large output;
         reducing by whole factors first; a large one in two strips with
         ``spec.parallel_resize``: :mod:`.strips`)."""
         left, top, right, bottom = self.region
+        if self.within is not None:
+            x, y = self.within[:2]
+            image = image.crop(self.within)
+            left, top, right, bottom = left - x, top - y, right - x, bottom - y
+        region = (left, top, right, bottom)
         if self.size == (right - left, bottom - top) and all(
-                float(v).is_integer() for v in self.region):
-            if self.region == (0, 0, *image.size):
+                float(v).is_integer() for v in region):
+            if region == (0, 0, *image.size):
                 return image
-            return image.crop(tuple(int(v) for v in self.region))
+            return image.crop(tuple(int(v) for v in region))
         gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
         large = self.size[0] * self.size[1] >= LARGE_OUTPUT_PIXELS
         resample = _LARGE_FILTERS[spec.large_resample] if large else _LANCZOS
-        return strips.resize(image, self.size, resample, self.region, gap,
+        return strips.resize(image, self.size, resample, region, gap,
                              spec.parallel_resize)
 
     def pad(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
