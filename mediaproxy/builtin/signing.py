@@ -116,7 +116,7 @@ class Signer:
 
     @hookimpl
     def mediaproxy_check_request(self, image_request, request, runtime):
-        if not self.keys or image_request.route in self.exempt:
+        if not self.keys or image_request.signed or image_request.route in self.exempt:
             return None
         return self.verify(image_request.route, request, runtime.reactor.seconds())
 
