@@ -280,7 +280,7 @@ def _purge_direct(config, scope) -> int:
     from .http.listening import ListeningService
     from .tap import compose
 
-    begin_logging("warn", config.monitoring.log_format, sys.stderr)
+    begin_logging("warn", config.monitoring.log_format, sys.stderr, follow=False)
     result = {}
 
     @defer.inlineCallbacks

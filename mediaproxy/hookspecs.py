@@ -217,7 +217,9 @@ def mediaproxy_response_headers(image_request, response, request, runtime):
     """Return a list of ``(name, value)`` headers to add to an image response.
 
     ``response`` is the :class:`~mediaproxy.models.ImageResponse` about to be written (``None``
-    for a Rejection). CORS and Cross-Origin-Resource-Policy are built in this way. Reactor
+    for a Rejection). CORS and Cross-Origin-Resource-Policy are built in this way. A
+    ``Cache-Control`` returned here (spelled so) replaces the response's own: the signing
+    plugin lowers the max-age of a URL that expires to the seconds it has left. Reactor
     thread, synchronous.
     """
 

@@ -217,13 +217,17 @@ class _LevelFilter:
             self.observer(event)
 
 
-def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None = None):
+def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None = None,
+                 follow: bool = False):
     """A log observer printing events at ``level`` and above (those of :data:`ALWAYS_AT_INFO`
-    at info and above), as text or JSON lines."""
+    at info and above), as text or JSON lines. ``follow``: the process's log, which takes the
+    level :func:`set_level` sets (``monitoring.log_level`` at start and at a reload); else
+    ``level`` stays (a command's own, such as ``purge``'s warnings)."""
     stream = stream if stream is not None else sys.stdout
     base = _json_observer(stream) if fmt == "json" else _text_observer(stream)
     observer = _LevelFilter(base, _PRIORITY[_LEVELS[level]])
-    _observers.add(observer)
+    if follow:
+        _observers.add(observer)
     return observer
 
 
@@ -231,9 +235,11 @@ def observer_for(level: str = "info", fmt: str = "text", stream: IO[str] | None 
 _observers: "weakref.WeakSet[_LevelFilter]" = weakref.WeakSet()
 
 
-def begin_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """Start global logging for the console script (under twistd, :func:`twistd_observer`)."""
-    globalLogBeginner.beginLoggingTo([observer_for(level, fmt, stream)],
+def begin_logging(level: str, fmt: str, stream: IO[str] | None = None,
+                  follow: bool = True) -> None:
+    """Start global logging for the console script (under twistd, :func:`twistd_observer`);
+    ``follow``: see :func:`observer_for`."""
+    globalLogBeginner.beginLoggingTo([observer_for(level, fmt, stream, follow)],
                                      redirectStandardIO=False)
 
 
@@ -283,7 +289,7 @@ def twistd_observer():
         from twisted.python.logfile import LogFile
         stream = LogFile.fromFullPath(name or "twistd.log")
         _rotate_on_sigusr1(stream)
-    return observer_for(_twistd["level"], _twistd["fmt"], stream)
+    return observer_for(_twistd["level"], _twistd["fmt"], stream, follow=True)
 
 
 def logger(namespace: str) -> RequestLogger:

@@ -79,6 +79,9 @@ class ImageRequest:
     #: backend. ``source_path`` then starts with ``/host[:port]``, so no backend path shares
     #: its cache entries, and the host enters the cache key.
     source_origin: str = ""
+    #: The route checked a signature of its own URL grammar (thumbor's HMAC over its path):
+    #: the query scheme's signing (``signing.keys``) does not apply to it.
+    signed: bool = False
 
     def evolve(self, **changes) -> "ImageRequest":
         return attrs.evolve(self, **changes)

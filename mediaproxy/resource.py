@@ -207,7 +207,10 @@ class ProxyResource(Resource):
         request.mediaproxy_cache = response.cache_status
         if rt.config.cache.x_cache_header:
             headers.append(("X-Cache", response.cache_status))
-        headers += self._extra_headers(image_request, response, info)
+        extra = list(self._extra_headers(image_request, response, info))
+        if any(name == "Cache-Control" for name, _ in extra):   # a plugin's replaces ours
+            headers = [pair for pair in headers if pair[0] != "Cache-Control"]
+        headers += extra
         body = response.body
         if status == 200 and self._not_modified(info, response):
             status, body = 304, b""

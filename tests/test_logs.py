@@ -135,7 +135,7 @@ def test_a_reload_applies_the_new_log_level(live_reactor, tmp_path):
     path = tmp_path / "mediaproxy.toml"
     path.write_text('[monitoring]\nlog_level = "error"\n')
     out = io.StringIO()
-    printed = observer_for("info", "text", out)     # as twistd's observer: the level at start
+    printed = observer_for("info", "text", out, follow=True)   # as twistd's observer
     plain, dropping = Logger("mediaproxy.test-level"), logs.logger("mediaproxy.test-level")
     globalLogPublisher.addObserver(printed)
     logs.set_level("info")

@@ -4,7 +4,9 @@ on a controlled clock, reloads and plugin routes are in test_signing_refusals.py
 
 from __future__ import annotations
 
+import http.client
 import json
+import time
 from urllib.parse import quote
 
 import pytest
@@ -173,3 +175,29 @@ def test_short_keys_are_a_config_error():
     from mediaproxy.config import ConfigError
     with pytest.raises(ConfigError, match="signing.keys"):
         load_config(environ={"MEDIAPROXY_SIGNING__KEYS": "short"})
+
+
+def test_an_expiring_url_is_cached_until_it_expires_at_most(proxy):
+    # the configured Cache-Control says a year and immutable: a CDN would keep serving the
+    # image long after the URL died
+    lasting = proxy.get(signed("/media/uploads/a.jpg?w=120"))
+    assert lasting.headers["cache-control"] == "public, max-age=31536000, immutable"
+    url = signed("/media/uploads/a.jpg?w=120", expires_in=600)
+    expires = int(url.split("expires=")[1].split("&")[0])
+    before = int(time.time())
+    for _ in range(2):                              # a miss, then a hit from memory
+        status, headers, _, _ = proxy.get(url)
+        after = int(time.time()) + 1
+        assert status == 200
+        public, age = headers["cache-control"].split(", ")
+        assert public == "public" and age.startswith("max-age=")
+        assert expires - after <= int(age.removeprefix("max-age=")) <= expires - before
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    try:                                            # one Cache-Control, not the year beside it
+        conn.request("GET", url)
+        answer = conn.getresponse()
+        answer.read()
+        (only,) = [v for k, v in answer.getheaders() if k.lower() == "cache-control"]
+        assert only.startswith("public, max-age=") and "immutable" not in only
+    finally:
+        conn.close()

@@ -418,3 +418,21 @@ def test_remote_hosts_go_through_the_ssrf_guard(live_reactor):
             assert remote.hits["/media/b.jpg"] == 1
     finally:
         call_in_reactor(listening.stopListening)
+
+
+def test_a_signed_thumbor_url_needs_no_query_signature(live_reactor):
+    # signing.keys on: the query scheme's URLs must carry sig=; a thumbor URL carries thumbor's
+    # signature instead, checked by the endpoint, so only an unsafe one needs the exemption
+    crypto = CryptoURL(key=LIBTHUMBOR_KEY)
+    url = "/thumbor" + crypto.generate(image_url="media/uploads/a.jpg", width=300, height=200)
+    keys = {"keys": ["a-key-of-at-least-16-bytes"]}
+    thumbor_on = {"security_key": LIBTHUMBOR_KEY, "allow_unsafe": True}
+    with proxy_with(thumbor=thumbor_on, signing=keys) as proxy:
+        assert_image(proxy.get(url), (300, 200), "JPEG")
+        status, _, data = proxy.json("/thumbor/unsafe/300x200/media/uploads/a.jpg")
+        assert (status, data["error"]) == (403, "signature_required")
+        status, _, data = proxy.json("/media/uploads/a.jpg?w=300")
+        assert (status, data["error"]) == (403, "signature_required")
+        assert proxy.origin.hits["/media/uploads/a.jpg"] == 1
+    with proxy_with(thumbor=thumbor_on, signing={**keys, "exempt_routes": ["thumbor"]}) as proxy:
+        assert_image(proxy.get("/thumbor/unsafe/300x200/media/uploads/a.jpg"), (300, 200))

@@ -25,6 +25,7 @@ import hmac
 import attrs
 
 from .. import hookimpl, urlsign
+from ..cache.headers import shorten_cache_control
 from ..models import Rejection, RequestInfo
 from ..urlsign import (  # noqa: F401 (the names this module always offered)
     EXPIRES_PARAM, MAX_EXPIRES_DIGITS as _MAX_EXPIRES_DIGITS, SIG_PARAM, VERSION, SigningError,
@@ -116,9 +117,26 @@ class Signer:
 
     @hookimpl
     def mediaproxy_check_request(self, image_request, request, runtime):
-        if not self.keys or image_request.route in self.exempt:
+        if not self.keys or image_request.signed or image_request.route in self.exempt:
             return None
         return self.verify(image_request.route, request, runtime.reactor.seconds())
+
+    @hookimpl
+    def mediaproxy_response_headers(self, image_request, response, request, runtime):
+        """An answer to a URL that expires is kept by browsers and CDNs until then at most:
+        its Cache-Control's max-age lowered to the seconds left and ``immutable`` dropped (the
+        configured one says a year; a CDN would serve the image long after the URL died)."""
+        if response is None or not self.keys or image_request is None \
+                or image_request.signed or image_request.route in self.exempt:
+            return None
+        for name, value in request.query:
+            if name == EXPIRES_PARAM and value.isascii() and value.isdigit():
+                left = int(value) - int(runtime.reactor.seconds())
+                for header, given in response.headers:
+                    if header == "Cache-Control":
+                        return [("Cache-Control", shorten_cache_control(given, max(0, left)))]
+                return None
+        return None
 
     @hookimpl
     def mediaproxy_config_reloaded(self, runtime, old, new):

@@ -45,6 +45,7 @@ from ..cache.keys import normalise_path, tenant_of
 from ..logs import request_log
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
+from ..presets import PRESET_PARAM
 from .routing import decode_path, unsafe_path_reason
 from .thumbor_filters import BUILTIN_FILTERS, FILL, NO_UPSCALE, UPSCALE
 
@@ -207,9 +208,9 @@ def parse_thumbor(path: str, config, defaults: dict, filters: dict) -> ImageRequ
     if origin:
         host = origin.partition("://")[2]
         return ImageRequest(route="thumbor", source_path=f"/{host}{source}", params=params,
-                            source_origin=origin)
+                            source_origin=origin, signed=first != "unsafe")
     return ImageRequest(route="thumbor", source_path=source, params=params,
-                        tenant=tenant_of(source))
+                        tenant=tenant_of(source), signed=first != "unsafe")
 
 
 _REMOTE = re.compile(r"(?:(?P<scheme>https?)://)?(?P<host>[^/?#@\\]+)(?P<path>/.*)", re.S)
@@ -312,5 +313,6 @@ def mediaproxy_match_request(request, runtime):
 
 
 def _parse(path: str, runtime):
-    defaults = {name: p.default for name, p in runtime.params.items()}
+    # a preset is the query scheme's: it names parameters, it is none itself
+    defaults = {name: p.default for name, p in runtime.params.items() if name != PRESET_PARAM}
     return parse_thumbor(path, runtime.config, defaults, filters_of(runtime))
