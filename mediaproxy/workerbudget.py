@@ -11,8 +11,12 @@ machine's memory):
 * ``cache.memory.max_bytes`` (the memory layer), ``cache.source.memory_bytes`` (originals kept
   after a fetch);
 * ``limits.transform_memory``, the transform memory budget (0, automatic: the machine's share,
-  :func:`host_transform_memory`); the decoded-image cache is carved out of it, so it is
-  divided too;
+  :func:`host_transform_memory`);
+* ``processing.decoded_cache_bytes``, the decoded-image cache (carved out of the transform
+  budget): the host's size (:func:`~mediaproxy.runtime.decoded_cache_bytes` of the host's
+  transform budget, so the automatic one's 24 MiB cap is the host's) divided, written into each
+  worker's config as an explicit size. Dividing the transform budget alone would not do: the
+  automatic size is capped per process, so two workers would hold twice the cap;
 * ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
   uploads and slow readers), not below their minimums.
 
@@ -64,7 +68,8 @@ def per_worker(config, workers: int, total_memory: int | None = None):
         return max(low, value // workers)
 
     server, cache, limits = config.server, config.cache, config.limits
-    transform = max(1, host_transform_memory(config, workers, total_memory) // workers)
+    host_transform = host_transform_memory(config, workers, total_memory)
+    transform = max(1, host_transform // workers)
     return attrs.evolve(
         config,
         server=attrs.evolve(
@@ -74,12 +79,26 @@ def per_worker(config, workers: int, total_memory: int | None = None):
             cache, memory=attrs.evolve(cache.memory, max_bytes=share(cache.memory.max_bytes)),
             source=attrs.evolve(cache.source,
                                 memory_bytes=share(cache.source.memory_bytes))),
-        limits=attrs.evolve(limits, transform_memory=transform))
+        limits=attrs.evolve(limits, transform_memory=transform),
+        processing=attrs.evolve(config.processing, decoded_cache_bytes=decoded_share(
+            config.processing.decoded_cache_bytes, host_transform, workers)))
+
+
+def decoded_share(setting: int, host_transform: int, workers: int) -> int:
+    """``processing.decoded_cache_bytes`` for one of ``workers`` workers of a host whose
+    setting is ``setting`` and whose transform memory budget is ``host_transform`` bytes: the
+    host's cache size divided, as an explicit size; off (-1) when the host's is off or its share
+    would be less than a byte (0 would mean automatic)."""
+    from .runtime import decoded_cache_bytes
+
+    share = decoded_cache_bytes(setting, host_transform) // workers
+    return share if share > 0 else -1
 
 
 #: The settings :func:`per_worker` changes, in the order the startup log names them.
 DIVIDED = ("cache.memory.max_bytes", "cache.source.memory_bytes", "limits.transform_memory",
-           "server.body_buffer_total", "server.response_buffer_total")
+           "processing.decoded_cache_bytes", "server.body_buffer_total",
+           "server.response_buffer_total")
 
 
 def shares(config) -> dict[str, int]:
