@@ -12,11 +12,15 @@ machine's memory):
   after a fetch);
 * ``limits.transform_memory``, the transform memory budget (0, automatic: the machine's share,
   :func:`host_transform_memory`);
-* ``processing.decoded_cache_bytes``, the decoded-image cache (carved out of the transform
-  budget): the host's size (:func:`~mediaproxy.runtime.decoded_cache_bytes` of the host's
-  transform budget, so the automatic one's 24 MiB cap is the host's) divided, written into each
-  worker's config as an explicit size. Dividing the transform budget alone would not do: the
-  automatic size is capped per process, so two workers would hold twice the cap;
+* ``processing.decoded_cache_bytes`` when configured (a size: the host's, divided, at most half
+  of the host's transform budget before the division). The automatic size (0) is derived from
+  each worker's transform budget, so its share of the budget is divided with it; its 24 MiB
+  cap (:data:`~mediaproxy.runtime.DECODED_CACHE_CAP`) is not: it is the working set of decode
+  once, render many (one 12 MP source's entries at 1/4 and 1/2 scale), like a per-item limit.
+  Divided, two workers' 12 MiB each could not keep a 4000x3000 JPEG's 1/2-scale decode: three
+  srcsets of one took 11 decodes instead of 4, while the cold load's peak RSS did not move
+  (the load phase holds 9 MiB of decoded images either way; docs/performance.md, "Every
+  core");
 * ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
   uploads and slow readers), not below their minimums.
 
@@ -86,11 +90,14 @@ def per_worker(config, workers: int, total_memory: int | None = None):
 
 def decoded_share(setting: int, host_transform: int, workers: int) -> int:
     """``processing.decoded_cache_bytes`` for one of ``workers`` workers of a host whose
-    setting is ``setting`` and whose transform memory budget is ``host_transform`` bytes: the
-    host's cache size divided, as an explicit size; off (-1) when the host's is off or its share
-    would be less than a byte (0 would mean automatic)."""
+    setting is ``setting`` and whose transform memory budget is ``host_transform`` bytes: a
+    configured size is the host's, divided (off, -1, when a share would be less than a byte: 0
+    would mean automatic); automatic (0) and off (negative) stay as they are (see the module
+    docstring)."""
     from .runtime import decoded_cache_bytes
 
+    if setting <= 0:
+        return setting
     share = decoded_cache_bytes(setting, host_transform) // workers
     return share if share > 0 else -1
 

@@ -103,7 +103,7 @@ def test_each_worker_gets_its_share_of_every_per_process_budget():
         "cache.memory.max_bytes": 100 * MiB // 3,
         "cache.source.memory_bytes": 10 * MiB,
         "limits.transform_memory": 300 * MiB,
-        "processing.decoded_cache_bytes": 8 * MiB,   # the host's automatic 24 MiB in three
+        "processing.decoded_cache_bytes": 0,   # automatic: from each worker's budget
         "server.body_buffer_total": 64 * MiB // 3,
         "server.response_buffer_total": (10 * MiB + 1) // 3,
     }
@@ -140,9 +140,9 @@ def test_worker_0_runs_its_share_with_the_host_layer_and_a_reload_keeps_both(mon
         assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
                 runtime.config.cache.file.max_bytes) == (50 * MiB, host.path, 100 * MiB)
         assert runtime.exchange is top.supervisor.ledger
-        # the decoded-image cache this worker made is its half of the host's
-        share = runtime.config.processing.decoded_cache_bytes
-        assert (share, runtime.decoded.capacity) == (DECODED_CACHE_CAP // 2, share)
+        # the decoded-image cache this worker made: automatic, the per-process cap
+        assert (runtime.config.processing.decoded_cache_bytes, runtime.decoded.capacity) == \
+            (0, DECODED_CACHE_CAP)
         reload = next(svc for svc in top if isinstance(svc, ReloadOnHangup))
         reload_config(runtime, None, reload.adjust)     # the defaults now: 128 MiB
         assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
@@ -164,31 +164,33 @@ def test_a_tiny_machine_or_budget_still_has_a_budget_of_at_least_one_byte():
     assert per_worker(config(limits={"transform_memory": 1}), 2).limits.transform_memory == 1
 
 
-def test_the_decoded_cache_is_the_hosts_size_divided_not_a_cap_per_worker():
-    # automatic: a quarter of the host's transform budget, at most 24 MiB for the whole host
-    two = per_worker(config(), 2, total_memory=8 * GiB)
-    assert two.processing.decoded_cache_bytes == DECODED_CACHE_CAP // 2
-    assert decoded_cache_capacity(two) == DECODED_CACHE_CAP // 2
-    # ... and the rest of the worker's transform budget admits transforms
-    assert memory_budget(two, None, 2).capacity == 512 * MiB - DECODED_CACHE_CAP // 2
-    # below the cap: a quarter of a 40 MiB host budget is 10 MiB, 5 MiB each
-    small = per_worker(config(limits={"transform_memory": 40 * MiB}), 2)
-    assert decoded_cache_capacity(small) == 5 * MiB
-    # a configured size is the host's too (at most half the host's budget), divided
+def test_a_configured_decoded_cache_is_the_hosts_size_divided():
     three = per_worker(config(processing={"decoded_cache_bytes": 60 * MiB},
                               limits={"transform_memory": 900 * MiB}), 3)
-    assert decoded_cache_capacity(three) == 20 * MiB
+    assert (three.processing.decoded_cache_bytes, decoded_cache_capacity(three)) == \
+        (20 * MiB, 20 * MiB)
+    # at most half of the host's budget (450 MiB), then divided
     halved = per_worker(config(processing={"decoded_cache_bytes": 600 * MiB},
                                limits={"transform_memory": 900 * MiB}), 3)
     assert decoded_cache_capacity(halved) == 150 * MiB
-    # one worker: the setting as written (automatic), the capacity the cap
-    one = per_worker(config(), 1, total_memory=8 * GiB)
-    assert (one.processing.decoded_cache_bytes, decoded_cache_capacity(one, 8 * GiB)) == \
-        (0, DECODED_CACHE_CAP)
+    # ... and the rest of the worker's transform budget admits transforms
+    assert memory_budget(three, None, 2).capacity == 300 * MiB - 20 * MiB
+
+
+def test_the_automatic_decoded_cache_follows_each_workers_divided_budget_and_keeps_its_cap():
+    # a quarter of the worker's budget (512 MiB of the host's 1 GiB), at most the 24 MiB a
+    # 12 MP source's decodes need: the cap is a working set, per process
+    two = per_worker(config(), 2, total_memory=8 * GiB)
+    assert two.processing.decoded_cache_bytes == 0
+    assert decoded_cache_capacity(two) == DECODED_CACHE_CAP
+    # below the cap: a quarter of each worker's 20 MiB (the host's 40 MiB in two)
+    small = per_worker(config(limits={"transform_memory": 40 * MiB}), 2)
+    assert decoded_cache_capacity(small) == 5 * MiB
 
 
 @pytest.mark.parametrize("setting, workers, share", [
     (-1, 2, -1),    # off stays off
+    (0, 2, 0),      # automatic stays automatic
     (2, 2, 1),      # one byte each
     (1, 2, -1),     # less than a byte each: off, not 0 (automatic)
 ])
@@ -196,4 +198,4 @@ def test_a_decoded_cache_share_below_a_byte_is_off(setting, workers, share):
     c = config(processing={"decoded_cache_bytes": setting}, limits={"transform_memory": 1 * GiB})
     divided = per_worker(c, workers)
     assert divided.processing.decoded_cache_bytes == share
-    assert decoded_cache_capacity(divided) == max(0, share)
+    assert decoded_cache_capacity(divided) == (DECODED_CACHE_CAP if share == 0 else max(0, share))
