@@ -111,10 +111,14 @@ print(json.dumps({"growth": rss() - start, "peak": peak, "start": start,
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("options", nargs="*", default=OPTIONS, choices=OPTIONS)
+    parser.add_argument("options", nargs="*", help=f"some of {', '.join(OPTIONS)} (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--transforms", type=int, default=1500)
     args = parser.parse_args()
+    args.options = args.options or OPTIONS
+    unknown = set(args.options) - set(OPTIONS)
+    if unknown:
+        parser.error(f"unknown option(s) {', '.join(sorted(unknown))}: choose from {OPTIONS}")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MALLOC_ARENA_MAX", None)
     rows: dict[str, list[dict]] = {o: [] for o in args.options}
