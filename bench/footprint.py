@@ -5,6 +5,7 @@
     .venv/bin/python bench/footprint.py --load             # ... and the bench's cold load
     .venv/bin/python bench/footprint.py --code /tmp/main72 --load   # another checkout too
     .venv/bin/python bench/footprint.py --load --breakdown # ... and what the caches hold after
+    .venv/bin/python bench/footprint.py --load --set PROCESSING__DECODED_CACHE_BYTES=24MiB
     MEDIAPROXY_SERVER__WORKERS=1 .venv/bin/python bench/footprint.py   # one process
 
 Each checkout's ``mediaproxy run`` starts on a free loopback port (never 8080) in front of the
@@ -199,9 +200,11 @@ def run_load(port: int, pid: int, out_dir: Path) -> dict:
             if name in scenarios} | {"load_per_s": scenarios.get("load", {}).get("ok_per_s")}
 
 
-def measure(code: Path, load: bool, out_dir: Path, breakdown: bool = False) -> None:
+def measure(code: Path, load: bool, out_dir: Path, breakdown: bool = False,
+            settings: dict[str, str] | None = None) -> None:
     port = free_port()
     env = environment(code)
+    env.update({f"MEDIAPROXY_{key}": value for key, value in (settings or {}).items()})
     monitoring = free_port() if breakdown else None
     if monitoring:
         env["MEDIAPROXY_MONITORING__LISTEN"] = f"tcp:{monitoring}:interface=127.0.0.1"
@@ -277,11 +280,14 @@ def main() -> None:
     parser.add_argument("--breakdown", action="store_true",
                         help="after the load, what the caches hold (monitoring listener)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/footprint-results"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                        help="a setting of every proxy measured; repeatable")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     for code in [ROOT, *args.code]:
         if args.imports:
             imports(code)
-        measure(code, args.load, args.out_dir, args.breakdown)
+        measure(code, args.load, args.out_dir, args.breakdown, settings)
 
 
 if __name__ == "__main__":

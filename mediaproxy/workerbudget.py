@@ -18,9 +18,8 @@ machine's memory):
   cap (:data:`~mediaproxy.runtime.DECODED_CACHE_CAP`) is not: it is the working set of decode
   once, render many (one 12 MP source's entries at 1/4 and 1/2 scale), like a per-item limit.
   Divided, two workers' 12 MiB each could not keep a 4000x3000 JPEG's 1/2-scale decode: three
-  srcsets of one took 11 decodes instead of 4, while the cold load's peak RSS did not move
-  (the load phase holds 9 MiB of decoded images either way; docs/performance.md, "Every
-  core");
+  srcsets of one took 11 decodes instead of 4, for 13 MiB less at the cold load's peak
+  (docs/performance.md, "Every core"; a host preferring the memory configures the size);
 * ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
   uploads and slow readers), not below their minimums.
 
