@@ -4,6 +4,8 @@
     .venv/bin/python bench/footprint.py --imports          # ... and what the imports cost
     .venv/bin/python bench/footprint.py --load             # ... and the bench's cold load
     .venv/bin/python bench/footprint.py --code /tmp/main72 --load   # another checkout too
+    .venv/bin/python bench/footprint.py --load --breakdown # ... and what the caches hold after
+    .venv/bin/python bench/footprint.py --load --set PROCESSING__DECODED_CACHE_BYTES=24MiB
     MEDIAPROXY_SERVER__WORKERS=1 .venv/bin/python bench/footprint.py   # one process
 
 Each checkout's ``mediaproxy run`` starts on a free loopback port (never 8080) in front of the
@@ -18,6 +20,10 @@ run; the floor and ceiling references skipped), sampling the same process tree t
 file, and prints each phase's peak RSS and PSS summed over the tree: the "cold load: peak RSS"
 row of issue 14's table is the ``load`` phase's. ``--imports`` prints the RSS each group of
 imports adds to a bare Python, in the order a worker imports them (one fresh interpreter).
+``--breakdown`` also runs the monitoring listener (a free loopback port) and prints, after the
+load, what the caches hold summed over the workers (``mediaproxy_cache_bytes`` per layer,
+``mediaproxy_decoded_cache_bytes``): the part of the growth that is budgeted cache, the rest
+being the heap (malloc's arenas, Python's objects).
 
 What the bench's sum counts: psutil's ``rss`` of every process, so a page two processes share
 (the interpreter and library code, and after a ``fork`` every page neither has written since)
@@ -128,6 +134,51 @@ def environment(code: Path) -> dict[str, str]:
     return env
 
 
+def heap_kinds(pid: int) -> dict[str, float]:
+    """RSS of ``pid``'s anonymous memory by kind, in MiB, from ``/proc/PID/smaps``: glibc's
+    main heap (``[heap]``, the reactor thread's allocations), the threads' arenas (glibc maps
+    each in 64 MiB-aligned reservations), 1 MiB maps (CPython's object arenas), and the other
+    anonymous maps (large allocations mmapped on their own, thread stacks); file-backed pages
+    (code, libraries) as one more."""
+    out: dict[str, float] = {}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                size, path = end - start, (fields[5] if len(fields) > 5 else "")
+                if path == "[heap]":
+                    kind = "main heap ([heap])"
+                elif path.startswith("/"):
+                    kind = "files (code, libraries)"
+                elif path:
+                    kind = "other (" + path + ")"
+                elif size == 1 << 20:
+                    kind = "1 MiB maps (Python objects)"
+                elif start % (64 << 20) == 0 or size >= (60 << 20):
+                    kind = "thread arenas (64 MiB reservations)"
+                else:
+                    kind = "other anonymous maps"
+            elif fields[0] == "Rss:" and kind:
+                out[kind] = out.get(kind, 0.0) + int(fields[1]) / 1024
+    return out
+
+
+def cache_gauges(port: int) -> dict[str, float]:
+    """The memory held by the caches, from the merged ``/metrics`` on ``port``: bytes by name."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("mediaproxy_cache_bytes{", "mediaproxy_decoded_cache_bytes ",
+                            "mediaproxy_decoded_cache_capacity_bytes ")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
 def run_load(port: int, pid: int, out_dir: Path) -> dict:
     """The shared bench's cold, hot and load scenarios against 127.0.0.1:``port``; each phase's
     peak RSS and PSS summed over ``pid``'s tree."""
@@ -149,9 +200,15 @@ def run_load(port: int, pid: int, out_dir: Path) -> dict:
             if name in scenarios} | {"load_per_s": scenarios.get("load", {}).get("ok_per_s")}
 
 
-def measure(code: Path, load: bool, out_dir: Path) -> None:
+def measure(code: Path, load: bool, out_dir: Path, breakdown: bool = False,
+            settings: dict[str, str] | None = None) -> None:
     port = free_port()
-    proc, _ = start(run_command(port), code, environment(code), port)
+    env = environment(code)
+    env.update({f"MEDIAPROXY_{key}": value for key, value in (settings or {}).items()})
+    monitoring = free_port() if breakdown else None
+    if monitoring:
+        env["MEDIAPROXY_MONITORING__LISTEN"] = f"tcp:{monitoring}:interface=127.0.0.1"
+    proc, _ = start(run_command(port), code, env, port)
     try:
         time.sleep(3)
         procs = [(p, *rollup(p)) for p in tree(proc.pid)]
@@ -160,6 +217,13 @@ def measure(code: Path, load: bool, out_dir: Path) -> None:
             print(f"  pid {pid}: RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
         print(f"  sum: RSS {sum(r for _, r, _ in procs):.1f} MiB, "
               f"PSS {sum(p for _, _, p in procs):.1f} MiB")
+        if breakdown:
+            kinds: dict[str, float] = {}
+            for pid, _, _ in procs:
+                for kind, mib in heap_kinds(pid).items():
+                    kinds[kind] = kinds.get(kind, 0.0) + mib
+            print("  at start, RSS by kind: " + ", ".join(
+                f"{kind} {mib:.1f}" for kind, mib in sorted(kinds.items(), key=lambda kv: -kv[1])))
         if load:
             figures = run_load(port, proc.pid, out_dir)
             for phase in ("cold", "load"):
@@ -168,6 +232,19 @@ def measure(code: Path, load: bool, out_dir: Path) -> None:
                       f"{rss.get('peak_pss_mib')} MiB, largest process "
                       f"{rss.get('peak_single_rss_mib')} MiB, {rss.get('max_procs')} processes")
             print(f"  load: {figures.get('load_per_s')} transforms/s")
+            if monitoring:
+                procs = [(p, *rollup(p)) for p in tree(proc.pid)]
+                print(f"  after the load: RSS {sum(r for _, r, _ in procs):.1f} MiB, PSS "
+                      f"{sum(p for _, _, p in procs):.1f} MiB; the caches hold (all workers):")
+                for name, value in cache_gauges(monitoring).items():
+                    print(f"    {name} {value / 2**20:.1f} MiB")
+                print("  RSS by kind of memory (all processes):")
+                kinds: dict[str, float] = {}
+                for pid, _, _ in procs:
+                    for kind, mib in heap_kinds(pid).items():
+                        kinds[kind] = kinds.get(kind, 0.0) + mib
+                for kind, mib in sorted(kinds.items(), key=lambda kv: -kv[1]):
+                    print(f"    {mib:6.1f} MiB  {kind}")
     finally:
         stop(proc)
 
@@ -200,12 +277,17 @@ def main() -> None:
     parser.add_argument("--load", action="store_true",
                         help="run the shared bench's cold, hot and load scenarios")
     parser.add_argument("--imports", action="store_true")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="after the load, what the caches hold (monitoring listener)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/footprint-results"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION__KEY=VALUE",
+                        help="a setting of every proxy measured; repeatable")
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.set)
     for code in [ROOT, *args.code]:
         if args.imports:
             imports(code)
-        measure(code, args.load, args.out_dir)
+        measure(code, args.load, args.out_dir, args.breakdown, settings)
 
 
 if __name__ == "__main__":

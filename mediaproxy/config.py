@@ -754,8 +754,10 @@ class ProcessingConfig:
         "once each; accepts 64MiB). They are taken out of the transform memory budget "
         "(limits.transform_memory), so transforms and this cache together stay within it. "
         "0: automatic, a quarter of the transform memory budget and at most 24 MiB; a "
-        "larger value is lowered to half of it; negative: off (see docs/performance.md, \"Decode once, render "
-        "many\").")
+        "larger value is lowered to half of it; negative: off. A configured size is the host's: "
+        "with several workers (server.workers) each keeps an equal share of it; the automatic "
+        "one is a quarter of each worker's share of the transform budget, at most 24 MiB a "
+        "worker (see docs/performance.md, \"Decode once, render many\" and \"Every core\").")
     parallel_resize: bool = setting(
         True, "bool", "Cut a large downscale (an output of 250,000 pixels or more) in two "
         "horizontal strips and resize the second on a helper thread when it is free (one per "

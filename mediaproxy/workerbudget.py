@@ -11,8 +11,15 @@ machine's memory):
 * ``cache.memory.max_bytes`` (the memory layer), ``cache.source.memory_bytes`` (originals kept
   after a fetch);
 * ``limits.transform_memory``, the transform memory budget (0, automatic: the machine's share,
-  :func:`host_transform_memory`); the decoded-image cache is carved out of it, so it is
-  divided too;
+  :func:`host_transform_memory`);
+* ``processing.decoded_cache_bytes`` when configured (a size: the host's, divided, at most half
+  of the host's transform budget before the division). The automatic size (0) is derived from
+  each worker's transform budget, so its share of the budget is divided with it; its 24 MiB
+  cap (:data:`~mediaproxy.runtime.DECODED_CACHE_CAP`) is not: it is the working set of decode
+  once, render many (one 12 MP source's entries at 1/4 and 1/2 scale), like a per-item limit.
+  Divided, two workers' 12 MiB each could not keep a 4000x3000 JPEG's 1/2-scale decode: three
+  srcsets of one took 11 decodes instead of 4, for 13 MiB less at the cold load's peak
+  (docs/performance.md, "Every core"; a host preferring the memory configures the size);
 * ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
   uploads and slow readers), not below their minimums.
 
@@ -64,7 +71,8 @@ def per_worker(config, workers: int, total_memory: int | None = None):
         return max(low, value // workers)
 
     server, cache, limits = config.server, config.cache, config.limits
-    transform = max(1, host_transform_memory(config, workers, total_memory) // workers)
+    host_transform = host_transform_memory(config, workers, total_memory)
+    transform = max(1, host_transform // workers)
     return attrs.evolve(
         config,
         server=attrs.evolve(
@@ -74,12 +82,29 @@ def per_worker(config, workers: int, total_memory: int | None = None):
             cache, memory=attrs.evolve(cache.memory, max_bytes=share(cache.memory.max_bytes)),
             source=attrs.evolve(cache.source,
                                 memory_bytes=share(cache.source.memory_bytes))),
-        limits=attrs.evolve(limits, transform_memory=transform))
+        limits=attrs.evolve(limits, transform_memory=transform),
+        processing=attrs.evolve(config.processing, decoded_cache_bytes=decoded_share(
+            config.processing.decoded_cache_bytes, host_transform, workers)))
+
+
+def decoded_share(setting: int, host_transform: int, workers: int) -> int:
+    """``processing.decoded_cache_bytes`` for one of ``workers`` workers of a host whose
+    setting is ``setting`` and whose transform memory budget is ``host_transform`` bytes: a
+    configured size is the host's, divided (off, -1, when a share would be less than a byte: 0
+    would mean automatic); automatic (0) and off (negative) stay as they are (see the module
+    docstring)."""
+    from .runtime import decoded_cache_bytes
+
+    if setting <= 0:
+        return setting
+    share = decoded_cache_bytes(setting, host_transform) // workers
+    return share if share > 0 else -1
 
 
 #: The settings :func:`per_worker` changes, in the order the startup log names them.
 DIVIDED = ("cache.memory.max_bytes", "cache.source.memory_bytes", "limits.transform_memory",
-           "server.body_buffer_total", "server.response_buffer_total")
+           "processing.decoded_cache_bytes", "server.body_buffer_total",
+           "server.response_buffer_total")
 
 
 def shares(config) -> dict[str, int]:

@@ -4,7 +4,9 @@ worker's share of the host's per-process budgets (mediaproxy.workerbudget), exac
 import pytest
 
 from mediaproxy.config import ConfigError, load_config
-from mediaproxy.runtime import AUTO_TRANSFORM_MEMORY_CAP
+from mediaproxy.runtime import (
+    AUTO_TRANSFORM_MEMORY_CAP, DECODED_CACHE_CAP, decoded_cache_capacity, memory_budget,
+)
 from mediaproxy.workerbudget import (
     MIN_WORKER_TRANSFORM_MEMORY, host_transform_memory, per_worker, shares,
 )
@@ -101,6 +103,7 @@ def test_each_worker_gets_its_share_of_every_per_process_budget():
         "cache.memory.max_bytes": 100 * MiB // 3,
         "cache.source.memory_bytes": 10 * MiB,
         "limits.transform_memory": 300 * MiB,
+        "processing.decoded_cache_bytes": 0,   # automatic: from each worker's budget
         "server.body_buffer_total": 64 * MiB // 3,
         "server.response_buffer_total": (10 * MiB + 1) // 3,
     }
@@ -137,6 +140,9 @@ def test_worker_0_runs_its_share_with_the_host_layer_and_a_reload_keeps_both(mon
         assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
                 runtime.config.cache.file.max_bytes) == (50 * MiB, host.path, 100 * MiB)
         assert runtime.exchange is top.supervisor.ledger
+        # the decoded-image cache this worker made: automatic, the per-process cap
+        assert (runtime.config.processing.decoded_cache_bytes, runtime.decoded.capacity) == \
+            (0, DECODED_CACHE_CAP)
         reload = next(svc for svc in top if isinstance(svc, ReloadOnHangup))
         reload_config(runtime, None, reload.adjust)     # the defaults now: 128 MiB
         assert (runtime.config.cache.memory.max_bytes, runtime.config.cache.file.dir,
@@ -156,3 +162,40 @@ def test_a_tiny_machine_or_budget_still_has_a_budget_of_at_least_one_byte():
     assert host_transform_memory(config(), 1, total_memory=7) == 1     # an eighth is 0
     # a 1-byte budget split in two stays 1 byte: 0 would mean "automatic"
     assert per_worker(config(limits={"transform_memory": 1}), 2).limits.transform_memory == 1
+
+
+def test_a_configured_decoded_cache_is_the_hosts_size_divided():
+    three = per_worker(config(processing={"decoded_cache_bytes": 60 * MiB},
+                              limits={"transform_memory": 900 * MiB}), 3)
+    assert (three.processing.decoded_cache_bytes, decoded_cache_capacity(three)) == \
+        (20 * MiB, 20 * MiB)
+    # at most half of the host's budget (450 MiB), then divided
+    halved = per_worker(config(processing={"decoded_cache_bytes": 600 * MiB},
+                               limits={"transform_memory": 900 * MiB}), 3)
+    assert decoded_cache_capacity(halved) == 150 * MiB
+    # ... and the rest of the worker's transform budget admits transforms
+    assert memory_budget(three, None, 2).capacity == 300 * MiB - 20 * MiB
+
+
+def test_the_automatic_decoded_cache_follows_each_workers_divided_budget_and_keeps_its_cap():
+    # a quarter of the worker's budget (512 MiB of the host's 1 GiB), at most the 24 MiB a
+    # 12 MP source's decodes need: the cap is a working set, per process
+    two = per_worker(config(), 2, total_memory=8 * GiB)
+    assert two.processing.decoded_cache_bytes == 0
+    assert decoded_cache_capacity(two) == DECODED_CACHE_CAP
+    # below the cap: a quarter of each worker's 20 MiB (the host's 40 MiB in two)
+    small = per_worker(config(limits={"transform_memory": 40 * MiB}), 2)
+    assert decoded_cache_capacity(small) == 5 * MiB
+
+
+@pytest.mark.parametrize("setting, workers, share", [
+    (-1, 2, -1),    # off stays off
+    (0, 2, 0),      # automatic stays automatic
+    (2, 2, 1),      # one byte each
+    (1, 2, -1),     # less than a byte each: off, not 0 (automatic)
+])
+def test_a_decoded_cache_share_below_a_byte_is_off(setting, workers, share):
+    c = config(processing={"decoded_cache_bytes": setting}, limits={"transform_memory": 1 * GiB})
+    divided = per_worker(c, workers)
+    assert divided.processing.decoded_cache_bytes == share
+    assert decoded_cache_capacity(divided) == (DECODED_CACHE_CAP if share == 0 else max(0, share))
