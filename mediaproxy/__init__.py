@@ -33,6 +33,7 @@ _LAZY = {
     "CorruptEntry": "mediaproxy.cache.entrycodec",
     **dict.fromkeys(("ConfigError", "setting"), "mediaproxy.config"),
     "build_settings": "mediaproxy.config:_build",
+    "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
 }
 
 
@@ -61,5 +62,5 @@ __all__ = [
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
-    "ConfigError", "setting", "build_settings",
+    "ConfigError", "setting", "build_settings", "parse_accept",
 ]

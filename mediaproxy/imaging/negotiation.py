@@ -14,6 +14,27 @@ from __future__ import annotations
 from .formats import ANIMATION_SEPARATOR
 
 
+def accept_qualities(accept: str | None) -> dict[str, float]:
+    """Each media range ``accept`` names, lower case, with its q (1 when absent, 0 when
+    unreadable); a range named twice keeps its last q. Public as ``mediaproxy.parse_accept``
+    (the placeholder plugin chooses text or JSON with it)."""
+    named = {}
+    for part in (accept or "").split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        if not media:
+            continue
+        q = 1.0
+        for f in fields[1:]:
+            if f.lower().startswith("q="):
+                try:
+                    q = float(f[2:])
+                except ValueError:
+                    q = 0.0
+        named[media] = q
+    return named
+
+
 def negotiate_format(requested: str | None, accept: str | None) -> tuple[str | None, bool]:
     """The output format token and whether the answer depends on ``Accept`` (``Vary: Accept``).
 
@@ -25,18 +46,7 @@ def negotiate_format(requested: str | None, accept: str | None) -> tuple[str | N
     """
     if requested != "auto":
         return requested, False
-    named = {}
-    for part in (accept or "").split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media = fields[0].lower()
-        q = 1.0
-        for f in fields[1:]:
-            if f.lower().startswith("q="):
-                try:
-                    q = float(f[2:])
-                except ValueError:
-                    q = 0.0
-        named[media] = q
+    named = accept_qualities(accept)
     webp = named.get("image/webp", 0) > 0
     if named.get("image/avif", 0) > 0:
         return f"avif{ANIMATION_SEPARATOR}{'webp' if webp else 'gif'}", True

@@ -4,23 +4,11 @@ from __future__ import annotations
 
 
 def quality(accept: str | None) -> dict[str, float]:
-    """Each media range ``accept`` names, lower case, with its q (1 when absent, 0 when
-    unreadable); a range named twice keeps its last q."""
-    named = {}
-    for part in (accept or "").split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media = fields[0].lower()
-        if not media:
-            continue
-        q = 1.0
-        for f in fields[1:]:
-            if f.lower().startswith("q="):
-                try:
-                    q = float(f[2:])
-                except ValueError:
-                    q = 0.0
-        named[media] = q
-    return named
+    """Each media range ``accept`` names with its q: the core's own reading
+    (``mediaproxy.parse_accept``, the one ``fmt=auto`` negotiates with)."""
+    from mediaproxy import parse_accept
+
+    return parse_accept(accept)
 
 
 def wants_json(accept: str | None) -> bool:
