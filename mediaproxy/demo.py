@@ -125,4 +125,9 @@ class DemoOrigin(Resource):
         request.setHeader(b"Content-Type", b"text/plain")
         return b"not found\n"
 
-    render_HEAD = render_GET
+    def render_HEAD(self, request):
+        # the GET's headers and length, no body (twisted.web warns on every HEAD otherwise: the
+        # health check's, each few seconds)
+        body = self.render_GET(request)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return b""
