@@ -83,11 +83,13 @@ def test_a_broken_cache_directory_warns_once_not_on_every_miss(live_reactor, tmp
     files = {f"/media/uploads/{i}.jpg": make_image((40, 30)) for i in range(9)}
     with start_proxy(files=files, overrides={"cache": {"file": {"dir": str(tmp_path)},
                                                        "source": {"memory_bytes": 0}}}) as proxy:
-        assert proxy.get("/media/uploads/0.jpg?w=10").status == 200
-        # Time stands still (a Clock), so every warning below falls in one period.
+        # Time stands still (a Clock), so every warning below falls in one period; the
+        # originals' layered cache shares the results' throttle from its first use (the
+        # request below).
         clock = Clock()
         monkeypatch.setattr(locks, "_warnings", Throttle(10.0, clock=clock.seconds))
         proxy.runtime.cache._warned = Throttle(10.0, clock=clock.seconds)
+        assert proxy.get("/media/uploads/0.jpg?w=10").status == 200
         layer = find_layer(proxy.runtime, FileLayer)
         layer._warnings = Throttle(10.0, clock=clock.seconds)
         # Break the directory for real: its lock and result trees become plain files, so every

@@ -113,7 +113,9 @@ class SourceCache:
             layers = [layer for layer in getattr(getattr(self.runtime, "cache", None),
                                                   "layers", ())
                       if layer.name == "file" or getattr(layer, "keeps_sources", False)]
-            self._source_layers = [LayeredCache(layers)] if layers else []
+            # the results' throttle: a broken layer warns once a period for both
+            self._source_layers = [LayeredCache(layers, warned=self.runtime.cache._warned)
+                                   ] if layers else []
         return self._source_layers[0] if self._source_layers else None
 
     def _through_disk(self, disk, image_request, request, runtime) -> Deferred:
