@@ -689,7 +689,11 @@ class CacheConfig:
 class ProcessingConfig:
     threads: int = setting(
         0, "int", "Size of the thread pool that decodes, resizes and encodes images. 0 means "
-        "one per CPU core. Pillow releases the GIL while it works, so threads use all cores.",
+        "one per CPU core in all: the cores divided among the server.workers processes, at "
+        "least one each (with more, the workers' transform threads outnumber the cores and "
+        "their event loops, which answer cached hits, wait behind them in an overload; see "
+        "docs/performance.md, \"Overload\"). Pillow releases the GIL while it works, so "
+        "threads use all cores. A number set is per worker.",
         _at_least(0))
     queue_limit: int = setting(
         256, "int", "Transforms waiting for a thread beyond this many are refused with 503.",
