@@ -336,8 +336,9 @@ class ServerConfig:
         "one core, a listen endpoint that cannot be shared (unix:, systemd:, port 0), or a "
         "transform memory budget too small to split. The per-process budgets "
         "(cache.memory.max_bytes, cache.source.memory_bytes, limits.transform_memory, "
-        "server.body_buffer_total, server.response_buffer_total) are divided among the "
-        "workers, never multiplied (docs/operations.md, Several workers).", _workers)
+        "server.body_buffer_total, server.response_buffer_total, and processing.threads when "
+        "automatic) are divided among the workers, never multiplied (docs/operations.md, "
+        "Several workers).", _workers)
     trusted_proxies: tuple[str, ...] = setting(
         [], "strlist",
         "Peers (IPs or CIDR networks) whose X-Forwarded-For is believed and appended to. From any "
