@@ -64,10 +64,15 @@ def host_transform_memory(config, workers: int, total_memory: int | None = None)
 
 def worker_threads(config, workers: int, cores: int | None = None) -> int:
     """``processing.threads`` of one of ``workers`` workers: as set, or, automatic (0),
-    ``cores`` (default: this machine's) divided by ``workers``, at least 1."""
+    ``cores`` divided by ``workers``, at least 1. ``cores`` by default: those this process may
+    run on (its affinity, as ``server.workers = auto`` counts them), else the machine's."""
     if config.processing.threads:
         return config.processing.threads
-    cores = cores if cores is not None else (os.cpu_count() or 2)
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
     return max(1, cores // workers)
 
 

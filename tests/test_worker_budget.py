@@ -175,3 +175,11 @@ def test_a_thread_count_set_is_per_worker_and_kept():
     assert per_worker(c, 2, total_memory=16 * GiB, cores=2).processing.threads == 3
     # one worker: the config as it is; its pool resolves 0 to one thread per core
     assert per_worker(config(), 1, cores=2).processing.threads == 0
+
+
+def test_automatic_threads_count_the_cores_this_process_may_run_on():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(config(), 1) == cores
+    assert worker_threads(config(), cores + 1) == 1
