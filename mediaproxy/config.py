@@ -336,8 +336,9 @@ class ServerConfig:
         "one core, a listen endpoint that cannot be shared (unix:, systemd:, port 0), or a "
         "transform memory budget too small to split. The per-process budgets "
         "(cache.memory.max_bytes, cache.source.memory_bytes, limits.transform_memory, "
-        "server.body_buffer_total, server.response_buffer_total) are divided among the "
-        "workers, never multiplied (docs/operations.md, Several workers).", _workers)
+        "server.body_buffer_total, server.response_buffer_total, and processing.threads when "
+        "automatic) are divided among the workers, never multiplied (docs/operations.md, "
+        "Several workers).", _workers)
     trusted_proxies: tuple[str, ...] = setting(
         [], "strlist",
         "Peers (IPs or CIDR networks) whose X-Forwarded-For is believed and appended to. From any "
@@ -689,7 +690,11 @@ class CacheConfig:
 class ProcessingConfig:
     threads: int = setting(
         0, "int", "Size of the thread pool that decodes, resizes and encodes images. 0 means "
-        "one per CPU core. Pillow releases the GIL while it works, so threads use all cores.",
+        "one per CPU core in all: the cores divided among the server.workers processes, at "
+        "least one each (with more, the workers' transform threads outnumber the cores and "
+        "their event loops, which answer cached hits, wait behind them in an overload; see "
+        "docs/performance.md, \"Overload\"). Pillow releases the GIL while it works, so "
+        "threads use all cores. A number set is per worker.",
         _at_least(0))
     queue_limit: int = setting(
         256, "int", "Transforms waiting for a thread beyond this many are refused with 503.",

@@ -21,7 +21,13 @@ machine's memory):
   srcsets of one took 11 decodes instead of 4, for 13 MiB less at the cold load's peak
   (docs/performance.md, "Every core"; a host preferring the memory configures the size);
 * ``server.body_buffer_total`` and ``server.response_buffer_total`` (bytes held for slow
-  uploads and slow readers), not below their minimums.
+  uploads and slow readers), not below their minimums;
+* ``processing.threads`` when automatic (0): the host's cores divided among the workers, at
+  least one each, so the transform threads of all workers together are one per core, as in
+  one process. One per core in *each* worker put twice the cores' worth of CPU-bound threads
+  on the machine, and during an overload the reactors that answer cached hits and refusals
+  waited behind them (docs/performance.md, "Overload": hits' p50 3 to 4 times lower with one
+  thread per worker on 2 cores, at the same cold throughput). A number set is kept.
 
 Not divided: ``ratelimit.max_keys`` (each worker sees every client, SO_REUSEPORT spreads one
 client's connections over all of them, so each must be able to hold every active bucket; a
@@ -30,6 +36,8 @@ bucket is about a hundred bytes), per-request and per-item limits, and everythin
 """
 
 from __future__ import annotations
+
+import os
 
 import attrs
 
@@ -61,9 +69,24 @@ def host_transform_memory(config, workers: int, total_memory: int | None = None)
                       AUTO_TRANSFORM_MEMORY_CAP * workers))
 
 
-def per_worker(config, workers: int, total_memory: int | None = None):
-    """``config`` as one of ``workers`` worker processes runs it: every per-process byte
-    budget divided by ``workers`` (see the module docstring). One worker: ``config`` itself."""
+def worker_threads(config, workers: int, cores: int | None = None) -> int:
+    """``processing.threads`` of one of ``workers`` workers: as set, or, automatic (0),
+    ``cores`` divided by ``workers``, at least 1. ``cores`` by default: those this process may
+    run on (its affinity, as ``server.workers = auto`` counts them), else the machine's."""
+    if config.processing.threads:
+        return config.processing.threads
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+    return max(1, cores // workers)
+
+
+def per_worker(config, workers: int, total_memory: int | None = None,
+               cores: int | None = None):
+    """``config`` as one of ``workers`` worker processes runs it: every per-process budget
+    divided by ``workers`` (see the module docstring). One worker: ``config`` itself."""
     if workers <= 1:
         return config
 
@@ -83,8 +106,10 @@ def per_worker(config, workers: int, total_memory: int | None = None):
             source=attrs.evolve(cache.source,
                                 memory_bytes=share(cache.source.memory_bytes))),
         limits=attrs.evolve(limits, transform_memory=transform),
-        processing=attrs.evolve(config.processing, decoded_cache_bytes=decoded_share(
-            config.processing.decoded_cache_bytes, host_transform, workers)))
+        processing=attrs.evolve(
+            config.processing, threads=worker_threads(config, workers, cores),
+            decoded_cache_bytes=decoded_share(config.processing.decoded_cache_bytes,
+                                              host_transform, workers)))
 
 
 def decoded_share(setting: int, host_transform: int, workers: int) -> int:
@@ -104,7 +129,7 @@ def decoded_share(setting: int, host_transform: int, workers: int) -> int:
 #: The settings :func:`per_worker` changes, in the order the startup log names them.
 DIVIDED = ("cache.memory.max_bytes", "cache.source.memory_bytes", "limits.transform_memory",
            "processing.decoded_cache_bytes", "server.body_buffer_total",
-           "server.response_buffer_total")
+           "server.response_buffer_total", "processing.threads")
 
 
 def shares(config) -> dict[str, int]:

@@ -8,7 +8,7 @@ from mediaproxy.runtime import (
     AUTO_TRANSFORM_MEMORY_CAP, DECODED_CACHE_CAP, decoded_cache_capacity, memory_budget,
 )
 from mediaproxy.workerbudget import (
-    MIN_WORKER_TRANSFORM_MEMORY, host_transform_memory, per_worker, shares,
+    MIN_WORKER_TRANSFORM_MEMORY, host_transform_memory, per_worker, shares, worker_threads,
 )
 from mediaproxy.workers import resolve_workers
 
@@ -98,7 +98,7 @@ def test_each_worker_gets_its_share_of_every_per_process_budget():
     c = config(cache={"memory": {"max_bytes": 100 * MiB}, "source": {"memory_bytes": 30 * MiB}},
                limits={"transform_memory": 900 * MiB},
                server={"body_buffer_total": 64 * MiB, "response_buffer_total": 10 * MiB + 1})
-    three = per_worker(c, 3, total_memory=16 * GiB)
+    three = per_worker(c, 3, total_memory=16 * GiB, cores=7)
     assert shares(three) == {
         "cache.memory.max_bytes": 100 * MiB // 3,
         "cache.source.memory_bytes": 10 * MiB,
@@ -106,6 +106,7 @@ def test_each_worker_gets_its_share_of_every_per_process_budget():
         "processing.decoded_cache_bytes": 0,   # automatic: from each worker's budget
         "server.body_buffer_total": 64 * MiB // 3,
         "server.response_buffer_total": (10 * MiB + 1) // 3,
+        "processing.threads": 2,         # automatic: 7 cores in 3
     }
     # what is not a per-process byte budget stays as it is
     assert (three.ratelimit.max_keys, three.cache.memory.max_item_bytes,
@@ -199,3 +200,29 @@ def test_a_decoded_cache_share_below_a_byte_is_off(setting, workers, share):
     divided = per_worker(c, workers)
     assert divided.processing.decoded_cache_bytes == share
     assert decoded_cache_capacity(divided) == (DECODED_CACHE_CAP if share == 0 else max(0, share))
+
+
+@pytest.mark.parametrize("cores, workers, threads", [
+    (2, 2, 1), (4, 2, 2), (5, 2, 2), (8, 3, 2), (2, 3, 1), (1, 2, 1), (8, 8, 1), (16, 1, 16)])
+def test_automatic_threads_are_the_cores_divided_among_the_workers_at_least_one(
+        cores, workers, threads):
+    assert worker_threads(config(), workers, cores=cores) == threads
+    if workers > 1:
+        assert per_worker(config(), workers, total_memory=16 * GiB,
+                          cores=cores).processing.threads == threads
+
+
+def test_a_thread_count_set_is_per_worker_and_kept():
+    c = config(processing={"threads": 3})
+    assert worker_threads(c, 2, cores=2) == 3
+    assert per_worker(c, 2, total_memory=16 * GiB, cores=2).processing.threads == 3
+    # one worker: the config as it is; its pool resolves 0 to one thread per core
+    assert per_worker(config(), 1, cores=2).processing.threads == 0
+
+
+def test_automatic_threads_count_the_cores_this_process_may_run_on():
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(config(), 1) == cores
+    assert worker_threads(config(), cores + 1) == 1
