@@ -27,7 +27,7 @@ from .decode import (
     _open, _orientation, _read_info,
 )
 from .decoded import Decoded, DecodedCache, first_decode_finer
-from . import strips
+from .strips import resize as resize_in_strips
 from .encode import _duration, _encode
 from .errors import OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
@@ -423,8 +423,8 @@ class _Plan:
         gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
         large = self.size[0] * self.size[1] >= LARGE_OUTPUT_PIXELS
         resample = _LARGE_FILTERS[spec.large_resample] if large else _LANCZOS
-        return strips.resize(image, self.size, resample, region, gap,
-                             spec.parallel_resize)
+        return resize_in_strips(image, self.size, resample, region, gap,
+                                spec.parallel_resize)
 
     def pad(self, image: Image.Image, spec: TransformSpec) -> Image.Image:
         """Place ``image`` on a ``canvas`` of ``spec.background`` (``contain``)."""
