@@ -347,7 +347,9 @@ def _buffered_in_transports(site) -> tuple[int, int]:
     def measure():
         total = count = 0
         for obj in gc.get_objects():
-            if isinstance(obj, BudgetedChannel) and obj.site is site \
+            # type(), not isinstance(): isinstance asks a lazy object for its __class__ (one
+            # of Django's, alive after the Django tests, then loads unconfigured settings)
+            if issubclass(type(obj), BudgetedChannel) and obj.site is site \
                     and obj.transport is not None and obj.transport.connected:
                 t = obj.transport
                 total += len(t.dataBuffer) - t.offset + t._tempDataLen
