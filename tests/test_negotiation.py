@@ -74,6 +74,7 @@ def answer(proxy, query, accept):
     (None, "jpeg"),
     ("image/png", "jpeg"),                              # only AVIF and WebP are negotiated
     ("image/webpx,image/avif2", "jpeg"),
+    ("image/jpeg, ,image/webp", "webp"),               # an empty range is skipped, not the end
 ])
 def test_auto_picks_from_accept(proxy, accept, expected):
     fmt, vary = answer(proxy, "w=20&fmt=auto", accept)
