@@ -238,6 +238,9 @@ class Sampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []   # (monotonic, rss bytes, cpu s)
+        #: (monotonic, {pid: (s on a core, s waiting for a core)}) of every process's main
+        #: thread, its reactor: /proc/PID/schedstat
+        self.reactors: list[tuple[float, dict[int, tuple[float, float]]]] = []
         self.stopped = threading.Event()
         self._cpu_dead = 0.0
         self._known: dict[int, object] = {}
@@ -250,7 +253,14 @@ class Sampler(threading.Thread):
         except self.psutil.Error:
             pass
         rss, cpu, seen = 0, 0.0, {}
+        reactors = {}
         for p in procs:
+            try:
+                with open(f"/proc/{p.pid}/schedstat") as f:
+                    on_cpu, waiting = f.read().split()[:2]
+                reactors[p.pid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+            except (OSError, ValueError):
+                pass
             try:
                 with p.oneshot():
                     mem = p.memory_info().rss
@@ -263,6 +273,7 @@ class Sampler(threading.Thread):
             if pid not in seen:
                 self._cpu_dead += last
         self._last_cpu = seen
+        self.reactors.append((time.monotonic(), reactors))
         return rss, self._cpu_dead + sum(seen.values())
 
     def run(self) -> None:
@@ -285,10 +296,31 @@ class Sampler(threading.Thread):
         first, last = before[-1], inside[-1]
         span = last[0] - first[0]
         lags = [lag for t, lag in self.lags if start <= t <= end + 5.0]
-        return {"peak_rss_mib": round(max(s[1] for s in inside) / MiB, 1),
+        return {**self.reactor_time(start, end),
+                "peak_rss_mib": round(max(s[1] for s in inside) / MiB, 1),
                 "reactor_lag_max_ms": ms(max(lags)) if lags else None,
                 "cpu_pct": round(100 * (last[2] - first[2]) / span) if span > 0 else None,
                 "cpu_s": round(last[2] - first[2], 2), "samples": len(inside)}
+
+
+    def reactor_time(self, start: float, end: float) -> dict:
+        """Where the proxy's reactor threads (each process's main thread) spent ``start`` to
+        ``end``, in percent of the time, averaged over the processes (the kernel's schedstat):
+        on a core, runnable but waiting for a core, and the rest (asleep in epoll, or waiting
+        for the GIL). A hit that arrives while the reactor waits for a core waits with it."""
+        inside = [r for r in self.reactors if start <= r[0] <= end]
+        before = [r for r in self.reactors if r[0] <= start] or inside[:1]
+        if not inside or inside[-1][0] <= before[-1][0]:
+            return {"reactor_on_cpu_pct": None, "reactor_runq_pct": None}
+        (t0, first), (t1, last) = before[-1], inside[-1]
+        pids = [pid for pid in last if pid in first]
+        if not pids:
+            return {"reactor_on_cpu_pct": None, "reactor_runq_pct": None}
+        span = (t1 - t0) * len(pids)
+        on_cpu = sum(last[p][0] - first[p][0] for p in pids)
+        waiting = sum(last[p][1] - first[p][1] for p in pids)
+        return {"reactor_on_cpu_pct": round(100 * on_cpu / span, 1),
+                "reactor_runq_pct": round(100 * waiting / span, 1)}
 
 
 # --------------------------------------------------------------------------- the proxy
@@ -644,9 +676,10 @@ async def scenario(args, proxy: Proxy, log) -> dict:
                  "ok_per_s": round(over["ok"] / args.seconds, 1),
                  **sampler.between(*phases["overload"])})
     result["overload"] = over
-    result["hits"] = {name: {**summarise_hits(samples, *phases[name]), "reactor_lag_max_ms":
-                             sampler.between(*phases[name])["reactor_lag_max_ms"]}
-                      for name in ("baseline", "calibrate", "overload", "recovery", "after")}
+    result["hits"] = {name: {**summarise_hits(samples, *phases[name]), **{
+        k: sampler.between(*phases[name])[k] for k in (
+            "reactor_lag_max_ms", "reactor_on_cpu_pct", "reactor_runq_pct")}}
+        for name in ("baseline", "calibrate", "overload", "recovery", "after")}
     result["recovery"] = {
         "seconds": None if recovered is None else round(recovered, 2),
         "probes": [{"status": p["status"], "ms": ms(p["s"]), "since_end_s":
@@ -735,10 +768,12 @@ def report(result: dict, args) -> list[str]:
              "",
              "| requirement | measured | ok |", "|---|---|---|"]
     lines += [f"| {name} | {text} | {'yes' if ok else 'NO'} |" for name, text, ok in checks]
-    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 | reactor lag max ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 | reactor lag max ms | "
+              "reactor on a core % | reactor waiting for a core % |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {h['n']} | {h['p50_ms']} | {h['p99_ms']} | {h['max_ms']} | "
-              f"{h['not_ok']} | {h['reactor_lag_max_ms']} |" for name, h in hits.items()]
+              f"{h['not_ok']} | {h['reactor_lag_max_ms']} | {h['reactor_on_cpu_pct']} | "
+              f"{h['reactor_runq_pct']} |" for name, h in hits.items()]
     return lines
 
 
