@@ -47,6 +47,13 @@ py-spy stacks of the baseline and the overload; ``--summarise FILE...`` says whe
 reactor thread's samples went (idle in epoll, in a socket call, i.e. waiting for the GIL, or
 running Python) and the transform threads' busiest frames.
 
+Per phase the hits' table also gives the share of the time the proxy's reactor threads (each
+process's main thread) were on a core and runnable but waiting for one (the kernel's
+``/proc/PID/schedstat``): on a shared machine a hit waits with its reactor. ``--send-times``
+loads ``bench/sendtime/sitecustomize.py`` into the proxy (measurement only) and reports, per
+phase, the hits' time from ``Request.finish()`` to their last byte handed to the kernel (wall,
+and the reactor's CPU in between: the other work they waited for).
+
 Loopback only; every loop is bounded in count and time; the proxy is stopped at the end.
 """
 
@@ -326,7 +333,8 @@ class Sampler(threading.Thread):
 # --------------------------------------------------------------------------- the proxy
 
 class Proxy:
-    def __init__(self, code: Path, python: str, settings: dict[str, str], log: Path):
+    def __init__(self, code: Path, python: str, settings: dict[str, str], log: Path,
+                 send_times: Path | None = None):
         self.port, self.monitoring, self.admin = free_port(), free_port(), free_port()
         self.token = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
@@ -340,6 +348,9 @@ class Proxy:
             "MEDIAPROXY_CACHE__X_CACHE_HEADER": "true",
         })
         env.update({f"MEDIAPROXY_{k}": v for k, v in settings.items()})
+        if send_times is not None:   # bench/sendtime/sitecustomize.py times the hits' sends
+            env["PYTHONPATH"] += os.pathsep + str(ROOT / "bench" / "sendtime")
+            env["OVERLOAD_SEND_TIMES"] = str(send_times)
         self.log = log
         self.proc = subprocess.Popen(
             [python, "-m", "mediaproxy", "run", "--listen", f"tcp:{self.port}:interface={HOST}"],
@@ -558,6 +569,26 @@ def summarise_cold(answers: list[dict]) -> dict:
             "shed_p50_ms": ms(pct(refused, 50)), "shed_p99_ms": ms(pct(refused, 99))}
 
 
+def send_times(directory: Path, phases: dict[str, tuple[float, float]]) -> dict:
+    """``--send-times``: per phase, the hits' time from ``Request.finish()`` to their last
+    byte sent (wall and reactor CPU ms, p50 / p99 / max), from the proxy's processes' files."""
+    rows = []
+    for path in directory.iterdir():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                rows.append(tuple(float(x) for x in parts))
+    out = {}
+    for name, (start, end) in phases.items():
+        inside = [r for r in rows if start <= r[0] < end]
+        wall, cpu = [r[1] for r in inside], [r[2] for r in inside]
+        out[name] = {"n": len(inside), **{
+            f"{what}_{p}_ms": round(pct(values, p), 2) if values else None
+            for what, values in (("wall", wall), ("cpu", cpu)) for p in (50, 99)},
+            "wall_max_ms": round(max(wall), 1) if wall else None}
+    return out
+
+
 def summarise_hits(samples, start: float, end: float) -> dict:
     inside = [s for s in samples if start <= s[0] < end]
     lat = [s[1] for s in inside if s[2] == 200]
@@ -684,6 +715,8 @@ async def scenario(args, proxy: Proxy, log) -> dict:
         "seconds": None if recovered is None else round(recovered, 2),
         "probes": [{"status": p["status"], "ms": ms(p["s"]), "since_end_s":
                     round(p["since_end"], 2), "error": p.get("error")} for p in probes]}
+    if args.send_times_dir is not None:
+        result["send_times"] = send_times(args.send_times_dir, phases)
     peak = max(s[1] for s in sampler.samples) / MiB if sampler.samples else None
     result["rss"] = {"idle_mib": idle_rss, "peak_mib": round(peak, 1) if peak else None,
                      "by_phase": {name: sampler.between(*span)["peak_rss_mib"]
@@ -774,6 +807,12 @@ def report(result: dict, args) -> list[str]:
     lines += [f"| {name} | {h['n']} | {h['p50_ms']} | {h['p99_ms']} | {h['max_ms']} | "
               f"{h['not_ok']} | {h['reactor_lag_max_ms']} | {h['reactor_on_cpu_pct']} | "
               f"{h['reactor_runq_pct']} |" for name, h in hits.items()]
+    if "send_times" in result:
+        lines += ["", "| hits: finish() to last byte sent | n | wall p50 / p99 / max ms | "
+                  "reactor CPU p50 / p99 ms |", "|---|---|---|---|"]
+        lines += [f"| {name} | {t['n']} | {t['wall_50_ms']} / {t['wall_99_ms']} / "
+                  f"{t['wall_max_ms']} | {t['cpu_50_ms']} / {t['cpu_99_ms']} |"
+                  for name, t in result["send_times"].items()]
     return lines
 
 
@@ -806,6 +845,9 @@ def main() -> int:
                         help="py-spy raw stacks of the proxy during the overload, to this file")
     parser.add_argument("--log", type=Path, default=Path("/tmp/mediaproxy-overload.log"),
                         help="the proxy's output")
+    parser.add_argument("--send-times", action="store_true",
+                        help="time the hits from Request.finish() to their last byte sent, in "
+                        "the proxy (bench/sendtime/sitecustomize.py; measurement only)")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="RAW",
                         help="summarise py-spy raw files written by --profile; no run")
     args = parser.parse_args()
@@ -823,7 +865,11 @@ def main() -> int:
         urllib.request.urlopen(f"{ORIGIN}/media/uploads/small.gif", timeout=5).read()
     except OSError as e:
         raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start")
-    proxy = Proxy(code, args.python, settings, args.log)
+    args.send_times_dir = None
+    if args.send_times:
+        import tempfile
+        args.send_times_dir = Path(tempfile.mkdtemp(prefix="overload-send-times-"))
+    proxy = Proxy(code, args.python, settings, args.log, args.send_times_dir)
     log(f"proxy from {code} on {HOST}:{proxy.port} (pid {proxy.proc.pid}, log {args.log})")
     try:
         result = asyncio.run(scenario(args, proxy, log))
@@ -835,6 +881,9 @@ def main() -> int:
         result["code"] = str(code)
     finally:
         proxy.stop()
+    if args.send_times_dir is not None:
+        import shutil
+        shutil.rmtree(args.send_times_dir, ignore_errors=True)
     lines = report(result, args)
     print("\n".join(lines))
     if args.json:

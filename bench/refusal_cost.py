@@ -50,6 +50,9 @@ class Origin(http.server.ThreadingHTTPServer):
     hold: threading.Event
     hold_seconds: float
 
+    def handle_error(self, request, client_address):
+        pass   # a client (the proxy) gone before its answer: nothing to report
+
 
 class OriginHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 -- the standard library's name
@@ -90,7 +93,9 @@ class Proxy:
         self.port = free_port()
         self.cache_dir = tempfile.mkdtemp(prefix="o-refusal-")
         env = proxy_env(code, f"127.0.0.1:{origin}", PROCESSING__THREADS=str(threads),
-                        PROCESSING__QUEUE_LIMIT="1", CACHE__FILE__DIR=self.cache_dir)
+                        PROCESSING__QUEUE_LIMIT="1", CACHE__FILE__DIR=self.cache_dir,
+                        # the held fetches must outlast the run: no 504 frees the door
+                        BACKEND__HEADER_TIMEOUT="3600", BACKEND__SOURCE_TIMEOUT="3600")
         self.proc, _ = start(run_command(self.port), code, env, self.port)
         self.ps = psutil.Process(self.proc.pid)
         self.n = 0
