@@ -47,6 +47,13 @@ py-spy stacks of the baseline and the overload; ``--summarise FILE...`` says whe
 reactor thread's samples went (idle in epoll, in a socket call, i.e. waiting for the GIL, or
 running Python) and the transform threads' busiest frames.
 
+Per phase the hits' table also gives the share of the time the proxy's reactor threads (each
+process's main thread) were on a core and runnable but waiting for one (the kernel's
+``/proc/PID/schedstat``): on a shared machine a hit waits with its reactor. ``--send-times``
+loads ``bench/sendtime/sitecustomize.py`` into the proxy (measurement only) and reports, per
+phase, the hits' time from ``Request.finish()`` to their last byte handed to the kernel (wall,
+and the reactor's CPU in between: the other work they waited for).
+
 Loopback only; every loop is bounded in count and time; the proxy is stopped at the end.
 """
 
@@ -238,6 +245,9 @@ class Sampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, int, float]] = []   # (monotonic, rss bytes, cpu s)
+        #: (monotonic, {pid: (s on a core, s waiting for a core)}) of every process's main
+        #: thread, its reactor: /proc/PID/schedstat
+        self.reactors: list[tuple[float, dict[int, tuple[float, float]]]] = []
         self.stopped = threading.Event()
         self._cpu_dead = 0.0
         self._known: dict[int, object] = {}
@@ -250,7 +260,14 @@ class Sampler(threading.Thread):
         except self.psutil.Error:
             pass
         rss, cpu, seen = 0, 0.0, {}
+        reactors = {}
         for p in procs:
+            try:
+                with open(f"/proc/{p.pid}/schedstat") as f:
+                    on_cpu, waiting = f.read().split()[:2]
+                reactors[p.pid] = (int(on_cpu) / 1e9, int(waiting) / 1e9)
+            except (OSError, ValueError):
+                pass
             try:
                 with p.oneshot():
                     mem = p.memory_info().rss
@@ -263,6 +280,7 @@ class Sampler(threading.Thread):
             if pid not in seen:
                 self._cpu_dead += last
         self._last_cpu = seen
+        self.reactors.append((time.monotonic(), reactors))
         return rss, self._cpu_dead + sum(seen.values())
 
     def run(self) -> None:
@@ -285,16 +303,38 @@ class Sampler(threading.Thread):
         first, last = before[-1], inside[-1]
         span = last[0] - first[0]
         lags = [lag for t, lag in self.lags if start <= t <= end + 5.0]
-        return {"peak_rss_mib": round(max(s[1] for s in inside) / MiB, 1),
+        return {**self.reactor_time(start, end),
+                "peak_rss_mib": round(max(s[1] for s in inside) / MiB, 1),
                 "reactor_lag_max_ms": ms(max(lags)) if lags else None,
                 "cpu_pct": round(100 * (last[2] - first[2]) / span) if span > 0 else None,
                 "cpu_s": round(last[2] - first[2], 2), "samples": len(inside)}
 
 
+    def reactor_time(self, start: float, end: float) -> dict:
+        """Where the proxy's reactor threads (each process's main thread) spent ``start`` to
+        ``end``, in percent of the time, averaged over the processes (the kernel's schedstat):
+        on a core, runnable but waiting for a core, and the rest (asleep in epoll, or waiting
+        for the GIL). A hit that arrives while the reactor waits for a core waits with it."""
+        inside = [r for r in self.reactors if start <= r[0] <= end]
+        before = [r for r in self.reactors if r[0] <= start] or inside[:1]
+        if not inside or inside[-1][0] <= before[-1][0]:
+            return {"reactor_on_cpu_pct": None, "reactor_runq_pct": None}
+        (t0, first), (t1, last) = before[-1], inside[-1]
+        pids = [pid for pid in last if pid in first]
+        if not pids:
+            return {"reactor_on_cpu_pct": None, "reactor_runq_pct": None}
+        span = (t1 - t0) * len(pids)
+        on_cpu = sum(last[p][0] - first[p][0] for p in pids)
+        waiting = sum(last[p][1] - first[p][1] for p in pids)
+        return {"reactor_on_cpu_pct": round(100 * on_cpu / span, 1),
+                "reactor_runq_pct": round(100 * waiting / span, 1)}
+
+
 # --------------------------------------------------------------------------- the proxy
 
 class Proxy:
-    def __init__(self, code: Path, python: str, settings: dict[str, str], log: Path):
+    def __init__(self, code: Path, python: str, settings: dict[str, str], log: Path,
+                 send_times: Path | None = None):
         self.port, self.monitoring, self.admin = free_port(), free_port(), free_port()
         self.token = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
@@ -308,6 +348,9 @@ class Proxy:
             "MEDIAPROXY_CACHE__X_CACHE_HEADER": "true",
         })
         env.update({f"MEDIAPROXY_{k}": v for k, v in settings.items()})
+        if send_times is not None:   # bench/sendtime/sitecustomize.py times the hits' sends
+            env["PYTHONPATH"] += os.pathsep + str(ROOT / "bench" / "sendtime")
+            env["OVERLOAD_SEND_TIMES"] = str(send_times)
         self.log = log
         self.proc = subprocess.Popen(
             [python, "-m", "mediaproxy", "run", "--listen", f"tcp:{self.port}:interface={HOST}"],
@@ -526,6 +569,26 @@ def summarise_cold(answers: list[dict]) -> dict:
             "shed_p50_ms": ms(pct(refused, 50)), "shed_p99_ms": ms(pct(refused, 99))}
 
 
+def send_times(directory: Path, phases: dict[str, tuple[float, float]]) -> dict:
+    """``--send-times``: per phase, the hits' time from ``Request.finish()`` to their last
+    byte sent (wall and reactor CPU ms, p50 / p99 / max), from the proxy's processes' files."""
+    rows = []
+    for path in directory.iterdir():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                rows.append(tuple(float(x) for x in parts))
+    out = {}
+    for name, (start, end) in phases.items():
+        inside = [r for r in rows if start <= r[0] < end]
+        wall, cpu = [r[1] for r in inside], [r[2] for r in inside]
+        out[name] = {"n": len(inside), **{
+            f"{what}_{p}_ms": round(pct(values, p), 2) if values else None
+            for what, values in (("wall", wall), ("cpu", cpu)) for p in (50, 99)},
+            "wall_max_ms": round(max(wall), 1) if wall else None}
+    return out
+
+
 def summarise_hits(samples, start: float, end: float) -> dict:
     inside = [s for s in samples if start <= s[0] < end]
     lat = [s[1] for s in inside if s[2] == 200]
@@ -644,13 +707,16 @@ async def scenario(args, proxy: Proxy, log) -> dict:
                  "ok_per_s": round(over["ok"] / args.seconds, 1),
                  **sampler.between(*phases["overload"])})
     result["overload"] = over
-    result["hits"] = {name: {**summarise_hits(samples, *phases[name]), "reactor_lag_max_ms":
-                             sampler.between(*phases[name])["reactor_lag_max_ms"]}
-                      for name in ("baseline", "calibrate", "overload", "recovery", "after")}
+    result["hits"] = {name: {**summarise_hits(samples, *phases[name]), **{
+        k: sampler.between(*phases[name])[k] for k in (
+            "reactor_lag_max_ms", "reactor_on_cpu_pct", "reactor_runq_pct")}}
+        for name in ("baseline", "calibrate", "overload", "recovery", "after")}
     result["recovery"] = {
         "seconds": None if recovered is None else round(recovered, 2),
         "probes": [{"status": p["status"], "ms": ms(p["s"]), "since_end_s":
                     round(p["since_end"], 2), "error": p.get("error")} for p in probes]}
+    if args.send_times_dir is not None:
+        result["send_times"] = send_times(args.send_times_dir, phases)
     peak = max(s[1] for s in sampler.samples) / MiB if sampler.samples else None
     result["rss"] = {"idle_mib": idle_rss, "peak_mib": round(peak, 1) if peak else None,
                      "by_phase": {name: sampler.between(*span)["peak_rss_mib"]
@@ -735,10 +801,18 @@ def report(result: dict, args) -> list[str]:
              "",
              "| requirement | measured | ok |", "|---|---|---|"]
     lines += [f"| {name} | {text} | {'yes' if ok else 'NO'} |" for name, text, ok in checks]
-    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 | reactor lag max ms |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| hits | n | p50 ms | p99 ms | max ms | not 200 | reactor lag max ms | "
+              "reactor on a core % | reactor waiting for a core % |",
+              "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {name} | {h['n']} | {h['p50_ms']} | {h['p99_ms']} | {h['max_ms']} | "
-              f"{h['not_ok']} | {h['reactor_lag_max_ms']} |" for name, h in hits.items()]
+              f"{h['not_ok']} | {h['reactor_lag_max_ms']} | {h['reactor_on_cpu_pct']} | "
+              f"{h['reactor_runq_pct']} |" for name, h in hits.items()]
+    if "send_times" in result:
+        lines += ["", "| hits: finish() to last byte sent | n | wall p50 / p99 / max ms | "
+                  "reactor CPU p50 / p99 ms |", "|---|---|---|---|"]
+        lines += [f"| {name} | {t['n']} | {t['wall_50_ms']} / {t['wall_99_ms']} / "
+                  f"{t['wall_max_ms']} | {t['cpu_50_ms']} / {t['cpu_99_ms']} |"
+                  for name, t in result["send_times"].items()]
     return lines
 
 
@@ -771,6 +845,9 @@ def main() -> int:
                         help="py-spy raw stacks of the proxy during the overload, to this file")
     parser.add_argument("--log", type=Path, default=Path("/tmp/mediaproxy-overload.log"),
                         help="the proxy's output")
+    parser.add_argument("--send-times", action="store_true",
+                        help="time the hits from Request.finish() to their last byte sent, in "
+                        "the proxy (bench/sendtime/sitecustomize.py; measurement only)")
     parser.add_argument("--summarise", type=Path, nargs="+", metavar="RAW",
                         help="summarise py-spy raw files written by --profile; no run")
     args = parser.parse_args()
@@ -788,7 +865,11 @@ def main() -> int:
         urllib.request.urlopen(f"{ORIGIN}/media/uploads/small.gif", timeout=5).read()
     except OSError as e:
         raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start")
-    proxy = Proxy(code, args.python, settings, args.log)
+    args.send_times_dir = None
+    if args.send_times:
+        import tempfile
+        args.send_times_dir = Path(tempfile.mkdtemp(prefix="overload-send-times-"))
+    proxy = Proxy(code, args.python, settings, args.log, args.send_times_dir)
     log(f"proxy from {code} on {HOST}:{proxy.port} (pid {proxy.proc.pid}, log {args.log})")
     try:
         result = asyncio.run(scenario(args, proxy, log))
@@ -800,6 +881,9 @@ def main() -> int:
         result["code"] = str(code)
     finally:
         proxy.stop()
+    if args.send_times_dir is not None:
+        import shutil
+        shutil.rmtree(args.send_times_dir, ignore_errors=True)
     lines = report(result, args)
     print("\n".join(lines))
     if args.json:

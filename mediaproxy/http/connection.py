@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import attrs
+from twisted.internet.tcp import Connection
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -326,6 +327,38 @@ class BudgetedChannel(HTTPChannel):
         self._cancel("_body_timer")
         self._phase = "idle"
         super().requestDone(request)
+
+    # -- a finished response goes out now ---------------------------------------------------
+
+    def send_now(self) -> None:
+        """Send what the transport holds of a finished response now, not in a later turn of
+        the reactor (:meth:`StreamingRequest.finish
+        <mediaproxy.http.streaming.StreamingRequest.finish>` calls it once the request's own
+        end events have run).
+
+        Twisted's TCP transport only buffers a write and asks the reactor to watch the socket;
+        the bytes go out when the reactor next polls and reaches this connection among the
+        others ready then. During an overload a reactor turn holds dozens of new connections
+        (accepts, requests parsed, refusals) and thread results, so a cache hit answered in
+        one turn waited for the rest of it, the next turn's callbacks and its own place in
+        the next poll before its first byte left. Here it leaves at once, through the
+        transport's own ``doWrite``: the same send, the same handling of a partial write (the
+        rest stays buffered for the reactor) and of the producer. A failed send is left to
+        the reactor, which meets it again on its own ``doWrite`` and closes the connection as
+        before. A connection being closed (``Connection: close``) stays watched for writing
+        whatever happened, so the reactor's next ``doWrite`` finds the buffer empty and
+        closes it as it always did. Plain TCP and UNIX transports only (under TLS the
+        channel's transport is the TLS protocol, which writes through its own)."""
+        transport = self.transport
+        if not isinstance(transport, Connection) or not transport.connected \
+                or transport.disconnected:
+            return
+        if not (transport._tempDataLen or len(transport.dataBuffer) > transport.offset):
+            return
+        closing = transport.disconnecting
+        transport.doWrite()
+        if closing:
+            transport.startWriting()
 
     def _body_deadline(self) -> None:
         if self._phase != "body" or not self.requests:

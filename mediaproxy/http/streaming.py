@@ -542,7 +542,10 @@ class StreamingRequest(server.Request):
         if self._streaming and self.body is not None and self.body.receiving \
                 and self.channel is not None and not self.finished:
             self._abandon_body()
-        return super().finish()
+        channel = self.channel
+        super().finish()
+        if isinstance(channel, BudgetedChannel) and self.finished and not self._disconnected:
+            channel.send_now()   # the response leaves now, not in a later reactor turn
 
     def _abandon_body(self) -> None:
         """The response is complete but the client is still sending the body: close the

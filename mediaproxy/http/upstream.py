@@ -718,9 +718,11 @@ class _Exchange:
             self._settle()
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            request.finish()
+            # logged first: the response leaves within finish() (send_now), and a request's
+            # log lines are all written by the time its client has the answer
             self.log.debug("{method} {path} -> {code}, {bytes} bytes in {ms:.1f} ms",
                            **self._fields(code=request.code, bytes=pump.bytes))
+            request.finish()
         else:
             why = "stalled" if pump.idle_expired else reason.getErrorMessage()
             self.log.warn("backend response to {method} {path} broke off after {bytes} "
