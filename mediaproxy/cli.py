@@ -16,7 +16,9 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
+from .config import (
+    ConfigError, defaults_toml, environment_warnings, load_config, redacted, to_toml,
+)
 
 
 def serve(config, extra_services=(), shared_ports=False, config_path=None,
@@ -100,12 +102,14 @@ def cmd_check_config(args) -> int:
     if args.defaults:
         sys.stdout.write(defaults_toml())
         return 0
-    try:
-        config = load_config(args.config)
-        if config.presets:   # each value parsed by its parameter's parser, as at start
-            from .tap import check_presets
+    from .manager import get_plugin_manager, loaded_plugins
+    from .tap import collect_params
 
-            check_presets(config)
+    try:
+        config = load_config(args.config)   # loads the installed plugins: one may fail here
+        pm = get_plugin_manager(config)
+        if config.presets:   # each value parsed by its parameter's parser, as at start
+            collect_params(pm, config)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
@@ -115,10 +119,17 @@ def cmd_check_config(args) -> int:
             print(f"configuration error: {key}: {endpoint!r} is not a usable endpoint: {why}",
                   file=sys.stderr)
         return 2
+    # the plugins as TOML comments, so that the output stays a config file
+    print("# plugins loaded (name, version, from):")
+    for name, version, where in loaded_plugins(pm):
+        print(f"#   {name} {version} ({where})")
+    print()
     # secrets (signing keys, tokens, Redis passwords) are marked in the schema, never printed
     sys.stdout.write(to_toml(redacted(config)))
     for note in config_notes(config):
         print(f"note: {note}", file=sys.stderr)
+    for line in environment_warnings(config):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

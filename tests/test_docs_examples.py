@@ -30,6 +30,7 @@ docs/operations.md's table, which tests/test_metrics_reference.py checks against
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -131,23 +132,36 @@ def check_assignments(block: Block) -> list[str]:
         try:
             load_config(environ={name: value})
         except ConfigError as e:
-            out.append(f"{name}={value}: {e}")
+            out.append(f"{name}={value}: {e.key}: {e.message}")
     return out
 
 
 def setting_for(env_suffix: str) -> str | None:
     """None when ``MEDIAPROXY_<env_suffix>`` names a setting, else why not."""
     cls, path = Config, env_suffix.lower().split("__")
+    plugins = installed_sections()
+    if path[0] in plugins:
+        cls = plugins[path[0]]
+        path, prefix = path[1:], [path[0]]
+    else:
+        prefix = []
     for depth, part in enumerate(path):
         fields = {f.metadata.get("key") or f.name: f for f in attrs.fields(cls)}
         field = fields.get(part)
         if field is None:
-            return f"no key {'.'.join(path[:depth + 1])!r}"
+            return f"no key {'.'.join(prefix + path[:depth + 1])!r}"
         if field.metadata.get("kind") != "section":
             # a setting; one that holds tables (alerts.rules) or a mapping may be named deeper
             return None
         cls = field.metadata["cls"]
-    return f"{'.'.join(path)!r} is a section, not a setting"
+    return f"{'.'.join(prefix + path)!r} is a section, not a setting"
+
+
+@functools.cache
+def installed_sections() -> dict[str, type]:
+    """The sections the installed plugins declare (``[s3]``): settings like the core's."""
+    return {name: type(settings)
+            for name, settings in load_config(environ={}).plugin_sections.sections}
 
 
 SYSTEMD_SECTIONS = {"[Unit]", "[Service]", "[Install]", "[Socket]", "[Timer]", "[Journal]",
@@ -342,7 +356,7 @@ def test_environment_assignments_in_commands_are_loaded(tmp_path):
     assert check_assignments(block) == [
         "MEDIAPROXY_SERVER__WORKERS=0: server.workers: 0 is below the minimum 1 (\"auto\": one "
         "per CPU core)",
-        "MEDIAPROXY_CORS__MAX_AGE=soon: cors.max_age: 'soon' is not an integer"]
+        'MEDIAPROXY_CORS__MAX_AGE=soon: cors.max_age: must be an integer, got "soon"']
 
 
 def test_environment_names_must_name_a_setting():
