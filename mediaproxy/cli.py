@@ -3,6 +3,7 @@ The ``mediaproxy`` console script.
 
     mediaproxy run [--config FILE] [--listen ENDPOINT ...]   serve (like twistd -n mediaproxy)
     mediaproxy demo [--port 8080] [--origin-port 8000]       proxy + built-in demo origin
+                    [--interface 127.0.0.1]
     mediaproxy check-config [--config FILE] [--defaults]     print the effective config (secrets
                                                              redacted, notes on stderr) or errors
     mediaproxy sign URL [--config FILE] [--expires-in S]     print URL with its signature
@@ -338,10 +339,15 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="serve in front of a built-in demo origin")
-    demo.add_argument("--config", "-c", default=None)
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--interface", default="127.0.0.1")
-    demo.add_argument("--origin-port", type=int, default=8000)
+    demo.add_argument("--config", "-c", default=None,
+                      help="a config file for the rest of the settings (its listen and "
+                           "backend are replaced by the options below)")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="the proxy's port (default 8080; the demo page is at /)")
+    demo.add_argument("--interface", default="127.0.0.1",
+                      help="the proxy's address (default 127.0.0.1; 0.0.0.0: every interface)")
+    demo.add_argument("--origin-port", type=int, default=8000,
+                      help="the built-in demo origin's port, on 127.0.0.1 (default 8000)")
     demo.set_defaults(func=cmd_demo)
 
     check = sub.add_parser("check-config", help="print the effective config, or its errors")
