@@ -3,8 +3,10 @@ The configuration schema: one tree of frozen attrs classes.
 
 Sources, weakest first: the defaults below, a TOML file (``--config FILE``), then environment
 variables ``MEDIAPROXY_SECTION__KEY`` (``MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=64MiB``). Every value
-is validated when the config is built; a bad value raises :class:`ConfigError` naming the dotted
-key and the value, so ``mediaproxy check-config`` and ``twistd`` print one clear line.
+is validated when the config is built; a bad value raises :class:`ConfigError` naming where it
+came from (``file:line`` or the variable), the dotted key and the value, so ``mediaproxy
+check-config`` and ``twistd`` print one clear line. The plugins' own sections (``[s3]``) are
+built by :func:`load_config` after the core's, from the classes they declare.
 
 Every setting carries its help text in ``metadata``: ``conf/mediaproxy.toml`` and
 ``docs/configuration.md`` are checked against it by the tests, so the schema is the one place a
@@ -12,7 +14,10 @@ key is defined.
 
 Why one module: it is read as one tree, in the order of the TOML file, each key's default, check
 and help side by side; the loader, the environment mapping and the reference generator walk that
-same tree. Cut in pieces, a key's default and its check would live in different files. The
+same tree. Cut in pieces, a key's default and its check would live in different files. What
+knows no setting lives beside it in :mod:`mediaproxy.configload` (where values come from, the
+messages, the environment's names, the plugins' sections) and :mod:`mediaproxy.tomlpos` (the
+line of each key in a file). The
 alert rules (``[[alerts.rules]]``, a list of tables) and their default set stay here for the same
 reason: a rule is a setting, checked at load like any other, and rendered in the same reference.
 """
