@@ -163,3 +163,35 @@ def test_the_start_logs_the_plugins_in_one_line_and_warns_about_unknown_variable
     assert ours[1]["warning"] == ("MEDIAPROXY_BACKEND_URL: not a setting nor a variable "
                                   "mediaproxy reads, ignored (did you mean "
                                   "MEDIAPROXY_BACKEND__URL?)")
+
+
+def test_a_reload_reads_the_plugin_sections_again_and_refuses_a_bad_one(tmp_path,
+                                                                        monkeypatch):
+    from twisted.internet.testing import MemoryReactorClock
+
+    from mediaproxy.tap import build_runtime, reload_config
+
+    for name in [n for n in os.environ if n.startswith("MEDIAPROXY_")]:
+        monkeypatch.delenv(name)   # SIGHUP reads the process environment too
+    namespace: dict = {}
+    exec(compile(GOOD, "good_mod.py", "exec"), namespace)
+    plugin = namespace["plugin"]
+    path = tmp_path / "m.toml"
+    path.write_text('[stamp]\ntext = "a"\n')
+    config = load_config(path, plugins=[plugin], load_entrypoints=False)
+    runtime = build_runtime(config, MemoryReactorClock(), extra_plugins=[plugin],
+                            load_entrypoints=False)
+    assert runtime.config.plugin_settings("stamp").text == "a"
+    path.write_text('[stamp]\ntext = "b"\n')
+    reload_config(runtime, path)
+    assert runtime.config.plugin_settings("stamp").text == "b"
+    path.write_text('[stamp]\ntext = "c"\n\nsize = 0.5\n')
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        reload_config(runtime, path)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert runtime.config.plugin_settings("stamp").text == "b"   # refused whole
+    assert [e["error"] for e in events if "error" in e] == [
+        f"{path}:4: stamp.size: must be an integer, got 0.5"]
