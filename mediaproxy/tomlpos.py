@@ -23,6 +23,10 @@ _BARE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
 
 
+class _Stuck(Exception):
+    """The scanner met what it does not understand (it never should, on valid TOML)."""
+
+
 class _Scanner:
     def __init__(self, text: str):
         self.text = text
@@ -124,9 +128,10 @@ class _Scanner:
         return pos
 
     def inline_table(self, pos: int, path: Path) -> int:
-        text = self.text
+        text, last = self.text, -1
         while True:
             pos = self.gap(pos)
+            last = _advanced(last, pos)
             if text[pos] == "}":
                 return pos + 1
             if text[pos] == ",":
@@ -139,9 +144,10 @@ class _Scanner:
             pos = self.value(pos + 1, full)   # past "="
 
     def array(self, pos: int, path: Path) -> int:
-        text, index = self.text, 0
+        text, index, last = self.text, 0, -1
         while True:
             pos = self.gap(pos)
+            last = _advanced(last, pos)
             if text[pos] == "]":
                 return pos + 1
             if text[pos] == ",":
@@ -169,11 +175,12 @@ class _Scanner:
         return path
 
     def document(self) -> dict[Path, int]:
-        text, pos, table = self.text, 0, ()
+        text, pos, table, last = self.text, 0, (), -1
         while True:
             pos = self.gap(pos)
             if pos >= len(text):
                 return self.lines
+            last = _advanced(last, pos)
             if text[pos] == "[":
                 double = text.startswith("[[", pos)
                 parts, pos = self.key(pos + (2 if double else 1))
@@ -188,6 +195,14 @@ class _Scanner:
             pos = self.value(pos + 1, full)
 
 
+def _advanced(last: int, pos: int) -> int:
+    """``pos``, after checking that a loop moved on since ``last`` (no endless loop, whatever
+    the text)."""
+    if pos <= last:
+        raise _Stuck(pos)
+    return pos
+
+
 def _escaped(text: str, pos: int) -> bool:
     """Whether the backslash at ``pos`` escapes what follows (an odd run of backslashes)."""
     run = 0
@@ -199,8 +214,14 @@ def _escaped(text: str, pos: int) -> bool:
 
 def key_lines(text: str) -> dict[Path, int]:
     """``{path: line}`` for every key, table and array element of the TOML ``text`` (which
-    must be valid TOML: parse it with tomllib first)."""
-    return _Scanner(text).document()
+    must be valid TOML: parse it with tomllib first). Should the scanner ever misread a valid
+    document, it returns what it found before: an error then names fewer lines, but a valid
+    file never fails to load because of this."""
+    scanner = _Scanner(text)
+    try:
+        return scanner.document()
+    except (_Stuck, IndexError, ValueError):
+        return scanner.lines
 
 
 def path_of(key: str) -> Path:

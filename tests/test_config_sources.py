@@ -257,3 +257,13 @@ def test_the_line_finder_finds_every_key_where_it_was_written(document):
 ])
 def test_a_key_reads_as_a_path(key, path):
     assert path_of(key) == path
+
+
+@pytest.mark.parametrize("text, found", [
+    ("a = [ } ]\nb = 1\n", {("a",): 1, ("a", 0): 1}),   # stuck: no endless loop
+    ("a = 1\n[", {("a",): 1}),                          # cut short
+    ('a = 1\nb = "\\uZZZZ"\n', {("a",): 1, ("b",): 2}),   # a bad escape
+])
+def test_what_the_line_finder_cannot_read_leaves_it_with_what_it_found(text, found):
+    # never on a file tomllib accepted; should it happen, an error just names fewer lines
+    assert key_lines(text) == found
