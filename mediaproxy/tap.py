@@ -271,8 +271,9 @@ def reload_config(runtime, path, adjust=None):
     try:
         # the plugins' sections are those of the plugins this process loaded at start
         loaded = [plugin for _, plugin in runtime.pm.list_name_plugin() if plugin is not None]
-        new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}},
-                          plugins=loaded, load_entrypoints=False)
+        listen = list(runtime.config.server.listen)
+        new = load_config(path, overrides={"server": {"listen": listen}}, plugins=loaded,
+                          load_entrypoints=False)
         if adjust is not None:
             new = adjust(new)
         params = collect_params(runtime.pm, new)   # checks the presets: refused before use

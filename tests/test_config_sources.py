@@ -54,7 +54,8 @@ def test_a_key_the_environment_overrides_is_blamed_on_the_variable(tmp_path):
     assert load(tmp_path, "[cors]\nmax_age = 60\n", {"MEDIAPROXY_CORS__MAX_AGE": "soon"}) == (
         'MEDIAPROXY_CORS__MAX_AGE: cors.max_age: must be an integer, got "soon"')
     # the file's value stays the file's when another key comes from the environment
-    assert load(tmp_path, "[cors]\nmax_age = -1\n", {"MEDIAPROXY_CORS__RESOURCE_POLICY": "same-site"}) == (
+    other = {"MEDIAPROXY_CORS__RESOURCE_POLICY": "same-site"}
+    assert load(tmp_path, "[cors]\nmax_age = -1\n", other) == (
         "m.toml:2: cors.max_age: -1 is below the minimum 0")
 
 
@@ -162,15 +163,18 @@ def test_a_shown_value_reads_back_as_the_value(value):
 
 # -- the line finder --------------------------------------------------------------------------
 
-NAME_STYLES = st.sampled_from(["bare", "basic", "literal"])
+NAME_STYLES = st.sampled_from(["bare", "basic", "literal", "escaped", "escaped8"])
 
 
 def spell(name: str, style: str) -> str:
-    return {"bare": name, "basic": f'"{name}"', "literal": f"'{name}'"}[style]
+    """``name`` as a key, bare or quoted (its first letter escaped, \\uXXXX or \\UXXXXXXXX)."""
+    return {"bare": name, "basic": f'"{name}"', "literal": f"'{name}'",
+            "escaped": f'"\\u{ord(name[0]):04x}{name[1:]}"',
+            "escaped8": f'"\\U{ord(name[0]):08x}{name[1:]}"'}[style]
 
 
 ONE_LINE = ['1', '-2.5', 'true', '"a = 1"', "'[x]'", '"q\\"uote # no"', '1979-05-27T07:32:00Z',
-            '"""x\\"""y"""']
+            '"""x\\"""y"""', '"""ends in quotes"""""', "'''q''''"]
 SCALARS = st.sampled_from(ONE_LINE + ['"""\nk = 1\n[fake]\n"""', "'''\n[[fake]]\n'''"])
 
 
@@ -185,7 +189,8 @@ def documents(draw):
             lines.append(draw(st.sampled_from(["", "# a comment", "   ", "# k = 1"])))
 
     def value(path):
-        kind = draw(st.sampled_from(["scalar", "inline", "array", "multiline_array"]))
+        kind = draw(st.sampled_from(["scalar", "inline", "array", "strings",
+                                     "multiline_array"]))
         if kind == "scalar":
             return draw(SCALARS)
         if kind == "inline":
@@ -195,10 +200,11 @@ def documents(draw):
             pairs = [f"{k} = {draw(st.sampled_from(ONE_LINE))}" for k in keys]
             return "{ " + ", ".join(pairs) + " }" if keys else "{}"
         count = draw(st.integers(0, 3))
-        if kind == "array":
+        if kind in ("array", "strings"):
             for i in range(count):
                 expected[path + (i,)] = len(lines) + 1
-            return "[" + ", ".join("1" for _ in range(count)) + "]"
+            item = "1" if kind == "array" else '"b\\"],"'
+            return "[" + ",".join(item for _ in range(count)) + "]"
         text = "["
         for i in range(count):   # each element on a line of its own, after the opening one
             expected[path + (i,)] = len(lines) + 2 + i
@@ -221,7 +227,8 @@ def documents(draw):
                 path = table + (name,)
             expected[path] = line
             text = value(path)
-            lines.extend(f"{draw(st.sampled_from(['', '  ']))}{spelled} = {text}"
+            equals = draw(st.sampled_from([" = ", "=", "\t=  "]))
+            lines.extend(f"{draw(st.sampled_from(['', '  ']))}{spelled}{equals}{text}"
                          .split("\n"))
 
     entries(())
