@@ -174,7 +174,8 @@ def spell(name: str, style: str) -> str:
 
 
 ONE_LINE = ['1', '-2.5', 'true', '"a = 1"', "'[x]'", '"q\\"uote # no"', '1979-05-27T07:32:00Z',
-            '"""x\\"""y"""', '"""ends in quotes"""""', "'''q''''"]
+            '"""x\\"""y"""', '"""ends in quotes"""""', "'''q''''", '"""x\\""""',
+            '"""a\\"""b"" c"""']
 SCALARS = st.sampled_from(ONE_LINE + ['"""\nk = 1\n[fake]\n"""', "'''\n[[fake]]\n'''"])
 
 
