@@ -275,3 +275,15 @@ def test_a_key_reads_as_a_path(key, path):
 def test_what_the_line_finder_cannot_read_leaves_it_with_what_it_found(text, found):
     # never on a file tomllib accepted; should it happen, an error just names fewer lines
     assert key_lines(text) == found
+
+
+@pytest.mark.parametrize("text, found", [
+    ('"a\\"b" = 1\n"c\\\\" = 2\n', {('a"b',): 1, ("c\\",): 2}),       # escapes in key names
+    ('x = [[1], [2]]\ny = ""\nz = \'\'\n', {("x",): 1, ("x", 0): 1, ("x", 0, 0): 1,
+                                           ("x", 1): 1, ("x", 1, 0): 1, ("y",): 2, ("z",): 3}),
+    ('t = {a = {b = [{c = 1}]}}\n', {("t",): 1, ("t", "a"): 1, ("t", "a", "b"): 1,
+                                     ("t", "a", "b", 0): 1, ("t", "a", "b", 0, "c"): 1}),
+])
+def test_nested_values_and_escaped_names_are_found(text, found):
+    tomllib.loads(text)
+    assert key_lines(text) == found
