@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 #: a cache layer with settings of its own needs (the S3 plugin): the layer protocol and lookup,
 #: the checksummed entry record every shared layer stores, and the settings machinery
 #: (``setting`` fields in a frozen class, checked and converted like the core's sections by
-#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``). A value
+#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``, values in messages as
+#: TOML writes them by ``show_value``; a plugin declares its section through the
+#: ``mediaproxy_settings`` hook). A value
 #: ``module:attr`` names an attribute of another name.
 _LAZY = {
     **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
@@ -31,8 +33,9 @@ _LAZY = {
     "encode_entry": "mediaproxy.cache.entrycodec:encode",
     "decode_entry": "mediaproxy.cache.entrycodec:decode",
     "CorruptEntry": "mediaproxy.cache.entrycodec",
-    **dict.fromkeys(("ConfigError", "setting"), "mediaproxy.config"),
+    **dict.fromkeys(("ConfigError", "setting", "section"), "mediaproxy.config"),
     "build_settings": "mediaproxy.config:_build",
+    "show_value": "mediaproxy.configload:show",
     "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
 }
 
@@ -62,5 +65,5 @@ __all__ = [
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
-    "ConfigError", "setting", "build_settings", "parse_accept",
+    "ConfigError", "setting", "section", "build_settings", "show_value", "parse_accept",
 ]

@@ -3,6 +3,7 @@ The ``mediaproxy`` console script.
 
     mediaproxy run [--config FILE] [--listen ENDPOINT ...]   serve (like twistd -n mediaproxy)
     mediaproxy demo [--port 8080] [--origin-port 8000]       proxy + built-in demo origin
+                    [--interface 127.0.0.1]
     mediaproxy check-config [--config FILE] [--defaults]     print the effective config (secrets
                                                              redacted, notes on stderr) or errors
     mediaproxy sign URL [--config FILE] [--expires-in S]     print URL with its signature
@@ -16,7 +17,9 @@ import os
 import sys
 
 from . import __version__
-from .config import ConfigError, defaults_toml, load_config, redacted, to_toml
+from .config import (
+    ConfigError, defaults_toml, environment_warnings, load_config, redacted, to_toml,
+)
 
 
 def serve(config, extra_services=(), shared_ports=False, config_path=None,
@@ -100,12 +103,14 @@ def cmd_check_config(args) -> int:
     if args.defaults:
         sys.stdout.write(defaults_toml())
         return 0
-    try:
-        config = load_config(args.config)
-        if config.presets:   # each value parsed by its parameter's parser, as at start
-            from .tap import check_presets
+    from .manager import get_plugin_manager, loaded_plugins
+    from .tap import collect_params
 
-            check_presets(config)
+    try:
+        config = load_config(args.config)   # loads the installed plugins: one may fail here
+        pm = get_plugin_manager(config)
+        if config.presets:   # each value parsed by its parameter's parser, as at start
+            collect_params(pm, config)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
@@ -115,10 +120,17 @@ def cmd_check_config(args) -> int:
             print(f"configuration error: {key}: {endpoint!r} is not a usable endpoint: {why}",
                   file=sys.stderr)
         return 2
+    # the plugins as TOML comments, so that the output stays a config file
+    print("# plugins loaded (name, version, from):")
+    for name, version, where in loaded_plugins(pm):
+        print(f"#   {name} {version} ({where})")
+    print()
     # secrets (signing keys, tokens, Redis passwords) are marked in the schema, never printed
     sys.stdout.write(to_toml(redacted(config)))
     for note in config_notes(config):
         print(f"note: {note}", file=sys.stderr)
+    for line in environment_warnings(config):
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -327,10 +339,15 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="serve in front of a built-in demo origin")
-    demo.add_argument("--config", "-c", default=None)
-    demo.add_argument("--port", type=int, default=8080)
-    demo.add_argument("--interface", default="127.0.0.1")
-    demo.add_argument("--origin-port", type=int, default=8000)
+    demo.add_argument("--config", "-c", default=None,
+                      help="a config file for the rest of the settings (its listen and "
+                           "backend are replaced by the options below)")
+    demo.add_argument("--port", type=int, default=8080,
+                      help="the proxy's port (default 8080; the demo page is at /)")
+    demo.add_argument("--interface", default="127.0.0.1",
+                      help="the proxy's address (default 127.0.0.1; 0.0.0.0: every interface)")
+    demo.add_argument("--origin-port", type=int, default=8000,
+                      help="the built-in demo origin's port, on 127.0.0.1 (default 8000)")
     demo.set_defaults(func=cmd_demo)
 
     check = sub.add_parser("check-config", help="print the effective config, or its errors")

@@ -3,8 +3,10 @@ The configuration schema: one tree of frozen attrs classes.
 
 Sources, weakest first: the defaults below, a TOML file (``--config FILE``), then environment
 variables ``MEDIAPROXY_SECTION__KEY`` (``MEDIAPROXY_CACHE__MEMORY__MAX_BYTES=64MiB``). Every value
-is validated when the config is built; a bad value raises :class:`ConfigError` naming the dotted
-key and the value, so ``mediaproxy check-config`` and ``twistd`` print one clear line.
+is validated when the config is built; a bad value raises :class:`ConfigError` naming where it
+came from (``file:line`` or the variable), the dotted key and the value, so ``mediaproxy
+check-config`` and ``twistd`` print one clear line. The plugins' own sections (``[s3]``) are
+built by :func:`load_config` after the core's, from the classes they declare.
 
 Every setting carries its help text in ``metadata``: ``conf/mediaproxy.toml`` and
 ``docs/configuration.md`` are checked against it by the tests, so the schema is the one place a
@@ -12,7 +14,10 @@ key is defined.
 
 Why one module: it is read as one tree, in the order of the TOML file, each key's default, check
 and help side by side; the loader, the environment mapping and the reference generator walk that
-same tree. Cut in pieces, a key's default and its check would live in different files. The
+same tree. Cut in pieces, a key's default and its check would live in different files. What
+knows no setting lives beside it in :mod:`mediaproxy.configload` (where values come from, the
+messages, the environment's names, the plugins' sections) and :mod:`mediaproxy.tomlpos` (the
+line of each key in a file). The
 alert rules (``[[alerts.rules]]``, a list of tables) and their default set stay here for the same
 reason: a rule is a setting, checked at load like any other, and rendered in the same reference.
 """
@@ -22,22 +27,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import attrs
 from attrs import frozen
 
-ENV_PREFIX = "MEDIAPROXY_"
+from .configload import (
+    ENV_PREFIX, ConfigError, Origins, entry_point_plugins, env_name, env_tree, leaves,
+    plugin_schemas, read_toml, show, suggest, unknown_variables,
+)
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong. ``key`` is the dotted name, ``str()`` the whole message."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key = key
+__all__ = ["ConfigError", "ENV_PREFIX", "Config", "PluginSections", "load_config", "setting",
+           "section"]
 
 
 # -- value kinds ------------------------------------------------------------------------------
@@ -55,12 +57,12 @@ def _to_bool(value: Any) -> bool:
         return True
     if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{value!r} is not a boolean (true/false)")
+    raise ValueError(f"must be a boolean (true/false), got {show(value)}")
 
 
 def _to_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not an integer")
+        raise ValueError(f"must be an integer, got {show(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -73,12 +75,12 @@ def _to_int(value: Any) -> int:
             return int(value.strip().replace("_", ""))
         except ValueError:
             pass
-    raise ValueError(f"{value!r} is not an integer")
+    raise ValueError(f"must be an integer, got {show(value)}")
 
 
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number")
+        raise ValueError(f"must be a number, got {show(value)}")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -86,7 +88,7 @@ def _to_float(value: Any) -> float:
             return float(value.strip())
         except ValueError:
             pass
-    raise ValueError(f"{value!r} is not a number")
+    raise ValueError(f"must be a number, got {show(value)}")
 
 
 def _to_str(value: Any) -> str:
@@ -94,9 +96,9 @@ def _to_str(value: Any) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError(f"{value!r} is not valid UTF-8") from None
+            raise ValueError(f"must be valid UTF-8, got {show(value)}") from None
         return value
-    raise ValueError(f"{value!r} is not a string")
+    raise ValueError(f"must be a string, got {show(value)}")
 
 
 def _to_strlist(value: Any) -> tuple[str, ...]:
@@ -104,7 +106,7 @@ def _to_strlist(value: Any) -> tuple[str, ...]:
         value = [part.strip() for part in value.split(",") if part.strip()]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(_to_str(v) for v in value)
-    raise ValueError(f"{value!r} is not a list of strings")
+    raise ValueError(f"must be a list of strings, got {show(value)}")
 
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {
@@ -148,20 +150,20 @@ def section(cls: type, help: str):
 def _at_least(low: float) -> Callable[[Any], None]:
     def check(value):
         if value < low:
-            raise ValueError(f"{value!r} is below the minimum {low}")
+            raise ValueError(f"{show(value)} is below the minimum {low}")
     check.low, check.high = low, None
     return check
 
 
 def _header_value(value: str) -> None:
     if any(not 0x20 <= ord(c) <= 0x7e for c in value):
-        raise ValueError(f"{value!r} is not printable ASCII")
+        raise ValueError(f"{show(value)} is not printable ASCII")
 
 
 def _between(low: float, high: float) -> Callable[[Any], None]:
     def check(value):
         if not low <= value <= high:
-            raise ValueError(f"{value!r} is outside {low}..{high}")
+            raise ValueError(f"{show(value)} is outside {low}..{high}")
     check.low, check.high = low, high
     return check
 
@@ -171,30 +173,30 @@ def _prerender_list(value) -> None:
         raise ValueError(f"{len(value)} queries; at most 16")
     for query in value:
         if query.startswith("?") or "/" in query or not query.strip():
-            raise ValueError(f"{query!r} is not a query string like w=300&fmt=webp")
+            raise ValueError(f"{show(query)} is not a query string like w=300&fmt=webp")
 
 
 def _one_of(*choices: str) -> Callable[[Any], None]:
     def check(value):
         if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+            raise ValueError(f"{show(value)} is not one of {', '.join(choices)}")
     check.choices = choices
     return check
 
 
 def _health_path(value: str) -> None:
     if not value.startswith("/") or any(c in value for c in "?# ") or len(value) < 2:
-        raise ValueError(f"{value!r} is not a path (/name, without query)")
+        raise ValueError(f"{show(value)} is not a path (/name, without query)")
 
 
 def _health_prefix(value: str) -> None:
     if value and (_health_path(value) or value.endswith("/")):
-        raise ValueError(f"{value!r}: a prefix is empty or a path without a trailing /")
+        raise ValueError(f"{show(value)}: a prefix is empty or a path without a trailing /")
 
 
 def _health_probe(value: str) -> None:
     if value and (not value.startswith("/") or any(c in value for c in "# ")):
-        raise ValueError(f"{value!r} is not a backend path (/...)")
+        raise ValueError(f"{show(value)} is not a backend path (/...)")
 
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -203,19 +205,19 @@ _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 def _header_names(value: tuple[str, ...]) -> None:
     for name in value:
         if not _TOKEN.match(name):
-            raise ValueError(f"{name!r} is not an HTTP header name")
+            raise ValueError(f"{show(name)} is not an HTTP header name")
 
 
 def _http_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        raise ValueError(f"{show(value)} is not an http(s) URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{value!r} must not carry a query, fragment or credentials")
+        raise ValueError(f"{show(value)} must not carry a query, fragment or credentials")
     try:
         parts.port
     except ValueError:
-        raise ValueError(f"{value!r} has a bad port") from None
+        raise ValueError(f"{show(value)} has a bad port") from None
 
 
 def _cidrs(value: tuple[str, ...]) -> None:
@@ -223,23 +225,23 @@ def _cidrs(value: tuple[str, ...]) -> None:
         try:
             ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+            raise ValueError(f"{show(item)} is not an IP address or CIDR network") from None
 
 
 def _prefixes(value: tuple[str, ...]) -> None:
     for item in value:
         if not (item.startswith("/") and item.endswith("/")) or ".." in item:
-            raise ValueError(f"{item!r} must start and end with '/'")
+            raise ValueError(f"{show(item)} must start and end with '/'")
 
 
 def _status_or_zero(value: int) -> None:
     if value != 0 and not 200 <= value <= 599:
-        raise ValueError(f"{value!r} is neither 0 nor an HTTP status 200..599")
+        raise ValueError(f"{show(value)} is neither 0 nor an HTTP status 200..599")
 
 
 def _gap(value: float) -> None:
     if value != 0 and value < 1:
-        raise ValueError(f"{value!r} must be 0 or at least 1")
+        raise ValueError(f"{show(value)} must be 0 or at least 1")
 
 
 def _nonempty(value) -> None:
@@ -251,7 +253,7 @@ def _endpoints(value: tuple[str, ...]) -> None:
     _nonempty(value)
     for item in value:
         if ":" not in item and not item.isdigit():
-            raise ValueError(f"{item!r} is not an endpoint string such as tcp:8080")
+            raise ValueError(f"{show(item)} is not an endpoint string such as tcp:8080")
 
 
 def _size_map(value: tuple[str, ...]) -> None:
@@ -266,28 +268,28 @@ def parse_size_map(value: tuple[str, ...]) -> dict[str, int]:
         name, sep, size = item.partition("=")
         name = name.strip().lower()
         if not sep or name not in SOURCE_FORMATS:
-            raise ValueError(f"{item!r} is not FORMAT=SIZE with a format among "
+            raise ValueError(f"{show(item)} is not FORMAT=SIZE with a format among "
                              f"{', '.join(SOURCE_FORMATS)}")
         try:
             out[name] = _to_int(size)
         except ValueError:
-            raise ValueError(f"{item!r} does not end in a size (such as 20MiB)") from None
+            raise ValueError(f"{show(item)} does not end in a size (such as 20MiB)") from None
         if out[name] < 1:
-            raise ValueError(f"{item!r} must allow at least one byte")
+            raise ValueError(f"{show(item)} must allow at least one byte")
     return out
 
 
 def _formats(value: tuple[str, ...]) -> None:
     for item in value:
         if item not in SOURCE_FORMATS:
-            raise ValueError(f"{item!r} is not one of {', '.join(SOURCE_FORMATS)}")
+            raise ValueError(f"{show(item)} is not one of {', '.join(SOURCE_FORMATS)}")
 
 
 def _hosts(value: tuple[str, ...]) -> None:
     for item in value:
         bare = item[2:] if item.startswith("*.") else item
         if not bare or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", bare):
-            raise ValueError(f"{item!r} is not a lower-case host name (or *.domain)")
+            raise ValueError(f"{show(item)} is not a lower-case host name (or *.domain)")
 
 
 def _signing_keys(value: tuple[str, ...]) -> None:
@@ -310,12 +312,12 @@ def _to_workers(value: Any) -> int | str:
     try:
         return _to_int(value)
     except ValueError:
-        raise ValueError(f"{value!r} is neither an integer nor \"auto\"") from None
+        raise ValueError(f"{show(value)} is neither an integer nor \"auto\"") from None
 
 
 def _workers(value: int | str) -> None:
     if value != "auto" and value < 1:
-        raise ValueError(f"{value!r} is below the minimum 1 (\"auto\": one per CPU core)")
+        raise ValueError(f"{show(value)} is below the minimum 1 (\"auto\": one per CPU core)")
 
 
 _CONVERT["workers"] = _to_workers
@@ -549,7 +551,7 @@ class MemoryCacheConfig:
 
 def _redis_url(value: str) -> None:
     if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"{value!r} is not a redis:// URL")
+        raise ValueError(f"{show(value)} is not a redis:// URL")
 
 
 def _redis_urls(value: tuple[str, ...]) -> None:
@@ -561,7 +563,7 @@ def _host_ports(value: tuple[str, ...]) -> None:
     for item in value:
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"{item!r} is not host:port")
+            raise ValueError(f"{show(item)} is not host:port")
 
 
 @frozen
@@ -633,7 +635,7 @@ class SourceCacheConfig:
 def _cache_name(value: str) -> None:
     """Empty, or a Structured Field token (RFC 8941 3.3.4), as a Cache-Status member."""
     if value and not re.fullmatch(r"[A-Za-z*][A-Za-z0-9!#$%&'*+\-.^_`|~:/]*", value):
-        raise ValueError(f"{value!r} is not a Structured Field token (a letter, then letters, "
+        raise ValueError(f"{show(value)} is not a Structured Field token (a letter, then letters, "
                          "digits or !#$%&'*+-.^_`|~:/)")
 
 
@@ -847,7 +849,7 @@ class ValidationConfig:
 def _route_names(value: tuple[str, ...]) -> None:
     for item in value:
         if not re.fullmatch(r"[a-z0-9_.-]{1,64}", item):
-            raise ValueError(f"{item!r} is not a route name (query, compat, ...)")
+            raise ValueError(f"{show(item)} is not a route name (query, compat, ...)")
 
 
 @frozen
@@ -1099,11 +1101,11 @@ def parse_condition(text: str) -> tuple[str, str, float]:
     evaluated as code; ValueError saying what is wrong."""
     match = _CONDITION.match(text)
     if not match:
-        raise ValueError(f"{text!r} is not FIGURE OP NUMBER (such as image.p99 > 2.5; "
+        raise ValueError(f"{show(text)} is not FIGURE OP NUMBER (such as image.p99 > 2.5; "
                          f"OP one of {' '.join(OPERATORS)})")
     figure, op, number = match.groups()
     if figure not in ALERT_FIGURES:
-        raise ValueError(f"{text!r} names the unknown figure {figure!r} (known: "
+        raise ValueError(f"{show(text)} names the unknown figure {show(figure)} (known: "
                          f"{', '.join(sorted(ALERT_FIGURES))})")
     return figure, op, float(number)
 
@@ -1114,7 +1116,7 @@ def _condition(value: str) -> None:
 
 def _rule_name(value: str) -> None:
     if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value):
-        raise ValueError(f"{value!r} is not a rule name (lower-case letters, digits and _, "
+        raise ValueError(f"{show(value)} is not a rule name (lower-case letters, digits and _, "
                          f"starting with a letter, at most 63)")
 
 
@@ -1238,7 +1240,7 @@ def preset_where(name: str, spelling: str) -> str:
     """Where such a value is set: ``[presets.thumb] w in the file, or
     MEDIAPROXY_PRESETS__THUMB__W``, for error messages."""
     return (f"[presets.{name}] {spelling} in the file, or "
-            f"{_env_name(preset_key(name, spelling))}")
+            f"{env_name(preset_key(name, spelling))}")
 
 
 def _preset_value(value: Any) -> str | int | bool:
@@ -1249,7 +1251,7 @@ def _preset_value(value: Any) -> str | int | bool:
         if len(value) > _MAX_PRESET_TEXT:
             raise ValueError(f"longer than {_MAX_PRESET_TEXT} characters")
         return value
-    raise ValueError(f"{value!r} is not a string, a whole number or a boolean")
+    raise ValueError(f"{show(value)} is not a string, a whole number or a boolean")
 
 
 def _presets(value: Any, key: str) -> tuple[Preset, ...]:
@@ -1268,7 +1270,7 @@ def _presets(value: Any, key: str) -> tuple[Preset, ...]:
                                                "letter or digit)")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{key}.{name}", f"must be a table ([presets.{name}] in the file, "
-                                               f"or {_env_name(key + '.' + name)}__PARAM)")
+                                               f"or {env_name(key + '.' + name)}__PARAM)")
         values, overrides = [], "inherit"
         for spelling, raw in table.items():
             where = preset_where(name, spelling)
@@ -1278,7 +1280,7 @@ def _presets(value: Any, key: str) -> tuple[Preset, ...]:
             if spelling == PRESET_OVERRIDES_KEY:
                 if raw not in ("inherit", "allow", "deny"):
                     raise ConfigError(preset_key(name, spelling),
-                                      f"{raw!r} is not one of inherit, allow, deny ({where})")
+                                      f"{show(raw)} is not one of inherit, allow, deny ({where})")
                 overrides = raw
                 continue
             try:
@@ -1297,12 +1299,12 @@ def _host_ports(value: tuple[str, ...]) -> None:
         host, colon, port = item.partition(":")
         if (not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", host)
                 or colon and not (port.isdigit() and 1 <= int(port) <= 65535)):
-            raise ValueError(f"{item!r} is not a lower-case host name with an optional :port")
+            raise ValueError(f"{show(item)} is not a lower-case host name with an optional :port")
 
 
 def _thumbor_prefix(value: str) -> None:
     if not re.fullmatch(r"/[A-Za-z0-9_.~-]+(/[A-Za-z0-9_.~-]+)*", value):
-        raise ValueError(f"{value!r} is not a path prefix such as /thumbor (no trailing slash)")
+        raise ValueError(f"{show(value)} is not a path prefix such as /thumbor (no trailing slash)")
 
 
 @frozen
@@ -1366,8 +1368,36 @@ class Config:
     thumbor: ThumborConfig = section(ThumborConfig, "The thumbor-compatible endpoint "
                                      "(docs/thumbor.md).")
 
+    #: The sections the loaded plugins declared (``mediaproxy_settings``), checked like the
+    #: core's: not a setting itself (no key of its own in the file or the environment).
+    plugin_sections: PluginSections = attrs.field(
+        factory=lambda: PluginSections(), metadata={"kind": "plugin_sections", "help": ""})
+
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
+
+    def plugin_settings(self, name: str) -> Any:
+        """The settings of the plugin section ``name`` (``[s3]``): a frozen instance of the
+        class the plugin declared, complete (defaults filled in) before any plugin runs,
+        replaced as a whole when a reload (SIGHUP) builds a new config. ``KeyError`` when no
+        loaded plugin declared it."""
+        return self.plugin_sections.get(name)
+
+
+@frozen
+class PluginSections:
+    """The plugins' sections of a config: ``(name, settings)`` pairs, sorted by name."""
+
+    sections: tuple[tuple[str, Any], ...] = ()
+
+    def get(self, name: str) -> Any:
+        for key, value in self.sections:
+            if key == name:
+                return value
+        raise KeyError(f"no loaded plugin declares the section [{name}]")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.sections)
 
 
 def _to_dict(obj) -> dict[str, Any]:
@@ -1376,6 +1406,8 @@ def _to_dict(obj) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if f.metadata.get("kind") == "section":
             out[_key(f)] = _to_dict(value)
+        elif f.metadata.get("kind") == "plugin_sections":
+            out.update({name: _to_dict(settings) for name, settings in value.sections})
         elif f.metadata.get("kind") == "tables":
             out[_key(f)] = [_to_dict(item) for item in value]
         elif f.metadata.get("kind") == "presets":
@@ -1432,6 +1464,9 @@ def redacted(config):
         value = getattr(config, f.name)
         if f.metadata.get("kind") == "section":
             changes[f.name] = redacted(value)
+        elif f.metadata.get("kind") == "plugin_sections":
+            changes[f.name] = PluginSections(tuple((name, redacted(settings))
+                                                   for name, settings in value.sections))
         elif f.metadata.get("secret"):
             changes[f.name] = _redact_value(value, f.metadata["secret"])
     return attrs.evolve(config, **changes)
@@ -1440,6 +1475,8 @@ def redacted(config):
 def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, attrs.Attribute]]:
     """Every (dotted key, field) of the schema, sections included, in declaration order."""
     for f in attrs.fields(cls):
+        if f.metadata.get("kind") == "plugin_sections":
+            continue   # not part of the schema: the plugins' classes are walked on their own
         key = f"{prefix}{f.name}"
         yield key, f
         if f.metadata.get("kind") == "section":
@@ -1449,10 +1486,11 @@ def iter_settings(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, a
 def _build(cls: type, data: Mapping[str, Any], prefix: str):
     if not isinstance(data, Mapping):
         raise ConfigError(prefix.rstrip(".") or "config", f"{data!r} is not a table")
-    fields = {_key(f): f for f in attrs.fields(cls)}
+    fields = {_key(f): f for f in attrs.fields(cls)
+              if f.metadata.get("kind") != "plugin_sections"}
     for name in data:
         if name not in fields:
-            raise ConfigError(f"{prefix}{name}", "unknown key (see docs/configuration.md)")
+            raise unknown_key(f"{prefix}{name}", [f"{prefix}{known}" for known in fields])
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}{name}"
@@ -1477,14 +1515,20 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str):
                 raise ConfigError(key, "invalid value (not shown: it is a secret)") from None
             if kind == "tables":
                 raise ConfigError(key, f"{e} (in [[{key}]] in the file, or "
-                                       f"{_env_name(key)})") from None
+                                       f"{env_name(key)})") from None
             raise ConfigError(key, str(e)) from None
         kwargs[f.name] = value
     return cls(**kwargs)
 
 
-def _env_name(key: str) -> str:
-    return ENV_PREFIX + key.upper().replace(".", "__")
+def unknown_key(key: str, known: Iterable[str]) -> ConfigError:
+    """The error of a key the schema does not have, with the known key it probably means
+    (``suggestion``, also in the message)."""
+    meant = suggest(key, known)
+    error = ConfigError(key, f"unknown key (did you mean {meant}?)" if meant else
+                             "unknown key (see docs/configuration.md)")
+    error.suggestion = meant
+    return error
 
 
 def _tables(item: type, value: Any, key: str) -> tuple:
@@ -1492,7 +1536,7 @@ def _tables(item: type, value: Any, key: str) -> tuple:
     ``key[N].field`` and where such a list is set."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
         raise ConfigError(key, f"must be an array of tables ([[{key}]] in the file, or "
-                               f"{_env_name(key)}='[{{...}}, ...]' in the environment)")
+                               f"{env_name(key)}='[{{...}}, ...]' in the environment)")
     out = []
     for i, table in enumerate(value):
         try:
@@ -1505,7 +1549,7 @@ def _tables(item: type, value: Any, key: str) -> tuple:
             out.append(_build(item, table, f"{key}[{i}]."))
         except ConfigError as e:
             raise ConfigError(e.key, f"{str(e)[len(e.key) + 2:]} (table {i + 1} of [[{key}]] "
-                                     f"in the file, or of {_env_name(key)})") from None
+                                     f"in the file, or of {env_name(key)})") from None
     return tuple(out)
 
 
@@ -1536,45 +1580,68 @@ def _merge(base: dict, over: Mapping) -> dict:
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``MEDIAPROXY_A__B__C=value`` -> ``{"a": {"b": {"c": value}}}`` (values stay strings,
     except TOML arrays, which are parsed so ``'["/media/"]'`` works as well as ``/media/``)."""
-    tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
-            continue
-        path = name[len(ENV_PREFIX):].lower().split("__")
-        if not all(path):
-            raise ConfigError(name, "empty key segment")
-        value: Any = raw
-        if raw.strip().startswith("["):
-            try:
-                value = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                raise ConfigError(".".join(path), f"{raw!r} is not a TOML array") from None
-        node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(".".join(path), "is both a value and a table")
-        node[path[-1]] = value
-    return tree
+    return env_tree(environ)[0]
 
 
 def load_config(path: str | os.PathLike | None = None,
                 environ: Mapping[str, str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the effective config: defaults < TOML file < environment < ``overrides``."""
+                overrides: Mapping[str, Any] | None = None, plugins: Iterable[object] = (),
+                load_entrypoints: bool | None = None) -> Config:
+    """Build the effective config: defaults < TOML file < environment < ``overrides``.
+
+    Two phases: the core's sections first (they decide which plugins load: ``plugins.*``),
+    then the sections the plugins declare (``mediaproxy_settings``): those of the installed
+    plugins not disabled (unless ``load_entrypoints`` or plugins.load_entrypoints is false)
+    and of ``plugins`` (objects or modules, as the test kit registers them). A table no loaded
+    plugin declares is an unknown key, unless a plugin of that name is disabled (then the
+    section is not read, like the plugin is not loaded). Any error is a :class:`ConfigError`
+    saying where the value came from (``file:line`` or the environment variable)."""
     data: dict[str, Any] = {}
+    origins = Origins()
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as e:
-            raise ConfigError("--config", f"cannot read {os.fspath(path)!r}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError("--config", f"{os.fspath(path)!r} is not valid TOML: {e}") from None
-    data = _merge(data, env_overrides(os.environ if environ is None else environ))
+        data, spots = read_toml(os.fspath(path))
+        origins.add(spots)
+    tree, spots = env_tree(os.environ if environ is None else environ)
+    data = _merge(data, tree)
+    origins.add(spots)
     if overrides:
         data = _merge(data, overrides)
-    return _build(Config, data, "")
+        origins.add(dict.fromkeys(leaves(overrides), ""))
+    core_names = {_key(f) for f in attrs.fields(Config)
+                  if f.metadata.get("kind") != "plugin_sections"}
+    try:
+        core = _build(Config, {k: v for k, v in data.items() if k in core_names}, "")
+        if load_entrypoints is None:
+            load_entrypoints = core.plugins.load_entrypoints
+        found = [plugin for _, plugin in entry_point_plugins(core.plugins.disabled)] \
+            if load_entrypoints else []
+        schemas = plugin_schemas([*found, *plugins], core_names)
+        for name in data:
+            # the section of a plugin disabled by name is left unread, like the plugin
+            if (name not in core_names and name not in schemas
+                    and name not in core.plugins.disabled):
+                raise unknown_key(name, sorted(core_names | set(schemas)))
+        sections = tuple((name, _build(cls, data.get(name, {}), name + "."))
+                         for name, cls in sorted(schemas.items()))
+    except ConfigError as e:
+        raise e.at(origins.of(e.key)) from None
+    return attrs.evolve(core, plugin_sections=PluginSections(sections))
+
+
+def setting_names(config: Config) -> list[str]:
+    """The dotted key of every setting of ``config``: the core's and its plugin sections'."""
+    names = [key for key, f in iter_settings() if f.metadata["kind"] != "section"]
+    for name, settings in config.plugin_sections.sections:
+        names += [key for key, f in iter_settings(type(settings), name + ".")
+                  if f.metadata["kind"] != "section"]
+    return names
+
+
+def environment_warnings(config: Config, environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line per ``MEDIAPROXY_*`` variable of ``environ`` (default: the process's) that no
+    setting of ``config`` (its plugins' included) and no tool reads: a misspelt or outdated
+    name would otherwise be ignored in silence. Logged at start, printed by check-config."""
+    return unknown_variables(os.environ if environ is None else environ, setting_names(config))
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
@@ -1620,7 +1687,7 @@ def to_toml(config: Config, comments: bool = False) -> str:
 
     def emit(obj, prefix):
         scalars = [f for f in attrs.fields(type(obj))
-                   if f.metadata["kind"] not in ("section", "presets") and
+                   if f.metadata["kind"] not in ("section", "presets", "plugin_sections") and
                    (f.metadata["kind"] != "tables" or not getattr(obj, f.name))]
         tables = [f for f in attrs.fields(type(obj)) if f.metadata["kind"] == "tables" and
                   getattr(obj, f.name)]
@@ -1653,6 +1720,13 @@ def to_toml(config: Config, comments: bool = False) -> str:
         for f in attrs.fields(type(obj)):
             if f.metadata["kind"] == "presets":
                 emit_presets(f, getattr(obj, f.name), prefix)
+        for f in attrs.fields(type(obj)):
+            for name, settings in (getattr(obj, f.name).sections
+                                   if f.metadata["kind"] == "plugin_sections" else ()):
+                if lines and lines[-1] != "":
+                    lines.append("")
+                lines.append(f"[{name}]")
+                emit(settings, name + ".")
 
     def emit_presets(f, presets, prefix):
         if lines and lines[-1] != "":
@@ -1697,17 +1771,17 @@ def to_markdown() -> str:
         value = defaults
         for part in key.split("."):
             value = getattr(value, part)
-        env = _env_name(key)
+        env = env_name(key)
         help_text = f.metadata["help"].replace("|", "\\|")
         if f.metadata["kind"] == "presets":
             out.append(f"\n### `{key}`\n\n{help_text}\n")
             out.append("| key | default | environment | meaning |\n|---|---|---|---|")
-            out.append(f"| `{key}.NAME.PARAM` | none | `{_env_name(key)}__NAME__PARAM` | A "
+            out.append(f"| `{key}.NAME.PARAM` | none | `{env_name(key)}__NAME__PARAM` | A "
                        f"value of the preset NAME: any transform parameter (w, h, fit, pos, "
                        f"bg, q, fmt, enlarge, trim, or a plugin's), by name or alias, checked "
                        f"as the query parameter is. |")
             out.append(f"| `{key}.NAME.{PRESET_OVERRIDES_KEY}` | `\"inherit\"` | "
-                       f"`{_env_name(key)}__NAME__{PRESET_OVERRIDES_KEY.upper()}` | Whether "
+                       f"`{env_name(key)}__NAME__{PRESET_OVERRIDES_KEY.upper()}` | Whether "
                        f"explicit parameters may override this preset's values: inherit "
                        f"(routes.preset_overrides decides), allow or deny. |")
             continue

@@ -60,6 +60,23 @@ def mediaproxy_config_reloaded(runtime, old, new):
 
 
 @hookspec
+def mediaproxy_settings():
+    """Return ``{section: SettingsClass}``: the plugin's own sections of the config file.
+
+    Each class is a frozen attrs class of ``mediaproxy.setting(...)`` fields (sections
+    within it by ``mediaproxy.section(...)``). The proxy reads ``[section]`` from the same
+    TOML file and ``MEDIAPROXY_SECTION__KEY`` from the environment, checks it like the core's
+    sections (errors name the file and line or the variable) and hands the result to every
+    plugin as ``runtime.config.plugin_settings("section")``, complete before any hook that
+    gets the runtime runs. Called when the config is loaded (at start, by check-config, on a
+    reload), before ``mediaproxy_configure``, in the thread that loads the config (the main
+    thread, or the reactor thread on a reload): it must only return the classes. A section no
+    loaded plugin declares is an unknown key; a name of the core's or of another plugin's is
+    an error.
+    """
+
+
+@hookspec
 def mediaproxy_unconfigure(runtime):
     """The daemon is stopping; release what :func:`mediaproxy_configure` created.
 

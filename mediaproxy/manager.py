@@ -12,7 +12,8 @@ import os
 import pluggy
 from twisted.logger import Logger
 
-from . import hookspecs
+from . import __version__, hookspecs
+from .configload import entry_point_plugins
 
 log = Logger(namespace="mediaproxy.plugins")
 
@@ -57,6 +58,11 @@ class PluginManager(pluggy.PluginManager):
 
     generation = 0
 
+    def __init__(self, project_name: str):
+        super().__init__(project_name)
+        #: name -> (version, where from) of each plugin registered by name
+        self.sources: dict[str, tuple[str, str]] = {}
+
     def register(self, plugin, name=None):
         try:
             return super().register(plugin, name)
@@ -85,12 +91,22 @@ def get_plugin_manager(config, load_entrypoints: bool | None = None,
     for name in DEFAULT_PLUGINS:
         if name not in disabled:
             pm.register(importlib.import_module(name), name)
+            pm.sources[name] = (__version__, "built-in")
     if load_entrypoints is None:
         load_entrypoints = config.plugins.load_entrypoints
-    if load_entrypoints:
-        pm.load_setuptools_entrypoints("mediaproxy")
+    if load_entrypoints:   # one that cannot load: PluginLoadError, one line naming it
+        for ep, plugin in entry_point_plugins(disabled):
+            if pm.get_plugin(ep.name) is None and not pm.is_registered(plugin):
+                pm.register(plugin, ep.name)
+                dist = getattr(ep, "dist", None)
+                pm.sources[ep.name] = (
+                    dist.version if dist is not None else "?",
+                    f"entry point {ep.name} = {ep.value}"
+                    + (f" ({dist.name})" if dist is not None else ""))
     for plugin in extra_plugins:
-        pm.register(plugin)
+        name = pm.register(plugin)
+        if name is not None:
+            pm.sources[name] = ("-", "registered by the program")
     installed = {ep.name for ep in importlib.metadata.entry_points(group="mediaproxy")}
     for name in sorted(disabled - set(DEFAULT_PLUGINS) - installed):
         if name in RETIRED_PLUGINS:
@@ -124,3 +140,11 @@ def _trace(pm: pluggy.PluginManager) -> None:
 def plugin_names(pm: pluggy.PluginManager) -> list[str]:
     """Names of the registered plugins, for ``check-config`` and the health endpoint."""
     return sorted(name for name, plugin in pm.list_name_plugin() if plugin is not None)
+
+
+def loaded_plugins(pm: PluginManager) -> list[tuple[str, str, str]]:
+    """(name, version, where from) of each plugin the proxy loaded: the built-ins, the
+    installed ones (their entry point and distribution) and those the program registered; in
+    loading order. For ``check-config`` and the start log line."""
+    return [(name, *pm.sources[name]) for name, plugin in pm.list_name_plugin()
+            if plugin is not None and name in pm.sources]

@@ -21,10 +21,10 @@ from . import __version__, presets
 from .cache.layered import LayeredCache
 from .cache.purge import PurgeFeed
 from .cache.redis import RedisClient, RedisService
-from .config import ConfigError, load_config
+from .config import ConfigError, environment_warnings, load_config
 from .http.fetch import SourceFetcher
 from .logs import for_twistd, set_level
-from .manager import get_plugin_manager
+from .manager import get_plugin_manager, loaded_plugins
 from .resource import ProxyResource
 from .admission import return_freed_images_to_the_os
 from .runtime import Runtime, decoded_cache_capacity
@@ -269,7 +269,11 @@ def reload_config(runtime, path, adjust=None):
     several workers: the host layer and the share of the budgets, as at start), and tell the
     plugins."""
     try:
-        new = load_config(path, overrides={"server": {"listen": list(runtime.config.server.listen)}})
+        # the plugins' sections are those of the plugins this process loaded at start
+        loaded = [plugin for _, plugin in runtime.pm.list_name_plugin() if plugin is not None]
+        listen = list(runtime.config.server.listen)
+        new = load_config(path, overrides={"server": {"listen": listen}}, plugins=loaded,
+                          load_entrypoints=False)
         if adjust is not None:
             new = adjust(new)
         params = collect_params(runtime.pm, new)   # checks the presets: refused before use
@@ -282,6 +286,19 @@ def reload_config(runtime, path, adjust=None):
     runtime.fetcher.set_limits(new.limits)
     runtime.pm.hook.mediaproxy_config_reloaded(runtime=runtime, old=old, new=new)
     log.info("configuration reloaded")
+
+
+def log_start(runtime) -> None:
+    """What the operator should see once at start: the loaded plugins (one structured line:
+    name, version, where from) and one warning per ``MEDIAPROXY_*`` variable no setting
+    reads (a misspelt name would otherwise be ignored in silence)."""
+    plugins = loaded_plugins(runtime.pm)
+    log.info("{count} plugins loaded: {names}", count=len(plugins),
+             names=", ".join(f"{name} {version} ({where})" for name, version, where in plugins),
+             plugins=[{"name": name, "version": version, "from": where}
+                      for name, version, where in plugins])
+    for line in environment_warnings(runtime.config):
+        log.warn("environment: {warning}", warning=line)
 
 
 def build_service(config, reactor, config_path=None, extra_services=(),
@@ -326,6 +343,8 @@ def build_service(config, reactor, config_path=None, extra_services=(),
                      "has {shares}", workers=workers,
                      shares=", ".join(f"{k}={v}" for k, v in shares(config).items()))
     runtime, site, services = compose(config, reactor, workers=workers)
+    if not shared_ports:   # once per daemon, not once per worker
+        log_start(runtime)
     ledger = None
     if workers > 1:
         ledger = exchange = Ledger(reactor.seconds)

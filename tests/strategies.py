@@ -112,6 +112,8 @@ def _value_strategy(f: attrs.Attribute, owner: str):
 def _section(cls):
     fields = {}
     for f in attrs.fields(cls):
+        if f.metadata["kind"] == "plugin_sections":
+            continue   # no setting: the plugins' sections, filled by the loader
         if f.metadata["kind"] == "section":
             fields[f.name] = _section(f.metadata["cls"])
         else:

@@ -44,7 +44,7 @@ def test_rules_from_the_environment_replace_the_defaults():
 
 @pytest.mark.parametrize("rules, key, fragment", [
     ('[{name = "a", expr = "image.p98 > 1"}]', "alerts.rules[0].expr",
-     "unknown figure 'image.p98'"),
+     'unknown figure "image.p98"'),
     ('[{name = "a", expr = "image.p99 > 1"}, {name = "b", expr = "image.p99 >> 1"}]',
      "alerts.rules[1].expr", "is not FIGURE OP NUMBER"),
     ('[{name = "a", expr = "__import__(\'os\') > 1"}]', "alerts.rules[0].expr",
@@ -54,7 +54,7 @@ def test_rules_from_the_environment_replace_the_defaults():
     ('[{name = "a"}]', "alerts.rules[0].expr", "is required"),
     ('[{name = "A b", expr = "image.p99 > 1"}]', "alerts.rules[0].name", "not a rule name"),
     ('[{name = "a", expr = "image.p99 > 1", severity = "page"}]', "alerts.rules[0].severity",
-     "'page'"),
+     '"page"'),
     ('[{name = "a", expr = "image.p99 > 1", for = -1}]', "alerts.rules[0].for", "minimum"),
     ('[{name = "a", expr = "image.p99 > 1", when = 1}]', "alerts.rules[0].when",
      "unknown key"),

@@ -23,7 +23,8 @@ PLUGINS = ROOT / "plugins"
 PARTS = ("mediaproxy.http", "mediaproxy.cache", "mediaproxy.imaging", "mediaproxy.monitoring")
 #: What the parts may import from the core: the values, the config schema, logging and the
 #: hook marker. Never the composition (runtime, tap, resource, manager, cli...).
-FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.logs",
+FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaproxy.configload",
+              "mediaproxy.tomlpos", "mediaproxy.logs",
               "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime",
               "mediaproxy.admission", "mediaproxy.inflight", "mediaproxy.memo",
               "mediaproxy.jobs"}

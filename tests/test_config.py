@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_work_without_any_file_or_environment():
-    config = load_config(environ={})
+    config = load_config(environ={}, load_entrypoints=False)
     assert config == Config()
     assert config.server.listen == ("tcp:8080",)
     assert config.backend.url == "http://127.0.0.1:8000"
@@ -50,23 +50,24 @@ def test_environment_beats_file_and_file_beats_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("environ, key, fragment", [
-    ({"MEDIAPROXY_BACKEND__URL": "ftp://x"}, "backend.url", "'ftp://x'"),
+    ({"MEDIAPROXY_BACKEND__URL": "ftp://x"}, "backend.url", '"ftp://x"'),
     ({"MEDIAPROXY_BACKEND__URL": "http://h/?q=1"}, "backend.url", "query"),
     ({"MEDIAPROXY_PROCESSING__DEFAULT_QUALITY": "101"}, "processing.default_quality", "101"),
-    ({"MEDIAPROXY_PROCESSING__DEFAULT_QUALITY": "high"}, "processing.default_quality", "'high'"),
+    ({"MEDIAPROXY_PROCESSING__DEFAULT_QUALITY": "high"}, "processing.default_quality", '"high"'),
     ({"MEDIAPROXY_CACHE__MEMRY__MAX_BYTES": "1"}, "cache.memry", "unknown key"),
     ({"MEDIAPROXY_SERVER__TRUSTED_PROXIES": "10.0.0.0/33"}, "server.trusted_proxies",
      "10.0.0.0/33"),
-    ({"MEDIAPROXY_ROUTES__PREFIXES": "media"}, "routes.prefixes", "'media'"),
-    ({"MEDIAPROXY_SERVER__PRESERVE_HOST": "maybe"}, "server.preserve_host", "'maybe'"),
+    ({"MEDIAPROXY_ROUTES__PREFIXES": "media"}, "routes.prefixes", '"media"'),
+    ({"MEDIAPROXY_SERVER__PRESERVE_HOST": "maybe"}, "server.preserve_host", '"maybe"'),
     ({"MEDIAPROXY_SERVER__LISTEN": "[]"}, "server.listen", "empty"),
-    ({"MEDIAPROXY_CORS__RESOURCE_POLICY": "anyone"}, "cors.resource_policy", "'anyone'"),
+    ({"MEDIAPROXY_CORS__RESOURCE_POLICY": "anyone"}, "cors.resource_policy", '"anyone"'),
 ])
-def test_bad_values_name_the_key_and_the_value(environ, key, fragment):
+def test_bad_values_name_the_variable_the_key_and_the_value(environ, key, fragment):
     with pytest.raises(ConfigError) as info:
         load_config(environ=environ)
-    assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: ")
+    [variable] = environ
+    assert (info.value.key, info.value.where) == (key, variable)
+    assert str(info.value).startswith(f"{variable}: {key}: ")
     assert fragment in str(info.value)
 
 

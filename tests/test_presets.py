@@ -210,11 +210,11 @@ def test_a_bad_preset_is_a_config_error_naming_the_key(table, key, message):
     ({"presets": {"t": {"w": 1.5}}}, "presets.t.w", "1.5 is not a string, a whole number or a "
                                                     "boolean ([presets.t] w in the file, or "
                                                     "MEDIAPROXY_PRESETS__T__W)"),
-    ({"presets": {"t": {"overrides": "maybe"}}}, "presets.t.overrides", "'maybe' is not one of"),
+    ({"presets": {"t": {"overrides": "maybe"}}}, "presets.t.overrides", '"maybe" is not one of'),
     ({"presets": {"t": {"W": 1}}}, "presets.t.W", "is not a parameter name"),
     ({"presets": {"t": {f"p{i}": 1 for i in range(33)}}}, "presets.t", "33 values; at most 32"),
     ({"presets": {f"p{i}": {} for i in range(257)}}, "presets", "257 presets; at most 256"),
-    ({"routes": {"preset_overrides": "sometimes"}}, "routes.preset_overrides", "'sometimes'"),
+    ({"routes": {"preset_overrides": "sometimes"}}, "routes.preset_overrides", '"sometimes"'),
 ])
 def test_the_shape_is_checked_when_the_config_loads(data, key, message):
     with pytest.raises(ConfigError) as raised:

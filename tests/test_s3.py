@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from mediaproxy_s3 import S3Client, S3Plugin, StoreUnavailable, load_settings, settings_from
+from mediaproxy_s3 import S3Client, S3Plugin, S3Settings, StoreUnavailable, settings_from
 from mediaproxy_s3.client import WAITING_PER_CONNECTION, StoreBusy, StoreError, TooLarge
 from mediaproxy_s3.layer import S3Layer, parse_listing
 from twisted.internet import task
@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from mediaproxy.cache.keys import source_prefix
 from mediaproxy.cache.layered import find_layer
-from mediaproxy.config import ConfigError
+from mediaproxy.config import ConfigError, load_config
 from mediaproxy.models import CacheEntry
 from mediaproxy.testing import ImageOrigin, assert_image, make_image, start_proxy, wait_for
 from mediaproxy.testing.reactor import call_in_reactor
@@ -175,8 +175,7 @@ import json, sys
 from mediaproxy.testing import ImageOrigin, decode, make_image, start_proxy
 origin = ImageOrigin({"/media/uploads/photo.jpg": make_image((400, 300), colour=(30, 140, 220))})
 running = start_proxy(origin=origin, load_entrypoints=True, environ={
-    k: v for k, v in __import__("os").environ.items() if k.startswith("MEDIAPROXY_")
-    and not k.startswith("MEDIAPROXY_S3_")})
+    k: v for k, v in __import__("os").environ.items() if k.startswith("MEDIAPROXY_")})
 out = []
 for path in sys.argv[1:]:
     status, headers, body, _ = running.get(path)
@@ -190,10 +189,10 @@ running.stop()
 
 def other_process(settings, *paths, **env):
     """A second proxy in a process of its own, with the installed plugin found through its
-    entry point and configured from the environment; its own backend, whose requests it
-    counts."""
+    entry point and its [s3] section set from the environment (MEDIAPROXY_S3__KEY); its own
+    backend, whose requests it counts."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
-    environ.update({f"MEDIAPROXY_S3_{name.upper()}": str(getattr(settings, name))
+    environ.update({f"MEDIAPROXY_S3__{name.upper()}": str(getattr(settings, name))
                     for name in ("endpoint", "bucket", "access_key", "secret_key", "prefix")})
     environ.update(env)
     out = subprocess.run([sys.executable, "-c", PROBE, *paths], cwd=ROOT, env=environ,
@@ -218,12 +217,13 @@ def test_two_processes_share_the_store(seaweedfs):
 
 
 @pytest.mark.parametrize("disabled", ["", "s3"])
-def test_disabled_by_name_the_installed_plugin_has_no_effect(seaweedfs, monkeypatch, disabled):
+def test_disabled_by_name_the_installed_plugin_has_no_effect(seaweedfs, disabled):
+    # its [s3] section stays set: the section of a disabled plugin is not read
     settings = s3_settings(seaweedfs)
-    for name in ("endpoint", "bucket", "access_key", "secret_key", "prefix"):
-        monkeypatch.setenv(f"MEDIAPROXY_S3_{name.upper()}", str(getattr(settings, name)))
+    environ = {f"MEDIAPROXY_S3__{name.upper()}": str(getattr(settings, name))
+               for name in ("endpoint", "bucket", "access_key", "secret_key", "prefix")}
     with start_proxy(files={PHOTO: JPEG}, load_entrypoints=True,
-                     environ={"MEDIAPROXY_PLUGINS__DISABLED": disabled}) as proxy:
+                     environ={**environ, "MEDIAPROXY_PLUGINS__DISABLED": disabled}) as proxy:
         names = {name for name, p in proxy.runtime.pm.list_name_plugin() if p is not None}
         assert proxy.get(f"{PHOTO}?w=100&fmt=webp").headers["x-cache"] == "MISS"
         if disabled:
@@ -419,27 +419,48 @@ def test_a_listing_page_names_its_keys_and_the_next_page():
 
 # -- settings ---------------------------------------------------------------------------------
 
-def test_settings_come_from_the_file_then_the_environment(tmp_path):
-    path = tmp_path / "s3.toml"
+def test_settings_are_the_s3_section_of_the_config_file_then_the_environment(tmp_path):
+    path = tmp_path / "mediaproxy.toml"
     path.write_text('[s3]\nendpoint = "http://127.0.0.1:8333"\nbucket = "b"\ntimeout = 1.5\n'
                     'max_item_bytes = "2MiB"\n')
-    settings = load_settings({"MEDIAPROXY_S3_CONFIG": str(path), "MEDIAPROXY_S3_BUCKET": "c"})
+    config = load_config(path, environ={"MEDIAPROXY_S3__BUCKET": "c"}, plugins=[S3Plugin()],
+                         load_entrypoints=False)
+    settings = config.plugin_settings("s3")
     assert (settings.endpoint, settings.bucket, settings.timeout, settings.max_item_bytes) == (
         "http://127.0.0.1:8333", "c", 1.5, 2 * 1024 * 1024)
-    assert load_settings({}).endpoint == ""      # the layer is off
+    off = load_config(environ={}, plugins=[S3Plugin()], load_entrypoints=False)
+    assert off.plugin_settings("s3") == S3Settings()   # no endpoint: the layer is off
 
 
-@pytest.mark.parametrize("environ, key", [
-    ({"MEDIAPROXY_S3_ENDPONT": "http://x"}, "s3.endpont"),
-    ({"MEDIAPROXY_S3_ENDPOINT": "ftp://x"}, "s3.endpoint"),
-    ({"MEDIAPROXY_S3_TIMEOUT": "0"}, "s3.timeout"),
-    ({"MEDIAPROXY_S3_PREFIX": "/abs/"}, "s3.prefix"),
-    ({"MEDIAPROXY_S3_CONFIG": "/nonexistent/s3.toml"}, "MEDIAPROXY_S3_CONFIG"),
+def test_the_installed_plugin_declares_its_section():
+    config = load_config(environ={"MEDIAPROXY_S3__REGION": "eu-west-1"})
+    assert config.plugin_settings("s3").region == "eu-west-1"
+    with pytest.raises(KeyError):   # disabled: its section is not read
+        load_config(environ={"MEDIAPROXY_PLUGINS__DISABLED": "s3"}).plugin_settings("s3")
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"MEDIAPROXY_S3__ENDPONT": "http://x"}, "MEDIAPROXY_S3__ENDPONT: s3.endpont: unknown key "
+     "(did you mean MEDIAPROXY_S3__ENDPOINT?)"),
+    ({"MEDIAPROXY_S3__ENDPOINT": "ftp://x"}, "MEDIAPROXY_S3__ENDPOINT: s3.endpoint: \"ftp://x\" is "
+     "not an http:// or https:// URL"),
+    ({"MEDIAPROXY_S3__TIMEOUT": "0"}, "MEDIAPROXY_S3__TIMEOUT: s3.timeout: 0.0 is not above 0"),
+    ({"MEDIAPROXY_S3__PREFIX": "/abs/"}, "MEDIAPROXY_S3__PREFIX: s3.prefix: \"/abs/\" must be "
+     "a relative key prefix such as mediaproxy/"),
 ])
-def test_bad_settings_name_their_key(environ, key):
+def test_bad_settings_name_their_variable_and_key(environ, message):
     with pytest.raises(ConfigError) as raised:
-        load_settings(environ)
-    assert raised.value.key == key
+        load_config(environ=environ, plugins=[S3Plugin()], load_entrypoints=False)
+    assert str(raised.value) == message
+
+
+def test_a_bad_setting_in_the_file_names_its_line(tmp_path):
+    path = tmp_path / "mediaproxy.toml"
+    path.write_text('[backend]\nurl = "http://127.0.0.1:8000"\n\n[s3]\nbucket = "b"\n'
+                    'secret_key = "hunter2"\nmax_connections = 0\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ={}, plugins=[S3Plugin()], load_entrypoints=False)
+    assert str(raised.value) == f"{path}:7: s3.max_connections: 0 is not above 0"
 
 
 def test_an_endpoint_without_a_bucket_fails_at_start(live_reactor):

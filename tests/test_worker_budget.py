@@ -30,8 +30,9 @@ def test_auto_is_the_default_and_an_integer_or_auto_is_accepted():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("0", "server.workers: 0 is below the minimum 1 (\"auto\": one per CPU core)"),
-    ("many", "server.workers: 'many' is neither an integer nor \"auto\""),
+    ("0", "MEDIAPROXY_SERVER__WORKERS: server.workers: 0 is below the minimum 1 (\"auto\": one per CPU core)"),
+    ("many", "MEDIAPROXY_SERVER__WORKERS: server.workers: \"many\" is neither an integer nor "
+             "\"auto\""),
 ])
 def test_a_bad_worker_count_names_the_key(value, message):
     with pytest.raises(ConfigError) as e:

@@ -202,7 +202,8 @@ def start_proxy(files: dict[str, Served] | None = None, *, origin: Any = None,
         return runtime, listening, services
 
     try:
-        config = load_config(environ=environ or {}, overrides=data)
+        config = load_config(environ=environ or {}, overrides=data, plugins=plugins,
+                             load_entrypoints=load_entrypoints)
         runtime, listening, services = call_in_reactor(build, config)
     except BaseException:
         if origin_listening is not None:

@@ -19,6 +19,7 @@ def make_runtime(overrides: dict | None = None, reactor=None, plugins=(),
     from ..config import load_config
     from ..tap import build_runtime
 
-    config = load_config(environ=environ or {}, overrides=overrides or {})
+    config = load_config(environ=environ or {}, overrides=overrides or {}, plugins=plugins,
+                         load_entrypoints=load_entrypoints)
     return build_runtime(config, reactor if reactor is not None else MemoryReactorClock(),
                          extra_plugins=plugins, load_entrypoints=load_entrypoints)

@@ -3,12 +3,12 @@ mediaproxy-s3: a result-cache layer (and a home for originals) on any S3-compati
 store, so N nodes share one store. Installed with pip, found through the ``mediaproxy``
 entry-point group under the name ``s3``; disable it with ``MEDIAPROXY_PLUGINS__DISABLED=s3``.
 
-Settings: :mod:`mediaproxy_s3.settings` (``MEDIAPROXY_S3_ENDPOINT``, ``MEDIAPROXY_S3_BUCKET``,
-... or an ``[s3]`` table in the file named by ``MEDIAPROXY_S3_CONFIG``). Without an endpoint the
-plugin does nothing.
+Settings: the ``[s3]`` section of mediaproxy's config file (or ``MEDIAPROXY_S3__ENDPOINT``,
+``MEDIAPROXY_S3__BUCKET``, ...), declared by :meth:`S3Plugin.mediaproxy_settings`, see
+:mod:`mediaproxy_s3.settings`. Without an endpoint the plugin does nothing.
 
-The entry point is :data:`plugin`, reading its settings from the environment; tests (and
-embedders) register ``S3Plugin(settings)`` instead.
+The entry point is :data:`plugin`, reading its settings from the proxy's config; tests (and
+embedders) may register ``S3Plugin(settings)`` instead.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from mediaproxy import ConfigError, HealthStatus, find_layer, hookimpl
 
 from .client import S3Client, StoreError, StoreUnavailable
 from .layer import S3Layer
-from .settings import S3Settings, load_settings, settings_from
+from .settings import SECTION, S3Settings, settings_from
 
 __all__ = ["S3Plugin", "S3Health", "S3Layer", "S3Client", "S3Settings", "StoreError", "StoreUnavailable",
-           "load_settings", "settings_from", "plugin"]
+           "settings_from", "plugin"]
 
 
 class S3Service(service.Service):
@@ -66,14 +66,15 @@ class S3Health:
 
 
 class S3Plugin:
-    """The plugin: ``settings`` given, or (None) read from the environment when the proxy
-    builds its cache layers."""
+    """The plugin: ``settings`` given, or (None) the ``[s3]`` section of the proxy's config
+    (``runtime.config.plugin_settings("s3")``) when the proxy builds its cache layers."""
 
     def __init__(self, settings: S3Settings | None = None):
         self.settings = settings
 
     def layer_for(self, runtime) -> S3Layer | None:
-        settings = self.settings if self.settings is not None else load_settings()
+        settings = (self.settings if self.settings is not None
+                    else runtime.config.plugin_settings(SECTION))
         if not settings.endpoint:
             return None
         if not settings.bucket:
@@ -92,6 +93,10 @@ class S3Plugin:
                        reactor=runtime.reactor, threadpool=runtime.threadpool)
 
     @hookimpl
+    def mediaproxy_settings(self):
+        return {SECTION: S3Settings}
+
+    @hookimpl
     def mediaproxy_cache_layers(self, runtime):
         layer = self.layer_for(runtime)
         return [layer] if layer is not None else []
@@ -107,5 +112,5 @@ class S3Plugin:
         return [S3Service(layer)] if layer is not None else []
 
 
-#: The entry point's object: settings from the environment.
+#: The entry point's object: settings from the proxy's config.
 plugin = S3Plugin()

@@ -1,45 +1,40 @@
 """
-The plugin's settings: an ``[s3]`` table, checked like the core's sections (same value kinds,
-sizes such as ``"16MiB"``, errors naming ``s3.KEY``).
+The plugin's settings: the ``[s3]`` section of mediaproxy's own config file, declared through
+the ``mediaproxy_settings`` hook and checked like the core's sections (same value kinds, sizes
+such as ``"16MiB"``, errors naming the file and line or the variable and ``s3.KEY``). From the
+environment: ``MEDIAPROXY_S3__KEY`` (``MEDIAPROXY_S3__ENDPOINT``), like any setting.
 
-mediaproxy's own config file refuses sections it does not know, and the core has no place for
-a plugin's settings yet, so they come from (later wins):
-
-1. the ``[s3]`` table of the TOML file named by ``MEDIAPROXY_S3_CONFIG``;
-2. one environment variable per key, ``MEDIAPROXY_S3_<KEY>`` (``MEDIAPROXY_S3_ENDPOINT``): one
-   underscore after ``S3``, so the core's ``MEDIAPROXY_SECTION__KEY`` parser leaves them alone.
-
-They are read once, when the proxy builds its cache layers; a SIGHUP does not read them again
-(a changed store needs a restart, like ``cache.redis.url``).
+The proxy hands them to the plugin as ``runtime.config.plugin_settings("s3")``. The layer is
+built once, when the proxy builds its cache layers; a SIGHUP reads the section again but a
+changed store needs a restart (like ``cache.redis.url``).
 """
 
 from __future__ import annotations
 
-import os
-import tomllib
 from collections.abc import Mapping
 
 from attrs import frozen
 
-from mediaproxy import ConfigError, build_settings, setting
+from mediaproxy import build_settings, setting, show_value
 
-ENV_PREFIX = "MEDIAPROXY_S3_"
-FILE_VARIABLE = "MEDIAPROXY_S3_CONFIG"
+#: The section's name: ``[s3]`` in the file, ``MEDIAPROXY_S3__KEY`` in the environment.
+SECTION = "s3"
 
 
 def _positive(value) -> None:
     if value <= 0:
-        raise ValueError(f"{value!r} is not above 0")
+        raise ValueError(f"{show_value(value)} is not above 0")
 
 
 def _url(value: str) -> None:
     if value and not value.startswith(("http://", "https://")):
-        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        raise ValueError(f"{show_value(value)} is not an http:// or https:// URL")
 
 
 def _prefix(value: str) -> None:
     if value.startswith("/") or ".." in value.split("/"):
-        raise ValueError(f"{value!r} must be a relative key prefix such as 'mediaproxy/'")
+        raise ValueError(f"{show_value(value)} must be a relative key prefix such as "
+                         "mediaproxy/")
 
 
 @frozen
@@ -79,27 +74,6 @@ class S3Settings:
                             "store too (the source cache; cache.source.file_ttl bounds their "
                             "age), so a node that never fetched a photo renders its other "
                             "sizes without asking the backend.")
-
-
-def load_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
-    """The settings from ``environ`` (default: the process environment): the file named by
-    ``MEDIAPROXY_S3_CONFIG``, then the ``MEDIAPROXY_S3_*`` variables."""
-    environ = os.environ if environ is None else environ
-    data: dict = {}
-    path = environ.get(FILE_VARIABLE)
-    if path:
-        try:
-            with open(path, "rb") as f:
-                table = tomllib.load(f).get("s3", {})
-        except OSError as e:
-            raise ConfigError(FILE_VARIABLE, f"cannot read {path!r}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(FILE_VARIABLE, f"{path!r} is not valid TOML: {e}") from None
-        data.update(table)
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name != FILE_VARIABLE:
-            data[name[len(ENV_PREFIX):].lower()] = value
-    return settings_from(data)
 
 
 def settings_from(data: Mapping) -> S3Settings:
