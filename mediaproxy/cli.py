@@ -85,8 +85,10 @@ def cmd_demo(args) -> int:
         return 2
     from twisted.internet import reactor
 
+    # with signing keys configured, the demo page signs its image URLs with the first one
+    key = config.signing.keys[0] if config.signing.keys else None
     origin = ListeningService(reactor, f"tcp:{args.origin_port}:interface=127.0.0.1",
-                              Site(DemoOrigin()), "demo origin")
+                              Site(DemoOrigin(signing_key=key)), "demo origin")
     banner = (f"demo origin on http://127.0.0.1:{args.origin_port}/ ; proxy on "
               f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
               f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover"

@@ -1,0 +1,155 @@
+"""
+The demo page (``mediaproxy demo``'s ``/``) in a real browser: Debian's Chromium
+(tests/browser.py) loads it through a real proxy in front of the built-in demo origin, as
+``mediaproxy demo`` runs them (here on free ports), and the test reads back what the page shows.
+
+Every ``<img>`` must have decoded at the size its parameters give (the sizes below are worked
+out by hand from the samples' sizes, not by the proxy's geometry code), and the figures shown
+under it (size, frames, bytes, type, ``X-Cache``) must be those of the response: the test asks
+the proxy for the same URL with the same ``Accept`` afterwards and compares. A first load makes
+every variant (``MISS``), a reload finds each in the proxy's memory (``HIT-MEMORY``).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from mediaproxy.demo import DemoOrigin, make_samples
+from mediaproxy.testing import decode, start_proxy
+
+#: What the page's script sends for an image (as a browser does for an <img>): fmt=auto
+#: negotiates AVIF with it, WebP for an animation.
+IMAGE_ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
+
+#: (sample, label) -> (width, height, content type, frames): what each image must be. The
+#: samples (mediaproxy/demo.py) are 1600x1200, 1200x1800 once its EXIF orientation 6 is
+#: applied (stored 1800x1200), 800x800, 1200x400 and 200x200 (8 frames). Box 240x160: cover,
+#: contain and fill give the box; inside scales by the smaller ratio, outside by the larger.
+EXPECTED = {
+    ("sample.jpg", "original"): (1600, 1200, "image/jpeg", 1),
+    ("sample.jpg", "fit=cover"): (240, 160, "image/jpeg", 1),
+    ("sample.jpg", "fit=contain"): (240, 160, "image/jpeg", 1),
+    ("sample.jpg", "fit=fill"): (240, 160, "image/jpeg", 1),
+    ("sample.jpg", "fit=inside"): (213, 160, "image/jpeg", 1),      # 1600 * 160/1200
+    ("sample.jpg", "fit=outside"): (240, 180, "image/jpeg", 1),     # 1200 * 240/1600
+    ("sample.jpg", "pos=attention"): (160, 160, "image/jpeg", 1),
+    ("sample.jpg", "fmt=jpeg"): (240, 180, "image/jpeg", 1),
+    ("sample.jpg", "fmt=webp"): (240, 180, "image/webp", 1),
+    ("sample.jpg", "fmt=avif"): (240, 180, "image/avif", 1),
+    ("sample.jpg", "fmt=auto"): (200, 150, "image/avif", 1),
+    ("landscape.jpg", "original"): (1200, 1800, "image/jpeg", 1),  # the browser applies EXIF
+    ("landscape.jpg", "fit=cover"): (240, 160, "image/jpeg", 1),
+    ("landscape.jpg", "fit=contain"): (240, 160, "image/jpeg", 1),
+    ("landscape.jpg", "fit=fill"): (240, 160, "image/jpeg", 1),
+    ("landscape.jpg", "fit=inside"): (107, 160, "image/jpeg", 1),   # 1200 * 160/1800 = 106.7
+    ("landscape.jpg", "fit=outside"): (240, 360, "image/jpeg", 1),
+    ("landscape.jpg", "pos=attention"): (160, 160, "image/jpeg", 1),
+    ("landscape.jpg", "fmt=jpeg"): (240, 360, "image/jpeg", 1),
+    ("landscape.jpg", "fmt=webp"): (240, 360, "image/webp", 1),
+    ("landscape.jpg", "fmt=avif"): (240, 360, "image/avif", 1),
+    ("landscape.jpg", "fmt=auto"): (200, 300, "image/avif", 1),
+    ("logo.png", "original"): (800, 800, "image/png", 1),
+    ("logo.png", "fit=cover"): (240, 160, "image/png", 1),
+    ("logo.png", "fit=contain"): (240, 160, "image/png", 1),
+    ("logo.png", "fit=fill"): (240, 160, "image/png", 1),
+    ("logo.png", "fit=inside"): (160, 160, "image/png", 1),
+    ("logo.png", "fit=outside"): (240, 240, "image/png", 1),
+    ("logo.png", "pos=attention"): (160, 160, "image/png", 1),
+    ("logo.png", "fmt=jpeg"): (240, 240, "image/jpeg", 1),
+    ("logo.png", "fmt=webp"): (240, 240, "image/webp", 1),
+    ("logo.png", "fmt=avif"): (240, 240, "image/avif", 1),
+    ("logo.png", "fmt=auto"): (200, 200, "image/avif", 1),
+    ("banner.webp", "original"): (1200, 400, "image/webp", 1),
+    ("banner.webp", "fit=cover"): (240, 160, "image/webp", 1),
+    ("banner.webp", "fit=contain"): (240, 160, "image/webp", 1),
+    ("banner.webp", "fit=fill"): (240, 160, "image/webp", 1),
+    ("banner.webp", "fit=inside"): (240, 80, "image/webp", 1),
+    ("banner.webp", "fit=outside"): (480, 160, "image/webp", 1),
+    ("banner.webp", "pos=attention"): (160, 160, "image/webp", 1),
+    ("banner.webp", "fmt=jpeg"): (240, 80, "image/jpeg", 1),
+    ("banner.webp", "fmt=webp"): (240, 80, "image/webp", 1),
+    ("banner.webp", "fmt=avif"): (240, 80, "image/avif", 1),
+    ("banner.webp", "fmt=auto"): (200, 67, "image/avif", 1),        # 400 * 200/1200 = 66.7
+    ("spinner.gif", "original"): (200, 200, "image/gif", 8),
+    ("spinner.gif", "w=100"): (100, 100, "image/gif", 8),
+    ("spinner.gif", "fit=cover"): (160, 100, "image/gif", 8),
+    ("spinner.gif", "fmt=webp"): (100, 100, "image/webp", 8),
+    ("spinner.gif", "fmt=auto"): (120, 120, "image/webp", 8),       # animated: WebP, not AVIF
+}
+
+#: Waits for the page's script to finish, then reads every figure: what it shows and its <img>.
+READ_FIGURES = """async () => {
+    while (!document.body.dataset.done) await new Promise(r => setTimeout(r, 20));
+    return Array.from(document.querySelectorAll("figure")).map(f => ({
+        sample: f.closest(".card").id, label: f.querySelector("b").textContent,
+        url: f.dataset.url, failed: f.classList.contains("failed"),
+        naturalWidth: f.querySelector("img").naturalWidth,
+        naturalHeight: f.querySelector("img").naturalHeight,
+        dims: f.querySelector("dd.dims").textContent, bytes: f.querySelector("dd.bytes").textContent,
+        type: f.querySelector("dd.type").textContent, cache: f.querySelector("dd.cache").textContent,
+        shownUrl: f.querySelector("code.url").textContent}));
+}"""
+
+DIMS = re.compile(r"(\d+) × (\d+)(?: · (\d+) frames)?")
+BYTES = re.compile(r"([\d,]+) B(?: \([\d.]+% of the original\))?")
+
+
+@pytest.fixture(scope="module")
+def samples():
+    """The demo's generated samples (pure data: made once for the module)."""
+    return make_samples()
+
+
+def load(browser_page, proxy) -> dict[tuple[str, str], dict]:
+    page = browser_page(viewport={"width": 1200, "height": 900})
+    response = page.goto(proxy.url("/"), wait_until="load")
+    assert response.status == 200
+    figures = page.evaluate(READ_FIGURES)
+    return page, {(f["sample"], f["label"]): f for f in figures}
+
+
+def shown(figure) -> tuple[int, int, int, int]:
+    """(width, height, frames, bytes) as the figure's text says them."""
+    dims = DIMS.fullmatch(figure["dims"])
+    size = BYTES.fullmatch(figure["bytes"])
+    assert dims and size, figure
+    return (int(dims[1]), int(dims[2]), int(dims[3] or 1), int(size[1].replace(",", "")))
+
+
+def frames(image) -> int:
+    return getattr(image, "n_frames", 1)
+
+
+def test_the_page_shows_each_sample_beside_its_variants_with_the_responses_figures(
+        browser_page, live_reactor, samples):
+    with start_proxy(origin=DemoOrigin(samples)) as proxy:
+        page, figures = load(browser_page, proxy)
+        assert sorted(figures) == sorted(EXPECTED)
+        for key, (width, height, content_type, frame_count) in EXPECTED.items():
+            figure = figures[key]
+            assert not figure["failed"], figure
+            # the <img> decoded the bytes it got, at the size its parameters give
+            assert (figure["naturalWidth"], figure["naturalHeight"]) == (width, height), key
+            assert figure["shownUrl"] == figure["url"], key
+            # the figures shown are those of the response: ask the proxy again, same Accept
+            again = proxy.get(figure["url"], headers={"Accept": IMAGE_ACCEPT})
+            assert again.status == 200, key
+            image = decode(again.body)
+            if key[1] != "original":   # Pillow leaves the EXIF orientation to the reader
+                assert image.size == (width, height), key
+            assert shown(figure) == (width, height, frame_count, len(again.body)), key
+            assert frames(image) == frame_count, key
+            assert (figure["type"], again.headers["content-type"]) == (content_type,) * 2, key
+            if key[1] == "original":   # passed through: no X-Cache
+                assert "x-cache" not in again.headers, key
+                assert figure["cache"] == "none: passed through", key
+            else:                      # made for the page, found in memory by the test
+                assert (figure["cache"], again.headers["x-cache"]) == ("MISS", "HIT-MEMORY"), key
+        page.reload(wait_until="load")
+        reloaded = {(f["sample"], f["label"]): f for f in page.evaluate(READ_FIGURES)}
+        for key, figure in reloaded.items():
+            assert shown(figure) == shown(figures[key]), key
+            assert figure["cache"] == (figures[key]["cache"] if key[1] == "original"
+                                       else "HIT-MEMORY"), key
