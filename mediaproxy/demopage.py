@@ -59,8 +59,9 @@ ANIMATED_VARIANTS: tuple[tuple[str, str, dict[str, object]], ...] = (
      {"w": 120, "fmt": "auto"}),
 )
 
-#: The placeholders asked for (plugin present): of the cover crop, so they match it.
-PLACEHOLDER_OF = {"w": 240, "h": 160, "fit": "cover"}
+#: The placeholders asked for (plugin present), each of the card's ``fit=cover`` variant, so
+#: they stand for an image the card shows.
+PLACEHOLDER_OF = "fit=cover"
 PLACEHOLDER_KINDS = ("color", "blurhash")
 
 
@@ -80,9 +81,11 @@ def image_urls(name: str, content_type: str, key: str | None = None) -> list[tup
     return urls
 
 
-def placeholder_urls(name: str, key: str | None = None) -> list[tuple[str, str]]:
+def placeholder_urls(name: str, content_type: str,
+                     key: str | None = None) -> list[tuple[str, str]]:
     """(kind, URL) of the placeholders a card asks for, signed with ``key`` when given."""
-    return [(kind, build_url(MEDIA + name, {**PLACEHOLDER_OF, "placeholder": kind}, key=key))
+    [params] = [p for label, _, p in variants_of(content_type) if label == PLACEHOLDER_OF]
+    return [(kind, build_url(MEDIA + name, {**params, "placeholder": kind}, key=key))
             for kind in PLACEHOLDER_KINDS]
 
 
@@ -110,10 +113,10 @@ def _card(name: str, content_type: str, key: str | None) -> str:
             '<dt>type</dt><dd class="type">…</dd><dt>X-Cache</dt><dd class="cache">…</dd></dl>'
             f'<code class="url" title="click to copy">{escape(url)}</code></figcaption></figure>')
     placeholders = "".join(f'<span class="ph" data-kind="{kind}" data-url="{escape(url)}">'
-                           '</span>' for kind, url in placeholder_urls(name, key))
+                           '</span>' for kind, url in placeholder_urls(name, content_type, key))
     return (f'<section class="card" id="{escape(name)}"><h2>{escape(name)} '
             f'<small>{escape(content_type)}</small></h2>'
-            f'<p class="placeholders" hidden>placeholders of the cover crop: {placeholders}</p>'
+            f'<p class="placeholders" hidden>placeholders of {PLACEHOLDER_OF}: {placeholders}</p>'
             f'<div class="row">{"".join(figures)}</div></section>')
 
 

@@ -153,3 +153,61 @@ def test_the_page_shows_each_sample_beside_its_variants_with_the_responses_figur
             assert shown(figure) == shown(figures[key]), key
             assert figure["cache"] == (figures[key]["cache"] if key[1] == "original"
                                        else "HIT-MEMORY"), key
+
+
+#: The card's placeholders line: whether it shows, and the text of each placeholder.
+READ_PLACEHOLDERS = """() => Array.from(document.querySelectorAll(".card")).map(card => ({
+    sample: card.id, hidden: card.querySelector(".placeholders").hidden,
+    shown: Object.fromEntries(Array.from(card.querySelectorAll(".ph")).map(
+        span => [span.dataset.kind, span.textContent]))}))"""
+
+
+def test_with_the_placeholder_plugin_a_card_shows_the_colour_and_blurhash_of_its_cover_variant(
+        browser_page, live_reactor, samples):
+    import mediaproxy_placeholder
+
+    with start_proxy(origin=DemoOrigin({"spinner.gif": samples["spinner.gif"]}),
+                     plugins=[mediaproxy_placeholder]) as proxy:
+        page, figures = load(browser_page, proxy)
+        assert [f["failed"] for f in figures.values()] == [False] * 5
+        [card] = page.evaluate(READ_PLACEHOLDERS)
+        answers = {kind: proxy.json(f"/media/uploads/spinner.gif?w=160&h=100&fit=cover"
+                                    f"&placeholder={kind}",
+                                    headers={"Accept": "application/json"})
+                   for kind in ("color", "blurhash")}
+        assert [a.status for a in answers.values()] == [200, 200]
+        assert card == {"sample": "spinner.gif", "hidden": False, "shown": {
+            "color": "color " + answers["color"].data["color"],
+            "blurhash": "blurhash " + answers["blurhash"].data["blurhash"]}}
+
+
+def test_without_the_plugin_the_page_says_nothing_of_placeholders(
+        browser_page, live_reactor, samples):
+    with start_proxy(origin=DemoOrigin({"spinner.gif": samples["spinner.gif"]})) as proxy:
+        page, figures = load(browser_page, proxy)
+        assert page.evaluate(READ_PLACEHOLDERS) == [
+            {"sample": "spinner.gif", "hidden": True, "shown": {"color": "", "blurhash": ""}}]
+        # without the plugin a placeholder URL is the fit=cover variant's request: the page
+        # asks it after the images, so the variant was made for its own figure
+        assert figures["spinner.gif", "fit=cover"]["cache"] == "MISS"
+        assert [f["failed"] for f in figures.values()] == [False] * 5
+
+
+KEY = "demo-page-signing-key-0123456789"
+
+
+def test_with_signing_keys_the_page_signs_its_urls_and_every_image_loads(
+        browser_page, live_reactor, samples):
+    with start_proxy(origin=DemoOrigin({"spinner.gif": samples["spinner.gif"]}, signing_key=KEY),
+                     overrides={"signing": {"keys": [KEY]}}) as proxy:
+        _, figures = load(browser_page, proxy)
+        assert sorted(label for _, label in figures) == [
+            "fit=cover", "fmt=auto", "fmt=webp", "original", "w=100"]
+        for (_, label), figure in figures.items():
+            assert not figure["failed"], figure
+            assert ("&sig=" in figure["url"]) == (label != "original"), figure["url"]
+            width, height, _, frame_count = EXPECTED["spinner.gif", label]
+            assert shown(figure)[:3] == (width, height, frame_count), label
+        # signatures are checked: the cover crop's URL without its sig is refused
+        unsigned = figures["spinner.gif", "fit=cover"]["url"].split("&sig=")[0]
+        assert proxy.get(unsigned, headers={"Accept": IMAGE_ACCEPT}).status == 403
