@@ -132,8 +132,17 @@ through untouched), then <b>variants</b> mediaproxy makes of it. Under each imag
 pixels, its bytes, its content type and <code>X-Cache</code>, read from the response this page
 received (fetched with <code>Accept: {accept}</code>, as a browser asks for images, and never
 from the browser's cache). <code>MISS</code>: made now; reload the page and the variants come
-from the proxy's memory (<code>HIT-MEMORY</code>). Click a URL to copy it; from a shell:</p>
+from the proxy's cache (<code>HIT-MEMORY</code>, or <code>HIT-FILE</code> when another worker
+process made it). Images larger than their frame are shown scaled down; the size is the real
+one. Click a URL to copy it; from a shell:</p>
 <pre>{curl}</pre>
+<p class="grammar">The URL grammar: <code>w</code>, <code>h</code> (pixels),
+<code>fit</code> (<code>cover</code> | <code>contain</code> | <code>fill</code> |
+<code>inside</code> | <code>outside</code>), <code>pos</code> (<code>centre</code>,
+<code>north</code>… or <code>entropy</code> | <code>attention</code>), <code>bg</code>,
+<code>q</code> (1-100), <code>fmt</code> (<code>jpeg</code> | <code>png</code> |
+<code>webp</code> | <code>avif</code> | <code>gif</code> | <code>auto</code>): the user's guide
+(docs/user-guide.md, section 3) has them all.</p>
 <p id="status">loading…</p></header>
 <main>
 {cards}

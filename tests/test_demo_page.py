@@ -12,12 +12,21 @@ every variant (``MISS``), a reload finds each in the proxy's memory (``HIT-MEMOR
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
 
 from mediaproxy.demo import DemoOrigin, make_samples
 from mediaproxy.testing import decode, start_proxy
+from mediaproxy.urlsign import build_url
+
+from .processes import ROOT
+from .redis_server import free_port
 
 #: What the page's script sends for an image (as a browser does for an <img>): fmt=auto
 #: negotiates AVIF with it, WebP for an animation.
@@ -211,3 +220,45 @@ def test_with_signing_keys_the_page_signs_its_urls_and_every_image_loads(
         # signatures are checked: the cover crop's URL without its sig is refused
         unsigned = figures["spinner.gif", "fit=cover"]["url"].split("&sig=")[0]
         assert proxy.get(unsigned, headers={"Accept": IMAGE_ACCEPT}).status == 403
+
+
+def test_mediaproxy_demo_signs_its_page_and_its_curl_line_with_the_first_signing_key():
+    port, origin_port = free_port(), free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAPROXY_")}
+    environ.update(PYTHONPATH=str(ROOT), MEDIAPROXY_SERVER__WORKERS="1",
+                   MEDIAPROXY_SIGNING__KEYS=f"{KEY},another-key-0123456789abcdef")
+    proc = subprocess.Popen([sys.executable, "-m", "mediaproxy", "demo", "--port", str(port),
+                             "--origin-port", str(origin_port)], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:        # the banner comes once every listener is bound
+            lines.append(line)
+            if line.startswith("try:"):
+                break
+        curl = re.fullmatch(r"try:  curl -o thumb.webp '(.+)'\n", lines[-1])
+        assert curl, lines
+        # signed with the first key (every key verifies; the first is the one that signs)
+        assert curl[1] == build_url("/media/uploads/sample.jpg",
+                                    {"w": 300, "h": 200, "fit": "cover", "fmt": "webp"},
+                                    base=f"http://127.0.0.1:{port}", key=KEY)
+        with urlopen(curl[1], timeout=30) as answer:
+            assert (answer.status, answer.headers["content-type"]) == (200, "image/webp")
+        with urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
+            page = answer.read().decode()
+        cover = re.search(r'data-url="(/media/uploads/sample\.jpg\?w=240&amp;h=160&amp;'
+                          r'fit=cover&amp;sig=[^"]+)"', page)
+        assert cover, page[:2000]
+        signed = f"http://127.0.0.1:{port}" + cover[1].replace("&amp;", "&")
+        with urlopen(signed, timeout=30) as answer:
+            assert answer.status == 200
+        with pytest.raises(HTTPError) as refused:   # signatures are checked
+            urlopen(signed.split("&sig=")[0], timeout=30)
+        assert refused.value.code == 403
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
