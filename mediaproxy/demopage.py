@@ -217,7 +217,9 @@ async function show(figure, originalBytes) {
     put(figure, "dims", img.naturalWidth + " × " + img.naturalHeight +
         (frames > 1 ? " · " + frames + " frames" : ""));
     let bytes = blob.size.toLocaleString("en-US") + " B";
-    if (originalBytes) bytes += " (" + (100 * blob.size / originalBytes).toFixed(1) + "% of the original)";
+    if (originalBytes) {
+      bytes += " (" + (100 * blob.size / originalBytes).toFixed(1) + "% of the original)";
+    }
     put(figure, "bytes", bytes);
     put(figure, "type", type);
     const cache = response.headers.get("x-cache");
@@ -237,8 +239,8 @@ async function placeholders(card) {
   const found = await Promise.all(spans.map(async span => {
     try {
       const response = await fetch(span.dataset.url, {headers: {Accept: "application/json"}});
-      if (response.status !== 200 ||
-          !(response.headers.get("content-type") || "").startsWith("application/json")) return false;
+      const type = response.headers.get("content-type") || "";
+      if (response.status !== 200 || !type.startsWith("application/json")) return false;
       const value = (await response.json())[span.dataset.kind];
       if (typeof value !== "string") return false;
       span.textContent = span.dataset.kind + " " + value;
