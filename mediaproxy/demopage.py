@@ -18,7 +18,8 @@ No external assets: one inline style sheet and one inline script, so the demo wo
 Each URL is built with :func:`mediaproxy.urlsign.build_url`, signed when the demo's
 configuration has signing keys (the demo runs unsigned by default). When the placeholder plugin
 (``plugins/mediaproxy-placeholder``) is loaded, each card shows the dominant colour and the
-BlurHash of its cover crop; without it ``?placeholder=`` is ignored and the card says nothing.
+BlurHash of its ``fit=cover`` variant; without it ``?placeholder=`` is ignored and the card says
+nothing (the page asks after its images: the probe is then that variant's own request).
 """
 
 from __future__ import annotations
@@ -223,7 +224,11 @@ async function show(figure, originalBytes) {
     put(figure, "bytes", bytes);
     put(figure, "type", type);
     const cache = response.headers.get("x-cache");
-    put(figure, "cache", cache || "none: passed through", cache ? cache.split("-")[0] : "");
+    // no X-Cache on a variant: cache.x_cache_header is off, or this page was opened on the
+    // origin, not through the proxy
+    const none = figure.classList.contains("original") ? "none: passed through" :
+      "none (cache.x_cache_header off, or not through the proxy?)";
+    put(figure, "cache", cache || none, cache ? cache.split("-")[0] : "");
     return blob.size;
   } catch (error) {
     figure.classList.add("failed");
