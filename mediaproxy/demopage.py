@@ -201,10 +201,29 @@ function put(figure, field, text, cls) {
   if (cls) dd.classList.add(cls);
 }
 
+// An image refused for now (503 overloaded: the transform queue is full, or 429: a rate
+// limit) is asked again after its Retry-After (at most 5 s), at most RETRIES times, as a
+// well-behaved client does; the figure then says so.
+const RETRIES = 2;
+const AGAIN = [429, 503];
+
+async function fetchImage(url) {
+  const refused = [];
+  for (;;) {
+    const response = await fetch(url, {headers: {Accept: ACCEPT}, cache: "no-store"});
+    if (!AGAIN.includes(response.status) || refused.length >= RETRIES) return [response, refused];
+    refused.push(response.status);
+    await response.arrayBuffer();
+    const given = Number(response.headers.get("retry-after") ?? "1");
+    const wait = Number.isFinite(given) ? Math.min(Math.max(given, 0), 5) : 1;
+    await new Promise(resolve => setTimeout(resolve, wait * 1000));
+  }
+}
+
 async function show(figure, originalBytes) {
   const url = figure.dataset.url;
   try {
-    const response = await fetch(url, {headers: {Accept: ACCEPT}, cache: "no-store"});
+    const [response, refused] = await fetchImage(url);
     const blob = await response.blob();
     const type = response.headers.get("content-type") || "";
     if (response.status !== 200) {
@@ -228,7 +247,8 @@ async function show(figure, originalBytes) {
     // origin, not through the proxy
     const none = figure.classList.contains("original") ? "none: passed through" :
       "none (cache.x_cache_header off, or not through the proxy?)";
-    put(figure, "cache", cache || none, cache ? cache.split("-")[0] : "");
+    const after = refused.length ? " (after " + refused.join(", ") + ")" : "";
+    put(figure, "cache", (cache || none) + after, cache ? cache.split("-")[0] : "");
     return blob.size;
   } catch (error) {
     figure.classList.add("failed");

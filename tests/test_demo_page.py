@@ -21,6 +21,7 @@ from urllib.request import urlopen
 
 import pytest
 
+from mediaproxy import Rejection, hookimpl
 from mediaproxy.demo import DemoOrigin, make_samples
 from mediaproxy.testing import decode, start_proxy
 from mediaproxy.urlsign import build_url
@@ -229,6 +230,44 @@ def test_without_x_cache_the_variants_say_why_there_is_none(browser_page, live_r
             "original": "none: passed through",
             **{label: "none (cache.x_cache_header off, or not through the proxy?)"
                for label in ("w=100", "fit=cover", "fmt=webp", "fmt=auto")}}
+
+
+class Refuser:
+    """Refuses some image requests with 503 overloaded and ``Retry-After: 0``, as a full
+    transform queue does: the first ``times`` requests for each URL of ``urls``. (A fake
+    fault: the real shedding cannot be made to hit one chosen request.)"""
+
+    def __init__(self, urls: dict[str, int]):
+        self.left = dict(urls)
+        self.seen = {url: 0 for url in urls}
+
+    @hookimpl
+    def mediaproxy_check_request(self, image_request, request, runtime):
+        url = request.path + "?" + "&".join(f"{n}={v}" for n, v in request.query)
+        if url not in self.left:
+            return None
+        self.seen[url] += 1
+        if self.left[url] == 0:
+            return None
+        self.left[url] -= 1
+        return Rejection(503, "overloaded", "the server is busy; retry shortly",
+                         headers=[("Retry-After", "0")])
+
+
+def test_a_refused_image_is_asked_again_after_its_retry_after_twice_at_most(
+        browser_page, live_reactor, samples):
+    once, always = "/media/uploads/spinner.gif?w=100", "/media/uploads/spinner.gif?w=100&fmt=webp"
+    refuser = Refuser({once: 1, always: 99})
+    with demo_proxy({"spinner.gif": samples["spinner.gif"]}, plugins=[refuser]) as proxy:
+        _, figures = load(browser_page, proxy)
+        assert refuser.seen == {once: 2, always: 3}     # the first ask and two more at most
+        assert (figures["spinner.gif", "w=100"]["failed"],
+                figures["spinner.gif", "w=100"]["cache"]) == (False, "MISS (after 503)")
+        refused = figures["spinner.gif", "fmt=webp"]
+        assert refused["failed"]
+        assert refused["dims"].startswith('failed: 503 {"error":"overloaded"'), refused["dims"]
+        assert [f["failed"] for (_, label), f in figures.items() if label != "fmt=webp"] == [
+            False] * 4
 
 
 KEY = "demo-page-signing-key-0123456789"
