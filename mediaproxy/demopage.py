@@ -132,11 +132,14 @@ _PAGE = """<!doctype html>
 through untouched), then <b>variants</b> mediaproxy makes of it. Under each image: its size in
 pixels, its bytes, its content type and <code>X-Cache</code>, read from the response this page
 received (fetched with <code>Accept: {accept}</code>, as a browser asks for images, and never
-from the browser's cache). <code>MISS</code>: made now; reload the page and the variants come
-from the proxy's cache (<code>HIT-MEMORY</code>, or <code>HIT-FILE</code> when another worker
-process made it). Images larger than their frame are shown scaled down; the size is the real
-one. Click a URL to copy it; from a shell:</p>
+from the browser's cache). Images larger than their frame are shown scaled down; the size is
+the real one. Click a URL to copy it; from a shell:</p>
 <pre>{curl}</pre>
+<dl class="legend"><dt>X-Cache</dt><dd><code>MISS</code>: made now ·
+<code>HIT-MEMORY</code>, <code>HIT-FILE</code>: from the proxy's cache (reload the page; FILE
+when another worker process made it) · <code>NEAREST</code>: the proxy was busy and answered
+another size of the same image it had · <code>(after 503)</code>: asked again after the proxy
+said it was busy (<code>Retry-After</code>)</dd></dl>
 <p class="grammar">The URL grammar: <code>w</code>, <code>h</code> (pixels),
 <code>fit</code> (<code>cover</code> | <code>contain</code> | <code>fill</code> |
 <code>inside</code> | <code>outside</code>), <code>pos</code> (<code>centre</code>,
@@ -170,6 +173,9 @@ figcaption .why{color:#666;font-size:12px}
 dl{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:6px 0;font-size:13px}
 dt{color:#777} dd{margin:0;font-variant-numeric:tabular-nums}
 dd.cache.MISS{color:#b35900;font-weight:bold} dd.cache.HIT{color:#17803d;font-weight:bold}
+dd.cache.NEAREST,dd.cache.STALE{color:#8a2be2;font-weight:bold}
+.legend{display:block;font-size:13px;margin:6px 0} .legend dt{display:inline;font-weight:bold}
+.legend dd{display:inline;margin-left:6px}
 code.url{display:block;font-size:11px;word-break:break-all;background:#fff;border:1px solid #e4e4e4;
  padding:3px 4px;cursor:copy;user-select:all}
 figure.failed{background:#fff0f0;border-color:#e99}
