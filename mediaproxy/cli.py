@@ -76,6 +76,7 @@ def cmd_demo(args) -> int:
 
     from .demo import DemoOrigin
     from .http.listening import ListeningService
+    from .urlsign import build_url
 
     overrides = {
         "server": {"listen": [f"tcp:{args.port}:interface={args.interface}"]},
@@ -88,12 +89,16 @@ def cmd_demo(args) -> int:
         return 2
     from twisted.internet import reactor
 
+    # with signing keys configured, the demo page signs its image URLs with the first one
+    key = config.signing.keys[0] if config.signing.keys else None
     origin = ListeningService(reactor, f"tcp:{args.origin_port}:interface=127.0.0.1",
-                              Site(DemoOrigin()), "demo origin")
+                              Site(DemoOrigin(signing_key=key)), "demo origin")
+    example = build_url("/media/uploads/sample.jpg",
+                        {"w": 300, "h": 200, "fit": "cover", "fmt": "webp"},
+                        base=f"http://127.0.0.1:{args.port}", key=key)
     banner = (f"demo origin on http://127.0.0.1:{args.origin_port}/ ; proxy on "
-              f"http://{args.interface}:{args.port}/\ntry:  curl -o thumb.webp "
-              f"'http://127.0.0.1:{args.port}/media/uploads/sample.jpg?w=300&h=200&fit=cover"
-              "&fmt=webp'")
+              f"http://{args.interface}:{args.port}/ (open it for the demo page)\n"
+              f"try:  curl -o thumb.webp '{example}'")
     # the other workers (server.workers, auto by default) serve the same demo origin
     return serve(config, [origin], banner=banner,
                  worker_env={"MEDIAPROXY_BACKEND__URL": overrides["backend"]["url"]})

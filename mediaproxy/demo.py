@@ -1,6 +1,7 @@
 """
 A built-in demo origin: a tiny stand-in for a Django media server, serving generated sample
-images under ``/media/uploads/`` and a page at ``/`` that shows them through the proxy.
+images under ``/media/uploads/`` and a page at ``/`` that shows them through the proxy
+(:mod:`mediaproxy.demopage`: each original beside its variants, with their figures).
 ``mediaproxy demo`` runs it behind the proxy so ``curl`` works on a fresh machine.
 """
 
@@ -12,6 +13,8 @@ import math
 from email.utils import formatdate
 
 from twisted.web.resource import Resource
+
+from .demopage import render_page
 
 SAMPLES = ("sample.jpg", "landscape.jpg", "logo.png", "banner.webp", "spinner.gif")
 
@@ -78,25 +81,17 @@ def make_samples() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>mediaproxy demo</title></head>
-<body style="font-family: sans-serif">
-<h1>mediaproxy demo origin</h1>
-<p>This page and the originals come from the demo origin; the resized images below come through
-mediaproxy. Try <code>curl -sI 'http://HOST/media/uploads/sample.jpg?w=300&amp;h=200&amp;fit=cover&amp;fmt=webp'</code>.</p>
-{images}
-</body></html>
-"""
-
-
 class DemoOrigin(Resource):
     """Serves ``/media/uploads/<sample>``, ``/`` (HTML) and ``/api/health`` (JSON)."""
 
     isLeaf = True
 
-    def __init__(self, samples: dict[str, tuple[bytes, str]] | None = None):
+    def __init__(self, samples: dict[str, tuple[bytes, str]] | None = None,
+                 signing_key: str | None = None):
         super().__init__()
         self.samples = samples if samples is not None else make_samples()
+        #: signs the page's image URLs when the proxy in front checks signatures
+        self.signing_key = signing_key
         self.started = formatdate(usegmt=True)
 
     def render_GET(self, request):
@@ -116,11 +111,9 @@ class DemoOrigin(Resource):
             return b'{"status": "ok"}'
         if path == "/":
             host = (request.getHeader(b"host") or b"127.0.0.1:8080").decode("latin-1")
-            images = "\n".join(
-                f'<p>{name}<br><img src="/media/uploads/{name}?w=320&amp;h=240&amp;fit=cover'
-                f'&amp;fmt=auto"></p>' for name in self.samples)
             request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-            return _PAGE.replace("HOST", host).replace("{images}", images).encode()
+            request.setHeader(b"Cache-Control", b"no-cache")
+            return render_page(self.samples, host, self.signing_key).encode()
         request.setResponseCode(404)
         request.setHeader(b"Content-Type", b"text/plain")
         return b"not found\n"
