@@ -38,7 +38,7 @@ def test_the_demo_runs_on_the_ports_given():
         # the banner is printed once both listen (one line; a failure ends the process)
         banner = proc.stdout.readline()
         assert banner == (f"demo origin on http://127.0.0.1:{origin_port}/ ; proxy on "
-                          f"http://127.0.0.1:{port}/\n")
+                          f"http://127.0.0.1:{port}/ (open it for the demo page)\n")
         status, body = get(port, "/media/uploads/sample.jpg?w=120&fmt=png")
         assert status == 200 and decode(body).size[0] == 120
         assert get(port, "/")[0] == 200                 # the demo page, through the proxy
