@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 #: a cache layer with settings of its own needs (the S3 plugin): the layer protocol and lookup,
 #: the checksummed entry record every shared layer stores, and the settings machinery
 #: (``setting`` fields in a frozen class, checked and converted like the core's sections by
-#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``). A value
+#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``). The source client
+#: (``SourceFetcher``, ``SourcePolicy``) for a plugin fetching images from an allowed host with
+#: the backend's deadlines and limits (the watermark plugin's remote overlays). A value
 #: ``module:attr`` names an attribute of another name.
 _LAZY = {
     **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
@@ -34,6 +36,8 @@ _LAZY = {
     **dict.fromkeys(("ConfigError", "setting"), "mediaproxy.config"),
     "build_settings": "mediaproxy.config:_build",
     "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
+    # the source client, for a plugin fetching from an allowed host with the backend's policy
+    **dict.fromkeys(("SourceFetcher", "SourcePolicy"), "mediaproxy.http.fetch"),
 }
 
 
@@ -62,5 +66,5 @@ __all__ = [
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
-    "ConfigError", "setting", "build_settings", "parse_accept",
+    "ConfigError", "setting", "build_settings", "parse_accept", "SourceFetcher", "SourcePolicy",
 ]
