@@ -94,29 +94,48 @@ class Watermarker:
     _decoding: dict = attrs.field(factory=dict)
     #: [configuration, {origin: SourceFetcher}, agent] for overlays on allowed hosts
     _remote: list = attrs.field(factory=lambda: [None, {}, None])
+    #: id -> the image request whose fetch this plugin is wrapping now (see the wrapper)
+    _outer: dict = attrs.field(factory=dict)
     decodes: int = 0     #: overlays decoded (tests read it: one per overlay, not per request)
 
     # -- 1. the overlay beside the image ----------------------------------------------------
 
-    @hookimpl(wrapper=True)
+    @hookimpl(wrapper=True, tryfirst=True)
     def mediaproxy_fetch_source(self, image_request, request, runtime):
-        fetching = yield
+        """The outermost wrapper (``tryfirst``): the source cache's own wrapper has recorded
+        the image's fetch before the overlay's is started here, and never sees the overlay's
+        failure as the image's. The image's answer waits for the overlay; a fetch of the same
+        request made again inside this one (the source cache reading its file layer, then
+        asking the other fetch plugins) passes through."""
         ref = image_request.params.get("wm")
-        if ref is None or image_request.route == ROUTE or fetching is None:
-            return fetching
+        key = id(image_request)
+        if ref is None or image_request.route == ROUTE or self._outer.get(key) is image_request:
+            return (yield)
+        self._outer[key] = image_request
+        try:
+            fetching = yield
+        except BaseException:
+            self._outer.pop(key, None)
+            raise
+        if fetching is None:
+            self._outer.pop(key, None)
+            return None
         overlay = self._overlay(ref, image_request, request)
+        answer: Deferred = Deferred()
 
-        def fetched(source):
-            if source.not_modified:        # a revalidated copy: nothing is rendered
+        def fetched(result):
+            if self._outer.get(key) is image_request:
+                del self._outer[key]
+            if isinstance(result, Failure) or result.not_modified:
+                # the image's own failure is the answer; a revalidated copy renders nothing
                 overlay.addErrback(lambda failure: None)
-                return source
-            return overlay.addCallback(lambda _: source)
+                answer.callback(result)
+            else:
+                overlay.addCallbacks(lambda _: answer.callback(result), answer.errback)
+            return None
 
-        def failed(failure):
-            overlay.addErrback(lambda f: None)   # the image's own failure is the answer
-            return failure
-
-        return fetching.addCallbacks(fetched, failed)
+        fetching.addBoth(fetched)
+        return answer
 
     def _overlay(self, ref: str, image_request, request) -> Deferred:
         """Fetch ``ref`` through the fetch hook (the source cache first) and make sure its

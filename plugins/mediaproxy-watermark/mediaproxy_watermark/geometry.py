@@ -19,7 +19,6 @@ outside is never drawn, and the memory a render takes stays that of its output.
 
 from __future__ import annotations
 
-import math
 import re
 
 #: The named positions: (column, row), 0 = left/top, 1 = centre, 2 = right/bottom.
@@ -100,7 +99,9 @@ def overlay_size(canvas: tuple[int, int], natural: tuple[int, int], width_pct: i
             width, height = round(max_w), round(nat_h * max_w / nat_w)
         else:
             width, height = round(nat_w * max_h / nat_h), round(max_h)
-    if width > canvas[0] or height > canvas[1]:
-        k = min(canvas[0] / width, canvas[1] / height)
-        width, height = math.floor(width * k), math.floor(height * k)
+    if width > canvas[0] or height > canvas[1]:      # in whole numbers: no float floor slips
+        if canvas[0] * height <= canvas[1] * width:  # the width binds
+            width, height = canvas[0], canvas[0] * height // width
+        else:
+            width, height = canvas[1] * width // height, canvas[1]
     return max(1, width), max(1, height)
