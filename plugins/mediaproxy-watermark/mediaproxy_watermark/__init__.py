@@ -33,15 +33,15 @@ from collections import OrderedDict
 
 import attrs
 from mediaproxy import (
-    ImageRequest, Rejection, SourceError, SourceFetcher, SourcePolicy, TransformStep, agent_for,
-    hookimpl,
+    ImageRequest, Overloaded, Rejection, SourceError, SourceFetcher, SourcePolicy, TransformStep,
+    agent_for, hookimpl,
 )
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import params as _params
-from .draw import Layout, OverlayRefused, Stamp, prepare
+from .draw import MAX_OVERLAY_PIXELS, Layout, OverlayRefused, Stamp, prepare
 from .thumbor import watermark_filter_for
 
 __all__ = ["Watermarker", "ORDER"]
@@ -50,6 +50,8 @@ __all__ = ["Watermarker", "ORDER"]
 ORDER = 700
 #: Decoded overlays kept, in bytes (RGBA): a few logos, not a cache of photos.
 DECODED_BYTES = 32 * 1024 * 1024
+#: Bytes a decode takes per overlay pixel at most: the decoded frame and its RGBA copy.
+DECODE_FACTOR = 8
 #: The route name of an overlay's own fetch (never a client's route).
 ROUTE = "watermark"
 _log = Logger(namespace="mediaproxy_watermark.fetch")
@@ -149,10 +151,11 @@ class Watermarker:
             fetching = fail(e)
         if fetching is None:
             fetching = fail(SourceError(404, "source_not_found", "no plugin serves it"))
-        return fetching.addCallbacks(lambda source: self._decode(ref, source.body),
-                                     lambda failure: _refused(failure, ref))
+        return fetching.addCallbacks(
+            lambda source: self._decode(ref, source.body, request.correlation_id),
+            lambda failure: _refused(failure, ref))
 
-    def _decode(self, ref: str, body: bytes) -> Deferred:
+    def _decode(self, ref: str, body: bytes, correlation_id: str = "") -> Deferred:
         """The decoded overlay of ``body``: the one kept (same bytes), the decode under way,
         or a new decode in the transform pool."""
         kept = self._decoded.get(ref)
@@ -168,8 +171,11 @@ class Watermarker:
         self._decoding[ref] = (body, waiters)
 
         def refused(failure):
-            failure.trap(OverlayRefused)
+            failure.trap(OverlayRefused, Overloaded)
             e = failure.value
+            if isinstance(e, Overloaded):
+                raise SourceError(503, "overloaded", f"wm: the watermark could not be "
+                                  f"prepared now ({e}); try again", "wm")
             raise SourceError(e.status, e.error, f"wm: {e.message}", "wm")
 
         def done(result):
@@ -185,7 +191,11 @@ class Watermarker:
                     d.callback(result)
             return result
 
-        return self.runtime.run_in_pool(prepare, body).addErrback(refused).addBoth(done)
+        # under the memory budget, with the most a decode of an accepted overlay takes
+        rt = self.runtime
+        nbytes = min(MAX_OVERLAY_PIXELS * DECODE_FACTOR, rt.admission.capacity)
+        return rt.run_admitted(nbytes, prepare, body, correlation_id=correlation_id
+                               ).addErrback(refused).addBoth(done)
 
     def _keep(self, ref: str, body: bytes, image) -> None:
         old = self._decoded.pop(ref, None)
