@@ -465,3 +465,24 @@ def test_with_a_file_layer_the_overlay_is_fetched_once(tmp_path):
         missing = p.json("/media/a.png?w=100&wm=/media/missing.png")
         assert (missing.status, missing.data["parameter"]) == (404, "wm")
         assert p.get("/media/a.png?w=100").status == 200
+
+
+def test_the_shared_scaled_overlays_are_bounded_in_bytes():
+    from mediaproxy_watermark.draw import DrawnCache
+
+    cache = DrawnCache(max_bytes=3 * 10 * 10 * 4)          # three 10x10 RGBA overlays
+    origin, other = Image.new("RGBA", (5, 5)), Image.new("RGBA", (5, 5))
+    tiles = [Image.new("RGBA", (10, 10)) for _ in range(4)]
+    for index, tile in enumerate(tiles[:3]):
+        cache.put(index, tile, origin)
+    assert [cache.get(i, origin) for i in range(3)] == tiles[:3]
+    assert cache.get(0, other) is None                      # another decode never matches
+    cache.get(0, origin)                                    # 0 used last: 1 is the oldest
+    cache.put(3, tiles[3], origin)
+    assert cache.get(1, origin) is None
+    assert [cache.get(i, origin) for i in (0, 2, 3)] == [tiles[0], tiles[2], tiles[3]]
+    cache.put(9, Image.new("RGBA", (10, 31)), origin)       # over the whole bound: not kept
+    assert cache.get(9, origin) is None
+    assert [cache.get(i, origin) for i in (0, 2, 3)] == [tiles[0], tiles[2], tiles[3]]
+    cache.put(2, tiles[1], origin)                          # replaced in place, same bytes
+    assert [cache.get(i, origin) for i in (0, 2, 3)] == [tiles[0], tiles[1], tiles[3]]

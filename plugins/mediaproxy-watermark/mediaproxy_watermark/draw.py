@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections import OrderedDict
 
 import attrs
 from PIL import Image, ImageDraw, ImageFont
@@ -143,14 +144,65 @@ class Stamp:
     def _draw(self, canvas: tuple[int, int]) -> Image.Image:
         lay = self.layout
         if self.text is not None:
-            source = text_overlay(self.text, font_size(canvas, self.text, lay.width_pct))
+            font = font_size(canvas, self.text, lay.width_pct)
+            key = ("text", self.text, font, canvas, lay.opacity)
+            found = DRAWN.get(key, None)
+            if found is not None:
+                return found
+            source = text_overlay(self.text, font)
             size = overlay_size(canvas, source.size)          # the font decided the size
+            origin = None
         else:
-            source = self.overlay
+            origin = source = self.overlay
             size = overlay_size(canvas, source.size, lay.width_pct, lay.height_pct)
+            key = ("image", id(source), size, lay.opacity)
+            found = DRAWN.get(key, source)
+            if found is not None:
+                return found
         if size != source.size:
-            source = source.resize(size, Image.Resampling.LANCZOS)
-        return faded(source, lay.opacity)
+            source = source.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        drawn = faded(source, lay.opacity)
+        DRAWN.put(key, drawn, origin)
+        return drawn
+
+
+class DrawnCache:
+    """Overlays scaled and faded, shared by the renders (the pool's threads): the same logo
+    at the same size on a thousand product images is scaled once. Bounded in bytes (RGBA);
+    the least recently used go first. An image overlay's entry is keyed by the decoded
+    overlay's identity and holds it, so a new decode never matches an old entry."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, origin) -> Image.Image | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[1] is not origin:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key, image: Image.Image, origin) -> None:
+        size = image.width * image.height * 4
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old[0].width * old[0].height * 4
+            self._entries[key] = (image, origin)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (dropped, _) = self._entries.popitem(last=False)
+                self._bytes -= dropped.width * dropped.height * 4
+
+
+#: The scaled and faded overlays every render shares (16 MiB).
+DRAWN = DrawnCache(16 * 1024 * 1024)
 
 
 def composite(image: Image.Image, overlay: Image.Image, at: tuple[int, int]) -> Image.Image:
