@@ -486,3 +486,28 @@ def test_the_shared_scaled_overlays_are_bounded_in_bytes():
     assert [cache.get(i, origin) for i in (0, 2, 3)] == [tiles[0], tiles[2], tiles[3]]
     cache.put(2, tiles[1], origin)                          # replaced in place, same bytes
     assert [cache.get(i, origin) for i in (0, 2, 3)] == [tiles[0], tiles[1], tiles[3]]
+
+
+def test_an_overlay_let_go_by_the_bounded_store_is_still_drawn(monkeypatch):
+    """The overlay of a request whose image arrives late is decoded, then pushed out of the
+    store of decoded overlays by another request's (a store of 0 bytes keeps only the last):
+    the late render still draws its own, handed over with the image, never a render without
+    the watermark cached under its key."""
+    import mediaproxy_watermark
+    from concurrent.futures import ThreadPoolExecutor
+    from mediaproxy.testing import wait_for
+
+    monkeypatch.setattr(mediaproxy_watermark, "DECODED_BYTES", 0)
+    origin = ImageOrigin({**files(), "/media/late.png": png((200, 100), BLUE)})
+    origin.hold("/media/late.png")
+    with start_proxy(origin=origin, load_entrypoints=True) as p, \
+            ThreadPoolExecutor(1) as pool:
+        late = pool.submit(p.get, "/media/late.png?wm=/media/logo0.png&wm_pos=nw&wm_margin=0")
+        watermarker = the_watermarker(p)
+        wait_for(lambda: "/media/logo0.png" in watermarker._decoded, 10, "logo0 decoded")
+        other = p.get("/media/a.png?w=50&wm=/media/magenta.png")
+        assert other.status == 200
+        assert list(watermarker._decoded) == ["/media/magenta.png"]      # logo0 let go
+        origin.release()
+        response = late.result(timeout=30)
+        assert red_box(rgb(response.body), tolerance=0) == (0, 0, 100, 50)

@@ -98,6 +98,9 @@ class Watermarker:
     _remote: list = attrs.field(factory=lambda: [None, {}, None])
     #: id -> the image request whose fetch this plugin is wrapping now (see the wrapper)
     _outer: dict = attrs.field(factory=dict)
+    #: reference -> [the decoded overlay handed to the steps of fetches answered in this
+    #: reactor turn, how many of them]
+    _pinned: dict = attrs.field(factory=dict)
     decodes: int = 0     #: overlays decoded (tests read it: one per overlay, not per request)
 
     # -- 1. the overlay beside the image ----------------------------------------------------
@@ -133,11 +136,29 @@ class Watermarker:
                 overlay.addErrback(lambda failure: None)
                 answer.callback(result)
             else:
-                overlay.addCallbacks(lambda _: answer.callback(result), answer.errback)
+                overlay.addCallbacks(lambda decoded: self._hand_over(ref, decoded, answer,
+                                                                     result), answer.errback)
             return None
 
         fetching.addBoth(fetched)
         return answer
+
+    def _hand_over(self, ref: str, decoded, answer: Deferred, source) -> None:
+        """Answer the image's fetch with the overlay pinned until the end of this reactor
+        turn: the pipeline asks for the steps within it (at once, or, when this fires before
+        the pipeline holds the Deferred, as soon as it does), and gets this decoded overlay
+        even if the bounded store of decoded overlays has let it go since it was decoded."""
+        pin = self._pinned.get(ref)
+        if pin is None or pin[0] is not decoded:
+            pin = self._pinned[ref] = [decoded, 0]
+        pin[1] += 1
+        self.runtime.reactor.callLater(0, self._unpin, ref, pin)
+        answer.callback(source)
+
+    def _unpin(self, ref: str, pin: list) -> None:
+        pin[1] -= 1
+        if pin[1] <= 0 and self._pinned.get(ref) is pin:
+            del self._pinned[ref]
 
     def _overlay(self, ref: str, image_request, request) -> Deferred:
         """Fetch ``ref`` through the fetch hook (the source cache first) and make sure its
@@ -246,11 +267,18 @@ class Watermarker:
                         opacity=p.get("wm_opacity", 100), width_pct=p.get("wm_scale", 0),
                         height_pct=p.get("wm_scale_h", 0), x=p.get("wm_x"), y=p.get("wm_y"))
         if ref is not None:
-            kept = self._decoded.get(ref)
-            if kept is None:     # fetched and kept just before: only a bug gets here
-                return None
-            return [TransformStep("watermark", Stamp(layout, overlay=kept[1]), order=ORDER)]
+            pin = self._pinned.get(ref)
+            overlay = pin[0] if pin is not None else None
+            if overlay is None:   # fetched and pinned just before: only a bug gets here, and
+                return [TransformStep("watermark", _unavailable, order=ORDER)]   # no image
+            return [TransformStep("watermark", Stamp(layout, overlay=overlay), order=ORDER)]
         return [TransformStep("watermark", Stamp(layout, text=text), order=ORDER)]
+
+
+def _unavailable(image, spec=None, request=None):
+    """The step of a watermark whose overlay is not at hand: the render fails (500) rather
+    than an image without its watermark being cached under the watermark's key."""
+    raise RuntimeError("the watermark's overlay was not handed over")
 
 
 def overlay_request_for(ref: str, image_request) -> ImageRequest:

@@ -92,10 +92,10 @@ def overlay_size(canvas: tuple[int, int], natural: tuple[int, int], width_pct: i
     nat_w, nat_h = natural
     width, height = natural
     if width_pct or height_pct:
-        max_w = canvas[0] * width_pct / 100 if width_pct else nat_w * (
-            canvas[1] * height_pct / 100) / nat_h
-        max_h = canvas[1] * height_pct / 100 if height_pct else nat_h * max_w / nat_w
-        if nat_w / max_w >= nat_h / max_h:
+        # thumbor derives the free side's limit from the other (a tie: the width's branch)
+        max_w = canvas[0] * width_pct / 100
+        max_h = canvas[1] * height_pct / 100
+        if not height_pct or (width_pct and nat_w * max_h >= nat_h * max_w):   # width binds
             width, height = round(max_w), round(nat_h * max_w / nat_w)
         else:
             width, height = round(nat_w * max_h / nat_h), round(max_h)
