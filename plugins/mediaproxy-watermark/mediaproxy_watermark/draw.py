@@ -76,17 +76,22 @@ def _stroke(size: int) -> int:
     return max(1, size // 16)
 
 
-_fonts: dict[int, ImageFont.FreeTypeFont] = {}
-_fonts_lock = threading.Lock()
+#: Fonts kept per thread (a FreeType face is not shared between threads), by size.
+FONTS_PER_THREAD = 32
+_local = threading.local()
 
 
 def _font(size: int):
-    """Pillow's bundled font at ``size`` (kept: at most MAX_FONT - MIN_FONT + 1 of them)."""
-    with _fonts_lock:
-        font = _fonts.get(size)
-        if font is None:
-            font = _fonts[size] = ImageFont.load_default(size)
-        return font
+    """Pillow's bundled font at ``size``, kept for this thread (at most FONTS_PER_THREAD)."""
+    fonts = getattr(_local, "fonts", None)
+    if fonts is None:
+        fonts = _local.fonts = {}
+    font = fonts.get(size)
+    if font is None:
+        if len(fonts) >= FONTS_PER_THREAD:
+            fonts.clear()
+        font = fonts[size] = ImageFont.load_default(size)
+    return font
 
 
 def text_overlay(text: str, size: int) -> Image.Image:
