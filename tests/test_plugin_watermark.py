@@ -98,6 +98,13 @@ def test_a_bad_axis_is_refused(raw):
         geometry.parse_axis(raw, "x")
 
 
+def test_an_axis_over_its_bound_names_the_bound():
+    with pytest.raises(ValueError, match=r"^x must be at most 100p$"):
+        geometry.parse_axis("101p", "x")
+    with pytest.raises(ValueError, match=r"^y must be at most 8192$"):
+        geometry.parse_axis("-8193", "y")
+
+
 @pytest.mark.parametrize("axis, length, size, expected", [
     ("0", 300, 60, 0), ("10", 300, 60, 10), ("-10", 300, 60, 230), ("-0", 300, 60, 240),
     ("center", 300, 60, 120), ("center", 301, 60, 120), ("center", 50, 60, -5),
