@@ -18,7 +18,9 @@ __version__ = "0.1.0"
 #: (``setting`` fields in a frozen class, checked and converted like the core's sections by
 #: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``, values in messages as
 #: TOML writes them by ``show_value``; a plugin declares its section through the
-#: ``mediaproxy_settings`` hook). A value
+#: ``mediaproxy_settings`` hook). The source client (``SourceFetcher``, ``SourcePolicy``) for a
+#: plugin fetching images from an allowed host with the backend's deadlines and limits (the
+#: watermark plugin's remote overlays). A value
 #: ``module:attr`` names an attribute of another name.
 _LAZY = {
     **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
@@ -37,6 +39,8 @@ _LAZY = {
     "build_settings": "mediaproxy.config:_build",
     "show_value": "mediaproxy.configload:show",
     "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
+    # the source client, for a plugin fetching from an allowed host with the backend's policy
+    **dict.fromkeys(("SourceFetcher", "SourcePolicy"), "mediaproxy.http.fetch"),
 }
 
 
@@ -66,4 +70,5 @@ __all__ = [
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
     "ConfigError", "setting", "section", "build_settings", "show_value", "parse_accept",
+    "SourceFetcher", "SourcePolicy",
 ]

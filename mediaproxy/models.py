@@ -134,13 +134,18 @@ class SourceImage:
 
 
 class SourceError(Exception):
-    """The source could not be had: ``status`` is the honest HTTP status (404, 502, 504, 413...)."""
+    """The source could not be had: ``status`` is the honest HTTP status (404, 502, 504, 413...).
 
-    def __init__(self, status: int, error: str, message: str):
+    ``parameter`` names the request parameter whose fetch failed when it is not the image
+    itself (a watermark plugin's overlay, ``wm``): the client then gets a JSON refusal naming
+    it, not a placeholder image, since the image URL is fine and the parameter is not."""
+
+    def __init__(self, status: int, error: str, message: str, parameter: str | None = None):
         super().__init__(message)
         self.status = status
         self.error = error
         self.message = message
+        self.parameter = parameter
 
 
 @frozen

@@ -385,6 +385,8 @@ class ImagePipeline:
             (log.debug if e.status == 404 else log.info)(
                 "source unavailable: {error} ({status})", error=e.error, status=e.status)
             rt.emit("source.error", correlation_id=request.correlation_id, status=e.status)
+            if e.parameter is not None:     # a parameter's fetch (an overlay): JSON, uncached
+                return Rejection(e.status, e.error, e.message, e.parameter)
             if stale is not None and e.status in STALE_IF_ERROR_STATUSES:
                 log.info("serving the stale copy of {key}: the backend failed", key=key)
                 return Stale(stale)
@@ -544,8 +546,7 @@ class ImagePipeline:
 
     @inlineCallbacks
     def _placeholder(self, image_request, fmt, status, error, message):
-        rt = self.runtime
-        p = image_request.params
+        rt, p = self.runtime, image_request.params
         rendered = yield rt.run_in_pool(imaging.placeholder, p.get("w") or 0, p.get("h") or 0,
                                         fmt or "jpeg")
         return ImageResponse(
