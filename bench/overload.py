@@ -249,7 +249,7 @@ class Sampler(threading.Thread):
             procs += self.root.children(recursive=True)
         except self.psutil.Error:
             pass
-        rss, cpu, seen = 0, 0.0, {}
+        rss, seen = 0, {}
         for p in procs:
             try:
                 with p.oneshot():
@@ -787,7 +787,7 @@ def main() -> int:
     try:
         urllib.request.urlopen(f"{ORIGIN}/media/uploads/small.gif", timeout=5).read()
     except OSError as e:
-        raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start")
+        raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start") from None
     proxy = Proxy(code, args.python, settings, args.log)
     log(f"proxy from {code} on {HOST}:{proxy.port} (pid {proxy.proc.pid}, log {args.log})")
     try:

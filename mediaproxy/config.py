@@ -213,7 +213,7 @@ def _http_url(value: str) -> None:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"{value!r} must not carry a query, fragment or credentials")
     try:
-        parts.port
+        parts.port  # noqa: B018 -- reading the property raises on a bad port
     except ValueError:
         raise ValueError(f"{value!r} has a bad port") from None
 
