@@ -16,8 +16,10 @@ __version__ = "0.1.0"
 #: a cache layer with settings of its own needs (the S3 plugin): the layer protocol and lookup,
 #: the checksummed entry record every shared layer stores, and the settings machinery
 #: (``setting`` fields in a frozen class, checked and converted like the core's sections by
-#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``). A value
-#: ``module:attr`` names an attribute of another name.
+#: ``build_settings(cls, table, "section.")``, errors as ``ConfigError``), and the circuit
+#: breaker the backend client uses (``CircuitBreaker``: a plugin's own client to a store
+#: opens, probes and closes the same way). A value ``module:attr`` names an attribute of
+#: another name.
 _LAZY = {
     **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
                      "Output", "Param", "Rejection", "Rendered", "RequestInfo", "SourceError",
@@ -34,6 +36,7 @@ _LAZY = {
     **dict.fromkeys(("ConfigError", "setting"), "mediaproxy.config"),
     "build_settings": "mediaproxy.config:_build",
     "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
+    "CircuitBreaker": "mediaproxy.http.breaker",
 }
 
 
@@ -62,5 +65,5 @@ __all__ = [
     "parse_bool", "parse_choice", "parse_colour", "parse_int",
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
-    "ConfigError", "setting", "build_settings", "parse_accept",
+    "ConfigError", "setting", "build_settings", "parse_accept", "CircuitBreaker",
 ]

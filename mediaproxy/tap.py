@@ -97,7 +97,7 @@ class Options(usage.Options):
 class ThreadPoolService(service.Service):
     """Starts and stops the transform thread pool with the daemon."""
 
-    name = "mediaproxy-transform-pool"
+    name = "mediaproxy-transform-pool"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, pool: threadpool.ThreadPool):
         self.pool = pool
@@ -114,7 +114,7 @@ class ThreadPoolService(service.Service):
 class RuntimeService(service.Service):
     """Runs the unconfigure hook and closes the backend pool on stop."""
 
-    name = "mediaproxy-runtime"
+    name = "mediaproxy-runtime"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -131,7 +131,7 @@ class ReloadOnHangup(service.Service):
     when the service starts and the previous one put back when it stops, never as a side
     effect of building the service tree."""
 
-    name = "mediaproxy-reload"
+    name = "mediaproxy-reload"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime: Runtime, config_path, adjust=None):
         self.runtime = runtime

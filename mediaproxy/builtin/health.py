@@ -21,7 +21,7 @@ Built-in health indicators (``mediaproxy_health_indicators``), run by the health
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 import attrs
 import psutil
@@ -34,12 +34,15 @@ from ..cache.redis import RedisClient
 from ..models import HealthStatus
 from ..monitoring.indicators import BackendProbe, disk_report, disk_status, write_probe
 
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
 MIB = 1024 * 1024
 
 
 @attrs.define
 class TransformPoolHealth:
-    runtime: object
+    runtime: Runtime
     name: str = "transform_pool"
 
     def check(self) -> HealthStatus:

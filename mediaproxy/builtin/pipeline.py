@@ -34,7 +34,7 @@ from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
 from ..memo import Memo
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError
-from ..runtime import Overloaded
+from ..runtime import Overloaded, Runtime
 from .transforms import (
     _estimate, _too_large, _validators, depends_on_source, http_date, render_and_tag,
     transform_spec,
@@ -58,7 +58,7 @@ RESOLUTION_TYPE = "application/vnd.mediaproxy.resolved-format"
 
 @attrs.define
 class ImagePipeline:
-    runtime: object
+    runtime: Runtime
     _inflight: dict = attrs.field(factory=dict)
     #: the cross-process / cross-node lock (None: in-process coalescing only)
     _lock: object = attrs.field(

@@ -453,7 +453,7 @@ class _DecisionsCollector:
 class RateLimitService(service.Service):
     """The background half: load sampling, bucket sweeping and the Redis exchange."""
 
-    name = "mediaproxy-ratelimit"
+    name = "mediaproxy-ratelimit"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, limiter: RateLimiter, runtime):
         self.limiter = limiter

@@ -18,6 +18,8 @@ door. Refusals are 403 ``signature_required``, ``invalid_signature`` or ``signat
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import base64
 import hashlib
 import hmac
@@ -33,6 +35,9 @@ from ..urlsign import (  # noqa: F401 (the names this module always offered)
 )
 from .compat import decode_repeatedly
 from .routing import decode_path
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 
 def _decoder(route: str):
@@ -64,7 +69,7 @@ def sign_url(url: str, route: str, known: frozenset[str], key: str,
 class Signer:
     """The signing plugin instance: the keys as ready HMAC states, the known parameter names."""
 
-    runtime: object
+    runtime: Runtime
     keys: tuple = ()
     exempt: frozenset = frozenset()
     known: frozenset = frozenset()

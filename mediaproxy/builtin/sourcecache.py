@@ -20,6 +20,8 @@ joins a fetch under way), and a wrapper that records every other fetch and keeps
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import time
 
 import attrs
@@ -30,6 +32,9 @@ from .. import hookimpl
 from ..cache.layered import LayeredCache
 from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 #: Statuses of a failed fetch worth remembering: the source is missing (404, for
 #: ``negative_ttl``) or the backend broken (502, for ``error_ttl``). Timeouts, size limits and
@@ -45,7 +50,7 @@ def source_key(image_request) -> str:
 
 @attrs.define(eq=False)   # registered with pluggy: identity, and hashable
 class SourceCache:
-    runtime: object
+    runtime: Runtime
     max_bytes: int
     ttl: float
     negative_ttl: float = 60.0

@@ -27,6 +27,8 @@ answers it as a 400 JSON and counts it as a ``rejection`` event).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import re
 import unicodedata
 
@@ -39,6 +41,9 @@ from ..models import Rejection, TransformStep
 from ..parsing import FITS, FORMATS, POSITIONS
 from .routing import unsafe_path_reason
 from .signing import EXPIRES_PARAM, SIG_PARAM
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 #: Query parameters that belong to signed URLs, never unknown.
 RESERVED_PARAMS = frozenset({SIG_PARAM, EXPIRES_PARAM})
@@ -136,7 +141,7 @@ def _budget_step(max_width: int, max_height: int, max_pixels: int):
 class Validator:
     """The validation plugin instance: settings copied from the config, refreshed on reload."""
 
-    runtime: object
+    runtime: Runtime
     known: frozenset = frozenset()
     prefixes: tuple = ()
     reject_unknown: bool = False

@@ -122,7 +122,7 @@ class PurgeFeed(service.Service):
     """Tells other nodes about purges through Redis, and applies theirs (memory layers and
     source caches only: the shared layers were purged by the node that started the purge)."""
 
-    name = "mediaproxy.purge.feed"
+    name = "mediaproxy.purge.feed"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime, redis, interval: float = 1.0):
         self.runtime = runtime

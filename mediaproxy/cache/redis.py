@@ -549,7 +549,7 @@ def _gather_sum(ds: list[Deferred]) -> Deferred:
 class RedisService(service.Service):
     """Opens the shared Redis connection with the daemon and closes it on shutdown."""
 
-    name = "mediaproxy-redis"
+    name = "mediaproxy-redis"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, client: RedisClient):
         self.client = client
