@@ -74,7 +74,7 @@ def cmd_demo(args) -> int:
     from .demo import DemoOrigin
     from .http.listening import ListeningService
 
-    overrides = {
+    overrides: dict[str, dict] = {
         "server": {"listen": [f"tcp:{args.port}:interface={args.interface}"]},
         "backend": {"url": f"http://127.0.0.1:{args.origin_port}"},
     }

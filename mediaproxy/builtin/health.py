@@ -21,7 +21,7 @@ Built-in health indicators (``mediaproxy_health_indicators``), run by the health
 
 from __future__ import annotations
 
-from typing import Any, TYPE_CHECKING
+from typing import Any
 
 import attrs
 import psutil
@@ -33,9 +33,7 @@ from ..cache.layered import find_layer
 from ..cache.redis import RedisClient
 from ..models import HealthStatus
 from ..monitoring.indicators import BackendProbe, disk_report, disk_status, write_probe
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
+from ..runtime import Runtime
 
 MIB = 1024 * 1024
 

@@ -18,8 +18,6 @@ door. Refusals are 403 ``signature_required``, ``invalid_signature`` or ``signat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import base64
 import hashlib
 import hmac
@@ -29,15 +27,13 @@ import attrs
 from .. import hookimpl, urlsign
 from ..cache.headers import shorten_cache_control
 from ..models import Rejection, RequestInfo
+from ..runtime import Runtime
 from ..urlsign import (  # noqa: F401 (the names this module always offered)
     EXPIRES_PARAM, MAX_EXPIRES_DIGITS as _MAX_EXPIRES_DIGITS, SIG_PARAM, VERSION, SigningError,
     signature,
 )
 from .compat import decode_repeatedly
 from .routing import decode_path
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 
 def _decoder(route: str):

@@ -20,8 +20,6 @@ joins a fetch under way), and a wrapper that records every other fetch and keeps
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import time
 
 import attrs
@@ -32,9 +30,7 @@ from .. import hookimpl
 from ..cache.layered import LayeredCache
 from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
+from ..runtime import Runtime
 
 #: Statuses of a failed fetch worth remembering: the source is missing (404, for
 #: ``negative_ttl``) or the backend broken (502, for ``error_ttl``). Timeouts, size limits and

@@ -27,8 +27,6 @@ answers it as a 400 JSON and counts it as a ``rejection`` event).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import re
 import unicodedata
 
@@ -39,11 +37,9 @@ from ..imaging import ImageError, fit_geometry
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import Rejection, TransformStep
 from ..parsing import FITS, FORMATS, POSITIONS
+from ..runtime import Runtime
 from .routing import unsafe_path_reason
 from .signing import EXPIRES_PARAM, SIG_PARAM
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 #: Query parameters that belong to signed URLs, never unknown.
 RESERVED_PARAMS = frozenset({SIG_PARAM, EXPIRES_PARAM})

@@ -164,7 +164,7 @@ class HealthMonitor:
         ``timeout`` seconds away)."""
         if self.snapshot is not None:
             return succeed(self.snapshot)
-        d = Deferred()
+        d: Deferred = Deferred()
         self._first.append(d)
         return d
 
