@@ -16,10 +16,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+from twisted.internet.testing import MemoryReactorClock
 
-from mediaproxy.config import load_config  # noqa: E402
-from mediaproxy.tap import build_runtime  # noqa: E402
+from mediaproxy.config import load_config
+from mediaproxy.tap import build_runtime
 
 
 def cost(enabled: bool, rounds: int = 15, hits: int = 5000) -> float:

@@ -131,7 +131,7 @@ def main() -> None:
             for label, options in RESIZES:
                 cells = ""
                 for name, data in datas.items():
-                    ms = best_ms(lambda: resized(data, **options), args.repeat, args.count)
+                    ms = best_ms(lambda: resized(data, **options), args.repeat, args.count)  # noqa: B023 -- called here, in this iteration
                     quality = psnr(refs[name], resized(data, **options))
                     cells += f"{ms:>9.2f} {'':>7} {quality:6.1f}"
                 print(f"{label:<38}{cells}")
@@ -145,7 +145,7 @@ def main() -> None:
                 except (KeyError, OSError, ValueError) as e:   # an encoder Pillow lacks
                     cells += f"{'n/a: ' + type(e).__name__:>24}"
                     continue
-                ms = best_ms(lambda: encode(image, fmt, **options), args.repeat, args.count)
+                ms = best_ms(lambda: encode(image, fmt, **options), args.repeat, args.count)  # noqa: B023 -- called here
                 with Image.open(io.BytesIO(body)) as out:
                     quality = psnr(refs[name], out)
                 cells += f"{ms:>9.2f} {len(body):>7} {quality:6.1f}"

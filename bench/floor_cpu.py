@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxyproc import free_port, proxy_env, run_command, start, stop  # noqa: E402
+from proxyproc import free_port, proxy_env, run_command, start, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(os.environ.get("BENCH_WORK", "/tmp/mediaproxy-bench"))

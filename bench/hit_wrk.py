@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # the same proxy start, origin and request as the one-client measure
-from metrics_cost import PATH, ROOT, round_, start  # noqa: E402
-from proxyproc import stop  # noqa: E402
+from metrics_cost import PATH, ROOT, round_, start
+from proxyproc import stop
 
-from mediaproxy.testing import ImageOrigin, make_image, start_origin  # noqa: E402
+from mediaproxy.testing import ImageOrigin, make_image, start_origin
 
 
 def wrk_round(proc, port: int, seconds: int) -> tuple[float, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mediaproxy.testing import call_in_reactor, make_image, start_proxy  # noqa: E402
+from mediaproxy.testing import call_in_reactor, make_image, start_proxy
 
 
 def lookup_us(overrides: dict) -> tuple[list[str], float]:

@@ -259,7 +259,7 @@ class Sampler(threading.Thread):
             procs += self.root.children(recursive=True)
         except self.psutil.Error:
             pass
-        rss, cpu, seen = 0, 0.0, {}
+        rss, seen = 0, {}
         reactors = {}
         for p in procs:
             try:
@@ -864,7 +864,7 @@ def main() -> int:
     try:
         urllib.request.urlopen(f"{ORIGIN}/media/uploads/small.gif", timeout=5).read()
     except OSError as e:
-        raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start")
+        raise SystemExit(f"origin {ORIGIN} down ({e}): /tmp/mediaproxy-bench/peers.sh start") from None
     args.send_times_dir = None
     if args.send_times:
         import tempfile

@@ -28,13 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins" / "mediaproxy-s3")]
 
-from mediaproxy_s3 import S3Client, settings_from
-from twisted.internet.defer import DeferredSemaphore, gatherResults
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+from mediaproxy_s3 import S3Client, settings_from  # noqa: E402
+from twisted.internet.defer import DeferredSemaphore, gatherResults  # noqa: E402
+from twisted.internet.threads import deferToThreadPool  # noqa: E402
+from twisted.python.threadpool import ThreadPool  # noqa: E402
 
-from mediaproxy.testing.reactor import call_in_reactor, reactor_thread
-from tests.seaweedfs import start_seaweedfs
+from mediaproxy.testing.reactor import call_in_reactor, reactor_thread  # noqa: E402
+from tests.seaweedfs import start_seaweedfs  # noqa: E402
 
 
 def rounds_of(label, run, rounds):

@@ -11,10 +11,10 @@ import sys
 import time
 
 sys.path.insert(0, os.getcwd())
-from mediaproxy.testing import ImageOrigin, start_origin  # noqa: E402
-from tests.processes import ProxyProcess  # noqa: E402
+from mediaproxy.testing import ImageOrigin, start_origin
+from tests.processes import ProxyProcess
 
-import http.client  # noqa: E402
+import http.client
 
 
 class Origin(ImageOrigin):

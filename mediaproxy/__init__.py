@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 #: TOML writes them by ``show_value``; a plugin declares its section through the
 #: ``mediaproxy_settings`` hook). The source client (``SourceFetcher``, ``SourcePolicy``) for a
 #: plugin fetching images from an allowed host with the backend's deadlines and limits (the
-#: watermark plugin's remote overlays). A value
-#: ``module:attr`` names an attribute of another name.
+#: watermark plugin's remote overlays), and the circuit breaker the backend client uses
+#: (``CircuitBreaker``: a plugin's own client to a store opens, probes and closes the same way).
+#: A value ``module:attr`` names an attribute of another name.
 _LAZY = {
     **dict.fromkeys(("CacheEntry", "Event", "HealthStatus", "ImageRequest", "ImageResponse",
                      "Output", "Param", "Rejection", "Rendered", "RequestInfo", "SourceError",
@@ -41,6 +42,7 @@ _LAZY = {
     "parse_accept": "mediaproxy.imaging.negotiation:accept_qualities",
     # the source client, for a plugin fetching from an allowed host with the backend's policy
     **dict.fromkeys(("SourceFetcher", "SourcePolicy"), "mediaproxy.http.fetch"),
+    "CircuitBreaker": "mediaproxy.http.breaker",
 }
 
 
@@ -70,5 +72,5 @@ __all__ = [
     "safe_agent", "agent_for", "AddressPolicy", "BlockedAddress",
     "CacheLayer", "find_layer", "encode_entry", "decode_entry", "CorruptEntry",
     "ConfigError", "setting", "section", "build_settings", "show_value", "parse_accept",
-    "SourceFetcher", "SourcePolicy",
+    "SourceFetcher", "SourcePolicy", "CircuitBreaker",
 ]

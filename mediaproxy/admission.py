@@ -389,7 +389,7 @@ class MemoryBudget:
 
     def effective_cost(self, waiter: _Waiter, now: float) -> float:
         """A live waiter's cost, halved for every ``cost_half_life`` seconds it has waited."""
-        half_life = self.cost_half_life
+        half_life: float = self.cost_half_life  # type: ignore[assignment]  # set by __attrs_post_init__
         if half_life <= 0:
             return waiter.cost
         return waiter.cost * 0.5 ** ((now - waiter.since) / half_life)

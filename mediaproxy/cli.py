@@ -78,7 +78,7 @@ def cmd_demo(args) -> int:
     from .http.listening import ListeningService
     from .urlsign import build_url
 
-    overrides = {
+    overrides: dict[str, dict] = {
         "server": {"listen": [f"tcp:{args.port}:interface={args.interface}"]},
         "backend": {"url": f"http://127.0.0.1:{args.origin_port}"},
     }

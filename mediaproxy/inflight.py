@@ -60,7 +60,7 @@ class InFlight:
 
     def when_idle(self) -> Deferred:
         """Fires (with None) when no request is in flight: at once if none is now."""
-        d = Deferred()
+        d: Deferred = Deferred()
         if not self.total:
             d.callback(None)
         else:

@@ -236,7 +236,7 @@ def _kind(kind: str) -> str:
 
 def _follow(done: Deferred) -> Deferred:
     """A Deferred of its own firing with ``done``'s result (cancelling it leaves ``done``)."""
-    out = Deferred()
+    out: Deferred = Deferred()
 
     def fire(result):
         if not out.called:

@@ -149,7 +149,7 @@ class StopOnTerm(service.Service):
     second one while the drain runs is only logged. Installed once the reactor runs (after
     Twisted's own handlers) and the previous handler put back when the service stops."""
 
-    name = "mediaproxy-stop-on-term"
+    name = "mediaproxy-stop-on-term"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, reactor):
         self.reactor = reactor

@@ -141,7 +141,7 @@ class _Flusher:
         self.stream.flush()
 
 
-_stamp = [-1, ""]
+_stamp: list = [-1, ""]
 
 
 def _utc(when: float) -> str:

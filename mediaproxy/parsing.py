@@ -59,7 +59,8 @@ def parse_colour(raw: str) -> tuple[int, int, int, int]:
         digits = "".join(c * 2 for c in digits)
     if len(digits) == 6:
         digits += "ff"
-    return tuple(int(digits[i:i + 2], 16) for i in range(0, 8, 2))
+    return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16),
+            int(digits[6:8], 16))
 
 
 def colour_key(rgba) -> str:

@@ -54,7 +54,7 @@ class Recycler(service.Service):
     """Looks at the limits every :data:`CHECK_INTERVAL` seconds and acts once: ``recycle``
     (a worker) or a warning (``recycle`` None: worker 0 or a single process)."""
 
-    name = "mediaproxy-recycler"
+    name = "mediaproxy-recycler"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime, recycle: Callable[[str], None] | None = None,
                  rss: Callable[[], int] = own_rss):

@@ -130,7 +130,7 @@ class ProxyResource(Resource):
         rt = self.runtime
         started = rt.reactor.seconds()
         rt.inflight.start(kind)
-        waiting = []
+        waiting: list = []
 
         def ended(result):
             rt.inflight.end(kind)

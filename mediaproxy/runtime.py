@@ -359,7 +359,7 @@ class Runtime:
             self._events_generation, self._events = generation, calls
         return self._events
 
-    def _hook_calls(self, name: str) -> list | None:
+    def _hook_calls(self, name: str) -> tuple | None:
         """``(spec argnames, [(function, argnames)])`` of hook ``name`` in pluggy's call order
         (``argnames`` None: the spec's, in its order), derived again
         whenever the manager's ``generation`` changes; None (pluggy's own path) when a hook

@@ -97,7 +97,7 @@ class Options(usage.Options):
 class ThreadPoolService(service.Service):
     """Starts and stops the transform thread pool with the daemon."""
 
-    name = "mediaproxy-transform-pool"
+    name = "mediaproxy-transform-pool"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, pool: threadpool.ThreadPool):
         self.pool = pool
@@ -114,7 +114,7 @@ class ThreadPoolService(service.Service):
 class RuntimeService(service.Service):
     """Runs the unconfigure hook and closes the backend pool on stop."""
 
-    name = "mediaproxy-runtime"
+    name = "mediaproxy-runtime"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
@@ -131,7 +131,7 @@ class ReloadOnHangup(service.Service):
     when the service starts and the previous one put back when it stops, never as a side
     effect of building the service tree."""
 
-    name = "mediaproxy-reload"
+    name = "mediaproxy-reload"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime: Runtime, config_path, adjust=None):
         self.runtime = runtime
@@ -229,9 +229,9 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None, workers: i
                        limits=ConnectionLimits.from_config(config.server))
     site.noisy = False
     site.timeOut = config.server.client_timeout
-    site.log = lambda request: None   # the access line is builtin/accesslog.py's
+    site.log = lambda request: None  # type: ignore[method-assign]  # the access line is builtin/accesslog.py's
     set_level(config.monitoring.log_level)
-    services = [ThreadPoolService(runtime.threadpool)]
+    services: list[service.Service] = [ThreadPoolService(runtime.threadpool)]
     if runtime.redis is not None:
         services.append(RedisService(runtime.redis))
     services.append(RuntimeService(runtime))
@@ -239,12 +239,12 @@ def compose(config, reactor, extra_plugins=(), load_entrypoints=None, workers: i
         services.append(runtime.purge_feed)
     services += list(chain.from_iterable(
         svcs or () for svcs in runtime.pm.hook.mediaproxy_services(runtime=runtime)))
-    services.append(HealthService(runtime.health))
+    services.append(HealthService(runtime.health))  # type: ignore[arg-type]  # build_runtime makes it
     return runtime, site, services
 
 
 def collect_params(pm, config) -> dict:
-    params = {}
+    params: dict = {}
     for group in pm.hook.mediaproxy_params(config=config):
         for param in group or ():
             names = (param.name, *param.aliases)

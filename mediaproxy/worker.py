@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     die_with_parent()
     # Worker 0 (the supervisor) alone runs the side listeners (metrics, health, admin): the
     # others would only fail to bind the same ports.
-    overrides = {"server": {"workers": 1}, "monitoring": {"listen": "", "log_format": "json"},
+    overrides: dict[str, dict] = {"server": {"workers": 1}, "monitoring": {"listen": "", "log_format": "json"},
                  "admin": {"token": ""}}
     if args.metrics_socket:
         overrides["monitoring"]["listen"] = metrics_endpoint(args.metrics_socket)

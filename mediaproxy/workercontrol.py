@@ -138,12 +138,15 @@ class WorkerEnd(LineOnlyReceiver):
         if self.connected:
             self.sendLine(f"recycle {reason}".encode("ascii"))
 
+    def _forget(self, number: int) -> None:
+        self.pending.pop(number, None)
+
     def exchange(self, spent: dict[str, int]) -> Deferred:
         if not self.connected:
             return fail(ConnectionError("no channel to the supervisor"))
         self.sent += 1
         number = self.sent
-        d = Deferred(lambda _: self.pending.pop(number, None))
+        d: Deferred = Deferred(lambda _: self._forget(number))
         self.pending[number] = d
         self.sendLine(b"spend %d " % number + json.dumps(spent).encode())
         return d.addTimeout(EXCHANGE_TIMEOUT, self.reactor)

@@ -41,6 +41,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import protocol
@@ -144,7 +145,7 @@ class SharedPortService(service.Service):
         self.factory = factory
         #: the supervisor's: the port must be free (see :func:`listen_shared`)
         self.first = first
-        self.port = None
+        self.port: Any = None
 
     def privilegedStartService(self):
         super().privilegedStartService()
@@ -314,9 +315,9 @@ class WorkerSupervisor(service.Service):
         #: a :class:`~mediaproxy.monitoring.collect.WorkerMetrics` when the supervisor serves
         #: /metrics (monitoring.listen set): told which workers run, it merges their metrics
         self.metrics = metrics
-        self.processes: dict[int, object] = {}
+        self.processes: dict[int, Any] = {}
         #: workers being recycled (draining), by pid: their places already taken
-        self.retiring: dict[int, object] = {}
+        self.retiring: dict[int, Any] = {}
         self.restarts = 0
         #: workers recycled, by reason (server.max_worker_requests, server.max_worker_rss)
         self.recycles = dict.fromkeys(REASONS, 0)

@@ -198,7 +198,7 @@ def test_retries_stop_at_the_budget(retries):
         if delay is None:
             break
         fired = []
-        call.retry_later(delay, lambda: fired.append(True))
+        call.retry_later(delay, lambda: fired.append(True))  # noqa: B023 -- fires in this iteration
         clock.advance(delay)
         assert fired == [True]
     assert call.attempts == retries + 1

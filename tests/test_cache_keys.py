@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 
-import attrs
 import pytest
 
 from mediaproxy import hookimpl

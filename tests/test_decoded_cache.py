@@ -24,7 +24,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageDraw
 
-from mediaproxy.imaging import decoded as decoded_module
 from mediaproxy.imaging import estimate, render
 from mediaproxy.imaging.budget import Deadline
 from mediaproxy.imaging.decoded import (

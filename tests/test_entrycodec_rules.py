@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import struct
 
 import pytest
 from hypothesis import given, strategies as st

@@ -228,7 +228,7 @@ def finish(proc) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, _ = proc.communicate()
-        raise AssertionError(f"the process did not exit: {out.decode(errors='replace')}")
+        raise AssertionError(f"the process did not exit: {out.decode(errors='replace')}") from None
     return proc.returncode, out.decode(errors="replace")
 
 

@@ -163,7 +163,7 @@ def test_requests_still_fetching_count_at_the_door_so_a_burst_fetches_only_what_
         held.open.set()
         for left in (2, 1, 0):
             call_in_reactor(answer_first, running.origin)
-            wait_for(lambda: call_in_reactor(lambda: admission.approaching) == left, 30,
+            wait_for(lambda: call_in_reactor(lambda: admission.approaching) == left, 30,  # noqa: B023 -- waited for in this iteration
                      "one reserved")
         running.origin.release()
         served = [f.result(30) for f in futures if f not in shed_futures]

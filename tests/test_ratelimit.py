@@ -179,7 +179,7 @@ def test_nodes_learn_what_the_others_spent():
     assert b.tables["ip"].remaining(client().client_ip) == 100 - 5 - 30
 
 
-def test_exchange_through_a_real_redis(redis_server, live_reactor):  # noqa: F811
+def test_exchange_through_a_real_redis(redis_server, live_reactor):
     from mediaproxy.config import RedisCacheConfig
     from mediaproxy.cache.redis import RedisClient
 

@@ -284,15 +284,26 @@ def unused_port():
         return s.getsockname()[1]
 
 
-def test_the_breaker_opens_after_consecutive_failures_and_retries_after(live_reactor):
+def test_the_breaker_opens_after_consecutive_failures_and_probes_after(live_reactor):
+    # The core's breaker (mediaproxy.CircuitBreaker) with the plugin's two settings; its own
+    # rules are tested in tests/test_backend_policy.py: this is the client's wiring.
+    import mediaproxy
+
     clock = task.Clock()
     client = S3Client("http://127.0.0.1:1", "b", "us-east-1", "k", "s", clock,
                       failures_to_open=3, retry_after=5.0)
+    assert type(client.breaker) is mediaproxy.CircuitBreaker
     refused = Failure(ConnectionRefusedError())
-    for expected in (1, 2):
+
+    def refused_at_once():
+        failure = []
+        client.request("GET", "k").addErrback(failure.append)
+        return len(failure) == 1 and failure[0].check(StoreUnavailable) is not None
+
+    for _ in range(2):
         with pytest.raises(StoreError):
             client._failed(refused)
-        assert client.failures == expected and client.healthy
+        assert client.healthy
     client._succeeded(None)                       # a success starts the count again
     for _ in range(2):
         with pytest.raises(StoreError):
@@ -301,33 +312,35 @@ def test_the_breaker_opens_after_consecutive_failures_and_retries_after(live_rea
     with pytest.raises(StoreError):
         client._failed(refused)
     assert not client.healthy
-    failure = []
-    client.request("GET", "k").addErrback(failure.append)
-    assert failure[0].check(StoreUnavailable)     # refused at once, nothing sent
+    assert refused_at_once()                      # nothing sent
     clock.advance(4.999)
-    assert not client.healthy
-    clock.advance(0.001)
-    assert client.healthy
-    with pytest.raises(StoreError):                # the next failure opens it again at once
+    assert refused_at_once()
+    clock.advance(0.001)                          # retry_after later: one probe at a time
+    assert client.breaker.allow() and not client.breaker.allow()
+    with pytest.raises(StoreError):                # the probe fails: open again at once
         client._failed(refused)
-    assert not client.healthy
+    assert client.breaker.state == "open" and refused_at_once()
     clock.advance(5.0)
-    big = client._failed(Failure(TooLarge("big")))  # an object too large: no store failure
-    assert big.check(TooLarge)
-    assert client.healthy and client.failures == 4
+    assert client.breaker.allow()
+    big = client._failed(Failure(TooLarge("big")))  # an object too large: no verdict
+    assert big.check(TooLarge) and client.breaker.state == "half_open"
+    assert client.breaker.allow()                   # the probe was given back
+    client._succeeded(None)                         # a probe succeeds: closed
+    assert client.healthy
 
 
 def test_calls_past_the_waiting_bound_fail_at_once_and_are_not_store_failures():
     clock = task.Clock()
     client = S3Client("http://127.0.0.1:1", "b", "us-east-1", "k", "s", clock,
-                      max_connections=2, timeout=1.0, failures_to_open=100)
+                      max_connections=2, timeout=1.0,
+                      failures_to_open=2 * WAITING_PER_CONNECTION + 1)
     for _ in range(2):
         client._slots.acquire()                   # both connections busy
     waiting = [client.request("GET", "k") for _ in range(2 * WAITING_PER_CONNECTION)]
     assert not any(d.called for d in waiting)
     busy = []
     client.request("GET", "k").addErrback(busy.append)
-    assert busy[0].check(StoreBusy) and client.failures == 0
+    assert busy[0].check(StoreBusy) and client.healthy
     clock.advance(0.999)
     assert not any(d.called for d in waiting)
     clock.advance(0.001)                          # the deadline covers the wait for a slot
@@ -335,7 +348,10 @@ def test_calls_past_the_waiting_bound_fail_at_once_and_are_not_store_failures():
     for d in waiting:
         d.addErrback(failed.append)
     assert len(failed) == 2 * WAITING_PER_CONNECTION
-    assert all(f.check(StoreError) for f in failed) and client.failures == len(failed)
+    assert all(f.check(StoreError) for f in failed) and client.healthy
+    with pytest.raises(StoreError):   # each timeout was a failure, the busy call none: one
+        client._failed(Failure(ConnectionRefusedError()))   # more opens the breaker
+    assert not client.healthy
 
 
 # -- TTL --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..cache.layered import find_layer
 class FileCacheService(service.Service):
     """Runs the layer's disk pool and its periodic cleanup (the first at start)."""
 
-    name = "mediaproxy-filecache"
+    name = "mediaproxy-filecache"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, layer: FileLayer, interval: float, reactor):
         self.layer = layer

@@ -33,13 +33,14 @@ from ..cache.layered import find_layer
 from ..cache.redis import RedisClient
 from ..models import HealthStatus
 from ..monitoring.indicators import BackendProbe, disk_report, disk_status, write_probe
+from ..runtime import Runtime
 
 MIB = 1024 * 1024
 
 
 @attrs.define
 class TransformPoolHealth:
-    runtime: object
+    runtime: Runtime
     name: str = "transform_pool"
 
     def check(self) -> HealthStatus:

@@ -29,12 +29,12 @@ from ..admission import BACKGROUND, LIVE
 from ..cache.keys import cache_key, fresh_ttls, is_fresh, resolution_key
 from ..cache.coalescing import coalescing_lock
 from ..cache.headers import CacheStatus, shorten_cache_control
-from ..cache.locks import coalesce
+from ..cache.locks import CoalescingLock, coalesce
 from ..imaging.negotiation import negotiate_format
 from ..logs import request_log
 from ..memo import Memo
 from ..models import CacheEntry, ImageResponse, Rejection, SourceError
-from ..runtime import Overloaded
+from ..runtime import Overloaded, Runtime
 from .transforms import (
     _estimate, _too_large, _validators, depends_on_source, http_date, render_and_tag,
     transform_spec,
@@ -58,10 +58,10 @@ RESOLUTION_TYPE = "application/vnd.mediaproxy.resolved-format"
 
 @attrs.define
 class ImagePipeline:
-    runtime: object
+    runtime: Runtime
     _inflight: dict = attrs.field(factory=dict)
     #: the cross-process / cross-node lock (None: in-process coalescing only)
-    _lock: object = attrs.field(
+    _lock: CoalescingLock | None = attrs.field(
         default=attrs.Factory(lambda self: coalescing_lock(self.runtime), takes_self=True))
     #: the access counts: what the warm-up re-renders first
     popular: Popularity = attrs.field(factory=Popularity)
@@ -272,7 +272,7 @@ class ImagePipeline:
         production still waits for room in the memory budget, it leaves the budget's queue."""
         waiters = self._inflight.get(key)
         leading = waiters is None
-        if leading:
+        if waiters is None:
             waiters = self._inflight[key] = []
         else:
             log.debug("waiting for the transform already under way for {key}", key=key)
@@ -280,7 +280,7 @@ class ImagePipeline:
             if priority == LIVE and key in self._admitting:
                 # a client now waits for a background render: it moves to the live queue
                 self.runtime.admission.promote(self._admitting[key])
-        d = Deferred(lambda d: self._gone(key, waiters, d))
+        d: Deferred = Deferred(lambda d: self._gone(key, waiters, d))
         waiters.append(d)
         if not leading:
             return d.addCallback(collapsed)
@@ -328,7 +328,7 @@ class ImagePipeline:
 
         # The leader answers its own clients as soon as the result exists; the lock is released
         # (and the followers elsewhere look it up) only once it is stored in the shared layers.
-        answer = Deferred()
+        answer: Deferred = Deferred()
 
         def rendered(result):
             if not answer.called:
@@ -565,7 +565,7 @@ class ImagePipeline:
         found = table.get((layer, vary))
         if found is None:
             response = self._from_entry(CacheEntry(body=b"", content_type="", created_at=0.0,
-                                                   etag="", last_modified=None),
+                                                   etag="", last_modified=None),  # type: ignore[arg-type]  # a stand-in: only its headers are kept
                                         f"HIT-{layer.upper()}", vary,
                                         CacheStatus(hit=True, detail=layer))
             found = (response.cache_status, response.headers)

@@ -188,7 +188,7 @@ return out
         d = succeed(None)
         for start in range(0, len(keys), self.BATCH):
             batch = keys[start:start + self.BATCH]
-            d.addCallback(lambda _, batch=batch: self._one(batch, spent, totals))
+            d.addCallback(lambda _, batch: self._one(batch, spent, totals), batch)
         return d.addCallback(lambda _: totals)
 
     def _one(self, batch: list[str], spent: dict[str, int], totals: dict[str, int]):
@@ -313,7 +313,7 @@ class RateLimiter:
                     429, "rate_limited",
                     "too many requests; retry after the time in Retry-After",
                     parameter=None,
-                    headers=_headers(limit, table.remaining(key), wait, self.wall(),
+                    headers=_headers(limit, table.remaining(key), wait, self.wall(),  # type: ignore[misc]  # set by __attrs_post_init__
                                      table.rate * factor))
         self.allowed += 1
         return None
@@ -453,7 +453,7 @@ class _DecisionsCollector:
 class RateLimitService(service.Service):
     """The background half: load sampling, bucket sweeping and the Redis exchange."""
 
-    name = "mediaproxy-ratelimit"
+    name = "mediaproxy-ratelimit"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, limiter: RateLimiter, runtime):
         self.limiter = limiter

@@ -27,6 +27,7 @@ import attrs
 from .. import hookimpl, urlsign
 from ..cache.headers import shorten_cache_control
 from ..models import Rejection, RequestInfo
+from ..runtime import Runtime
 from ..urlsign import (  # noqa: F401 (the names this module always offered)
     EXPIRES_PARAM, MAX_EXPIRES_DIGITS as _MAX_EXPIRES_DIGITS, SIG_PARAM, VERSION, SigningError,
     signature,
@@ -64,7 +65,7 @@ def sign_url(url: str, route: str, known: frozenset[str], key: str,
 class Signer:
     """The signing plugin instance: the keys as ready HMAC states, the known parameter names."""
 
-    runtime: object
+    runtime: Runtime
     keys: tuple = ()
     exempt: frozenset = frozenset()
     known: frozenset = frozenset()

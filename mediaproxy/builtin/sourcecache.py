@@ -30,6 +30,7 @@ from .. import hookimpl
 from ..cache.layered import LayeredCache
 from ..cache.keys import source_prefix
 from ..models import CacheEntry, SourceError, SourceImage
+from ..runtime import Runtime
 
 #: Statuses of a failed fetch worth remembering: the source is missing (404, for
 #: ``negative_ttl``) or the backend broken (502, for ``error_ttl``). Timeouts, size limits and
@@ -45,7 +46,7 @@ def source_key(image_request) -> str:
 
 @attrs.define(eq=False)   # registered with pluggy: identity, and hashable
 class SourceCache:
-    runtime: object
+    runtime: Runtime
     max_bytes: int
     ttl: float
     negative_ttl: float = 60.0

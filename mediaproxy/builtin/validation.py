@@ -37,6 +37,7 @@ from ..imaging import ImageError, fit_geometry
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import Rejection, TransformStep
 from ..parsing import FITS, FORMATS, POSITIONS
+from ..runtime import Runtime
 from .routing import unsafe_path_reason
 from .signing import EXPIRES_PARAM, SIG_PARAM
 
@@ -136,7 +137,7 @@ def _budget_step(max_width: int, max_height: int, max_pixels: int):
 class Validator:
     """The validation plugin instance: settings copied from the config, refreshed on reload."""
 
-    runtime: object
+    runtime: Runtime
     known: frozenset = frozenset()
     prefixes: tuple = ()
     reject_unknown: bool = False

@@ -82,7 +82,7 @@ def accepted(fmt: str | None, accept: str | None) -> frozenset:
 
 class VariantIndex:
     def __init__(self, sources: int = SOURCES, per_source: int = PER_SOURCE):
-        self._sources = LRUCache(maxsize=sources)
+        self._sources: LRUCache = LRUCache(maxsize=sources)
         self.per_source = per_source
 
     def add(self, image_request, request, key: str, width: int, fmt: str) -> None:

@@ -50,7 +50,7 @@ class CorruptEntry(ValueError):
     extended, or a checksum mismatch. The message says which."""
 
 
-def body_digest(body: bytes) -> str:
+def body_digest(body: bytes | memoryview) -> str:
     """The BLAKE2b-256 of ``body`` in hex: the checksum in the header and the name under which
     the file layer stores (and de-duplicates) bodies."""
     return hashlib.blake2b(body, digest_size=32).hexdigest()
@@ -83,7 +83,7 @@ class EntryHeader:
                    body_length=len(entry.body),
                    body_digest=digest if digest is not None else body_digest(entry.body))
 
-    def entry(self, body: bytes) -> CacheEntry:
+    def entry(self, body: bytes | memoryview) -> CacheEntry:
         """The entry with ``body``, after checking its length and digest against this header;
         raises :class:`CorruptEntry` when they differ."""
         if len(body) != self.body_length:

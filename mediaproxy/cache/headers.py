@@ -93,7 +93,7 @@ def shorten_cache_control(value: str, max_age: int) -> str:
         if not directive or name == "immutable":
             continue
         names.add(name)
-        if name in ("max-age", "s-maxage"):
+        if match is not None and name in ("max-age", "s-maxage"):
             raw = (match.group(2) or "").strip('"')
             seconds = int(raw) if raw.isdigit() else 0   # a malformed age counts as stale
             out.append(f"{name}={min(seconds, max_age)}")

@@ -67,7 +67,7 @@ class LayeredCache:
     """Reads fastest-first and back-fills the faster layers on a hit; writes go to all."""
 
     layers: list = attrs.field(converter=lambda layers: sorted(layers, key=lambda l: l.order))
-    emit: object = None
+    emit: Callable[..., None] | None = None
     clock: Callable[[], float] = time.perf_counter
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
     _warned: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
@@ -98,7 +98,7 @@ class LayeredCache:
         The same ``cache.read`` events either way."""
         first = self.layers[0] if self.layers else None
         get_now = getattr(first, "get_now", None)
-        if get_now is not None:
+        if get_now is not None and first is not None:
             emit = self.emit
             started = self.clock() if emit is not None else 0.0
             try:

@@ -124,7 +124,7 @@ def poll(reactor, check: Callable[[], Deferred], interval: float, timeout: float
             if call.active():
                 call.cancel()
 
-    result = Deferred(cancel)
+    result: Deferred = Deferred(cancel)
 
     def attempt():
         pending.clear()

@@ -83,6 +83,11 @@ def source_caches(runtime):
             if plugin is not None and hasattr(plugin, "forget_where")]
 
 
+def _purge_failed(failure, name: str) -> int:
+    log.warn("purge of {layer} failed: {error}", layer=name, error=failure.getErrorMessage())
+    return 0
+
+
 def purge_local(runtime, scope: PurgeScope, layers=None):
     """Purge ``scope`` from this process's cache layers (all, or those named) and source
     caches. Fires with {layer name: entries removed}."""
@@ -90,8 +95,7 @@ def purge_local(runtime, scope: PurgeScope, layers=None):
     ds, names = [], []
     for layer in chosen:
         d = maybeDeferred(layer.purge, scope.key_prefix)
-        d.addErrback(lambda f, name=layer.name: log.warn(
-            "purge of {layer} failed: {error}", layer=name, error=f.getErrorMessage()) or 0)
+        d.addErrback(_purge_failed, layer.name)
         ds.append(d)
         names.append(layer.name)
     forgotten = sum(cache.forget_where(scope.covers_source) for cache in source_caches(runtime))
@@ -122,7 +126,7 @@ class PurgeFeed(service.Service):
     """Tells other nodes about purges through Redis, and applies theirs (memory layers and
     source caches only: the shared layers were purged by the node that started the purge)."""
 
-    name = "mediaproxy.purge.feed"
+    name = "mediaproxy.purge.feed"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, runtime, redis, interval: float = 1.0):
         self.runtime = runtime

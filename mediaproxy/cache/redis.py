@@ -109,8 +109,8 @@ class RedisAddress:
         password = unquote(parts.password) if parts.password is not None else None
         username = unquote(parts.username) if parts.username else None
         if parts.scheme == "unix":
-            db = query.get("db", [None])[0]
-            return cls(unix_path=parts.path, db=int(db) if db is not None else None,
+            unix_db = query.get("db", [None])[0]
+            return cls(unix_path=parts.path, db=int(unix_db) if unix_db is not None else None,
                        password=password, username=username)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
@@ -247,7 +247,7 @@ class RedisNode:
         """Fire with True once the node is up, or False after ``timeout`` seconds."""
         if self.up:
             return succeed(True)
-        d = Deferred()
+        d: Deferred = Deferred()
         self._waiting.append(d)
 
         def expired():
@@ -445,7 +445,7 @@ class RedisClient:
     def exists(self, key: str) -> Deferred:
         return self.node_for(key).call("exists", key).addCallback(lambda n: int(n) > 0)
 
-    def eval(self, script: str, keys: list[str], args: list = ()) -> Deferred:
+    def eval(self, script: str, keys: list[str], args: list | tuple = ()) -> Deferred:
         """Run a Lua ``script`` on the node of ``keys[0]`` (all keys must live together: give
         them a common ``{tag}`` when sharded)."""
         return self.node_for(keys[0]).call("eval", script, list(keys), list(args))
@@ -549,7 +549,7 @@ def _gather_sum(ds: list[Deferred]) -> Deferred:
 class RedisService(service.Service):
     """Opens the shared Redis connection with the daemon and closes it on shutdown."""
 
-    name = "mediaproxy-redis"
+    name = "mediaproxy-redis"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, client: RedisClient):
         self.client = client

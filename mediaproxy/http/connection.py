@@ -35,8 +35,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import attrs
+from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Connection
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 
@@ -143,6 +145,9 @@ class BudgetedChannel(HTTPChannel):
     connection count (see the module docstring). ``site`` is a
     :class:`~mediaproxy.http.streaming.StreamingSite` (its ``limits`` and ``clients``)."""
 
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
+
     site: Any = None
     _phase = "idle"          # idle -> headers -> body -> handling -> idle
     _client: str | None = None
@@ -156,7 +161,7 @@ class BudgetedChannel(HTTPChannel):
     _idle_paused = False     # Twisted's idle timeout is off while a request is handled
     _peer = None
     _host = None
-    _seconds = None          # the clock of callLater (None: timers are set eagerly)
+    _seconds: Callable[[], float] | None = None  # the clock of callLater (None: timers are set eagerly)
     #: ready header lines the response being started adds after its ``Headers`` (see
     #: :meth:`StreamingRequest.add_head <mediaproxy.http.streaming.StreamingRequest.add_head>`)
     head_lines: bytes = b""
@@ -183,7 +188,7 @@ class BudgetedChannel(HTTPChannel):
             _log.warn("client {client} is over {cap} concurrent connections; refusing",
                       client=host, cap=clients.cap)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._gone = True
         for name in ("_header_timer", "_body_timer", "_write_timer", "_drain_timer"):
             self._cancel(name)
@@ -229,7 +234,7 @@ class BudgetedChannel(HTTPChannel):
 
     def _later(self, name: str, delay: float, call: Callable[[], None]) -> None:
         if getattr(self, name) is None and not self._gone:
-            setattr(self, name, self.callLater(delay, self._fire, name, call))
+            setattr(self, name, self.callLater(delay, self._fire, name, call))  # type: ignore[call-arg]  # the reactor's callLater
 
     def _fire(self, name: str, call: Callable[[], None]) -> None:
         setattr(self, name, None)
@@ -277,7 +282,7 @@ class BudgetedChannel(HTTPChannel):
     def _header_check(self) -> None:
         if self._phase != "headers":
             return
-        left = self._header_due - self._seconds()
+        left = self._header_due - self._seconds()  # type: ignore[misc]  # set: only a clock sets this timer
         if left > 1e-6:
             self._later("_header_timer", left, self._header_check)
         else:
@@ -304,7 +309,7 @@ class BudgetedChannel(HTTPChannel):
             408, b"Request Timeout", "request_timeout",
             "The request headers did not arrive in time.", self.limits.server_header))
         self.persistent = False
-        self.dataReceived = self.lineReceived = lambda *args: None
+        self.dataReceived = self.lineReceived = lambda *args: None  # type: ignore[method-assign,assignment]  # ignore the rest
         self.loseConnection()
 
     # -- body deadline ---------------------------------------------------------------------

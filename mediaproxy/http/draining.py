@@ -14,6 +14,8 @@ The stop itself (ports first, the drain under ``server.drain_timeout``, then the
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from .connection import BudgetedChannel
 from .streaming import StreamingSite
@@ -27,7 +29,7 @@ class ServingChannel(BudgetedChannel):
         super().connectionMade()
         self.site.channel_opened(self)
 
-    def connectionLost(self, reason) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         try:
             super().connectionLost(reason)
         finally:
@@ -94,7 +96,7 @@ class ServingSite(StreamingSite):
 
     def when_closed(self) -> Deferred:
         """Fires when no connection is open (at once when none is)."""
-        d = Deferred()
+        d: Deferred = Deferred()
         if not self.channels:
             d.callback(None)
         else:

@@ -140,11 +140,14 @@ class SourcePolicy:
         return None
 
     def limit_for(self, fmt: str | None) -> int:
-        return min(self.max_bytes, self.format_limits.get(fmt, self.max_bytes))
+        return min(self.max_bytes, self.format_limits.get(fmt, self.max_bytes))  # type: ignore[arg-type]  # None: the default
 
 
 class _Drop(Protocol):
     """Receives a body we will not read: drop the connection at once."""
+
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
 
     def connectionMade(self) -> None:
         self.transport.stopProducing()
@@ -171,6 +174,9 @@ class _Collector(Protocol):
     drops the connection) past it, with :class:`_Stalled` when no data comes for
     ``idle_timeout`` seconds. With a ``policy`` the first bytes are sniffed: a refused format
     fails with :class:`_Refused`, an accepted one may lower the limit."""
+
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
 
     def __init__(self, reactor, limit: int, idle_timeout: float,
                  policy: SourcePolicy | None = None, declared: int | None = None):
@@ -213,11 +219,11 @@ class _Collector(Protocol):
             return True   # not enough bytes to tell yet
         self._sniffed = True
         self.format = fmt
-        refusal = self._policy.refusal(fmt, self._head)
+        refusal = self._policy.refusal(fmt, self._head)  # type: ignore[union-attr]  # sniffed only with a policy
         if refusal is not None:
             self._give_up(_Refused(refusal))
             return False
-        self._limit = min(self._limit, self._policy.limit_for(fmt))
+        self._limit = min(self._limit, self._policy.limit_for(fmt))  # type: ignore[union-attr]
         if self._declared is not None and self._declared > self._limit:
             self._give_up(_TooLarge(self._limit))   # Content-Length says it will not fit
             return False

@@ -14,7 +14,7 @@ from functools import lru_cache
 from twisted.web.http import datetimeToString
 from twisted.web.http_headers import Headers
 
-_date = [-1, b""]   # [the second, its Date header]
+_date: list = [-1, b""]   # [the second, its Date header]
 
 
 def http_date(now: float | None = None) -> bytes:
@@ -48,7 +48,7 @@ def head_lines(pairs) -> bytes:
     latin-1, a CR or LF inside a value replaced by a space as ``addRawHeader`` does: a value is
     never a way to add a header). A repeated name's lines stay in the order given, where
     Twisted would group them: the same headers either way."""
-    out = []
+    out: list[bytes] = []
     for name, value in pairs:
         value = value.encode("latin-1")
         if b"\r" in value or b"\n" in value:

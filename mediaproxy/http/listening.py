@@ -50,7 +50,7 @@ def bind_reason(error: BaseException) -> str:
     if code is None and isinstance(error, OSError) and error.args \
             and isinstance(error.args[0], int):
         code = error.args[0]
-    if code in _errno.errorcode:
+    if isinstance(code, int) and code in _errno.errorcode:
         return os.strerror(code).lower()
     return str(error) or type(error).__name__
 
@@ -116,7 +116,7 @@ class ListeningService(service.Service):
             else:
                 self._listening(outcome)
 
-        self.listening.addBoth(settled)
+        self.listening.addBoth(settled)  # type: ignore[attr-defined]  # set just above
         later = True
         if at_once and isinstance(at_once[0], Failure):
             self.listening = None
@@ -161,7 +161,7 @@ def side_site(resource, server_header: str) -> server.Site:
 
     site = server.Site(resource)
     site.requestFactory = SideRequest
-    site.log = _debug_line
+    site.log = _debug_line  # type: ignore[method-assign]  # Twisted's documented hook
     return site
 
 

@@ -130,7 +130,7 @@ def from_request(request, trusted_proxies: tuple[str, ...] = (),
                 names[name] = lower
         for value in values:
             headers.append((lower, value.decode("latin-1")))
-    headers = Pairs(headers)
+    headers = Pairs(headers)  # type: ignore[assignment]  # the same pairs, made a Pairs
     raw_uri = request.uri
     # An absolute-form target (GET http://host/x HTTP/1.1) keeps only its path; a path that
     # merely contains :// (/media/http://x/a.jpg) is an origin-form target like any other.

@@ -140,9 +140,9 @@ class AddressPolicy:
                 if ip in net:
                     return f"in the refused network {net}"
         else:
-            for net in BLOCKED_V4:
-                if ip in net:
-                    return f"in the refused network {net}"
+            for net4 in BLOCKED_V4:
+                if ip in net4:
+                    return f"in the refused network {net4}"
         if not ip.is_global:
             return "not a public address"
         return None
@@ -209,7 +209,8 @@ class FilteringEndpoint:
                 raise BlockedAddress(self._host, f"{address}: {reason}")
         ip = ipaddress.ip_address(addresses[0].split("%", 1)[0])
         kind = TCP6ClientEndpoint if ip.version == 6 else TCP4ClientEndpoint
-        endpoint = kind(self._reactor, str(ip), self._port, timeout=self._timeout)
+        endpoint: IStreamClientEndpoint = kind(self._reactor, str(ip), self._port,
+                                               timeout=self._timeout)
         if self._tls:
             endpoint = wrapClientTLS(optionsForClientTLS(self._host), endpoint)
         return endpoint.connect(factory)

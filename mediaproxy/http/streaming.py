@@ -97,7 +97,7 @@ class RequestBody:
         self._buffered = 0
         self._pause_at = max(pause_at, PAUSE_AT)
         self._budget = budget
-        self._consumer = None
+        self._consumer: Any = None
         self._finished: Deferred[None] | None = None
         self._failure: Failure | None = None
         self._paused = False            # by the consumer
@@ -293,6 +293,9 @@ class StreamingRequest(server.Request):
     the proxy's own responses is ``server.server_header``.
     """
 
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
+
     body: RequestBody | None = None
     body_timed_out = False
     #: ready header lines written after ``responseHeaders``' own (:meth:`add_head`)
@@ -318,7 +321,7 @@ class StreamingRequest(server.Request):
             return
         limits = self._limits()
         self._streaming = True
-        self.content = io.BytesIO()
+        self.content = io.BytesIO()  # type: ignore[assignment]  # Request.content: None until a body
         self.body = RequestBody(self, length, limits.body_buffer,
                                 getattr(getattr(channel, "site", None), "body_budget", None))
         # What requestReceived would set; HTTPChannel keeps the request line in private
@@ -347,7 +350,7 @@ class StreamingRequest(server.Request):
             self.channel.callLater(0, self._process_early)
 
     def _set_request_line(self, command: bytes, path: bytes, version: bytes) -> None:
-        self.args = {}
+        self.args = {}  # type: ignore[assignment]  # Request.args: None until parsed
         self.method, self.uri = command, path
         self.clientproto = version
         parts = self.uri.split(b"?", 1)
@@ -375,7 +378,7 @@ class StreamingRequest(server.Request):
             return
         # The whole body is in; processing started (or is scheduled) from gotLength already,
         # or starts now for a body that was buffered whole.
-        self.body._all_received()
+        self.body._all_received()  # type: ignore[union-attr]  # streaming: gotLength made it
         if not self._processing and self.channel is not None:
             self._processing = True
             self.process()
@@ -397,7 +400,7 @@ class StreamingRequest(server.Request):
         if refusal is None:
             self._process()
             return
-        self.site = channel.site
+        self.site = channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
         self.setHeader(b"Date", datetimeToString())
         self._answer_and_close(*refusal)
 
@@ -406,7 +409,7 @@ class StreamingRequest(server.Request):
         sends set once (not Twisted's, replaced when the response starts) and the ``Date``
         header made once a second (:func:`~mediaproxy.http.head.http_date`), not formatted per
         request."""
-        self.site = self.channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
         headers = self.responseHeaders
         value = self._limits().server_header
         if value:
@@ -464,7 +467,7 @@ class StreamingRequest(server.Request):
             return
         if not self._processing:
             self._processing = True
-            self.site = self.channel.site
+            self.site = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
             self.setHeader(b"Date", datetimeToString())
             self._answer_and_close(408, "request_timeout",
                                    "The request body did not arrive in time.")
@@ -472,8 +475,8 @@ class StreamingRequest(server.Request):
         self.body_timed_out = True
         channel = self.channel
         channel.persistent = False
-        channel.allContentReceived = _ignore
-        channel.dataReceived = _ignore
+        channel.allContentReceived = _ignore  # type: ignore[method-assign]  # the rest is dropped
+        channel.dataReceived = _ignore  # type: ignore[method-assign]
         if self.startedWriting:
             self.transport.abortConnection()
             return
@@ -484,7 +487,7 @@ class StreamingRequest(server.Request):
         """Call ``call(None)`` when the response has ended, or ``call(failure)`` when the
         connection is lost first: ``notifyFinish().addBoth(call)`` without a Deferred and its
         callback chain per request (what ``call`` raises is logged)."""
-        self.notifications.append(_Ended(call))
+        self.notifications.append(_Ended(call))  # type: ignore[arg-type]  # fired like a Deferred
 
     def add_head(self, lines: bytes) -> None:
         """Add ready header lines to the response: ``b"Name: value\\r\\n"`` lines
@@ -552,14 +555,14 @@ class StreamingRequest(server.Request):
         connection after the response instead of parsing the rest of the body as a new request
         (request smuggling)."""
         channel = self.channel
-        self.body.stopProducing()
+        self.body.stopProducing()  # type: ignore[union-attr]  # only called while streaming a body
         channel.persistent = False
         # After this request is done the channel's request queue is empty, and the body decoder
         # would call allContentReceived (which uses requests[-1]) if the rest of the body is
         # already buffered. Like HTTPChannel.lineReceived does for a non-persistent
         # connection, stop the channel from acting on any more data.
-        channel.allContentReceived = _ignore
-        channel.dataReceived = _ignore
+        channel.allContentReceived = _ignore  # type: ignore[method-assign]  # the rest is dropped
+        channel.dataReceived = _ignore  # type: ignore[method-assign]
 
     def connectionLost(self, reason: Failure) -> None:
         if self.body is not None:
@@ -574,7 +577,7 @@ class StreamingSite(server.Site):
     ``body_budget`` the request body bytes the process buffers)."""
 
     requestFactory = StreamingRequest
-    protocol = BudgetedChannel
+    protocol = BudgetedChannel  # type: ignore[assignment]  # an HTTPChannel, as Twisted builds it
     displayTracebacks = False
 
     def __init__(self, resource, *args, limits: ConnectionLimits | None = None, **kwargs):

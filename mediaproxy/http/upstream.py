@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -146,7 +146,7 @@ class Upstream:
     reactor: Any
     backend: BackendConfig
     server: ServerConfig
-    pool: HTTPConnectionPool | None = None
+    pool: HTTPConnectionPool = None  # type: ignore[assignment]  # None: made by __attrs_post_init__
     breaker: CircuitBreaker | None = None
     retry: RetryPolicy | None = None
     limit: ConcurrencyLimit | None = None
@@ -239,7 +239,7 @@ class Upstream:
 
         trusted = is_trusted(info.peer_ip, self.server.trusted_proxies)
 
-        def from_trusted(name: bytes) -> list[bytes] | None:
+        def from_trusted(name: bytes) -> Sequence[bytes] | None:
             if not trusted or name in named:
                 return None
             return incoming.getRawHeaders(name)
@@ -326,6 +326,9 @@ class _Pool(QuietConnectionPool):
 class _Discard(Protocol):
     """Receives a response body nobody wants: drop the backend connection."""
 
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
+
     def connectionMade(self) -> None:
         self.transport.stopProducing()
 
@@ -348,6 +351,9 @@ class _ResponsePump(Protocol):
     It also keeps the idle timeout: no body data for ``idle_timeout`` seconds aborts the
     transfer, not counting the time the backend was paused by us.
     """
+
+    #: the TCP transport (also a push producer, with abortConnection): Twisted types it ITransport | None
+    transport: Any
 
     def __init__(self, exchange: "_Exchange"):
         self._x = exchange

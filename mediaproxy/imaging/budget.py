@@ -26,7 +26,6 @@ Each is bounded by the pixel and memory budgets (``max_source_pixels``,
 from __future__ import annotations
 
 import io
-import math
 import time
 
 import attrs

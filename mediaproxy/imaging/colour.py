@@ -23,7 +23,7 @@ def _working_mode(image: Image.Image) -> Image.Image:
     if mode in _STANDARD_MODES or mode == "CMYK":
         return image
     if mode == "LAB":
-        return ImageCms.applyTransform(image, ImageCms.buildTransform(
+        return ImageCms.applyTransform(image, ImageCms.buildTransform(  # type: ignore[return-value]  # None only in place
             ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
     if mode.startswith("I"):                    # I;16, I;16B, I;16L, I;16N, I
         return image.convert("I").point(lambda v: v * (1 / 256)).convert("L")
@@ -69,7 +69,7 @@ def _apply_profile(image: Image.Image, icc: bytes) -> Image.Image | None:
     except (ImageCms.PyCMSError, OSError, ValueError):
         return None
     if alpha is not None:
-        converted.putalpha(alpha)
+        converted.putalpha(alpha)  # type: ignore[union-attr]  # applyTransform: None only in place
     return converted
 
 
@@ -97,5 +97,7 @@ def _canvas_mode(mode: str, background: Sequence[int]) -> str:
 
 def _colour(mode: str, background: Sequence[int]) -> int | tuple[int, ...]:
     """``background`` (RGBA) as a fill value of ``mode``."""
-    return {"L": background[0], "LA": (background[0], background[3]),
-            "RGB": tuple(background[:3]), "RGBA": tuple(background)}[mode]
+    fills: dict[str, int | tuple[int, ...]] = {
+        "L": background[0], "LA": (background[0], background[3]),
+        "RGB": tuple(background[:3]), "RGBA": tuple(background)}
+    return fills[mode]

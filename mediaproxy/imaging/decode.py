@@ -148,14 +148,14 @@ def _sniff(prefix: bytes) -> str | None:
 def _read_info(image: ImageFile.ImageFile) -> ImageInfo:
     """Header facts of an opened image (no pixel decoding)."""
     with _decoding():
-        frames = image.n_frames if image.format in _ANIMATED_SOURCES else 1
+        frames = image.n_frames if image.format in _ANIMATED_SOURCES else 1  # type: ignore[attr-defined]
         orientation = _orientation(image, header_only=True)
         width, height = image.size
         # Pillow (11 on) reports a TIFF's size as displayed and turns its pixels when loading
         if orientation in _SWAPS_AXES and image.format != "TIFF":
             width, height = height, width
         return ImageInfo(
-            format=_SOURCE_FORMATS[image.format], width=width, height=height,
+            format=_SOURCE_FORMATS[image.format or ""], width=width, height=height,
             frames=max(1, frames), mode=image.mode, has_alpha=image.has_transparency_data,
             orientation=orientation)
 
@@ -322,7 +322,8 @@ def _work(data: bytes, source: ImageFile.ImageFile, info: ImageInfo, spec: Trans
     scaled = (geometry.scaled_width, geometry.scaled_height)
     target = (min(output[0], scaled[0]), min(output[1], scaled[1]))
     # cover crops the overflow: the box resized is the output's share of the decoded image
-    box = tuple(math.ceil(d * min(1.0, o / s)) for d, o, s in zip(decoded, output, scaled))
+    box = (math.ceil(decoded[0] * min(1.0, output[0] / scaled[0])),
+           math.ceil(decoded[1] * min(1.0, output[1] / scaled[1])))
     return Work(canvas=canvas, decoded=decoded, frames=info.frames if animated else 1,
                 output=output, fmt=fmt, box=box, target=target,
                 conversions=_conversions(source, info, animated),

@@ -135,7 +135,7 @@ def _rgb(image: Image.Image, alpha: bool) -> Image.Image:
 
 
 def _has_transparent_pixels(image: Image.Image) -> bool:
-    return image.mode in _ALPHA_MODES and image.getchannel("A").getextrema()[0] < 128
+    return image.mode in _ALPHA_MODES and image.getchannel("A").getextrema()[0] < 128  # type: ignore[operator]  # one band: (min, max)
 
 
 def _to_palette(image: Image.Image, transparent: bool) -> Image.Image:

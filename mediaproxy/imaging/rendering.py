@@ -419,7 +419,7 @@ class _Plan:
                 float(v).is_integer() for v in region):
             if region == (0, 0, *image.size):
                 return image
-            return image.crop(tuple(int(v) for v in region))
+            return image.crop((int(left), int(top), int(right), int(bottom)))
         gap = spec.reducing_gap if spec.reducing_gap >= 1 else None
         large = self.size[0] * self.size[1] >= LARGE_OUTPUT_PIXELS
         resample = _LARGE_FILTERS[spec.large_resample] if large else _LANCZOS

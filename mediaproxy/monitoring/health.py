@@ -164,7 +164,7 @@ class HealthMonitor:
         ``timeout`` seconds away)."""
         if self.snapshot is not None:
             return succeed(self.snapshot)
-        d = Deferred()
+        d: Deferred = Deferred()
         self._first.append(d)
         return d
 
@@ -239,7 +239,7 @@ class HealthService(service.Service):
     """Starts the health snapshot with the daemon (after the other services, so the first
     round finds Redis and the pools started) and stops it with it."""
 
-    name = "mediaproxy-health"
+    name = "mediaproxy-health"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, monitor: HealthMonitor):
         self.monitor = monitor

@@ -31,7 +31,7 @@ class ReactorLagProbe(Service):
     """A service measuring the reactor's lateness (see the module docstring). ``clock`` has
     ``seconds()`` and ``callLater()``: the reactor, or a ``task.Clock`` in tests."""
 
-    name = "reactor-lag"
+    name = "reactor-lag"  # type: ignore[assignment]  # Service.name is untyped None
 
     def __init__(self, clock: Any, interval: float = DEFAULT_INTERVAL,
                  window: float = DEFAULT_WINDOW):

@@ -24,7 +24,7 @@ processes answered in. The functions here are pure: no I/O, no reactor.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -61,7 +61,7 @@ def rule(family_type: str, family_name: str, sample_name: str, labels: dict) -> 
     return "sum"
 
 
-_COMBINE = {"sum": math.fsum, "max": max, "min": min}
+_COMBINE: dict[str, Callable[[list[float]], float]] = {"sum": math.fsum, "max": max, "min": min}
 
 
 def merge(expositions: Iterable[Iterable[Metric]]) -> list[Metric]:

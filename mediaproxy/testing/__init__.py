@@ -32,7 +32,7 @@ from .runtime import make_runtime
 from .wait import wait_for
 
 __all__ = [
-    "File", "ImageOrigin", "JsonResponse", "Response", "RunningProxy", "assert_image",
+    "DroppingSite", "File", "ImageOrigin", "JsonResponse", "Response", "RunningProxy", "assert_image",
     "call_in_reactor", "decode", "make_animated", "make_image", "make_jpeg", "make_png",
     "make_runtime", "make_transparent_png", "reactor_thread", "start_origin", "start_proxy",
     "stop_reactor_thread", "wait_for",

@@ -119,8 +119,9 @@ def make_jpeg(width: int, height: int, orientation: int | None = None,
     embedded ``icc`` profile."""
     image = image if image is not None else upright(width, height)
     if orientation:
-        if STORE_AS[orientation] is not None:
-            image = image.transpose(STORE_AS[orientation])
+        stored_as = STORE_AS[orientation]
+        if stored_as is not None:
+            image = image.transpose(stored_as)
         exif = Image.Exif()
         exif[0x0112] = orientation
         options["exif"] = exif.tobytes()
@@ -326,7 +327,7 @@ def cmyk_profile() -> bytes:
     lab = ImageCms.profileToProfile(rgb, ImageCms.createProfile("sRGB"),
                                     ImageCms.createProfile("LAB"), outputMode="LAB")
     # Pillow stores a* and b* as signed bytes; lut8 Lab holds them offset by 128.
-    clut = bytes(v if i % 3 == 0 else v ^ 0x80 for i, v in enumerate(lab.tobytes()))
+    clut = bytes(v if i % 3 == 0 else v ^ 0x80 for i, v in enumerate(lab.tobytes()))  # type: ignore[union-attr]  # None only in place
     identity = bytes(range(256))
     a2b0 = (b"mft1\0\0\0\0" + bytes([4, 3, 2, 0])
             + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))

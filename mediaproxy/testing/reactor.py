@@ -52,7 +52,7 @@ def stop_reactor_thread(timeout: float = 10.0) -> None:
     with _lock:
         if _thread is None:
             return
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(reactor.stop)  # type: ignore[attr-defined]  # the default reactor has it
         _thread.join(timeout)
         _thread = None
 
@@ -82,7 +82,11 @@ def call_in_reactor(fn: Callable[..., Any], *args: Any, timeout: float = 10.0,
 
     reactor.callFromThread(run)
     if not done.wait(timeout):
-        reactor.callFromThread(lambda: [d.cancel() for d in pending])
+        def cancel_all():
+            for d in pending:
+                d.cancel()
+
+        reactor.callFromThread(cancel_all)
         done.wait(1.0)
         raise TimeoutError(f"{getattr(fn, '__name__', fn)!r} did not finish in {timeout} s")
     result = outcome[0]

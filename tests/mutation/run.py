@@ -249,8 +249,8 @@ def main(argv=None) -> int:
                   f"{row['operator']}")
             print(row["diff"].rstrip())
     print()
-    print(f"| module | file | mutants | killed | survived | equivalent | score |")
-    print(f"|---|---|---:|---:|---:|---:|---:|")
+    print("| module | file | mutants | killed | survived | equivalent | score |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     failed = []
     for s in results:
         total = s["killed"] + s["survived"] + s["equivalent"]

@@ -175,8 +175,8 @@ def _atheris_main(argv: list[str]) -> None:
     import atheris
 
     with atheris.instrument_imports():
-        import PIL.Image  # noqa: F401
-        import PIL.GifImagePlugin, PIL.JpegImagePlugin, PIL.PngImagePlugin  # noqa: F401,E401
+        import PIL.Image
+        import PIL.GifImagePlugin, PIL.JpegImagePlugin, PIL.PngImagePlugin  # noqa: E401
         import PIL.WebPImagePlugin, PIL.TiffImagePlugin, PIL.BmpImagePlugin  # noqa: F401,E401
         import mediaproxy.imaging  # noqa: F401
     import warnings

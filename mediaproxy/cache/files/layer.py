@@ -233,7 +233,7 @@ class FileLayer:
     def cleanup(self) -> Deferred:
         """One cleanup pass (see the package docs); never fails. A call while a pass runs
         shares that pass. Fires with a summary dict."""
-        d = Deferred()
+        d: Deferred = Deferred()
         self._cleanup_waiters.append(d)
         if len(self._cleanup_waiters) == 1:
             self._cleanup().addErrback(self._cleanup_crashed).addCallback(self._cleaned)

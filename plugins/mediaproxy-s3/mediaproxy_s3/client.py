@@ -18,10 +18,13 @@ Bounded by design:
 * at most ``max_connections`` requests in flight (so as many connections), and at most
   ``WAITING_PER_CONNECTION`` times as many waiting for one; past that a call fails at once
   (:class:`StoreBusy`: the layer is skipped for that request, the breaker does not count it);
-* a breaker: after ``failures_to_open`` consecutive failures every call fails at once
-  (:class:`StoreUnavailable`) for ``retry_after`` seconds, so a store that is down costs the
-  requests nothing but a skipped layer. A 404 or any other answer from a working store is not
-  a failure.
+* a breaker, the core's (:class:`mediaproxy.CircuitBreaker`, the backend client's): after
+  ``failures_to_open`` consecutive failures every call fails at once (:class:`StoreUnavailable`)
+  for about ``retry_after`` seconds (the end of the period of the clock, as the core's breakers
+  do), then one call probes the store: a success closes it, a failure opens it again. So a
+  store that is down costs the requests nothing but a skipped layer. A 404 or any other answer
+  from a working store is not a failure; a call refused as busy, or an object too large, is no
+  verdict either way.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
+
+from mediaproxy import CircuitBreaker
 
 
 class StoreError(Exception):
@@ -117,8 +122,7 @@ class S3Client:
     retry_after: float = 5.0
     threadpool: Any = None
     offload_bytes: int = 256 * 1024
-    failures: int = 0
-    open_until: float = 0.0
+    breaker: CircuitBreaker = attrs.field(init=False)
     _pool: Any = None
     _http: Any = None
     _auth: Any = None
@@ -137,23 +141,28 @@ class S3Client:
         self._slots = DeferredSemaphore(self.max_connections)
         self._auth = S3SigV4Auth(Credentials(self.access_key, self.secret_key), "s3",
                                  self.region)
+        # Only consecutive failures open it: a store is one dependency answering every call
+        # alike, so no failure ratio over a window (min_calls out of reach turns it off).
+        self.breaker = CircuitBreaker(self.reactor, "s3", open_for=self.retry_after,
+                                      consecutive_failures=self.failures_to_open,
+                                      min_calls=2**62)
 
     # -- the breaker --------------------------------------------------------------------------
 
     @property
     def healthy(self) -> bool:
-        return self.reactor.seconds() >= self.open_until
+        """Every call is tried (the breaker is closed): false while it is open or probing."""
+        return self.breaker.state == "closed"
 
     def _succeeded(self, result):
-        self.failures = 0
+        self.breaker.success()
         return result
 
     def _failed(self, failure):
         if failure.check(TooLarge, StoreBusy):
-            return failure          # the store works: the object is not ours, or we are busy
-        self.failures += 1
-        if self.failures >= self.failures_to_open:
-            self.open_until = self.reactor.seconds() + self.retry_after
+            self.breaker.release()  # the store works: the object is not ours, or we are busy
+            return failure
+        self.breaker.failure()
         if failure.check(StoreError):
             return failure
         raise StoreError(f"{failure.type.__name__}: {failure.getErrorMessage()}")
@@ -178,7 +187,7 @@ class S3Client:
                 ok: tuple = (200, 204)) -> Deferred:
         """Send one signed request; fire with an :class:`Answer` whose status is in ``ok`` or
         404, else fail with :class:`StoreError` (counted by the breaker)."""
-        if not self.healthy:
+        if not self.breaker.allow():
             return maybeDeferred(self._refuse)
         if len(self._slots.waiting) >= WAITING_PER_CONNECTION * self.max_connections:
             return maybeDeferred(self._busy).addErrback(self._failed)
@@ -191,8 +200,8 @@ class S3Client:
         raise StoreBusy(f"{len(self._slots.waiting)} calls wait for a connection already")
 
     def _refuse(self):
-        raise StoreUnavailable(f"the store failed {self.failures} times in a row; skipped "
-                               f"until it is retried")
+        raise StoreUnavailable(f"the store failed {self.failures_to_open} times in a row; "
+                               f"skipped for {self.breaker.retry_after()} s, until it is probed")
 
     @inlineCallbacks
     def _send(self, method, url, headers, body, max_bytes, ok):

@@ -68,7 +68,9 @@ class S3Settings:
     failures_to_open: int = setting(3, "int", "Consecutive failed operations after which the "
                                     "store is skipped (every call fails at once) ...",
                                     _positive)
-    retry_after: float = setting(5.0, "float", "... for this many seconds; then calls go "
+    retry_after: float = setting(5.0, "float", "... for about this many seconds (to the end "
+                                 "of the clock's period, as the core's breakers); then one "
+                                 "call probes the store, and a success lets every call "
                                  "through again.", _positive)
     sources: bool = setting(True, "bool", "Keep originals fetched from the backend in the "
                             "store too (the source cache; cache.source.file_ttl bounds their "
