@@ -77,7 +77,7 @@ class PluginManager(pluggy.PluginManager):
 
 
 def get_plugin_manager(config, load_entrypoints: bool | None = None,
-                       extra_plugins=()) -> pluggy.PluginManager:
+                       extra_plugins=()) -> PluginManager:
     """A plugin manager with every spec, the enabled built-ins, the entry-point plugins (unless
     ``load_entrypoints`` is false) and ``extra_plugins`` (objects or modules, for tests).
 

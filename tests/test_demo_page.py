@@ -281,7 +281,7 @@ def test_with_signing_keys_the_page_signs_its_urls_and_every_image_loads(
         assert sorted(label for _, label in figures) == [
             "fit=cover", "fmt=auto", "fmt=webp", "original", "w=100"]
         for (_, label), figure in figures.items():
-            assert not figure["failed"], (key, figure["dims"])
+            assert not figure["failed"], (label, figure["dims"])
             assert ("&sig=" in figure["url"]) == (label != "original"), figure["url"]
             width, height, _, frame_count = EXPECTED["spinner.gif", label]
             assert shown(figure) == (width, height, frame_count), label
