@@ -18,6 +18,7 @@ from mediaproxy.cache.keys import cache_key
 from mediaproxy.config import ConfigError, load_config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.tap import reload_config
+from mediaproxy.urlsign import sign_url
 from mediaproxy.testing import (
     ImageOrigin, assert_image, call_in_reactor, make_image, make_runtime, start_proxy,
 )
@@ -150,6 +151,41 @@ def test_the_preset_name_is_signed(live_reactor):
         assert error_of(proxy.get("/media/uploads/signed.jpg?preset=thumb"))["error"] == \
             "signature_required"
         assert proxy.origin.hits["/media/uploads/signed.jpg"] == 1
+
+
+def test_with_signing_the_signature_is_checked_before_the_preset_and_the_values(live_reactor):
+    # An unsigned or tampered URL learns nothing about the presets or the limits: 403 first,
+    # as the check chain answers; a URL the key holder signed gets the route's own refusal.
+    path = "/media/uploads/signed.jpg"
+    good = sign_url(f"{path}?preset=thumb", KEY)
+    with start_proxy(origin=ImageOrigin(source(path)),
+                     overrides={"presets": PRESETS, "signing": {"keys": [KEY]}}) as proxy:
+        def error(url):
+            got = error_of(proxy.get(url))
+            return got["status"], got["error"], got["parameter"]
+
+        assert error(good.replace("preset=thumb", "preset=thumbx")) == (
+            403, "invalid_signature", "sig")
+        assert error(f"{path}?preset=thumbx") == (403, "signature_required", "sig")
+        assert error(f"{path}?w=abc") == (403, "signature_required", "sig")
+        assert error(good.replace("preset=thumb", "preset=thumb&w=abc")) == (
+            403, "invalid_signature", "sig")
+        assert error(good.replace("preset=thumb", "preset=locked&w=5")) == (
+            403, "invalid_signature", "sig")
+        assert error(sign_url(f"{path}?preset=thumbx", KEY, expires=1000)) == (
+            403, "signature_expired", "expires")
+        assert error(sign_url(f"{path}?preset=thumbx", KEY)) == (400, "unknown_preset", "preset")
+        assert error(sign_url(f"{path}?w=abc", KEY)) == (400, "invalid_parameter", "w")
+        assert error(sign_url(f"{path}?preset=locked&w=5", KEY)) == (
+            400, "preset_override", "w")
+        assert proxy.origin.hits[path] == 0
+    with start_proxy(origin=ImageOrigin(source(path)), overrides={
+            "presets": PRESETS, "routes": {"presets_only": True},
+            "signing": {"keys": [KEY], "exempt_routes": ["query"]}}) as proxy:
+        # a route exempt from signing answers its own refusals, unsigned
+        assert error_of(proxy.get(f"{path}?preset=thumbx"))["error"] == "unknown_preset"
+        assert error_of(proxy.get(f"{path}?w=10"))["error"] == "preset_required"
+        assert proxy.origin.hits[path] == 0
 
 
 # -- the configuration -------------------------------------------------------------------------

@@ -33,31 +33,16 @@ from ..models import ImageRequest, Rejection
 from ..presets import PRESET_PARAM
 from ..parsing import parse_colour, parse_fit, parse_int, parse_position
 from ..cache.keys import TENANT
-from .routing import decode_path
+from ..urlsign import decode_path, decode_repeatedly  # noqa: F401 (decode_path: offered)
+from .signing import signature_first
 
 COMPAT_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif",
                   "tiff": "tiff", "avif": "avif", "svg": "png"}
 _TAIL = 7  # w, h, fit, position, background, trim, quality.format
-_MAX_DECODES = 3
 
 
 class _NotFound(Exception):
     pass
-
-
-def decode_repeatedly(raw: str) -> str:
-    """Percent-decode up to three times until stable. Any malformed pass raises ValueError (or
-    UnicodeDecodeError): a ``%`` left after a pass claims one more layer of encoding, and a bad
-    one is as malformed as on the first pass (the original service refuses it too)."""
-    text = decode_path(raw)
-    for _ in range(_MAX_DECODES - 1):
-        if "%" not in text:
-            break
-        decoded = decode_path(text)
-        if decoded == text:
-            break
-        text = decoded
-    return text
 
 
 def compat_background(raw: str) -> tuple[int, int, int, int]:
@@ -155,4 +140,7 @@ def mediaproxy_match_request(request, runtime):
         defaults = {name: p.default for name, p in runtime.params.items()
                     if name not in result.params and name != PRESET_PARAM}
         result = result.evolve(params={**defaults, **result.params})
+    elif result is not None:
+        # a bad value or path on a signed URL: the signature speaks first
+        return signature_first(result, "compat", request, runtime)
     return result
