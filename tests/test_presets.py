@@ -18,7 +18,7 @@ from mediaproxy.cache.keys import cache_key
 from mediaproxy.config import ConfigError, load_config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.tap import reload_config
-from mediaproxy.urlsign import sign_url
+from mediaproxy.urlsign import decode_repeatedly, sign_url
 from mediaproxy.testing import (
     ImageOrigin, assert_image, call_in_reactor, make_image, make_runtime, start_proxy,
 )
@@ -133,6 +133,39 @@ def test_presets_only_mode(live_reactor):
         status, headers, body, _ = proxy.get("/media/uploads/only.jpg?v=1")
         assert (status, "x-cache" in headers) == (200, False)   # no transform: passes through
         assert proxy.origin.hits["/media/uploads/only.jpg"] == 2   # the source, the original
+
+
+COMPAT_URL = "/media_stream-image/media/uploads/only.jpg/60/40/cover/centre/ffffff/0/80.png"
+
+
+@pytest.mark.parametrize("routes, signing, signed, expected", [
+    # presets-only mode: the compat routes name sizes, so unsigned they are refused
+    ({"presets_only": True}, {}, False, 400),
+    ({"presets_only": True}, {"keys": [KEY], "exempt_routes": ["compat"]}, False, 400),
+    # ... unless a setting allows them, or signatures are required on them
+    ({"presets_only": True, "compat_in_presets_only": True}, {}, False, 200),
+    ({"presets_only": True}, {"keys": [KEY]}, True, 200),
+    ({"presets_only": True}, {"keys": [KEY]}, False, 403),
+    ({"presets_only": False}, {}, False, 200),
+])
+def test_presets_only_mode_covers_the_compat_routes(live_reactor, routes, signing, signed,
+                                                     expected):
+    url = sign_url(COMPAT_URL, KEY, decode=decode_repeatedly) if signed else COMPAT_URL
+    with start_proxy(origin=ImageOrigin(source("/media/uploads/only.jpg")), overrides={
+            "presets": PRESETS, "routes": routes, "signing": signing}) as proxy:
+        response = proxy.get(url)
+        if expected == 200:
+            assert_image(response, (60, 40), "PNG")
+            assert proxy.origin.hits["/media/uploads/only.jpg"] == 1
+            return
+        assert proxy.origin.hits["/media/uploads/only.jpg"] == 0
+        if expected == 403:
+            assert error_of(response)["error"] == "signature_required"
+            return
+        assert error_of(response) == {
+            "status": 400, "error": "preset_required", "parameter": "path",
+            "message": "routes.presets_only is set: the compat routes name sizes, not presets; "
+                       "sign them (signing.keys) or allow them (routes.compat_in_presets_only)"}
 
 
 def test_the_preset_name_is_signed(live_reactor):
