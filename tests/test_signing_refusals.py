@@ -258,6 +258,10 @@ def test_exempt_routes(live_reactor):
     running, _ = start(exempt_routes=["compat"])
     try:
         assert answer(running, COMPAT.format(name="compat.jpg")) == (200, "image/webp")
+        # an exempt route answers its own refusals, unsigned
+        bad = "/media_stream-image/media/uploads/compat-bad.jpg/6o/40/cover/centre/ffffff/0/80.png"
+        refused(running, bad, "compat-bad",
+                (400, "invalid_parameter", "width", "width must be a whole number from 0 to 8192"))
         refused(running, "/media/uploads/exempt-q.jpg?w=50", "exempt-q", REQUIRED)
     finally:
         running.stop()
