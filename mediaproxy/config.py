@@ -528,14 +528,21 @@ class RoutesConfig:
         False, "bool", "Every transform on the query scheme must name a preset "
         "(?preset=NAME, a [presets.NAME] table): a request with transform parameters and no "
         "preset is refused (400 preset_required), so unsigned URLs can ask for a known set of "
-        "variants only. The compat routes cannot name a preset: turn them off "
-        "(routes.compat = false) or sign them (signing.keys) where that matters.")
+        "variants only. The compat routes cannot name a preset: in this mode they are "
+        "refused too (400 preset_required) unless signatures are required on them "
+        "(signing.keys, compat not in signing.exempt_routes) or "
+        "routes.compat_in_presets_only allows them.")
     preset_overrides: str = setting(
         "auto", "str", "Whether a request naming a preset may also carry explicit transform "
         "parameters, which then win over the preset's values: allow, deny (400 "
         "preset_override) or auto (allow, except with routes.presets_only). A preset's own "
         "overrides key (allow or deny) decides for that preset.",
         _one_of("auto", "allow", "deny"))
+    compat_in_presets_only: bool = setting(
+        False, "bool", "With routes.presets_only, serve the unsigned grooveshop compat routes "
+        "anyway (they name sizes, not presets, so any client can ask for any size there). "
+        "Off: in presets-only mode a compat URL is refused (400 preset_required) unless "
+        "signatures are required on the compat route.")
 
 
 @frozen

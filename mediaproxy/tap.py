@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python import usage, threadpool
 
 from . import __version__, presets
+from .cache.keys import stale_grace
 from .cache.layered import LayeredCache
 from .cache.purge import PurgeFeed
 from .cache.redis import RedisClient, RedisService
@@ -202,6 +203,7 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None,
         runtime.purge_feed = PurgeFeed(runtime, redis)
     cache.layers = list(chain.from_iterable(
         pm.hook.mediaproxy_cache_layers(runtime=runtime)))
+    cache.keep_stale(stale_grace(config.cache))
     pm.hook.mediaproxy_configure(runtime=runtime)
     return runtime
 

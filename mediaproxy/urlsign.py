@@ -59,6 +59,26 @@ def decode_path(raw: str) -> str:
     return unquote(raw, encoding="utf-8", errors="strict")
 
 
+#: The most times the compat routes percent-decode a path (double-encoded TinyMCE paths).
+MAX_DECODES = 3
+
+
+def decode_repeatedly(raw: str) -> str:
+    """Percent-decode up to :data:`MAX_DECODES` times until stable, the compat routes' decoding.
+    Any malformed pass raises ValueError (or UnicodeDecodeError): a ``%`` left after a pass
+    claims one more layer of encoding, and a bad one is as malformed as on the first pass (the
+    original service refuses it too)."""
+    text = decode_path(raw)
+    for _ in range(MAX_DECODES - 1):
+        if "%" not in text:
+            break
+        decoded = decode_path(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
 def _is_hex_pair(text: str) -> bool:
     return len(text) == 2 and all(c in "0123456789abcdefABCDEF" for c in text)
 

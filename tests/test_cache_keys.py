@@ -457,3 +457,45 @@ def test_auto_resolved_by_accept_shares_the_explicit_formats_entry(proxy):
     _, headers, _, _ = proxy.get(BASE + "&fmt=auto", headers={"Accept": "image/avif"})
     assert (headers["x-cache"], headers["vary"]) == ("HIT-MEMORY", "Accept")
     assert transforms(proxy) == 2
+
+
+# -- a plugin layer's fresh lifetime -----------------------------------------------------------
+
+class _Layer:
+    """A layer as the cache sees one: a name, and maybe a declared fresh lifetime."""
+
+    def __init__(self, name, **declared):
+        self.name = name
+        self.__dict__.update(declared)
+
+
+def test_a_plugin_layer_declares_its_fresh_lifetime():
+    from mediaproxy.cache.keys import fresh_lifetime, is_fresh
+    from mediaproxy.config import load_config
+    from mediaproxy.models import CacheEntry
+
+    cache = load_config(environ={}, overrides={"cache": {
+        "memory": {"ttl": 11.0}, "redis": {"ttl": 22.0}, "file": {"ttl": 33.0}}}).cache
+    layers = (_Layer("s3", fresh_ttl=60.0), _Layer("quiet"), _Layer("memory", fresh_ttl=5.0))
+    # the built-in layers' lifetimes are their settings, whatever a layer object says
+    assert [fresh_lifetime(n, cache, layers) for n in ("memory", "redis", "file")] == [
+        11.0, 22.0, 33.0]
+    assert fresh_lifetime("s3", cache, layers) == 60.0
+    assert fresh_lifetime("quiet", cache, layers) == float("inf")
+    assert fresh_lifetime("quiet", cache, layers, unknown=0.0) == 0.0
+    assert fresh_lifetime("absent", cache, layers) == float("inf")
+    assert fresh_lifetime("absent", cache, layers, unknown=0.0) == 0.0
+    assert fresh_lifetime("s3", cache) == float("inf")      # no layers given: not known
+    entry = CacheEntry(b"x", "image/png", created_at=1000.0, etag="", last_modified="")
+    assert is_fresh(entry, "s3", cache, now=1060.0, layers=layers)
+    assert not is_fresh(entry, "s3", cache, now=1060.001, layers=layers)
+    assert is_fresh(entry, "quiet", cache, now=10 ** 9, layers=layers)
+
+
+def test_keep_stale_tells_the_layers_that_ask_for_it():
+    from mediaproxy.cache.layered import LayeredCache
+
+    asks, silent = _Layer("s3", order=40, stale_grace=0.0), _Layer("other", order=50)
+    LayeredCache([asks, silent]).keep_stale(86400.0)
+    assert asks.stale_grace == 86400.0
+    assert not hasattr(silent, "stale_grace")

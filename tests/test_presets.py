@@ -18,6 +18,7 @@ from mediaproxy.cache.keys import cache_key
 from mediaproxy.config import ConfigError, load_config
 from mediaproxy.models import ImageRequest, Rejection, RequestInfo
 from mediaproxy.tap import reload_config
+from mediaproxy.urlsign import decode_repeatedly, sign_url
 from mediaproxy.testing import (
     ImageOrigin, assert_image, call_in_reactor, make_image, make_runtime, start_proxy,
 )
@@ -134,6 +135,39 @@ def test_presets_only_mode(live_reactor):
         assert proxy.origin.hits["/media/uploads/only.jpg"] == 2   # the source, the original
 
 
+COMPAT_URL = "/media_stream-image/media/uploads/only.jpg/60/40/cover/centre/ffffff/0/80.png"
+
+
+@pytest.mark.parametrize("routes, signing, signed, expected", [
+    # presets-only mode: the compat routes name sizes, so unsigned they are refused
+    ({"presets_only": True}, {}, False, 400),
+    ({"presets_only": True}, {"keys": [KEY], "exempt_routes": ["compat"]}, False, 400),
+    # ... unless a setting allows them, or signatures are required on them
+    ({"presets_only": True, "compat_in_presets_only": True}, {}, False, 200),
+    ({"presets_only": True}, {"keys": [KEY]}, True, 200),
+    ({"presets_only": True}, {"keys": [KEY]}, False, 403),
+    ({"presets_only": False}, {}, False, 200),
+])
+def test_presets_only_mode_covers_the_compat_routes(live_reactor, routes, signing, signed,
+                                                     expected):
+    url = sign_url(COMPAT_URL, KEY, decode=decode_repeatedly) if signed else COMPAT_URL
+    with start_proxy(origin=ImageOrigin(source("/media/uploads/only.jpg")), overrides={
+            "presets": PRESETS, "routes": routes, "signing": signing}) as proxy:
+        response = proxy.get(url)
+        if expected == 200:
+            assert_image(response, (60, 40), "PNG")
+            assert proxy.origin.hits["/media/uploads/only.jpg"] == 1
+            return
+        assert proxy.origin.hits["/media/uploads/only.jpg"] == 0
+        if expected == 403:
+            assert error_of(response)["error"] == "signature_required"
+            return
+        assert error_of(response) == {
+            "status": 400, "error": "preset_required", "parameter": "path",
+            "message": "routes.presets_only is set: the compat routes name sizes, not presets; "
+                       "sign them (signing.keys) or allow them (routes.compat_in_presets_only)"}
+
+
 def test_the_preset_name_is_signed(live_reactor):
     config = load_config(environ={}, overrides={"presets": PRESETS,
                                                 "signing": {"keys": [KEY]}})
@@ -150,6 +184,41 @@ def test_the_preset_name_is_signed(live_reactor):
         assert error_of(proxy.get("/media/uploads/signed.jpg?preset=thumb"))["error"] == \
             "signature_required"
         assert proxy.origin.hits["/media/uploads/signed.jpg"] == 1
+
+
+def test_with_signing_the_signature_is_checked_before_the_preset_and_the_values(live_reactor):
+    # An unsigned or tampered URL learns nothing about the presets or the limits: 403 first,
+    # as the check chain answers; a URL the key holder signed gets the route's own refusal.
+    path = "/media/uploads/signed.jpg"
+    good = sign_url(f"{path}?preset=thumb", KEY)
+    with start_proxy(origin=ImageOrigin(source(path)),
+                     overrides={"presets": PRESETS, "signing": {"keys": [KEY]}}) as proxy:
+        def error(url):
+            got = error_of(proxy.get(url))
+            return got["status"], got["error"], got["parameter"]
+
+        assert error(good.replace("preset=thumb", "preset=thumbx")) == (
+            403, "invalid_signature", "sig")
+        assert error(f"{path}?preset=thumbx") == (403, "signature_required", "sig")
+        assert error(f"{path}?w=abc") == (403, "signature_required", "sig")
+        assert error(good.replace("preset=thumb", "preset=thumb&w=abc")) == (
+            403, "invalid_signature", "sig")
+        assert error(good.replace("preset=thumb", "preset=locked&w=5")) == (
+            403, "invalid_signature", "sig")
+        assert error(sign_url(f"{path}?preset=thumbx", KEY, expires=1000)) == (
+            403, "signature_expired", "expires")
+        assert error(sign_url(f"{path}?preset=thumbx", KEY)) == (400, "unknown_preset", "preset")
+        assert error(sign_url(f"{path}?w=abc", KEY)) == (400, "invalid_parameter", "w")
+        assert error(sign_url(f"{path}?preset=locked&w=5", KEY)) == (
+            400, "preset_override", "w")
+        assert proxy.origin.hits[path] == 0
+    with start_proxy(origin=ImageOrigin(source(path)), overrides={
+            "presets": PRESETS, "routes": {"presets_only": True},
+            "signing": {"keys": [KEY], "exempt_routes": ["query"]}}) as proxy:
+        # a route exempt from signing answers its own refusals, unsigned
+        assert error_of(proxy.get(f"{path}?preset=thumbx"))["error"] == "unknown_preset"
+        assert error_of(proxy.get(f"{path}?w=10"))["error"] == "preset_required"
+        assert proxy.origin.hits[path] == 0
 
 
 # -- the configuration -------------------------------------------------------------------------

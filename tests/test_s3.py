@@ -396,6 +396,50 @@ def test_the_ttl_setting_bounds_what_the_proxy_serves_from_the_store(seaweedfs):
         assert proxy.get(path).headers["x-cache"] == "MISS"
 
 
+def test_an_object_is_kept_its_stale_grace_past_the_ttl(seaweedfs, live_reactor):
+    settings = s3_settings(seaweedfs)
+    now = [1_000_000.0]
+    client = call_in_reactor(lambda: S3Client(
+        settings.endpoint, settings.bucket, settings.region, settings.access_key,
+        settings.secret_key, live_reactor))
+    layer = S3Layer(client, ttl=100.0, prefix=settings.prefix, clock=lambda: now[0],
+                    stale_grace=30.0)
+    entry = CacheEntry(b"body", "image/png", created_at=now[0], etag='"e"', last_modified="")
+    try:
+        assert layer.fresh_ttl == 100.0      # what the pipeline counts freshness with
+        call_in_reactor(lambda: layer.set("public:src:v", entry))
+        now[0] = entry.created_at + 129.999
+        assert call_in_reactor(lambda: layer.get("public:src:v")) == entry
+        now[0] = entry.created_at + 130.0
+        assert call_in_reactor(lambda: layer.get("public:src:v")) is None
+    finally:
+        call_in_reactor(client.close)
+
+
+def test_past_the_ttl_a_stored_result_is_served_stale_and_rendered_again(seaweedfs):
+    # the S3 layer's entries follow the built-in layers' rule: fresh for s3.ttl, then stale
+    # within cache.stale_while_revalidate (served at once, rendered again in the background)
+    with s3_proxy(seaweedfs, settings=s3_settings(seaweedfs, ttl=60.0), overrides={
+            "cache": {"stale_while_revalidate": 30.0, "stale_if_error": 0.0}}) as proxy:
+        path = f"{PHOTO}?w=100&fmt=webp"
+        first = proxy.get(path)
+        assert first.headers["x-cache"] == "MISS"
+        stored(proxy, 2)                     # the result and the original
+        proxy.age(path, 61)                  # one second stale
+        forget_memory(proxy)
+        stale = proxy.get(path)
+        assert (stale.status, stale.headers["x-cache"], stale.body) == (200, "STALE",
+                                                                        first.body)
+        stored(proxy, 4)                     # rendered again, stored again (with its original)
+        forget_memory(proxy)
+        assert proxy.get(path).headers["x-cache"] == "HIT-S3"
+        proxy.age(path, 91)                  # past ttl + stale_while_revalidate: gone
+        forget_memory(proxy)
+        assert proxy.get(path).headers["x-cache"] == "MISS"
+        # the core told the layer how long to keep objects past their TTL
+        assert (s3_layer(proxy).fresh_ttl, s3_layer(proxy).stale_grace) == (60.0, 30.0)
+
+
 # -- purge ------------------------------------------------------------------------------------
 
 def test_purge_by_source_and_by_tenant_reaches_the_store(seaweedfs):

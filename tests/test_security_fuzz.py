@@ -54,7 +54,9 @@ queries = st.lists(st.tuples(names, values), max_size=6)
 # rules of its form. "Control character" is C0 and DEL, in the clear and percent-encoded alike.
 
 _CONTROL_CHARS = {chr(n) for n in range(0x20)} | {"\x7f"}
-_ENCODED_FORBIDDEN = {"2e", "2f", "5c", "25", "7f"} | {f"{n:02x}" for n in range(0x20)}
+# A "%" followed by "25" any number of times, then one of these, is an encoded dot, separator or
+# control character at some depth of encoding; "%" before anything else is a literal in a name.
+_ENCODED_FORBIDDEN = {"2e", "2f", "5c", "7f"} | {f"{n:02x}" for n in range(0x20)}
 
 
 def _breaks_a_rule(path: str) -> bool:
@@ -68,8 +70,16 @@ def _breaks_a_rule(path: str) -> bool:
         if segment == ".." or segment.startswith("..;"):
             return True
     lower = path.lower()                              # still encoded after the decoding
-    return any(lower[i + 1:i + 3] in _ENCODED_FORBIDDEN
-               for i, ch in enumerate(lower) if ch == "%")
+    return any(_encoded_forbidden(lower[i + 1:]) for i, ch in enumerate(lower) if ch == "%")
+
+
+def _encoded_forbidden(after: str) -> bool:
+    while True:
+        if after[:2] in _ENCODED_FORBIDDEN:
+            return True
+        if after[:2] != "25":
+            return False
+        after = after[2:]
 
 
 def reference_refuses(path: str, max_length: int) -> bool:

@@ -234,6 +234,18 @@ def test_the_compat_route_is_signed_too(proxy):
     assert answer(proxy, f"{path}?sig={sig}") == (200, "image/webp")
 
 
+def test_a_bad_compat_value_is_a_signature_refusal_first(proxy):
+    # the width "6o" on an unsigned or tampered URL says nothing about the limits: 403 first
+    bad = "/media_stream-image/media/uploads/compat-bad.jpg/6o/40/cover/centre/ffffff/0/80.webp"
+    good = "/media_stream-image/media/uploads/compat-bad.jpg/60/40/cover/centre/ffffff/0/80.webp"
+    refused(proxy, bad, "compat-bad", REQUIRED)
+    tampered = mac(KEY, f"MP1\n{good}\n\n")
+    refused(proxy, f"{bad}?sig={tampered}", "compat-bad", MISMATCH)
+    signed = mac(KEY, f"MP1\n{bad}\n\n")
+    refused(proxy, f"{bad}?sig={signed}", "compat-bad",
+            (400, "invalid_parameter", "width", "width must be a whole number from 0 to 8192"))
+
+
 def test_a_path_the_signer_cannot_decode_is_refused_on_any_route(proxy):
     """A plugin's route that does not decode its path: the signature check refuses it."""
     for raw in ("/raw/%zz.jpg", "/raw/%ff.jpg", "/raw/a%2"):
@@ -246,6 +258,10 @@ def test_exempt_routes(live_reactor):
     running, _ = start(exempt_routes=["compat"])
     try:
         assert answer(running, COMPAT.format(name="compat.jpg")) == (200, "image/webp")
+        # an exempt route answers its own refusals, unsigned
+        bad = "/media_stream-image/media/uploads/compat-bad.jpg/6o/40/cover/centre/ffffff/0/80.png"
+        refused(running, bad, "compat-bad",
+                (400, "invalid_parameter", "width", "width must be a whole number from 0 to 8192"))
         refused(running, "/media/uploads/exempt-q.jpg?w=50", "exempt-q", REQUIRED)
     finally:
         running.stop()

@@ -21,16 +21,12 @@ RECORD = json.loads((Path(__file__).parent / "fixtures" / "thumbor_answers.json"
 
 #: (options, file) -> (what we answer, why), for every case where we differ from thumbor
 #: (docs/thumbor.md, "What differs").
-MISPLACED = "options out of thumbor's order are part of the image path: a path missing on " \
-    "the backend, 404 (thumbor's HTTP loader refuses the host it reads there: 400)"
 INVALID = "a known filter with invalid arguments is a 400 naming it (thumbor ignores it, " \
     "or fails with a 500 for a colour it cannot parse)"
 GIF = "thumbor leaves a GIF's format and its post-transform filters alone (format, fill, " \
     "upscale, rotate); here a GIF is an image like any other"
 DIFFERENCES = {}
 for _file in ("photo_800.jpg", "small.gif"):
-    for _options in ("left/top/300x200", "smart/300x200"):
-        DIFFERENCES[(_options, _file)] = ({"status": 404}, MISPLACED)
     for _options in ("filters:format(bmp)", "filters:quality(abc)", "filters:rotate(45)",
                      "300x200/filters:fill(nocolour)"):
         DIFFERENCES[(_options, _file)] = ({"status": 400}, INVALID)

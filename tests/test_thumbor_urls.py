@@ -4,6 +4,8 @@ scheme's parameters (one cache entry for equivalent URLs), filters (unknown igno
 a 400) and the filter hook. The sizes thumbor itself answers are compared in
 tests/test_thumbor_compat.py."""
 
+import json
+
 import pytest
 from libthumbor import CryptoURL
 
@@ -229,6 +231,66 @@ def test_refusals(path, status, error):
     result = match(path)
     assert isinstance(result, Rejection), result
     assert (result.status, result.error) == (status, error)
+
+
+MISPLACED = [
+    ("fit-in/trim/300x200/media/a.jpg", "trim"),
+    ("smart/300x200/media/a.jpg", "300x200"),
+    ("left/top/300x200/media/a.jpg", "300x200"),
+    ("300x200/fit-in/media/a.jpg", "fit-in"),
+    ("300x200/full-fit-in/media/a.jpg", "full-fit-in"),
+    ("300x200/10x10:20x20/media/a.jpg", "10x10:20x20"),
+    ("top/left/media/a.jpg", "left"),
+    ("smart/center/media/a.jpg", "center"),
+    ("filters:grayscale()/300x200/media/a.jpg", "300x200"),
+    ("smart/-300x-orig/media/a.jpg", "-300x-orig"),
+    ("smart/x/media/a.jpg", "x"),
+    ("300x200/debug/media/a.jpg", "debug"),
+    ("300x200/meta/media/a.jpg", "meta"),
+    ("300x200/filters:blur(2)/smart/media/a.jpg", "smart"),
+    ("filters:blur(2)/filters:grayscale()/media/a.jpg", "filters:grayscale()"),
+    ("300x200/trim:top-left:10/media/a.jpg", "trim:top-left:10"),
+]
+
+
+@pytest.mark.parametrize("options, option", MISPLACED)
+def test_an_option_out_of_thumbors_order_is_a_400_naming_it(options, option):
+    result = match(f"/thumbor/unsafe/{options}")
+    assert result == Rejection(
+        400, "misplaced_option", f"{option!r} is a thumbor option out of thumbor's order "
+        "(trim/AxB:CxD/fit-in/WxH/halign/valign/smart/filters:.../image)", parameter="path")
+
+
+@pytest.mark.parametrize("options, source", [
+    ("300x200/media/300x200/a.jpg", "/media/300x200/a.jpg"),
+    ("smart/media/uploads/smart/left/top/a.jpg", "/media/uploads/smart/left/top/a.jpg"),
+    ("fit-in/300x200/media/fit-in/trim/a.jpg", "/media/fit-in/trim/a.jpg"),
+    ("300x200/smartphones/a.jpg", "/smartphones/a.jpg"),
+    ("300x200/origin/a.jpg", "/origin/a.jpg"),
+    ("300x200/xx/a.jpg", "/xx/a.jpg"),
+    ("300x200/300/a.jpg", "/300/a.jpg"),
+    ("300x200/trimmed/a.jpg", "/trimmed/a.jpg"),
+    ("300x200/filters/a.jpg", "/filters/a.jpg"),
+])
+def test_option_words_in_the_image_path_are_the_backends(options, source):
+    result = match(f"/thumbor/unsafe/{options}")
+    assert isinstance(result, ImageRequest), result
+    assert result.source_path == source
+
+
+def test_a_misplaced_option_is_answered_without_a_fetch(live_reactor):
+    with start_proxy(files={"/media/uploads/a.jpg": JPEG, "/trim/300x200/media/uploads/a.jpg":
+                            JPEG}, overrides={"thumbor": {"allow_unsafe": True}}) as proxy:
+        status, headers, body, _ = proxy.get(
+            "/thumbor/unsafe/fit-in/trim/300x200/media/uploads/a.jpg")
+        data = json.loads(body)
+        assert (status, headers["content-type"], data["error"], data["parameter"]) == (
+            400, "application/json", "misplaced_option", "path")
+        assert sum(proxy.origin.hits.values()) == 0
+        # in thumbor's order: served from the backend path after the options
+        assert_image(proxy.get("/thumbor/unsafe/fit-in/300x200/media/uploads/a.jpg"),
+                     (267, 200))
+        assert dict(proxy.origin.hits) == {"/media/uploads/a.jpg": 1}
 
 
 def test_paths_and_limits():

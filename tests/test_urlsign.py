@@ -92,6 +92,26 @@ def test_decode_path_is_strict():
             urlsign.decode_path(bad)
 
 
+@pytest.mark.parametrize("raw, decoded", [
+    ("/plain", "/plain"),
+    ("/a%20b", "/a b"),
+    ("/a%2520b", "/a b"),                  # twice
+    ("/a%252520b", "/a b"),                # three times: the most
+    ("/a%25252520b", "/a%20b"),            # a fourth layer stays encoded
+    ("/a%2541", "/aA"),                    # stable after two passes
+    ("/a%C3%A9", "/a\u00e9"),
+])
+def test_decode_repeatedly_decodes_until_stable_three_times_at_most(raw, decoded):
+    assert urlsign.decode_repeatedly(raw) == decoded
+
+
+@pytest.mark.parametrize("bad", ["/a%zz", "/a%25zz", "/a%2525zz", "/a%25", "/a%2525b",
+                                 "/a%25C3%2528"])
+def test_decode_repeatedly_refuses_a_malformed_escape_at_any_layer(bad):
+    with pytest.raises(ValueError):
+        urlsign.decode_repeatedly(bad)
+
+
 def test_the_proxy_accepts_what_the_builder_signs_and_nothing_else(live_reactor):
     with start_proxy(files={"/media/uploads/a%20b.jpg": make_image((400, 300))},
                      overrides={"signing": {"keys": [KEY]}}) as proxy:

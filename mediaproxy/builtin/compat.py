@@ -22,6 +22,11 @@ or broken source is answered with the placeholder and ``routes.compat_placeholde
 
 The parameters are the query scheme's, with the same canonical values, so a compat URL and the
 equivalent query URL share one cache entry.
+
+In presets-only mode (``routes.presets_only``) these routes, which name sizes and no preset,
+are refused (400 ``preset_required``) unless signatures are required on them or
+``routes.compat_in_presets_only`` allows them. With signatures required, a refusal of the URL
+itself (a bad width, a path that matches no route) comes after the signature check (403 first).
 """
 
 from __future__ import annotations
@@ -33,31 +38,16 @@ from ..models import ImageRequest, Rejection
 from ..presets import PRESET_PARAM
 from ..parsing import parse_colour, parse_fit, parse_int, parse_position
 from ..cache.keys import TENANT
-from .routing import decode_path
+from ..urlsign import decode_path, decode_repeatedly  # noqa: F401 (decode_path: offered)
+from .signing import signature_first
 
 COMPAT_FORMATS = {"webp": "webp", "jpeg": "jpeg", "jpg": "jpeg", "png": "png", "gif": "gif",
                   "tiff": "tiff", "avif": "avif", "svg": "png"}
 _TAIL = 7  # w, h, fit, position, background, trim, quality.format
-_MAX_DECODES = 3
 
 
 class _NotFound(Exception):
     pass
-
-
-def decode_repeatedly(raw: str) -> str:
-    """Percent-decode up to three times until stable. Any malformed pass raises ValueError (or
-    UnicodeDecodeError): a ``%`` left after a pass claims one more layer of encoding, and a bad
-    one is as malformed as on the first pass (the original service refuses it too)."""
-    text = decode_path(raw)
-    for _ in range(_MAX_DECODES - 1):
-        if "%" not in text:
-            break
-        decoded = decode_path(text)
-        if decoded == text:
-            break
-        text = decoded
-    return text
 
 
 def compat_background(raw: str) -> tuple[int, int, int, int]:
@@ -143,6 +133,18 @@ def parse_compat(path: str, prefix: str, config) -> ImageRequest | Rejection | N
                         failure_status=config.routes.compat_placeholder_status or None)
 
 
+#: The compat routes name sizes, not presets: in presets-only mode, unless signed, refused.
+_PRESETS_ONLY = Rejection(
+    400, "preset_required", "routes.presets_only is set: the compat routes name sizes, not "
+    "presets; sign them (signing.keys) or allow them (routes.compat_in_presets_only)",
+    parameter="path")
+
+
+def _signatures_required(signing) -> bool:
+    """Whether the check chain requires a valid signature on the compat routes."""
+    return bool(signing.keys) and "compat" not in signing.exempt_routes
+
+
 @hookimpl
 def mediaproxy_match_request(request, runtime):
     routes = runtime.config.routes
@@ -150,9 +152,15 @@ def mediaproxy_match_request(request, runtime):
         return None
     result = parse_compat(request.path, routes.compat_prefix, runtime.config)
     if isinstance(result, ImageRequest):
+        if routes.presets_only and not routes.compat_in_presets_only \
+                and not _signatures_required(runtime.config.signing):
+            return _PRESETS_ONLY
         # Parameters registered by plugins keep their defaults on this route (a preset is
         # the query scheme's: it names parameters, it is none itself).
         defaults = {name: p.default for name, p in runtime.params.items()
                     if name not in result.params and name != PRESET_PARAM}
         result = result.evolve(params={**defaults, **result.params})
+    elif result is not None:
+        # a bad value or path on a signed URL: the signature speaks first
+        return signature_first(result, "compat", request, runtime)
     return result

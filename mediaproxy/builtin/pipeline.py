@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .. import hookimpl, imaging
 from ..admission import BACKGROUND, LIVE
-from ..cache.keys import cache_key, fresh_ttls, is_fresh, resolution_key
+from ..cache.keys import cache_key, fresh_lifetime, is_fresh, resolution_key
 from ..cache.coalescing import coalescing_lock
 from ..cache.headers import CacheStatus, shorten_cache_control
 from ..cache.locks import CoalescingLock, coalesce
@@ -116,7 +116,7 @@ class ImagePipeline:
             if hit is not None:
                 entry, layer = hit
                 age = time.time() - entry.created_at
-                fresh_for = fresh_ttls(rt.config.cache).get(layer, float("inf"))
+                fresh_for = fresh_lifetime(layer, rt.config.cache, rt.cache.layers)
                 if age <= fresh_for:
                     rt.emit("cache.hit", correlation_id=request.correlation_id, layer=layer)
                     token, headers = self._hit_headers(layer, vary)
@@ -220,7 +220,8 @@ class ImagePipeline:
             return self._from_entry(result, "MISS", vary,
                                     CacheStatus(fwd=fwd, stored=True, collapsed=reused))
         if isinstance(result, Stale):
-            fresh_for = fresh_ttls(self.runtime.config.cache).get(stale_layer, 0.0)
+            fresh_for = fresh_lifetime(stale_layer, self.runtime.config.cache,
+                                       self.runtime.cache.layers, unknown=0.0)
             ttl = math.floor(fresh_for - (time.time() - result.entry.created_at))
             return self._from_entry(
                 result.entry, "STALE", vary,
@@ -534,7 +535,7 @@ class ImagePipeline:
         rt = self.runtime
 
         def fresh(hit):
-            if hit is None or not is_fresh(*hit, rt.config.cache):
+            if hit is None or not is_fresh(*hit, rt.config.cache, layers=rt.cache.layers):
                 return None
             return Found(*hit)
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 
-from ..urlsign import decode_path  # compat and signing take it from here
+from ..urlsign import decode_path  # noqa: F401 (the name this module always offered)
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
 from ..memo import MAX_KEY_CHARS, Memo
 from ..models import ImageRequest, Rejection
 from ..presets import PRESET_PARAM, expand
+from .signing import signature_first
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -77,13 +78,18 @@ def mediaproxy_match_request(request, runtime):
     for name, value in query:
         size += len(name) + len(value) + 2
     if size > MAX_KEY_CHARS:
-        return match(request, runtime)
-    table = _memo.table(runtime.config, runtime.params, getattr(runtime.pm, "generation", None))
-    key = (request.method, path, query)
-    found = table.get(key, _MISSING)
-    if found is _MISSING:
         found = match(request, runtime)
-        _memo.put(key, found)
+    else:
+        table = _memo.table(runtime.config, runtime.params,
+                            getattr(runtime.pm, "generation", None))
+        key = (request.method, path, query)
+        found = table.get(key, _MISSING)
+        if found is _MISSING:
+            found = match(request, runtime)
+            _memo.put(key, found)
+    if found.__class__ is Rejection:
+        # a tampered preset name or value on a signed URL: the signature speaks first
+        return signature_first(found, "query", request, runtime)
     return found
 
 

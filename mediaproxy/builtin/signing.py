@@ -32,8 +32,7 @@ from ..urlsign import (  # noqa: F401 (the names this module always offered)
     EXPIRES_PARAM, MAX_EXPIRES_DIGITS as _MAX_EXPIRES_DIGITS, SIG_PARAM, VERSION, SigningError,
     signature,
 )
-from .compat import decode_repeatedly
-from .routing import decode_path
+from ..urlsign import decode_path, decode_repeatedly
 
 
 def _decoder(route: str):
@@ -83,38 +82,7 @@ class Signer:
 
     def verify(self, route: str, request: RequestInfo, now: float) -> Rejection | None:
         """None when ``request`` carries a valid, unexpired signature; else the refusal."""
-        given = [value for name, value in request.query if name == SIG_PARAM]
-        if not given:
-            return _refuse("signature_required", "this URL must be signed", SIG_PARAM)
-        if len(given) > 1:
-            return _refuse("invalid_signature", "the URL carries more than one signature",
-                           SIG_PARAM)
-        expires = [value for name, value in request.query if name == EXPIRES_PARAM]
-        if len(expires) > 1:
-            return _refuse("invalid_signature", "the URL carries more than one expiry",
-                           EXPIRES_PARAM)
-        expiry = expires[0] if expires else None
-        if expiry is not None and not (expiry.isascii() and expiry.isdigit()
-                                       and len(expiry) <= _MAX_EXPIRES_DIGITS):
-            return _refuse("invalid_signature", "the expiry is not a Unix time",
-                           EXPIRES_PARAM)
-        try:
-            message = canonical(route, request.path, request.query, self.known, expiry)
-        except SigningError as e:
-            return Rejection(400, "invalid_path", str(e), parameter="path")
-        candidate = given[0].encode("utf-8", "surrogatepass")
-        valid = False
-        for state in self.keys:
-            mac = state.copy()
-            mac.update(message)
-            expected = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
-            valid |= hmac.compare_digest(expected, candidate)
-        if not valid:
-            return _refuse("invalid_signature", "the signature does not match this URL",
-                           SIG_PARAM)
-        if expiry is not None and int(expiry) <= now:
-            return _refuse("signature_expired", "this signed URL has expired", EXPIRES_PARAM)
-        return None
+        return verify(self.keys, self.known, route, request, now)
 
     @hookimpl
     def mediaproxy_check_request(self, image_request, request, runtime):
@@ -142,6 +110,59 @@ class Signer:
     @hookimpl
     def mediaproxy_config_reloaded(self, runtime, old, new):
         self.refresh()
+
+
+def signature_first(rejection: Rejection, route: str, request: RequestInfo,
+                    runtime) -> Rejection:
+    """What to answer a request ``route`` refused while parsing it (a tampered preset name, a
+    bad value): with signatures required on the route, a missing, wrong or expired signature
+    first (403), as the check chain would, so an unsigned client learns nothing about the
+    presets or the limits; the route's own refusal once the signature holds."""
+    config = runtime.config.signing
+    if not config.keys or route in config.exempt_routes:
+        return rejection
+    keys = tuple(hmac.new(k.encode("utf-8"), digestmod=hashlib.sha256) for k in config.keys)
+    known = frozenset(spelling for name, param in runtime.params.items()
+                      for spelling in (name, *param.aliases))
+    return verify(keys, known, route, request, runtime.reactor.seconds()) or rejection
+
+
+def verify(keys: tuple, known: frozenset[str], route: str, request: RequestInfo,
+           now: float) -> Rejection | None:
+    """None when ``request`` carries a valid, unexpired signature by one of ``keys`` (HMAC
+    states) over the parameters named ``known``; else the refusal."""
+    given = [value for name, value in request.query if name == SIG_PARAM]
+    if not given:
+        return _refuse("signature_required", "this URL must be signed", SIG_PARAM)
+    if len(given) > 1:
+        return _refuse("invalid_signature", "the URL carries more than one signature",
+                       SIG_PARAM)
+    expires = [value for name, value in request.query if name == EXPIRES_PARAM]
+    if len(expires) > 1:
+        return _refuse("invalid_signature", "the URL carries more than one expiry",
+                       EXPIRES_PARAM)
+    expiry = expires[0] if expires else None
+    if expiry is not None and not (expiry.isascii() and expiry.isdigit()
+                                   and len(expiry) <= _MAX_EXPIRES_DIGITS):
+        return _refuse("invalid_signature", "the expiry is not a Unix time",
+                       EXPIRES_PARAM)
+    try:
+        message = canonical(route, request.path, request.query, known, expiry)
+    except SigningError as e:
+        return Rejection(400, "invalid_path", str(e), parameter="path")
+    candidate = given[0].encode("utf-8", "surrogatepass")
+    valid = False
+    for state in keys:
+        mac = state.copy()
+        mac.update(message)
+        expected = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+        valid |= hmac.compare_digest(expected, candidate)
+    if not valid:
+        return _refuse("invalid_signature", "the signature does not match this URL",
+                       SIG_PARAM)
+    if expiry is not None and int(expiry) <= now:
+        return _refuse("signature_expired", "this signed URL has expired", EXPIRES_PARAM)
+    return None
 
 
 @hookimpl(trylast=True)

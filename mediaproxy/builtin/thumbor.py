@@ -60,6 +60,16 @@ GRAMMAR = re.compile(
     r"(?:(?P<halign>left|right|center)/)?(?:(?P<valign>top|bottom|middle)/)?"
     r"(?:(?P<smart>smart)/)?(?:filters:(?P<filters>.+?\))/)?(?P<image>.+)", re.S)
 
+#: One segment spelt like an option of :data:`GRAMMAR`. The grammar consumes the options in its
+#: own order only, so one left at the start of the image part came out of that order
+#: (``smart/300x200/...``, ``fit-in/trim/...``): thumbor's loader refuses such an image (400),
+#: and so do we, instead of fetching ``/300x200/...`` from the backend (a 404 that hides the
+#: mistake). Deeper segments are never looked at: ``media/300x200/a.jpg`` is a backend path.
+OPTION_SEGMENT = re.compile(
+    r"(?:debug|meta|trim(?::(?:top-left|bottom-right))?(?::\d+)?|\d+x\d+:\d+x\d+"
+    r"|(?:adaptive-)?(?:full-)?fit-in|-?(?:\d+|orig)?x-?(?:\d+|orig)?"
+    r"|left|right|center|top|bottom|middle|smart|filters:.*)\Z", re.S)
+
 #: (halign, valign) -> the query scheme's position.
 _ALIGN = {("left", "top"): "northwest", ("center", "top"): "north",
           ("right", "top"): "northeast", ("left", "middle"): "west",
@@ -154,6 +164,11 @@ def parse_thumbor(path: str, config, defaults: dict, filters: dict) -> ImageRequ
     if groups["debug"] or groups["meta"]:
         return _bad("unsupported", "thumbor's debug and meta modes are not supported", "path")
     image = groups["image"]
+    first_segment = image.partition("/")[0]
+    if OPTION_SEGMENT.match(first_segment):
+        shown = first_segment if len(first_segment) <= 64 else first_segment[:64] + "..."
+        return _bad("misplaced_option", f"{shown!r} is a thumbor option out of thumbor's order "
+                    "(trim/AxB:CxD/fit-in/WxH/halign/valign/smart/filters:.../image)", "path")
     origin, source = remote_source(image, thumbor.allowed_hosts)
     if not origin and ("://" in image or image.startswith("//")):
         return _bad("invalid_path", "the image must be a path on the backend "

@@ -15,8 +15,9 @@ by one, and the source path.
   ``limits.max_source_pixels`` (for what only the pixels say: a plugin's earlier step).
 * **Path**: at most ``validation.max_path_length`` bytes; absolute; no NUL, backslash or control
   character; no ``..`` segment (also not as ``..;``); no scheme or ``//`` host; no
-  percent-encoded ``.``, ``/``, ``\\``, ``%`` or control character left after the route's
-  decoding (double encoding), nor an encoded ``/`` or ``\\`` in the raw path of a non-compat
+  percent-encoded ``.``, ``/``, ``\\`` or control character left after the route's decoding,
+  however deep (``%2e``, ``%252e``: double encoding; a literal ``%`` followed by anything else
+  is part of a storage name), nor an encoded ``/`` or ``\\`` in the raw path of a non-compat
   route; nothing that NFKC-normalises into one of those (full-width dots);
   and under an allowed prefix (``validation.source_prefixes``, else ``routes.prefixes``), else
   404.
@@ -44,7 +45,11 @@ from .signing import EXPIRES_PARAM, SIG_PARAM
 #: Query parameters that belong to signed URLs, never unknown.
 RESERVED_PARAMS = frozenset({SIG_PARAM, EXPIRES_PARAM})
 
-_ENCODED_UNSAFE = re.compile(r"%(2e|2f|5c|25|[01][0-9a-f]|7f)", re.IGNORECASE)
+#: A ``.``, ``/``, ``\\`` or control character still encoded after the route's decoding, at any
+#: depth (``%2e``, ``%252e``, ``%25252e``...): what a backend that decodes once more would
+#: turn into a separator. A literal ``%`` followed by anything else (``100%.jpg``,
+#: ``100%25.jpg``, ``a%41.jpg``) is part of a storage name and is fetched as it is.
+_ENCODED_UNSAFE = re.compile(r"%(?:25)*(2e|2f|5c|[01][0-9a-f]|7f)", re.IGNORECASE)
 _RAW_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
 _CANONICAL_POSITIONS = frozenset(POSITIONS.values())
 _FORMAT_NAMES = frozenset(FORMATS.values())

@@ -116,7 +116,7 @@ class WarmUp:
         def judged(hit):
             if hit is None:
                 return None
-            return False if is_fresh(*hit, rt.config.cache) else hit[0]
+            return False if is_fresh(*hit, rt.config.cache, layers=rt.cache.layers) else hit[0]
 
         return rt.cache.get(key).addCallback(judged)
 

@@ -91,11 +91,27 @@ def fresh_ttls(cache_config) -> dict[str, float]:
 _last_ttls: list = [None, None]
 
 
-def is_fresh(entry, layer: str, cache_config, now: float | None = None) -> bool:
+def fresh_lifetime(layer: str, cache_config, layers=(), unknown: float = float("inf")) -> float:
+    """Seconds an entry answered by the layer named ``layer`` is fresh: a built-in layer's TTL
+    (:func:`fresh_ttls`), else the ``fresh_ttl`` a layer of ``layers`` (a plugin's, such as
+    the S3 layer) declares, else ``unknown`` (forever: a layer that says nothing keeps its
+    entries fresh until it drops them). Past it the pipeline serves the entry stale, within
+    ``cache.stale_while_revalidate`` / ``stale_if_error``, as for the built-in layers."""
+    ttl = fresh_ttls(cache_config).get(layer)
+    if ttl is not None:
+        return ttl
+    for candidate in layers:
+        if candidate.name == layer:
+            declared = getattr(candidate, "fresh_ttl", None)
+            return unknown if declared is None else declared
+    return unknown
+
+
+def is_fresh(entry, layer: str, cache_config, now: float | None = None, layers=()) -> bool:
     """Whether ``entry``, answered by ``layer``, is still within its fresh lifetime
-    (:func:`fresh_ttls`; a layer without one keeps its entries fresh)."""
+    (:func:`fresh_lifetime`; ``layers``: the cache's layers, for a plugin layer's own)."""
     age = (time.time() if now is None else now) - entry.created_at
-    return age <= fresh_ttls(cache_config).get(layer, float("inf"))
+    return age <= fresh_lifetime(layer, cache_config, layers)
 
 
 @functools.lru_cache(maxsize=8)

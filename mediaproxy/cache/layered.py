@@ -44,6 +44,11 @@ class CacheLayer(Protocol):
     name: str   #: short name, shown in ``X-Cache: HIT-<NAME>``
     order: int  #: read order, fastest first (memory 10, redis 20, file 30)
     # optional ``shared: bool`` (default True): False for a layer only this process sees
+    # optional ``fresh_ttl: float``: seconds an entry of this layer is fresh (the built-in
+    # layers' come from their settings, ``cache.keys.fresh_ttls``); past it the pipeline serves
+    # it stale within cache.stale_while_revalidate / stale_if_error. Such a layer also has a
+    # ``stale_grace: float`` attribute, set by :meth:`LayeredCache.keep_stale` at start: it
+    # keeps an entry ``fresh_ttl + stale_grace`` seconds, as the built-in layers do.
 
     def get(self, key: str) -> Deferred:
         """Fire with the :class:`~mediaproxy.models.CacheEntry` stored under ``key`` or None."""
@@ -71,6 +76,13 @@ class LayeredCache:
     clock: Callable[[], float] = time.perf_counter
     log: Logger = attrs.field(factory=lambda: Logger(namespace="mediaproxy.cache"))
     _warned: Throttle = attrs.field(factory=lambda: Throttle(WARN_EVERY))
+
+    def keep_stale(self, grace: float) -> None:
+        """Tell every layer with a ``stale_grace`` attribute to keep its entries ``grace``
+        seconds past their fresh lifetime (``cache.keys.stale_grace`` of the configuration)."""
+        for layer in self.layers:
+            if hasattr(layer, "stale_grace"):
+                layer.stale_grace = grace
 
     def _failed(self, failure, layer, op, key, log=None):
         # A layer that is down fails every call until it is back: warn once per layer every

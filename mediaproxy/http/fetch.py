@@ -66,6 +66,10 @@ _log = Logger(namespace="mediaproxy.fetch")
 #: A slow or broken backend fails every fetch: one warning of a kind per 10 s, the rest at debug.
 _warnings = Throttle(10.0)
 
+#: What a backend path keeps unencoded besides letters, digits and ``_.-~``: Django's choice
+#: for storage URLs (``filepath_to_uri``), so ``a%2Bb.jpg``, ``p(1).jpg`` and ``it's.jpg``
+#: reach the backend as Django wrote them.
+BACKEND_PATH_SAFE = "/~!*()'"
 #: Most bytes of an error page read (and dropped) so the keep-alive connection can be reused.
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -309,9 +313,11 @@ class SourceFetcher:
         self.max_bytes = self.policy.max_bytes
 
     def url_for(self, path: str) -> bytes:
-        """The backend URL of a decoded path: UTF-8, percent-encoded, '/' kept as separator (so
-        a '?', '#' or '%' in a file name stays part of the name)."""
-        return self._origin + quote(path.encode("utf-8"), safe="/").encode("ascii")
+        """The backend URL of a decoded path, spelt the way Django spells a storage name in a
+        URL (``django.utils.encoding.filepath_to_uri``): UTF-8, percent-encoded, ``/`` kept as
+        separator and ``~!*()'`` as they are (so a '?', '#' or '%' in a file name stays part of
+        the name, and the URL a Django storage gave the client is the URL the backend sees)."""
+        return self._origin + quote(path.encode("utf-8"), safe=BACKEND_PATH_SAFE).encode("ascii")
 
     def fetch(self, path: str, correlation_id: str, log,
               headers: dict | None = None) -> Deferred[SourceImage]:

@@ -66,26 +66,12 @@ def render(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep] = ()
     """
     if output is not None:
         return _render_output(data, spec, steps, request, clock, cache, output)
-    _check_spec(spec)
-    deadline = Deadline(spec.deadline, clock)
-    deadline.check("before decoding")
-    with _open(data, deadline) as source:
-        info, fmt, work, scans = _inspect(data, source, spec, cache)
-        _check_memory(work, spec)
-        _check_canvas(work, info, spec)
-        pipeline = _Pipeline.build(spec, steps, request, deadline)
-        pipeline.work = work
-        if work.frames > 1:
+    source, info, fmt, scans, pipeline = _opened(data, spec, steps, request, clock, cache)
+    with source:
+        if pipeline.work.frames > 1:
             return _render_animation(source, info, fmt, pipeline)
-        if cache is not None and cache.enabled and info.frames == 1:
-            image = _render_cached(data, source, info, pipeline, cache, scans)
-            return _encode([image], fmt, spec, deadline=deadline)
-        if _draft(source, spec):       # the layout is still decided on the source's size
-            pipeline.source_size = (info.width, info.height)
-        with _decoding():
-            source.load()
-        image = pipeline.run(source, _orientation(source))
-        return _encode([image], fmt, spec, deadline=deadline)
+        image = _render_still(data, source, info, pipeline, cache, scans)
+        return _encode([image], fmt, spec, deadline=pipeline.deadline)
 
 
 def _render_output(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep],
@@ -94,26 +80,48 @@ def _render_output(data: bytes, spec: TransformSpec, steps: Sequence[TransformSt
     """:func:`render` for a plugin's output: one still under the output's spec, the layout
     box of the request's own spec, then ``output.encode``."""
     full, spec = spec, output.spec or spec
+    source, info, _, scans, pipeline = _opened(data, spec, steps, request, clock, cache)
+    with source:
+        box = fit_geometry(info.width, info.height, full)
+        image = _render_still(data, source, info, pipeline, cache, scans)
+        pipeline.deadline.check("before the output")
+        return output.encode(image, spec, request, (box.width, box.height))
+
+
+def _opened(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep], request: Any,
+            clock: Callable[[], float] | None, cache: DecodedCache | None):
+    """The opening every render shares: the spec checked, the deadline started, the source
+    opened, its header checked against the limits and its work against the memory budget,
+    before any pixel is decoded. ``(source, info, output format, JPEG scans, pipeline)``; the
+    caller closes the source (``with source:``), this closes it when a check refuses. A plain
+    function, not a generator context manager: that cost 4 us a render, 1 % of the smallest."""
     _check_spec(spec)
     deadline = Deadline(spec.deadline, clock)
     deadline.check("before decoding")
-    with _open(data, deadline) as source:
-        info, _, work, scans = _inspect(data, source, spec, cache)
+    source = _open(data, deadline)
+    try:
+        info, fmt, work, scans = _inspect(data, source, spec, cache)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
-        box = fit_geometry(info.width, info.height, full)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
-        pipeline.work = work
-        if cache is not None and cache.enabled and info.frames == 1:
-            image = _render_cached(data, source, info, pipeline, cache, scans)
-        else:
-            if _draft(source, spec):
-                pipeline.source_size = (info.width, info.height)
-            with _decoding():
-                source.load()
-            image = pipeline.run(source, _orientation(source))
-        deadline.check("before the output")
-        return output.encode(image, spec, request, (box.width, box.height))
+    except BaseException:
+        source.close()
+        raise
+    pipeline.work = work
+    return source, info, fmt, scans, pipeline
+
+
+def _render_still(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
+                  pipeline: _Pipeline, cache: DecodedCache | None,
+                  scans: tuple[int, int] | None) -> Image.Image:
+    """One still (an animation's first frame), through the decoded cache when there is one."""
+    if cache is not None and cache.enabled and info.frames == 1:
+        return _render_cached(data, source, info, pipeline, cache, scans)
+    if _draft(source, pipeline.spec):  # the layout is still decided on the source's size
+        pipeline.source_size = (info.width, info.height)
+    with _decoding():
+        source.load()
+    return pipeline.run(source, _orientation(source))
 
 
 @frozen

@@ -11,9 +11,15 @@ shared by every node (``order`` 40: read after memory, Redis and the local file 
 * **Nothing partial is ever visible**: an S3 PUT is atomic (the object appears whole, with its
   metadata, when the PUT succeeds, or not at all; a concurrent PUT of the same key wins as a
   whole), and the record's checksum refuses anything else.
-* TTL: an object expires ``ttl`` seconds after its result was *rendered*
-  (``entry.created_at``; a back-fill never extends it). Every read checks the metadata; a
-  bucket lifecycle rule (see the README) deletes expired objects for good.
+* TTL: an entry is fresh ``ttl`` seconds after its result was *rendered*
+  (``entry.created_at``; a back-fill never extends it), as the built-in layers' entries are
+  (``fresh_ttl``: the pipeline reads it through ``mediaproxy.cache.keys.fresh_lifetime``);
+  past it the pipeline serves it stale while it renders a new one
+  (``cache.stale_while_revalidate``) or when the backend fails (``cache.stale_if_error``).
+  The object is kept ``stale_grace`` seconds longer for that (set by the core from those two
+  settings at start), then expires: ``mp-expires`` is ``created + ttl + stale_grace``. Every
+  read checks the metadata; a bucket lifecycle rule (see the README) deletes expired objects
+  for good.
 * Errors (store down, timeouts, 5xx, a corrupt object) are counted and fail the call, which
   :class:`~mediaproxy.cache.layered.LayeredCache` logs and skips: the client never sees one.
 * ``keeps_sources``: the source cache keeps originals here too (see
@@ -64,6 +70,9 @@ class S3Layer:
     threadpool: Any = None
     offload_bytes: int = 256 * 1024
     clock: Callable[[], float] = time.time
+    #: seconds an object is kept past ``ttl`` so it can be served stale (set by the core:
+    #: :meth:`mediaproxy.cache.layered.LayeredCache.keep_stale`)
+    stale_grace: float = 0.0
     name: str = "s3"
     order: int = 40
     shared: bool = True
@@ -76,6 +85,11 @@ class S3Layer:
     stored_bytes: int = 0
     too_large: int = 0
     purged: int = 0
+
+    @property
+    def fresh_ttl(self) -> float:
+        """Seconds an entry is fresh: ``ttl``, counted from its rendering."""
+        return self.ttl
 
     def object_key(self, key: str) -> str:
         return self.prefix + key.replace(":", "/")
@@ -119,7 +133,7 @@ class S3Layer:
     # -- write --------------------------------------------------------------------------------
 
     def set(self, key: str, entry: CacheEntry) -> Deferred:
-        expires = entry.created_at + self.ttl
+        expires = entry.created_at + self.ttl + self.stale_grace
         if len(entry.body) > self.max_item_bytes:
             self.too_large += 1
             return self.delete(key)      # never leave an older result in place of this one
