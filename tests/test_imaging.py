@@ -710,3 +710,63 @@ def test_a_jpeg_too_small_for_the_size_its_header_claims_is_corrupt():
         Image.new("RGB", (5000, 5000), (200, 10, 10)).save(buf, "JPEG", quality=1,
                                                            progressive=progressive)
         assert render(buf.getvalue(), spec(width=300, height=200)).width == 200
+
+
+def gif_local_colour_tables(body: bytes) -> list[bool]:
+    """For each image of a GIF, whether it carries a colour table of its own (its image
+    descriptor's packed byte, bit 7), read from the bytes as the format lays them out."""
+    assert body[:6] in (b"GIF87a", b"GIF89a")
+    pos = 13 + (3 * 2 ** ((body[10] & 7) + 1) if body[10] & 0x80 else 0)
+    tables = []
+    while body[pos] != 0x3B:                       # trailer
+        if body[pos] == 0x21:                      # extension: label, then sub-blocks
+            pos += 2
+        else:                                      # image descriptor, then LZW data
+            assert body[pos] == 0x2C
+            packed = body[pos + 9]
+            tables.append(bool(packed & 0x80))
+            pos += 10 + (3 * 2 ** ((packed & 7) + 1) if packed & 0x80 else 0) + 1
+        while body[pos]:
+            pos += body[pos] + 1
+        pos += 1
+    return tables
+
+
+def test_an_animated_gif_is_written_with_one_palette_for_every_frame():
+    # frames that differ in colour, resized (new colours at every edge): one palette chosen
+    # for the whole animation, so no frame carries a table of its own and a still background
+    # keeps its index from frame to frame
+    result = render(images.make_animated("GIF", count=4, size=(120, 80)),
+                    spec(width=90, format="gif"))
+    assert result.frames == 4
+    assert gif_local_colour_tables(result.body) == [False, False, False, False]
+    image = Image.open(io.BytesIO(result.body))
+    for index in range(4):
+        image.seek(index)
+        frame = image.convert("RGB")
+        assert frame.size == (90, 60)
+        assert near(frame.getpixel((45, 30)), images.animation_frames(4, (120, 80), False)[
+            index].convert("RGB").getpixel((60, 40)), 24), index
+
+
+def test_a_shared_palette_keeps_black_opaque_beside_transparent_pixels():
+    # index 255 is the transparent one: pure black, which a palette may hold at its end,
+    # must map to an opaque entry in every frame
+    frames = []
+    for shade in (0, 40, 80):
+        frame = Image.new("RGBA", (40, 20), (0, 0, 0, 0))
+        frame.paste((0, 0, 0, 255), (0, 0, 20, 20))                # black, opaque
+        frame.paste((200, shade, 90, 255), (20, 0, 30, 20))       # a colour per frame
+        frames.append(frame)
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:],
+                  duration=[100, 100, 100], loop=0)
+    result = render(data, spec(format="gif"))
+    assert result.frames == 3
+    assert gif_local_colour_tables(result.body) == [False, False, False]
+    image = Image.open(io.BytesIO(result.body))
+    for index in range(3):
+        image.seek(index)
+        frame = image.convert("RGBA")
+        assert frame.getpixel((5, 10)) == (0, 0, 0, 255), index
+        assert frame.getpixel((35, 10))[3] == 0, index
+        assert near(frame.getpixel((25, 10)), (200, 40 * index, 90, 255), 12), index
