@@ -223,10 +223,8 @@ class ImagePipeline:
             fresh_for = fresh_lifetime(stale_layer, self.runtime.config.cache,
                                        self.runtime.cache.layers, unknown=0.0)
             ttl = math.floor(fresh_for - (time.time() - result.entry.created_at))
-            return self._from_entry(
-                result.entry, "STALE", vary,
-                CacheStatus(fwd="stale", ttl=min(ttl, -1),
-                            collapsed=reused, detail=stale_layer), stale=True)
+            return self._from_entry(result.entry, "STALE", vary, CacheStatus(
+                fwd="stale", ttl=min(ttl, -1), collapsed=reused, detail=stale_layer), stale=True)
         if isinstance(result, ImageResponse):
             # a placeholder: the backend was asked, nothing was stored
             name = self.runtime.config.cache.cache_status

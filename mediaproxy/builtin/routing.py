@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ..urlsign import decode_path  # noqa: F401 (the name this module always offered)
+from ..urlsign import decode_path  # compat and signing take it from here
 from .. import hookimpl
 from ..cache.keys import normalise_path, tenant_of
 from ..memo import MAX_KEY_CHARS, Memo
