@@ -35,7 +35,7 @@ from attrs import frozen
 
 from .configload import (
     ENV_PREFIX, ConfigError, Origins, entry_point_plugins, env_name, env_tree, leaves,
-    plugin_schemas, read_toml, show, suggest, unknown_variables,
+    plugin_schemas, read_toml, show, suggest, toml_string, unknown_variables,
 )
 
 __all__ = ["ConfigError", "ENV_PREFIX", "Config", "PluginSections", "load_config", "setting",
@@ -1665,11 +1665,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        escaped = "".join(c if c.isprintable() else
-                          (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-                          for c in escaped)
-        return f'"{escaped}"'
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(value)

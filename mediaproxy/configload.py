@@ -97,6 +97,16 @@ class PluginLoadError(ConfigError):
 
 # -- values in messages ----------------------------------------------------------------------
 
+def toml_string(value: str) -> str:
+    """A TOML basic string: backslash and quote escaped, what is not printable as \\u or
+    \\U escapes (check-config's output and the messages write strings alike)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c.isprintable() else
+                      (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
+                      for c in escaped)
+    return f'"{escaped}"'
+
+
 def show(value: Any) -> str:
     """``value`` as TOML writes it: ``"abc"``, ``true``, ``1.5``, ``[1, 2]``, ``{ a = 1 }``."""
     if isinstance(value, bool):
@@ -110,11 +120,7 @@ def show(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        escaped = "".join(c if c.isprintable() else
-                          (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}")
-                          for c in escaped)
-        return f'"{escaped}"'
+        return toml_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(show(v) for v in value) + "]"
     if isinstance(value, Mapping):

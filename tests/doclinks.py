@@ -43,8 +43,8 @@ def documents(root: Path = ROOT) -> list[Path]:
                    *root.glob("plugins/*/README.md")])
 
 
-def _prose_lines(text: str):
-    """(line number, line) outside fenced code blocks, with inline code spans blanked."""
+def _unfenced(text: str):
+    """(line number, line) of the lines outside fenced code blocks."""
     fence = None
     for number, line in enumerate(text.splitlines(), 1):
         opening = _FENCE.match(line)
@@ -55,7 +55,13 @@ def _prose_lines(text: str):
                 fence = None
             continue
         if fence is None:
-            yield number, _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line)
+            yield number, line
+
+
+def _prose_lines(text: str):
+    """(line number, line) outside fenced code blocks, with inline code spans blanked."""
+    for number, line in _unfenced(text):
+        yield number, _CODE_SPAN.sub(lambda m: " " * len(m.group(0)), line)
 
 
 def slug(heading: str) -> str:
@@ -73,17 +79,7 @@ def anchors(text: str) -> set[str]:
     explicit HTML anchors."""
     found: set[str] = set()
     seen: dict[str, int] = {}
-    fence = None
-    for line in text.splitlines():
-        opening = _FENCE.match(line)
-        if opening:
-            if fence is None:
-                fence = opening.group(1)
-            elif opening.group(1) == fence:
-                fence = None
-            continue
-        if fence is not None:
-            continue
+    for _, line in _unfenced(text):
         found.update(_ANCHOR.findall(line))
         heading = _HEADING.match(line)
         if heading:
