@@ -75,9 +75,11 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 
-#: Seconds a reservation is assumed to be held before any has been released (Retry-After).
+#: Seconds a reservation is assumed to be held before any has been released (Retry-After);
+#: the first release replaces it.
 INITIAL_HOLD = 1.0
-#: Weight of the newest hold time in the moving average.
+#: Weight of the newest hold time in the moving average (the first ``1 / HOLD_WEIGHT`` holds
+#: are averaged plainly).
 HOLD_WEIGHT = 0.2
 #: Retry-After is never more than this many seconds.
 MAX_RETRY_AFTER = 60
@@ -437,8 +439,12 @@ class MemoryBudget:
             self.background_reserved -= reservation.nbytes
             self.background_active -= 1
         held = self.reactor.seconds() - reservation.granted_at
-        self.mean_hold += HOLD_WEIGHT * (held - self.mean_hold)
         self.holds += 1
+        # the plain mean of the first holds, then the moving average: started from
+        # INITIAL_HOLD (1 s, a guess), the average still said 0.2 s after eight renders of
+        # 0.01 s, and the first waiters of a fresh process were shed as if they would wait
+        # twenty times longer than they would
+        self.mean_hold += max(HOLD_WEIGHT, 1.0 / self.holds) * (held - self.mean_hold)
         self._pump()
 
     def _leave(self, waiter: _Waiter) -> None:

@@ -219,9 +219,23 @@ def test_retry_after_follows_the_measured_hold_time():
     r = outcome(b.reserve(10))[1]
     clock.advance(11)
     r.release()
-    assert b.mean_hold == pytest.approx(1 + 0.2 * (11 - 1))   # 3.0
-    # Idle: one turnover of 3 s for a request of 50 bytes: 3 x 1.5 = 4.5 -> 5.
-    assert b.retry_after(50) == 5
+    assert b.mean_hold == pytest.approx(11.0)      # the first hold replaces the guess
+    # Idle: one turnover of 11 s for a request of 50 bytes: 11 x 1.5 = 16.5 -> 17.
+    assert b.retry_after(50) == 17
+    for held in (1.0, 4.0):                         # then the plain mean of the first ones
+        r = outcome(b.reserve(10))[1]
+        clock.advance(held)
+        r.release()
+    assert b.mean_hold == pytest.approx((11 + 1 + 4) / 3)
+    for _ in range(2):
+        r = outcome(b.reserve(10))[1]
+        clock.advance(1.0)
+        r.release()
+    assert b.mean_hold == pytest.approx((11 + 1 + 4 + 1 + 1) / 5)    # 3.6: five holds
+    r = outcome(b.reserve(10))[1]                   # from the sixth, the moving average
+    clock.advance(8.6)
+    r.release()
+    assert b.mean_hold == pytest.approx(3.6 + 0.2 * (8.6 - 3.6))     # 4.6, not the mean 4.43
     # Never above a minute, never below a second.
     b.mean_hold = 1000.0
     assert b.retry_after() == 60
