@@ -33,6 +33,7 @@ def serve(config, extra_services=(), shared_ports=False, config_path=None,
     from twisted.internet import reactor
 
     from .http.listening import CannotListen
+    from .lifecycle import freeze_startup_objects
     from .logs import begin_logging
     from .tap import build_service
 
@@ -47,6 +48,7 @@ def serve(config, extra_services=(), shared_ports=False, config_path=None,
     if banner:
         print(banner, flush=True)
     reactor.callWhenRunning(top.startService)
+    reactor.callWhenRunning(freeze_startup_objects)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     reactor.run()
     return 0

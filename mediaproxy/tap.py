@@ -33,7 +33,7 @@ from .imaging.decoded import DecodedCache
 from .http.connection import ConnectionLimits
 from .http.draining import ServingSite
 from .http.listening import ListeningService
-from .lifecycle import ProxyService, StopOnTerm
+from .lifecycle import ProxyService, StopOnTerm, freeze_startup_objects
 from .recycling import Recycler
 from .workercontrol import Ledger
 from .http.upstream import Upstream
@@ -41,6 +41,7 @@ from .http.monitoring import HealthFirst
 from .monitoring.health import HealthService, monitor_for
 from .hostlayer import HostDirectory, needs_host_layer, with_host_layer
 from .workerbudget import per_worker, shares
+from .threadpool import ThreadPool, without_cycles
 from .workers import (
     SharedPortService, UnsupportedEndpoint, WorkerSupervisor, parse_tcp, resolve_workers,
     with_backlog,
@@ -175,8 +176,9 @@ def build_runtime(config, reactor, extra_plugins=(), load_entrypoints=None,
     """
     pm = get_plugin_manager(config, load_entrypoints=load_entrypoints,
                             extra_plugins=extra_plugins)
-    pool = threadpool.ThreadPool(minthreads=0, maxthreads=pool_size(config),
-                                 name="mediaproxy-transform")
+    pool = ThreadPool(minthreads=0, maxthreads=pool_size(config), name="mediaproxy-transform")
+    if hasattr(reactor, "getThreadPool"):     # inspections and name lookups run there
+        without_cycles(reactor.getThreadPool())
     upstream = Upstream(reactor, config.backend, config.server)
     fetcher = SourceFetcher(reactor, config.backend, config.limits.max_source_bytes,
                             upstream.agent)
@@ -387,6 +389,7 @@ def makeService(options) -> service.MultiService:
     from twisted.internet import reactor
 
     config = options["config_obj"]
+    reactor.callWhenRunning(freeze_startup_objects)
     try:
         return build_service(config, reactor, config_path=options["config"])
     except UnsupportedEndpoint as e:

@@ -27,7 +27,7 @@ FOUNDATION = {"mediaproxy", "mediaproxy.models", "mediaproxy.config", "mediaprox
               "mediaproxy.tomlpos", "mediaproxy.logs",
               "mediaproxy.hookspecs", "mediaproxy.parsing", "mediaproxy.runtime",
               "mediaproxy.admission", "mediaproxy.inflight", "mediaproxy.memo",
-              "mediaproxy.jobs"}
+              "mediaproxy.jobs", "mediaproxy.threadpool"}
 #: What a separately packaged plugin may import.
 PUBLIC = {"mediaproxy", "mediaproxy.testing"}
 LONG = 600

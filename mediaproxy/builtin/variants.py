@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import attrs
 from cachetools import LRUCache
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 
 from ..models import CacheEntry
 
@@ -114,18 +114,14 @@ class VariantIndex:
 
     def nearest(self, cache, image_request, request, fmt, key) -> Deferred:
         """A Deferred of the :class:`Nearest` the cache holds, or None."""
-        todo = self.candidates(image_request, request, fmt, key)
+        return self._first_held(cache, self.candidates(image_request, request, fmt, key))
 
-        def look(_=None):
-            if not todo:
-                return succeed(None)
-            variant = todo.pop(0)
-
-            def got(hit):
-                if hit is None:
-                    return look()
+    @inlineCallbacks
+    def _first_held(self, cache, candidates):
+        """The first of ``candidates`` the cache holds, looked up one after the other (a loop,
+        not a callback that calls itself: that was a reference cycle per shed request)."""
+        for variant in candidates:
+            hit = yield cache.get(variant.key)
+            if hit is not None:
                 return Nearest(hit[0], variant.location)
-
-            return cache.get(variant.key).addCallback(got)
-
-        return look()
+        return None

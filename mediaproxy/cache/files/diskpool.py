@@ -10,7 +10,8 @@ from typing import Any, Callable
 import attrs
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
+
+from ...threadpool import ThreadPool
 
 
 class DiskBusy(Exception):
