@@ -46,12 +46,26 @@ What it guarantees, whatever the priorities:
   ``queue_timeout``) once inspected, and the accepted requests' latency was that pile-up, not
   the queue's budget.
 * **Bounded queue and wait**: ``queue_limit`` waiters at most per class; a waiter is refused
-  after ``queue_timeout`` seconds. A waiter whose Deferred is cancelled (its client went away,
+  after ``queue_timeout`` seconds, counted from the door for a request that came through it
+  (its fetch and inspection are part of its wait: the budget is what its client waits
+  before its render starts, not what it waited in this queue alone). A waiter whose Deferred is cancelled (its client went away,
   its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
   the live queue (a client now waits for that render).
 * **Released when the work really ends**: :meth:`Reservation.release` is called when the pool
   thread returns, not when a caller's deadline gives up on it: a timed-out transform still
   holds its memory until its thread stops.
+
+**A standing queue is cut to ``queue_target``** (controlled delay, after CoDel): a burst may
+fill the queue up to ``queue_timeout`` of predicted waiting and drains within it, but when
+every request admitted for ``standing_after`` seconds (twice ``queue_target`` by default) had
+waited more than ``queue_target``, the queue is not a burst draining but a standing queue: an
+overload. The door then admits only requests predicted to wait at most ``queue_target``, so
+those it lets in wait that long rather than the whole ``queue_timeout`` (with a 4x overload
+every accepted request waited about the whole budget before, and those it could not fit in
+the budget had fetched their source for nothing), and the rest are refused at once with their
+``Retry-After``. The cores stay as busy: a queue of ``queue_target`` still waits for them.
+It ends when a live request finds a thread free and nothing waiting, the sign the load has
+dropped. ``queue_target`` 0: the door admits up to ``queue_timeout`` always.
 
 Events (through ``emit``, as ``mediaproxy_event``): ``admission.wait`` (value: seconds waited,
 for every admission; ``priority``), ``admission.shed`` (``reason``: ``queue_full``,
@@ -74,6 +88,9 @@ from typing import Any, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+log = Logger(namespace="mediaproxy.admission")
 
 #: Seconds a reservation is assumed to be held before any has been released (Retry-After);
 #: the first release replaces it.
@@ -173,6 +190,9 @@ class Ticket:
 
     budget: MemoryBudget
     counted: bool = True
+    #: when the door let it in (the reactor's clock): the request's queue_timeout counts
+    #: from then
+    since: float | None = None
 
     def leave(self) -> None:
         if self.counted:
@@ -216,6 +236,20 @@ class MemoryBudget:
     cheap_first_after: int = CHEAP_FIRST_AFTER
     #: seconds of waiting that halve a live waiter's effective cost (None: queue_timeout / 4)
     cost_half_life: float | None = None
+    #: seconds of predicted wait the door admits while the queue is standing (0: no limit
+    #: beyond queue_timeout)
+    queue_target: float = 0.0
+    #: seconds of admissions all over ``queue_target`` that make the queue standing (None:
+    #: twice queue_target)
+    standing_after: float | None = None
+    #: whether the live queue is standing (the door admits up to ``queue_target``)
+    standing: bool = False
+    #: moving average of the seconds from the door to :meth:`reserve` (fetch, inspection):
+    #: what a request admitted now spends before it can join the queue
+    lead: float = 0.0
+    #: since when every admission has waited more than ``queue_target`` (None: the last did
+    #: not)
+    _above_since: float | None = None
     #: bytes reserved now
     reserved: int = 0
     #: reservations held now
@@ -238,6 +272,8 @@ class MemoryBudget:
             raise ValueError("capacity and slots must be positive, queue_limit not negative")
         if self.cost_half_life is None:
             self.cost_half_life = self.queue_timeout / 4
+        if self.standing_after is None:
+            self.standing_after = 2 * self.queue_target
 
     @property
     def waiting(self) -> int:
@@ -258,15 +294,19 @@ class MemoryBudget:
         return max(1, int(self.capacity * BACKGROUND_SHARE))
 
     def reserve(self, nbytes: int, correlation_id: str = "", *, priority: Priority = LIVE,
-                cost: float | None = None) -> Deferred:
+                cost: float | None = None, since: float | None = None) -> Deferred:
         """A Deferred that fires with a :class:`Reservation` of ``nbytes`` once it fits and its
         turn has come (at once when nothing of its priority or above waits and it fits now), or
         fails with :class:`TooLarge` (at once) or :class:`Overloaded` (queue full: at once;
         waited ``queue_timeout``: then). Cancelling it while it waits takes it out of the
-        queue. ``cost`` orders live waiters when the queue is long (default: ``nbytes``)."""
+        queue. ``cost`` orders live waiters when the queue is long (default: ``nbytes``).
+        ``since``: when the request came through the door (:attr:`Ticket.since`): its
+        ``queue_timeout`` counts from then (default: now)."""
         nbytes = max(0, int(nbytes))
         priority = Priority(priority)
         now = self.reactor.seconds()
+        if since is not None and priority == LIVE:
+            self.lead += HOLD_WEIGHT * (max(0.0, now - since) - self.lead)
         limit = self.capacity if priority == LIVE else self.background_capacity
         if nbytes > limit:
             self.emit("admission.shed", correlation_id=correlation_id, reason="too_large",
@@ -274,13 +314,17 @@ class MemoryBudget:
             return fail(TooLarge(nbytes, limit))
         if self._may_start(nbytes, priority):
             self.emit("admission.wait", 0.0, correlation_id, priority=priority.label)
+            if priority == LIVE:
+                self._waited(0.0, now)
+                self._stand(False)     # a thread was free and nothing waited
             return succeed(self._grant(nbytes, now, priority))
         refused = self._refusal(nbytes, correlation_id, priority, 0)
         if refused is not None:
             return fail(refused)
         waiter = _Waiter(nbytes, Deferred(lambda d: self._cancelled(waiter)), now,
                          correlation_id, priority, float(nbytes if cost is None else cost))
-        waiter.timer = self.reactor.callLater(self.queue_timeout, self._expired, waiter)
+        deadline = self.queue_timeout if since is None else since + self.queue_timeout - now
+        waiter.timer = self.reactor.callLater(max(0.0, deadline), self._expired, waiter)
         self._queue(priority).append(waiter)
         return waiter.deferred
 
@@ -312,9 +356,9 @@ class MemoryBudget:
         if refused is not None:
             return refused
         if priority != LIVE:
-            return Ticket(self, counted=False)
+            return Ticket(self, counted=False, since=self.reactor.seconds())
         self.approaching += 1
-        return Ticket(self)
+        return Ticket(self, since=self.reactor.seconds())
 
     def _refusal(self, nbytes: int, correlation_id: str, priority: Priority,
                  ahead: int) -> Overloaded | None:
@@ -326,11 +370,48 @@ class MemoryBudget:
         ahead = max(0, ahead - free)
         queue = self._queue(priority)
         if len(queue) + ahead >= self.queue_limit or (
-                priority == LIVE and self._predicted_wait(nbytes, ahead) > self.queue_timeout):
+                priority == LIVE and self._predicted_wait(nbytes, ahead) > self.wait_limit):
             self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full",
                       priority=priority.label)
             return Overloaded("transform queue full", self.retry_after(nbytes, ahead))
         return None
+
+    @property
+    def wait_limit(self) -> float:
+        """The predicted wait the door admits now: ``queue_target`` while the queue is
+        standing, else ``queue_timeout``. Standing, the door's prediction (the work ahead)
+        is compared with ``queue_target`` plus the :attr:`lead`: the queue drains while the
+        request fetches its source, and a request that waits ``queue_target`` once in the
+        queue keeps the threads as busy as before (with ``queue_target`` alone, the requests
+        on their way took the whole allowance, and the threads waited for them)."""
+        if self.standing and self.queue_target > 0:
+            return min(self.queue_target + self.lead, self.queue_timeout)
+        return self.queue_timeout
+
+    def _waited(self, seconds: float, now: float) -> None:
+        """A live request was admitted after waiting ``seconds``: the standing-queue watch."""
+        if self.queue_target <= 0:
+            return
+        if seconds <= self.queue_target:
+            self._above_since = None
+            return
+        if self._above_since is None:
+            self._above_since = now - seconds + self.queue_target  # over the target since then
+        if now - self._above_since >= self.standing_after:  # type: ignore[operator]
+            self._stand(True)
+
+    def _stand(self, standing: bool) -> None:
+        if standing != self.standing:
+            self.standing = standing
+            if not standing:
+                self._above_since = None
+            self.emit("admission.standing", 1.0 if standing else 0.0)
+            if standing:
+                log.info("the transform queue is standing (admissions waited over {target} s "
+                         "for {after} s): the door admits up to {target} s of waiting",
+                         target=self.queue_target, after=self.standing_after)
+            else:
+                log.info("the transform queue is no longer standing: a thread was free")
 
     def promote(self, deferred: Deferred) -> bool:
         """Move the background waiter of ``deferred`` to the live queue (a client now waits
@@ -420,6 +501,8 @@ class MemoryBudget:
         waiter.timer.cancel()
         self.emit("admission.wait", now - waiter.since, waiter.correlation_id,
                   priority=waiter.priority.label)
+        if waiter.priority == LIVE:
+            self._waited(now - waiter.since, now)
         waiter.deferred.callback(self._grant(waiter.nbytes, now, waiter.priority))
 
     # -- bookkeeping --------------------------------------------------------------------------

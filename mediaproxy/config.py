@@ -743,12 +743,24 @@ class ProcessingConfig:
         "before it, by the mean time a transform takes) is longer is refused at once. Short, "
         "so a burst leaves no backlog behind it: service is back within this after an "
         "overload.", _at_least(0.01))
+    queue_target: float = setting(
+        0.25, "float", "Seconds of predicted wait the door admits while the transform queue "
+        "is standing: once every transform admitted for twice this long had waited more than "
+        "this, the queue is not a burst draining but an overload, and a new request is "
+        "admitted only if it would wait at most this long (else 503 with Retry-After at "
+        "once), so the requests served during an overload wait this long, not the whole "
+        "queue_timeout. It ends when a transform finds a thread free. 0: the door admits up "
+        "to queue_timeout always.", _at_least(0.0))
     thread_niceness: int = setting(
-        5, "int", "How much lower than the rest of the process the transform threads run "
+        19, "int", "How much lower than the rest of the process the transform threads run "
         "(Linux nice, 0-19; 0: the same). The reactor thread answers cache hits, pass-through "
-        "and health checks; with the transform threads a little nicer, the kernel runs it "
-        "first when transforms fill every core, so an overload of cold transforms does not "
-        "slow the hits down.", _between(0, 19))
+        "and health checks; with the transform threads at the lowest priority the kernel runs "
+        "it as soon as it has work when transforms fill every core, so an overload of cold "
+        "transforms does not slow the hits down. Linux weighs niceness among the tasks of one "
+        "scheduling group (a container's or a service's cgroup, else the login session): "
+        "transforms give way to the proxy's own reactors and to what shares its group, not "
+        "to other services. Lower it if the proxy shares its group with busy work the "
+        "transforms must keep pace with (see docs/performance.md).", _between(0, 19))
     jpeg_optimize: bool = setting(
         True, "bool", "Optimised Huffman tables for JPEG output: about 5 % fewer bytes for "
         "0.1 CPU ms more per 300x169 thumbnail (a second pass over the coefficients; the "

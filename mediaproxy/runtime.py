@@ -131,12 +131,14 @@ def memory_budget(config, reactor, slots: int, emit=lambda *a, **kw: None,
     """The transform memory budget ``config`` asks for: :func:`transform_memory` less the
     decoded-image cache's bytes (:func:`decoded_cache_bytes`: the two stay within it),
     ``slots`` transforms at once, ``processing.queue_limit`` waiters for
-    ``processing.queue_timeout`` seconds at most."""
+    ``processing.queue_timeout`` seconds at most (``processing.queue_target`` while the
+    queue is standing)."""
     total = transform_memory(config, total_memory)
     capacity = total - decoded_cache_bytes(config.processing.decoded_cache_bytes, total)
     return MemoryBudget(capacity=capacity, slots=max(1, slots),
                         queue_limit=config.processing.queue_limit,
-                        queue_timeout=config.processing.queue_timeout, reactor=reactor,
+                        queue_timeout=config.processing.queue_timeout,
+                        queue_target=config.processing.queue_target, reactor=reactor,
                         emit=emit, cheap_first_after=config.processing.cheap_first_after)
 
 

@@ -684,3 +684,137 @@ def test_transform_threads_run_nicer_than_the_reactor(live_reactor):
     reactor_tid = call_in_reactor(_threading.get_native_id)
     assert seen == [min(19, base + 3)]
     assert nice(reactor_tid) == base          # the reactor keeps the process's priority
+
+
+# -- the queue budget counts from the door; a standing queue is cut to queue_target -------------
+
+def measured(b, clock, hold=1.0, count=8):
+    """``count`` transforms of ``hold`` seconds each, one after the other: the mean hold time
+    is a measure (the door's predictions use it)."""
+    for _ in range(count):
+        _, r = outcome(b.reserve(10))
+        clock.advance(hold)
+        r.release()
+
+
+def test_the_queue_timeout_counts_from_the_door():
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=3.0)
+    _, running = outcome(b.reserve(10, "run"))
+    ticket = b.door("late")
+    assert ticket.since == clock.seconds()
+    clock.advance(2.0)                     # its fetch and inspection took 2 s
+    ticket.leave()
+    late = b.reserve(10, "late", since=ticket.since)
+    fresh = b.reserve(10, "fresh")         # no door: counted from now
+    clock.advance(0.999)
+    assert b.waiting == 2
+    clock.advance(0.002)                   # 3 s after the door
+    assert b.waiting == 1
+    assert outcome(late) == ("failed", Overloaded)
+    clock.advance(1.99)
+    assert b.waiting == 1
+    clock.advance(0.02)
+    assert outcome(fresh) == ("failed", Overloaded)
+    assert [n for n in events.names() if n[0] == "admission.shed"] == [
+        ("admission.shed", "timeout")] * 2
+
+
+def test_a_request_past_its_budget_when_it_reserves_is_refused_at_once_unless_a_thread_is_free():
+    b, clock, _ = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=1.0)
+    ticket = b.door("slow origin")
+    clock.advance(5.0)                     # its backend took 5 s
+    ticket.leave()
+    granted = outcome(b.reserve(10, since=ticket.since))
+    assert granted[0] == "granted"         # nothing to wait for: it runs
+    ticket = b.door("slow origin, busy")
+    clock.advance(5.0)
+    ticket.leave()
+    d = b.reserve(10, since=ticket.since)
+    clock.advance(0)
+    assert outcome(d) == ("failed", Overloaded)
+
+
+def standing_budget(target=0.5, queue_timeout=3.0):
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=queue_timeout)
+    b.queue_target, b.standing_after = target, 2 * target
+    measured(b, clock, hold=0.25)
+    return b, clock, events
+
+
+def run_queue(b, clock, seconds: float, arrivals_per_hold: int, hold=0.25, running=None):
+    """Keep the one thread busy for ``seconds`` with transforms of ``hold`` s while
+    ``arrivals_per_hold`` requests arrive through the door in each hold; what each got.
+    ``running``: a list that keeps the reservations not yet released."""
+    got = []
+    running = [] if running is None else running
+
+    def start(reservation):
+        running.append(reservation)
+        return reservation
+
+    t = 0.0
+    while t < seconds:
+        for i in range(arrivals_per_hold):
+            ticket = b.door()
+            if isinstance(ticket, Overloaded):
+                got.append("refused")
+                continue
+            ticket.leave()
+            d = b.reserve(10, since=ticket.since)
+            d.addCallbacks(start, lambda f: got.append("shed"))
+            d.addCallback(lambda r: got.append("admitted"))
+        clock.advance(hold)
+        t += hold
+        if running:
+            running.pop(0).release()
+    return got
+
+
+def test_a_burst_is_absorbed_but_a_standing_queue_is_cut_to_the_target():
+    b, clock, events = standing_budget(target=0.5, queue_timeout=3.0)
+    assert not b.standing and b.wait_limit == 3.0
+    # a burst: 5 at once (1.25 s of work), then nothing: all of it is let in, waits (up to
+    # 1 s, over the target for less than standing_after) and is served
+    served = []
+    for _ in range(5):
+        ticket = b.door()
+        assert not isinstance(ticket, Overloaded)
+        ticket.leave()
+        d = b.reserve(10, since=ticket.since)
+        d.addCallback(lambda r: (served.append(r), clock.callLater(0.25, r.release)))
+    clock.pump([0.05] * 40)
+    assert len(served) == 5 and b.waiting == 0 and b.active == 0
+    assert not b.standing
+    # an overload: four arrivals per transform, for 10 s
+    got = run_queue(b, clock, 10.0, 4)
+    assert b.standing
+    assert ("admission.standing", 1.0) in [(n, v) for n, v, _, _ in events.seen]
+    assert b.wait_limit == pytest.approx(0.5 + b.lead)
+    # once standing, the door lets in about one transform per hold (what the thread takes)
+    # and refuses the rest at once; no admitted request waits out its budget
+    assert got.count("shed") == 0
+    assert got.count("refused") > 2 * got.count("admitted")
+    # what waits now is what the target allows, not the queue timeout
+    assert len(b._live) * b.mean_hold <= 0.5 + b.mean_hold
+
+
+def test_the_standing_queue_ends_when_a_thread_is_free():
+    b, clock, events = standing_budget(target=0.5)
+    running: list = []
+    run_queue(b, clock, 6.0, 4, running=running)
+    assert b.standing
+    while running:                         # the load stops: the queue drains
+        clock.advance(0.25)
+        running.pop(0).release()
+    assert b.waiting == 0 and b.active == 0
+    assert b.standing                      # nothing has come since
+    _, r = outcome(b.reserve(10))          # the next finds the thread free
+    assert not b.standing and b.wait_limit == 3.0
+    assert [v for n, v, _, _ in events.seen if n == "admission.standing"] == [1.0, 0.0]
+    r.release()
+
+
+def test_a_target_of_zero_never_stands():
+    b, clock, _ = standing_budget(target=0.0)
+    run_queue(b, clock, 6.0, 4)
+    assert not b.standing and b.wait_limit == 3.0

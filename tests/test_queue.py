@@ -510,6 +510,7 @@ def fill_the_queue(pool, running, gate):
              "e.jpg and f.jpg waiting")
     assert metric(running, "mediaproxy_queue_depth", priority="live") == 2
     assert metric(running, "mediaproxy_queue_depth", priority="background") == 0
+    assert metric(running, "mediaproxy_queue_standing") == 0   # a burst, not an overload yet
     return futures
 
 

@@ -199,6 +199,10 @@ class QueueCollector:
         for priority, count in rt.admission.waiting_by_priority().items():
             depth.add_metric([priority], count)
         yield depth
+        yield GaugeMetricFamily(
+            "mediaproxy_queue_standing", "1 while the live transform queue is standing (an "
+            "overload: the door admits up to processing.queue_target of waiting), else 0.",
+            value=1.0 if rt.admission.standing else 0.0)
         jobs = GaugeMetricFamily("mediaproxy_jobs_queue", "Background jobs waiting to start "
                                  "(queued, or waiting to retry) and running.",
                                  labels=["state"])

@@ -426,7 +426,8 @@ class ImagePipeline:
                         return found
             ticket.leave()   # counted in the queue (or running) from here
             admitting = rt.admission.reserve(nbytes, request.correlation_id,
-                                             priority=priority, cost=nbytes)
+                                             priority=priority, cost=nbytes,
+                                             since=ticket.since)
             self._admitting[key] = admitting
             try:
                 reservation = yield admitting.addErrback(_too_large)
