@@ -752,15 +752,15 @@ class ProcessingConfig:
         "queue_timeout. It ends when a transform finds a thread free. 0: the door admits up "
         "to queue_timeout always.", _at_least(0.0))
     thread_niceness: int = setting(
-        19, "int", "How much lower than the rest of the process the transform threads run "
+        5, "int", "How much lower than the rest of the process the transform threads run "
         "(Linux nice, 0-19; 0: the same). The reactor thread answers cache hits, pass-through "
-        "and health checks; with the transform threads at the lowest priority the kernel runs "
-        "it as soon as it has work when transforms fill every core, so an overload of cold "
-        "transforms does not slow the hits down. Linux weighs niceness among the tasks of one "
-        "scheduling group (a container's or a service's cgroup, else the login session): "
-        "transforms give way to the proxy's own reactors and to what shares its group, not "
-        "to other services. Lower it if the proxy shares its group with busy work the "
-        "transforms must keep pace with (see docs/performance.md).", _between(0, 19))
+        "and health checks; with the transform threads a little nicer, the kernel runs it "
+        "first when transforms fill every core, so an overload of cold transforms does not "
+        "slow the hits down. 19 makes the hits during an overload faster still, for about a "
+        "tenth more CPU per transform under a mixed load (the reactor then takes the core "
+        "from a transform at each of its wake-ups; see docs/performance.md). Linux weighs "
+        "niceness among the tasks of one scheduling group (a container's or a service's "
+        "cgroup, else the login session).", _between(0, 19))
     jpeg_optimize: bool = setting(
         True, "bool", "Optimised Huffman tables for JPEG output: about 5 % fewer bytes for "
         "0.1 CPU ms more per 300x169 thumbnail (a second pass over the coefficients; the "
