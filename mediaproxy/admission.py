@@ -64,8 +64,12 @@ those it lets in wait that long rather than the whole ``queue_timeout`` (with a 
 every accepted request waited about the whole budget before, and those it could not fit in
 the budget had fetched their source for nothing), and the rest are refused at once with their
 ``Retry-After``. The cores stay as busy: a queue of ``queue_target`` still waits for them.
-It ends when a live request finds a thread free and nothing waiting, the sign the load has
-dropped. ``queue_target`` 0: the door admits up to ``queue_timeout`` always.
+It ends once the door has turned no live request away for ``standing_after`` seconds: the
+arrivals then fit in the short queue (neither a thread found free for a moment, which the
+short queue makes likely, nor short waits, which the door itself makes, can say so: ended on
+either, the door let a whole ``queue_timeout`` of waiting in again each time, and the queue
+swung between the two limits).
+``queue_target`` 0: the door admits up to ``queue_timeout`` always.
 
 Events (through ``emit``, as ``mediaproxy_event``): ``admission.wait`` (value: seconds waited,
 for every admission; ``priority``), ``admission.shed`` (``reason``: ``queue_full``,
@@ -250,6 +254,8 @@ class MemoryBudget:
     #: since when every admission has waited more than ``queue_target`` (None: the last did
     #: not)
     _above_since: float | None = None
+    #: when the door last turned a live request away (or the queue began standing)
+    _refused_at: float | None = None
     #: bytes reserved now
     reserved: int = 0
     #: reservations held now
@@ -316,7 +322,6 @@ class MemoryBudget:
             self.emit("admission.wait", 0.0, correlation_id, priority=priority.label)
             if priority == LIVE:
                 self._waited(0.0, now)
-                self._stand(False)     # a thread was free and nothing waited
             return succeed(self._grant(nbytes, now, priority))
         refused = self._refusal(nbytes, correlation_id, priority, 0)
         if refused is not None:
@@ -352,6 +357,8 @@ class MemoryBudget:
         priority = Priority(priority)
         if stale is not None:
             return Ticket(self, counted=False)
+        if priority == LIVE:
+            self._end_standing(self.reactor.seconds())
         refused = self.refusal(0, correlation_id, priority=priority)
         if refused is not None:
             return refused
@@ -373,6 +380,8 @@ class MemoryBudget:
                 priority == LIVE and self._predicted_wait(nbytes, ahead) > self.wait_limit):
             self.emit("admission.shed", correlation_id=correlation_id, reason="queue_full",
                       priority=priority.label)
+            if priority == LIVE:
+                self._refused_at = self.reactor.seconds()
             return Overloaded("transform queue full", self.retry_after(nbytes, ahead))
         return None
 
@@ -392,6 +401,7 @@ class MemoryBudget:
         """A live request was admitted after waiting ``seconds``: the standing-queue watch."""
         if self.queue_target <= 0:
             return
+        self._end_standing(now)
         if seconds <= self.queue_target:
             self._above_since = None
             return
@@ -400,18 +410,29 @@ class MemoryBudget:
         if now - self._above_since >= self.standing_after:  # type: ignore[operator]
             self._stand(True)
 
+    def _end_standing(self, now: float) -> None:
+        """End a standing queue once the door has refused no live request for
+        ``standing_after`` seconds (asked at each admission, and at the door: after an
+        overload nothing may be admitted for a while, and the next burst must find the door
+        open)."""
+        if (self.standing and self._refused_at is not None
+                and now - self._refused_at >= self.standing_after):  # type: ignore[operator]
+            self._stand(False)
+
     def _stand(self, standing: bool) -> None:
         if standing != self.standing:
             self.standing = standing
-            if not standing:
-                self._above_since = None
+            self._above_since = None
+            # standing lasts at least standing_after: the window of refusals starts now
+            self._refused_at = self.reactor.seconds()
             self.emit("admission.standing", 1.0 if standing else 0.0)
             if standing:
                 log.info("the transform queue is standing (admissions waited over {target} s "
                          "for {after} s): the door admits up to {target} s of waiting",
                          target=self.queue_target, after=self.standing_after)
             else:
-                log.info("the transform queue is no longer standing: a thread was free")
+                log.info("the transform queue is no longer standing (nothing refused for "
+                         "{after} s)", after=self.standing_after)
 
     def promote(self, deferred: Deferred) -> bool:
         """Move the background waiter of ``deferred`` to the live queue (a client now waits

@@ -749,7 +749,8 @@ class ProcessingConfig:
         "this, the queue is not a burst draining but an overload, and a new request is "
         "admitted only if it would wait at most this long (else 503 with Retry-After at "
         "once), so the requests served during an overload wait this long, not the whole "
-        "queue_timeout. It ends when a transform finds a thread free. 0: the door admits up "
+        "queue_timeout. It ends once the door has refused nothing for twice this long. 0: "
+        "the door admits up "
         "to queue_timeout always.", _at_least(0.0))
     thread_niceness: int = setting(
         5, "int", "How much lower than the rest of the process the transform threads run "

@@ -798,20 +798,46 @@ def test_a_burst_is_absorbed_but_a_standing_queue_is_cut_to_the_target():
     assert len(b._live) * b.mean_hold <= 0.5 + b.mean_hold
 
 
-def test_the_standing_queue_ends_when_a_thread_is_free():
+def test_the_standing_queue_ends_once_short_for_as_long():
     b, clock, events = standing_budget(target=0.5)
     running: list = []
     run_queue(b, clock, 6.0, 4, running=running)
+    assert b.standing
+    # a thread found free for a moment (nothing waits) does not end it
+    while b._live:
+        clock.advance(0.25)
+        running.pop(0).release()
+    running.pop(0).release()
+    assert b.active == 0
+    _, r = outcome(b.reserve(10))
+    assert b.standing
+    r.release()
+    # the overload goes on: it stays standing
+    run_queue(b, clock, 3.0, 4, running=running)
     assert b.standing
     while running:                         # the load stops: the queue drains
         clock.advance(0.25)
         running.pop(0).release()
     assert b.waiting == 0 and b.active == 0
-    assert b.standing                      # nothing has come since
-    _, r = outcome(b.reserve(10))          # the next finds the thread free
+    clock.advance(1.0)                     # twice the target with nothing over it
+    ticket = b.door()                      # the next burst finds the door open
     assert not b.standing and b.wait_limit == 3.0
+    assert not isinstance(ticket, Overloaded)
+    ticket.leave()
     assert [v for n, v, _, _ in events.seen if n == "admission.standing"] == [1.0, 0.0]
-    r.release()
+
+
+def test_a_load_the_short_queue_can_take_ends_the_standing():
+    b, clock, _ = standing_budget(target=0.5)
+    running: list = []
+    run_queue(b, clock, 6.0, 4, running=running)
+    assert b.standing
+    # the load falls to one arrival per hold, what the thread takes: the short queue takes
+    # them all, nothing is refused; standing until standing_after (1 s) has passed so
+    got = run_queue(b, clock, 0.5, 1, running=running)
+    assert b.standing and "refused" not in got
+    got = run_queue(b, clock, 1.0, 1, running=running)
+    assert not b.standing and "refused" not in got and "shed" not in got
 
 
 def test_a_target_of_zero_never_stands():
