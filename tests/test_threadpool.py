@@ -40,20 +40,8 @@ def run_calls(pool, count: int, func=lambda i: i * 2) -> list:
 
 
 def garbage_cycles_of(pool_class) -> int:
-    """Objects the cyclic collector finds after ``CALLS`` calls through a started pool."""
-    pool = pool_class(minthreads=1, maxthreads=2, name="test-cycles")
-    pool.start()
-    try:
-        run_calls(pool, 10)                 # the threads exist before counting
-        gc.collect()
-        gc.disable()
-        try:
-            run_calls(pool, CALLS)
-            return gc.collect()
-        finally:
-            gc.enable()
-    finally:
-        pool.stop()
+    """Objects the cyclic collector finds after ``CALLS`` calls through a new pool."""
+    return garbage_cycles_after_calls(pool_class(minthreads=1, maxthreads=2, name="test-cycles"))
 
 
 def test_twisted_pool_leaves_a_cycle_per_call():
@@ -134,9 +122,11 @@ def test_without_cycles_gives_twisteds_pool_the_method():
 
 
 def garbage_cycles_after_calls(pool) -> int:
+    """Objects the cyclic collector finds after ``CALLS`` calls through ``pool`` (started
+    here, stopped after)."""
     pool.start()
     try:
-        run_calls(pool, 10)
+        run_calls(pool, 10)                 # the threads exist before counting
         gc.collect()
         gc.disable()
         try:
