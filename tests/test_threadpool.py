@@ -169,3 +169,31 @@ sys.exit(serve(config))
     _, before, after = line[0].split()
     assert int(before) == 0
     assert int(after) > 10_000     # modules, plugins, the runtime
+
+
+def test_the_collectors_pauses_are_a_histogram_by_generation():
+    """mediaproxy_gc_pause_seconds: each collection counted under its generation, its wall
+    time in the sum and in the buckets (read from a runtime's own registry)."""
+    from prometheus_client import CollectorRegistry
+
+    from mediaproxy.monitoring.gcpauses import BUCKETS, GcPauseCollector
+
+    registry = CollectorRegistry()
+    registry.register(GcPauseCollector())
+
+    def count(generation, suffix="_count", **labels):
+        return registry.get_sample_value("mediaproxy_gc_pause_seconds" + suffix,
+                                         {"generation": str(generation), **labels})
+
+    before = [count(g) for g in range(3)]
+    gc.collect(2)
+    gc.collect(2)
+    assert count(2) >= before[2] + 2
+    assert count(2, "_sum") > 0
+    assert count(2, "_bucket", le="+Inf") == count(2)
+    buckets = [count(2, "_bucket", le=repr(b)) for b in BUCKETS]
+    assert buckets == sorted(buckets) and buckets[-1] <= count(2)
+    # one recorder per process, whatever the number of collectors
+    GcPauseCollector()
+    from mediaproxy.monitoring import gcpauses
+    assert sum(1 for cb in gc.callbacks if cb is gcpauses.recorder()) == 1

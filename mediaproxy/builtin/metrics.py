@@ -29,7 +29,10 @@ Every series, its labels and what it means: the reference table of docs/operatio
   ``admission_shed_total{reason,priority}``, ``admission_cancelled_total``;
 * ``admission.nearest``, ``job``, ``job.retry`` (the job queue, :mod:`mediaproxy.jobs`):
   ``nearest_offers_total``, ``jobs_total{kind,outcome}``, ``job_retries_total{kind}``; the
-  queues' depths (``queue_depth{priority}``, ``jobs_queue{state}``) are read at scrape time.
+  queues' depths (``queue_depth{priority}``, ``jobs_queue{state}``, ``queue_standing``) are
+  read at scrape time;
+* the garbage collector's pauses (``gc_pause_seconds{generation}``,
+  :mod:`mediaproxy.monitoring.gcpauses`): one ``gc.callbacks`` entry per process.
 
 Breaker openings are counted from each breaker's ``on_change`` (chained after the warning it
 logs); everything else (in flight, queue, pool threads, cache sizes, per-layer hits, misses and
@@ -59,6 +62,7 @@ from ..http.breaker import OPEN
 from ..inflight import KINDS
 from ..jobs import KINDS as JOB_KINDS, OUTCOMES as JOB_OUTCOMES
 from ..monitoring.collectors import RuntimeCollector
+from ..monitoring.gcpauses import GcPauseCollector
 from ..monitoring.lag import ReactorLagProbe
 from ..monitoring.series import Series
 
@@ -309,6 +313,7 @@ class PrometheusMetrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
+        r.register(GcPauseCollector())
         self._known_series()
         self._watch_breakers()
 
