@@ -844,3 +844,160 @@ def test_a_target_of_zero_never_stands():
     b, clock, _ = standing_budget(target=0.0)
     run_queue(b, clock, 6.0, 4)
     assert not b.standing and b.wait_limit == 3.0
+
+
+# -- the door's figures, exactly (what the mutation run of admission_door asked for) ------------
+
+def test_the_lead_is_a_moving_average_of_live_door_to_queue_times():
+    b, clock, _ = budget(capacity=100, slots=1)
+    ticket = b.door()
+    clock.advance(0.5)
+    ticket.leave()
+    _, r = outcome(b.reserve(10, since=ticket.since))
+    assert b.lead == pytest.approx(0.2 * 0.5)
+    r.release()
+    ticket = b.door()
+    clock.advance(0.25)
+    ticket.leave()
+    _, r = outcome(b.reserve(10, since=ticket.since))
+    assert b.lead == pytest.approx(0.1 + 0.2 * (0.25 - 0.1))
+    r.release()
+    lead = b.lead
+    background = b.door(priority=BACKGROUND)
+    clock.advance(3.0)
+    background.leave()
+    _, r = outcome(b.reserve(10, since=background.since, priority=BACKGROUND))
+    assert b.lead == lead                  # background work has no client waiting
+    r.release()
+    _, r = outcome(b.reserve(10, since=clock.seconds() + 1.0))   # a door time ahead of now
+    assert b.lead == pytest.approx(lead * 0.8)                    # counts as 0, not less
+    r.release()
+
+
+def test_standing_the_door_admits_the_target_plus_the_lead():
+    b, clock, _ = standing_budget(target=0.5)
+    run_queue(b, clock, 6.0, 4)
+    assert b.standing
+    b.lead = 0.25                          # requests take 0.25 s from the door to the queue
+    assert b.wait_limit == 0.75
+    b.lead = 5.0
+    assert b.wait_limit == 3.0             # never more than queue_timeout
+
+
+def test_a_background_ticket_counts_nothing():
+    b, clock, _ = budget(capacity=100, slots=1)
+    ticket = b.door(priority=BACKGROUND)
+    assert b.approaching == 0
+    ticket.leave()
+    assert b.approaching == 0
+
+
+def admit_after(b, clock, seconds, running):
+    """One live waiter admitted after waiting exactly ``seconds`` (the thread is held by
+    ``running[0]`` until then); it keeps the thread."""
+    d = b.reserve(10)
+    clock.advance(seconds)
+    running.pop(0).release()
+    kind, r = outcome(d)
+    assert kind == "granted"
+    running.append(r)
+
+
+def target_budget(target=0.5):
+    b, clock, events = budget(capacity=100, slots=1, queue_limit=50, queue_timeout=10.0)
+    b.queue_target, b.standing_after = target, 2 * target
+    measured(b, clock, hold=0.25)
+    _, r = outcome(b.reserve(10))
+    return b, clock, [r]
+
+
+def test_standing_counts_from_when_the_wait_crossed_the_target():
+    b, clock, running = target_budget(target=0.5)
+    # one admission after 1.5 s: over the target since 1.0 s ago, exactly standing_after
+    admit_after(b, clock, 1.5, running)
+    assert b.standing
+
+
+def test_standing_needs_the_whole_standing_after_over_the_target():
+    b, clock, running = target_budget(target=0.5)
+    admit_after(b, clock, 1.25, running)   # over the target for 0.75 s
+    assert not b.standing
+    admit_after(b, clock, 0.25, running)   # a wait under the target starts again
+    admit_after(b, clock, 1.25, running)
+    assert not b.standing
+    admit_after(b, clock, 0.75, running)   # over since 0.25 s into it ... 1.0 s now
+    assert b.standing
+
+
+def test_a_wait_of_exactly_the_target_is_not_over_it():
+    b, clock, running = target_budget(target=0.5)
+    admit_after(b, clock, 1.25, running)   # over the target since 0.75 s ago
+    admit_after(b, clock, 0.5, running)    # exactly the target: the clock starts again
+    admit_after(b, clock, 0.75, running)   # over it for 0.25 s only
+    assert not b.standing
+
+
+def test_a_live_request_granted_at_once_starts_the_clock_again():
+    b, clock, running = target_budget(target=0.5)
+    admit_after(b, clock, 1.25, running)   # over the target for 0.75 s
+    running.pop().release()
+    _, r = outcome(b.reserve(10))          # the thread was free: waited 0
+    running.append(r)
+    admit_after(b, clock, 0.75, running)   # 0.25 s over the target
+    assert not b.standing
+
+
+def test_the_standing_ends_exactly_standing_after_the_last_refusal():
+    b, clock, running = target_budget(target=0.5)
+    admit_after(b, clock, 1.5, running)
+    assert b.standing
+    began = clock.seconds()
+    clock.advance(0.99)
+    b.door().leave()
+    assert b.standing
+    clock.advance(0.01)
+    assert clock.seconds() - began == pytest.approx(1.0)
+    b.door().leave()
+    assert not b.standing
+
+
+@pytest.fixture
+def logged():
+    from twisted.logger import globalLogPublisher
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_each_change_is_logged(logged):
+    from twisted.logger import formatEvent
+    b, clock, running = target_budget(target=0.5)
+    admit_after(b, clock, 1.5, running)
+    clock.advance(1.0)
+    b.door().leave()
+    lines = [formatEvent(e) for e in logged if e.get("log_namespace") == "mediaproxy.admission"]
+    assert len(lines) == 2
+    assert lines[0].startswith("the transform queue is standing")
+    assert lines[1].startswith("the transform queue is no longer standing")
+
+
+def test_a_budget_already_spent_is_refused_on_the_real_reactor(live_reactor):
+    """On the reactor (whose callLater refuses a negative delay), a request whose budget
+    ran out during its fetch, with a thread busy, is refused at once."""
+    from mediaproxy.testing import call_in_reactor
+
+    def scenario():
+        from twisted.internet import reactor
+        b = MemoryBudget(capacity=100, slots=1, queue_limit=10, queue_timeout=1.0,
+                         reactor=reactor)
+        _, running = outcome(b.reserve(10))
+        d = b.reserve(10, since=reactor.seconds() - 5.0)
+        return b, running, d
+
+    b, running, d = call_in_reactor(scenario)
+    got = []
+    call_in_reactor(lambda: d.addErrback(lambda f: got.append(f.type)))
+    wait_for(lambda: got, 10, "the refusal")
+    assert got == [Overloaded]
+    call_in_reactor(running.release)
