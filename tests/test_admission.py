@@ -319,14 +319,30 @@ def test_the_runtime_builds_its_budget_from_the_settings_and_the_machine():
 class Oracle:
     """The rules written out plainly: a list in arrival order, the one whose turn it is (the
     head, or the cheapest once four wait) admitted while it fits (bytes and count), refusals
-    decided by size and queue length."""
+    decided by size, queue length and (once eight holds are known) the predicted wait: the
+    mean hold time (the plain mean of the first five, then a moving average weighing the
+    newest by a fifth) times the turnovers the waiting bytes need, or the waiters ahead per
+    thread, whichever is more."""
 
     def __init__(self, capacity, slots, limit, timeout):
         self.capacity, self.slots, self.limit, self.timeout = capacity, slots, limit, timeout
         self.queue = []        # [ident, nbytes, deadline]
         self.held = {}         # ident -> nbytes
+        self.granted_at = {}   # ident -> when
         self.state = {}        # ident -> granted | too_large | overloaded | cancelled | waiting
         self.now = 0.0
+        self.holds, self.mean_hold = 0, 1.0
+
+    def grant(self, ident, n):
+        self.held[ident] = n
+        self.granted_at[ident] = self.now
+        self.state[ident] = "granted"
+
+    def predicted_wait(self, n):
+        if self.holds < 8:
+            return 0.0
+        waiting = sum(w[1] for w in self.queue) + n
+        return self.mean_hold * max(waiting / self.capacity, (len(self.queue) + 1) / self.slots)
 
     def turn(self):
         """Arrival order while fewer than 4 wait; else the least bytes / 2 ** (seconds waited
@@ -347,8 +363,7 @@ class Oracle:
             ident, n, _ = w
             if len(self.held) < self.slots and sum(self.held.values()) + n <= self.capacity:
                 self.queue.remove(w)
-                self.held[ident] = n
-                self.state[ident] = "granted"
+                self.grant(ident, n)
             else:
                 break
 
@@ -357,9 +372,8 @@ class Oracle:
             self.state[ident] = "too_large"
         elif not self.queue and len(self.held) < self.slots and \
                 sum(self.held.values()) + n <= self.capacity:
-            self.held[ident] = n
-            self.state[ident] = "granted"
-        elif len(self.queue) >= self.limit:
+            self.grant(ident, n)
+        elif len(self.queue) >= self.limit or self.predicted_wait(n) > self.timeout:
             self.state[ident] = "overloaded"
         else:
             self.queue.append([ident, n, self.now + self.timeout])
@@ -367,6 +381,9 @@ class Oracle:
 
     def release(self, ident):
         del self.held[ident]
+        self.holds += 1
+        held = self.now - self.granted_at.pop(ident)
+        self.mean_hold += max(0.2, 1 / self.holds) * (held - self.mean_hold)
         self.admit()
 
     def cancel(self, ident):
