@@ -48,8 +48,8 @@ What it guarantees, whatever the priorities:
 * **Bounded queue and wait**: ``queue_limit`` waiters at most per class; a waiter is refused
   after ``queue_timeout`` seconds, counted from the door for a request that came through it
   (its fetch and inspection are part of its wait: the budget is what its client waits
-  before its render starts, not what it waited in this queue alone). A waiter whose Deferred is cancelled (its client went away,
-  its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
+  before its render starts, not what it waited in this queue alone). A waiter whose
+  Deferred is cancelled (its client went away, its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
   the live queue (a client now waits for that render).
 * **Released when the work really ends**: :meth:`Reservation.release` is called when the pool
   thread returns, not when a caller's deadline gives up on it: a timed-out transform still
@@ -73,8 +73,9 @@ swung between the two limits).
 
 Events (through ``emit``, as ``mediaproxy_event``): ``admission.wait`` (value: seconds waited,
 for every admission; ``priority``), ``admission.shed`` (``reason``: ``queue_full``,
-``timeout`` or ``too_large``; ``priority``) and ``admission.cancel`` (a waiter's client went
-away). ``priority`` is ``live`` or ``background``.
+``timeout`` or ``too_large``; ``priority``), ``admission.cancel`` (a waiter's client went
+away) and ``admission.standing`` (value 1 when the live queue begins standing, 0 when it
+ends). ``priority`` is ``live`` or ``background``.
 
 Core room: imports nothing of mediaproxy, runs on the reactor thread only (the pool thread
 hands its release back with ``callFromThread``).
