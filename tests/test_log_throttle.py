@@ -78,6 +78,23 @@ def warnings():
     globalLogPublisher.removeObserver(observe)
 
 
+def break_tree(tree):
+    """Replace the directory ``tree`` by a plain file. The writes of the request before may
+    still be in flight (the disk pool stores an answer after sending it), and a write makes its
+    directories: one may re-create ``tree`` between the move and the new file. Then the new
+    tree is moved away too (so each move catches the writes that were in flight), until the
+    file takes its place."""
+    for attempt in range(100):
+        tree.rename(tree.with_name(f"{tree.name}.away{attempt}"))   # atomic: writes in flight
+        try:                                                        # land in the moved tree
+            with open(tree, "xb") as plain:
+                plain.write(b"not a directory")
+            return
+        except (FileExistsError, IsADirectoryError):
+            continue
+    raise AssertionError(f"{tree} kept coming back as a directory")
+
+
 def test_a_broken_cache_directory_warns_once_not_on_every_miss(live_reactor, tmp_path,
                                                                  monkeypatch, warnings):
     files = {f"/media/uploads/{i}.jpg": make_image((40, 30)) for i in range(9)}
@@ -95,8 +112,7 @@ def test_a_broken_cache_directory_warns_once_not_on_every_miss(live_reactor, tmp
         # Break the directory for real: its lock and result trees become plain files, so every
         # lock and every write fails (a read-only mount needs privileges a test does not have).
         for part in ("locks", "results"):
-            (tmp_path / part).rename(tmp_path / f"{part}.away")   # atomic: writes in flight
-            (tmp_path / part).write_bytes(b"not a directory")     # land in the old tree
+            break_tree(tmp_path / part)
         del warnings[:]
         for i in range(1, 9):
             assert proxy.get(f"/media/uploads/{i}.jpg?w=10").status == 200
