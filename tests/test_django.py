@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from tests.django_project.serve import setup_django
 
@@ -194,9 +195,24 @@ class ImageURLs(HTMLParser):
                 self.urls.append(candidate.split()[0])
 
 
-def page_urls(proxy) -> list[str]:
+@pytest.fixture
+def proxy_warnings():
+    """The warnings and errors logged while the test runs, formatted: what a test reports when
+    the page did not come through (the proxy's reason for a 502 is in its log, not its body)."""
+    seen: list[str] = []
+
+    def keep(event):
+        if event.get("log_level") in (LogLevel.warn, LogLevel.error, LogLevel.critical):
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(keep)
+    yield seen
+    globalLogPublisher.removeObserver(keep)
+
+
+def page_urls(proxy, site, warnings) -> list[str]:
     response = proxy.get("/gallery/")
-    assert response.status == 200
+    assert response.status == 200, (response.body, warnings, site.errors)
     assert response.headers["content-type"] == "text/html; charset=utf-8"
     parser = ImageURLs()
     parser.feed(response.body.decode("utf-8"))
@@ -225,9 +241,10 @@ def check_every_image(proxy, urls):
         assert_image(response.body, size=size, format=fmt)
 
 
-def test_the_gallery_through_the_proxy_unsigned(live_reactor, django_site):
+def test_the_gallery_through_the_proxy_unsigned(live_reactor, django_site,
+                                                 proxy_warnings):
     with start_proxy(backend_port=django_site.port) as proxy:
-        urls = page_urls(proxy)
+        urls = page_urls(proxy, django_site, proxy_warnings)
         assert len(urls) == PAGE_IMAGES
         assert "/media/uploads/landscape.jpg?w=150&h=150&fit=cover" in urls
         assert "/media/uploads/landscape.jpg?w=80" in urls
@@ -241,12 +258,13 @@ def test_the_gallery_through_the_proxy_unsigned(live_reactor, django_site):
                                 "/media/uploads/summer café.jpg"}
 
 
-def test_the_gallery_through_a_signing_proxy(live_reactor, django_site):
+def test_the_gallery_through_a_signing_proxy(live_reactor, django_site,
+                                              proxy_warnings):
     signed = {"URL": "", "KEY": KEY, "PRESETS": {"thumb": THUMB}}
     with start_proxy(backend_port=django_site.port,
                      overrides={"signing": {"keys": [KEY]}}) as proxy, \
             override_settings(MEDIAPROXY=signed):
-        urls = page_urls(proxy)
+        urls = page_urls(proxy, django_site, proxy_warnings)
         assert len(urls) == PAGE_IMAGES
         assert all("&sig=" in u for u in urls)
         check_every_image(proxy, urls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import traceback
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -31,6 +32,13 @@ def setup_django() -> None:
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    #: set by DjangoSite: where a request that failed in the server (not in a view: Django
+    #: answers those with its 500 page) leaves its traceback
+    errors: list[str]
+
+    def handle_error(self, request, client_address):
+        self.errors.append(traceback.format_exc())
+        super().handle_error(request, client_address)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -40,7 +48,8 @@ class _QuietHandler(WSGIRequestHandler):
 
 class DjangoSite:
     """The running site: ``port``, ``requests`` (each answered request as (decoded path,
-    query))."""
+    query)), ``errors`` (the traceback of each request the server itself failed, so a test
+    that got no answer through the proxy can say why)."""
 
     def __init__(self):
         from django.core.wsgi import get_wsgi_application
@@ -59,6 +68,8 @@ class DjangoSite:
 
         self._server = make_server("127.0.0.1", 0, recording, server_class=_Server,
                                    handler_class=_QuietHandler)
+        self.errors: list[str] = []
+        self._server.errors = self.errors
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
