@@ -308,7 +308,8 @@ def test_a_pending_retry_can_be_cancelled_and_release_cancels_it():
     (ResponseNeverReceived([Failure(ierror.ConnectionLost())]), False, CONNECTION),
     (ResponseNeverReceived([Failure(CancelledError())]), True, TIMEOUT),
     (CancelledError(), False, CANCELLED),
-    (ResponseFailed([Failure(ierror.ConnectionLost())]), False, ERROR),
+    # cut off in the headers (or a fetched body): as worth another attempt as never answered
+    (ResponseFailed([Failure(ierror.ConnectionLost())]), False, CONNECTION),
     (ValueError("odd"), False, ERROR),
 ])
 def test_failure_kinds(failure, timed_out, kind):

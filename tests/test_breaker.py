@@ -10,6 +10,7 @@ import socket
 import pytest
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -22,7 +23,8 @@ from mediaproxy.http.fetch import SourceFetcher
 from mediaproxy.logs import RequestLogger
 from mediaproxy.models import SourceError
 
-from mediaproxy.testing import make_image, start_origin, start_proxy
+from mediaproxy.testing import (assert_image, call_in_reactor, make_image, start_origin,
+                                start_proxy)
 
 
 # -- the state machine on a task.Clock -----------------------------------------------------------
@@ -391,3 +393,73 @@ def test_connection_errors_open_the_pass_through_breaker_for_a_fast_503(live_rea
         assert dials.count(dead) == 3            # open: nothing dialled
     finally:
         running.stop()
+
+
+# -- answers cut off: a backend that closes in the middle of its headers or its body -----------
+
+class CutOff(Protocol):
+    """Reads one request's head, then answers with ``factory.plans``' next plan: ``"head"``
+    closes in the middle of the status line's headers, ``"body"`` after 10 of its 1,000
+    declared body bytes, anything else answers whole (an image for a path under /media/)."""
+
+    def connectionMade(self):
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer or self.transport.disconnecting:
+            return
+        line = self.buffer.split(b"\r\n", 1)[0].decode()
+        self.factory.seen.append(line)
+        plan = self.factory.plans.pop(0) if self.factory.plans else "whole"
+        if plan == "head":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Ty")
+        elif plan == "body":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+                                 b"Content-Length: 1000\r\n\r\n" + b"\xff\xd8\xff" + b"x" * 7)
+        else:
+            body, kind = ((make_image((40, 30)), b"image/jpeg") if " /media/" in line
+                          else (b"ok", b"text/plain"))
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind +
+                                 b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        self.transport.loseConnection()
+
+
+@pytest.fixture
+def cutting(live_reactor):
+    factory = Factory.forProtocol(CutOff)
+    factory.plans, factory.seen = [], []
+    port = call_in_reactor(live_reactor.listenTCP, 0, factory, interface="127.0.0.1")
+    running = start_proxy(backend_port=port.getHost().port,
+                          overrides={"backend": {"retry_backoff": 0.01}})
+    yield running, factory
+    running.stop()
+    call_in_reactor(port.stopListening)
+
+
+def test_an_answer_cut_off_in_its_headers_is_asked_again(cutting):
+    running, backend = cutting
+    backend.plans[:] = ["head", "head"]          # two cut off, the third whole (retries = 2)
+    assert running.get("/products/")[:1] == (200,)
+    assert backend.seen == ["GET /products/ HTTP/1.1"] * 3
+    # not a body sent twice: a POST cut off is the client's 502 after one attempt
+    backend.plans[:], backend.seen[:] = ["head"], []
+    status, _, body, _ = running.request("POST", "/order/", body=b"order=1")
+    assert (status, json.loads(body)["error"]) == (502, "bad_gateway")
+    assert backend.seen == ["POST /order/ HTTP/1.1"]
+    # three cut off: the attempt budget is spent, a 502
+    backend.plans[:], backend.seen[:] = ["head"] * 3, []
+    assert running.get("/products/")[0] == 502 and len(backend.seen) == 3
+
+
+def test_a_source_cut_off_in_its_body_is_fetched_again(cutting):
+    running, backend = cutting
+    backend.plans[:] = ["body"]
+    status, headers, body, _ = running.get("/media/a.jpg?w=20")
+    assert status == 200 and backend.seen == ["GET /media/a.jpg HTTP/1.1"] * 2
+    assert_image(body, size=(20, 15))
+    backend.plans[:], backend.seen[:] = ["body"] * 3, []
+    status, headers, body, _ = running.get("/media/b.jpg?w=20")
+    # backend_error (it answered, then broke), not backend_unavailable (never reached)
+    assert (status, headers["x-placeholder"]) == (502, "backend_error")
+    assert len(backend.seen) == 3

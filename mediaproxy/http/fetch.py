@@ -48,7 +48,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.client import (PotentialDataLoss, ResponseDone, ResponseFailed,
+                                ResponseNeverReceived)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
@@ -528,6 +529,9 @@ class _Fetch:
             return (SourceError(504, "backend_timeout", "The backend did not answer in time."),
                     kind, None)
         if kind == CONNECTION:
+            if failure.check(ResponseFailed) and not failure.check(ResponseNeverReceived):
+                return (SourceError(502, "backend_error", "The backend connection broke before "
+                                    "the answer was whole."), kind, None)
             return (SourceError(502, "backend_unavailable", "The backend could not be reached."),
                     kind, None)
         if kind == CANCELLED:

@@ -55,13 +55,13 @@ import attrs
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, ConnectingCancelledError, DNSLookupError
 from twisted.python.failure import Failure
-from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
 
 from .breaker import OPEN, CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
 #: How an attempt ended. ANSWERED: the backend sent response headers (with a status).
 ANSWERED = "answered"
-#: The backend could not be reached, or the connection broke before any answer.
+#: The backend could not be reached, or the connection broke before a whole answer.
 CONNECTION = "connection"
 #: No response headers in time, a body that stalled, a deadline that passed.
 TIMEOUT = "timeout"
@@ -73,10 +73,14 @@ CANCELLED = "cancelled"
 #: Backend statuses worth another attempt (the backend or a balancer in front of it hiccupped).
 RETRY_STATUSES = frozenset({502, 503, 504})
 
-#: Failures of a request that mean the backend was not reached (or dropped the connection
-#: before answering).
+#: Failures of a request that mean the backend was not reached, or dropped the connection
+#: before its answer was whole: before any byte (``ResponseNeverReceived``, a subclass), in the
+#: middle of the response headers, or, for a source fetch that reads the body before using it,
+#: in the body (``ResponseFailed``). A request cut off there is worth another attempt as much
+#: as one never answered (nginx's ``proxy_next_upstream error`` covers "reading the response
+#: header" alike); the pass-through can only see the first two, since it streams the body.
 CONNECTION_ERRORS = (ConnectError, ConnectingCancelledError, DNSLookupError,
-                     ResponseNeverReceived, RequestTransmissionFailed)
+                     ResponseFailed, RequestTransmissionFailed)
 
 #: Why a call or an attempt was refused: the concurrency limit is full / the breaker is open.
 BUSY, CIRCUIT_OPEN = "busy", "circuit_open"
