@@ -531,7 +531,8 @@ class RoutesConfig:
         "variants only. The compat routes cannot name a preset: in this mode they are "
         "refused too (400 preset_required) unless signatures are required on them "
         "(signing.keys, compat not in signing.exempt_routes) or "
-        "routes.compat_in_presets_only allows them.")
+        "routes.compat_in_presets_only allows them. Unsafe thumbor URLs are refused too "
+        "(400 preset_required); signed ones are served.")
     preset_overrides: str = setting(
         "auto", "str", "Whether a request naming a preset may also carry explicit transform "
         "parameters, which then win over the preset's values: allow, deny (400 "
@@ -1343,7 +1344,8 @@ class ThumborConfig:
         "no signed thumbor URL is accepted. Never printed.", secret="value")
     allow_unsafe: bool = setting(
         False, "bool", "Accept thumbor URLs starting with /unsafe/ (thumbor's "
-        "ALLOW_UNSAFE_URL): anyone may then ask for any size of any image.")
+        "ALLOW_UNSAFE_URL): anyone may then ask for any size of any image (not with "
+        "routes.presets_only: 400 preset_required).")
     allowed_hosts: tuple[str, ...] = setting(
         [], "strlist", "Hosts whose images thumbor URLs may name as their image "
         "(cdn.example.com/a.jpg or https://cdn.example.com/a.jpg): exact lower-case names, "

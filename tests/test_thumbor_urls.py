@@ -103,6 +103,19 @@ def test_unsafe_only_when_allowed(live_reactor):
         assert proxy.json(f"/thumbor/{empty}/300x200/media/uploads/a.jpg")[0] == 400
 
 
+def test_presets_only_serves_signed_urls_and_refuses_unsafe_ones(live_reactor):
+    crypto = CryptoURL(key=LIBTHUMBOR_KEY)
+    signed = "/thumbor" + crypto.generate(image_url="media/uploads/a.jpg", width=300, height=200)
+    with proxy_with(LIBTHUMBOR_KEY, unsafe=True, routes={"presets_only": True}) as proxy:
+        status, _, data = proxy.json("/thumbor/unsafe/300x200/media/uploads/a.jpg")
+        assert (status, data["error"], data["parameter"]) == (400, "preset_required",
+                                                               "signature")
+        assert proxy.origin.hits["/media/uploads/a.jpg"] == 0
+        assert_image(proxy.get(signed), (300, 200))     # the signer chose this size
+    with proxy_with(LIBTHUMBOR_KEY, unsafe=True) as proxy:  # the same without the mode
+        assert_image(proxy.get("/thumbor/unsafe/300x200/media/uploads/a.jpg"), (300, 200))
+
+
 def test_disabled_and_prefix(live_reactor):
     with proxy_with(unsafe=True, thumbor={"enabled": False, "allow_unsafe": True}) as proxy:
         # not an image route any more: the path goes to the backend as it is

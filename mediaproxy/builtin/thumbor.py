@@ -9,8 +9,9 @@ that build URLs with libthumbor (or django-thumbor) keep working (docs/thumbor.m
 The grammar is libthumbor's own regular expression (``libthumbor.url.Url``, which thumbor
 7.8 uses), matched on the raw path as thumbor does. The signature is thumbor's: URL-safe
 base64 of HMAC-SHA1, keyed by ``thumbor.security_key``, over the raw path after
-``/<signature>/``; ``unsafe`` is accepted only with ``thumbor.allow_unsafe``. Both refusals
-are 400, as in thumbor. The image part is a path on the configured backend without its leading
+``/<signature>/``; ``unsafe`` is accepted only with ``thumbor.allow_unsafe``, and not with
+``routes.presets_only`` (400 ``preset_required``: an unsafe URL names any size). The
+signature refusals are 400, as in thumbor. The image part is a path on the configured backend without its leading
 slash, or a host of ``thumbor.allowed_hosts`` with its path (``cdn.example.com/a.jpg``,
 ``https://cdn.example.com/a.jpg``), fetched here through the SSRF guard
 (:func:`fetcher_for`); any other URL is refused (400): never an arbitrary host.
@@ -90,6 +91,13 @@ def _bad(error: str, message: str, parameter: str | None = None) -> Rejection:
     return Rejection(400, error, message, parameter=parameter)
 
 
+#: An unsafe URL names any size: with routes.presets_only only a signed one (the signer chose
+#: its sizes) is served, as on the compat routes.
+_UNSAFE_IN_PRESETS_ONLY = Rejection(
+    400, "preset_required", "routes.presets_only is set: an unsafe thumbor URL names sizes, not "
+    "presets; sign it (thumbor.security_key)", parameter="signature")
+
+
 def _authorise(first: str, signed: str, config) -> Rejection | None:
     """``first`` is ``unsafe`` or the signature of ``signed``."""
     if first == "unsafe":
@@ -153,6 +161,8 @@ def parse_thumbor(path: str, config, defaults: dict, filters: dict) -> ImageRequ
     refusal = _authorise(first, signed, thumbor)
     if refusal is not None:
         return refusal
+    if first == "unsafe" and config.routes.presets_only:
+        return _UNSAFE_IN_PRESETS_ONLY
     match = GRAMMAR.match(signed)
     if match is None:                   # (.+) always matches a non-empty path)
         return _bad("invalid_path", "not a thumbor URL", "path")
