@@ -183,6 +183,28 @@ class ReadCounter:
         return 0.0 if self.left >= 0 else 1000.0
 
 
+@pytest.mark.parametrize("fmt", ["webp", "avif"])
+def test_the_webp_and_avif_writers_check_the_deadline_as_they_reach_each_frame(fmt):
+    """Pillow's WebP and AVIF writers take the frames as a list at once, then seek to each:
+    the deadline is read there too, not only before the writer starts."""
+    from mediaproxy.imaging.budget import Deadline
+    from mediaproxy.imaging.encode import _encode, _prepare_frames
+
+    frames = [noise(30, 20, seed) for seed in range(1, 7)]
+    preparing = Deadline(None)
+    _prepare_frames(frames, fmt, (255, 255, 255), preparing)
+    before = preparing.checks + 1       # the frames' preparation, then once as it starts
+    counted = Deadline(None)
+    body = _encode(frames, fmt, spec(format=fmt), durations=[100] * 6, deadline=counted).body
+    assert getattr(decode(body), "n_frames", 1) == 6
+    assert counted.checks >= before + len(frames) - 1      # at least once per added frame
+    # the deadline passes just after the writer started: it stops at the next frame
+    with pytest.raises(TransformTimeout) as stopped:
+        _encode(frames, fmt, spec(format=fmt), durations=[100] * 6,
+                deadline=Deadline(1.0, ReadCounter(before)))
+    assert stopped.value.message == "The image took too long to process (encoding)."
+
+
 def test_a_decode_stops_between_chunks():
     """A 2000x1500 noise PNG is ~9 MB: the decoder reads it in 16 KiB chunks, checking the
     deadline before each; the clock passes it a few chunks in."""

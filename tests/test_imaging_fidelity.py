@@ -22,6 +22,8 @@ from math import floor
 import pytest
 from PIL import Image, ImageDraw
 
+from mediaproxy.imaging import OutputTooLarge, render
+from mediaproxy.models import TransformSpec
 from mediaproxy.testing import ImageOrigin, start_proxy
 from mediaproxy.testing.images import decode, encode, make_animated, make_jpeg, upright
 
@@ -94,6 +96,7 @@ def _files():
         "RGB"), "JPEG", quality=95)
     files["/media/anim.gif"] = make_animated("GIF", 3, size=(60, 40))
     files["/media/anim.webp"] = make_animated("WEBP", 3, size=(60, 40))
+    files["/media/anim.avif"] = make_animated("AVIF", 3, size=(60, 40))
     files["/media/still.png"] = _png_of(60, 40)
     files["/media/still.jpg"] = make_jpeg(60, 40)
     return {path: (200, body, "application/octet-stream", []) for path, body in files.items()}
@@ -247,7 +250,45 @@ def test_one_animation_answered_alternately_to_two_browsers_is_not_shared(proxy)
             assert (headers["content-type"], image.n_frames) == (f"image/{fmt}", 3)
 
 
-def test_an_explicit_avif_still_takes_the_first_frame(proxy):
+def _frames(image) -> list[tuple[int, tuple]]:
+    """Each frame's duration and its centre pixel."""
+    seen = []
+    for index in range(getattr(image, "n_frames", 1)):
+        image.seek(index)
+        image.load()
+        seen.append((image.info.get("duration"), image.convert("RGB").getpixel((15, 10))))
+    return seen
+
+
+def test_an_explicit_avif_of_an_animation_is_an_animated_avif(proxy):
     headers, image = _get(proxy, "/media/anim.gif?w=30&fmt=avif")
     assert headers["content-type"] == "image/avif"
-    assert getattr(image, "n_frames", 1) == 1
+    assert (image.format, image.n_frames, image.size) == ("AVIF", 3, (30, 20))
+    frames = _frames(image)
+    assert [duration for duration, _ in frames] == [100, 200, 300]
+    _, reference = _get(proxy, "/media/anim.gif?w=30&fmt=png")     # lossless, frame by frame
+    for (_, got), (_, want) in zip(frames, _frames(reference)):
+        assert max(abs(a - b) for a, b in zip(got, want)) <= 24, (got, want)
+
+
+def test_an_animated_avif_source_stays_animated(proxy):
+    headers, image = _get(proxy, "/media/anim.avif?w=30")
+    assert (headers["content-type"], image.n_frames, image.size) == ("image/avif", 3, (30, 20))
+    assert [duration for duration, _ in _frames(image)] == [100, 200, 300]
+
+
+def test_an_animated_avif_has_at_most_the_pixels_of_the_largest_still(live_reactor):
+    """libavif encodes an animation's frames in one call the deadline cannot stop: its
+    frames together are held to max_output_pixels; WebP, written frame by frame, is not."""
+    with start_proxy(origin=ImageOrigin(_files()),
+                     overrides={"limits": {"max_output_pixels": 2 * 60 * 40}}) as small:
+        status, headers, _, _ = small.get("/media/anim.gif?w=60&fmt=avif")
+        assert (status, headers["x-placeholder"]) == (400, "output_too_large")
+        assert _get(small, "/media/anim.gif?w=60&fmt=webp")[1].n_frames == 3
+        assert _get(small, "/media/anim.gif?w=40&fmt=avif")[1].n_frames == 3   # 3 x 40x27
+    with pytest.raises(OutputTooLarge) as refused:
+        render(_files()["/media/anim.gif"][1],
+               TransformSpec(width=60, format="avif", max_output_pixels=2 * 60 * 40))
+    assert refused.value.message == (
+        "An animated AVIF of 3 frames of 60x40 would be 7200 pixels; at most 4800 are allowed "
+        "in one AVIF animation (ask for fmt=webp or fmt=gif, or a smaller size).")

@@ -119,7 +119,7 @@ GRID = [
     ("webp as webp, enlarged", WEBP, spec(width=600, enlarge=True)),
     ("webp as gif", SMALL_WEBP, spec(width=150, format="gif")),
     ("apng as apng", APNG, spec(width=600, enlarge=True, png_compress_level=1)),
-    ("animation as avif (first frame)", GIF, spec(width=600, enlarge=True, format="avif")),
+    ("animation as avif", GIF, spec(width=600, enlarge=True, format="avif")),
 ]
 
 

@@ -32,8 +32,10 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
             durations: Sequence[int] = (), loop: int | None = None,
             deadline: Deadline | None = None) -> Rendered:
     """Encode ``frames`` (one, or an animation) as ``fmt`` with no metadata; the
-    ``deadline`` is checked before each frame is prepared and, for GIF and PNG (whose
-    encoders walk the frames in Python), before each is written."""
+    ``deadline`` is checked before each frame is prepared and before each is written (GIF
+    and PNG iterate the frames given; WebP and AVIF seek to each, :class:`_Checkpoint`).
+    libavif encodes an animation's frames together when it is finished: that step cannot
+    be stopped, so :mod:`.rendering` bounds its pixels (``max_output_pixels`` in all)."""
     deadline = deadline or Deadline(None)
     frames = _prepare_frames(frames, fmt, spec.background, deadline)
     width, height = frames[0].size
@@ -45,6 +47,9 @@ def _encode(frames: list[Image.Image], fmt: str, spec: TransformSpec,
         options.update(_animation_options(frames, fmt, durations, loop))
         if fmt in ("gif", "png"):
             options["append_images"] = _Checked(options["append_images"], deadline)
+        else:
+            options["append_images"] = [_Checkpoint.of(frame, deadline)
+                                        for frame in options["append_images"]]
     deadline.check("encoding")
     buffer = io.BytesIO()
     frames[0].save(buffer, _PILLOW_FORMAT[fmt], **options)
@@ -86,6 +91,26 @@ class _Checked:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+class _Checkpoint(Image.Image):
+    """A frame that checks the render's deadline when an encoder seeks to it. Pillow's WebP
+    and AVIF writers take their frames as a list at once (so :class:`_Checked` would check
+    them all before the first is written), then seek to each frame before adding it: the
+    moment between two frames' work. :meth:`of` shares the frame's pixels, copying nothing."""
+
+    deadline: Deadline
+
+    @classmethod
+    def of(cls, frame: Image.Image, deadline: Deadline) -> _Checkpoint:
+        checked = cls.__new__(cls)
+        checked.__dict__.update(frame.__dict__)
+        checked.deadline = deadline
+        return checked
+
+    def seek(self, frame: int) -> None:
+        self.deadline.check("encoding")
+        super().seek(frame)
 
 
 def _webp_alpha_flag(body: bytes) -> bytes:

@@ -14,7 +14,10 @@ CONTENT_TYPES = {
     "avif": "image/avif", "gif": "image/gif", "tiff": "image/tiff",
 }
 _WEB_FORMATS = frozenset({"jpeg", "png", "webp", "avif", "gif"})
-_ANIMATED_OUTPUTS = frozenset({"gif", "webp", "png"})
+#: Outputs that carry an animation's frames (every other keeps the first). AVIF only when
+#: asked for by name or kept from an animated AVIF: ``fmt=auto`` answers an animation with
+#: WebP or GIF instead (see :mod:`.negotiation`).
+_ANIMATED_OUTPUTS = frozenset({"gif", "webp", "png", "avif"})
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff", "mpo": "jpeg", "heic": "heif"}
 _PILLOW_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF",
                   "gif": "GIF", "tiff": "TIFF"}

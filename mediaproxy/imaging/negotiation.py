@@ -1,7 +1,9 @@
 """Output format negotiation from the Accept header (``fmt=auto``).
 
 The negotiation happens before the source is known, so its answer must also say what an
-*animated* source becomes: AVIF (and JPEG, TIFF) would keep only its first frame. The answer
+*animated* source becomes: JPEG and TIFF would keep only its first frame, and an animated AVIF
+is written only when asked for by name (``fmt=avif``) or kept from an AVIF source: browsers
+that announce AVIF did not all play AVIF animations (Firefox before 113). The answer
 is a format token: a format name, or ``still~animated`` (:data:`ANIMATION_SEPARATOR`) when the
 two differ, e.g. ``avif~webp`` (AVIF for a still, an animated WebP for an animation) or
 ``avif~gif`` (the client named AVIF but not WebP). The token is what the cache key records
@@ -40,9 +42,9 @@ def negotiate_format(requested: str | None, accept: str | None) -> tuple[str | N
 
     ``auto`` picks AVIF, then WebP, only when ``Accept`` names them explicitly with q > 0;
     wildcards (``*/*``, ``image/*``) select neither, and the source's own format is kept
-    (``None``). AVIF cannot carry the frames of an animation here, so ``auto`` choosing AVIF
-    answers ``avif~webp`` when the client also names WebP, else ``avif~gif``: an animated
-    source stays animated whatever ``Accept`` prefers.
+    (``None``). ``auto`` choosing AVIF answers ``avif~webp`` when the client also names WebP,
+    else ``avif~gif``: an animated source stays animated, as WebP or GIF, whatever ``Accept``
+    prefers (an animated AVIF is for ``fmt=avif`` by name: see the module's text).
     """
     if requested != "auto":
         return requested, False

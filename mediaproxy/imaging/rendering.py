@@ -29,7 +29,7 @@ from .decode import (
 from .decoded import Decoded, DecodedCache, first_decode_finer
 from .strips import resize as resize_in_strips
 from .encode import _duration, _encode
-from .errors import OverMemoryBudget
+from .errors import OutputTooLarge, OverMemoryBudget
 from .formats import _ANIMATED_OUTPUTS, output_format
 from .geometry import _gravity_offset, fit_geometry
 
@@ -169,13 +169,29 @@ def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
     held = cache.find(data) if cache is not None and cache.enabled else None
     scans = _check_jpeg_scans(data, info, spec, held.scans if held is not None else None)
     fmt = output_format(info.format, info.has_alpha, spec.format)
-    if info.frames > 1 and spec.animated_format and fmt not in _ANIMATED_OUTPUTS:
+    if info.frames > 1 and spec.animated_format:     # fmt=auto's choice for an animation
         fmt = output_format(info.format, info.has_alpha, spec.animated_format)
     animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
     finer = first_decode_finer(info.pixels) if cache is not None and cache.enabled else 0
     work = _work(data, source, info, spec, fmt, animated, finer)
     _check_output(work.canvas, spec)
+    if animated and fmt == "avif":
+        _check_avif_animation(work, spec)
     return info, fmt, work, scans
+
+
+def _check_avif_animation(work: Work, spec: TransformSpec) -> None:
+    """libavif encodes an animation's frames in one call that cannot be stopped at the
+    deadline (:func:`~.encode._encode`): all its frames together may have at most the pixels
+    of the largest still (``max_output_pixels``), so it is no longer a step than a still's
+    encode. More is refused (400 ``output_too_large``), naming the formats that take it."""
+    (width, height), frames = work.output, work.frames
+    if frames * width * height > spec.max_output_pixels:
+        raise OutputTooLarge(
+            f"An animated AVIF of {frames} frames of {width}x{height} would be "
+            f"{frames * width * height} pixels; at most {spec.max_output_pixels} are allowed "
+            f"in one AVIF animation (ask for fmt=webp or fmt=gif, or a smaller size).",
+            status=400)
 
 
 def _render_cached(data: bytes, source: ImageFile.ImageFile, info: ImageInfo,
