@@ -220,11 +220,19 @@ class TransformSpec:
 class TransformStep:
     """One step of the transform, run in the thread pool after decoding and orienting, in
     ``order`` (the built-in resize is 500). ``apply(image, spec, request) -> image`` gets a
-    Pillow image, must not touch the reactor or the plugin manager, and returns an image."""
+    Pillow image, must not touch the reactor or the plugin manager, and returns an image.
+
+    ``memory``: the bytes per pixel of the image it gets that the step allocates at its peak
+    beyond that image (a converted copy of it: 4; an overlay up to its size, scaled, faded
+    and composited: a few such copies). The render's memory estimate counts the largest
+    step's, on the decoded size for a step before the resize and the output's after it, so
+    the memory budget admits the render with it before anything is decoded. 0: nothing worth
+    counting (a step that works in place or on a small part)."""
 
     name: str
     apply: Callable[..., Any]
     order: int = 500
+    memory: float = 0
 
 
 @frozen

@@ -5,9 +5,11 @@ tracemalloc is blind to Pillow's C allocations (and to libjpeg's, libwebp's, lib
 the measure is the kernel's: each case runs in a fork of this process, which resets its
 high-water mark (``/proc/self/clear_refs`` 5), reads ``VmRSS``, renders, and reports
 ``VmHWM`` minus that. A fork starts from this process's small heap, so one case's freed
-memory is never reused by the next. Input: a pickled list of (name, data, spec); output: one
-JSON line per case, ``[name, peak bytes, outcome]`` (the spec is given as the keyword
-arguments of a :class:`~mediaproxy.models.TransformSpec`) (the output's size and frames, or the
+memory is never reused by the next. Input: a pickled list of (name, data, spec) or (name,
+data, spec, steps); output: one JSON line per case, ``[name, peak bytes, outcome]`` (the spec
+is given as the keyword arguments of a :class:`~mediaproxy.models.TransformSpec`, the steps
+as pickled :class:`~mediaproxy.models.TransformStep` objects, made before the fork: an
+overlay they hold is the plugin's, not the render's) (the output's size and frames, or the
 error's code).
 """
 
@@ -49,15 +51,16 @@ def main() -> None:
     tiny = make_animated("GIF", 2, size=(8, 8))
     for fmt in ("jpeg", "png", "webp", "gif", "avif", "tiff"):
         render(tiny, TransformSpec(format=fmt))
-    for name, data, fields in cases:
+    for name, data, fields, *more in cases:
         spec = TransformSpec(**fields)
+        steps = more[0] if more else ()
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(read)
             code = 0
             try:
-                peak, outcome = _measure(render, data, spec)
+                peak, outcome = _measure(lambda d, s, steps=steps: render(d, s, steps), data, spec)
                 os.write(write, json.dumps([name, peak, outcome]).encode())
             except BaseException:
                 code = 1

@@ -24,7 +24,7 @@ from PIL import Image
 
 from mediaproxy.imaging import ImageTooLarge, OverMemoryBudget, estimate_bytes, render
 from mediaproxy.imaging.frames import canvas_size
-from mediaproxy.models import TransformSpec
+from mediaproxy.models import TransformSpec, TransformStep
 from mediaproxy.testing import ImageOrigin, start_proxy
 from mediaproxy.testing.images import encode, make_jpeg, noise
 
@@ -124,9 +124,10 @@ GRID = [
 
 
 def probe(cases) -> dict[str, tuple[int, object]]:
-    """The real peaks of ``cases`` (name, data, spec), measured by tests/memory_probe.py."""
-    plain = [(name, data, attrs.asdict(case, filter=lambda a, _: a.name != "extra"))
-             for name, data, case in cases]
+    """The real peaks of ``cases`` (name, data, spec[, steps]), measured by
+    tests/memory_probe.py."""
+    plain = [(name, data, attrs.asdict(case, filter=lambda a, _: a.name != "extra"), *steps)
+             for name, data, case, *steps in cases]
     done = subprocess.run([sys.executable, str(PROBE)], input=pickle.dumps(plain),
                           capture_output=True, timeout=300, check=True,
                           cwd=PROBE.parent.parent)
@@ -146,6 +147,26 @@ def test_the_estimate_is_an_upper_bound_of_the_real_peak():
         assert peak <= estimate, (name, peak, estimate)
     # and not so loose as to be useless: within 8 times the peak (plus the fixed part)
     assert all(estimate <= 8 * peak + 16 for _, peak, estimate in report), report
+
+
+def test_a_steps_declared_memory_is_counted_on_the_size_it_works_on():
+    """A step before the resize works on the decoded image, one after it on the output: the
+    largest declared memory of each side is added on that size (a downscale: the resize's
+    peak is the estimate's, so the growth is exact)."""
+    data = encode(noise(2000, 1500), "PNG", compress_level=0)
+    small = spec(width=100, format="png")
+    base = estimate_bytes(data, small)
+    before = [TransformStep("a", lambda image, *_: image, order=100, memory=10),
+              TransformStep("b", lambda image, *_: image, order=200, memory=3)]
+    after = [TransformStep("c", lambda image, *_: image, order=700, memory=10)]
+    assert estimate_bytes(data, small, steps=before) - base == 10 * 2000 * 1500
+    assert estimate_bytes(data, small, steps=after) - base == 10 * 100 * 75
+    assert estimate_bytes(data, small, steps=before + after) - base == 10 * 2000 * 1500
+    assert estimate_bytes(data, small, steps=[TransformStep("d", lambda i, *_: i)]) == base
+    # and the budget refuses on it, before decoding
+    with pytest.raises(OverMemoryBudget):
+        estimate_bytes(data, spec(width=100, format="png", max_transform_bytes=base + 1),
+                       enforce=True, steps=after)
 
 
 def test_the_estimate_decodes_nothing():

@@ -518,3 +518,36 @@ def test_an_overlay_let_go_by_the_bounded_store_is_still_drawn(monkeypatch):
         origin.release()
         response = late.result(timeout=30)
         assert red_box(rgb(response.body), tolerance=0) == (0, 0, 100, 50)
+
+
+# -- the step's memory, declared and real --------------------------------------------------------
+
+def test_the_declared_memory_covers_the_real_peak_of_the_stamp():
+    """The step declares STAMP_MEMORY bytes per output pixel for the render's memory
+    estimate. Measured as tests/test_imaging_memory.py measures renders (the kernel's
+    high-water mark in a fork), with the worst overlay: one as large as the output, half
+    transparent, on each kind of frame (RGB pasted, L converted first, RGBA composited)."""
+    from mediaproxy.imaging import estimate_bytes
+    from mediaproxy.models import TransformSpec, TransformStep
+    from mediaproxy.testing.images import encode, noise
+    from mediaproxy_watermark import ORDER, STAMP_MEMORY
+    from mediaproxy_watermark.draw import Layout, Stamp
+
+    from .test_imaging_memory import probe
+
+    overlay = noise(2000, 2000, seed=3).convert("RGBA")
+    overlay.putalpha(128)
+    step = TransformStep("watermark", Stamp(Layout(pos="c", width_pct=100), overlay=overlay),
+                         order=ORDER, memory=STAMP_MEMORY)
+    frame = noise(2000, 1500)
+    sources = {"rgb": encode(frame, "JPEG", quality=90),
+               "grey": encode(frame.convert("L"), "PNG", compress_level=0),
+               "rgba": encode(frame.convert("RGBA"), "PNG", compress_level=0)}
+    out = TransformSpec(width=2000, format="png", png_compress_level=0)
+    measured = probe([case for name, data in sources.items()
+                      for case in ((name, data, out), (f"{name} stamped", data, out, [step]))])
+    for name, data in sources.items():
+        (plain, done), (stamped, stamped_done) = measured[name], measured[f"{name} stamped"]
+        assert done == stamped_done == [2000, 1500, 1], (name, done, stamped_done)
+        assert stamped - plain <= STAMP_MEMORY * 2000 * 1500, (name, plain, stamped)
+        assert stamped <= estimate_bytes(data, out, steps=[step]), (name, stamped)

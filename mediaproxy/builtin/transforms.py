@@ -46,14 +46,14 @@ def strong_etag(body: bytes) -> str:
     return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
 
 
-def _estimate(data: bytes, spec: TransformSpec, decoded=None) -> imaging.Estimate:
+def _estimate(data: bytes, spec: TransformSpec, decoded=None, steps=()) -> imaging.Estimate:
     """Runs in the thread pool, nothing decoded: the bytes a render of ``data`` allocates at
     its peak, for the memory budget, and the format it will write
     (:func:`mediaproxy.imaging.estimate`); over the request's budget it raises
     :class:`~mediaproxy.imaging.OverMemoryBudget` (a 422 JSON), before any of that memory is
     taken. ``decoded``: the runtime's decoded-image cache (a large source's first decode is
-    finer with it: counted here)."""
-    return imaging.estimate(data, spec, enforce=True, cache=decoded)
+    finer with it: counted here); ``steps``: the render's plugin steps (their ``memory``)."""
+    return imaging.estimate(data, spec, enforce=True, cache=decoded, steps=steps)
 
 
 def depends_on_source(fmt: str | None) -> bool:

@@ -127,6 +127,9 @@ class Work:
     target: tuple[int, int] | None = None
     #: the strips a large resize may be cut in (:mod:`.strips`; 1: not cut)
     strips: int = 1
+    #: the plugin steps' declared ``memory`` (bytes per pixel of the image a step gets), the
+    #: largest before the resize (on the decoded size) and after it (on the output's)
+    steps: tuple[float, float] = (0, 0)
 
     def bytes(self) -> int:
         """An upper bound of the bytes the render allocates at its peak (see docs/imaging.md).
@@ -140,7 +143,8 @@ class Work:
         strips reads a few rows twice at each cut, and pastes its strips onto the output: at
         most the horizontal pass and the result already counted, for a downscale). An animation:
         the decoder's three canvases (current, previous, disposal), every output frame held
-        until the encode and one converted copy of each, plus one frame's work.
+        until the encode and one converted copy of each, plus one frame's work. Either way,
+        plus the largest plugin step's declared memory (``steps``), while the rest is held.
         """
         (dw, dh), (ow, oh) = self.decoded, self.output
         decoded = _PIXEL * dw * dh
@@ -158,12 +162,13 @@ class Work:
                 reduced = _PIXEL * (-(-bw // fx) + _SUPPORT) * rows
         resize = decoded * (1 + min(copies, 1)) + reduced + _PIXEL * tw * rows + out
         encoder = _ENCODER.get(self.fmt, 56) * out_px
+        step = int(max(self.steps[0] * dw * dh, self.steps[1] * out_px))
         if self.frames <= 1:
             encode = decoded + 2 * out + encoder
-            return _FIXED + max(convert, resize, encode)
+            return _FIXED + max(convert + step, resize + step, encode)
         state = 3 * _PIXEL * self.canvas[0] * self.canvas[1]
         held = self.frames * out
-        loop = state + held + decoded + max(convert, resize)
+        loop = state + held + decoded + max(convert, resize) + step
         encode = (state + 2 * held + _ANIMATION_FRAME.get(self.fmt, 4) * self.frames * out_px
                   + encoder)
         return _FIXED + max(loop, encode)

@@ -100,7 +100,7 @@ def _opened(data: bytes, spec: TransformSpec, steps: Sequence[TransformStep], re
     deadline.check("before decoding")
     source = _open(data, deadline)
     try:
-        info, fmt, work, scans = _inspect(data, source, spec, cache)
+        info, fmt, work, scans = _inspect(data, source, spec, cache, steps)
         _check_memory(work, spec)
         _check_canvas(work, info, spec)
         pipeline = _Pipeline.build(spec, steps, request, deadline)
@@ -135,34 +135,37 @@ class Estimate:
 
 
 def estimate(data: bytes, spec: TransformSpec, *, enforce: bool = False,
-             cache: DecodedCache | None = None) -> Estimate:
+             cache: DecodedCache | None = None,
+             steps: Sequence[TransformStep] = ()) -> Estimate:
     """The :class:`Estimate` of rendering ``data`` under ``spec``, from the header and the
     file's structure: cheap, nothing is decoded. Raises :class:`ImageError` for what
     :func:`render` refuses before decoding (not an image, over the frame, pixel or scan
     budgets); with ``enforce``, also :class:`OverMemoryBudget` when the bytes are over
     ``spec.max_transform_bytes``. With an enabled ``cache``, a still's decode is counted
-    at the finer scale of a source's first decode (:func:`.decoded.first_decode_finer`)."""
+    at the finer scale of a source's first decode (:func:`.decoded.first_decode_finer`).
+    ``steps``: the render's plugin steps, whose declared ``memory`` is counted."""
     _check_spec(spec)
     with _open(data) as source:
-        _, fmt, work, _ = _inspect(data, source, spec, cache)
+        _, fmt, work, _ = _inspect(data, source, spec, cache, steps)
     if enforce:
         _check_memory(work, spec)
     return Estimate(work.bytes(), fmt)
 
 
-def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False) -> int:
-    """An upper bound of the bytes :func:`render` of ``data`` under ``spec`` allocates at its
-    peak (decoded frames, working copies, output frames, conversions and encoder buffers;
-    not what plugin steps add): :func:`estimate`'s ``bytes``."""
-    return estimate(data, spec, enforce=enforce).bytes
+def estimate_bytes(data: bytes, spec: TransformSpec, *, enforce: bool = False,
+                   steps: Sequence[TransformStep] = ()) -> int:
+    """An upper bound of the bytes :func:`render` of ``data`` under ``spec`` (and ``steps``)
+    allocates at its peak (decoded frames, working copies, output frames, conversions,
+    encoder buffers and the steps' declared ``memory``): :func:`estimate`'s ``bytes``."""
+    return estimate(data, spec, enforce=enforce, steps=steps).bytes
 
 
 def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
-             cache: DecodedCache | None = None
+             cache: DecodedCache | None = None, steps: Sequence[TransformStep] = ()
              ) -> tuple[ImageInfo, str, Work, tuple[int, int] | None]:
-    """The header checks, the output format, the work ahead and a JPEG's scan and segment
-    counts, before decoding (the counts of a source the decoded cache holds are its entry's:
-    the walk is not made again)."""
+    """The header checks, the output format, the work ahead (with the ``steps``' declared
+    memory) and a JPEG's scan and segment counts, before decoding (the counts of a source
+    the decoded cache holds are its entry's: the walk is not made again)."""
     info = _read_info(source)
     _check_limits(info, spec)
     _check_jpeg_size(data, info)
@@ -174,6 +177,10 @@ def _inspect(data: bytes, source: ImageFile.ImageFile, spec: TransformSpec,
     animated = info.frames > 1 and fmt in _ANIMATED_OUTPUTS
     finer = first_decode_finer(info.pixels) if cache is not None and cache.enabled else 0
     work = _work(data, source, info, spec, fmt, animated, finer)
+    if steps:
+        work = attrs.evolve(work, steps=(
+            max((s.memory for s in steps if s.order < RESIZE_ORDER), default=0),
+            max((s.memory for s in steps if s.order >= RESIZE_ORDER), default=0)))
     _check_output(work.canvas, spec)
     if animated and fmt == "avif":
         _check_avif_animation(work, spec)

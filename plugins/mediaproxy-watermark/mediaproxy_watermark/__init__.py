@@ -48,6 +48,11 @@ __all__ = ["Watermarker", "ORDER"]
 
 #: The step's order: after the resize (500) and the built-in effects (600).
 ORDER = 700
+#: The step's memory (``TransformStep.memory``), in bytes per output pixel: the overlay
+#: scaled to at most the output and faded, a converted copy of the output (an L or P frame
+#: becomes RGB) and the composite's copies. Measured with an overlay as large as a 2000x1500
+#: noise output: 5.5 (RGB), 4.5 (RGBA), 10.5 (L); rounded up.
+STAMP_MEMORY = 16
 #: Decoded overlays kept, in bytes (RGBA): a few logos, not a cache of photos.
 DECODED_BYTES = 32 * 1024 * 1024
 #: Bytes a decode takes per overlay pixel at most: the decoded frame and its RGBA copy.
@@ -271,8 +276,10 @@ class Watermarker:
             overlay = pin[0] if pin is not None else None
             if overlay is None:   # fetched and pinned just before: only a bug gets here, and
                 return [TransformStep("watermark", _unavailable, order=ORDER)]   # no image
-            return [TransformStep("watermark", Stamp(layout, overlay=overlay), order=ORDER)]
-        return [TransformStep("watermark", Stamp(layout, text=text), order=ORDER)]
+            return [TransformStep("watermark", Stamp(layout, overlay=overlay), order=ORDER,
+                                  memory=STAMP_MEMORY)]
+        return [TransformStep("watermark", Stamp(layout, text=text), order=ORDER,
+                              memory=STAMP_MEMORY)]
 
 
 def _unavailable(image, spec=None, request=None):
