@@ -411,8 +411,7 @@ class ImagePipeline:
         try:
             # The estimate (of a plugin's output spec where it has one) beside the pool, a wait
             # for room in the memory budget, the render; the timeout starts once admitted.
-            estimated = yield rt.run_inspection(_estimate, source.body, budgeted, rt.decoded,
-                                                steps)
+            estimated = yield rt.run_inspection(_estimate, source.body, budgeted, rt.decoded, steps)
             nbytes = estimated.bytes
             if depends_on_source(fmt):
                 # Now the output format is known: its entry may exist under the explicit key.
