@@ -11,10 +11,10 @@ The grammar is libthumbor's own regular expression (``libthumbor.url.Url``, whic
 base64 of HMAC-SHA1, keyed by ``thumbor.security_key``, over the raw path after
 ``/<signature>/``; ``unsafe`` is accepted only with ``thumbor.allow_unsafe``, and not with
 ``routes.presets_only`` (400 ``preset_required``: an unsafe URL names any size). The
-signature refusals are 400, as in thumbor. The image part is a path on the configured backend without its leading
-slash, or a host of ``thumbor.allowed_hosts`` with its path (``cdn.example.com/a.jpg``,
-``https://cdn.example.com/a.jpg``), fetched here through the SSRF guard
-(:func:`fetcher_for`); any other URL is refused (400): never an arbitrary host.
+signature refusals are 400, as in thumbor. The image part is a path on the configured backend
+without its leading slash, or a host of ``thumbor.allowed_hosts`` with its path
+(``cdn.example.com/a.jpg``, ``https://cdn.example.com/a.jpg``), fetched here through the SSRF
+guard (:func:`fetcher_for`); any other URL is refused (400): never an arbitrary host.
 
 Everything maps onto the registered transform parameters (the query scheme's and
 :mod:`.effects`'), so a thumbor URL and the equivalent query URL share one cache entry:
