@@ -49,8 +49,9 @@ What it guarantees, whatever the priorities:
   after ``queue_timeout`` seconds, counted from the door for a request that came through it
   (its fetch and inspection are part of its wait: the budget is what its client waits
   before its render starts, not what it waited in this queue alone). A waiter whose
-  Deferred is cancelled (its client went away, its job timed out) leaves the queue at once. :meth:`promote` moves a background waiter to
-  the live queue (a client now waits for that render).
+  Deferred is cancelled (its client went away, its job timed out) leaves the queue at once.
+  :meth:`promote` moves a background waiter to the live queue (a client now waits for that
+  render).
 * **Released when the work really ends**: :meth:`Reservation.release` is called when the pool
   thread returns, not when a caller's deadline gives up on it: a timed-out transform still
   holds its memory until its thread stops.

@@ -9,6 +9,11 @@ looking at a latency tail needs to see. ``mediaproxy_gc_pause_seconds{generation
 histogram of each collection's wall time, recorded by one ``gc.callbacks`` entry per process
 (installed once, whatever the number of runtimes in it) and read at scrape time.
 
+Why its own counters and not prometheus_client's ``Histogram``: ``observe`` takes a lock, and
+a collection can start inside any allocation, one made while that very lock is held
+included; the callback would then wait for itself. The recorder only adds to lists, with the
+GIL held.
+
 Part of the monitoring room: imports nothing of mediaproxy.
 """
 
